@@ -1,0 +1,133 @@
+"""Checkpoint readers: a base HF directory plus an adapter directory -> `ShadowModelSpec`.
+
+Formats register themselves in `FORMATS` (detect + read); `load_spec` picks the one whose
+files are present. Today: shadow-peft (`shadow_config.json` + `shadow_adapter.safetensors`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from shadow_edge.core.arch import DecoderConfig, decoder_config_from_hf
+from shadow_edge.core.safetensors_io import load_hf_weights, load_safetensors, read_json, refuse_pickles, sha256_file
+from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec, layer_tensor_names
+from shadow_edge.errors import CheckpointError, MismatchError, UnsupportedModelError
+
+# HF decoder-layer parameter names -> canonical names in `spec.LAYER_TENSORS`.
+HF_LAYER_NAMES = {
+    "self_attn.q_proj.weight": "q.weight", "self_attn.k_proj.weight": "k.weight",
+    "self_attn.v_proj.weight": "v.weight", "self_attn.o_proj.weight": "o.weight",
+    "self_attn.q_proj.bias": "q.bias", "self_attn.k_proj.bias": "k.bias",
+    "self_attn.v_proj.bias": "v.bias", "self_attn.o_proj.bias": "o.bias",
+    "self_attn.q_norm.weight": "q_norm.weight", "self_attn.k_norm.weight": "k_norm.weight",
+    "mlp.gate_proj.weight": "gate.weight", "mlp.up_proj.weight": "up.weight", "mlp.down_proj.weight": "down.weight",
+    "mlp.gate_proj.bias": "gate.bias", "mlp.up_proj.bias": "up.bias", "mlp.down_proj.bias": "down.bias",
+    "input_layernorm.weight": "input_norm.weight", "post_attention_layernorm.weight": "post_norm.weight",
+}
+CANONICAL_TO_HF = {v: k for k, v in HF_LAYER_NAMES.items()}
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # non-persistent buffers some old checkpoints carry
+
+
+def _take(tensors: dict[str, torch.Tensor], key: str, file: Path) -> torch.Tensor:
+    try:
+        return tensors.pop(key)
+    except KeyError:
+        raise CheckpointError(f"{file}: tensor {key!r} is missing; the checkpoint is incomplete or was "
+                              "saved by an incompatible trainer") from None
+
+
+def read_decoder(tensors: dict[str, torch.Tensor], prefix: str, cfg: DecoderConfig, file: Path,
+                 with_embed: bool) -> DecoderWeights:
+    """Pop one decoder stack (`{prefix}layers.{i}.*`, `{prefix}norm.weight`) out of `tensors`."""
+    layers = []
+    for i in range(cfg.num_layers):
+        layers.append({name: _take(tensors, f"{prefix}layers.{i}.{CANONICAL_TO_HF[name]}", file)
+                       for name in layer_tensor_names(cfg)})
+    norm = _take(tensors, f"{prefix}norm.weight", file)
+    embed = _take(tensors, f"{prefix}embed_tokens.weight", file) if with_embed else None
+    return DecoderWeights(cfg, layers, norm, embed)
+
+
+def reject_leftovers(tensors: dict[str, torch.Tensor], file: Path) -> None:
+    extra = sorted(k for k in tensors if not k.endswith(IGNORED_SUFFIXES))
+    if extra:
+        shown = ", ".join(extra[:5]) + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else "")
+        raise CheckpointError(f"{file}: unexpected tensors {shown}; the checkpoint does not match its config "
+                              "(wrong number of layers, or saved by another trainer)")
+
+
+@dataclass
+class BaseModel:
+    config: DecoderConfig
+    raw_config: dict
+    weights: DecoderWeights
+    lm_head: torch.Tensor
+    files: list[Path]
+
+
+def read_base(base_dir: Path) -> BaseModel:
+    base_dir = Path(base_dir)
+    if not base_dir.is_dir():
+        raise CheckpointError(f"{base_dir}: base model directory does not exist; pass --base DIR of a HF model")
+    raw = read_json(base_dir / "config.json", "base model config")
+    cfg = decoder_config_from_hf(raw, str(base_dir / "config.json"))
+    tensors, files = load_hf_weights(base_dir)
+    weights = read_decoder(tensors, "model.", cfg, files[0], with_embed=True)
+    if "lm_head.weight" in tensors:
+        lm_head = tensors.pop("lm_head.weight")
+    elif cfg.tie_word_embeddings:
+        lm_head = weights.embed
+    else:
+        raise CheckpointError(f"{files[0]}: tensor 'lm_head.weight' is missing and tie_word_embeddings is false")
+    reject_leftovers(tensors, files[0])
+    if tuple(weights.embed.shape) != (cfg.vocab_size, cfg.hidden_size):
+        raise CheckpointError(f"{files[0]}: model.embed_tokens.weight has shape {tuple(weights.embed.shape)}, "
+                              f"config says ({cfg.vocab_size}, {cfg.hidden_size})")
+    if torch.equal(lm_head, weights.embed):
+        lm_head = weights.embed  # store equal tensors once
+    return BaseModel(cfg, raw, weights, lm_head, files)
+
+
+@dataclass(frozen=True)
+class CheckpointFormat:
+    name: str
+    detect: Callable[[Path], bool]
+    read: Callable[[BaseModel, Path, Path | None], ShadowModelSpec]
+
+
+FORMATS: list[CheckpointFormat] = []
+
+
+def register_format(fmt: CheckpointFormat) -> None:
+    FORMATS.append(fmt)
+
+
+def load_spec(base_dir: str | Path, adapter_dir: str | Path, shadow_model_dir: str | Path | None = None,
+              ) -> ShadowModelSpec:
+    """Read and validate a base model + adapter (+ explicit shadow model) into one spec."""
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise CheckpointError(f"{adapter_dir}: adapter directory does not exist; pass --adapter DIR "
+                              "(the directory written by ShadowForCausalLM.save_pretrained)")
+    fmt = next((f for f in FORMATS if f.detect(adapter_dir)), None)
+    if fmt is None:
+        refuse_pickles(adapter_dir, "shadow_adapter")
+        raise CheckpointError(f"{adapter_dir}: no adapter found (expected shadow_config.json from shadow-peft); "
+                              f"supported formats: {', '.join(f.name for f in FORMATS)}")
+    base = read_base(Path(base_dir))
+    spec = fmt.read(base, adapter_dir, Path(shadow_model_dir) if shadow_model_dir else None)
+    spec.validate()
+    files = {"base": base.files, "adapter": sorted(p for p in adapter_dir.iterdir() if p.is_file())}
+    if shadow_model_dir:
+        files["shadow_model"] = sorted(p for p in Path(shadow_model_dir).iterdir() if p.is_file())
+    spec.source = {"format": fmt.name, "files": {role: {str(p): sha256_file(p) for p in paths}
+                                                  for role, paths in files.items()}}
+    return spec
+
+
+# Importing the readers registers them.
+from shadow_edge.core import shadow_peft_format  # noqa: E402,F401

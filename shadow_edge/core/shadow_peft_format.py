@@ -1,0 +1,154 @@
+"""Reader for shadow-peft checkpoints (PyPI `shadow-peft`, import `shadow_peft`).
+
+Files: `shadow_config.json`, `shadow_adapter.safetensors` (keys `shadow_model.*`,
+`shadow_hidden_projection.*`, `shadow_injection_model.*`, `shadow_update_model.*`) and an
+optional `shadow_modules.safetensors` (`lm_head.*`, `shadow_lm_head.*`).
+Implicit shadow: the base config with `num_shadow_layers` layers, base embeddings.
+Explicit shadow: a HF model directory (`--shadow-model`), possibly narrower, with its own
+embeddings and a projection; also shadow-peft's `causal_lm_with_hidden_projection` type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from shadow_edge.core.arch import DecoderConfig, decoder_config_from_hf
+from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, read_decoder, register_format,
+                                         reject_leftovers)
+from shadow_edge.core.safetensors_io import load_hf_weights, load_safetensors, read_json
+from shadow_edge.core.spec import ShadowModelSpec
+from shadow_edge.errors import CheckpointError, MismatchError
+
+CONFIG_FILE = "shadow_config.json"
+ADAPTER_FILE = "shadow_adapter.safetensors"
+MODULES_FILE = "shadow_modules.safetensors"
+PROJECTED_TYPE = "causal_lm_with_hidden_projection"
+
+
+def _implicit_config(base: DecoderConfig, sc: dict, where: str) -> DecoderConfig:
+    n = sc.get("num_shadow_layers", 1)
+    if not isinstance(n, int) or n < 1:
+        raise CheckpointError(f"{where}: field `num_shadow_layers` must be an integer >= 1, got {n!r}")
+    overrides = {"intermediate_size": sc.get("shadow_intermediate_size"),
+                 "num_heads": sc.get("shadow_num_attention_heads"),
+                 "num_kv_heads": sc.get("shadow_num_key_value_heads"),
+                 "head_dim": sc.get("shadow_head_dim")}
+    return replace(base, num_layers=n, **{k: int(v) for k, v in overrides.items() if v is not None})
+
+
+def _explicit_config(shadow_dir: Path | None, adapter_dir: Path, has_shadow_embed: bool) -> DecoderConfig:
+    if shadow_dir is None:
+        raise CheckpointError(
+            f"{adapter_dir / ADAPTER_FILE}: this adapter was trained with an explicit shadow model (it has "
+            "its own embeddings `shadow_model.embed_tokens.weight`); pass that model's directory with "
+            "--shadow-model DIR")
+    raw = read_json(shadow_dir / "config.json", "shadow model config")
+    if raw.get("model_type") == PROJECTED_TYPE:
+        inner = raw.get("shadow_model_config")
+        if not isinstance(inner, dict) or "model_type" not in inner:
+            raise CheckpointError(f"{shadow_dir / 'config.json'}: field `shadow_model_config` must be the inner "
+                                  "model's config with a `model_type`")
+        raw = inner
+    return decoder_config_from_hf(raw, str(shadow_dir / "config.json"))
+
+
+def _projection_from_shadow_dir(shadow_dir: Path | None) -> torch.Tensor | None:
+    if shadow_dir is None:
+        return None
+    try:
+        tensors, _ = load_hf_weights(shadow_dir)
+    except CheckpointError:
+        return None
+    return tensors.get("shadow_hidden_projection.weight")
+
+
+def _check_base_match(base: DecoderConfig, down: torch.Tensor, file: Path) -> None:
+    if down.dim() != 3:
+        raise CheckpointError(f"{file}: tensor 'shadow_injection_model.injection_downs' must be 3-D "
+                              f"[layers-1, hidden, k], found shape {tuple(down.shape)}")
+    layers, hidden = down.shape[0] + 1, down.shape[1]
+    if (layers, hidden) != (base.num_layers, base.hidden_size):
+        raise MismatchError(
+            f"{file}: adapter was trained for a base with {layers} layers and hidden size {hidden} "
+            f"(from injection_downs {tuple(down.shape)}), but the base has {base.num_layers} layers and hidden "
+            f"size {base.hidden_size}; pass the base model the adapter was trained on")
+
+
+def _stack(tensors: dict[str, torch.Tensor], fmt: str, count: int, file: Path) -> torch.Tensor:
+    try:
+        return torch.stack([tensors.pop(fmt.format(i)) for i in range(count)])
+    except KeyError as e:
+        raise CheckpointError(f"{file}: tensor {e.args[0]!r} is missing; the adapter is incomplete") from None
+
+
+def read_shadow_peft(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None) -> ShadowModelSpec:
+    sc = read_json(adapter_dir / CONFIG_FILE, "shadow-peft adapter config")
+    file = adapter_dir / ADAPTER_FILE
+    t = load_safetensors(file, "shadow-peft adapter weights")
+    down = t.pop("shadow_injection_model.injection_downs", None)
+    if down is None:
+        raise CheckpointError(f"{file}: tensor 'shadow_injection_model.injection_downs' is missing; "
+                              "this is not a complete shadow-peft adapter")
+    _check_base_match(base.config, down, file)
+    explicit = "shadow_model.embed_tokens.weight" in t or shadow_dir is not None
+    if explicit:
+        scfg = _explicit_config(shadow_dir, adapter_dir, "shadow_model.embed_tokens.weight" in t)
+    else:
+        scfg = _implicit_config(base.config, sc, str(adapter_dir / CONFIG_FILE))
+    has_embed = "shadow_model.embed_tokens.weight" in t
+    shadow = read_decoder(t, "shadow_model.", scfg, file, with_embed=has_embed)
+    if shadow.embed is not None and shadow.embed.shape[0] != base.config.vocab_size:
+        raise MismatchError(f"{file}: shadow_model.embed_tokens.weight has vocab {shadow.embed.shape[0]}, the "
+                            f"base has vocab {base.config.vocab_size}; shadow and base must share a tokenizer")
+    projection = t.pop("shadow_hidden_projection.weight", None)
+    if projection is None and scfg.hidden_size != base.config.hidden_size:
+        projection = _projection_from_shadow_dir(shadow_dir)
+    n = base.config.num_layers - 1
+    up = t.pop("shadow_injection_model.injection_ups", None)
+    if up is None:
+        raise CheckpointError(f"{file}: tensor 'shadow_injection_model.injection_ups' is missing")
+    u = "shadow_update_model."
+    gate_in = _stack(t, u + "update_gates.{}.0.weight", n, file)
+    gate_out = _stack(t, u + "update_gates.{}.2.weight", n, file)
+    transform_in = _stack(t, u + "update_transforms.{}.0.weight", n, file)
+    transform_out = _stack(t, u + "update_transforms.{}.3.weight", n, file)
+    norm_w = t.pop(u + "hidden_norm.weight", None)
+    norm_b = t.pop(u + "hidden_norm.bias", None)
+    if norm_w is None or norm_b is None:
+        raise CheckpointError(f"{file}: tensors '{u}hidden_norm.weight' and '.bias' are required")
+    reject_leftovers(t, file)
+
+    lm_head, shadow_lm_head = base.lm_head, base.lm_head
+    modules_file = adapter_dir / MODULES_FILE
+    if modules_file.exists():
+        mods = load_safetensors(modules_file, "shadow-peft task modules")
+        lm_head = mods.pop("lm_head.weight", lm_head)
+        shadow_lm_head = mods.pop("shadow_lm_head.weight", shadow_lm_head)
+        reject_leftovers(mods, modules_file)
+        for name, tensor in (("lm_head.weight", lm_head), ("shadow_lm_head.weight", shadow_lm_head)):
+            if tuple(tensor.shape) != (base.config.vocab_size, base.config.hidden_size):
+                raise MismatchError(f"{modules_file}: {name} has shape {tuple(tensor.shape)}, the base expects "
+                                    f"({base.config.vocab_size}, {base.config.hidden_size})")
+        # Store equal tensors once: reuse the base objects wherever values agree.
+        for ref in (base.weights.embed, base.lm_head):
+            lm_head = ref if torch.equal(lm_head, ref) else lm_head
+            shadow_lm_head = ref if torch.equal(shadow_lm_head, ref) else shadow_lm_head
+        if torch.equal(shadow_lm_head, lm_head):
+            shadow_lm_head = lm_head
+
+    return ShadowModelSpec(
+        base=base.weights, lm_head=lm_head, shadow=shadow, shadow_lm_head=shadow_lm_head,
+        projection=projection, injection_down=down, injection_up=up, alpha=float(sc.get("alpha", 0.1)),
+        gate_in=gate_in, gate_out=gate_out, transform_in=transform_in, transform_out=transform_out,
+        update_norm_weight=norm_w, update_norm_bias=norm_b,
+    )
+
+
+register_format(CheckpointFormat(
+    name="shadow-peft",
+    detect=lambda d: (d / CONFIG_FILE).is_file() or (d / ADAPTER_FILE).is_file(),
+    read=read_shadow_peft,
+))

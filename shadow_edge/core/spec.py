@@ -1,0 +1,136 @@
+"""The internal, validated description of a ShadowPEFT model: dims, weights, math constants.
+
+Every checkpoint reader (shadow-peft today, HF PEFT later) produces a `ShadowModelSpec`;
+the PyTorch model, the ONNX builder and the validator consume only this.
+Weights are float32 torch tensors in the PyTorch `nn.Linear` layout [out, in].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from shadow_edge.core.arch import DecoderConfig
+from shadow_edge.errors import MismatchError
+
+# Per-layer tensor names of a Llama-style decoder layer (canonical, reader-independent).
+LAYER_TENSORS = ("q.weight", "k.weight", "v.weight", "o.weight", "gate.weight", "up.weight", "down.weight",
+                 "input_norm.weight", "post_norm.weight")
+QK_NORM_TENSORS = ("q_norm.weight", "k_norm.weight")
+QKV_BIAS_TENSORS = ("q.bias", "k.bias", "v.bias")
+MLP_BIAS_TENSORS = ("gate.bias", "up.bias", "down.bias")
+
+
+def layer_tensor_names(cfg: DecoderConfig) -> tuple[str, ...]:
+    names = LAYER_TENSORS
+    if cfg.qk_norm:
+        names += QK_NORM_TENSORS
+    if cfg.qkv_bias:
+        names += QKV_BIAS_TENSORS
+    if cfg.o_bias:
+        names += ("o.bias",)
+    if cfg.mlp_bias:
+        names += MLP_BIAS_TENSORS
+    return names
+
+
+def expected_layer_shapes(cfg: DecoderConfig) -> dict[str, tuple[int, ...]]:
+    d, q, kv, i = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+    shapes = {
+        "q.weight": (q, d), "k.weight": (kv, d), "v.weight": (kv, d), "o.weight": (d, q),
+        "gate.weight": (i, d), "up.weight": (i, d), "down.weight": (d, i),
+        "input_norm.weight": (d,), "post_norm.weight": (d,),
+        "q_norm.weight": (cfg.head_dim,), "k_norm.weight": (cfg.head_dim,),
+        "q.bias": (q,), "k.bias": (kv,), "v.bias": (kv,), "o.bias": (d,),
+        "gate.bias": (i,), "up.bias": (i,), "down.bias": (d,),
+    }
+    return {n: shapes[n] for n in layer_tensor_names(cfg)}
+
+
+@dataclass
+class DecoderWeights:
+    """A decoder stack: `layers[i][name]`, the final norm, and (optionally) its own embeddings."""
+
+    config: DecoderConfig
+    layers: list[dict[str, torch.Tensor]]
+    norm: torch.Tensor  # [hidden]
+    embed: torch.Tensor | None = None  # [vocab, hidden]; None = uses the base embeddings
+
+
+@dataclass
+class ShadowModelSpec:
+    """A base backbone plus a ShadowPEFT adapter, ready for the PyTorch model and the exporter."""
+
+    base: DecoderWeights  # base.embed is always set
+    lm_head: torch.Tensor  # [vocab, hidden]; the same object as base.embed when tied
+    shadow: DecoderWeights  # shadow.embed None = implicit (shares the base embeddings)
+    shadow_lm_head: torch.Tensor  # [vocab, hidden]; the same object as lm_head unless trained separately
+    projection: torch.Tensor | None  # [hidden, shadow_hidden]; None = identity
+    injection_down: torch.Tensor  # [L-1, hidden, k]
+    injection_up: torch.Tensor  # [L-1, k, hidden]
+    alpha: float
+    gate_in: torch.Tensor  # [L-1, g, hidden]  update gate G: Linear(d, g) -> SiLU -> Linear(g, d) -> sigmoid
+    gate_out: torch.Tensor  # [L-1, hidden, g]
+    transform_in: torch.Tensor  # [L-1, g, hidden]  update transform T: Linear(d, g) -> SiLU -> Linear(g, d)
+    transform_out: torch.Tensor  # [L-1, hidden, g]
+    update_norm_weight: torch.Tensor  # [hidden]  one LayerNorm shared by all adapted layers
+    update_norm_bias: torch.Tensor  # [hidden]
+    update_norm_eps: float = 1e-5
+    source: dict = field(default_factory=dict)  # format, files and sha256s, for the manifest
+
+    @property
+    def hidden_size(self) -> int:
+        return self.base.config.hidden_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.base.config.vocab_size
+
+    @property
+    def adapted_layers(self) -> int:
+        return self.base.config.num_layers - 1
+
+    @property
+    def shadow_embed(self) -> torch.Tensor:
+        return self.base.embed if self.shadow.embed is None else self.shadow.embed
+
+    def validate(self) -> None:
+        """Check every cross-tensor shape once, so no consumer meets a silent broadcast."""
+        d, v, n = self.hidden_size, self.vocab_size, self.adapted_layers
+        ds = self.shadow.config.hidden_size
+        k, g = self.injection_down.shape[-1], self.gate_in.shape[1]
+        expect = {
+            "lm_head": (self.lm_head, (v, d)),
+            "shadow_lm_head": (self.shadow_lm_head, (v, d)),
+            "base.embed": (self.base.embed, (v, d)),
+            "base.norm": (self.base.norm, (d,)),
+            "shadow.norm": (self.shadow.norm, (ds,)),
+            "injection_down": (self.injection_down, (n, d, k)),
+            "injection_up": (self.injection_up, (n, k, d)),
+            "gate_in": (self.gate_in, (n, g, d)),
+            "gate_out": (self.gate_out, (n, d, g)),
+            "transform_in": (self.transform_in, (n, g, d)),
+            "transform_out": (self.transform_out, (n, d, g)),
+            "update_norm_weight": (self.update_norm_weight, (d,)),
+            "update_norm_bias": (self.update_norm_bias, (d,)),
+        }
+        if self.shadow.embed is not None:
+            expect["shadow.embed"] = (self.shadow.embed, (self.shadow.config.vocab_size, ds))
+        if self.projection is not None:
+            expect["projection"] = (self.projection, (d, ds))
+        elif ds != d:
+            raise MismatchError(
+                f"shadow hidden size {ds} != base hidden size {d} and the adapter has no "
+                "shadow_hidden_projection.weight; export the adapter with its trained projection")
+        for part in (self.base, self.shadow):
+            shapes = expected_layer_shapes(part.config)
+            if len(part.layers) != part.config.num_layers:
+                raise MismatchError(f"{part.config.model_type}: {len(part.layers)} layers, config says "
+                                    f"{part.config.num_layers}")
+            for i, layer in enumerate(part.layers):
+                for name, shape in shapes.items():
+                    expect[f"layers.{i}.{name}"] = (layer[name], shape)
+        for name, (tensor, shape) in expect.items():
+            if tuple(tensor.shape) != tuple(shape):
+                raise MismatchError(f"tensor {name}: shape {tuple(tensor.shape)}, expected {tuple(shape)}")
