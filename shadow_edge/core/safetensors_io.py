@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 from safetensors import safe_open
 
 from shadow_edge.errors import CheckpointError
+from shadow_edge.manifest import sha256_file  # noqa: F401  (re-exported for readers)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
@@ -67,10 +67,3 @@ def load_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], list[Path
     raise CheckpointError(f"{directory}: no model.safetensors (or sharded index) found; "
                           "save the model with `save_pretrained(..., safe_serialization=True)`")
 
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

@@ -1,0 +1,6 @@
+"""Torch side: export a ShadowPEFT checkpoint to a validated ONNX artifact."""
+
+from shadow_edge.export.artifact import export_artifact
+from shadow_edge.export.options import ExportOptions
+
+__all__ = ["export_artifact", "ExportOptions"]

@@ -1,0 +1,149 @@
+"""`export_artifact`: checkpoint -> validated ONNX artifact directory, written atomically.
+
+Steps (each reported through `progress`): read and validate the checkpoint, build the
+graphs, write weights once (shared external data), copy tokenizer files, validate every
+graph against PyTorch, write the manifest with sha256 of every file, then rename the
+temporary directory onto `--out`. Any failure removes the temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import onnx
+
+from shadow_edge import __version__, io_spec
+from shadow_edge.core.checkpoint import load_spec
+from shadow_edge.core.model import ShadowModel
+from shadow_edge.core.spec import ShadowModelSpec
+from shadow_edge.export.graphs import Tensors, build_backbone, build_head, build_shadow
+from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
+from shadow_edge.export.options import ExportOptions
+from shadow_edge.export.tokenizer_files import copy_tokenizer_files
+from shadow_edge.export.validate import validate_graphs
+from shadow_edge.errors import ExportError
+from shadow_edge.manifest import GraphEntry, Manifest, file_table, write_manifest
+
+GRAPH_ORDER = [io_spec.GRAPH_SHADOW, io_spec.GRAPH_LM_HEAD, io_spec.GRAPH_SHADOW_LM_HEAD,
+               io_spec.GRAPH_BACKBONE, io_spec.GRAPH_BACKBONE_PLAIN]
+
+
+def stderr_progress(message: str) -> None:
+    print(f"[shadow-edge] {message}", file=sys.stderr, flush=True)
+
+
+def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shadow_model: str | Path | None = None,
+                    options: ExportOptions = ExportOptions(),
+                    progress: Callable[[str], None] = stderr_progress) -> Manifest:
+    """Export base + adapter (+ explicit shadow model) to `out`; returns the manifest written."""
+    out = Path(out)
+    if out.exists() and not options.force:
+        raise ExportError(f"{out}: already exists; choose another --out or pass --force to replace it")
+    started = time.perf_counter()
+    progress(f"reading checkpoint: base {base}, adapter {adapter}")
+    spec = load_spec(base, adapter, shadow_model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        manifest = _write(spec, Path(base), tmp, options, progress)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    progress(f"done in {time.perf_counter() - started:.1f}s: {out}")
+    return manifest
+
+
+def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOptions,
+           progress: Callable[[str], None]) -> Manifest:
+    store, names = WeightStore(), Tensors()
+    builders: list[GraphBuilder] = []
+    progress("building graph: shadow")
+    builders.append(build_shadow(spec, store, names))
+    progress("building graph: backbone (with injection and update)")
+    builders.append(build_backbone(spec, store, names, adapter=True))
+    if options.plain_backbone:
+        progress("building graph: backbone_plain (no adapter)")
+        builders.append(build_backbone(spec, store, names, adapter=False))
+    builders.append(build_head(io_spec.GRAPH_LM_HEAD, spec.lm_head, "lm_head.weight", spec, store, names))
+    shadow_head = io_spec.GRAPH_LM_HEAD
+    if spec.shadow_lm_head is not spec.lm_head:
+        shadow_head = io_spec.GRAPH_SHADOW_LM_HEAD
+        builders.append(build_head(shadow_head, spec.shadow_lm_head, "shadow_lm_head.weight", spec, store, names))
+    progress(f"writing weights ({sum(a.nbytes for a in store.arrays.values()) / 1e6:.1f} MB, each tensor once)")
+    store.write(tmp, GRAPH_ORDER)
+    graphs: dict[str, GraphEntry] = {}
+    for b in builders:
+        onnx.save_model(b.to_model(), str(tmp / f"{b.name}.onnx"))
+        graphs[b.name] = _entry(b, spec, store)
+    tokenizer = copy_tokenizer_files(base_dir, tmp)
+    validation: dict = {"passed": None, "skipped": True}
+    if options.validate:
+        validation = validate_graphs(tmp, ShadowModel(spec), {n: g.file for n, g in graphs.items()},
+                                     atol=options.atol, progress=progress)
+        worst = max(r["max_abs_err"] for r in validation["outputs"].values())
+        progress(f"validation passed (worst max |error| {worst:.2e})")
+    modes = {"shadow_only": {"shadow": io_spec.GRAPH_SHADOW, "head": shadow_head},
+             "base_shadow": {"shadow": io_spec.GRAPH_SHADOW, "backbone": io_spec.GRAPH_BACKBONE,
+                             "head": io_spec.GRAPH_LM_HEAD}}
+    if options.plain_backbone:
+        modes["base_plain"] = {"backbone": io_spec.GRAPH_BACKBONE_PLAIN, "head": io_spec.GRAPH_LM_HEAD}
+    manifest = Manifest(
+        tool_version=__version__,
+        created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        source=spec.source,
+        model=_model_info(spec),
+        tokenizer=tokenizer,
+        dtype="float32",
+        quantization=options.quantize,
+        graphs=graphs,
+        modes=modes,
+        validation=validation,
+        files=file_table(tmp),
+    )
+    write_manifest(tmp, manifest)
+    return manifest
+
+
+def _entry(b: GraphBuilder, spec: ShadowModelSpec, store: WeightStore) -> GraphEntry:
+    if b.name == io_spec.GRAPH_SHADOW:
+        cfg = spec.shadow.config
+        inputs, outputs = io_spec.decoder_graph_io(b.name, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
+                                                   spec.hidden_size)
+    elif b.name in (io_spec.GRAPH_BACKBONE, io_spec.GRAPH_BACKBONE_PLAIN):
+        cfg = spec.base.config
+        inputs, outputs = io_spec.decoder_graph_io(b.name, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
+                                                   spec.hidden_size)
+    else:
+        cfg = None
+        inputs, outputs = io_spec.head_graph_io(spec.hidden_size, spec.vocab_size)
+    declared = ([i.name for i in b.inputs], [o.name for o in b.outputs])
+    if declared != ([t.name for t in inputs], [t.name for t in outputs]):
+        raise ExportError(f"graph {b.name}: built I/O {declared} differs from the I/O table; exporter bug")
+    return GraphEntry(file=f"{b.name}.onnx", inputs=inputs, outputs=outputs, data_files=store.data_files(b.name),
+                      kv_layers=cfg.num_layers if cfg else 0, kv_heads=cfg.num_kv_heads if cfg else 0,
+                      head_dim=cfg.head_dim if cfg else 0)
+
+
+def _model_info(spec: ShadowModelSpec) -> dict:
+    return {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden_size,
+        "max_positions": min(spec.base.config.max_positions, spec.shadow.config.max_positions),
+        "shadow_kind": "implicit" if spec.shadow.embed is None else "explicit",
+        "alpha": spec.alpha,
+        "injection_rank": int(spec.injection_down.shape[-1]),
+        "gate_size": int(spec.gate_in.shape[1]),
+        "base": spec.base.config.to_dict(),
+        "shadow": spec.shadow.config.to_dict(),
+    }

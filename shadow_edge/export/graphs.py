@@ -1,0 +1,229 @@
+"""The ONNX graphs of an artifact, built from a `ShadowModelSpec` (the math of core/model.py).
+
+`shadow`: embeddings -> shadow layers -> norm -> projection = shadow_hidden_states.
+`backbone`: base layers with injection/update fed by shadow_hidden_states -> final-normed hidden.
+`lm_head` / `shadow_lm_head`: hidden [b, n, d] -> logits (Gemm on the stored [vocab, d] matrix,
+so the embedding table and a tied head are one tensor on disk).
+Fusions done here: q|k|v and gate|up weights concatenated, 1/sqrt(head_dim) folded into the
+q projection (or the q norm), alpha folded into the injection up-projection.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from shadow_edge import io_spec
+from shadow_edge.core.arch import DecoderConfig
+from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec
+from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
+
+NEG = float(np.finfo(np.float32).min)  # finite: fully masked (padding) rows stay finite
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float32).cpu().numpy()
+
+
+class Tensors:
+    """Names shared tensors by object identity, so the same torch tensor is one ONNX initializer."""
+
+    def __init__(self) -> None:
+        self._names: dict[int, str] = {}
+
+    def raw(self, b: GraphBuilder, t: torch.Tensor, name: str) -> str:
+        name = self._names.setdefault(id(t), name)
+        return b.weight(name, lambda: _np(t))
+
+
+def _rms(b: GraphBuilder, x: str, w: str, eps: float) -> str:
+    return b.op("SimplifiedLayerNormalization", [x, w], axis=-1, epsilon=eps, stash_type=1)
+
+
+def _silu(b: GraphBuilder, x: str) -> str:
+    return b.op("Mul", [x, b.op("Sigmoid", [x])])
+
+
+def _rope_and_mask(b: GraphBuilder, cfg: DecoderConfig) -> tuple[str, str, str]:
+    """cos, signed sin [b, 1, s, hd] from position_ids, and the additive attention bias [b, 1, s, T]."""
+    with b.scope("rotary"):
+        inv = b.const(np.array(cfg.rope_inv_freq(), np.float32), np.float32)
+        pos = b.op("Unsqueeze", [b.op("Cast", ["position_ids"], to=1), b.const([-1])])
+        freqs = b.op("Mul", [pos, inv])  # [b, s, hd/2]
+        sin = b.op("Sin", [freqs])
+        cos = b.op("Cos", [b.op("Concat", [freqs, freqs], axis=-1)])
+        sin = b.op("Concat", [b.op("Neg", [sin]), sin], axis=-1)  # rotate_half folded into the sign
+        cos = b.op("Unsqueeze", [cos, b.const([1])])
+        sin = b.op("Unsqueeze", [sin, b.const([1])])
+    with b.scope("mask"):
+        total = b.op("Gather", [b.op("Shape", ["attention_mask"]), b.const(1)], axis=0)
+        seq = b.op("Gather", [b.op("Shape", ["input_ids"]), b.const(1)], axis=0)
+        k_pos = b.op("Range", [b.const(0), total, b.const(1)])  # [T]
+        q_pos = b.op("Range", [b.op("Sub", [total, seq]), total, b.const(1)])  # [s]
+        causal = b.op("LessOrEqual", [b.op("Unsqueeze", [k_pos, b.const([0])]),
+                                      b.op("Unsqueeze", [q_pos, b.const([1])])])  # [s, T]
+        real = b.op("Unsqueeze", [b.op("Cast", ["attention_mask"], to=9), b.const([1, 2])])  # [b, 1, 1, T]
+        allowed = b.op("And", [causal, real])  # [b, 1, s, T]
+        bias = b.op("Where", [allowed, b.const(0.0, np.float32), b.const(NEG, np.float32)])
+    return cos, sin, bias
+
+
+def _rotate(b: GraphBuilder, x: str, cos: str, sin: str, hd: int) -> str:
+    x1, x2 = b.op("Split", [x, b.const([hd // 2, hd // 2])], n_out=2, axis=-1)
+    return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [b.op("Concat", [x2, x1], axis=-1), sin])])
+
+
+def _layer(b: GraphBuilder, cfg: DecoderConfig, prefix: str, i: int, lw: dict[str, torch.Tensor], h: str,
+           cos: str, sin: str, bias: str) -> str:
+    """One decoder layer; registers past/present I/O for layer i; returns the new residual stream."""
+    H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    scale = hd ** -0.5
+    key = f"{prefix}.layers.{i}"
+    with b.scope(f"layers.{i}"):
+        x = _rms(b, h, b.weight(f"{key}.input_norm", lambda: _np(lw["input_norm.weight"])), cfg.rms_norm_eps)
+        with b.scope("attn"):
+            def qkv_weight() -> np.ndarray:
+                q = lw["q.weight"] * (1.0 if cfg.qk_norm else scale)
+                return _np(torch.cat([q, lw["k.weight"], lw["v.weight"]]).T)
+            qkv = b.op("MatMul", [x, b.weight(f"{key}.qkv", qkv_weight)], tag="qkv/MatMul")
+            if cfg.qkv_bias:
+                bq = b.weight(f"{key}.qkv_bias", lambda: _np(torch.cat(
+                    [lw["q.bias"] * (1.0 if cfg.qk_norm else scale), lw["k.bias"], lw["v.bias"]])))
+                qkv = b.op("Add", [qkv, bq], tag="qkv/Add")
+            q, k, v = b.op("Split", [qkv, b.const([H * hd, KV * hd, KV * hd])], n_out=3, axis=-1)
+            q = b.op("Reshape", [q, b.const([0, 0, H, hd])])
+            k = b.op("Reshape", [k, b.const([0, 0, KV, hd])])
+            v = b.op("Reshape", [v, b.const([0, 0, KV, hd])])
+            if cfg.qk_norm:
+                q = _rms(b, q, b.weight(f"{key}.q_norm", lambda: _np(lw["q_norm.weight"] * scale)), cfg.rms_norm_eps)
+                k = _rms(b, k, b.weight(f"{key}.k_norm", lambda: _np(lw["k_norm.weight"])), cfg.rms_norm_eps)
+            q = _rotate(b, b.op("Transpose", [q], perm=[0, 2, 1, 3]), cos, sin, hd)  # [b, H, s, hd]
+            k = _rotate(b, b.op("Transpose", [k], perm=[0, 2, 1, 3]), cos, sin, hd)  # [b, KV, s, hd]
+            v = b.op("Transpose", [v], perm=[0, 2, 1, 3])
+            past_k = b.input(io_spec.past_name(i, "key"), "float32", ("batch", KV, "past_seq", hd))
+            past_v = b.input(io_spec.past_name(i, "value"), "float32", ("batch", KV, "past_seq", hd))
+            k = b.op("Concat", [past_k, k], axis=2)  # [b, KV, T, hd]
+            v = b.op("Concat", [past_v, v], axis=2)
+            b.output(k, io_spec.present_name(i, "key"), "float32", ("batch", KV, "total_seq", hd))
+            b.output(v, io_spec.present_name(i, "value"), "float32", ("batch", KV, "total_seq", hd))
+            qg = b.op("Reshape", [q, b.const([0, KV, -1, hd])])  # heads grouped by kv head: [b, KV, g*s, hd]
+            scores = b.op("MatMul", [qg, b.op("Transpose", [k], perm=[0, 1, 3, 2])])  # [b, KV, g*s, T]
+            scores = b.op("Add", [b.op("Reshape", [scores, b.const([0, H, -1, 0])]), bias])  # [b, H, s, T]
+            probs = b.op("Reshape", [b.op("Softmax", [scores], axis=-1), b.const([0, KV, -1, 0])])
+            ctx = b.op("Reshape", [b.op("MatMul", [probs, v]), b.const([0, H, -1, hd])])  # [b, H, s, hd]
+            ctx = b.op("Reshape", [b.op("Transpose", [ctx], perm=[0, 2, 1, 3]), b.const([0, 0, H * hd])])
+            o = b.op("MatMul", [ctx, b.weight(f"{key}.o", lambda: _np(lw["o.weight"].T))], tag="o/MatMul")
+            if cfg.o_bias:
+                o = b.op("Add", [o, b.weight(f"{key}.o_bias", lambda: _np(lw["o.bias"]))], tag="o/Add")
+        h = b.op("Add", [h, o], tag="attn_residual")
+        x = _rms(b, h, b.weight(f"{key}.post_norm", lambda: _np(lw["post_norm.weight"])), cfg.rms_norm_eps)
+        with b.scope("mlp"):
+            gu = b.op("MatMul", [x, b.weight(f"{key}.gate_up", lambda: _np(
+                torch.cat([lw["gate.weight"], lw["up.weight"]]).T))], tag="gate_up/MatMul")
+            if cfg.mlp_bias:
+                gu = b.op("Add", [gu, b.weight(f"{key}.gate_up_bias", lambda: _np(
+                    torch.cat([lw["gate.bias"], lw["up.bias"]])))], tag="gate_up/Add")
+            g, u = b.op("Split", [gu, b.const([cfg.intermediate_size] * 2)], n_out=2, axis=-1)
+            m = b.op("Mul", [_silu(b, g), u])
+            down = b.op("MatMul", [m, b.weight(f"{key}.down", lambda: _np(lw["down.weight"].T))], tag="down/MatMul")
+            if cfg.mlp_bias:
+                down = b.op("Add", [down, b.weight(f"{key}.down_bias", lambda: _np(lw["down.bias"]))], tag="down/Add")
+        return b.op("Add", [h, down], tag="mlp_residual")
+
+
+def _step_inputs(b: GraphBuilder) -> None:
+    for t in io_spec.decoder_graph_io(io_spec.GRAPH_SHADOW, 0, 1, 1, 1)[0]:
+        b.input(t.name, t.dtype, t.shape)
+
+
+def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors) -> GraphBuilder:
+    b = GraphBuilder(io_spec.GRAPH_SHADOW, store)
+    cfg, d = spec.shadow.config, spec.hidden_size
+    _step_inputs(b)
+    embed = names.raw(b, spec.shadow_embed, "model.embed_tokens.weight" if spec.shadow.embed is None
+                      else "shadow.embed_tokens.weight")
+    h = b.op("Gather", [embed, "input_ids"], axis=0, tag="embed/Gather")
+    cos, sin, bias = _rope_and_mask(b, cfg)
+    for i, lw in enumerate(spec.shadow.layers):
+        h = _layer(b, cfg, "shadow", i, lw, h, cos, sin, bias)
+    h = _rms(b, h, b.weight("shadow.norm", lambda: _np(spec.shadow.norm)), cfg.rms_norm_eps)
+    if spec.projection is not None:
+        h = b.op("MatMul", [h, b.weight("shadow.projection", lambda: _np(spec.projection.T))], tag="projection/MatMul")
+    b.output(h, io_spec.SHADOW_HIDDEN, "float32", ("batch", "seq", d))
+    _order_io(b)
+    return b
+
+
+def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, adapter: bool = True,
+                   ) -> GraphBuilder:
+    """The base decoder; with `adapter`, injection before and shadow update after layers 1..L-1."""
+    b = GraphBuilder(io_spec.GRAPH_BACKBONE if adapter else io_spec.GRAPH_BACKBONE_PLAIN, store)
+    cfg, d = spec.base.config, spec.hidden_size
+    _step_inputs(b)
+    s = b.input(io_spec.SHADOW_HIDDEN, "float32", ("batch", "seq", d)) if adapter else None
+    h = b.op("Gather", [names.raw(b, spec.base.embed, "model.embed_tokens.weight"), "input_ids"], axis=0,
+             tag="embed/Gather")
+    cos, sin, bias = _rope_and_mask(b, cfg)
+    for i, lw in enumerate(spec.base.layers):
+        if adapter and i > 0:
+            h = _inject(b, spec, i - 1, h, s)
+        h = _layer(b, cfg, "base", i, lw, h, cos, sin, bias)
+        if adapter and i > 0:
+            s = _update(b, spec, i - 1, h, s)
+    h = _rms(b, h, b.weight("base.norm", lambda: _np(spec.base.norm)), cfg.rms_norm_eps)
+    b.output(h, io_spec.HIDDEN, "float32", ("batch", "seq", d))
+    _order_io(b)
+    return b
+
+
+def _inject(b: GraphBuilder, spec: ShadowModelSpec, j: int, h: str, s: str) -> str:
+    with b.scope(f"adapter.{j}/inject"):
+        down = b.weight(f"adapter.{j}.inject_down", lambda: _np(spec.injection_down[j]))
+        up = b.weight(f"adapter.{j}.inject_up", lambda: _np(spec.injection_up[j] * spec.alpha))
+        delta = b.op("MatMul", [b.op("MatMul", [b.op("Sub", [h, s]), down]), up])
+        return b.op("Add", [h, delta])
+
+
+def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, h: str, s: str) -> str:
+    g = spec.gate_in.shape[1]
+    with b.scope(f"adapter.{j}/update"):
+        u = b.op("LayerNormalization", [h, b.weight("adapter.norm_weight", lambda: _np(spec.update_norm_weight)),
+                                        b.weight("adapter.norm_bias", lambda: _np(spec.update_norm_bias))],
+                 axis=-1, epsilon=spec.update_norm_eps)
+        w_in = b.weight(f"adapter.{j}.gate_transform_in", lambda: _np(
+            torch.cat([spec.gate_in[j], spec.transform_in[j]]).T))  # [d, 2g]
+        gate_in, transform_in = b.op("Split", [_silu(b, b.op("MatMul", [u, w_in])), b.const([g, g])],
+                                     n_out=2, axis=-1)
+        gate = b.op("Sigmoid", [b.op("MatMul", [gate_in, b.weight(
+            f"adapter.{j}.gate_out", lambda: _np(spec.gate_out[j].T))])])
+        target = b.op("MatMul", [transform_in, b.weight(f"adapter.{j}.transform_out",
+                                                        lambda: _np(spec.transform_out[j].T))])
+        return b.op("Add", [s, b.op("Mul", [gate, b.op("Sub", [target, s])])])
+
+
+def build_head(name: str, head: torch.Tensor, default_key: str, spec: ShadowModelSpec, store: WeightStore,
+               names: Tensors) -> GraphBuilder:
+    """hidden_states [b, n, d] -> logits [b, n, vocab] via Gemm(transB) on the [vocab, d] matrix."""
+    b = GraphBuilder(name, store)
+    (inp,), (out,) = io_spec.head_graph_io(spec.hidden_size, spec.vocab_size)
+    b.input(inp.name, inp.dtype, inp.shape)
+    w = names.raw(b, head, default_key)
+    flat = b.op("Reshape", [inp.name, b.const([-1, spec.hidden_size])])
+    logits = b.op("Gemm", [flat, w], transB=1, tag="lm_head/Gemm")
+    shape = b.op("Concat", [b.op("Slice", [b.op("Shape", [inp.name]), b.const([0]), b.const([2])]),
+                            b.const([spec.vocab_size])], axis=0)
+    b.output(b.op("Reshape", [logits, shape]), out.name, out.dtype, out.shape)
+    return b
+
+
+def _order_io(b: GraphBuilder) -> None:
+    """Inputs: step inputs, [shadow state], then past key/value per layer; outputs likewise."""
+    b.inputs.sort(key=lambda v: (v.name.startswith("past_key_values."), _layer_index(v.name)))
+    b.outputs.sort(key=lambda v: (v.name.startswith("present."), _layer_index(v.name)))
+
+
+def _layer_index(name: str) -> tuple[int, int]:
+    parts = name.split(".")
+    if len(parts) == 3 and parts[1].isdigit():
+        return int(parts[1]), 0 if parts[2] == "key" else 1
+    return -1, 0

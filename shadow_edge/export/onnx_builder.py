@@ -1,0 +1,136 @@
+"""A small ONNX graph builder with stable node names and a deduplicating external weight store.
+
+Graphs are written by hand (like onnxruntime-genai's builder) rather than traced, so that
+the vocabulary matrix is stored once for the embedding Gather and every head Gemm,
+weights are fused (qkv, gate|up) and node names are stable (`/layers.3/attn/qkv/MatMul`).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+OPSET = 17  # + ORT's SimplifiedLayerNormalization (ONNX domain) and com.microsoft contrib ops
+INLINE_LIMIT = 1024  # bytes: smaller tensors live inside the .onnx file
+PAGE = 4096  # large tensors start on a page boundary so onnxruntime can map them
+ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "bool": TensorProto.BOOL}
+
+
+class WeightStore:
+    """Every weight once, by key; records which graphs use it; writes the external data files."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self.users: dict[str, list[str]] = {}
+        self.location: dict[str, tuple[str, int, int]] = {}  # key -> (file, offset, length)
+
+    def add(self, key: str, graph: str, make: Callable[[], np.ndarray]) -> np.ndarray:
+        if key not in self.arrays:
+            self.arrays[key] = np.ascontiguousarray(make(), dtype=np.float32)
+        users = self.users.setdefault(key, [])
+        if graph not in users:
+            users.append(graph)
+        return self.arrays[key]
+
+    def write(self, out_dir: Path, graph_order: list[str]) -> None:
+        """Write each large weight to `<owner>.onnx.data`; the owner is its first user in `graph_order`."""
+        handles: dict[str, object] = {}
+        try:
+            for key, arr in self.arrays.items():
+                if arr.nbytes < INLINE_LIMIT:
+                    continue
+                owner = min(self.users[key], key=graph_order.index)
+                fname = f"{owner}.onnx.data"
+                if fname not in handles:
+                    handles[fname] = open(out_dir / fname, "wb")
+                f = handles[fname]
+                pad = (-f.tell()) % PAGE
+                f.write(b"\0" * pad)
+                self.location[key] = (fname, f.tell(), arr.nbytes)
+                f.write(arr.tobytes())
+        finally:
+            for f in handles.values():
+                f.close()
+
+    def data_files(self, graph: str) -> list[str]:
+        return sorted({self.location[k][0] for k, users in self.users.items() if graph in users and k in self.location})
+
+
+class GraphBuilder:
+    """Builds one graph: inputs, outputs, nodes under named scopes, initializers from the store."""
+
+    def __init__(self, name: str, store: WeightStore):
+        self.name, self.store = name, store
+        self.nodes: list[onnx.NodeProto] = []
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self.weights: list[str] = []
+        self.consts: dict[str, np.ndarray] = {}
+        self._scope: list[str] = []
+        self._count: dict[str, int] = {}
+
+    @contextmanager
+    def scope(self, name: str) -> Iterator[None]:
+        self._scope.append(name)
+        try:
+            yield
+        finally:
+            self._scope.pop()
+
+    def input(self, name: str, dtype: str, shape: tuple) -> str:
+        self.inputs.append(helper.make_tensor_value_info(name, ELEM[dtype], list(shape)))
+        return name
+
+    def output(self, value: str, name: str, dtype: str, shape: tuple) -> None:
+        self.op("Identity", [value], outputs=[name])
+        self.outputs.append(helper.make_tensor_value_info(name, ELEM[dtype], list(shape)))
+
+    def weight(self, key: str, make: Callable[[], np.ndarray]) -> str:
+        self.store.add(key, self.name, make)
+        if key not in self.weights:
+            self.weights.append(key)
+        return key
+
+    def const(self, value, dtype=np.int64) -> str:
+        arr = np.asarray(value, dtype=dtype)
+        key = f"const_{arr.dtype}_{'x'.join(map(str, arr.shape))}_{arr.tobytes().hex()}"
+        if len(key) > 120:
+            key = f"const_{len(self.consts)}"
+        self.consts.setdefault(key, arr)
+        return key
+
+    def op(self, op_type: str, inputs: list[str], n_out: int = 1, outputs: list[str] | None = None,
+           domain: str = "", tag: str | None = None, **attrs) -> str | list[str]:
+        base = "/".join(self._scope + [tag or op_type])
+        idx = self._count.get(base, 0)
+        self._count[base] = idx + 1
+        node_name = f"/{base}" + (f"_{idx}" if idx else "")
+        outs = outputs or [f"{node_name}/output_{i}" for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=node_name, domain=domain or None, **attrs))
+        return outs[0] if len(outs) == 1 else outs
+
+    def to_model(self) -> onnx.ModelProto:
+        inits = [numpy_helper.from_array(v, k) for k, v in self.consts.items()]
+        for key in self.weights:
+            arr = self.store.arrays[key]
+            if key not in self.store.location:
+                inits.append(numpy_helper.from_array(arr, key))
+                continue
+            fname, offset, length = self.store.location[key]
+            t = TensorProto(name=key, data_type=TensorProto.FLOAT, dims=list(arr.shape))
+            t.data_location = TensorProto.EXTERNAL
+            for k, v in (("location", fname), ("offset", str(offset)), ("length", str(length))):
+                entry = t.external_data.add()
+                entry.key, entry.value = k, v
+            inits.append(t)
+        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, initializer=inits)
+        model = helper.make_model(graph, producer_name="shadow-edge",
+                                  opset_imports=[helper.make_opsetid("", OPSET),
+                                                 helper.make_opsetid("com.microsoft", 1)])
+        model.ir_version = 8
+        return model

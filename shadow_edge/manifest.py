@@ -1,0 +1,140 @@
+"""The artifact manifest (`ART/manifest.json`): what was exported, from what, and how it validated.
+
+Standard library only: the exporter writes it, the runtime and `inspect` read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from shadow_edge.errors import ArtifactError
+from shadow_edge.io_spec import TensorSpec
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_NAME = "shadow-edge-artifact"
+FORMAT_VERSION = 1
+MODES = ("shadow_only", "base_shadow")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One ONNX graph: its file, external data files, I/O table and KV layout."""
+
+    file: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    data_files: list[str] = field(default_factory=list)
+    kv_layers: int = 0  # 0 = no KV cache (head graphs)
+    kv_heads: int = 0
+    head_dim: int = 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["inputs"] = [t.to_dict() for t in self.inputs]
+        d["outputs"] = [t.to_dict() for t in self.outputs]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "GraphEntry":
+        return cls(**{**d, "inputs": [TensorSpec.from_dict(t) for t in d["inputs"]],
+                      "outputs": [TensorSpec.from_dict(t) for t in d["outputs"]]})
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything the runtime needs to know about an artifact, and its provenance."""
+
+    tool_version: str
+    created_utc: str
+    source: dict  # checkpoint format and sha256 of every source file
+    model: dict  # vocab_size, hidden_size, max_positions, base/shadow decoder configs, adapter dims
+    tokenizer: dict  # eos_token_ids, pad_token_id, bos_token_id, has_chat_template
+    dtype: str
+    quantization: str
+    graphs: dict[str, GraphEntry]
+    modes: dict[str, dict[str, str]]  # mode -> role ("shadow", "backbone", "head") -> graph name
+    validation: dict
+    files: dict[str, dict]  # relative path -> {"sha256", "bytes"}
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["graphs"] = {k: g.to_dict() for k, g in self.graphs.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Manifest":
+        return cls(**{**d, "graphs": {k: GraphEntry.from_dict(g) for k, g in d["graphs"].items()}})
+
+    def mode_bytes(self, mode: str) -> int:
+        """Bytes on disk of the files one mode needs (graphs + their external data)."""
+        names = set()
+        for graph in self.modes[mode].values():
+            names.add(self.graphs[graph].file)
+            names.update(self.graphs[graph].data_files)
+        return sum(self.files[n]["bytes"] for n in names)
+
+
+def file_table(art_dir: Path) -> dict[str, dict]:
+    """sha256 and size of every file under `art_dir` except the manifest itself."""
+    out = {}
+    for p in sorted(art_dir.rglob("*")):
+        if p.is_file() and p.name != MANIFEST_NAME:
+            out[p.relative_to(art_dir).as_posix()] = {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+    return out
+
+
+def write_manifest(art_dir: Path, manifest: Manifest) -> None:
+    (art_dir / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def read_manifest(art_dir: str | Path) -> Manifest:
+    """Parse and check `manifest.json` (format and version); does not hash the files."""
+    art_dir = Path(art_dir)
+    path = art_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not found; {art_dir} is not a shadow-edge artifact "
+                            "(create one with `shadow-edge export`)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path}: unreadable ({e}); re-export the artifact") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+        raise ArtifactError(f"{path}: field `format` is {raw.get('format') if isinstance(raw, dict) else None!r}, "
+                            f"expected {FORMAT_NAME!r}; re-export the artifact")
+    version = raw.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ArtifactError(f"{path}: format_version {version!r} is newer than this shadow-edge reads "
+                            f"({FORMAT_VERSION}); upgrade shadow-edge (pip install -U shadow-edge)")
+    try:
+        return Manifest.from_dict(raw)
+    except (KeyError, TypeError) as e:
+        raise ArtifactError(f"{path}: malformed manifest ({e}); re-export the artifact") from None
+
+
+def verify_files(art_dir: str | Path, manifest: Manifest, names: list[str] | None = None) -> None:
+    """Check that each listed file (default: all) exists with the recorded size and sha256."""
+    art_dir = Path(art_dir)
+    for name in names if names is not None else list(manifest.files):
+        entry = manifest.files.get(name)
+        path = art_dir / name
+        if entry is None:
+            raise ArtifactError(f"{art_dir / MANIFEST_NAME}: no entry for {name}; re-export the artifact")
+        if not path.is_file():
+            raise ArtifactError(f"{path}: missing from the artifact; copy the whole artifact directory or "
+                                "re-export it")
+        if path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            raise ArtifactError(f"{path}: sha256 does not match the manifest (file changed or corrupt); "
+                                "re-copy or re-export the artifact")
