@@ -44,37 +44,39 @@ def _silu(b: GraphBuilder, x: str) -> str:
     return b.op("Mul", [x, b.op("Sigmoid", [x])])
 
 
-def _rope_and_mask(b: GraphBuilder, cfg: DecoderConfig) -> tuple[str, str, str]:
-    """cos, signed sin [b, 1, s, hd] from position_ids, and the additive attention bias [b, 1, s, T]."""
-    with b.scope("rotary"):
-        inv = b.const(np.array(cfg.rope_inv_freq(), np.float32), np.float32)
-        pos = b.op("Unsqueeze", [b.op("Cast", ["position_ids"], to=1), b.const([-1])])
-        freqs = b.op("Mul", [pos, inv])  # [b, s, hd/2]
-        sin = b.op("Sin", [freqs])
-        cos = b.op("Cos", [b.op("Concat", [freqs, freqs], axis=-1)])
-        sin = b.op("Concat", [b.op("Neg", [sin]), sin], axis=-1)  # rotate_half folded into the sign
-        cos = b.op("Unsqueeze", [cos, b.const([1])])
-        sin = b.op("Unsqueeze", [sin, b.const([1])])
-    with b.scope("mask"):
-        total = b.op("Gather", [b.op("Shape", ["attention_mask"]), b.const(1)], axis=0)
-        seq = b.op("Gather", [b.op("Shape", ["input_ids"]), b.const(1)], axis=0)
-        k_pos = b.op("Range", [b.const(0), total, b.const(1)])  # [T]
-        q_pos = b.op("Range", [b.op("Sub", [total, seq]), total, b.const(1)])  # [s]
-        causal = b.op("LessOrEqual", [b.op("Unsqueeze", [k_pos, b.const([0])]),
-                                      b.op("Unsqueeze", [q_pos, b.const([1])])])  # [s, T]
-        real = b.op("Unsqueeze", [b.op("Cast", ["attention_mask"], to=9), b.const([1, 2])])  # [b, 1, 1, T]
-        allowed = b.op("And", [causal, real])  # [b, 1, s, T]
-        bias = b.op("Where", [allowed, b.const(0.0, np.float32), b.const(NEG, np.float32)])
-    return cos, sin, bias
+class _Context:
+    """Per-graph tensors every layer shares: RoPE caches, attention bias, GQA sequence lengths."""
+
+    def __init__(self, b: GraphBuilder, cfg: DecoderConfig):
+        key = f"rope.{cfg.head_dim}.{cfg.rope_theta}.{cfg.max_positions}.{sorted(cfg.rope_scaling.items())}"
+        inv = np.array(cfg.rope_inv_freq(), np.float32)
+        freqs = np.arange(cfg.max_positions, dtype=np.float32)[:, None] * inv[None, :]  # [max_pos, hd/2]
+        self.cos = b.weight(f"{key}.cos", lambda: np.cos(freqs))
+        self.sin = b.weight(f"{key}.sin", lambda: np.sin(freqs))
+        with b.scope("mask"):
+            total = b.op("Gather", [b.op("Shape", ["attention_mask"]), b.const(1)], axis=0)
+            seq = b.op("Gather", [b.op("Shape", ["input_ids"]), b.const(1)], axis=0)
+            k_pos = b.op("Range", [b.const(0), total, b.const(1)])  # [T]
+            q_pos = b.op("Range", [b.op("Sub", [total, seq]), total, b.const(1)])  # [s]
+            causal = b.op("LessOrEqual", [b.op("Unsqueeze", [k_pos, b.const([0])]),
+                                          b.op("Unsqueeze", [q_pos, b.const([1])])])  # [s, T]
+            real = b.op("Unsqueeze", [b.op("Cast", ["attention_mask"], to=9), b.const([1, 2])])  # [b, 1, 1, T]
+            allowed = b.op("And", [causal, real])  # [b, 1, s, T]
+            self.bias = b.op("Where", [allowed, b.const(0.0, np.float32), b.const(NEG, np.float32)])
+            # GroupQueryAttention: every row keeps all T cache slots (padding is masked by the bias).
+            batch = b.op("Slice", [b.op("Shape", ["input_ids"]), b.const([0]), b.const([1])])
+            total32 = b.op("Cast", [total], to=6)
+            self.total = total32
+            self.seqlens = b.op("Expand", [b.op("Sub", [total32, b.const(1, np.int32)]), batch])  # [b]
 
 
-def _rotate(b: GraphBuilder, x: str, cos: str, sin: str, hd: int) -> str:
-    x1, x2 = b.op("Split", [x, b.const([hd // 2, hd // 2])], n_out=2, axis=-1)
-    return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [b.op("Concat", [x2, x1], axis=-1), sin])])
+def _rotary(b: GraphBuilder, x: str, ctx: _Context, heads: int) -> str:
+    return b.op("RotaryEmbedding", [x, "position_ids", ctx.cos, ctx.sin], domain="com.microsoft",
+                num_heads=heads, interleaved=0)
 
 
 def _layer(b: GraphBuilder, cfg: DecoderConfig, prefix: str, i: int, lw: dict[str, torch.Tensor], h: str,
-           cos: str, sin: str, bias: str) -> str:
+           ctx: _Context) -> str:
     """One decoder layer; registers past/present I/O for layer i; returns the new residual stream."""
     H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     scale = hd ** -0.5
@@ -82,37 +84,25 @@ def _layer(b: GraphBuilder, cfg: DecoderConfig, prefix: str, i: int, lw: dict[st
     with b.scope(f"layers.{i}"):
         x = _rms(b, h, b.weight(f"{key}.input_norm", lambda: _np(lw["input_norm.weight"])), cfg.rms_norm_eps)
         with b.scope("attn"):
-            def qkv_weight() -> np.ndarray:
-                q = lw["q.weight"] * (1.0 if cfg.qk_norm else scale)
-                return _np(torch.cat([q, lw["k.weight"], lw["v.weight"]]).T)
-            qkv = b.op("MatMul", [x, b.weight(f"{key}.qkv", qkv_weight)], tag="qkv/MatMul")
+            qkv = b.op("MatMul", [x, b.weight(f"{key}.qkv", lambda: _np(
+                torch.cat([lw["q.weight"], lw["k.weight"], lw["v.weight"]]).T))], tag="qkv/MatMul")
             if cfg.qkv_bias:
-                bq = b.weight(f"{key}.qkv_bias", lambda: _np(torch.cat(
-                    [lw["q.bias"] * (1.0 if cfg.qk_norm else scale), lw["k.bias"], lw["v.bias"]])))
-                qkv = b.op("Add", [qkv, bq], tag="qkv/Add")
-            q, k, v = b.op("Split", [qkv, b.const([H * hd, KV * hd, KV * hd])], n_out=3, axis=-1)
-            q = b.op("Reshape", [q, b.const([0, 0, H, hd])])
-            k = b.op("Reshape", [k, b.const([0, 0, KV, hd])])
-            v = b.op("Reshape", [v, b.const([0, 0, KV, hd])])
+                qkv = b.op("Add", [qkv, b.weight(f"{key}.qkv_bias", lambda: _np(
+                    torch.cat([lw["q.bias"], lw["k.bias"], lw["v.bias"]])))], tag="qkv/Add")
+            q, k, v = b.op("Split", [qkv, b.const([H * hd, KV * hd, KV * hd])], n_out=3, axis=-1)  # [b, s, *]
             if cfg.qk_norm:
-                q = _rms(b, q, b.weight(f"{key}.q_norm", lambda: _np(lw["q_norm.weight"] * scale)), cfg.rms_norm_eps)
-                k = _rms(b, k, b.weight(f"{key}.k_norm", lambda: _np(lw["k_norm.weight"])), cfg.rms_norm_eps)
-            q = _rotate(b, b.op("Transpose", [q], perm=[0, 2, 1, 3]), cos, sin, hd)  # [b, H, s, hd]
-            k = _rotate(b, b.op("Transpose", [k], perm=[0, 2, 1, 3]), cos, sin, hd)  # [b, KV, s, hd]
-            v = b.op("Transpose", [v], perm=[0, 2, 1, 3])
+                q = _head_norm(b, q, b.weight(f"{key}.q_norm", lambda: _np(lw["q_norm.weight"])), H, hd, cfg)
+                k = _head_norm(b, k, b.weight(f"{key}.k_norm", lambda: _np(lw["k_norm.weight"])), KV, hd, cfg)
+            q, k = _rotary(b, q, ctx, H), _rotary(b, k, ctx, KV)
             past_k = b.input(io_spec.past_name(i, "key"), "float32", ("batch", KV, "past_seq", hd))
             past_v = b.input(io_spec.past_name(i, "value"), "float32", ("batch", KV, "past_seq", hd))
-            k = b.op("Concat", [past_k, k], axis=2)  # [b, KV, T, hd]
-            v = b.op("Concat", [past_v, v], axis=2)
-            b.output(k, io_spec.present_name(i, "key"), "float32", ("batch", KV, "total_seq", hd))
-            b.output(v, io_spec.present_name(i, "value"), "float32", ("batch", KV, "total_seq", hd))
-            qg = b.op("Reshape", [q, b.const([0, KV, -1, hd])])  # heads grouped by kv head: [b, KV, g*s, hd]
-            scores = b.op("MatMul", [qg, b.op("Transpose", [k], perm=[0, 1, 3, 2])])  # [b, KV, g*s, T]
-            scores = b.op("Add", [b.op("Reshape", [scores, b.const([0, H, -1, 0])]), bias])  # [b, H, s, T]
-            probs = b.op("Reshape", [b.op("Softmax", [scores], axis=-1), b.const([0, KV, -1, 0])])
-            ctx = b.op("Reshape", [b.op("MatMul", [probs, v]), b.const([0, H, -1, hd])])  # [b, H, s, hd]
-            ctx = b.op("Reshape", [b.op("Transpose", [ctx], perm=[0, 2, 1, 3]), b.const([0, 0, H * hd])])
-            o = b.op("MatMul", [ctx, b.weight(f"{key}.o", lambda: _np(lw["o.weight"].T))], tag="o/MatMul")
+            attn = b.op("GroupQueryAttention", [q, k, v, past_k, past_v, ctx.seqlens, ctx.total, "", "", "",
+                                                ctx.bias], domain="com.microsoft", n_out=3, num_heads=H,
+                        kv_num_heads=KV, scale=scale,
+                        outputs=[None, io_spec.present_name(i, "key"), io_spec.present_name(i, "value")])
+            b.declare_output(io_spec.present_name(i, "key"), "float32", ("batch", KV, "total_seq", hd))
+            b.declare_output(io_spec.present_name(i, "value"), "float32", ("batch", KV, "total_seq", hd))
+            o = b.op("MatMul", [attn[0], b.weight(f"{key}.o", lambda: _np(lw["o.weight"].T))], tag="o/MatMul")
             if cfg.o_bias:
                 o = b.op("Add", [o, b.weight(f"{key}.o_bias", lambda: _np(lw["o.bias"]))], tag="o/Add")
         h = b.op("Add", [h, o], tag="attn_residual")
@@ -131,6 +121,12 @@ def _layer(b: GraphBuilder, cfg: DecoderConfig, prefix: str, i: int, lw: dict[st
         return b.op("Add", [h, down], tag="mlp_residual")
 
 
+def _head_norm(b: GraphBuilder, x: str, w: str, heads: int, hd: int, cfg: DecoderConfig) -> str:
+    """Qwen3 q/k norm: RMSNorm over head_dim of [b, s, heads * hd]."""
+    x = b.op("Reshape", [x, b.const([0, 0, heads, hd])])
+    return b.op("Reshape", [_rms(b, x, w, cfg.rms_norm_eps), b.const([0, 0, heads * hd])])
+
+
 def _step_inputs(b: GraphBuilder) -> None:
     for t in io_spec.decoder_graph_io(io_spec.GRAPH_SHADOW, 0, 1, 1, 1)[0]:
         b.input(t.name, t.dtype, t.shape)
@@ -143,9 +139,9 @@ def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors) -> G
     embed = names.raw(b, spec.shadow_embed, "model.embed_tokens.weight" if spec.shadow.embed is None
                       else "shadow.embed_tokens.weight")
     h = b.op("Gather", [embed, "input_ids"], axis=0, tag="embed/Gather")
-    cos, sin, bias = _rope_and_mask(b, cfg)
+    ctx = _Context(b, cfg)
     for i, lw in enumerate(spec.shadow.layers):
-        h = _layer(b, cfg, "shadow", i, lw, h, cos, sin, bias)
+        h = _layer(b, cfg, "shadow", i, lw, h, ctx)
     h = _rms(b, h, b.weight("shadow.norm", lambda: _np(spec.shadow.norm)), cfg.rms_norm_eps)
     if spec.projection is not None:
         h = b.op("MatMul", [h, b.weight("shadow.projection", lambda: _np(spec.projection.T))], tag="projection/MatMul")
@@ -163,12 +159,12 @@ def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, ad
     s = b.input(io_spec.SHADOW_HIDDEN, "float32", ("batch", "seq", d)) if adapter else None
     h = b.op("Gather", [names.raw(b, spec.base.embed, "model.embed_tokens.weight"), "input_ids"], axis=0,
              tag="embed/Gather")
-    cos, sin, bias = _rope_and_mask(b, cfg)
+    ctx = _Context(b, cfg)
     for i, lw in enumerate(spec.base.layers):
         if adapter and i > 0:
             h = _inject(b, spec, i - 1, h, s)
-        h = _layer(b, cfg, "base", i, lw, h, cos, sin, bias)
-        if adapter and i > 0:
+        h = _layer(b, cfg, "base", i, lw, h, ctx)
+        if adapter and 0 < i < len(spec.base.layers) - 1:  # the last update feeds nothing: skipped
             s = _update(b, spec, i - 1, h, s)
     h = _rms(b, h, b.weight("base.norm", lambda: _np(spec.base.norm)), cfg.rms_norm_eps)
     b.output(h, io_spec.HIDDEN, "float32", ("batch", "seq", d))

@@ -87,7 +87,13 @@ class GraphBuilder:
         return name
 
     def output(self, value: str, name: str, dtype: str, shape: tuple) -> None:
-        self.op("Identity", [value], outputs=[name])
+        """Make `value` a graph output called `name` (renames it in place; no Identity copy)."""
+        for node in self.nodes:
+            node.output[:] = [name if o == value else o for o in node.output]
+            node.input[:] = [name if o == value else o for o in node.input]
+        self.declare_output(name, dtype, shape)
+
+    def declare_output(self, name: str, dtype: str, shape: tuple) -> None:
         self.outputs.append(helper.make_tensor_value_info(name, ELEM[dtype], list(shape)))
 
     def weight(self, key: str, make: Callable[[], np.ndarray]) -> str:
@@ -110,9 +116,9 @@ class GraphBuilder:
         idx = self._count.get(base, 0)
         self._count[base] = idx + 1
         node_name = f"/{base}" + (f"_{idx}" if idx else "")
-        outs = outputs or [f"{node_name}/output_{i}" for i in range(n_out)]
+        outs = [o or f"{node_name}/output_{i}" for i, o in enumerate(outputs or [None] * n_out)]
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=node_name, domain=domain or None, **attrs))
-        return outs[0] if len(outs) == 1 else outs
+        return outs[0] if n_out == 1 and len(outs) == 1 else outs
 
     def to_model(self) -> onnx.ModelProto:
         inits = [numpy_helper.from_array(v, k) for k, v in self.consts.items()]
