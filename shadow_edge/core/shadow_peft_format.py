@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from shadow_edge.core.arch import DecoderConfig, decoder_config_from_hf
-from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, read_decoder, register_format,
+from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, _take, read_decoder, register_format,
                                          reject_leftovers)
 from shadow_edge.core.safetensors_io import load_hf_weights, load_safetensors, read_json
 from shadow_edge.core.spec import ShadowModelSpec
@@ -115,10 +115,8 @@ def read_shadow_peft(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None
     gate_out = _stack(t, u + "update_gates.{}.2.weight", n, file)
     transform_in = _stack(t, u + "update_transforms.{}.0.weight", n, file)
     transform_out = _stack(t, u + "update_transforms.{}.3.weight", n, file)
-    norm_w = t.pop(u + "hidden_norm.weight", None)
-    norm_b = t.pop(u + "hidden_norm.bias", None)
-    if norm_w is None or norm_b is None:
-        raise CheckpointError(f"{file}: tensors '{u}hidden_norm.weight' and '.bias' are required")
+    norm_w = _take(t, u + "hidden_norm.weight", file)
+    norm_b = _take(t, u + "hidden_norm.bias", file)
     reject_leftovers(t, file)
 
     lm_head, shadow_lm_head = base.lm_head, base.lm_head

@@ -1,0 +1,35 @@
+"""Shared fixtures: the shadow_peft-built test cases (built once per session) and the tiny default model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from factories import CASE_NAMES, Case, make_case
+from shadow_edge.core.tiny import TinyDefault, write_tiny_default
+
+# The models here are tiny: one thread is faster than two, and the machine's cores are shared.
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def cases(tmp_path_factory):
+    """`cases(name) -> Case`, building each case at most once per session."""
+    root, built = tmp_path_factory.mktemp("cases"), {}
+
+    def get(name: str) -> Case:
+        if name not in built:
+            built[name] = make_case(root, name)
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(params=CASE_NAMES)
+def case(request, cases) -> Case:
+    return cases(request.param)
+
+
+@pytest.fixture(scope="session")
+def tiny_default(tmp_path_factory) -> TinyDefault:
+    return write_tiny_default(tmp_path_factory.mktemp("tiny") / "default")

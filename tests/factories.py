@@ -1,0 +1,120 @@
+"""Test cases built with shadow_peft (the oracle): tiny random base models and randomized adapters on disk.
+
+Every case is a HF base directory (`save_pretrained`), a shadow-peft adapter directory
+(`ShadowForCausalLM.save_pretrained`) whose every weight is random (shadow-peft zero-inits
+`injection_ups`, which would hide injection bugs) and, for explicit shadows, the shadow
+model's own HF directory (what users pass as --shadow-model).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import transformers
+from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
+from transformers import AutoModelForCausalLM
+
+from shadow_edge.core import ShadowModel, load_spec
+
+COMMON = dict(num_hidden_layers=4, intermediate_size=128, initializer_range=0.2, max_position_embeddings=512,
+              bos_token_id=None, eos_token_id=None, pad_token_id=None)  # no EOS: generate runs to max_new_tokens
+ARCHS = {"qwen3": ("Qwen3Config", "Qwen3ForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+         "llama": ("LlamaConfig", "LlamaForCausalLM"), "mistral": ("MistralConfig", "MistralForCausalLM")}
+
+
+@dataclass(frozen=True)
+class CaseRecipe:
+    arch: str
+    base: dict  # config overrides on top of COMMON
+    shadow: ShadowConfig
+    explicit: dict | None = None  # config of an explicit shadow model (same arch), or None = implicit
+
+
+RECIPES = {
+    "qwen3_implicit": CaseRecipe("qwen3", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                               head_dim=32, vocab_size=384, tie_word_embeddings=True),
+                                 ShadowConfig(num_shadow_layers=1, injection_hidden_size=8, gate_hidden_size=6)),
+    "qwen3_explicit": CaseRecipe("qwen3", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                               head_dim=32, vocab_size=320, tie_word_embeddings=True),
+                                 ShadowConfig(injection_hidden_size=8, gate_hidden_size=6),
+                                 explicit=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                               num_key_value_heads=1, head_dim=16, intermediate_size=64)),
+    "llama_untied": CaseRecipe("llama", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
+                                             vocab_size=512, tie_word_embeddings=False),
+                               ShadowConfig(num_shadow_layers=2, injection_hidden_size=8, gate_hidden_size=6)),
+    "qwen2_implicit": CaseRecipe("qwen2", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                               vocab_size=448, tie_word_embeddings=True),
+                                 ShadowConfig(num_shadow_layers=1, injection_hidden_size=8, gate_hidden_size=6)),
+    "mistral_implicit": CaseRecipe("mistral", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                                   vocab_size=300, tie_word_embeddings=False),
+                                   ShadowConfig(num_shadow_layers=1, injection_hidden_size=8, gate_hidden_size=6)),
+}
+CASE_NAMES = tuple(RECIPES)
+
+
+def make_base_model(arch: str, seed: int, **overrides) -> transformers.PreTrainedModel:
+    """A random HF causal LM of `arch` ("qwen3", "qwen2", "llama", "mistral"), in eval mode."""
+    config_cls, model_cls = (getattr(transformers, n) for n in ARCHS[arch])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # HF initializes weights from the global generator
+        return model_cls(config_cls(**{**COMMON, **overrides})).eval()
+
+
+@torch.no_grad()
+def randomize_adapter(model: torch.nn.Module, seed: int) -> None:
+    """Every `shadow_*` parameter random: norms around 1, everything else normal(0, 0.2)."""
+    gen = torch.Generator().manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.startswith("shadow_"):
+            noise = 0.2 * torch.randn(p.shape, generator=gen)
+            p.copy_(noise + 1.0 if "norm.weight" in name else noise)
+
+
+@dataclass
+class Case:
+    """One built case on disk, with the oracle and our reference model loaded lazily (once each)."""
+
+    name: str
+    base_dir: Path
+    adapter_dir: Path
+    shadow_model_dir: Path | None
+    vocab_size: int
+    _oracles: dict = field(default_factory=dict, repr=False)
+    _model: ShadowModel | None = field(default=None, repr=False)
+
+    def oracle(self, mode: str) -> ShadowForCausalLM:
+        """shadow_peft's model loaded back from disk, in eval mode and the given inference mode."""
+        if mode not in self._oracles:
+            shadow = (None if self.shadow_model_dir is None
+                      else AutoModelForCausalLM.from_pretrained(self.shadow_model_dir))
+            self._oracles[mode] = ShadowForCausalLM.from_pretrained(
+                AutoModelForCausalLM.from_pretrained(self.base_dir), self.adapter_dir, shadow_model=shadow,
+                inference_mode=mode).eval()
+        return self._oracles[mode]
+
+    def model(self) -> ShadowModel:
+        """Our reference model, read by `load_spec` from the same directories."""
+        if self._model is None:
+            self._model = ShadowModel(load_spec(self.base_dir, self.adapter_dir, self.shadow_model_dir))
+        return self._model
+
+
+def make_case(root: Path, name: str) -> Case:
+    """Build case `name` (one of CASE_NAMES) under `root/name` with shadow_peft and return it."""
+    recipe, seed = RECIPES[name], zlib.crc32(name.encode())
+    out = Path(root) / name
+    base = make_base_model(recipe.arch, seed, **recipe.base)
+    base.save_pretrained(out / "base")
+    shadow_model, shadow_dir = None, None
+    if recipe.explicit is not None:
+        shadow_model = make_base_model(recipe.arch, seed + 1,
+                                       **{**recipe.base, **recipe.explicit, "tie_word_embeddings": True})
+        shadow_dir = out / "shadow_model"
+        shadow_model.save_pretrained(shadow_dir)
+    peft_model = get_shadow_model(base, recipe.shadow, shadow_model=shadow_model)
+    randomize_adapter(peft_model, seed + 2)
+    ShadowForCausalLM(peft_model).save_pretrained(out / "adapter")
+    return Case(name, out / "base", out / "adapter", shadow_dir, recipe.base["vocab_size"])
