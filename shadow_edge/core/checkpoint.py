@@ -57,7 +57,8 @@ def reject_leftovers(tensors: dict[str, torch.Tensor], file: Path) -> None:
     if extra:
         shown = ", ".join(extra[:5]) + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else "")
         raise CheckpointError(f"{file}: unexpected tensors {shown}; the checkpoint does not match its config "
-                              "(wrong number of layers, or saved by another trainer)")
+                              "(another base architecture or layer count, or saved by another trainer); pass the base "
+                              "model the adapter was trained on")
 
 
 @dataclass

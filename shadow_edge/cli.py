@@ -1,0 +1,202 @@
+"""`shadow-edge` command line: export, run, inspect, demo, bench.
+
+`run`, `inspect` and `demo`'s generation use only the torch-free runtime; `export` (and
+the export step of `demo`) import the torch side lazily, inside their handlers.
+Every shadow-edge error prints one line `error: ...` to stderr and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shadow_edge import __version__
+from shadow_edge.errors import InputError, ShadowEdgeError
+
+EXIT_USER_ERROR = 2
+
+RUN_EPILOG = """\
+examples:
+  shadow-edge run ART --mode shadow_only --prompt "Tell me a story"
+  shadow-edge run ART --mode base_shadow --prompt "Hi" --chat --stream
+  shadow-edge run ART --mode cascade --prompt "Hi" --cascade-threshold 0.4 --json
+  shadow-edge run ART --mode base_shadow --input-ids 1,2,3 --max-new-tokens 8
+  shadow-edge run ART --mode shadow_only --prompt "Once" --temperature 0.8 --top-p 0.9 --seed 0
+
+Decoding is greedy unless --temperature, --top-k, --top-p or --seed is given (then it
+samples; --temperature 0 stays greedy). The generated text goes to stdout, timings to
+stderr; --json prints the whole result (tokens, text, timings, cascade decision) instead.
+"""
+EXPORT_EPILOG = """\
+examples:
+  shadow-edge export --base Qwen3-0.6B/ --adapter my-shadow-adapter/ --out art/
+  shadow-edge export --base base/ --adapter adapter/ --shadow-model shadow/ --out art/ --force
+
+--base is a Hugging Face model directory (config.json, *.safetensors, tokenizer files);
+--adapter a shadow-peft adapter directory (shadow_config.json, shadow_adapter.safetensors);
+--shadow-model the explicit shadow model's directory when the adapter was trained with one.
+Every graph is validated against PyTorch unless --no-validate.
+"""
+INSPECT_EPILOG = """\
+examples:
+  shadow-edge inspect art/
+  shadow-edge inspect art/ --verify     # also check every file's sha256
+  shadow-edge inspect art/ --json
+"""
+DEMO_EPILOG = """\
+The demo builds a tiny random Qwen3 + shadow adapter offline (seconds), exports it once
+into the cache directory, and generates from one prompt in shadow_only, base_shadow and
+cascade mode with a latency table. The model is random: its text is meaningless; the
+demo shows the pipeline and its speed, not quality.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: ...` plus where to look, exit 2 (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {_one_line(message)} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="shadow-edge", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Deploy ShadowPEFT adapters: export to ONNX, run the detached shadow (shadow_only) or the "
+                    "combined model (base_shadow) without torch, and benchmark them.",
+        epilog="start with `shadow-edge demo`, then `shadow-edge export --help` and `shadow-edge run --help`")
+    parser.add_argument("--version", action="version", version=f"shadow-edge {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{export,run,inspect,demo,bench}")
+    sub.required = True
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("export", help="export base + adapter to an ONNX artifact (needs shadow-edge[export])",
+                       description="Export a ShadowPEFT checkpoint to a validated ONNX artifact directory.",
+                       epilog=EXPORT_EPILOG, formatter_class=fmt)
+    p.add_argument("--base", required=True, metavar="DIR", help="Hugging Face base model directory")
+    p.add_argument("--adapter", required=True, metavar="DIR", help="shadow-peft adapter directory")
+    p.add_argument("--shadow-model", metavar="DIR", help="explicit shadow model directory (if the adapter has one)")
+    p.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write (atomically)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
+                   help="weight quantization (default: none = float32)")
+    p.add_argument("--no-validate", action="store_true", help="skip validating the graphs against PyTorch")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("run", help="generate text from an artifact (no torch)",
+                       description="Generate with an exported artifact using the torch-free runtime.",
+                       epilog=RUN_EPILOG, formatter_class=fmt)
+    p.add_argument("artifact", metavar="ART", help="artifact directory written by `shadow-edge export`")
+    p.add_argument("--mode", default="base_shadow",
+                   help="shadow_only (detached shadow), base_shadow (backbone + shadow; default) or cascade "
+                        "(shadow first, combined model when the shadow is unsure)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", metavar="TEXT", help="prompt text")
+    src.add_argument("--input-ids", metavar="1,2,3", help="prompt as comma-separated token ids")
+    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="tokens to generate (default 32)")
+    p.add_argument("--temperature", type=float, metavar="T", help="sampling temperature (> 0 samples; 0 greedy)")
+    p.add_argument("--top-k", type=int, metavar="K", help="sample among the K most likely tokens")
+    p.add_argument("--top-p", type=float, metavar="P", help="nucleus sampling: smallest set with probability >= P")
+    p.add_argument("--seed", type=int, metavar="S", help="sampler seed (reproducible sampling)")
+    p.add_argument("--stop", action="append", metavar="STR", help="stop string (repeatable); text ends before it")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the artifact's chat template")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the artifact's files (faster start for big artifacts)")
+    p.add_argument("--cascade-threshold", type=float, default=0.5, metavar="X",
+                   help="cascade: escalate when the shadow's confidence (geometric mean token probability) < X")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("inspect", help="show an artifact's graphs, I/O, sizes, dims and validation",
+                       description="Describe an artifact from its manifest (no model is loaded).",
+                       epilog=INSPECT_EPILOG, formatter_class=fmt)
+    p.add_argument("artifact", metavar="ART", help="artifact directory")
+    p.add_argument("--verify", action="store_true", help="also check every file's size and sha256")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    p.set_defaults(handler=cmd_inspect)
+
+    p = sub.add_parser("demo", help="offline end-to-end demo on a tiny random model (< 1 minute)",
+                       description="Build, export and run a tiny random ShadowPEFT model; print latencies.",
+                       epilog=DEMO_EPILOG, formatter_class=fmt)
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="where the tiny model and its artifact live (default: $XDG_CACHE_HOME/shadow-edge or "
+                        "~/.cache/shadow-edge)")
+    p.add_argument("--prompt", default="The river runs past the old mill", metavar="TEXT", help="demo prompt")
+    p.add_argument("--max-new-tokens", type=int, default=24, metavar="N", help="tokens per mode (default 24)")
+    p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    p.add_argument("--force", action="store_true", help="rebuild and re-export even if cached")
+    p.set_defaults(handler=cmd_demo)
+
+    p = sub.add_parser("bench", help="latency, throughput, memory and size per mode",
+                       description="Benchmark an artifact (see `shadow-edge bench ART --help`).", add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
+    p.set_defaults(handler=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # the benchmark parses its own arguments (incl. --help)
+        argv = ["bench", "--", *argv[1:]]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ShadowEdgeError as e:
+        print(f"error: {_one_line(str(e))}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `shadow-edge run ... | head`
+        return 0
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+# ---- handlers (heavy imports stay inside) ------------------------------------------------------
+
+def cmd_export(args) -> int:
+    try:
+        from shadow_edge.export import ExportOptions, export_artifact
+    except ImportError as e:
+        raise InputError(f"`shadow-edge export` needs the export extras ({e.name} is missing); install them with "
+                         "pip install 'shadow-edge[export]'") from None
+    options = ExportOptions(force=args.force, validate=not args.no_validate, quantize=args.quantize)
+    export_artifact(args.base, args.adapter, args.out, shadow_model=args.shadow_model, options=options)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from shadow_edge.commands.run import run
+
+    return run(args)
+
+
+def cmd_inspect(args) -> int:
+    from shadow_edge.commands.inspect import inspect
+
+    return inspect(args)
+
+
+def cmd_demo(args) -> int:
+    from shadow_edge.commands.demo import demo
+
+    return demo(args)
+
+
+def cmd_bench(args) -> int:
+    try:
+        from shadow_edge.bench.cli import main as bench_main
+    except ImportError:
+        raise InputError("`shadow-edge bench` is not available in this build (shadow_edge.bench is missing); "
+                         "update shadow-edge") from None
+    rest = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
+    return bench_main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""`shadow-edge inspect`: an artifact's graphs, I/O tables, sizes, model dims and validation, from its manifest."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from shadow_edge.manifest import Manifest, read_manifest, verify_files
+from shadow_edge.runtime.options import CASCADE, GRAPH_MODES
+
+
+def mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def graph_bytes(m: Manifest, name: str) -> int:
+    g = m.graphs[name]
+    return sum(m.files[f]["bytes"] for f in {g.file, *g.data_files} if f in m.files)
+
+
+def shape(spec) -> str:
+    return "[" + ", ".join(str(d) for d in spec.shape) + "]"
+
+
+def describe(m: Manifest, art: Path, verified: bool) -> list[str]:
+    out = [f"artifact   {art}",
+           f"format     {m.format} v{m.format_version}, written by shadow-edge {m.tool_version} at {m.created_utc}",
+           f"weights    {m.dtype}, quantization {m.quantization}; "
+           f"{mb(sum(f['bytes'] for f in m.files.values()))} in {len(m.files)} files"
+           + ("; sha256 verified" if verified else "")]
+    mi = m.model
+    out.append(f"model      vocab {mi.get('vocab_size')}, hidden {mi.get('hidden_size')}, "
+               f"max positions {mi.get('max_positions')}, shadow {mi.get('shadow_kind', '?')}")
+    for role in ("base", "shadow"):
+        c = mi.get(role)
+        if isinstance(c, dict):
+            out.append(f"  {role:<8} {c.get('model_type')}: {c.get('num_layers')} layers, hidden {c.get('hidden_size')}, "
+                       f"heads {c.get('num_heads')}/{c.get('num_kv_heads')} kv, head_dim {c.get('head_dim')}, "
+                       f"mlp {c.get('intermediate_size')}")
+    extra = {k: mi[k] for k in ("alpha", "injection_rank", "gate_size") if k in mi}
+    if extra:
+        out.append("  adapter  " + ", ".join(f"{k} {v}" for k, v in extra.items()))
+    tok = m.tokenizer
+    out.append(f"tokenizer  {'yes' if tok.get('has_tokenizer', True) else 'none (token ids only)'}, eos "
+               f"{tok.get('eos_token_ids')}, pad {tok.get('pad_token_id')}, bos {tok.get('bos_token_id')}, "
+               f"chat template {'yes' if tok.get('has_chat_template') else 'no'}")
+    out.append("modes")
+    for mode, roles in m.modes.items():
+        chain = " -> ".join(roles[r] for r in ("shadow", "backbone", "head") if r in roles)
+        out.append(f"  {mode:<12} {chain}  ({mb(m.mode_bytes(mode))})")
+    if set(GRAPH_MODES) <= set(m.modes):
+        out.append(f"  {CASCADE:<12} shadow_only, escalating to base_shadow")
+    out.append("graphs")
+    for name, g in m.graphs.items():
+        kv = f", KV {g.kv_layers} layers x {g.kv_heads} heads x {g.head_dim}" if g.kv_layers else ""
+        out.append(f"  {name}: {g.file} + {', '.join(g.data_files) or 'no external data'} "
+                   f"({mb(graph_bytes(m, name))}{kv})")
+        for kind, specs in (("in ", g.inputs), ("out", g.outputs)):
+            shown = [s for s in specs if not s.name.startswith(("past_key_values.", "present."))]
+            kv_specs = [s for s in specs if s not in shown]
+            for s in shown:
+                out.append(f"    {kind} {s.name:<22} {s.dtype:<8} {shape(s)}")
+            if kv_specs:
+                out.append(f"    {kind} {kv_specs[0].name.split('.')[0]}.{{0..{g.kv_layers - 1}}}.key|value"
+                           f"{'':<3} {kv_specs[0].dtype:<8} {shape(kv_specs[0])}")
+    v = m.validation
+    if v.get("skipped"):
+        out.append("validation skipped at export (--no-validate)")
+    else:
+        out.append(f"validation {'passed' if v.get('passed') else 'FAILED'} (atol {v.get('atol')} x max|ref|)")
+        for name, r in v.get("outputs", {}).items():
+            out.append(f"  {name:<30} max |err| {r['max_abs_err']:.2e}  allowed {r['allowed']:.2e}")
+    return out
+
+
+def inspect(args) -> int:
+    art = Path(args.artifact)
+    m = read_manifest(art)
+    if args.verify:
+        verify_files(art, m)
+    if args.json:
+        print(json.dumps(m.to_dict(), indent=2))
+    else:
+        print("\n".join(describe(m, art, args.verify)))
+    return 0

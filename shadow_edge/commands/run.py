@@ -1,0 +1,58 @@
+"""`shadow-edge run`: generate from an artifact with the torch-free runtime."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from shadow_edge.errors import InputError
+from shadow_edge.runtime import GenerationResult, ShadowRuntime
+
+
+def parse_ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
+    except ValueError:
+        raise InputError(f"--input-ids {text!r} is not a comma-separated list of integers (e.g. 1,2,3)") from None
+    if not ids:
+        raise InputError("--input-ids is empty; give at least one token id (e.g. 1,2,3)")
+    return ids
+
+
+def sampling_kwargs(args) -> dict:
+    """Greedy unless a sampling flag is given (then temperature defaults to 1)."""
+    given = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p),
+                               ("seed", args.seed)) if v is not None}
+    return {**given, "do_sample": bool(given)}
+
+
+def timing_line(mode: str, result: GenerationResult) -> str:
+    t, n = result.timings, len(result.token_ids)
+    median = t.decode_ms_median
+    line = (f"{mode}: {n} tokens, prefill {t.prefill_ms:.1f} ms, "
+            + (f"decode {median:.2f} ms/token (median), {t.tokens_per_s:.1f} tok/s" if median is not None
+               else "no decode steps"))
+    if result.answered_by is not None:
+        line += f"; answered by {result.answered_by} (shadow confidence {result.confidence:.3f})"
+    return line
+
+
+def run(args) -> int:
+    prompt = args.prompt if args.input_ids is None else parse_ids(args.input_ids)
+    rt = ShadowRuntime.load(args.artifact, threads=args.threads, verify=not args.no_verify)
+    kwargs = dict(mode=args.mode, max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat,
+                  cascade_threshold=args.cascade_threshold, **sampling_kwargs(args))
+    if args.stream and not args.json:
+        for piece in rt.stream(prompt, **kwargs):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        result = rt.last_result
+    else:
+        result = rt.generate(prompt, **kwargs)
+        if args.json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False))
+        else:
+            print(result.text if rt.has_tokenizer else " ".join(map(str, result.token_ids)))
+    print(timing_line(args.mode, result), file=sys.stderr)
+    return 0

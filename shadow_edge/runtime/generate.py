@@ -1,0 +1,128 @@
+"""The generation loop as small verbs: `prefill`, `decode_one`, `decode_n`, over one mode's graph chain.
+
+A `Pipeline` is one mode: `shadow` [-> `backbone`] -> head. base_shadow advances two KV
+caches together (shadow stack, base stack); shadow_only one. Prefill runs the whole prompt
+once and projects only the last position to the vocabulary; each decode step feeds one
+token per row plus the caches. Positions and cache lengths are explicit arguments.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from shadow_edge.io_spec import SHADOW_HIDDEN
+from shadow_edge.runtime.kv_cache import KVCache
+from shadow_edge.runtime.sampling import chosen_logprobs
+from shadow_edge.runtime.session import GraphSession, ov
+
+
+def position_ids(mask: np.ndarray) -> np.ndarray:
+    """[b, t] positions counting real tokens only; 1 on left padding (HF convention)."""
+    pos = np.cumsum(mask, axis=-1) - 1
+    return np.where(mask == 0, 1, pos).astype(np.int64)
+
+
+class Pipeline:
+    """The graph chain of one mode and its KV stacks."""
+
+    def __init__(self, head: GraphSession, shadow: GraphSession | None = None,
+                 backbone: GraphSession | None = None):
+        if shadow is None and backbone is None:
+            raise ValueError("a pipeline needs a shadow or a backbone graph")
+        self.shadow, self.backbone, self.head = shadow, backbone, head
+        self.stacks = [g for g in (shadow, backbone) if g is not None]
+        self.head_input = head.input_names[0]
+
+    def empty_caches(self, batch: int) -> list[KVCache]:
+        return [KVCache.empty(batch, g.entry.kv_layers, g.entry.kv_heads, g.entry.head_dim) for g in self.stacks]
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+             caches: list[KVCache], last_only: bool) -> tuple[np.ndarray, list[KVCache]]:
+        """One forward step over t new tokens.
+
+        input_ids, position_ids: [b, t] int64; attention_mask: [b, past + t] int64.
+        Returns logits [b, 1 if last_only else t, vocab] float32 and the advanced caches.
+        """
+        t = input_ids.shape[1]
+        feed = {"input_ids": ov(input_ids), "attention_mask": ov(attention_mask), "position_ids": ov(position_ids)}
+        new, hidden = [], None
+        if self.shadow is not None:
+            out = self.shadow.run(feed, caches[0].tensors)
+            hidden = out[0]  # [b, t, d] shadow_hidden_states
+            new.append(caches[0].advanced(out[1:], t))
+        if self.backbone is not None:
+            if hidden is not None:
+                feed[SHADOW_HIDDEN] = hidden
+            out = self.backbone.run(feed, caches[-1].tensors)
+            hidden = out[0]  # [b, t, d] final-normed hidden_states
+            new.append(caches[-1].advanced(out[1:], t))
+        if last_only and t > 1:
+            hidden = ov(hidden.numpy()[:, -1:])  # [b, 1, d]: never project every prompt position
+        logits = self.head.run({self.head_input: hidden})[0].numpy()
+        return logits, new
+
+
+def prefill(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray,
+            ) -> tuple[np.ndarray, list[KVCache], np.ndarray]:
+    """Run the prompt once. Returns last-position logits [b, V], caches, next positions [b]."""
+    pos = position_ids(attention_mask)
+    logits, caches = pipe.step(input_ids, attention_mask, pos, pipe.empty_caches(input_ids.shape[0]), True)
+    return logits[:, -1], caches, pos[:, -1] + 1  # with left padding the last column is real
+
+
+def decode_one(pipe: Pipeline, tokens: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray,
+               caches: list[KVCache]) -> tuple[np.ndarray, list[KVCache]]:
+    """Feed one token per row. tokens, positions: [b]; attention_mask: [b, past + 1]. Returns logits [b, V]."""
+    logits, caches = pipe.step(tokens[:, None], attention_mask, positions[:, None], caches, True)
+    return logits[:, -1], caches
+
+
+@dataclass
+class StepRecord:
+    """What one generated position produced, for every row."""
+
+    tokens: np.ndarray  # [b] int64 chosen tokens (pad for rows already finished)
+    logprobs: np.ndarray | None  # [b] log p(token) under the unshaped distribution, if asked
+    ms: float  # wall time of the step, model + sampling
+
+
+@dataclass
+class LoopState:
+    """Rows that are finished; the caller may mark rows done (stop strings) between steps."""
+
+    done: np.ndarray  # [b] bool
+    steps: list[StepRecord] = field(default_factory=list)
+
+
+def decode_n(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int,
+             choose: Callable[[np.ndarray], np.ndarray], eos_ids: tuple[int, ...], pad_id: int,
+             want_logprobs: bool = False, state: LoopState | None = None) -> Iterator[StepRecord]:
+    """Prefill, then decode until every row hit eos (or was marked done) or `max_new_tokens` were made.
+
+    Yields one `StepRecord` per position (the first one includes the prefill time). Finished
+    rows are fed `pad_id` with mask 1 (as HF generate does); their outputs are ignored.
+    """
+    b = input_ids.shape[0]
+    state = state or LoopState(np.zeros(b, dtype=bool))
+    eos = np.asarray(eos_ids, dtype=np.int64)
+    mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
+    ones = np.ones((b, 1), dtype=np.int64)
+    t0 = time.perf_counter()
+    logits, caches, positions = prefill(pipe, np.ascontiguousarray(input_ids, dtype=np.int64), mask)
+    for i in range(max_new_tokens):
+        tokens = np.where(state.done, pad_id, choose(logits)).astype(np.int64)
+        lp = chosen_logprobs(logits, tokens) if want_logprobs else None
+        rec = StepRecord(tokens, lp, (time.perf_counter() - t0) * 1e3)
+        state.steps.append(rec)
+        state.done |= np.isin(tokens, eos)
+        yield rec  # the caller may set more rows done here
+        if state.done.all() or i == max_new_tokens - 1:
+            return
+        t0 = time.perf_counter()
+        mask = np.concatenate([mask, ones], axis=1)
+        logits, caches = decode_one(pipe, tokens, mask, positions, caches)
+        positions = positions + 1

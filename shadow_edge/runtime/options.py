@@ -1,0 +1,82 @@
+"""Generation options: one frozen dataclass, validated in `__post_init__` (runtime-only, never stored).
+
+Every check names the field, what was given, what is allowed and how to fix it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from shadow_edge.errors import InputError
+
+CASCADE = "cascade"
+GRAPH_MODES = ("shadow_only", "base_shadow")  # modes backed by a graph chain in the manifest
+ALL_MODES = GRAPH_MODES + (CASCADE,)
+BENCH_MODES = ("base_plain",)  # the backbone without the adapter, exported with plain_backbone (benchmarks)
+KNOWN_MODES = ALL_MODES + BENCH_MODES
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """How to generate. Defaults reproduce greedy decoding."""
+
+    mode: str = field(default="base_shadow", metadata={
+        "help": "shadow_only (detached shadow alone), base_shadow (backbone + shadow) or cascade "
+                "(shadow first, base_shadow when the shadow is not confident)"})
+    max_new_tokens: int = field(default=32, metadata={"help": "new tokens to generate per prompt (>= 1)"})
+    do_sample: bool = field(default=False, metadata={
+        "help": "sample from the (temperature / top-k / top-p shaped) distribution; False = greedy"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "divides the logits before sampling (> 0); 0 means greedy"})
+    top_k: int = field(default=0, metadata={"help": "sample among the k most likely tokens; 0 = no limit"})
+    top_p: float = field(default=1.0, metadata={
+        "help": "sample among the smallest set of tokens whose probability reaches top_p, in (0, 1]"})
+    seed: int | None = field(default=None, metadata={"help": "seed of the sampler's np.random.Generator"})
+    stop: tuple[str, ...] = field(default=(), metadata={
+        "help": "stop strings: generation of a row ends when its text contains one; the text is cut "
+                "before it"})
+    eos: tuple[int, ...] | None = field(default=None, metadata={
+        "help": "end-of-sequence token ids (default: the artifact's `tokenizer.eos_token_ids`)"})
+    chat: bool = field(default=False, metadata={"help": "wrap the prompt in the artifact's chat template"})
+    cascade_threshold: float = field(default=0.5, metadata={
+        "help": "cascade only: escalate to base_shadow when the shadow's confidence (geometric mean of "
+                "its chosen tokens' probabilities) is below this, in [0, 1]"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in KNOWN_MODES:
+            raise InputError(f"mode {self.mode!r} is unknown; choose one of {', '.join(ALL_MODES)}")
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+            raise InputError(f"max_new_tokens is {self.max_new_tokens!r}; it must be an integer >= 1")
+        if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool) \
+                or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise InputError(f"temperature is {self.temperature!r}; it must be a finite number >= 0 "
+                             "(0 = greedy, 1 = unchanged distribution)")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise InputError(f"top_k is {self.top_k!r}; it must be an integer >= 0 (0 = no limit)")
+        if not isinstance(self.top_p, (int, float)) or isinstance(self.top_p, bool) \
+                or not (0.0 < self.top_p <= 1.0):
+            raise InputError(f"top_p is {self.top_p!r}; it must be in (0, 1] (1 = no limit)")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise InputError(f"seed is {self.seed!r}; it must be a non-negative integer or None")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        object.__setattr__(self, "stop", tuple(self.stop or ()))
+        for s in self.stop:
+            if not isinstance(s, str) or not s:
+                raise InputError(f"stop contains {s!r}; every stop string must be a non-empty string")
+        if self.eos is not None:
+            eos = (self.eos,) if _is_int(self.eos) else tuple(self.eos)
+            if not all(_is_int(t) and t >= 0 for t in eos):
+                raise InputError(f"eos is {self.eos!r}; it must be a list of non-negative token ids")
+            object.__setattr__(self, "eos", eos)
+        if not isinstance(self.cascade_threshold, (int, float)) or not (0.0 <= self.cascade_threshold <= 1.0):
+            raise InputError(f"cascade_threshold is {self.cascade_threshold!r}; it must be in [0, 1]")
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0

@@ -1,0 +1,80 @@
+"""What `ShadowRuntime.generate` returns: new tokens, text, timings, and the cascade decision.
+
+Shape convention: a single prompt (a string, or one flat list of ids) gives flat fields
+(`token_ids: list[int]`, `text: str`, ...); a batch (a list of prompts) gives one entry per
+prompt, in order (`token_ids: list[list[int]]`, `text: list[str]`, ...).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Wall-clock timings of one generation (perf_counter; tokenization excluded).
+
+    prefill_ms: prompt pass + first token (time to first token). decode_ms_per_token: every
+    later step (one token per row, model + sampling). tokens_per_s: decode throughput,
+    rows x decode steps / decode time (prefill excluded); for a single step, 1 token / prefill.
+    """
+
+    prefill_ms: float
+    decode_ms_per_token: list[float]
+    batch: int = 1
+
+    @property
+    def decode_ms_median(self) -> float | None:
+        return statistics.median(self.decode_ms_per_token) if self.decode_ms_per_token else None
+
+    @property
+    def total_ms(self) -> float:
+        return self.prefill_ms + sum(self.decode_ms_per_token)
+
+    @property
+    def tokens_per_s(self) -> float:
+        if self.decode_ms_per_token:
+            return 1e3 * self.batch * len(self.decode_ms_per_token) / sum(self.decode_ms_per_token)
+        return 1e3 * self.batch / self.prefill_ms if self.prefill_ms > 0 else float("inf")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "decode_ms_median": self.decode_ms_median, "total_ms": self.total_ms,
+                "tokens_per_s": self.tokens_per_s}
+
+    @classmethod
+    def combine(cls, parts: list["Timings"]) -> "Timings":
+        """Stages run one after another (cascade): prefills add up, decode steps concatenate."""
+        return cls(sum(p.prefill_ms for p in parts), [ms for p in parts for ms in p.decode_ms_per_token],
+                   max(p.batch for p in parts))
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """New tokens only (the prompt is not repeated). See the module docstring for flat vs batch shapes.
+
+    token_ids include the eos token when a row ended on one (like HF generate); `text`
+    skips special tokens and ends before the first stop string. finish_reason per row:
+    "eos", "stop" (a stop string appeared) or "length" (max_new_tokens reached).
+    cascade only: `answered_by` ("shadow_only" or "base_shadow") and `confidence` (geometric
+    mean of the shadow's probabilities of its chosen tokens, in [0, 1]); `stages` holds
+    each stage's timings while `timings` adds them up.
+    """
+
+    mode: str
+    token_ids: list
+    text: str | list[str]
+    finish_reason: str | list[str]
+    prompt_tokens: int | list[int]
+    timings: Timings
+    answered_by: str | list[str] | None = None
+    confidence: float | list[float] | None = None
+    stages: dict[str, Timings] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("mode", "token_ids", "text", "finish_reason", "prompt_tokens",
+                                           "answered_by", "confidence")}
+        d["timings"] = self.timings.to_dict()
+        if self.stages:
+            d["stages"] = {k: v.to_dict() for k, v in self.stages.items()}
+        return d

@@ -1,0 +1,326 @@
+"""`ShadowRuntime`: load an artifact, then forward / generate / stream in any mode. No torch.
+
+Modes: `shadow_only` (the detached shadow and its head), `base_shadow` (shadow and backbone
+advanced together, then `lm_head`), and `cascade`: generate with shadow_only, score the
+answer by its confidence (geometric mean of the shadow's probabilities of the tokens it
+chose, under the plain softmax of its logits: exp(mean log p)), and re-answer rows whose
+confidence is below `cascade_threshold` with base_shadow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from shadow_edge.errors import ArtifactError, InputError
+from shadow_edge.manifest import Manifest, read_manifest, verify_files
+from shadow_edge.runtime.chat import render_chat
+from shadow_edge.runtime.generate import LoopState, Pipeline, decode_n, position_ids
+from shadow_edge.runtime.options import CASCADE, GRAPH_MODES, GenerationOptions
+from shadow_edge.runtime.prompts import PromptBatch, build_batch, check_ids
+from shadow_edge.runtime.result import GenerationResult, Timings
+from shadow_edge.runtime.sampling import Sampler
+from shadow_edge.runtime.session import GraphSession
+from shadow_edge.runtime.text import NoTokenizer, TextCodec, TextStream
+
+
+class _Rows:
+    """Per-row outcome of one generation pass."""
+
+    def __init__(self, b: int):
+        self.ids: list[list[int]] = [[] for _ in range(b)]
+        self.logprobs: list[list[float]] = [[] for _ in range(b)]
+        self.finish = ["length"] * b
+        self.text = [""] * b
+        self.timings: Timings | None = None
+        self.answered_by: list[str] = []  # cascade only
+        self.conf: list[float] = []  # cascade only
+        self.stages: dict[str, Timings] = {}  # cascade only
+
+    def confidence(self, r: int) -> float:
+        lp = self.logprobs[r]
+        return float(np.exp(np.mean(lp))) if lp else 0.0
+
+
+class ShadowRuntime:
+    """An exported artifact loaded in onnxruntime (one session per graph)."""
+
+    def __init__(self, art_dir: Path, manifest: Manifest, codec: TextCodec | None, providers, threads):
+        self.art_dir, self.manifest = art_dir, manifest
+        self.has_tokenizer = codec is not None
+        self.codec = codec if codec is not None else NoTokenizer()
+        self.providers, self.threads = providers, threads
+        self._graphs: dict[str, GraphSession] = {}
+        self._pipes: dict[str, Pipeline] = {}
+        self.last_result: GenerationResult | None = None  # set when a stream() finishes
+        tok = manifest.tokenizer
+        self.vocab_size = int(manifest.model["vocab_size"])
+        self.max_positions = int(manifest.model["max_positions"])
+        self.eos_ids: tuple[int, ...] = tuple(tok.get("eos_token_ids") or ())
+        pad = tok.get("pad_token_id")
+        self.pad_id = int(pad if pad is not None else (self.eos_ids[0] if self.eos_ids else 0))
+
+    # ---- loading -------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, art_dir, providers=None, threads: int | None = None, verify: bool = True,
+             modes: tuple[str, ...] | None = None) -> "ShadowRuntime":
+        """Read manifest.json, check every file's sha256 (verify=False skips it), open the mode graphs.
+
+        Graphs used by `modes` (default: shadow_only and base_shadow) are loaded now; others (e.g.
+        `backbone_plain`) on first use. threads: onnxruntime intra-op threads (default: all cores).
+        """
+        art_dir = Path(art_dir)
+        if not art_dir.is_dir():
+            raise ArtifactError(f"{art_dir}: no such artifact directory; create one with `shadow-edge export`")
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise InputError(f"threads is {threads!r}; it must be an integer >= 1 (or None for all cores)")
+        manifest = read_manifest(art_dir)
+        for name, g in manifest.graphs.items():
+            for f in [g.file, *g.data_files]:
+                if f not in manifest.files:
+                    raise ArtifactError(f"{art_dir / 'manifest.json'}: graph {name!r} file {f} has no entry in "
+                                        "`files`; re-export the artifact")
+        for mode, roles in manifest.modes.items():
+            for role, graph in roles.items():
+                if graph not in manifest.graphs:
+                    raise ArtifactError(f"{art_dir / 'manifest.json'}: mode {mode!r} role {role!r} names graph "
+                                        f"{graph!r}, which is not in `graphs`; re-export the artifact")
+        if verify:
+            verify_files(art_dir, manifest)
+        rt = cls(art_dir, manifest, TextCodec.load(art_dir), providers, threads)
+        for mode in GRAPH_MODES if modes is None else modes:
+            if modes is not None or mode in manifest.modes:
+                rt.pipeline(mode)  # an unknown mode in `modes` raises InputError
+        return rt
+
+    def graph(self, name: str) -> GraphSession:
+        """The session of one graph (created on first use)."""
+        if name not in self._graphs:
+            if name not in self.manifest.graphs:
+                raise InputError(f"graph {name!r} is not in this artifact; it has {', '.join(self.manifest.graphs)}")
+            self._graphs[name] = GraphSession(name, self.manifest.graphs[name], self.art_dir, self.providers,
+                                              self.threads)
+        return self._graphs[name]
+
+    def pipeline(self, mode: str) -> Pipeline:
+        self._check_mode(mode, allow_cascade=False)
+        if mode not in self._pipes:
+            roles = self.manifest.modes[mode]
+            shadow, backbone = (self.graph(roles[r]) if r in roles else None for r in ("shadow", "backbone"))
+            self._pipes[mode] = Pipeline(self.graph(roles["head"]), shadow, backbone)
+        return self._pipes[mode]
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """Modes this artifact runs: its graph modes (manifest order) and cascade when both halves exist."""
+        graph_modes = tuple(self.manifest.modes)
+        return graph_modes + ((CASCADE,) if set(GRAPH_MODES) <= set(graph_modes) else ())
+
+    def _check_mode(self, mode: str, allow_cascade: bool = True) -> None:
+        valid = self.modes if allow_cascade else tuple(m for m in self.modes if m != CASCADE)
+        if mode not in valid:
+            raise InputError(f"mode {mode!r} is not available; valid modes for this artifact: {', '.join(valid)}")
+
+    # ---- forward -------------------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask=None, mode: str = "base_shadow") -> np.ndarray:
+        """Logits [b, t, vocab] float32 of a full pass (empty past) over `input_ids` [t] or [b, t]."""
+        self._check_mode(mode, allow_cascade=False)
+        try:
+            ids = np.asarray(input_ids)
+        except ValueError:  # ragged rows
+            raise InputError("input_ids rows have different lengths; forward() takes a rectangular [batch, t] "
+                             "array (left-pad and pass attention_mask), generate() takes ragged prompts") from None
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
+            raise InputError(f"input_ids has shape {ids.shape} and dtype {ids.dtype}; expected integer ids "
+                             "of shape [t] or [batch, t] with t >= 1")
+        check_ids(ids.tolist(), self.vocab_size)
+        if attention_mask is None:
+            mask = np.ones_like(ids, dtype=np.int64)
+        else:
+            mask = np.asarray(attention_mask, dtype=np.int64).reshape(ids.shape[0], -1) \
+                if np.size(attention_mask) == ids.size else None
+            if mask is None or mask.shape != ids.shape:
+                raise InputError(f"attention_mask has shape {np.shape(attention_mask)}; expected the shape of "
+                                 f"input_ids {list(ids.shape)}")
+        if ids.shape[1] > self.max_positions:
+            raise InputError(f"input_ids has {ids.shape[1]} tokens; the model allows {self.max_positions} "
+                             "(model.max_positions)")
+        pipe = self.pipeline(mode)
+        ids = ids.astype(np.int64)
+        logits, _ = pipe.step(ids, mask, position_ids(mask), pipe.empty_caches(ids.shape[0]), last_only=False)
+        return logits
+
+    # ---- generate / stream ---------------------------------------------------------------------
+    def options(self, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
+                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5) -> GenerationOptions:
+        opts = GenerationOptions(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
+                                 tuple([stop] if isinstance(stop, str) else (stop or ())), eos, chat,
+                                 cascade_threshold)
+        self._check_mode(opts.mode)
+        if opts.stop and not self.has_tokenizer:
+            raise InputError(NoTokenizer.MESSAGE.format(what="stop strings"))
+        return opts
+
+    def encode(self, prompt, chat: bool = False, max_new_tokens: int = 0) -> PromptBatch:
+        """Tokenize (chat template if asked), check and left-pad one prompt or a batch."""
+        batch = build_batch(prompt, chat, self.vocab_size, self.pad_id, self._chat_text if chat else str,
+                            lambda text: self.codec.encode(text, add_special_tokens=not chat))
+        longest = max(batch.lengths)
+        if longest + max_new_tokens > self.max_positions:
+            raise InputError(f"prompt has {longest} tokens + max_new_tokens {max_new_tokens} = "
+                             f"{longest + max_new_tokens} > model.max_positions {self.max_positions}; shorten the "
+                             "prompt or lower max_new_tokens")
+        return batch
+
+    def chat_text(self, messages, add_generation_prompt: bool = True, **extra) -> str:
+        """The chat template applied to `messages` (a string is one user message)."""
+        return self._chat_text(messages, add_generation_prompt, **extra)
+
+    def _chat_text(self, row, add_generation_prompt: bool = True, **extra) -> str:
+        messages = [{"role": "user", "content": row}] if isinstance(row, str) else row
+        c = self.codec
+        if not self.has_tokenizer:
+            raise InputError(NoTokenizer.MESSAGE.format(what="chat"))
+        specials = {"bos_token": c.bos_token, "eos_token": c.eos_token, "pad_token": c.pad_token}
+        for k, v in c.config.items():
+            if k.endswith("_token") and k not in specials:
+                specials[k] = v if isinstance(v, str) else (v.get("content") if isinstance(v, dict) else None)
+        return render_chat(c.chat_template, messages, add_generation_prompt, specials, **extra)
+
+    def generate(self, prompt_or_ids, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                 stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5) -> GenerationResult:
+        """Generate new tokens for one prompt (flat result) or a list of prompts (one left-padded batch)."""
+        opts = self.options(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
+                            cascade_threshold)
+        batch = self.encode(prompt_or_ids, opts.chat, opts.max_new_tokens)
+        gen = self._cascade(batch, opts, False) if opts.mode == CASCADE else \
+            self._pass(batch.input_ids, batch.attention_mask, opts.mode, opts, False, False)
+        return _drain(gen, batch, opts)
+
+    def stream(self, prompt_or_ids, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+               stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5) -> Iterator[str]:
+        """Yield text pieces as they are produced (one prompt). The pieces join to `generate(...).text`.
+
+        cascade: the shadow's answer is held until its confidence is known; an escalated
+        answer streams from base_shadow. After the loop, `self.last_result` holds the result.
+        """
+        opts = self.options(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
+                            cascade_threshold)
+        batch = self.encode(prompt_or_ids, opts.chat, opts.max_new_tokens)
+        if not batch.single:
+            raise InputError("stream() takes one prompt; use generate() for a batch")
+        if not self.has_tokenizer:
+            raise InputError(NoTokenizer.MESSAGE.format(what="streaming text"))
+        gen = self._cascade(batch, opts, True) if opts.mode == CASCADE else \
+            self._pass(batch.input_ids, batch.attention_mask, opts.mode, opts, False, True)
+        return self._pieces(gen, batch, opts)  # a generator; everything above ran eagerly
+
+    def _pieces(self, gen, batch: PromptBatch, opts: GenerationOptions) -> Iterator[str]:
+        while True:
+            try:
+                _, piece = next(gen)
+            except StopIteration as stop_:
+                self.last_result = _result(stop_.value, batch, opts)
+                return
+            yield piece
+
+    def _pass(self, ids: np.ndarray, mask: np.ndarray, mode: str, opts: GenerationOptions, want_logprobs: bool,
+              incremental: bool):
+        """One generation pass in a graph mode. Yields (row, text piece); returns `_Rows`."""
+        b = ids.shape[0]
+        eos = opts.eos if opts.eos is not None else self.eos_ids
+        eos_set = set(eos)
+        rows, streams = _Rows(b), [TextStream(self.codec, opts.stop, incremental) for _ in range(b)]
+        active = [True] * b
+        state = LoopState(np.zeros(b, dtype=bool))
+        sampler = Sampler(opts.do_sample, opts.temperature, opts.top_k, opts.top_p, opts.seed)
+        for rec in decode_n(self.pipeline(mode), ids, mask, opts.max_new_tokens, sampler, eos, self.pad_id,
+                            want_logprobs, state):
+            for r in range(b):
+                if not active[r]:
+                    continue
+                tok = int(rec.tokens[r])
+                rows.ids[r].append(tok)
+                if rec.logprobs is not None:
+                    rows.logprobs[r].append(float(rec.logprobs[r]))
+                if tok in eos_set:
+                    rows.finish[r], active[r] = "eos", False
+                    continue
+                piece = streams[r].push(tok)
+                if streams[r].stopped:
+                    rows.finish[r], active[r] = "stop", False
+                    state.done[r] = True
+                if piece:
+                    yield r, piece
+        for r in range(b):
+            piece = streams[r].finish()
+            rows.text[r] = streams[r].emitted
+            if piece:
+                yield r, piece
+        rows.timings = Timings(state.steps[0].ms, [s.ms for s in state.steps[1:]], b)
+        return rows
+
+    def _cascade(self, batch: PromptBatch, opts: GenerationOptions, incremental: bool):
+        """shadow_only for every row; rows below the threshold are re-answered by base_shadow."""
+        ids, mask = batch.input_ids, batch.attention_mask
+        shadow = _silent(self._pass(ids, mask, "shadow_only", opts, True, False))
+        conf = [shadow.confidence(r) for r in range(ids.shape[0])]
+        low = [r for r, c in enumerate(conf) if c < opts.cascade_threshold]
+        rows, stages = shadow, {"shadow_only": shadow.timings}
+        if low:
+            sub_ids, sub_mask = ids[low], mask[low]
+            first = int(np.argmax(sub_mask.any(axis=0)))  # drop columns that are padding in every kept row
+            base = yield from _remap(self._pass(sub_ids[:, first:], sub_mask[:, first:], "base_shadow", opts,
+                                                False, incremental), low)
+            for i, r in enumerate(low):
+                rows.ids[r], rows.finish[r], rows.text[r] = base.ids[i], base.finish[i], base.text[i]
+            stages["base_shadow"] = base.timings
+        for r in range(ids.shape[0]):
+            if r not in low and rows.text[r]:
+                yield r, rows.text[r]  # the held shadow answer, in one piece
+        rows.answered_by = ["base_shadow" if r in low else "shadow_only" for r in range(ids.shape[0])]
+        rows.conf = conf
+        rows.stages = stages
+        rows.timings = Timings.combine(list(stages.values()))
+        return rows
+
+
+def _silent(gen):
+    """Run a pass without forwarding its pieces; return its value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _remap(gen, rows: list[int]):
+    """Forward a sub-batch pass's pieces with row indices mapped back to the full batch."""
+    while True:
+        try:
+            r, piece = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield rows[r], piece
+
+
+def _drain(gen, batch: PromptBatch, opts: GenerationOptions) -> GenerationResult:
+    return _result(_silent(gen), batch, opts)
+
+
+def _result(rows: _Rows, batch: PromptBatch, opts: GenerationOptions) -> GenerationResult:
+    one = (lambda x: x[0]) if batch.single else (lambda x: list(x))
+    cascade = opts.mode == CASCADE
+    return GenerationResult(
+        mode=opts.mode, token_ids=one(rows.ids), text=one(rows.text), finish_reason=one(rows.finish),
+        prompt_tokens=one(batch.lengths), timings=rows.timings,
+        answered_by=one(rows.answered_by) if cascade else None,
+        confidence=one(rows.conf) if cascade else None,
+        stages=rows.stages if cascade else {})

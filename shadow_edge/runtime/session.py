@@ -1,0 +1,93 @@
+"""onnxruntime sessions, one per graph, checked against the manifest's I/O table.
+
+A `GraphSession` runs with `OrtValue`s in and out (`run_with_ort_values`), so KV tensors
+and the shadow state pass from one step or graph to the next without numpy round trips.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from shadow_edge.errors import ArtifactError
+from shadow_edge.io_spec import TensorSpec
+from shadow_edge.manifest import GraphEntry
+
+ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16",
+             "tensor(int32)": "int32", "tensor(bool)": "bool"}
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+def ov(array: np.ndarray) -> ort.OrtValue:
+    """Wrap a numpy array (made contiguous) as a CPU OrtValue; the OrtValue keeps it alive."""
+    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+
+
+def session_options(threads: int | None) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = int(threads) if threads else (os.cpu_count() or 1)
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only
+    return so
+
+
+def _describe(args) -> dict[str, tuple[str, int, tuple]]:
+    return {a.name: (ORT_TYPES.get(a.type, a.type), len(a.shape), tuple(a.shape)) for a in args}
+
+
+def io_diff(kind: str, found, expected: list[TensorSpec]) -> list[str]:
+    """Differences between a session's inputs/outputs and the manifest's table (names, dtypes, ranks, int dims)."""
+    have, want = _describe(found), {t.name: t for t in expected}
+    diff = [f"{kind} {n!r} expected by the manifest is missing" for n in want if n not in have]
+    diff += [f"{kind} {n!r} is not in the manifest" for n in have if n not in want]
+    for name, spec in want.items():
+        if name not in have:
+            continue
+        dtype, rank, shape = have[name]
+        if dtype != spec.dtype:
+            diff.append(f"{kind} {name!r} has dtype {dtype}, manifest says {spec.dtype}")
+        if rank != len(spec.shape):
+            diff.append(f"{kind} {name!r} has rank {rank} {list(shape)}, manifest says {len(spec.shape)} "
+                        f"{list(spec.shape)}")
+            continue
+        for axis, (got, exp) in enumerate(zip(shape, spec.shape)):
+            if isinstance(got, int) and isinstance(exp, int) and got != exp:
+                diff.append(f"{kind} {name!r} axis {axis} is {got}, manifest says {exp}")
+    return diff
+
+
+class GraphSession:
+    """One ONNX graph loaded in onnxruntime, with its feed/fetch names precomputed."""
+
+    def __init__(self, name: str, entry: GraphEntry, art_dir: Path, providers=None, threads: int | None = None):
+        self.name, self.entry = name, entry
+        path = Path(art_dir) / entry.file
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=session_options(threads),
+                                                providers=list(providers or DEFAULT_PROVIDERS))
+        except Exception as e:  # onnxruntime raises its own exception types
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ArtifactError(f"{path}: onnxruntime cannot load graph {name!r} ({msg}); "
+                                "re-export the artifact") from None
+        diff = io_diff("input", self.session.get_inputs(), entry.inputs) + \
+            io_diff("output", self.session.get_outputs(), entry.outputs)
+        if diff:
+            raise ArtifactError(f"{path}: graph {name!r} does not match its I/O table in manifest.json: "
+                                + "; ".join(diff) + "; re-export the artifact")
+        self.input_names = [t.name for t in entry.inputs]
+        self.output_names = [t.name for t in entry.outputs]
+        self.past_names = [n for n in self.input_names if n.startswith("past_key_values.")]
+        self.present_names = [n for n in self.output_names if n.startswith("present.")]
+        self.main_output = self.output_names[0]  # hidden state or logits, then present.*
+        self._fetch = [self.main_output] + self.present_names
+
+    def run(self, feed: dict[str, ort.OrtValue], past: list[ort.OrtValue] = ()) -> list[ort.OrtValue]:
+        """Run with OrtValue inputs; returns [main output, present.* in table order]."""
+        if past:
+            feed = {**feed, **dict(zip(self.past_names, past))}
+        return self.session.run_with_ort_values(self._fetch, feed)

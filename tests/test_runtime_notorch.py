@@ -1,0 +1,57 @@
+"""The import boundary: the runtime (and `shadow-edge run` / `inspect`) work with torch, transformers and
+shadow_peft made unimportable."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from runtime_fixtures import tiny_artifact  # noqa: F401  (fixture)
+
+BLOCK = """
+import sys
+for name in ("torch", "transformers", "shadow_peft", "peft", "onnx", "safetensors"):
+    sys.modules[name] = None  # any import of these now raises ImportError
+"""
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCK + textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_runtime_runs_every_mode_without_torch(tiny_artifact):
+    proc = run_python(f"""
+        import json
+        import numpy as np
+        from shadow_edge.runtime import ShadowRuntime
+        rt = ShadowRuntime.load({str(tiny_artifact)!r}, threads=1)
+        out = {{}}
+        for mode in ("shadow_only", "base_shadow"):
+            logits = rt.forward([[5, 6, 7]], mode=mode)
+            assert logits.shape == (1, 3, rt.vocab_size) and np.isfinite(logits).all()
+        for mode in rt.modes:
+            r = rt.generate("The river runs", mode=mode, max_new_tokens=5)
+            assert len(r.token_ids) >= 1
+            assert "".join(rt.stream("The river runs", mode=mode, max_new_tokens=5)) == r.text
+            out[mode] = r.to_dict()
+        mods = [m for m in ("torch", "transformers", "shadow_peft") if sys.modules.get(m) is not None]
+        print(json.dumps({{"modes": out, "leaked": mods}}))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(data["modes"]) == {"shadow_only", "base_shadow", "cascade"} and data["leaked"] == []
+    assert data["modes"]["cascade"]["answered_by"] in ("shadow_only", "base_shadow")
+
+
+def test_cli_run_and_inspect_without_torch(tiny_artifact):
+    proc = run_python(f"""
+        from shadow_edge.cli import main
+        assert main(["run", {str(tiny_artifact)!r}, "--mode", "cascade", "--prompt", "Hi", "--max-new-tokens",
+                     "3", "--json", "--threads", "1"]) == 0
+        assert main(["inspect", {str(tiny_artifact)!r}]) == 0
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert '"answered_by"' in proc.stdout and "validation" in proc.stdout
