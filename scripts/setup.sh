@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create ./.venv and install shadow-edge with the given extras (default: export), CPU torch first.
+# Usage: bash scripts/setup.sh [EXTRAS]      e.g. bash scripts/setup.sh export,dev
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-export}"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c requirements/constraints.txt)
+# The CPU build of torch must come first: a plain `torch` requirement can pull a multi-GB CUDA build.
+case ",$extras," in *,export,*|*,dev,*) "${pip[@]}" "torch==2.13.0" ;; esac
+"${pip[@]}" -e ".[${extras}]"
