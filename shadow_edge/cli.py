@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
                    help="weight quantization (default: none = float32)")
     p.add_argument("--no-validate", action="store_true", help="skip validating the graphs against PyTorch")
+    p.add_argument("--plain-backbone", action="store_true",
+                   help="also export the backbone without the adapter (mode base_plain, for overhead benchmarks)")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("run", help="generate text from an artifact (no torch)",
@@ -165,7 +167,8 @@ def cmd_export(args) -> int:
     except ImportError as e:
         raise InputError(f"`shadow-edge export` needs the export extras ({e.name} is missing); install them with "
                          "pip install 'shadow-edge[export]'") from None
-    options = ExportOptions(force=args.force, validate=not args.no_validate, quantize=args.quantize)
+    options = ExportOptions(force=args.force, validate=not args.no_validate, quantize=args.quantize,
+                            plain_backbone=args.plain_backbone)
     export_artifact(args.base, args.adapter, args.out, shadow_model=args.shadow_model, options=options)
     return 0
 
