@@ -37,47 +37,47 @@ class Pipeline:
         self.stacks = [g for g in (shadow, backbone) if g is not None]
         self.head_input = head.input_names[0]
 
-    def empty_caches(self, batch: int) -> list[KVCache]:
-        return [KVCache.empty(batch, g.entry.kv_layers, g.entry.kv_heads, g.entry.head_dim) for g in self.stacks]
+    def empty_caches(self, batch: int, capacity: int) -> list[KVCache]:
+        return [KVCache.empty(batch, g.entry.kv_layers, g.entry.kv_heads, g.entry.head_dim, capacity)
+                for g in self.stacks]
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-             caches: list[KVCache], last_only: bool) -> tuple[np.ndarray, list[KVCache]]:
-        """One forward step over t new tokens.
+             caches: list[KVCache], last_only: bool) -> np.ndarray:
+        """One forward step over t new tokens; the caches advance in place.
 
         input_ids, position_ids: [b, t] int64; attention_mask: [b, past + t] int64.
-        Returns logits [b, 1 if last_only else t, vocab] float32 and the advanced caches.
+        Returns logits [b, 1 if last_only else t, vocab] float32.
         """
         t = input_ids.shape[1]
         feed = {"input_ids": ov(input_ids), "attention_mask": ov(attention_mask), "position_ids": ov(position_ids)}
-        new, hidden = [], None
-        if self.shadow is not None:
-            out = self.shadow.run(feed, caches[0].tensors)
-            hidden = out[0]  # [b, t, d] shadow_hidden_states
-            new.append(caches[0].advanced(out[1:], t))
-        if self.backbone is not None:
-            if hidden is not None:
+        hidden = None
+        for graph, cache in zip(self.stacks, caches):
+            if hidden is not None:  # the backbone after the shadow: [b, t, d] shadow_hidden_states
                 feed[SHADOW_HIDDEN] = hidden
-            out = self.backbone.run(feed, caches[-1].tensors)
-            hidden = out[0]  # [b, t, d] final-normed hidden_states
-            new.append(caches[-1].advanced(out[1:], t))
+            cache.reserve(cache.length + t)
+            hidden = graph.run_in_place(feed, cache.tensors)  # [b, t, d]
+            cache.length += t
         if last_only and t > 1:
             hidden = ov(hidden.numpy()[:, -1:])  # [b, 1, d]: never project every prompt position
-        logits = self.head.run({self.head_input: hidden})[0].numpy()
-        return logits, new
+        return self.head.run({self.head_input: hidden})[0].numpy()
 
 
-def prefill(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray,
+def prefill(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int = 0,
             ) -> tuple[np.ndarray, list[KVCache], np.ndarray]:
-    """Run the prompt once. Returns last-position logits [b, V], caches, next positions [b]."""
+    """Run the prompt once into caches sized for `capacity` positions (grown on demand).
+
+    Returns last-position logits [b, V], the caches and the next positions [b].
+    """
     pos = position_ids(attention_mask)
-    logits, caches = pipe.step(input_ids, attention_mask, pos, pipe.empty_caches(input_ids.shape[0]), True)
+    caches = pipe.empty_caches(input_ids.shape[0], max(capacity, attention_mask.shape[1]))
+    logits = pipe.step(input_ids, attention_mask, pos, caches, True)
     return logits[:, -1], caches, pos[:, -1] + 1  # with left padding the last column is real
 
 
 def decode_one(pipe: Pipeline, tokens: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray,
                caches: list[KVCache]) -> tuple[np.ndarray, list[KVCache]]:
     """Feed one token per row. tokens, positions: [b]; attention_mask: [b, past + 1]. Returns logits [b, V]."""
-    logits, caches = pipe.step(tokens[:, None], attention_mask, positions[:, None], caches, True)
+    logits = pipe.step(tokens[:, None], attention_mask, positions[:, None], caches, True)
     return logits[:, -1], caches
 
 
@@ -112,7 +112,8 @@ def decode_n(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, 
     mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
     ones = np.ones((b, 1), dtype=np.int64)
     t0 = time.perf_counter()
-    logits, caches, positions = prefill(pipe, np.ascontiguousarray(input_ids, dtype=np.int64), mask)
+    logits, caches, positions = prefill(pipe, np.ascontiguousarray(input_ids, dtype=np.int64), mask,
+                                        capacity=mask.shape[1] + max_new_tokens)
     for i in range(max_new_tokens):
         tokens = np.where(state.done, pad_id, choose(logits)).astype(np.int64)
         lp = chosen_logprobs(logits, tokens) if want_logprobs else None

@@ -1,7 +1,10 @@
-"""The KV cache of one decoder stack: its tensors (as OrtValues) and an explicit length.
+"""The KV cache of one decoder stack: preallocated buffers, updated in place, and an explicit length.
 
-The graphs take `past` and return `present = concat(past, new)` along the sequence axis,
-so the cache is a value: each step replaces the tensors and the length together.
+Each buffer is [batch, kv_heads, capacity, head_dim] float32. onnxruntime's
+GroupQueryAttention writes the new keys/values at position `length` of the same buffer
+that it reads the past from (past and present are bound to one OrtValue), so a decode
+step copies nothing but the new token's entries. A step that would overflow grows the
+buffers (doubling), so callers may size them for the whole generation or not at all.
 """
 
 from __future__ import annotations
@@ -11,24 +14,36 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from shadow_edge.runtime.session import ov
 
-
-@dataclass(frozen=True)
+@dataclass
 class KVCache:
     """key/value per layer in graph order (`past_key_values.{i}.key`, `.value`, ...)."""
 
-    tensors: tuple[ort.OrtValue, ...]  # each [batch, kv_heads, length, head_dim] float32
-    length: int  # cached positions (past_seq), including left padding
+    arrays: list[np.ndarray]  # each [batch, kv_heads, capacity, head_dim]; the OrtValues share this memory
+    tensors: list[ort.OrtValue]
+    length: int  # valid positions (past_seq), including left padding
 
     @classmethod
-    def empty(cls, batch: int, layers: int, kv_heads: int, head_dim: int) -> "KVCache":
-        zero = ov(np.zeros((batch, kv_heads, 0, head_dim), dtype=np.float32))
-        return cls(tuple(zero for _ in range(2 * layers)), 0)
+    def empty(cls, batch: int, layers: int, kv_heads: int, head_dim: int, capacity: int) -> "KVCache":
+        arrays = [np.zeros((batch, kv_heads, max(capacity, 1), head_dim), np.float32) for _ in range(2 * layers)]
+        return cls(arrays, [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays], 0)
 
-    def advanced(self, present: list[ort.OrtValue], new_tokens: int) -> "KVCache":
-        """The cache after a step that appended `new_tokens` positions."""
-        return KVCache(tuple(present), self.length + new_tokens)
+    @property
+    def capacity(self) -> int:
+        return self.arrays[0].shape[2]
+
+    def reserve(self, total: int) -> None:
+        """Make room for `total` positions, keeping the first `length` ones."""
+        if total <= self.capacity:
+            return
+        grown = []
+        for a in self.arrays:
+            b = np.zeros((a.shape[0], a.shape[1], max(total, 2 * self.capacity), a.shape[3]), np.float32)
+            b[:, :, : self.length] = a[:, :, : self.length]
+            grown.append(b)
+        self.arrays = grown
+        self.tensors = [ort.OrtValue.ortvalue_from_numpy(a) for a in grown]
 
     def to_numpy(self) -> list[np.ndarray]:
-        return [t.numpy() for t in self.tensors]
+        """The valid part of each buffer, [batch, kv_heads, length, head_dim] (copies)."""
+        return [a[:, :, : self.length].copy() for a in self.arrays]

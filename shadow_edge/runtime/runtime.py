@@ -151,7 +151,8 @@ class ShadowRuntime:
                              "(model.max_positions)")
         pipe = self.pipeline(mode)
         ids = ids.astype(np.int64)
-        logits, _ = pipe.step(ids, mask, position_ids(mask), pipe.empty_caches(ids.shape[0]), last_only=False)
+        logits = pipe.step(ids, mask, position_ids(mask), pipe.empty_caches(ids.shape[0], ids.shape[1]),
+                           last_only=False)
         return logits
 
     # ---- generate / stream ---------------------------------------------------------------------

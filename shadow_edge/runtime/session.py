@@ -84,10 +84,23 @@ class GraphSession:
         self.past_names = [n for n in self.input_names if n.startswith("past_key_values.")]
         self.present_names = [n for n in self.output_names if n.startswith("present.")]
         self.main_output = self.output_names[0]  # hidden state or logits, then present.*
-        self._fetch = [self.main_output] + self.present_names
 
-    def run(self, feed: dict[str, ort.OrtValue], past: list[ort.OrtValue] = ()) -> list[ort.OrtValue]:
-        """Run with OrtValue inputs; returns [main output, present.* in table order]."""
-        if past:
-            feed = {**feed, **dict(zip(self.past_names, past))}
-        return self.session.run_with_ort_values(self._fetch, feed)
+    def run(self, feed: dict[str, ort.OrtValue]) -> list[ort.OrtValue]:
+        """Run a graph without KV cache (the heads); returns its outputs in table order."""
+        return self.session.run_with_ort_values(self.output_names, feed)
+
+    def run_in_place(self, feed: dict[str, ort.OrtValue], kv: list[ort.OrtValue]) -> ort.OrtValue:
+        """Run a KV-cached graph with each past_key_values.* and its present.* bound to one buffer.
+
+        GroupQueryAttention then appends the new keys/values inside the buffers (no concat copy).
+        Returns the main output (hidden states) [b, t, d].
+        """
+        io = self.session.io_binding()
+        io.bind_output(self.main_output, "cpu")  # first: get_outputs() follows binding order
+        for name, value in feed.items():
+            io.bind_ortvalue_input(name, value)
+        for past, present, buf in zip(self.past_names, self.present_names, kv):
+            io.bind_ortvalue_input(past, buf)
+            io.bind_ortvalue_output(present, buf)
+        self.session.run_with_iobinding(io)
+        return io.get_outputs()[0]
