@@ -12,6 +12,12 @@ Graphs (the partition is recorded in the manifest under `graphs` and `modes`):
   lm_head         hidden_states [b, n, d] -> logits [b, n, vocab]  (n = positions asked for)
   shadow_lm_head  as lm_head; exported only when the shadow head differs from lm_head
 Dims are named: batch, seq (new tokens), past_seq, total_seq (= past_seq + seq), n_pos.
+
+KV semantics: with an exactly sized past, `present` is concat(past, new) (optimum's
+convention; the exporter's validation runs this way). The runtime instead binds each
+`past_key_values.*` and its `present.*` to one preallocated buffer [batch, kv_heads,
+capacity, head_dim]; GroupQueryAttention then reads the first total_seq - seq positions
+(attention_mask's length says how many) and writes the new ones in place.
 """
 
 from __future__ import annotations
