@@ -1,0 +1,86 @@
+"""Cached inputs of the comparison: preset checkpoints, the shadow-edge artifact, onnxruntime-genai models.
+
+Everything lives under one cache directory (default: <repo>/.cache, gitignored):
+  presets/<preset>/{base,adapter}        built by presets.build_preset (once)
+  artifacts/<preset>/                    `export_artifact(..., plain_backbone=True)`; re-exported
+                                         whenever the exporter's source changes (fingerprint below)
+  ort-genai/<preset>/<fp32|int4>/        onnxruntime-genai's model builder output (once per version)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = REPO / ".cache"
+# The source that decides what an export contains: any change re-exports the cached artifact.
+EXPORT_SOURCES = ("shadow_edge/core", "shadow_edge/export", "shadow_edge/io_spec.py", "shadow_edge/manifest.py",
+                  "shadow_edge/__init__.py")
+
+
+def say(message: str) -> None:
+    print(f"[compare] {message}", file=sys.stderr, flush=True)
+
+
+def exporter_fingerprint() -> str:
+    h = hashlib.sha256()
+    for rel in EXPORT_SOURCES:
+        p = REPO / rel
+        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
+            h.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def ensure_artifact(preset: str, base: Path, adapter: Path, cache: Path) -> Path:
+    """The preset's artifact (with backbone_plain), exported and validated unless a current one is cached."""
+    from shadow_edge.export import ExportOptions, export_artifact
+
+    art = cache / "artifacts" / preset
+    stamp = cache / "artifacts" / f"{preset}.fingerprint"
+    fingerprint = exporter_fingerprint()
+    if art.is_dir() and stamp.is_file() and stamp.read_text().strip() == fingerprint:
+        return art
+    say(f"exporting {preset} -> {art} (exporter fingerprint {fingerprint}; validated against PyTorch)")
+    export_artifact(base, adapter, art, options=ExportOptions(force=True, plain_backbone=True),
+                    progress=lambda msg: say(f"  export: {msg}"))
+    stamp.write_text(fingerprint + "\n")
+    return art
+
+
+def ort_genai_version() -> str | None:
+    try:
+        import onnxruntime_genai
+    except ImportError:
+        return None
+    return onnxruntime_genai.__version__
+
+
+def ensure_ort_genai_model(preset: str, base: Path, precision: str, cache: Path) -> Path:
+    """onnxruntime-genai's build of the plain base model (`-p fp32|int4 -e cpu`), built offline once."""
+    out = cache / "ort-genai" / preset / precision
+    done = out / "COMPLETE"
+    version = ort_genai_version()
+    if done.is_file() and done.read_text().strip() == version:
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(base), "-o", str(out),
+           "-p", precision, "-e", "cpu", "-c", str(out.parent / f".hf-cache-{precision}")]
+    say(f"building onnxruntime-genai {precision} model: {' '.join(cmd)}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not (out / "genai_config.json").is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise RuntimeError(f"onnxruntime-genai builder failed ({precision}): " + " | ".join(tail))
+    shutil.rmtree(out.parent / f".hf-cache-{precision}", ignore_errors=True)
+    done.write_text(f"{version}\n")
+    return out
+
+
+def dir_bytes(path: Path, suffixes: tuple[str, ...]) -> int:
+    return sum(p.stat().st_size for p in Path(path).iterdir() if p.is_file() and p.name.endswith(suffixes))

@@ -1,0 +1,55 @@
+"""Benchmark options: one frozen dataclass, validated in `__post_init__` (runtime-only, never stored)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shadow_edge.errors import InputError
+
+BENCH_MODES = ("shadow_only", "base_shadow", "base_plain")  # cascade's cost depends on its threshold: not here
+DEFAULT_MODES = ("shadow_only", "base_shadow")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to measure. Defaults: the issue's workload (prompt 64, 32 new tokens, greedy, batch 1)."""
+
+    modes: tuple[str, ...] = field(default=DEFAULT_MODES, metadata={
+        "help": "modes to benchmark, in order: shadow_only, base_shadow, base_plain (the backbone without the "
+                "adapter; artifacts exported with plain_backbone only)"})
+    prompt_len: int = field(default=64, metadata={"help": "prompt length in tokens (random ids), >= 1"})
+    new_tokens: int = field(default=32, metadata={
+        "help": "tokens generated per repetition (greedy, eos ignored), >= 2 so that decoding is timed"})
+    batch: int = field(default=1, metadata={"help": "prompts per generate call (same length, no padding), >= 1"})
+    reps: int = field(default=5, metadata={"help": "timed repetitions per mode, >= 1"})
+    warmup: int = field(default=1, metadata={"help": "untimed repetitions before the timed ones, >= 0"})
+    threads: int | None = field(default=None, metadata={
+        "help": "onnxruntime intra-op threads and bandwidth-probe threads (default: all cores)"})
+    seed: int = field(default=0, metadata={"help": "seed of the random prompt ids"})
+    bandwidth_mib: int = field(default=1024, metadata={
+        "help": "size of the memory read-bandwidth probe in MiB (0 skips the probe)"})
+    verify: bool = field(default=False, metadata={
+        "help": "check every artifact file's sha256 before loading (excluded from load time)"})
+
+    def __post_init__(self) -> None:
+        modes = (self.modes,) if isinstance(self.modes, str) else tuple(self.modes or ())
+        object.__setattr__(self, "modes", modes)
+        if not modes:
+            raise InputError(f"modes is empty; choose one or more of {', '.join(BENCH_MODES)}")
+        for m in modes:
+            if m not in BENCH_MODES:
+                raise InputError(f"mode {m!r} cannot be benchmarked; choose from {', '.join(BENCH_MODES)} "
+                                 "(cascade's cost depends on its threshold: time its two modes instead)")
+        if len(set(modes)) != len(modes):
+            raise InputError(f"modes {list(modes)} lists a mode twice; list each mode once")
+        for name, low in (("prompt_len", 1), ("new_tokens", 2), ("batch", 1), ("reps", 1), ("warmup", 0),
+                          ("seed", 0), ("bandwidth_mib", 0)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise InputError(f"{name} is {value!r}; it must be an integer >= {low}")
+        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
+            raise InputError(f"threads is {self.threads!r}; it must be an integer >= 1 (or None for all cores)")

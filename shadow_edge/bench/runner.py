@@ -1,0 +1,138 @@
+"""`run_bench`: time each mode of an artifact in this process, one freshly loaded runtime per mode.
+
+Per mode: reset the peak-RSS mark, load only that mode's graphs (load time), run
+`warmup` untimed and `reps` timed greedy generations of the same random prompt (eos
+ignored, so every run makes exactly `new_tokens` tokens), read the peak RSS, free the
+runtime. The memory read bandwidth is probed once, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from shadow_edge.bench.machine import (machine_info, peak_rss_bytes, read_bandwidth_gbs, release_freed_memory,
+                                       reset_peak_rss, rss_bytes, versions)
+from shadow_edge.bench.options import BenchOptions
+from shadow_edge.bench.stats import RunTiming, summarize
+from shadow_edge.bench.weights import weight_bytes_per_token
+from shadow_edge.errors import InputError
+from shadow_edge.manifest import MANIFEST_NAME, Manifest, read_manifest, verify_files
+
+SCHEMA = "shadow-edge-bench/1"
+BANDWIDTH_METHOD = ("numpy streaming read: np.bitwise_or.reduce in 8 MiB blocks over an int64 array (1 GiB by "
+                    "default) split across N threads (GIL released), best of 7 passes, GB = 1e9 bytes")
+
+
+def stderr_progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def artifact_info(art: Path, manifest: Manifest) -> dict:
+    m = manifest.model
+    return {
+        "path": str(art),
+        "manifest_sha256": hashlib.sha256((art / MANIFEST_NAME).read_bytes()).hexdigest(),
+        "tool_version": manifest.tool_version,
+        "dtype": manifest.dtype,
+        "quantization": manifest.quantization,
+        "vocab_size": m.get("vocab_size"),
+        "hidden_size": m.get("hidden_size"),
+        "base_layers": m.get("base", {}).get("num_layers"),
+        "shadow_layers": m.get("shadow", {}).get("num_layers"),
+        "shadow_kind": m.get("shadow_kind"),
+    }
+
+
+def prompt_ids(vocab_size: int, batch: int, length: int, seed: int) -> np.ndarray:
+    """[batch, length] random token ids, the same for every mode and system of a run."""
+    return np.random.default_rng(seed).integers(0, vocab_size, size=(batch, length), dtype=np.int64)
+
+
+def run_bench(art_dir: str | Path, options: BenchOptions = BenchOptions(),
+              progress: Callable[[str], None] = stderr_progress) -> list[dict]:
+    """One record per mode in `options.modes` (see `report.RECORD_KEYS` for the fields)."""
+    art = Path(art_dir)
+    manifest = read_manifest(art)
+    missing = [m for m in options.modes if m not in manifest.modes]
+    if missing:
+        hint = " (base_plain needs an artifact exported with plain_backbone=True)" if "base_plain" in missing else ""
+        raise InputError(f"{art}: mode(s) {', '.join(missing)} not in this artifact; it has "
+                         f"{', '.join(manifest.modes)}{hint}")
+    limit = int(manifest.model["max_positions"])
+    if options.prompt_len + options.new_tokens > limit:
+        raise InputError(f"prompt_len {options.prompt_len} + new_tokens {options.new_tokens} > the model's "
+                         f"max_positions {limit}; lower one of them")
+    if options.verify:
+        progress("verifying artifact files (sha256)")
+        verify_files(art, manifest)
+    threads = options.threads or os.cpu_count() or 1
+    bandwidth = None
+    if options.bandwidth_mib:
+        progress(f"measuring memory read bandwidth ({options.bandwidth_mib} MiB, {threads} threads)")
+        bandwidth = read_bandwidth_gbs(threads, options.bandwidth_mib)
+        progress(f"read bandwidth {bandwidth:.1f} GB/s")
+    common = {"schema": SCHEMA, "tool": "shadow-edge bench", "versions": versions(), "machine": machine_info(),
+              "threads": threads, "read_bandwidth_gbs": bandwidth, "bandwidth_method": BANDWIDTH_METHOD,
+              "artifact": artifact_info(art, manifest)}
+    ids = prompt_ids(int(manifest.model["vocab_size"]), options.batch, options.prompt_len, options.seed)
+    return [{**common, **bench_mode(art, manifest, mode, ids, options, threads, bandwidth, progress)}
+            for mode in options.modes]
+
+
+def bench_mode(art: Path, manifest: Manifest, mode: str, ids: np.ndarray, options: BenchOptions, threads: int,
+               bandwidth: float | None, progress: Callable[[str], None]) -> dict:
+    from shadow_edge.runtime import ShadowRuntime
+
+    release_freed_memory()
+    scoped = reset_peak_rss()
+    rss_before = rss_bytes()
+    progress(f"{mode}: loading")
+    t0 = time.perf_counter()
+    rt = ShadowRuntime.load(art, threads=threads, verify=False, modes=(mode,))
+    load_ms = (time.perf_counter() - t0) * 1e3
+    provider = rt.pipeline(mode).head.session.get_providers()[0]
+    prompt = ids[0].tolist() if ids.shape[0] == 1 else ids.tolist()
+    runs, prefill = [], []
+    for i in range(options.warmup + options.reps):
+        t0 = time.perf_counter()
+        out = rt.generate(prompt, mode=mode, max_new_tokens=options.new_tokens, eos=())
+        wall = (time.perf_counter() - t0) * 1e3
+        steps = tuple(out.timings.decode_ms_per_token)
+        timed = i >= options.warmup
+        label = f"rep {i - options.warmup + 1}/{options.reps}" if timed else f"warm-up {i + 1}/{options.warmup}"
+        progress(f"{mode}: {label}: prefill {out.timings.prefill_ms:.1f} ms, decode "
+                 f"{np.median(steps):.2f} ms/token, {wall:.0f} ms total")
+        if timed:
+            runs.append(RunTiming(wall - sum(steps), steps, wall, options.new_tokens, options.batch))
+            prefill.append(out.timings.prefill_ms)
+    peak = peak_rss_bytes()
+    del rt, out
+    release_freed_memory()
+    figures = summarize(runs)
+    figures["prefill_ms"] = float(np.median(prefill))
+    weights = weight_bytes_per_token(art, manifest, mode)
+    achieved = weights / (figures["decode_ms_p50"] / 1e3) / 1e9
+    return {
+        "mode": mode,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "provider": provider,
+        "workload": {"prompt_len": options.prompt_len, "new_tokens": options.new_tokens, "batch": options.batch,
+                     "reps": options.reps, "warmup": options.warmup, "greedy": True, "seed": options.seed},
+        "load_ms": load_ms,
+        **figures,
+        "peak_rss_bytes": peak,
+        "peak_rss_scope": "mode" if scoped else "process",
+        "rss_before_load_bytes": rss_before,
+        "artifact_bytes": manifest.mode_bytes(mode),
+        "weight_bytes_per_token": weights,
+        "achieved_gbs": achieved,
+        "bandwidth_fraction": achieved / bandwidth if bandwidth else None,
+    }
