@@ -18,6 +18,7 @@ from shadow_edge.core.model import position_ids_from_mask
 from shadow_edge.errors import ExportError, ShadowEdgeError
 from shadow_edge.export import ExportOptions, export_artifact
 from shadow_edge.manifest import read_manifest, sha256_file
+from shadow_edge.runtime.session import session_options
 
 ORACLE_TOL = 1e-4
 
@@ -40,9 +41,7 @@ def exported(cases, tmp_path_factory):
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
 
 
 def _graph_logits(art: Path, ids: np.ndarray, mask: np.ndarray, mode: str) -> np.ndarray:

@@ -19,6 +19,7 @@ import torch
 from shadow_edge import io_spec
 from shadow_edge.core.model import KV, ShadowModel, StepInputs
 from shadow_edge.errors import ExportError
+from shadow_edge.runtime.session import session_options
 
 # (prompt lengths per batch row, decode steps); shorter rows are left-padded.
 SCENARIOS = (((1,), 3), ((6,), 3), ((6, 3), 3))
@@ -35,10 +36,7 @@ class _Worst:
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def _kv_feed(kv: list[np.ndarray]) -> dict[str, np.ndarray]:

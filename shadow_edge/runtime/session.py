@@ -7,6 +7,7 @@ and the shadow state pass from one step or graph to the next without numpy round
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,27 +27,31 @@ def ov(array: np.ndarray) -> ort.OrtValue:
     return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
 
 
-_global_pool_threads: int | None = None  # set once per process by the first session_options() call
+_pool_threads: int | None = None  # the process-wide pool's size once set; 0 = unavailable
 
 
 def session_options(threads: int | None) -> ort.SessionOptions:
-    """Options for one graph's session. All graphs share one process-wide thread pool.
+    """Options for a session of this process. Every shadow-edge session shares one thread pool.
 
     A mode runs two or three sessions per token; with a pool per session, the idle pools
-    spin on the same cores while the next session runs (measured: ~2x slower decode). The
-    process-wide pool is sized by the first call; a later runtime asking for another size
-    gets its own non-spinning pools instead.
+    spin on the same cores while the next session runs (measured: ~2x slower decode). So
+    the first call creates onnxruntime's process-wide pool with `threads` threads (default:
+    all cores) and every session uses it; the size cannot change afterwards (a warning says
+    so). Where onnxruntime refuses a global pool, sessions get their own non-spinning pools.
     """
-    global _global_pool_threads
+    global _pool_threads
     n = int(threads) if threads else (os.cpu_count() or 1)
-    if _global_pool_threads is None:
+    if _pool_threads is None:
         try:
             ort.set_global_thread_pool_sizes(n, 1)
-            _global_pool_threads = n
-        except Exception:  # an environment without global pools already exists
-            _global_pool_threads = 0
+            _pool_threads = n
+        except Exception:
+            _pool_threads = 0
+    elif _pool_threads and n != _pool_threads:
+        warnings.warn(f"threads={n} ignored: this process's onnxruntime thread pool already has {_pool_threads} "
+                      "threads (it is sized by the first runtime loaded)", stacklevel=3)
     so = ort.SessionOptions()
-    if n == _global_pool_threads:
+    if _pool_threads:
         so.use_per_session_threads = False
     else:
         so.intra_op_num_threads, so.inter_op_num_threads = n, 1
