@@ -30,7 +30,7 @@ def ov(array: np.ndarray) -> ort.OrtValue:
 _pool_threads: int | None = None  # the process-wide pool's size once set; 0 = unavailable
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, prepack: bool = True) -> ort.SessionOptions:
     """Options for a session of this process. Every shadow-edge session shares one thread pool.
 
     A mode runs two or three sessions per token; with a pool per session, the idle pools
@@ -38,6 +38,8 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     the first call creates onnxruntime's process-wide pool with `threads` threads (default:
     all cores) and every session uses it; the size cannot change afterwards (a warning says
     so). Where onnxruntime refuses a global pool, sessions get their own non-spinning pools.
+    `prepack=False` keeps weights as stored: right for the vocabulary heads, whose Gemm(transB)
+    reads the [vocab, d] rows directly (measured faster for one position, and no 0.6 GB copy).
     """
     global _pool_threads
     n = int(threads) if threads else (os.cpu_count() or 1)
@@ -59,6 +61,8 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only
+    if not prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     return so
 
 
@@ -94,7 +98,8 @@ class GraphSession:
         self.name, self.entry = name, entry
         path = Path(art_dir) / entry.file
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=session_options(threads),
+            options = session_options(threads, prepack=entry.kv_layers > 0)  # heads: no packed copy
+            self.session = ort.InferenceSession(str(path), sess_options=options,
                                                 providers=list(providers or DEFAULT_PROVIDERS))
         except Exception as e:  # onnxruntime raises its own exception types
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
