@@ -78,7 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write (atomically)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
-                   help="weight quantization (default: none = float32)")
+                   help="block-wise weight quantization of the decoder layers and the vocabulary matrix "
+                        "(default: none = float32); validated against the dequantized PyTorch model")
+    p.add_argument("--block-size", type=int, default=32, metavar="N",
+                   help="input features per quantization block (default 32)")
     p.add_argument("--no-validate", action="store_true", help="skip validating the graphs against PyTorch")
     p.add_argument("--plain-backbone", action="store_true",
                    help="also export the backbone without the adapter (mode base_plain, for overhead benchmarks)")
@@ -168,6 +171,7 @@ def cmd_export(args) -> int:
         raise InputError(f"`shadow-edge export` needs the export extras ({e.name} is missing); install them with "
                          "pip install 'shadow-edge[export]'") from None
     options = ExportOptions(force=args.force, validate=not args.no_validate, quantize=args.quantize,
+                            block_size=args.block_size,
                             plain_backbone=args.plain_backbone)
     export_artifact(args.base, args.adapter, args.out, shadow_model=args.shadow_model, options=options)
     return 0

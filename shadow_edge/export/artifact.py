@@ -25,6 +25,7 @@ from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.export.graphs import Tensors, build_backbone, build_head, build_shadow
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
 from shadow_edge.export.options import ExportOptions
+from shadow_edge.export.quantize import quantize_spec
 from shadow_edge.export.tokenizer_files import copy_tokenizer_files
 from shadow_edge.export.validate import validate_graphs
 from shadow_edge.errors import ExportError
@@ -66,7 +67,11 @@ def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shad
 
 def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOptions,
            progress: Callable[[str], None]) -> Manifest:
-    store, names = WeightStore(), Tensors()
+    quantized = {}
+    if options.quantize != "none":
+        progress(f"quantizing decoder and vocabulary weights to {options.quantize} (blocks of {options.block_size})")
+        spec, quantized = quantize_spec(spec, options.quantize, options.block_size)  # spec: dequantized values
+    store, names = WeightStore(), Tensors(quantized)
     builders: list[GraphBuilder] = []
     progress("building graph: shadow")
     builders.append(build_shadow(spec, store, names))
@@ -102,7 +107,8 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
         tool_version=__version__,
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         source=spec.source,
-        model=_model_info(spec),
+        model={**_model_info(spec), "quantization": {"scheme": options.quantize, "block_size": options.block_size,
+                                                     "compute": "float32"} if quantized else None},
         tokenizer=tokenizer,
         dtype="float32",
         quantization=options.quantize,

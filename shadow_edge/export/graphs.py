@@ -3,7 +3,8 @@
 `shadow`: embeddings -> shadow layers -> norm -> projection = shadow_hidden_states.
 `backbone`: base layers with injection/update fed by shadow_hidden_states -> final-normed hidden.
 `lm_head` / `shadow_lm_head`: hidden [b, n, d] -> logits (Gemm on the stored [vocab, d] matrix,
-so the embedding table and a tied head are one tensor on disk).
+so the embedding table and a tied head are one tensor on disk; quantized: MatMulNBits and
+GatherBlockQuantized over the same packed bytes).
 Fusions done here: q|k|v and gate|up weights concatenated, 1/sqrt(head_dim) folded into the
 q projection (or the q norm), alpha folded into the injection up-projection.
 """
@@ -17,6 +18,7 @@ from shadow_edge import io_spec
 from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
+from shadow_edge.export.quantize import Quantized
 
 NEG = float(np.finfo(np.float32).min)  # finite: fully masked (padding) rows stay finite
 
@@ -26,14 +28,56 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 class Tensors:
-    """Names shared tensors by object identity, so the same torch tensor is one ONNX initializer."""
+    """Names shared tensors by object identity (the same torch tensor is one ONNX initializer), and
+    emits the ops that read weights: float32 MatMul / Gather / Gemm, or their block-quantized forms
+    for tensors in `quantized` (id(tensor) -> packed form, see export/quantize.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, quantized: dict[int, Quantized] | None = None) -> None:
         self._names: dict[int, str] = {}
+        self.quantized = quantized or {}
 
     def raw(self, b: GraphBuilder, t: torch.Tensor, name: str) -> str:
         name = self._names.setdefault(id(t), name)
         return b.weight(name, lambda: _np(t))
+
+    def linear(self, b: GraphBuilder, x: str, key: str, parts: list[torch.Tensor], tag: str) -> str:
+        """x @ concat(parts).T for weights [out, in] stacked along out (q|k|v, gate|up)."""
+        packed = [self.quantized.get(id(t)) for t in parts]
+        if all(packed):
+            qw = packed[0] if len(packed) == 1 else Quantized.concat(packed)
+            return self._matmul_nbits(b, x, key, qw, tag)
+        return b.op("MatMul", [x, b.weight(key, lambda: _np(torch.cat(parts).T))], tag=f"{tag}/MatMul")
+
+    def embed(self, b: GraphBuilder, t: torch.Tensor, name: str, ids: str) -> str:
+        """Rows of the [vocab, d] table for `ids` [b, s] -> [b, s, d]."""
+        qw = self.quantized.get(id(t))
+        if qw is None:
+            return b.op("Gather", [self.raw(b, t, name), ids], axis=0, tag="embed/Gather")
+        name = self._names.setdefault(id(t), name)
+        data = b.weight(f"{name}.quantized_rows", lambda: qw.packed.reshape(qw.packed.shape[0], -1))
+        scales = b.weight(f"{name}.row_scales", lambda: qw.scales)  # same bytes as the head's scales
+        return b.op("GatherBlockQuantized", [data, ids, scales], domain="com.microsoft", bits=qw.bits,
+                    block_size=qw.block, gather_axis=0, quantize_axis=1, tag="embed/GatherBlockQuantized")
+
+    def head(self, b: GraphBuilder, hidden: str, t: torch.Tensor, name: str, vocab: int, d: int) -> str:
+        """hidden [b, n, d] -> logits [b, n, vocab] against the [vocab, d] matrix."""
+        qw = self.quantized.get(id(t))
+        if qw is not None:
+            name = self._names.setdefault(id(t), name)
+            return self._matmul_nbits(b, hidden, name, qw, "lm_head")
+        flat = b.op("Reshape", [hidden, b.const([-1, d])])
+        logits = b.op("Gemm", [flat, self.raw(b, t, name)], transB=1, tag="lm_head/Gemm")
+        shape = b.op("Concat", [b.op("Slice", [b.op("Shape", [hidden]), b.const([0]), b.const([2])]),
+                                b.const([vocab])], axis=0)
+        return b.op("Reshape", [logits, shape])
+
+    @staticmethod
+    def _matmul_nbits(b: GraphBuilder, x: str, key: str, qw: Quantized, tag: str) -> str:
+        n, k = qw.shape
+        data = b.weight(f"{key}.quantized", lambda: qw.packed)
+        scales = b.weight(f"{key}.scales", lambda: qw.scales.reshape(-1))
+        return b.op("MatMulNBits", [x, data, scales], domain="com.microsoft", K=k, N=n, bits=qw.bits,
+                    block_size=qw.block, accuracy_level=1, tag=f"{tag}/MatMulNBits")
 
 
 def _rms(b: GraphBuilder, x: str, w: str, eps: float) -> str:
@@ -75,8 +119,8 @@ def _rotary(b: GraphBuilder, x: str, ctx: _Context, heads: int) -> str:
                 num_heads=heads, interleaved=0)
 
 
-def _layer(b: GraphBuilder, cfg: DecoderConfig, prefix: str, i: int, lw: dict[str, torch.Tensor], h: str,
-           ctx: _Context) -> str:
+def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: int, lw: dict[str, torch.Tensor],
+           h: str, ctx: _Context) -> str:
     """One decoder layer; registers past/present I/O for layer i; returns the new residual stream."""
     H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     scale = hd ** -0.5
@@ -84,8 +128,7 @@ def _layer(b: GraphBuilder, cfg: DecoderConfig, prefix: str, i: int, lw: dict[st
     with b.scope(f"layers.{i}"):
         x = _rms(b, h, b.weight(f"{key}.input_norm", lambda: _np(lw["input_norm.weight"])), cfg.rms_norm_eps)
         with b.scope("attn"):
-            qkv = b.op("MatMul", [x, b.weight(f"{key}.qkv", lambda: _np(
-                torch.cat([lw["q.weight"], lw["k.weight"], lw["v.weight"]]).T))], tag="qkv/MatMul")
+            qkv = names.linear(b, x, f"{key}.qkv", [lw["q.weight"], lw["k.weight"], lw["v.weight"]], "qkv")
             if cfg.qkv_bias:
                 qkv = b.op("Add", [qkv, b.weight(f"{key}.qkv_bias", lambda: _np(
                     torch.cat([lw["q.bias"], lw["k.bias"], lw["v.bias"]])))], tag="qkv/Add")
@@ -102,20 +145,19 @@ def _layer(b: GraphBuilder, cfg: DecoderConfig, prefix: str, i: int, lw: dict[st
                         outputs=[None, io_spec.present_name(i, "key"), io_spec.present_name(i, "value")])
             b.declare_output(io_spec.present_name(i, "key"), "float32", ("batch", KV, "total_seq", hd))
             b.declare_output(io_spec.present_name(i, "value"), "float32", ("batch", KV, "total_seq", hd))
-            o = b.op("MatMul", [attn[0], b.weight(f"{key}.o", lambda: _np(lw["o.weight"].T))], tag="o/MatMul")
+            o = names.linear(b, attn[0], f"{key}.o", [lw["o.weight"]], "o")
             if cfg.o_bias:
                 o = b.op("Add", [o, b.weight(f"{key}.o_bias", lambda: _np(lw["o.bias"]))], tag="o/Add")
         h = b.op("Add", [h, o], tag="attn_residual")
         x = _rms(b, h, b.weight(f"{key}.post_norm", lambda: _np(lw["post_norm.weight"])), cfg.rms_norm_eps)
         with b.scope("mlp"):
-            gu = b.op("MatMul", [x, b.weight(f"{key}.gate_up", lambda: _np(
-                torch.cat([lw["gate.weight"], lw["up.weight"]]).T))], tag="gate_up/MatMul")
+            gu = names.linear(b, x, f"{key}.gate_up", [lw["gate.weight"], lw["up.weight"]], "gate_up")
             if cfg.mlp_bias:
                 gu = b.op("Add", [gu, b.weight(f"{key}.gate_up_bias", lambda: _np(
                     torch.cat([lw["gate.bias"], lw["up.bias"]])))], tag="gate_up/Add")
             g, u = b.op("Split", [gu, b.const([cfg.intermediate_size] * 2)], n_out=2, axis=-1)
             m = b.op("Mul", [_silu(b, g), u])
-            down = b.op("MatMul", [m, b.weight(f"{key}.down", lambda: _np(lw["down.weight"].T))], tag="down/MatMul")
+            down = names.linear(b, m, f"{key}.down", [lw["down.weight"]], "down")
             if cfg.mlp_bias:
                 down = b.op("Add", [down, b.weight(f"{key}.down_bias", lambda: _np(lw["down.bias"]))], tag="down/Add")
         return b.op("Add", [h, down], tag="mlp_residual")
@@ -136,12 +178,11 @@ def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors) -> G
     b = GraphBuilder(io_spec.GRAPH_SHADOW, store)
     cfg, d = spec.shadow.config, spec.hidden_size
     _step_inputs(b)
-    embed = names.raw(b, spec.shadow_embed, "model.embed_tokens.weight" if spec.shadow.embed is None
-                      else "shadow.embed_tokens.weight")
-    h = b.op("Gather", [embed, "input_ids"], axis=0, tag="embed/Gather")
+    h = names.embed(b, spec.shadow_embed, "model.embed_tokens.weight" if spec.shadow.embed is None
+                    else "shadow.embed_tokens.weight", "input_ids")
     ctx = _Context(b, cfg)
     for i, lw in enumerate(spec.shadow.layers):
-        h = _layer(b, cfg, "shadow", i, lw, h, ctx)
+        h = _layer(b, names, cfg, "shadow", i, lw, h, ctx)
     h = _rms(b, h, b.weight("shadow.norm", lambda: _np(spec.shadow.norm)), cfg.rms_norm_eps)
     if spec.projection is not None:
         h = b.op("MatMul", [h, b.weight("shadow.projection", lambda: _np(spec.projection.T))], tag="projection/MatMul")
@@ -157,13 +198,12 @@ def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, ad
     cfg, d = spec.base.config, spec.hidden_size
     _step_inputs(b)
     s = b.input(io_spec.SHADOW_HIDDEN, "float32", ("batch", "seq", d)) if adapter else None
-    h = b.op("Gather", [names.raw(b, spec.base.embed, "model.embed_tokens.weight"), "input_ids"], axis=0,
-             tag="embed/Gather")
+    h = names.embed(b, spec.base.embed, "model.embed_tokens.weight", "input_ids")
     ctx = _Context(b, cfg)
     for i, lw in enumerate(spec.base.layers):
         if adapter and i > 0:
             h = _inject(b, spec, i - 1, h, s)
-        h = _layer(b, cfg, "base", i, lw, h, ctx)
+        h = _layer(b, names, cfg, "base", i, lw, h, ctx)
         if adapter and 0 < i < len(spec.base.layers) - 1:  # the last update feeds nothing: skipped
             s = _update(b, spec, i - 1, h, s)
     h = _rms(b, h, b.weight("base.norm", lambda: _np(spec.base.norm)), cfg.rms_norm_eps)
@@ -199,16 +239,12 @@ def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, h: str, s: str) -> s
 
 def build_head(name: str, head: torch.Tensor, default_key: str, spec: ShadowModelSpec, store: WeightStore,
                names: Tensors) -> GraphBuilder:
-    """hidden_states [b, n, d] -> logits [b, n, vocab] via Gemm(transB) on the [vocab, d] matrix."""
+    """hidden_states [b, n, d] -> logits [b, n, vocab] against the stored [vocab, d] matrix."""
     b = GraphBuilder(name, store)
     (inp,), (out,) = io_spec.head_graph_io(spec.hidden_size, spec.vocab_size)
     b.input(inp.name, inp.dtype, inp.shape)
-    w = names.raw(b, head, default_key)
-    flat = b.op("Reshape", [inp.name, b.const([-1, spec.hidden_size])])
-    logits = b.op("Gemm", [flat, w], transB=1, tag="lm_head/Gemm")
-    shape = b.op("Concat", [b.op("Slice", [b.op("Shape", [inp.name]), b.const([0]), b.const([2])]),
-                            b.const([spec.vocab_size])], axis=0)
-    b.output(b.op("Reshape", [logits, shape]), out.name, out.dtype, out.shape)
+    logits = names.head(b, inp.name, head, default_key, spec.vocab_size, spec.hidden_size)
+    b.output(logits, out.name, out.dtype, out.shape)
     return b
 
 

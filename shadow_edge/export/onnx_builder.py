@@ -7,6 +7,7 @@ weights are fused (qkv, gate|up) and node names are stable (`/layers.3/attn/qkv/
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -31,27 +32,35 @@ class WeightStore:
 
     def add(self, key: str, graph: str, make: Callable[[], np.ndarray]) -> np.ndarray:
         if key not in self.arrays:
-            self.arrays[key] = np.ascontiguousarray(make(), dtype=np.float32)
+            self.arrays[key] = np.ascontiguousarray(make())  # float32 weights, uint8 packed ones
         users = self.users.setdefault(key, [])
         if graph not in users:
             users.append(graph)
         return self.arrays[key]
 
     def write(self, out_dir: Path, graph_order: list[str]) -> None:
-        """Write each large weight to `<owner>.onnx.data`; the owner is its first user in `graph_order`."""
+        """Write each large weight to `<owner>.onnx.data`; the owner is its first user in `graph_order`.
+
+        Arrays with identical bytes (e.g. the packed vocabulary seen as embedding rows and as
+        head blocks) are written once and share one location.
+        """
         handles: dict[str, object] = {}
+        written: dict[tuple, tuple[str, int, int]] = {}
         try:
             for key, arr in self.arrays.items():
                 if arr.nbytes < INLINE_LIMIT:
+                    continue
+                digest = (arr.dtype.str, hashlib.blake2b(memoryview(arr).cast("B"), digest_size=16).digest())
+                if digest in written:
+                    self.location[key] = written[digest]
                     continue
                 owner = min(self.users[key], key=graph_order.index)
                 fname = f"{owner}.onnx.data"
                 if fname not in handles:
                     handles[fname] = open(out_dir / fname, "wb")
                 f = handles[fname]
-                pad = (-f.tell()) % PAGE
-                f.write(b"\0" * pad)
-                self.location[key] = (fname, f.tell(), arr.nbytes)
+                f.write(b"\0" * ((-f.tell()) % PAGE))
+                self.location[key] = written[digest] = (fname, f.tell(), arr.nbytes)
                 f.write(arr.tobytes())
         finally:
             for f in handles.values():
@@ -128,7 +137,7 @@ class GraphBuilder:
                 inits.append(numpy_helper.from_array(arr, key))
                 continue
             fname, offset, length = self.store.location[key]
-            t = TensorProto(name=key, data_type=TensorProto.FLOAT, dims=list(arr.shape))
+            t = TensorProto(name=key, data_type=helper.np_dtype_to_tensor_dtype(arr.dtype), dims=list(arr.shape))
             t.data_location = TensorProto.EXTERNAL
             for k, v in (("location", fname), ("offset", str(offset)), ("length", str(length))):
                 entry = t.external_data.add()

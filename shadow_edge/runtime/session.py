@@ -94,11 +94,12 @@ def io_diff(kind: str, found, expected: list[TensorSpec]) -> list[str]:
 class GraphSession:
     """One ONNX graph loaded in onnxruntime, with its feed/fetch names precomputed."""
 
-    def __init__(self, name: str, entry: GraphEntry, art_dir: Path, providers=None, threads: int | None = None):
+    def __init__(self, name: str, entry: GraphEntry, art_dir: Path, providers=None, threads: int | None = None,
+                 prepack: bool = True):
         self.name, self.entry = name, entry
         path = Path(art_dir) / entry.file
         try:
-            options = session_options(threads, prepack=entry.kv_layers > 0)  # heads: no packed copy
+            options = session_options(threads, prepack)
             self.session = ort.InferenceSession(str(path), sess_options=options,
                                                 providers=list(providers or DEFAULT_PROVIDERS))
         except Exception as e:  # onnxruntime raises its own exception types
