@@ -36,17 +36,18 @@ def exporter_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def ensure_artifact(preset: str, base: Path, adapter: Path, cache: Path) -> Path:
+def ensure_artifact(preset: str, base: Path, adapter: Path, cache: Path, quantize: str = "none") -> Path:
     """The preset's artifact (with backbone_plain), exported and validated unless a current one is cached."""
     from shadow_edge.export import ExportOptions, export_artifact
 
-    art = cache / "artifacts" / preset
-    stamp = cache / "artifacts" / f"{preset}.fingerprint"
+    name = preset if quantize == "none" else f"{preset}-{quantize}"
+    art = cache / "artifacts" / name
+    stamp = cache / "artifacts" / f"{name}.fingerprint"
     fingerprint = exporter_fingerprint()
     if art.is_dir() and stamp.is_file() and stamp.read_text().strip() == fingerprint:
         return art
     say(f"exporting {preset} -> {art} (exporter fingerprint {fingerprint}; validated against PyTorch)")
-    export_artifact(base, adapter, art, options=ExportOptions(force=True, plain_backbone=True),
+    export_artifact(base, adapter, art, options=ExportOptions(force=True, plain_backbone=True, quantize=quantize),
                     progress=lambda msg: say(f"  export: {msg}"))
     stamp.write_text(fingerprint + "\n")
     return art

@@ -33,10 +33,11 @@ from artifacts import (DEFAULT_CACHE, REPO, ensure_artifact, ensure_ort_genai_mo
                        say)
 
 SYSTEM_KEYS = ("shadow-edge/shadow_only", "shadow-edge/base_shadow", "shadow-edge/base_plain",
+               "shadow-edge-int4/shadow_only", "shadow-edge-int4/base_shadow",
                "shadow-peft/shadow_only", "shadow-peft/base_shadow", "transformers/plain",
                "ort-genai/fp32", "ort-genai/int4")
 REFERENCE_FAMILY = "shadow-peft"
-DEFAULT_SWEEP_SYSTEMS = "shadow-edge,transformers,ort-genai"
+DEFAULT_SWEEP_SYSTEMS = "shadow-edge,shadow-edge-int4,transformers,ort-genai"
 
 
 def select(spec: str, what: str) -> list[str]:
@@ -111,6 +112,8 @@ def make_systems(keys: list[str], art: Path, base: Path, adapter: Path, preset: 
                 skipped[key] = f"the artifact has no {variant} mode (export with plain_backbone=True)"
                 continue
             systems.append(ShadowEdge(art, variant, threads))
+        elif family == "shadow-edge-int4":
+            systems.append(ShadowEdge(ensure_artifact(preset, base, adapter, cache, "int4"), variant, threads, family))
         elif family == "shadow-peft":
             systems.append(ShadowPeftReference(base, adapter, variant))
         elif family == "transformers":

@@ -8,7 +8,8 @@ from pathlib import Path
 
 MB = 1e6
 BEGIN, END = "<!-- BEGIN compare.py results -->", "<!-- END compare.py results -->"
-OURS = ("shadow-edge/shadow_only", "shadow-edge/base_shadow")
+OURS = ("shadow-edge/shadow_only", "shadow-edge/base_shadow", "shadow-edge-int4/shadow_only",
+        "shadow-edge-int4/base_shadow")
 # (anchor, metric compared, column title); "{mode}" is the row's own mode
 ANCHORS = (("shadow-peft/{mode}", "e2e_tok_s", "shadow-peft reference, same mode (end to end)"),
            ("transformers/plain", "decode_tok_s", "transformers plain backbone, KV cache (decode)"),
@@ -139,7 +140,7 @@ def markdown(result: dict, out: Path, md_dir: Path) -> str:
         mode = ours.split("/")[1]
         cells = [_n(ratio(recs, ours, a.format(mode=mode), metric), ".2f") + "x" if
                  ratio(recs, ours, a.format(mode=mode), metric) else "-" for a, metric, _ in ANCHORS]
-        L.append(f"| {mode} | " + " | ".join(cells) + " |")
+        L.append(f"| {ours.replace('shadow-edge/', '')} | " + " | ".join(cells) + " |")
     ov = adapter_overhead(recs)
     if ov is not None:
         L += ["", f"**Adapter overhead** per decoded token (base_shadow vs backbone_plain, p50 ms): "
@@ -185,7 +186,7 @@ def plot_compare(result: dict, path: Path) -> None:
     recs = [r for r in result["records"] if r["status"] == "ok"]
     keys = [r["key"] for r in recs][::-1]
     recs = recs[::-1]
-    colors = ["#4878a8" if r["family"] == "shadow-edge" else "#999999" for r in recs]
+    colors = ["#4878a8" if r["family"].startswith("shadow-edge") else "#999999" for r in recs]
     fig, ax = plt.subplots(2, 2, figsize=(12, 1.2 + 0.45 * len(recs) * 2))
     panels = ((ax[0, 0], "decode_tok_s", "decode tokens/s (p50), log", True),
               (ax[0, 1], "e2e_tok_s", "end-to-end tokens/s (incl. prefill), log", True),
@@ -219,7 +220,7 @@ def plot_sweep(result: dict, path: Path) -> None:
     swept = [r for r in result["records"] if r["status"] == "ok" and "sweep" in r]
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.5))
     for r in swept:
-        style = "-o" if r["family"] == "shadow-edge" else "--s"
+        style = "-o" if r["family"].startswith("shadow-edge") else "--s"
         pp, nn = r["sweep"]["prompt"], r["sweep"]["new"]
         ax[0].plot([p["prompt_len"] for p in pp], [p["ttft_ms"] for p in pp], style, label=r["key"])
         ax[1].plot([p["prompt_len"] for p in pp], [p["decode_ms_mean"] for p in pp], style, label=r["key"])

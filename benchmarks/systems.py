@@ -43,12 +43,13 @@ class System:
 class ShadowEdge(System):
     family = "shadow-edge"
 
-    def __init__(self, art: Path, mode: str, threads: int):
+    def __init__(self, art: Path, mode: str, threads: int, family: str = "shadow-edge"):
         from shadow_edge.manifest import read_manifest
 
         self.art, self.mode, self.threads = art, mode, threads
-        self.key = f"shadow-edge/{mode}"
+        self.family, self.key = family, f"{family}/{mode}"
         self.manifest = read_manifest(art)
+        self.weights = "fp32" if self.manifest.quantization == "none" else self.manifest.quantization
         self.note = {"base_plain": "own backbone_plain graph: the backbone without the adapter"}.get(mode, "")
 
     def load(self) -> None:

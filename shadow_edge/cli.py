@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: none = float32); validated against the dequantized PyTorch model")
     p.add_argument("--block-size", type=int, default=32, metavar="N",
                    help="input features per quantization block (default 32)")
+    p.add_argument("--quant-compute", choices=("int8", "float32"), default="int8",
+                   help="quantized matmul arithmetic: int8 activations (default, fast) or float32 (exact to the "
+                        "dequantized model, slower on CPUs without fast int8 dot products)")
     p.add_argument("--no-validate", action="store_true", help="skip validating the graphs against PyTorch")
     p.add_argument("--plain-backbone", action="store_true",
                    help="also export the backbone without the adapter (mode base_plain, for overhead benchmarks)")
@@ -171,7 +174,7 @@ def cmd_export(args) -> int:
         raise InputError(f"`shadow-edge export` needs the export extras ({e.name} is missing); install them with "
                          "pip install 'shadow-edge[export]'") from None
     options = ExportOptions(force=args.force, validate=not args.no_validate, quantize=args.quantize,
-                            block_size=args.block_size,
+                            block_size=args.block_size, quant_compute=args.quant_compute,
                             plain_backbone=args.plain_backbone)
     export_artifact(args.base, args.adapter, args.out, shadow_model=args.shadow_model, options=options)
     return 0

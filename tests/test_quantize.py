@@ -34,37 +34,60 @@ def test_quantize_rows_round_trip_and_packing(bits):
 def quantized(cases, tmp_path_factory):
     root, done = tmp_path_factory.mktemp("quant"), {}
 
-    def get(name: str, scheme: str):
-        if (name, scheme) not in done:
+    def get(name: str, scheme: str, compute: str = "float32"):
+        if (name, scheme, compute) not in done:
             case = cases(name)
-            out = root / f"{name}-{scheme}"
+            out = root / f"{name}-{scheme}-{compute}"
             export_artifact(case.base_dir, case.adapter_dir, out, case.shadow_model_dir,
-                            options=ExportOptions(quantize=scheme), progress=lambda s: None)
-            done[name, scheme] = (case, out)
-        return done[name, scheme]
+                            options=ExportOptions(quantize=scheme, quant_compute=compute), progress=lambda s: None)
+            done[name, scheme, compute] = (case, out)
+        return done[name, scheme, compute]
 
     return get
+
+
+def _forward_error(case, art, scheme) -> tuple[float, float]:
+    """Max |runtime logits - dequantized PyTorch logits| on real positions, and max |reference|."""
+    spec, _ = quantize_spec(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir), scheme, 32)
+    ids = torch.randint(0, spec.vocab_size, (2, 6), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    rt = ShadowRuntime.load(art, threads=1)
+    err = scale = 0.0
+    for mode in ("shadow_only", "base_shadow"):
+        ref, _ = ShadowModel(spec).forward(StepInputs.full(ids, mask), mode)
+        ours = rt.forward(ids.numpy(), mask.numpy(), mode=mode)
+        real = mask.bool().numpy()
+        err = max(err, float(np.abs(ours - ref.numpy())[real].max()))
+        scale = max(scale, float(np.abs(ref.numpy())[real].max()))
+    assert len(rt.generate(ids[0].tolist(), mode="base_shadow", max_new_tokens=4).token_ids) == 4
+    return err, scale
 
 
 @pytest.mark.parametrize("name", ["qwen3_implicit", "qwen3_explicit", "llama_untied"])
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
 def test_quantized_export_validates_and_runs(quantized, name, scheme):
+    """float32 arithmetic on quantized weights: exact against the dequantized model."""
     case, art = quantized(name, scheme)
     m = read_manifest(art)
     assert m.validation["passed"] and m.quantization == scheme
     assert m.model["quantization"]["scheme"] == scheme
     ops = {n.op_type for g in m.graphs.values() for n in onnx.load(str(art / g.file), load_external_data=False).graph.node}
     assert {"MatMulNBits", "GatherBlockQuantized"} <= ops
-    spec, _ = quantize_spec(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir), scheme, 32)
-    ids = torch.randint(0, spec.vocab_size, (2, 6), generator=torch.Generator().manual_seed(4))
-    mask = torch.ones_like(ids)
-    mask[1, :2] = 0
-    rt = ShadowRuntime.load(art, threads=1)
-    for mode in ("shadow_only", "base_shadow"):
-        ref, _ = ShadowModel(spec).forward(StepInputs.full(ids, mask), mode)
-        ours = rt.forward(ids.numpy(), mask.numpy(), mode=mode)
-        assert np.abs(ours - ref.numpy())[mask.bool().numpy()].max() <= 1e-4, mode
-    assert len(rt.generate(ids[0].tolist(), mode="base_shadow", max_new_tokens=4).token_ids) == 4
+    err, _ = _forward_error(case, art, scheme)
+    assert err <= 1e-4
+
+
+def test_int8_arithmetic_is_validated_within_its_rounding(quantized):
+    """The default (fast) int8-activation arithmetic: accuracy_level 4, outputs within a few % of scale."""
+    case, art = quantized("qwen3_implicit", "int4", "int8")
+    m = read_manifest(art)
+    assert m.model["quantization"]["compute"] == "int8" and m.validation["atol"] == 5e-2
+    levels = {a.i for g in m.graphs.values() for n in onnx.load(str(art / g.file), load_external_data=False).graph.node
+              if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"}
+    assert levels == {4}
+    err, scale = _forward_error(case, art, "int4")
+    assert err <= 5e-2 * max(1.0, scale)
 
 
 def test_packed_vocabulary_is_stored_once_and_artifact_shrinks(quantized, cases):

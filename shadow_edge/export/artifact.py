@@ -24,7 +24,7 @@ from shadow_edge.core.model import ShadowModel
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.export.graphs import Tensors, build_backbone, build_head, build_shadow
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
-from shadow_edge.export.options import ExportOptions
+from shadow_edge.export.options import QUANT_COMPUTE, ExportOptions
 from shadow_edge.export.quantize import quantize_spec
 from shadow_edge.export.tokenizer_files import copy_tokenizer_files
 from shadow_edge.export.validate import validate_graphs
@@ -71,7 +71,7 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
     if options.quantize != "none":
         progress(f"quantizing decoder and vocabulary weights to {options.quantize} (blocks of {options.block_size})")
         spec, quantized = quantize_spec(spec, options.quantize, options.block_size)  # spec: dequantized values
-    store, names = WeightStore(), Tensors(quantized)
+    store, names = WeightStore(), Tensors(quantized, QUANT_COMPUTE[options.quant_compute])
     builders: list[GraphBuilder] = []
     progress("building graph: shadow")
     builders.append(build_shadow(spec, store, names))
@@ -95,7 +95,7 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
     validation: dict = {"passed": None, "skipped": True}
     if options.validate:
         validation = validate_graphs(tmp, ShadowModel(spec), {n: g.file for n, g in graphs.items()},
-                                     atol=options.atol, progress=progress)
+                                     atol=options.validation_atol, progress=progress)
         worst = max(r["max_abs_err"] for r in validation["outputs"].values())
         progress(f"validation passed (worst max |error| {worst:.2e})")
     modes = {"shadow_only": {"shadow": io_spec.GRAPH_SHADOW, "head": shadow_head},
@@ -108,7 +108,7 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         source=spec.source,
         model={**_model_info(spec), "quantization": {"scheme": options.quantize, "block_size": options.block_size,
-                                                     "compute": "float32"} if quantized else None},
+                                                     "compute": options.quant_compute} if quantized else None},
         tokenizer=tokenizer,
         dtype="float32",
         quantization=options.quantize,

@@ -32,9 +32,10 @@ class Tensors:
     emits the ops that read weights: float32 MatMul / Gather / Gemm, or their block-quantized forms
     for tensors in `quantized` (id(tensor) -> packed form, see export/quantize.py)."""
 
-    def __init__(self, quantized: dict[int, Quantized] | None = None) -> None:
+    def __init__(self, quantized: dict[int, Quantized] | None = None, accuracy_level: int = 1) -> None:
         self._names: dict[int, str] = {}
         self.quantized = quantized or {}
+        self.accuracy_level = accuracy_level  # MatMulNBits compute: 1 = float32, 4 = int8 activations
 
     def raw(self, b: GraphBuilder, t: torch.Tensor, name: str) -> str:
         name = self._names.setdefault(id(t), name)
@@ -45,7 +46,7 @@ class Tensors:
         packed = [self.quantized.get(id(t)) for t in parts]
         if all(packed):
             qw = packed[0] if len(packed) == 1 else Quantized.concat(packed)
-            return self._matmul_nbits(b, x, key, qw, tag)
+            return self._matmul_nbits(b, x, key, qw, tag, self.accuracy_level)
         return b.op("MatMul", [x, b.weight(key, lambda: _np(torch.cat(parts).T))], tag=f"{tag}/MatMul")
 
     def embed(self, b: GraphBuilder, t: torch.Tensor, name: str, ids: str) -> str:
@@ -64,7 +65,7 @@ class Tensors:
         qw = self.quantized.get(id(t))
         if qw is not None:
             name = self._names.setdefault(id(t), name)
-            return self._matmul_nbits(b, hidden, name, qw, "lm_head")
+            return self._matmul_nbits(b, hidden, name, qw, "lm_head", self.accuracy_level)
         flat = b.op("Reshape", [hidden, b.const([-1, d])])
         logits = b.op("Gemm", [flat, self.raw(b, t, name)], transB=1, tag="lm_head/Gemm")
         shape = b.op("Concat", [b.op("Slice", [b.op("Shape", [hidden]), b.const([0]), b.const([2])]),
@@ -72,12 +73,12 @@ class Tensors:
         return b.op("Reshape", [logits, shape])
 
     @staticmethod
-    def _matmul_nbits(b: GraphBuilder, x: str, key: str, qw: Quantized, tag: str) -> str:
+    def _matmul_nbits(b: GraphBuilder, x: str, key: str, qw: Quantized, tag: str, accuracy_level: int) -> str:
         n, k = qw.shape
         data = b.weight(f"{key}.quantized", lambda: qw.packed)
         scales = b.weight(f"{key}.scales", lambda: qw.scales.reshape(-1))
         return b.op("MatMulNBits", [x, data, scales], domain="com.microsoft", K=k, N=n, bits=qw.bits,
-                    block_size=qw.block, accuracy_level=1, tag=f"{tag}/MatMulNBits")
+                    block_size=qw.block, accuracy_level=accuracy_level, tag=f"{tag}/MatMulNBits")
 
 
 def _rms(b: GraphBuilder, x: str, w: str, eps: float) -> str:
