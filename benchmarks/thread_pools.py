@@ -3,9 +3,9 @@
     python benchmarks/thread_pools.py ART [--modes shadow_only,base_shadow] [--threads 2]
 
 A mode runs 1-3 sessions one after another (shadow, backbone, head). With one intra-op pool
-per session (onnxruntime's default, and the runtime's today) the idle pools' threads keep
-spinning while the next session runs, on the same cores. Set-ups compared:
-  per-session   the runtime's session options as they are
+per session (onnxruntime's default; the runtime's before it moved to one global pool) the
+idle pools' threads keep spinning while the next session runs, on the same cores. Set-ups:
+  per-session   one intra-op pool per session (onnxruntime's default)
   no-spin       + session.intra_op.allow_spinning = 0
   global        one process-wide pool (ort.set_global_thread_pool_sizes + use_per_session_threads=False)
 Each set-up runs in a fresh process (the global pool is process-wide); 1 warm-up and 3
@@ -28,13 +28,18 @@ if setup == "global":
 import shadow_edge.runtime.session as sm
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.bench.runner import prompt_ids
-plain = sm.session_options
-def opts(n):
-    so = plain(n)
-    if setup == "no-spin":
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+def opts(n, prepack=True):  # the runtime's options, with the thread set-up under test
+    so = ort.SessionOptions()
     if setup == "global":
         so.use_per_session_threads = False
+    else:
+        so.intra_op_num_threads, so.inter_op_num_threads = n, 1
+    if setup == "no-spin":
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not prepack:
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
     return so
 sm.session_options = opts
 rt = ShadowRuntime.load(art, threads=threads, verify=False, modes=(mode,))

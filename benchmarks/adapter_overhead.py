@@ -1,0 +1,69 @@
+"""Adapter overhead per decode step, measured by running the graphs interleaved in one process.
+
+    python benchmarks/adapter_overhead.py ART [--past 64] [--reps 25] [--threads 2]
+
+ART must be exported with --plain-backbone. Each rep runs one decode step (1 new token,
+`--past` cached positions) of `backbone`, `backbone_plain`, `shadow` and the head, back to
+back, so machine noise hits all of them alike; medians are printed. The adapter's cost per
+combined step = (backbone - backbone_plain) + shadow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from shadow_edge import io_spec
+from shadow_edge.manifest import read_manifest
+from shadow_edge.runtime.session import session_options
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact", type=Path)
+    p.add_argument("--past", type=int, default=64)
+    p.add_argument("--reps", type=int, default=25)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    m = read_manifest(args.artifact)
+    if io_spec.GRAPH_BACKBONE_PLAIN not in m.graphs:
+        sys.exit(f"{args.artifact}: no backbone_plain graph; export with --plain-backbone")
+    rng = np.random.default_rng(0)
+    d, past = m.model["hidden_size"], args.past
+    runs = {}
+    for name in (io_spec.GRAPH_BACKBONE, io_spec.GRAPH_BACKBONE_PLAIN, io_spec.GRAPH_SHADOW, io_spec.GRAPH_LM_HEAD):
+        g = m.graphs[name]
+        sess = ort.InferenceSession(str(args.artifact / g.file), session_options(args.threads, g.kv_layers > 0),
+                                    providers=["CPUExecutionProvider"])
+        if g.kv_layers:
+            feed = {"input_ids": np.array([[5]]), "attention_mask": np.ones((1, past + 1), np.int64),
+                    "position_ids": np.array([[past]])}
+            for t in g.inputs:
+                if t.name.startswith("past_key_values."):
+                    feed[t.name] = rng.standard_normal((1, g.kv_heads, past, g.head_dim)).astype(np.float32)
+            if name == io_spec.GRAPH_BACKBONE:
+                feed[io_spec.SHADOW_HIDDEN] = rng.standard_normal((1, 1, d)).astype(np.float32)
+        else:
+            feed = {io_spec.HIDDEN: rng.standard_normal((1, 1, d)).astype(np.float32)}
+        runs[name] = (sess, feed, [])
+    for _ in range(args.reps + 3):
+        for sess, feed, times in runs.values():
+            t0 = time.perf_counter()
+            sess.run(None, feed)
+            times.append(time.perf_counter() - t0)
+    med = {name: float(np.median(times[3:])) * 1e3 for name, (_, _, times) in runs.items()}
+    for name, ms in med.items():
+        print(f"{name:15s} {ms:7.2f} ms")
+    step = med[io_spec.GRAPH_BACKBONE_PLAIN] + med[io_spec.GRAPH_LM_HEAD]
+    extra = med[io_spec.GRAPH_BACKBONE] - med[io_spec.GRAPH_BACKBONE_PLAIN] + med[io_spec.GRAPH_SHADOW]
+    print(f"adapter cost per combined step: {extra:.2f} ms = {100 * extra / step:+.1f}% of a plain step "
+          f"({step:.1f} ms)")
+
+
+if __name__ == "__main__":
+    main()
