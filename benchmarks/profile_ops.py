@@ -17,7 +17,6 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 
 import shadow_edge.runtime.session as session_mod
 from shadow_edge.bench.runner import prompt_ids

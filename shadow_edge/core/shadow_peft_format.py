@@ -39,7 +39,7 @@ def _implicit_config(base: DecoderConfig, sc: dict, where: str) -> DecoderConfig
     return replace(base, num_layers=n, **{k: int(v) for k, v in overrides.items() if v is not None})
 
 
-def _explicit_config(shadow_dir: Path | None, adapter_dir: Path, has_shadow_embed: bool) -> DecoderConfig:
+def _explicit_config(shadow_dir: Path | None, adapter_dir: Path) -> DecoderConfig:
     if shadow_dir is None:
         raise CheckpointError(
             f"{adapter_dir / ADAPTER_FILE}: this adapter was trained with an explicit shadow model (it has "
@@ -93,12 +93,11 @@ def read_shadow_peft(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None
         raise CheckpointError(f"{file}: tensor 'shadow_injection_model.injection_downs' is missing; "
                               "this is not a complete shadow-peft adapter")
     _check_base_match(base.config, down, file)
-    explicit = "shadow_model.embed_tokens.weight" in t or shadow_dir is not None
-    if explicit:
-        scfg = _explicit_config(shadow_dir, adapter_dir, "shadow_model.embed_tokens.weight" in t)
+    has_embed = "shadow_model.embed_tokens.weight" in t  # explicit shadows keep their own embeddings
+    if has_embed or shadow_dir is not None:
+        scfg = _explicit_config(shadow_dir, adapter_dir)
     else:
         scfg = _implicit_config(base.config, sc, str(adapter_dir / CONFIG_FILE))
-    has_embed = "shadow_model.embed_tokens.weight" in t
     shadow = read_decoder(t, "shadow_model.", scfg, file, with_embed=has_embed)
     if shadow.embed is not None and shadow.embed.shape[0] != base.config.vocab_size:
         raise MismatchError(f"{file}: shadow_model.embed_tokens.weight has vocab {shadow.embed.shape[0]}, the "

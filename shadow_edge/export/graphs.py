@@ -16,7 +16,7 @@ import torch
 
 from shadow_edge import io_spec
 from shadow_edge.core.arch import DecoderConfig
-from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec
+from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
 from shadow_edge.export.quantize import Quantized
 
