@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from shadow_edge import io_spec
 from shadow_edge.manifest import read_manifest
-from shadow_edge.runtime.session import session_options
+from shadow_edge.runtime.session import prepack_weights, session_options
 
 
 def main() -> None:
@@ -38,7 +38,8 @@ def main() -> None:
     runs = {}
     for name in (io_spec.GRAPH_BACKBONE, io_spec.GRAPH_BACKBONE_PLAIN, io_spec.GRAPH_SHADOW, io_spec.GRAPH_LM_HEAD):
         g = m.graphs[name]
-        sess = ort.InferenceSession(str(args.artifact / g.file), session_options(args.threads, g.kv_layers > 0),
+        opts = session_options(args.threads, prepack_weights(g, m.quantization))
+        sess = ort.InferenceSession(str(args.artifact / g.file), opts,
                                     providers=["CPUExecutionProvider"])
         if g.kv_layers:
             feed = {"input_ids": np.array([[5]]), "attention_mask": np.ones((1, past + 1), np.int64),

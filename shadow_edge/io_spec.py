@@ -68,7 +68,8 @@ def kv_specs(num_layers: int, kv_heads: int, head_dim: int) -> tuple[list[Tensor
     return past, present
 
 
-def _step_inputs() -> list[TensorSpec]:
+def step_inputs() -> list[TensorSpec]:
+    """input_ids, attention_mask, position_ids: the inputs every KV-cached graph starts with."""
     return [TensorSpec("input_ids", INT64, ("batch", "seq")),
             TensorSpec("attention_mask", INT64, ("batch", "total_seq")),
             TensorSpec("position_ids", INT64, ("batch", "seq"))]
@@ -78,7 +79,7 @@ def decoder_graph_io(role: str, num_layers: int, kv_heads: int, head_dim: int, h
                      ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs of a KV-cached graph: `shadow`, `backbone` or `backbone_plain`."""
     past, present = kv_specs(num_layers, kv_heads, head_dim)
-    inputs = _step_inputs()
+    inputs = step_inputs()
     if role == GRAPH_BACKBONE:
         inputs.append(TensorSpec(SHADOW_HIDDEN, FLOAT, ("batch", "seq", hidden)))
     out_name = SHADOW_HIDDEN if role == GRAPH_SHADOW else HIDDEN

@@ -13,9 +13,10 @@ from typing import Callable
 import torch
 
 from shadow_edge.core.arch import DecoderConfig, decoder_config_from_hf
-from shadow_edge.core.safetensors_io import load_hf_weights, read_json, refuse_pickles, sha256_file
+from shadow_edge.core.safetensors_io import load_hf_weights, read_json, refuse_pickles
 from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec, layer_tensor_names
 from shadow_edge.errors import CheckpointError
+from shadow_edge.manifest import sha256_file
 
 # HF decoder-layer parameter names -> canonical names in `spec.LAYER_TENSORS`.
 HF_LAYER_NAMES = {

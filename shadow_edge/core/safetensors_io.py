@@ -9,7 +9,6 @@ import torch
 from safetensors import safe_open
 
 from shadow_edge.errors import CheckpointError
-from shadow_edge.manifest import sha256_file  # noqa: F401  (re-exported for readers)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 

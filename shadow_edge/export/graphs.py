@@ -171,7 +171,7 @@ def _head_norm(b: GraphBuilder, x: str, w: str, heads: int, hd: int, cfg: Decode
 
 
 def _step_inputs(b: GraphBuilder) -> None:
-    for t in io_spec.decoder_graph_io(io_spec.GRAPH_SHADOW, 0, 1, 1, 1)[0]:
+    for t in io_spec.step_inputs():
         b.input(t.name, t.dtype, t.shape)
 
 

@@ -43,7 +43,3 @@ class KVCache:
             grown.append(b)
         self.arrays = grown
         self.tensors = [ort.OrtValue.ortvalue_from_numpy(a) for a in grown]
-
-    def to_numpy(self) -> list[np.ndarray]:
-        """The valid part of each buffer, [batch, kv_heads, length, head_dim] (copies)."""
-        return [a[:, :, : self.length].copy() for a in self.arrays]

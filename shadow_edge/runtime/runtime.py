@@ -22,7 +22,7 @@ from shadow_edge.runtime.options import CASCADE, GRAPH_MODES, GenerationOptions
 from shadow_edge.runtime.prompts import PromptBatch, build_batch, check_ids
 from shadow_edge.runtime.result import GenerationResult, Timings
 from shadow_edge.runtime.sampling import Sampler
-from shadow_edge.runtime.session import GraphSession
+from shadow_edge.runtime.session import GraphSession, prepack_weights
 from shadow_edge.runtime.text import NoTokenizer, TextCodec, TextStream
 
 
@@ -101,9 +101,8 @@ class ShadowRuntime:
             if name not in self.manifest.graphs:
                 raise InputError(f"graph {name!r} is not in this artifact; it has {', '.join(self.manifest.graphs)}")
             entry = self.manifest.graphs[name]
-            # float32 heads run faster unpacked (and skip a 0.6 GB packed copy); everything else prepacks
-            prepack = entry.kv_layers > 0 or self.manifest.quantization != "none"
-            self._graphs[name] = GraphSession(name, entry, self.art_dir, self.providers, self.threads, prepack)
+            self._graphs[name] = GraphSession(name, entry, self.art_dir, self.providers, self.threads,
+                                              prepack_weights(entry, self.manifest.quantization))
         return self._graphs[name]
 
     def pipeline(self, mode: str) -> Pipeline:
