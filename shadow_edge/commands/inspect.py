@@ -37,7 +37,7 @@ def describe(m: Manifest, art: Path, verified: bool) -> list[str]:
             out.append(f"  {role:<8} {c.get('model_type')}: {c.get('num_layers')} layers, hidden {c.get('hidden_size')}, "
                        f"heads {c.get('num_heads')}/{c.get('num_kv_heads')} kv, head_dim {c.get('head_dim')}, "
                        f"mlp {c.get('intermediate_size')}")
-    extra = {k: mi[k] for k in ("alpha", "injection_rank", "gate_size") if k in mi}
+    extra = {k: mi[k] for k in ("adapter_variant", "adapted_layers", "alpha", "injection_rank", "gate_size") if k in mi}
     if extra:
         out.append("  adapter  " + ", ".join(f"{k} {v}" for k, v in extra.items()))
     tok = m.tokenizer

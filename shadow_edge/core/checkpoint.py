@@ -105,6 +105,9 @@ FORMATS: list[CheckpointFormat] = []
 
 
 def register_format(fmt: CheckpointFormat) -> None:
+    """Add a reader; a second reader under the same name is a programming error."""
+    if any(f.name == fmt.name for f in FORMATS):
+        raise ValueError(f"checkpoint format {fmt.name!r} is already registered")
     FORMATS.append(fmt)
 
 

@@ -138,7 +138,7 @@ class ShadowModel:
     @torch.no_grad()
     def backbone(self, step: StepInputs, shadow_hidden: torch.Tensor | None, past: KV | None = None,
                  ) -> tuple[torch.Tensor, KV]:
-        """Base layers with injection before / update after layers 1..L-1; returns final-normed hidden.
+        """Base layers with injection before / update after the adapted blocks; returns final-normed hidden.
 
         `shadow_hidden=None` runs the plain backbone (no adapter), for overhead comparisons.
         """
@@ -166,24 +166,42 @@ class ShadowModel:
         return F.linear(hidden, head), present
 
 
+# Update-MLP activations by `AdapterVariant.update_activation` (export/graphs.py has the ONNX twins).
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu}
+
+
 class _AdapterHook:
-    """Injection before and shadow update after each adapted base layer (layers 1..L-1)."""
+    """Injection before and shadow update after each adapted base block (`spec.adapted_range`), in the
+    form `spec.variant` declares (core/variants.py)."""
 
     def __init__(self, spec: ShadowModelSpec, shadow_hidden: torch.Tensor):
         self.s, self.state = spec, shadow_hidden
+        self.act = ACTIVATIONS[spec.variant.update_activation]
 
     def before(self, i: int, h: torch.Tensor) -> torch.Tensor:
-        if i == 0:
-            return h
         s = self.s
-        delta = (h - self.state) @ s.injection_down[i - 1] @ s.injection_up[i - 1]
+        if i not in s.adapted_range:
+            return h
+        j = i - s.first_adapted_layer
+        delta = (h - self.state) @ s.injection_down[j] @ s.injection_up[j]
         return h + s.alpha * delta
 
     def after(self, i: int, h: torch.Tensor) -> None:
-        if i == 0:
+        s = self.s
+        if i not in s.adapted_range:
             return
-        s, j = self.s, i - 1
-        u = F.layer_norm(h, (h.shape[-1],), s.update_norm_weight, s.update_norm_bias, s.update_norm_eps)
-        gate = torch.sigmoid(F.linear(F.silu(F.linear(u, s.gate_in[j])), s.gate_out[j]))
-        target = F.linear(F.silu(F.linear(u, s.transform_in[j])), s.transform_out[j])
+        j = i - s.first_adapted_layer
+        u = h
+        if s.variant.update_norm:
+            u = F.layer_norm(h, (h.shape[-1],), s.update_norm_weight, s.update_norm_bias, s.update_norm_eps)
+        gate = torch.sigmoid(self._mlp(u, j, "gate"))
+        target = self._mlp(u, j, "transform")
         self.state = self.state + gate * (target - self.state)
+
+    def _mlp(self, u: torch.Tensor, j: int, name: str) -> torch.Tensor:
+        """G or T of block j: Linear(d, g) -> act -> Linear(g, d), biases when the variant has them."""
+        s = self.s
+        w_in, w_out = getattr(s, f"{name}_in")[j], getattr(s, f"{name}_out")[j]
+        b_in, b_out = ((getattr(s, f"{name}_in_bias")[j], getattr(s, f"{name}_out_bias")[j])
+                       if s.variant.update_bias else (None, None))
+        return F.linear(self.act(F.linear(u, w_in, b_in)), w_out, b_out)

@@ -20,6 +20,7 @@ from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, _take, rea
                                          reject_leftovers)
 from shadow_edge.core.safetensors_io import load_hf_weights, load_safetensors, read_json
 from shadow_edge.core.spec import ShadowModelSpec
+from shadow_edge.core.variants import SHADOW_PEFT
 from shadow_edge.errors import CheckpointError, MismatchError
 
 CONFIG_FILE = "shadow_config.json"
@@ -140,7 +141,7 @@ def read_shadow_peft(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None
         base=base.weights, lm_head=lm_head, shadow=shadow, shadow_lm_head=shadow_lm_head,
         projection=projection, injection_down=down, injection_up=up, alpha=float(sc.get("alpha", 0.1)),
         gate_in=gate_in, gate_out=gate_out, transform_in=transform_in, transform_out=transform_out,
-        update_norm_weight=norm_w, update_norm_bias=norm_b,
+        update_norm_weight=norm_w, update_norm_bias=norm_b, variant=SHADOW_PEFT, first_adapted_layer=1,
     )
 
 

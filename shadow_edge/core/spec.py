@@ -1,6 +1,7 @@
 """The internal, validated description of a ShadowPEFT model: dims, weights, math constants.
 
-Every checkpoint reader (shadow-peft today, HF PEFT later) produces a `ShadowModelSpec`;
+Every checkpoint reader (shadow-peft, HF PEFT) produces a `ShadowModelSpec`; its `variant`
+says what injection and update compute (core/variants.py);
 the PyTorch model, the ONNX builder and the validator consume only this.
 Weights are float32 torch tensors in the PyTorch `nn.Linear` layout [out, in].
 """
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from shadow_edge.core.arch import DecoderConfig
+from shadow_edge.core.variants import SHADOW_PEFT, AdapterVariant
 from shadow_edge.errors import MismatchError
 
 # Per-layer tensor names of a Llama-style decoder layer (canonical, reader-independent).
@@ -67,16 +69,22 @@ class ShadowModelSpec:
     shadow: DecoderWeights  # shadow.embed None = implicit (shares the base embeddings)
     shadow_lm_head: torch.Tensor  # [vocab, hidden]; the same object as lm_head unless trained separately
     projection: torch.Tensor | None  # [hidden, shadow_hidden]; None = identity
-    injection_down: torch.Tensor  # [L-1, hidden, k]
-    injection_up: torch.Tensor  # [L-1, k, hidden]
+    injection_down: torch.Tensor  # [n, hidden, k]  n adapted blocks, see `adapted_range`
+    injection_up: torch.Tensor  # [n, k, hidden]
     alpha: float
-    gate_in: torch.Tensor  # [L-1, g, hidden]  update gate G: Linear(d, g) -> SiLU -> Linear(g, d) -> sigmoid
-    gate_out: torch.Tensor  # [L-1, hidden, g]
-    transform_in: torch.Tensor  # [L-1, g, hidden]  update transform T: Linear(d, g) -> SiLU -> Linear(g, d)
-    transform_out: torch.Tensor  # [L-1, hidden, g]
-    update_norm_weight: torch.Tensor  # [hidden]  one LayerNorm shared by all adapted layers
-    update_norm_bias: torch.Tensor  # [hidden]
+    gate_in: torch.Tensor  # [n, g, hidden]  update gate G: Linear(d, g) -> act -> Linear(g, d) -> sigmoid
+    gate_out: torch.Tensor  # [n, hidden, g]
+    transform_in: torch.Tensor  # [n, g, hidden]  update transform T: Linear(d, g) -> act -> Linear(g, d)
+    transform_out: torch.Tensor  # [n, hidden, g]
+    update_norm_weight: torch.Tensor | None = None  # [hidden]  iff variant.update_norm (shared by all blocks)
+    update_norm_bias: torch.Tensor | None = None  # [hidden]
     update_norm_eps: float = 1e-5
+    gate_in_bias: torch.Tensor | None = None  # [n, g]  iff variant.update_bias
+    gate_out_bias: torch.Tensor | None = None  # [n, hidden]
+    transform_in_bias: torch.Tensor | None = None  # [n, g]
+    transform_out_bias: torch.Tensor | None = None  # [n, hidden]
+    variant: AdapterVariant = SHADOW_PEFT  # what injection and update compute (core/variants.py)
+    first_adapted_layer: int = 1  # base block of injection_down[0]; blocks first..first+n-1 are adapted
     source: dict = field(default_factory=dict)  # format, files and sha256s, for the manifest
 
     @property
@@ -89,7 +97,12 @@ class ShadowModelSpec:
 
     @property
     def adapted_layers(self) -> int:
-        return self.base.config.num_layers - 1
+        return int(self.injection_down.shape[0])
+
+    @property
+    def adapted_range(self) -> range:
+        """Base block indices that get injection before and an update after them."""
+        return range(self.first_adapted_layer, self.first_adapted_layer + self.adapted_layers)
 
     @property
     def shadow_embed(self) -> torch.Tensor:
@@ -112,9 +125,8 @@ class ShadowModelSpec:
             "gate_out": (self.gate_out, (n, d, g)),
             "transform_in": (self.transform_in, (n, g, d)),
             "transform_out": (self.transform_out, (n, d, g)),
-            "update_norm_weight": (self.update_norm_weight, (d,)),
-            "update_norm_bias": (self.update_norm_bias, (d,)),
         }
+        self._validate_variant_parts(expect)
         if self.shadow.embed is not None:
             expect["shadow.embed"] = (self.shadow.embed, (self.shadow.config.vocab_size, ds))
         if self.projection is not None:
@@ -131,6 +143,26 @@ class ShadowModelSpec:
             for i, layer in enumerate(part.layers):
                 for name, shape in shapes.items():
                     expect[f"layers.{i}.{name}"] = (layer[name], shape)
+        if not 0 <= self.first_adapted_layer <= self.base.config.num_layers - n:
+            raise MismatchError(f"adapted blocks {self.first_adapted_layer}..{self.first_adapted_layer + n - 1} do "
+                                f"not fit a base of {self.base.config.num_layers} layers")
         for name, (tensor, shape) in expect.items():
             if tuple(tensor.shape) != tuple(shape):
                 raise MismatchError(f"tensor {name}: shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+
+    def _validate_variant_parts(self, expect: dict) -> None:
+        """The optional update parts exist exactly when the variant declares them; add their shapes."""
+        d, n, g = self.hidden_size, self.adapted_layers, self.gate_in.shape[1]
+        parts = {
+            "update_norm": ({"update_norm_weight": (d,), "update_norm_bias": (d,)}, self.variant.update_norm),
+            "update_bias": ({"gate_in_bias": (n, g), "gate_out_bias": (n, d), "transform_in_bias": (n, g),
+                             "transform_out_bias": (n, d)}, self.variant.update_bias),
+        }
+        for flag, (shapes, declared) in parts.items():
+            for name, shape in shapes.items():
+                tensor = getattr(self, name)
+                if (tensor is not None) != declared:
+                    raise MismatchError(f"tensor {name}: {'missing' if declared else 'present'}, but adapter "
+                                        f"variant {self.variant.name!r} has {flag}={declared}")
+                if declared:
+                    expect[name] = (tensor, shape)

@@ -147,6 +147,8 @@ def _model_info(spec: ShadowModelSpec) -> dict:
         "hidden_size": spec.hidden_size,
         "max_positions": min(spec.base.config.max_positions, spec.shadow.config.max_positions),
         "shadow_kind": "implicit" if spec.shadow.embed is None else "explicit",
+        "adapter_variant": spec.variant.name,
+        "adapted_layers": [spec.adapted_range.start, spec.adapted_range.stop],
         "alpha": spec.alpha,
         "injection_rank": int(spec.injection_down.shape[-1]),
         "gate_size": int(spec.gate_in.shape[1]),

@@ -194,19 +194,20 @@ def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors) -> G
 
 def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, adapter: bool = True,
                    ) -> GraphBuilder:
-    """The base decoder; with `adapter`, injection before and shadow update after layers 1..L-1."""
+    """The base decoder; with `adapter`, injection before and shadow update after `spec.adapted_range`."""
     b = GraphBuilder(io_spec.GRAPH_BACKBONE if adapter else io_spec.GRAPH_BACKBONE_PLAIN, store)
     cfg, d = spec.base.config, spec.hidden_size
     _step_inputs(b)
     s = b.input(io_spec.SHADOW_HIDDEN, "float32", ("batch", "seq", d)) if adapter else None
     h = names.embed(b, spec.base.embed, "model.embed_tokens.weight", "input_ids")
     ctx = _Context(b, cfg)
+    adapted = spec.adapted_range if adapter else range(0)
     for i, lw in enumerate(spec.base.layers):
-        if adapter and i > 0:
-            h = _inject(b, spec, i - 1, h, s)
+        if i in adapted:
+            h = _inject(b, spec, i - adapted.start, h, s)
         h = _layer(b, names, cfg, "base", i, lw, h, ctx)
-        if adapter and 0 < i < len(spec.base.layers) - 1:  # the last update feeds nothing: skipped
-            s = _update(b, spec, i - 1, h, s)
+        if i in adapted and i != adapted[-1]:  # the last update feeds nothing: skipped
+            s = _update(b, spec, i - adapted.start, h, s)
     h = _rms(b, h, b.weight("base.norm", lambda: _np(spec.base.norm)), cfg.rms_norm_eps)
     b.output(h, io_spec.HIDDEN, "float32", ("batch", "seq", d))
     _order_io(b)
@@ -221,21 +222,39 @@ def _inject(b: GraphBuilder, spec: ShadowModelSpec, j: int, h: str, s: str) -> s
         return b.op("Add", [h, delta])
 
 
+def _gelu(b: GraphBuilder, x: str) -> str:
+    return b.op("Gelu", [x], domain="com.microsoft")  # exact (erf) GELU, torch.nn.GELU()'s default
+
+
+# Update-MLP activations by `AdapterVariant.update_activation` (core/model.py has the torch twins).
+ACTIVATIONS = {"silu": _silu, "gelu": _gelu}
+
+
 def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, h: str, s: str) -> str:
-    g = spec.gate_in.shape[1]
+    """s + sigmoid(G(u)) * (T(u) - s), u = LayerNorm(h) or h, in the form `spec.variant` declares."""
+    g, variant = spec.gate_in.shape[1], spec.variant
     with b.scope(f"adapter.{j}/update"):
-        u = b.op("LayerNormalization", [h, b.weight("adapter.norm_weight", lambda: _np(spec.update_norm_weight)),
-                                        b.weight("adapter.norm_bias", lambda: _np(spec.update_norm_bias))],
-                 axis=-1, epsilon=spec.update_norm_eps)
+        u = h
+        if variant.update_norm:
+            u = b.op("LayerNormalization", [h, b.weight("adapter.norm_weight", lambda: _np(spec.update_norm_weight)),
+                                            b.weight("adapter.norm_bias", lambda: _np(spec.update_norm_bias))],
+                     axis=-1, epsilon=spec.update_norm_eps)
         w_in = b.weight(f"adapter.{j}.gate_transform_in", lambda: _np(
             torch.cat([spec.gate_in[j], spec.transform_in[j]]).T))  # [d, 2g]
-        gate_in, transform_in = b.op("Split", [_silu(b, b.op("MatMul", [u, w_in])), b.const([g, g])],
+        x = b.op("MatMul", [u, w_in])
+        if variant.update_bias:
+            x = b.op("Add", [x, b.weight(f"adapter.{j}.gate_transform_in_bias", lambda: _np(
+                torch.cat([spec.gate_in_bias[j], spec.transform_in_bias[j]])))])
+        gate_in, transform_in = b.op("Split", [ACTIVATIONS[variant.update_activation](b, x), b.const([g, g])],
                                      n_out=2, axis=-1)
-        gate = b.op("Sigmoid", [b.op("MatMul", [gate_in, b.weight(
-            f"adapter.{j}.gate_out", lambda: _np(spec.gate_out[j].T))])])
+        gate = b.op("MatMul", [gate_in, b.weight(f"adapter.{j}.gate_out", lambda: _np(spec.gate_out[j].T))])
         target = b.op("MatMul", [transform_in, b.weight(f"adapter.{j}.transform_out",
                                                         lambda: _np(spec.transform_out[j].T))])
-        return b.op("Add", [s, b.op("Mul", [gate, b.op("Sub", [target, s])])])
+        if variant.update_bias:
+            gate = b.op("Add", [gate, b.weight(f"adapter.{j}.gate_out_bias", lambda: _np(spec.gate_out_bias[j]))])
+            target = b.op("Add", [target, b.weight(f"adapter.{j}.transform_out_bias",
+                                                   lambda: _np(spec.transform_out_bias[j]))])
+        return b.op("Add", [s, b.op("Mul", [b.op("Sigmoid", [gate]), b.op("Sub", [target, s])])])
 
 
 def build_head(name: str, head: torch.Tensor, default_key: str, spec: ShadowModelSpec, store: WeightStore,
