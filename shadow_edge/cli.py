@@ -145,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _tolerant_output()
     if argv[:1] == ["bench"]:  # the benchmark parses its own arguments (incl. --help)
         argv = ["bench", "--", *argv[1:]]
     parser = build_parser()
@@ -159,6 +160,16 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. `shadow-edge run ... | head`
         return 0
+
+
+def _tolerant_output() -> None:
+    """Text the terminal's encoding cannot show (e.g. PYTHONIOENCODING=ascii) is printed escaped, not fatal."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a detached or closed stream: leave it as it is
+                pass
 
 
 def _one_line(message: str) -> str:

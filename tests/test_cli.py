@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from runtime_fixtures import copy_artifact, tiny_artifact  # noqa: F401  (fixtures)
+from runtime_fixtures import copy_artifact, tiny_artifact, tiny_rt  # noqa: F401  (fixtures)
 from shadow_edge.cli import main
 
 
@@ -57,6 +57,11 @@ BAD_RUNS = [
     ("--prompt", ""),
     ("--input-ids", "1,2,99999"),
     ("--input-ids", "1,x"),
+    ("--input-ids", "1,,2"),  # an empty item is an error, not skipped
+    ("--input-ids", "1,2,"),
+    ("--input-ids", " , "),
+    ("--prompt", "caf\udce9"),  # undecodable argv byte (surrogateescape): not UTF-8
+    ("--prompt", "hi", "--stop", "\udcff"),
     ("--prompt", "hi", "--max-new-tokens", "0"),
     ("--prompt", "hi", "--max-new-tokens", "100000"),
     ("--prompt", "hi", "--mode", "turbo"),
@@ -79,6 +84,20 @@ def test_bad_run_prints_one_line_and_exits_2(capsys, tiny_artifact, extra):
         rc, (out, err) = e.code, capsys.readouterr()
     assert rc == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_ascii_only_terminal_does_not_crash(tiny_rt, tiny_artifact):
+    import os
+
+    first = next(i for i in range(3, 512)  # a prompt whose greedy answer is not ASCII
+                 if not tiny_rt.generate([i], mode="shadow_only", max_new_tokens=8).text.isascii())
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    for extra in ((), ("--stream",), ("--json",)):
+        proc = subprocess.run([sys.executable, "-m", "shadow_edge.cli", "run", str(tiny_artifact), "--mode",
+                               "shadow_only", "--input-ids", str(first), "--max-new-tokens", "8", "--threads", "1",
+                               *extra], capture_output=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr.decode("ascii", "replace")
+        assert proc.stdout.strip() and proc.stdout.isascii() and b"Traceback" not in proc.stderr
 
 
 def test_broken_artifacts_print_one_line(capsys, tiny_artifact, tmp_path):

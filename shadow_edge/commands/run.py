@@ -10,13 +10,16 @@ from shadow_edge.runtime import GenerationResult, ShadowRuntime
 
 
 def parse_ids(text: str) -> list[int]:
-    try:
-        ids = [int(t) for t in text.replace(" ", "").split(",") if t != ""]
-    except ValueError:
-        raise InputError(f"--input-ids {text!r} is not a comma-separated list of integers (e.g. 1,2,3)") from None
-    if not ids:
+    """`1,2,3` -> [1, 2, 3]; spaces are allowed, empty items (`1,,2`, `1,`) are not."""
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip():
         raise InputError("--input-ids is empty; give at least one token id (e.g. 1,2,3)")
-    return ids
+    for i, t in enumerate(items):
+        if not t.isascii() or not t.isdigit():
+            found = "an empty item" if not t else repr(t)
+            raise InputError(f"--input-ids {text!r}: item {i} is {found}; expected comma-separated non-negative "
+                             "integers (e.g. 1,2,3)")
+    return [int(t) for t in items]
 
 
 def sampling_kwargs(args) -> dict:
@@ -43,11 +46,12 @@ def run(args) -> int:
     kwargs = dict(mode=args.mode, max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat,
                   cascade_threshold=args.cascade_threshold, **sampling_kwargs(args))
     if args.stream and not args.json:
-        for piece in rt.stream(prompt, **kwargs):
+        pieces = rt.stream(prompt, **kwargs)
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
         sys.stdout.write("\n")
-        result = rt.last_result
+        result = pieces.result
     else:
         result = rt.generate(prompt, **kwargs)
         if args.json:

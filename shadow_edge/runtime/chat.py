@@ -17,6 +17,7 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from shadow_edge.errors import InputError
+from shadow_edge.runtime.inputs import check_text
 
 ROLES_HELP = "each message is a dict with string fields 'role' (system, user, assistant, ...) and 'content'"
 
@@ -52,6 +53,8 @@ def check_messages(messages) -> list[dict]:
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise InputError(f"chat messages[{i}] is {m!r}; {ROLES_HELP}")
+        check_text(m["content"], f"chat messages[{i}] content")
+        check_text(m["role"], f"chat messages[{i}] role")
     return list(messages)
 
 

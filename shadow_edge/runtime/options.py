@@ -5,20 +5,19 @@ Every check names the field, what was given, what is allowed and how to fix it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
 
 from shadow_edge.errors import InputError
+from shadow_edge.runtime.inputs import as_bool, as_float, as_int, check_text, is_int
 
 CASCADE = "cascade"
 GRAPH_MODES = ("shadow_only", "base_shadow")  # modes backed by a graph chain in the manifest
 ALL_MODES = GRAPH_MODES + (CASCADE,)
 BENCH_MODES = ("base_plain",)  # the backbone without the adapter, exported with plain_backbone (benchmarks)
 KNOWN_MODES = ALL_MODES + BENCH_MODES
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 @dataclass(frozen=True)
@@ -48,33 +47,37 @@ class GenerationOptions:
                 "its chosen tokens' probabilities) is below this, in [0, 1]"})
 
     def __post_init__(self) -> None:
-        if self.mode not in KNOWN_MODES:
+        if not isinstance(self.mode, str) or self.mode not in KNOWN_MODES:
             raise InputError(f"mode {self.mode!r} is unknown; choose one of {', '.join(ALL_MODES)}")
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            raise InputError(f"max_new_tokens is {self.max_new_tokens!r}; it must be an integer >= 1")
-        if not isinstance(self.temperature, (int, float)) or isinstance(self.temperature, bool) \
-                or not math.isfinite(self.temperature) or self.temperature < 0:
+        fix = partial(object.__setattr__, self)
+        fix("max_new_tokens", as_int(self.max_new_tokens, "max_new_tokens", 1))
+        fix("do_sample", as_bool(self.do_sample, "do_sample"))
+        fix("chat", as_bool(self.chat, "chat"))
+        fix("temperature", as_float(self.temperature, "temperature", ">= 0 (0 = greedy, 1 = unchanged distribution)"))
+        if self.temperature < 0:
             raise InputError(f"temperature is {self.temperature!r}; it must be a finite number >= 0 "
                              "(0 = greedy, 1 = unchanged distribution)")
-        if not _is_int(self.top_k) or self.top_k < 0:
-            raise InputError(f"top_k is {self.top_k!r}; it must be an integer >= 0 (0 = no limit)")
-        if not isinstance(self.top_p, (int, float)) or isinstance(self.top_p, bool) \
-                or not (0.0 < self.top_p <= 1.0):
+        fix("top_k", as_int(self.top_k, "top_k", 0, " (0 = no limit)"))
+        fix("top_p", as_float(self.top_p, "top_p", "in (0, 1] (1 = no limit)"))
+        if not 0.0 < self.top_p <= 1.0:
             raise InputError(f"top_p is {self.top_p!r}; it must be in (0, 1] (1 = no limit)")
-        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
-            raise InputError(f"seed is {self.seed!r}; it must be a non-negative integer or None")
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        object.__setattr__(self, "stop", tuple(self.stop or ()))
+        if self.seed is not None:
+            fix("seed", as_int(self.seed, "seed", 0, " (or None)"))
+        stop = (self.stop,) if isinstance(self.stop, str) else self.stop
+        if stop is not None and not isinstance(stop, (list, tuple)):
+            raise InputError(f"stop is {self.stop!r}; it must be a string or a list of strings")
+        fix("stop", tuple(stop or ()))
         for s in self.stop:
             if not isinstance(s, str) or not s:
                 raise InputError(f"stop contains {s!r}; every stop string must be a non-empty string")
+            check_text(s, "stop string")
         if self.eos is not None:
-            eos = (self.eos,) if _is_int(self.eos) else tuple(self.eos)
-            if not all(_is_int(t) and t >= 0 for t in eos):
-                raise InputError(f"eos is {self.eos!r}; it must be a list of non-negative token ids")
-            object.__setattr__(self, "eos", eos)
-        if not isinstance(self.cascade_threshold, (int, float)) or not (0.0 <= self.cascade_threshold <= 1.0):
+            eos = (self.eos,) if is_int(self.eos) else self.eos
+            if not isinstance(eos, (list, tuple, np.ndarray)) or not all(is_int(t) and t >= 0 for t in eos):
+                raise InputError(f"eos is {self.eos!r}; it must be a token id or a list of non-negative token ids")
+            fix("eos", tuple(int(t) for t in eos))
+        fix("cascade_threshold", as_float(self.cascade_threshold, "cascade_threshold", "in [0, 1]"))
+        if not 0.0 <= self.cascade_threshold <= 1.0:
             raise InputError(f"cascade_threshold is {self.cascade_threshold!r}; it must be in [0, 1]")
 
     @property

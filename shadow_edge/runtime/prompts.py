@@ -14,6 +14,7 @@ from typing import Callable
 import numpy as np
 
 from shadow_edge.errors import InputError
+from shadow_edge.runtime.inputs import check_text, is_int
 
 
 @dataclass(frozen=True)
@@ -22,10 +23,6 @@ class PromptBatch:
     attention_mask: np.ndarray  # [b, t] int64, 0 on left padding
     lengths: list[int]  # real tokens per row
     single: bool  # the user passed one prompt: results are flat
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
 def _is_conversation(x) -> bool:
@@ -63,7 +60,7 @@ def check_ids(rows: list[list], vocab_size: int) -> list[list[int]]:
         if len(row) == 0:
             raise InputError(f"prompt {r} is empty (0 tokens); give at least one token")
         for j, t in enumerate(row):
-            if not _is_int(t) or not 0 <= int(t) < vocab_size:
+            if not is_int(t) or not 0 <= int(t) < vocab_size:
                 raise InputError(f"prompt {r} token {j} is {t!r}; token ids must be integers in "
                                  f"[0, {vocab_size - 1}] (vocab_size {vocab_size} from manifest.json)")
         out.append([int(t) for t in row])
@@ -83,6 +80,8 @@ def build_batch(prompt, chat: bool, vocab_size: int, pad_id: int,
         for r, row in enumerate(rows):
             if isinstance(row, str) and not row:
                 raise InputError(f"prompt {r} is an empty string; give some text")
+            if isinstance(row, str):
+                check_text(row, f"prompt {r}")
             ids.append(encode(to_text(row)))
     ids = check_ids(ids, vocab_size)
     lengths = [len(r) for r in ids]

@@ -8,7 +8,9 @@ prompt, in order (`token_ids: list[list[int]]`, `text: list[str]`, ...).
 from __future__ import annotations
 
 import statistics
+import threading
 from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterator
 
 
 @dataclass(frozen=True)
@@ -78,3 +80,30 @@ class GenerationResult:
         if self.stages:
             d["stages"] = {k: v.to_dict() for k, v in self.stages.items()}
         return d
+
+
+class GenerationStream:
+    """What `ShadowRuntime.stream` returns: iterate it for text pieces; then `.result` is this call's result.
+
+    The result belongs to this object, so concurrent streams in other threads never see it.
+    Advancing one stream from several threads is serialized by a lock.
+    """
+
+    def __init__(self, steps: Iterator[tuple[int, str]], finish: Callable[[object], GenerationResult]):
+        self._steps, self._finish = steps, finish  # steps yields (row, piece) and returns the rows
+        self._lock = threading.Lock()
+        self.result: GenerationResult | None = None  # set when the iteration ends
+
+    def __iter__(self) -> "GenerationStream":
+        return self
+
+    def __next__(self) -> str:
+        with self._lock:
+            if self.result is not None:
+                raise StopIteration
+            try:
+                _, piece = next(self._steps)
+            except StopIteration as done:
+                self.result = self._finish(done.value)
+                raise StopIteration from None
+            return piece

@@ -9,18 +9,20 @@ confidence is below `cascade_threshold` with base_shadow.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
+import onnxruntime as ort
 
 from shadow_edge.errors import ArtifactError, InputError
 from shadow_edge.manifest import Manifest, read_manifest, verify_files
 from shadow_edge.runtime.chat import render_chat
+from shadow_edge.runtime import inputs
 from shadow_edge.runtime.generate import LoopState, Pipeline, decode_n, position_ids
 from shadow_edge.runtime.options import CASCADE, GRAPH_MODES, GenerationOptions
 from shadow_edge.runtime.prompts import PromptBatch, build_batch, check_ids
-from shadow_edge.runtime.result import GenerationResult, Timings
+from shadow_edge.runtime.result import GenerationResult, GenerationStream, Timings
 from shadow_edge.runtime.sampling import Sampler
 from shadow_edge.runtime.session import GraphSession, prepack_weights
 from shadow_edge.runtime.text import NoTokenizer, TextCodec, TextStream
@@ -45,7 +47,13 @@ class _Rows:
 
 
 class ShadowRuntime:
-    """An exported artifact loaded in onnxruntime (one session per graph)."""
+    """An exported artifact loaded in onnxruntime (one session per graph).
+
+    Thread safety: one runtime may serve many threads at once. forward / generate / stream
+    calls are independent (each has its own KV caches, sampler and result); sessions are
+    created once, under a lock, and onnxruntime runs them concurrently. A stream's result is
+    `stream.result` of the object that call returned (never another call's).
+    """
 
     def __init__(self, art_dir: Path, manifest: Manifest, codec: TextCodec | None, providers, threads):
         self.art_dir, self.manifest = art_dir, manifest
@@ -54,7 +62,8 @@ class ShadowRuntime:
         self.providers, self.threads = providers, threads
         self._graphs: dict[str, GraphSession] = {}
         self._pipes: dict[str, Pipeline] = {}
-        self.last_result: GenerationResult | None = None  # set when a stream() finishes
+        self._lock = threading.RLock()  # guards the lazy creation of sessions and pipelines
+        self._local = threading.local()  # last_result, per thread
         tok = manifest.tokenizer
         self.vocab_size = int(manifest.model["vocab_size"])
         self.max_positions = int(manifest.model["max_positions"])
@@ -71,11 +80,15 @@ class ShadowRuntime:
         Graphs used by `modes` (default: shadow_only and base_shadow) are loaded now; others (e.g.
         `backbone_plain`) on first use. threads: onnxruntime intra-op threads (default: all cores).
         """
-        art_dir = Path(art_dir)
+        art_dir = inputs.artifact_dir(art_dir)
         if not art_dir.is_dir():
             raise ArtifactError(f"{art_dir}: no such artifact directory; create one with `shadow-edge export`")
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise InputError(f"threads is {threads!r}; it must be an integer >= 1 (or None for all cores)")
+        if threads is not None:
+            threads = inputs.as_int(threads, "threads", 1, " (or None for all cores)")
+        providers = inputs.providers(providers, ort.get_available_providers())
+        verify = inputs.as_bool(verify, "verify")
+        if modes is not None and (isinstance(modes, str) or not isinstance(modes, (list, tuple))):
+            raise InputError(f"modes is {modes!r}; it must be a list of mode names such as ['shadow_only']")
         manifest = read_manifest(art_dir)
         for name, g in manifest.graphs.items():
             for f in [g.file, *g.data_files]:
@@ -97,21 +110,29 @@ class ShadowRuntime:
 
     def graph(self, name: str) -> GraphSession:
         """The session of one graph (created on first use)."""
-        if name not in self._graphs:
-            if name not in self.manifest.graphs:
-                raise InputError(f"graph {name!r} is not in this artifact; it has {', '.join(self.manifest.graphs)}")
-            entry = self.manifest.graphs[name]
-            self._graphs[name] = GraphSession(name, entry, self.art_dir, self.providers, self.threads,
-                                              prepack_weights(entry, self.manifest.quantization))
-        return self._graphs[name]
+        with self._lock:
+            if name not in self._graphs:
+                if name not in self.manifest.graphs:
+                    raise InputError(f"graph {name!r} is not in this artifact; it has "
+                                     f"{', '.join(self.manifest.graphs)}")
+                entry = self.manifest.graphs[name]
+                self._graphs[name] = GraphSession(name, entry, self.art_dir, self.providers, self.threads,
+                                                  prepack_weights(entry, self.manifest.quantization))
+            return self._graphs[name]
 
     def pipeline(self, mode: str) -> Pipeline:
         self._check_mode(mode, allow_cascade=False)
-        if mode not in self._pipes:
-            roles = self.manifest.modes[mode]
-            shadow, backbone = (self.graph(roles[r]) if r in roles else None for r in ("shadow", "backbone"))
-            self._pipes[mode] = Pipeline(self.graph(roles["head"]), shadow, backbone)
-        return self._pipes[mode]
+        with self._lock:
+            if mode not in self._pipes:
+                roles = self.manifest.modes[mode]
+                shadow, backbone = (self.graph(roles[r]) if r in roles else None for r in ("shadow", "backbone"))
+                self._pipes[mode] = Pipeline(self.graph(roles["head"]), shadow, backbone)
+            return self._pipes[mode]
+
+    @property
+    def last_result(self) -> GenerationResult | None:
+        """The result of the last stream that finished in the calling thread (prefer `stream.result`)."""
+        return getattr(self._local, "last_result", None)
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -121,32 +142,17 @@ class ShadowRuntime:
 
     def _check_mode(self, mode: str, allow_cascade: bool = True) -> None:
         valid = self.modes if allow_cascade else tuple(m for m in self.modes if m != CASCADE)
-        if mode not in valid:
+        if not isinstance(mode, str) or mode not in valid:
             raise InputError(f"mode {mode!r} is not available; valid modes for this artifact: {', '.join(valid)}")
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask=None, mode: str = "base_shadow") -> np.ndarray:
         """Logits [b, t, vocab] float32 of a full pass (empty past) over `input_ids` [t] or [b, t]."""
         self._check_mode(mode, allow_cascade=False)
-        try:
-            ids = np.asarray(input_ids)
-        except ValueError:  # ragged rows
-            raise InputError("input_ids rows have different lengths; forward() takes a rectangular [batch, t] "
-                             "array (left-pad and pass attention_mask), generate() takes ragged prompts") from None
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2 or ids.shape[1] == 0 or not np.issubdtype(ids.dtype, np.integer):
-            raise InputError(f"input_ids has shape {ids.shape} and dtype {ids.dtype}; expected integer ids "
-                             "of shape [t] or [batch, t] with t >= 1")
+        ids = inputs.token_array(input_ids)  # [b, t]
         check_ids(ids.tolist(), self.vocab_size)
-        if attention_mask is None:
-            mask = np.ones_like(ids, dtype=np.int64)
-        else:
-            mask = np.asarray(attention_mask, dtype=np.int64).reshape(ids.shape[0], -1) \
-                if np.size(attention_mask) == ids.size else None
-            if mask is None or mask.shape != ids.shape:
-                raise InputError(f"attention_mask has shape {np.shape(attention_mask)}; expected the shape of "
-                                 f"input_ids {list(ids.shape)}")
+        mask = np.ones_like(ids, dtype=np.int64) if attention_mask is None else \
+            inputs.attention_mask(attention_mask, ids.shape)  # [b, t]
         if ids.shape[1] > self.max_positions:
             raise InputError(f"input_ids has {ids.shape[1]} tokens; the model allows {self.max_positions} "
                              "(model.max_positions)")
@@ -160,8 +166,7 @@ class ShadowRuntime:
     def options(self, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                 stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5) -> GenerationOptions:
-        opts = GenerationOptions(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed,
-                                 tuple([stop] if isinstance(stop, str) else (stop or ())), eos, chat,
+        opts = GenerationOptions(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
                                  cascade_threshold)
         self._check_mode(opts.mode)
         if opts.stop and not self.has_tokenizer:
@@ -207,11 +212,12 @@ class ShadowRuntime:
 
     def stream(self, prompt_or_ids, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-               stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5) -> Iterator[str]:
-        """Yield text pieces as they are produced (one prompt). The pieces join to `generate(...).text`.
+               stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5) -> GenerationStream:
+        """Iterate the returned stream for text pieces as they are produced (one prompt); they join to
+        `generate(...).text`. After the loop, `stream.result` holds this call's `GenerationResult`.
 
         cascade: the shadow's answer is held until its confidence is known; an escalated
-        answer streams from base_shadow. After the loop, `self.last_result` holds the result.
+        answer streams from base_shadow.
         """
         opts = self.options(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
                             cascade_threshold)
@@ -222,16 +228,11 @@ class ShadowRuntime:
             raise InputError(NoTokenizer.MESSAGE.format(what="streaming text"))
         gen = self._cascade(batch, opts, True) if opts.mode == CASCADE else \
             self._pass(batch.input_ids, batch.attention_mask, opts.mode, opts, False, True)
-        return self._pieces(gen, batch, opts)  # a generator; everything above ran eagerly
+        return GenerationStream(gen, lambda rows: self._finished(_result(rows, batch, opts)))  # checks ran eagerly
 
-    def _pieces(self, gen, batch: PromptBatch, opts: GenerationOptions) -> Iterator[str]:
-        while True:
-            try:
-                _, piece = next(gen)
-            except StopIteration as stop_:
-                self.last_result = _result(stop_.value, batch, opts)
-                return
-            yield piece
+    def _finished(self, result: GenerationResult) -> GenerationResult:
+        self._local.last_result = result
+        return result
 
     def _pass(self, ids: np.ndarray, mask: np.ndarray, mode: str, opts: GenerationOptions, want_logprobs: bool,
               incremental: bool):
