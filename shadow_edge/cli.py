@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-validate", action="store_true", help="skip validating the graphs against PyTorch")
     p.add_argument("--plain-backbone", action="store_true",
                    help="also export the backbone without the adapter (mode base_plain, for overhead benchmarks)")
+    p.add_argument("--attention", choices=("auto", "GroupQueryAttention", "Attention"), default="auto",
+                   help="attention kernel of the decoder graphs: auto (default) = onnxruntime's fused "
+                        "GroupQueryAttention where head_dim %% 8 == 0, else ONNX opset-24 Attention")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("run", help="generate text from an artifact (no torch)",
@@ -186,7 +189,7 @@ def cmd_export(args) -> int:
                          "pip install 'shadow-edge[export]'") from None
     options = ExportOptions(force=args.force, validate=not args.no_validate, quantize=args.quantize,
                             block_size=args.block_size, quant_compute=args.quant_compute,
-                            plain_backbone=args.plain_backbone)
+                            plain_backbone=args.plain_backbone, attention=args.attention)
     export_artifact(args.base, args.adapter, args.out, shadow_model=args.shadow_model, options=options)
     return 0
 

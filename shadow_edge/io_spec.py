@@ -13,11 +13,12 @@ Graphs (the partition is recorded in the manifest under `graphs` and `modes`):
   shadow_lm_head  as lm_head; exported only when the shadow head differs from lm_head
 Dims are named: batch, seq (new tokens), past_seq, total_seq (= past_seq + seq), n_pos.
 
-KV semantics: with an exactly sized past, `present` is concat(past, new) (optimum's
-convention; the exporter's validation runs this way). The runtime instead binds each
-`past_key_values.*` and its `present.*` to one preallocated buffer [batch, kv_heads,
-capacity, head_dim]; GroupQueryAttention then reads the first total_seq - seq positions
-(attention_mask's length says how many) and writes the new ones in place.
+KV semantics (one convention for every attention kind): the runtime binds each
+`past_key_values.*` input and its `present.*` output to one preallocated buffer [batch,
+kv_heads, capacity, head_dim] with capacity >= total_seq; the graph reads the first
+total_seq - seq positions (attention_mask's length says how many) and writes the new ones
+in place. (GroupQueryAttention graphs also accept an exactly sized past and then return
+concat(past, new), optimum's convention; ONNX Attention graphs need the capacity.)
 """
 
 from __future__ import annotations
@@ -34,6 +35,24 @@ GRAPH_SHADOW_LM_HEAD = "shadow_lm_head"
 
 SHADOW_HIDDEN = "shadow_hidden_states"
 HIDDEN = "hidden_states"
+
+# Roles of a mode's graphs, in the order a step runs them; the KV-cached ones own a KV stack each.
+ROLE_SHADOW, ROLE_BACKBONE, ROLE_HEAD = "shadow", "backbone", "head"
+ROLES = (ROLE_SHADOW, ROLE_BACKBONE, ROLE_HEAD)
+KV_ROLES = (ROLE_SHADOW, ROLE_BACKBONE)
+
+# Modes backed by a graph chain (manifest `modes`: mode -> role -> graph).
+MODE_SHADOW_ONLY = "shadow_only"  # the detached shadow and its head
+MODE_BASE_SHADOW = "base_shadow"  # shadow and backbone (injection + update) and lm_head
+MODE_BASE_PLAIN = "base_plain"  # the backbone without the adapter (exported with plain_backbone; benchmarks)
+GRAPH_MODES = (MODE_SHADOW_ONLY, MODE_BASE_SHADOW)
+BENCH_MODES = (MODE_BASE_PLAIN,)
+
+# Attention kinds of a KV-cached graph, chosen per graph at export and recorded in its manifest entry.
+ATTENTION_GQA = "GroupQueryAttention"  # onnxruntime contrib op (fused); needs head_dim % 8 == 0
+ATTENTION_ONNX = "Attention"  # ONNX opset 24 TensorScatter + Attention; any head_dim
+ATTENTION_KINDS = (ATTENTION_GQA, ATTENTION_ONNX)
+ATTENTION_AUTO = "auto"  # export: GroupQueryAttention where its constraints hold, else Attention
 
 
 @dataclass(frozen=True)
@@ -85,6 +104,15 @@ def decoder_graph_io(role: str, num_layers: int, kv_heads: int, head_dim: int, h
     out_name = SHADOW_HIDDEN if role == GRAPH_SHADOW else HIDDEN
     outputs = [TensorSpec(out_name, FLOAT, ("batch", "seq", hidden))]
     return inputs + past, outputs + present
+
+
+def mode_map(shadow_head: str, plain_backbone: bool) -> dict[str, dict[str, str]]:
+    """mode -> role -> graph for an artifact whose shadow head graph is `shadow_head`."""
+    modes = {MODE_SHADOW_ONLY: {ROLE_SHADOW: GRAPH_SHADOW, ROLE_HEAD: shadow_head},
+             MODE_BASE_SHADOW: {ROLE_SHADOW: GRAPH_SHADOW, ROLE_BACKBONE: GRAPH_BACKBONE, ROLE_HEAD: GRAPH_LM_HEAD}}
+    if plain_backbone:
+        modes[MODE_BASE_PLAIN] = {ROLE_BACKBONE: GRAPH_BACKBONE_PLAIN, ROLE_HEAD: GRAPH_LM_HEAD}
+    return modes
 
 
 def head_graph_io(hidden: int, vocab: int) -> tuple[list[TensorSpec], list[TensorSpec]]:

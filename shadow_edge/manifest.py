@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from shadow_edge.errors import ArtifactError
-from shadow_edge.io_spec import TensorSpec
+from shadow_edge.io_spec import ATTENTION_GQA, TensorSpec
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "shadow-edge-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: graphs record their attention kind (1: every KV graph used GroupQueryAttention)
 MODES = ("shadow_only", "base_shadow")
 
 
@@ -38,6 +38,7 @@ class GraphEntry:
     kv_layers: int = 0  # 0 = no KV cache (head graphs)
     kv_heads: int = 0
     head_dim: int = 0
+    attention: str = ""  # KV-cached graphs: io_spec.ATTENTION_KINDS; "" for head graphs
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -76,7 +77,10 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Manifest":
-        return cls(**{**d, "graphs": {k: GraphEntry.from_dict(g) for k, g in d["graphs"].items()}})
+        graphs = {k: GraphEntry.from_dict(g) for k, g in d["graphs"].items()}
+        if d.get("format_version") == 1:  # written before graphs recorded it: all used GroupQueryAttention
+            graphs = {k: replace(g, attention=ATTENTION_GQA) if g.kv_layers else g for k, g in graphs.items()}
+        return cls(**{**d, "graphs": graphs})
 
     def mode_bytes(self, mode: str) -> int:
         """Bytes on disk of the files one mode needs (graphs + their external data)."""

@@ -53,6 +53,24 @@ RECIPES = {
                                    ShadowConfig(num_shadow_layers=1, injection_hidden_size=8, gate_hidden_size=6)),
 }
 CASE_NAMES = tuple(RECIPES)
+# head_dim not a multiple of 8 (onnxruntime's GroupQueryAttention refuses it: the ONNX Attention fallback).
+HEAD_DIM_RECIPES = {
+    "qwen3_explicit_hd4": CaseRecipe("qwen3", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                                   head_dim=16, vocab_size=256, tie_word_embeddings=True),
+                                     ShadowConfig(injection_hidden_size=8, gate_hidden_size=6),
+                                     explicit=dict(hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                                                   num_key_value_heads=2, head_dim=4, intermediate_size=32)),
+    "llama_hd12_explicit_hd12": CaseRecipe("llama", dict(hidden_size=48, num_attention_heads=4, num_key_value_heads=2,
+                                                         vocab_size=256, tie_word_embeddings=False),
+                                           ShadowConfig(injection_hidden_size=8, gate_hidden_size=6),
+                                           explicit=dict(hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                                                         num_key_value_heads=1, intermediate_size=48)),
+    "qwen2_explicit_hd20": CaseRecipe("qwen2", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                                    vocab_size=256, tie_word_embeddings=True),
+                                      ShadowConfig(injection_hidden_size=8, gate_hidden_size=6),
+                                      explicit=dict(hidden_size=40, num_hidden_layers=2, num_attention_heads=2,
+                                                    num_key_value_heads=2, intermediate_size=64)),
+}
 
 
 def make_base_model(arch: str, seed: int, **overrides) -> transformers.PreTrainedModel:
@@ -103,8 +121,8 @@ class Case:
 
 
 def make_case(root: Path, name: str) -> Case:
-    """Build case `name` (one of CASE_NAMES) under `root/name` with shadow_peft and return it."""
-    recipe, seed = RECIPES[name], zlib.crc32(name.encode())
+    """Build case `name` (in RECIPES or HEAD_DIM_RECIPES) under `root/name` with shadow_peft and return it."""
+    recipe, seed = {**RECIPES, **HEAD_DIM_RECIPES}[name], zlib.crc32(name.encode())
     out = Path(root) / name
     base = make_base_model(recipe.arch, seed, **recipe.base)
     base.save_pretrained(out / "base")

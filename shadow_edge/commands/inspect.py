@@ -52,7 +52,7 @@ def describe(m: Manifest, art: Path, verified: bool) -> list[str]:
         out.append(f"  {CASCADE:<12} shadow_only, escalating to base_shadow")
     out.append("graphs")
     for name, g in m.graphs.items():
-        kv = f", KV {g.kv_layers} layers x {g.kv_heads} heads x {g.head_dim}" if g.kv_layers else ""
+        kv = f", KV {g.kv_layers} layers x {g.kv_heads} heads x {g.head_dim}, {g.attention}" if g.kv_layers else ""
         out.append(f"  {name}: {g.file} + {', '.join(g.data_files) or 'no external data'} "
                    f"({mb(graph_bytes(m, name))}{kv})")
         for kind, specs in (("in ", g.inputs), ("out", g.outputs)):

@@ -74,12 +74,12 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
     store, names = WeightStore(), Tensors(quantized, QUANT_COMPUTE[options.quant_compute])
     builders: list[GraphBuilder] = []
     progress("building graph: shadow")
-    builders.append(build_shadow(spec, store, names))
+    builders.append(build_shadow(spec, store, names, options.attention))
     progress("building graph: backbone (with injection and update)")
-    builders.append(build_backbone(spec, store, names, adapter=True))
+    builders.append(build_backbone(spec, store, names, adapter=True, attention=options.attention))
     if options.plain_backbone:
         progress("building graph: backbone_plain (no adapter)")
-        builders.append(build_backbone(spec, store, names, adapter=False))
+        builders.append(build_backbone(spec, store, names, adapter=False, attention=options.attention))
     builders.append(build_head(io_spec.GRAPH_LM_HEAD, spec.lm_head, "lm_head.weight", spec, store, names))
     shadow_head = io_spec.GRAPH_LM_HEAD
     if spec.shadow_lm_head is not spec.lm_head:
@@ -92,17 +92,13 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
         onnx.save_model(b.to_model(), str(tmp / f"{b.name}.onnx"))
         graphs[b.name] = _entry(b, spec, store)
     tokenizer = copy_tokenizer_files(base_dir, tmp)
+    modes = io_spec.mode_map(shadow_head, options.plain_backbone)
     validation: dict = {"passed": None, "skipped": True}
     if options.validate:
-        validation = validate_graphs(tmp, ShadowModel(spec), {n: g.file for n, g in graphs.items()},
+        validation = validate_graphs(tmp, ShadowModel(spec), graphs, modes, options.quantize,
                                      atol=options.validation_atol, progress=progress)
         worst = max(r["max_abs_err"] for r in validation["outputs"].values())
         progress(f"validation passed (worst max |error| {worst:.2e})")
-    modes = {"shadow_only": {"shadow": io_spec.GRAPH_SHADOW, "head": shadow_head},
-             "base_shadow": {"shadow": io_spec.GRAPH_SHADOW, "backbone": io_spec.GRAPH_BACKBONE,
-                             "head": io_spec.GRAPH_LM_HEAD}}
-    if options.plain_backbone:
-        modes["base_plain"] = {"backbone": io_spec.GRAPH_BACKBONE_PLAIN, "head": io_spec.GRAPH_LM_HEAD}
     manifest = Manifest(
         tool_version=__version__,
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -138,7 +134,7 @@ def _entry(b: GraphBuilder, spec: ShadowModelSpec, store: WeightStore) -> GraphE
         raise ExportError(f"graph {b.name}: built I/O {declared} differs from the I/O table; exporter bug")
     return GraphEntry(file=f"{b.name}.onnx", inputs=inputs, outputs=outputs, data_files=store.data_files(b.name),
                       kv_layers=cfg.num_layers if cfg else 0, kv_heads=cfg.num_kv_heads if cfg else 0,
-                      head_dim=cfg.head_dim if cfg else 0)
+                      head_dim=cfg.head_dim if cfg else 0, attention=b.attention)
 
 
 def _model_info(spec: ShadowModelSpec) -> dict:

@@ -5,8 +5,8 @@
 `lm_head` / `shadow_lm_head`: hidden [b, n, d] -> logits (Gemm on the stored [vocab, d] matrix,
 so the embedding table and a tied head are one tensor on disk; quantized: MatMulNBits and
 GatherBlockQuantized over the same packed bytes).
-Fusions done here: q|k|v and gate|up weights concatenated, 1/sqrt(head_dim) folded into the
-q projection (or the q norm), alpha folded into the injection up-projection.
+Fusions done here: q|k|v and gate|up weights concatenated, alpha folded into the injection
+up-projection. Attention is a kind chosen per graph (export/attention.py) and recorded on the builder.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from shadow_edge import io_spec
 from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.spec import ShadowModelSpec
+from shadow_edge.export.attention import ATTENTION, AttnInputs, choose_attention
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
 from shadow_edge.export.quantize import Quantized
 
@@ -90,29 +91,26 @@ def _silu(b: GraphBuilder, x: str) -> str:
 
 
 class _Context:
-    """Per-graph tensors every layer shares: RoPE caches, attention bias, GQA sequence lengths."""
+    """Per-graph tensors every layer shares: RoPE caches, the attention bias, the chosen attention kind."""
 
-    def __init__(self, b: GraphBuilder, cfg: DecoderConfig):
+    def __init__(self, b: GraphBuilder, cfg: DecoderConfig, attention: str):
+        self.attention = attention
+        b.attention = attention
         key = f"rope.{cfg.head_dim}.{cfg.rope_theta}.{cfg.max_positions}.{sorted(cfg.rope_scaling.items())}"
         inv = np.array(cfg.rope_inv_freq(), np.float32)
         freqs = np.arange(cfg.max_positions, dtype=np.float32)[:, None] * inv[None, :]  # [max_pos, hd/2]
         self.cos = b.weight(f"{key}.cos", lambda: np.cos(freqs))
         self.sin = b.weight(f"{key}.sin", lambda: np.sin(freqs))
         with b.scope("mask"):
-            total = b.op("Gather", [b.op("Shape", ["attention_mask"]), b.const(1)], axis=0)
-            seq = b.op("Gather", [b.op("Shape", ["input_ids"]), b.const(1)], axis=0)
-            k_pos = b.op("Range", [b.const(0), total, b.const(1)])  # [T]
-            q_pos = b.op("Range", [b.op("Sub", [total, seq]), total, b.const(1)])  # [s]
+            self.total = b.op("Gather", [b.op("Shape", ["attention_mask"]), b.const(1)], axis=0)  # T
+            self.seq = b.op("Gather", [b.op("Shape", ["input_ids"]), b.const(1)], axis=0)  # s
+            k_pos = b.op("Range", [b.const(0), self.total, b.const(1)])  # [T]
+            q_pos = b.op("Range", [b.op("Sub", [self.total, self.seq]), self.total, b.const(1)])  # [s]
             causal = b.op("LessOrEqual", [b.op("Unsqueeze", [k_pos, b.const([0])]),
                                           b.op("Unsqueeze", [q_pos, b.const([1])])])  # [s, T]
             real = b.op("Unsqueeze", [b.op("Cast", ["attention_mask"], to=9), b.const([1, 2])])  # [b, 1, 1, T]
             allowed = b.op("And", [causal, real])  # [b, 1, s, T]
             self.bias = b.op("Where", [allowed, b.const(0.0, np.float32), b.const(NEG, np.float32)])
-            # GroupQueryAttention: every row keeps all T cache slots (padding is masked by the bias).
-            batch = b.op("Slice", [b.op("Shape", ["input_ids"]), b.const([0]), b.const([1])])
-            total32 = b.op("Cast", [total], to=6)
-            self.total = total32
-            self.seqlens = b.op("Expand", [b.op("Sub", [total32, b.const(1, np.int32)]), batch])  # [b]
 
 
 def _rotary(b: GraphBuilder, x: str, ctx: _Context, heads: int) -> str:
@@ -124,7 +122,6 @@ def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: 
            h: str, ctx: _Context) -> str:
     """One decoder layer; registers past/present I/O for layer i; returns the new residual stream."""
     H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    scale = hd ** -0.5
     key = f"{prefix}.layers.{i}"
     with b.scope(f"layers.{i}"):
         x = _rms(b, h, b.weight(f"{key}.input_norm", lambda: _np(lw["input_norm.weight"])), cfg.rms_norm_eps)
@@ -138,15 +135,9 @@ def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: 
                 q = _head_norm(b, q, b.weight(f"{key}.q_norm", lambda: _np(lw["q_norm.weight"])), H, hd, cfg)
                 k = _head_norm(b, k, b.weight(f"{key}.k_norm", lambda: _np(lw["k_norm.weight"])), KV, hd, cfg)
             q, k = _rotary(b, q, ctx, H), _rotary(b, k, ctx, KV)
-            past_k = b.input(io_spec.past_name(i, "key"), "float32", ("batch", KV, "past_seq", hd))
-            past_v = b.input(io_spec.past_name(i, "value"), "float32", ("batch", KV, "past_seq", hd))
-            attn = b.op("GroupQueryAttention", [q, k, v, past_k, past_v, ctx.seqlens, ctx.total, "", "", "",
-                                                ctx.bias], domain="com.microsoft", n_out=3, num_heads=H,
-                        kv_num_heads=KV, scale=scale,
-                        outputs=[None, io_spec.present_name(i, "key"), io_spec.present_name(i, "value")])
-            b.declare_output(io_spec.present_name(i, "key"), "float32", ("batch", KV, "total_seq", hd))
-            b.declare_output(io_spec.present_name(i, "value"), "float32", ("batch", KV, "total_seq", hd))
-            o = names.linear(b, attn[0], f"{key}.o", [lw["o.weight"]], "o")
+            with b.scope(ctx.attention):
+                attn = ATTENTION[ctx.attention](b, cfg, i, AttnInputs(q, k, v, ctx.bias, ctx.total, ctx.seq))
+            o = names.linear(b, attn, f"{key}.o", [lw["o.weight"]], "o")
             if cfg.o_bias:
                 o = b.op("Add", [o, b.weight(f"{key}.o_bias", lambda: _np(lw["o.bias"]))], tag="o/Add")
         h = b.op("Add", [h, o], tag="attn_residual")
@@ -175,13 +166,14 @@ def _step_inputs(b: GraphBuilder) -> None:
         b.input(t.name, t.dtype, t.shape)
 
 
-def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors) -> GraphBuilder:
+def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors,
+                 attention: str = io_spec.ATTENTION_AUTO) -> GraphBuilder:
     b = GraphBuilder(io_spec.GRAPH_SHADOW, store)
     cfg, d = spec.shadow.config, spec.hidden_size
     _step_inputs(b)
     h = names.embed(b, spec.shadow_embed, "model.embed_tokens.weight" if spec.shadow.embed is None
                     else "shadow.embed_tokens.weight", "input_ids")
-    ctx = _Context(b, cfg)
+    ctx = _Context(b, cfg, choose_attention(cfg, attention))
     for i, lw in enumerate(spec.shadow.layers):
         h = _layer(b, names, cfg, "shadow", i, lw, h, ctx)
     h = _rms(b, h, b.weight("shadow.norm", lambda: _np(spec.shadow.norm)), cfg.rms_norm_eps)
@@ -193,14 +185,14 @@ def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors) -> G
 
 
 def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, adapter: bool = True,
-                   ) -> GraphBuilder:
+                   attention: str = io_spec.ATTENTION_AUTO) -> GraphBuilder:
     """The base decoder; with `adapter`, injection before and shadow update after `spec.adapted_range`."""
     b = GraphBuilder(io_spec.GRAPH_BACKBONE if adapter else io_spec.GRAPH_BACKBONE_PLAIN, store)
     cfg, d = spec.base.config, spec.hidden_size
     _step_inputs(b)
     s = b.input(io_spec.SHADOW_HIDDEN, "float32", ("batch", "seq", d)) if adapter else None
     h = names.embed(b, spec.base.embed, "model.embed_tokens.weight", "input_ids")
-    ctx = _Context(b, cfg)
+    ctx = _Context(b, cfg, choose_attention(cfg, attention))
     adapted = spec.adapted_range if adapter else range(0)
     for i, lw in enumerate(spec.base.layers):
         if i in adapted:

@@ -82,6 +82,19 @@ class GraphBuilder:
         self.consts: dict[str, np.ndarray] = {}
         self._scope: list[str] = []
         self._count: dict[str, int] = {}
+        self._shared: dict[str, object] = {}
+        self.opset = OPSET
+        self.attention = ""  # KV-cached graphs: their attention kind (io_spec.ATTENTION_KINDS)
+
+    def require_opset(self, version: int) -> None:
+        """Raise the graph's default-domain opset to at least `version` (ops newer than OPSET)."""
+        self.opset = max(self.opset, version)
+
+    def shared(self, key: str, make: Callable[[], object]):
+        """Values built once per graph and reused by every layer (masks, lengths): `make()` on first use."""
+        if key not in self._shared:
+            self._shared[key] = make()
+        return self._shared[key]
 
     @contextmanager
     def scope(self, name: str) -> Iterator[None]:
@@ -145,7 +158,7 @@ class GraphBuilder:
             inits.append(t)
         graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, initializer=inits)
         model = helper.make_model(graph, producer_name="shadow-edge",
-                                  opset_imports=[helper.make_opsetid("", OPSET),
+                                  opset_imports=[helper.make_opsetid("", self.opset),
                                                  helper.make_opsetid("com.microsoft", 1)])
-        model.ir_version = 8
+        model.ir_version = next(row[1] for row in helper.VERSION_TABLE if row[2] >= self.opset)  # opset 17: IR 8
         return model

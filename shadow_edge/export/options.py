@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shadow_edge.errors import ExportError
+from shadow_edge.io_spec import ATTENTION_AUTO, ATTENTION_KINDS
 
 QUANTIZATIONS = ("none", "int8", "int4")
 QUANT_COMPUTE = {"float32": 1, "int8": 4}  # -> MatMulNBits accuracy_level
@@ -24,6 +25,7 @@ class ExportOptions:
     block_size: int = 32  # input features per quantization block (power of 2, >= 16)
     quant_compute: str = "int8"  # MatMulNBits arithmetic: "int8" activations (fast) or "float32" (exact)
     plain_backbone: bool = False  # also export the backbone without the adapter (overhead benchmarks)
+    attention: str = ATTENTION_AUTO  # "auto": GroupQueryAttention where head_dim % 8 == 0, else ONNX Attention
 
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZATIONS:
@@ -34,6 +36,9 @@ class ExportOptions:
         if self.quant_compute not in QUANT_COMPUTE:
             raise ExportError(f"--quant-compute {self.quant_compute!r} is not supported; choose one of "
                               f"{', '.join(QUANT_COMPUTE)}")
+        if self.attention not in (ATTENTION_AUTO, *ATTENTION_KINDS):
+            raise ExportError(f"--attention {self.attention!r} is not supported; choose one of "
+                              f"{', '.join((ATTENTION_AUTO, *ATTENTION_KINDS))}")
         if not self.atol > 0:
             raise ExportError(f"validation tolerance atol must be > 0, got {self.atol}")
 

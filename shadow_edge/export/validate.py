@@ -1,9 +1,14 @@
-"""Validation of exported graphs against the reference PyTorch model, in onnxruntime.
+"""Validation of exported graphs against the reference PyTorch model, through the runtime's own path.
 
-Scenarios cover batch 1 and 2 (left padding), prompt lengths 1 and > 1, and a prefill
-followed by decode steps that feed each graph's `present` back as `past`. Each output is
-compared on real (non-padding) positions only; every output, padding rows included, must be
-finite. The error allowed is `atol * max(1, max|reference|)` per output name.
+Each mode of the manifest's mode map runs as the runtime runs it: the runtime's
+`GraphSession`s (same session options, prepacking, I/O checks), its `Pipeline.step` and its
+in-place `KVCache` (past and present bound to one preallocated buffer, grown on demand).
+Scenarios cover batch 1 and 2 (left padding), prompt lengths 1 and > 1, a prefill followed
+by decode steps, and caches that are exactly full, roomier than needed, or must grow.
+
+Compared per mode: the logits of every real (non-padding) position, and each KV stack's
+cache contents on real slots. Every logit, padding rows included, must be finite. The error
+allowed is `atol * max(1, max|reference|)` per reported name.
 """
 
 from __future__ import annotations
@@ -13,16 +18,31 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnxruntime as ort
 import torch
 
 from shadow_edge import io_spec
 from shadow_edge.core.model import KV, ShadowModel, StepInputs
 from shadow_edge.errors import ExportError
-from shadow_edge.runtime.session import session_options
+from shadow_edge.manifest import GraphEntry
+from shadow_edge.runtime.generate import Pipeline
+from shadow_edge.runtime.kv_cache import KVCache
+from shadow_edge.runtime.session import GraphSession, prepack_weights
 
-# (prompt lengths per batch row, decode steps); shorter rows are left-padded.
-SCENARIOS = (((1,), 3), ((6,), 3), ((6, 3), 3))
+
+@dataclass(frozen=True)
+class Scenario:
+    """One validation run: left-padded prompts of these lengths, then `decode_steps` single tokens."""
+
+    prompt_lengths: tuple[int, ...]
+    decode_steps: int
+    spare: int  # cache capacity beyond the prompt; < decode_steps makes the runtime grow the buffers
+
+    def to_dict(self) -> dict:
+        return {"prompt_lengths": list(self.prompt_lengths), "decode_steps": self.decode_steps,
+                "cache_capacity": max(self.prompt_lengths) + self.spare}
+
+
+SCENARIOS = (Scenario((1,), 3, 0), Scenario((6,), 3, 8), Scenario((6, 3), 3, 3))
 
 
 @dataclass
@@ -35,73 +55,40 @@ class _Worst:
         self.scale = max(self.scale, float(np.abs(ref).max(initial=0.0)))
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+class _Reference:
+    """The PyTorch reference of one mode: logits and the KV of each stack, role by role."""
+
+    def __init__(self, model: ShadowModel, mode: str, roles: dict[str, str]):
+        self.model, self.roles = model, roles
+        spec = model.spec
+        self.head = spec.shadow_lm_head if mode == io_spec.MODE_SHADOW_ONLY else spec.lm_head
+        self.kv: dict[str, KV | None] = {r: None for r in io_spec.KV_ROLES if r in roles}
+
+    def step(self, step: StepInputs) -> torch.Tensor:
+        hidden = None
+        if io_spec.ROLE_SHADOW in self.roles:
+            hidden, self.kv[io_spec.ROLE_SHADOW] = self.model.shadow_state(step, self.kv[io_spec.ROLE_SHADOW])
+        if io_spec.ROLE_BACKBONE in self.roles:
+            hidden, self.kv[io_spec.ROLE_BACKBONE] = self.model.backbone(step, hidden, self.kv[io_spec.ROLE_BACKBONE])
+        return torch.nn.functional.linear(hidden, self.head)  # [b, t, V]
 
 
-def _kv_feed(kv: list[np.ndarray]) -> dict[str, np.ndarray]:
-    return {io_spec.past_name(i // 2, "key" if i % 2 == 0 else "value"): a for i, a in enumerate(kv)}
-
-
-def _empty_kv(batch: int, layers: int, kv_heads: int, head_dim: int) -> list[np.ndarray]:
-    return [np.zeros((batch, kv_heads, 0, head_dim), np.float32) for _ in range(2 * layers)]
-
-
-def _flat(kv: KV) -> list[np.ndarray]:
-    return [t.numpy() for pair in kv for t in pair]
-
-
-def validate_graphs(art_dir: Path, model: ShadowModel, graphs: dict[str, str], atol: float = 1e-4,
+def validate_graphs(art_dir: Path, model: ShadowModel, graphs: dict[str, GraphEntry],
+                    modes: dict[str, dict[str, str]], quantization: str = "none", atol: float = 1e-4,
                     threads: int = 2, progress: Callable[[str], None] = lambda s: None) -> dict:
-    """Run every graph in `graphs` (name -> file) against `model`; raise ExportError on a miss."""
-    spec = model.spec
-    sessions = {name: _session(art_dir / f, threads) for name, f in graphs.items()}
-    heads = {n: t for n, t in ((io_spec.GRAPH_LM_HEAD, spec.lm_head),
-                               (io_spec.GRAPH_SHADOW_LM_HEAD, spec.shadow_lm_head)) if n in sessions}
+    """Run every mode of `modes` (mode -> role -> graph) with the runtime against `model`; raise on a miss."""
+    sessions = {name: GraphSession(name, entry, art_dir, threads=threads,
+                                   prepack=prepack_weights(entry, quantization)) for name, entry in graphs.items()}
     worst: dict[str, _Worst] = {}
     nonfinite: list[str] = []
-    gen = torch.Generator().manual_seed(0)
-    for lengths, steps in SCENARIOS:
-        progress(f"validating batch {len(lengths)}, prompt {max(lengths)}, {steps} decode steps")
-        total = max(lengths) + steps
-        ids = torch.randint(0, spec.vocab_size, (len(lengths), total), generator=gen)
-        mask = torch.ones_like(ids)
-        for r, n in enumerate(lengths):
-            mask[r, : max(lengths) - n] = 0
-        full = StepInputs.full(ids, mask)
-        stacks = {"shadow": (io_spec.GRAPH_SHADOW, spec.shadow.config),
-                  "base": (io_spec.GRAPH_BACKBONE, spec.base.config),
-                  "plain": (io_spec.GRAPH_BACKBONE_PLAIN, spec.base.config)}
-        ort_kv = {k: _empty_kv(len(lengths), c.num_layers, c.num_kv_heads, c.head_dim)
-                  for k, (g, c) in stacks.items() if g in sessions}
-        ref_kv: dict[str, KV | None] = {k: None for k in ort_kv}
-        start = 0
-        for end in [max(lengths)] + list(range(max(lengths) + 1, total + 1)):
-            step = StepInputs(full.input_ids[:, start:end], full.attention_mask[:, :end], full.position_ids[:, start:end])
-            real = step.attention_mask[:, start:end].bool().numpy()  # [b, t]
-            kv_real = step.attention_mask.bool().numpy()  # [b, T]
-            feed = {"input_ids": step.input_ids.numpy(), "attention_mask": step.attention_mask.numpy(),
-                    "position_ids": step.position_ids.numpy()}
-            ref_s, ref_kv["shadow"] = model.shadow_state(step, ref_kv["shadow"])
-            outs = _run(sessions[io_spec.GRAPH_SHADOW], {**feed, **_kv_feed(ort_kv["shadow"])})
-            ort_kv["shadow"] = _check(outs, {io_spec.SHADOW_HIDDEN: ref_s}, ref_kv["shadow"], real, kv_real, worst, nonfinite,
-                                      prefix="shadow.")
-            hidden = {"shadow": (outs[io_spec.SHADOW_HIDDEN], ref_s)}
-            for key, adapter in (("base", True), ("plain", False)):
-                if key not in ort_kv:
-                    continue
-                ref_h, ref_kv[key] = model.backbone(step, ref_s if adapter else None, ref_kv[key])
-                extra = {io_spec.SHADOW_HIDDEN: outs[io_spec.SHADOW_HIDDEN]} if adapter else {}
-                b_outs = _run(sessions[stacks[key][0]], {**feed, **extra, **_kv_feed(ort_kv[key])})
-                ort_kv[key] = _check(b_outs, {io_spec.HIDDEN: ref_h}, ref_kv[key], real, kv_real, worst, nonfinite,
-                                     prefix=f"{stacks[key][0]}.")
-                hidden[key] = (b_outs[io_spec.HIDDEN], ref_h)
-            for name, weight in heads.items():
-                for key, (ours, ref) in hidden.items():
-                    logits = _run(sessions[name], {io_spec.HIDDEN: ours})["logits"]
-                    _compare(f"{name}.logits", logits, torch.nn.functional.linear(ref, weight).numpy(), real,
-                             worst, nonfinite)
-            start = end
+    for mode, roles in modes.items():
+        pipe = Pipeline(sessions[roles[io_spec.ROLE_HEAD]], *(sessions[roles[r]] if r in roles else None
+                                                             for r in io_spec.KV_ROLES))
+        gen = torch.Generator().manual_seed(0)
+        for sc in SCENARIOS:
+            progress(f"validating {mode}: batch {len(sc.prompt_lengths)}, prompt {max(sc.prompt_lengths)}, "
+                     f"{sc.decode_steps} decode steps")
+            _run_scenario(model, mode, roles, pipe, sc, gen, worst, nonfinite)
     report = {name: {"max_abs_err": w.err, "ref_max_abs": w.scale, "allowed": atol * max(1.0, w.scale)}
               for name, w in sorted(worst.items())}
     if nonfinite:
@@ -112,34 +99,52 @@ def validate_graphs(art_dir: Path, model: ShadowModel, graphs: dict[str, str], a
     if misses:
         raise ExportError("validation against PyTorch failed: " + "; ".join(misses[:4]) +
                           "; re-export with --no-validate only to debug")
-    return {"atol": atol, "scenarios": [{"prompt_lengths": list(p), "decode_steps": s} for p, s in SCENARIOS],
+    return {"atol": atol, "path": "runtime", "scenarios": [sc.to_dict() for sc in SCENARIOS],
             "outputs": report, "passed": True}
 
 
-def _run(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    names = [o.name for o in sess.get_outputs()]
-    wanted = {i.name for i in sess.get_inputs()}
-    return dict(zip(names, sess.run(names, {k: v for k, v in feed.items() if k in wanted})))
+def _run_scenario(model: ShadowModel, mode: str, roles: dict[str, str], pipe: Pipeline, sc: Scenario,
+                  gen: torch.Generator, worst: dict, nonfinite: list) -> None:
+    longest = max(sc.prompt_lengths)
+    total = longest + sc.decode_steps
+    ids = torch.randint(0, model.spec.vocab_size, (len(sc.prompt_lengths), total), generator=gen)
+    mask = torch.ones_like(ids)
+    for r, n in enumerate(sc.prompt_lengths):
+        mask[r, : longest - n] = 0
+    full = StepInputs.full(ids, mask)
+    ref = _Reference(model, mode, roles)
+    caches = pipe.empty_caches(ids.shape[0], longest + sc.spare)
+    kv_graphs = [roles[r] for r in io_spec.KV_ROLES if r in roles]  # the order of pipe.stacks / caches
+    start = 0
+    for end in [longest] + list(range(longest + 1, total + 1)):
+        step = StepInputs(full.input_ids[:, start:end], full.attention_mask[:, :end], full.position_ids[:, start:end])
+        logits = pipe.step(step.input_ids.numpy(), step.attention_mask.numpy(), step.position_ids.numpy(), caches,
+                           last_only=False)  # [b, t, V]
+        ref_logits = ref.step(step).numpy()
+        _compare(f"{mode}.logits", logits, ref_logits, step.attention_mask[:, start:end].bool().numpy(),
+                 worst, nonfinite)
+        kv_real = step.attention_mask.bool().numpy()  # [b, T]
+        for graph, cache, role in zip(kv_graphs, caches, (r for r in io_spec.KV_ROLES if r in roles)):
+            _compare_cache(f"{mode}.{graph}.present", cache, ref.kv[role], kv_real, worst, nonfinite)
+        start = end
 
 
-def _check(outs: dict, refs: dict[str, torch.Tensor], ref_kv: KV, real: np.ndarray, kv_real: np.ndarray,
-           worst: dict, nonfinite: list, prefix: str = "") -> list[np.ndarray]:
-    """Compare named outputs on real positions and the present KV on real cache slots; return present."""
-    for name, ref in refs.items():
-        _compare(prefix + name, outs[name], ref.numpy(), real, worst, nonfinite)
-    present = [outs[io_spec.present_name(i // 2, "key" if i % 2 == 0 else "value")] for i in range(2 * len(ref_kv))]
-    for ours, ref in zip(present, _flat(ref_kv)):  # [b, kv, T, hd] -> [b, T, kv, hd] to mask slots
-        _compare(prefix + "present", ours.transpose(0, 2, 1, 3), ref.transpose(0, 2, 1, 3), kv_real, worst,
-                 nonfinite)
-    return present
+def _compare_cache(name: str, cache: KVCache, ref_kv: KV, kv_real: np.ndarray, worst: dict,
+                   nonfinite: list) -> None:
+    """The cache's first `length` slots against the reference KV, on real slots only."""
+    ref_flat = [t.numpy() for pair in ref_kv for t in pair]  # key, value per layer: [b, kv, T, hd]
+    if len(ref_flat) != len(cache.arrays) or cache.length != ref_flat[0].shape[2]:
+        raise ExportError(f"validation: {name} holds {len(cache.arrays)} buffers of {cache.length} positions, "
+                          f"PyTorch gives {len(ref_flat)} of {ref_flat[0].shape[2]}; exporter bug")
+    for buf, r in zip(cache.arrays, ref_flat):  # [b, kv, T, hd] -> [b, T, kv, hd] to mask slots
+        ours = buf[:, :, : cache.length]
+        _compare(name, ours.transpose(0, 2, 1, 3), r.transpose(0, 2, 1, 3), kv_real, worst, nonfinite)
 
 
-def _compare(name: str, ours: np.ndarray, ref: np.ndarray, real: np.ndarray | None, worst: dict,
-             nonfinite: list) -> None:
+def _compare(name: str, ours: np.ndarray, ref: np.ndarray, real: np.ndarray, worst: dict, nonfinite: list) -> None:
+    """Compare [b, t, ...] arrays on the rows where `real` [b, t] is set; any non-finite value is an error."""
     if ours.shape != ref.shape:
         raise ExportError(f"validation: output {name} has shape {ours.shape}, PyTorch gives {ref.shape}")
     if not np.isfinite(ours).all():
         nonfinite.append(name)
-    if real is not None:  # [b, t] mask over the sequence axis of [b, t, ...] outputs
-        ours, ref = ours[real], ref[real]
-    worst.setdefault(name, _Worst()).add(ours, ref)
+    worst.setdefault(name, _Worst()).add(ours[real], ref[real])

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from shadow_edge.errors import ArtifactError
-from shadow_edge.io_spec import TensorSpec
+from shadow_edge.io_spec import ATTENTION_KINDS, TensorSpec
 from shadow_edge.manifest import GraphEntry
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16",
@@ -104,6 +104,10 @@ class GraphSession:
                  prepack: bool = True):
         self.name, self.entry = name, entry
         path = Path(art_dir) / entry.file
+        if entry.kv_layers and entry.attention not in ATTENTION_KINDS:
+            raise ArtifactError(f"{Path(art_dir) / 'manifest.json'}: graph {name!r} has attention "
+                                f"{entry.attention!r}; this shadow-edge runs {', '.join(ATTENTION_KINDS)} "
+                                "(upgrade shadow-edge or re-export the artifact)")
         try:
             options = session_options(threads, prepack)
             self.session = ort.InferenceSession(str(path), sess_options=options,
