@@ -1,4 +1,4 @@
-"""`shadow-edge` command line: export, run, inspect, demo, bench.
+"""`shadow-edge` command line: export, run, inspect, demo, bench, serve.
 
 `run`, `inspect` and `demo`'s generation use only the torch-free runtime; `export` (and
 the export step of `demo`) import the torch side lazily, inside their handlers.
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "combined model (base_shadow) without torch, and benchmark them.",
         epilog="start with `shadow-edge demo`, then `shadow-edge export --help` and `shadow-edge run --help`")
     parser.add_argument("--version", action="version", version=f"shadow-edge {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{export,run,inspect,demo,bench}")
+    sub = parser.add_subparsers(dest="command", metavar="{export,run,inspect,demo,bench,serve}")
     sub.required = True
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -143,14 +143,20 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Benchmark an artifact (see `shadow-edge bench ART --help`).", add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     p.set_defaults(handler=cmd_bench)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible server with batching (needs shadow-edge[serve])",
+                       description="Serve artifacts over the OpenAI API (see `shadow-edge serve --help`).",
+                       add_help=False)
+    p.add_argument("serve_args", nargs=argparse.REMAINDER, help="arguments for the server")
+    p.set_defaults(handler=cmd_serve)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     _tolerant_output()
-    if argv[:1] == ["bench"]:  # the benchmark parses its own arguments (incl. --help)
-        argv = ["bench", "--", *argv[1:]]
+    if argv[:1] in (["bench"], ["serve"]):  # these parse their own arguments (incl. --help)
+        argv = [argv[0], "--", *argv[1:]]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -220,6 +226,13 @@ def cmd_bench(args) -> int:
                          "update shadow-edge") from None
     rest = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
     return bench_main(rest)
+
+
+def cmd_serve(args) -> int:
+    from shadow_edge.serve.cli import main as serve_main
+
+    rest = args.serve_args[1:] if args.serve_args[:1] == ["--"] else args.serve_args
+    return serve_main(rest)
 
 
 if __name__ == "__main__":

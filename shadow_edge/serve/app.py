@@ -1,0 +1,290 @@
+"""The ASGI app of `shadow-edge serve`: the OpenAI API (models, chat, completions), /health and /metrics.
+
+`build_app(options)` returns a FastAPI app whose lifespan loads one `ShadowRuntime` per
+artifact in a background thread (requests get 503 until it is done) and, on shutdown,
+lets running batches finish within the grace period and fails waiting requests with 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import sys
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from shadow_edge.errors import ShadowEdgeError
+from shadow_edge.runtime import ShadowRuntime
+from shadow_edge.serve.api_errors import APIError, bad_param
+from shadow_edge.serve.engine import Engine, Job, Sampling
+from shadow_edge.serve.metrics import Metrics
+from shadow_edge.serve.options import ServeOptions
+from shadow_edge.serve.schemas import ChatRequest, CompletionRequest, parse
+
+DISCONNECT_POLL_S = 0.25
+
+
+class ServerState:
+    """The engines (one per artifact), loading status and metrics of one app."""
+
+    def __init__(self, options: ServeOptions):
+        self.options, self.metrics = options, Metrics()
+        self.engines: dict[str, Engine] = {}
+        self.default_modes: dict[str, str] = {}
+        self.status, self.error = "loading", None
+        self._loader: threading.Thread | None = None
+
+    def start_loading(self) -> None:
+        self._loader = threading.Thread(target=self._load, name="shadow-edge-loader", daemon=True)
+        self._loader.start()
+
+    def _load(self) -> None:
+        o = self.options
+        try:
+            for name, art in zip(o.names, o.artifacts):
+                rt = ShadowRuntime.load(art, threads=o.threads, verify=o.verify)
+                self.default_modes[name] = o.default_mode if o.default_mode in rt.modes else rt.modes[0]
+                self.engines[name] = Engine(name, rt, o.max_batch, o.max_queue, o.batch_window_ms, self.metrics)
+            self.status = "ok"
+        except ShadowEdgeError as e:
+            self.status, self.error = "error", str(e)
+            print(f"error: {e}", file=sys.stderr, flush=True)
+
+    def close(self, grace_s: float) -> None:
+        self.status = "shutting_down"
+        if self._loader is not None:
+            self._loader.join()
+        for engine in self.engines.values():
+            engine.close(grace_s)
+
+    def require_ready(self) -> None:
+        if self.status != "ok":
+            detail = f": {self.error}" if self.error else ""
+            raise APIError(503, f"the server is {self.status.replace('_', ' ')}{detail}; retry shortly")
+
+    def resolve(self, model: str, mode: str | None) -> tuple[Engine, str]:
+        """`NAME` or `NAME:MODE` (+ an optional `mode` body field) -> (engine, mode)."""
+        self.require_ready()
+        name, _, suffix = model.partition(":")
+        if name not in self.engines:
+            raise APIError(404, f"model {model!r} does not exist; GET /v1/models lists "
+                                f"{', '.join(self.model_ids())}", param="model")
+        engine = self.engines[name]
+        if suffix and suffix not in engine.rt.modes:
+            raise APIError(404, f"model {model!r} does not exist: {name} runs modes {', '.join(engine.rt.modes)}",
+                           param="model")
+        if mode is not None:
+            if mode not in engine.rt.modes:
+                raise bad_param("mode", f"mode {mode!r} is not available for {name}; valid: "
+                                        f"{', '.join(engine.rt.modes)}")
+            if suffix and suffix != mode:
+                raise bad_param("mode", f"mode {mode!r} contradicts the model name {model!r}; give one of them")
+        return engine, suffix or mode or self.default_modes[name]
+
+    def model_ids(self) -> list[str]:
+        return [f"{name}:{mode}" for name, e in self.engines.items() for mode in e.rt.modes]
+
+
+def build_app(options: ServeOptions, shutdown_grace_s: float = 30.0) -> FastAPI:
+    state = ServerState(options)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state.start_loading()
+        yield
+        await asyncio.to_thread(state.close, shutdown_grace_s)
+
+    app = FastAPI(title="shadow-edge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.shadow = state
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, e: APIError):
+        return JSONResponse(e.body(), status_code=e.status)
+
+    def authorize(request: Request) -> None:
+        key = options.api_key
+        if key is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            raise APIError(401, "missing or wrong API key: send `Authorization: Bearer KEY` with the server's "
+                                "--api-key" if given else "no API key given: send `Authorization: Bearer KEY`")
+
+    async def read_body(request: Request):
+        try:
+            return json.loads(await request.body())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise APIError(400, f"the request body is not valid JSON ({e})") from None
+
+    @app.get("/health")
+    async def health():
+        body = {"status": state.status, "models": state.model_ids() if state.status == "ok" else []}
+        if state.error:
+            body["error"] = state.error
+        return JSONResponse(body, status_code=200 if state.status == "ok" else 503)
+
+    @app.get("/metrics")
+    async def metrics():
+        data, ctype = state.metrics.render()
+        return Response(data, media_type=ctype)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(request)
+        state.require_ready()
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "shadow-edge"}
+                                           for m in state.model_ids()]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        authorize(request)
+        req = parse(ChatRequest, await read_body(request))
+        engine, mode = state.resolve(req.model, req.mode)
+        ids = _encode(engine, req.conversation(), True, "messages")
+        job = _job(engine, mode, ids, req, req.token_limit, options.request_timeout_s)
+        return await _respond(request, state, engine, mode, job, req, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(request)
+        req = parse(CompletionRequest, await read_body(request))
+        engine, mode = state.resolve(req.model, req.mode)
+        ids = _encode(engine, req.one_prompt(), False, "prompt")
+        job = _job(engine, mode, ids, req, req.token_limit, options.request_timeout_s)
+        return await _respond(request, state, engine, mode, job, req, chat=False)
+
+    return app
+
+
+def _encode(engine: Engine, prompt, chat: bool, param: str) -> list[int]:
+    rt = engine.rt
+    try:
+        batch = rt.encode(prompt, chat=chat)
+    except ShadowEdgeError as e:
+        raise bad_param(param, f"{param}: {e}") from None
+    n = batch.lengths[0]
+    if n >= rt.max_positions:
+        raise APIError(413, f"{param}: the prompt has {n} tokens; the model's context is {rt.max_positions} "
+                            "tokens (prompt + completion); shorten it", param=param)
+    return batch.input_ids[0, -n:].tolist()
+
+
+def _job(engine: Engine, mode: str, ids: list[int], req, limit: int | None, timeout_s: float) -> Job:
+    room = engine.rt.max_positions - len(ids)
+    if limit is not None and limit > room:
+        raise bad_param("max_tokens", f"max_tokens is {limit}, but the prompt has {len(ids)} tokens and the "
+                                      f"context {engine.rt.max_positions}: at most {room} fit")
+    sampling = Sampling(1.0 if req.temperature is None else req.temperature, 1.0 if req.top_p is None else req.top_p,
+                        req.top_k or 0, req.seed)
+    return Job(ids, mode, limit or room, sampling, req.stops, req.ignore_eos,
+               0.5 if req.cascade_threshold is None else req.cascade_threshold, timeout_s)
+
+
+def _usage(job: Job) -> dict:
+    return {"prompt_tokens": len(job.ids), "completion_tokens": len(job.token_ids),
+            "total_tokens": len(job.ids) + len(job.token_ids)}
+
+
+def _extra(job: Job) -> dict:
+    extra = {"mode": job.mode}
+    if job.answered_by is not None:
+        extra.update(answered_by=job.answered_by, confidence=job.confidence)
+    return extra
+
+
+async def _respond(request: Request, state: ServerState, engine: Engine, mode: str, job: Job, req, chat: bool):
+    job.loop, job.events = asyncio.get_running_loop(), asyncio.Queue()
+    model = f"{engine.name}:{mode}"
+    try:
+        engine.submit(job)
+    except APIError as e:
+        state.metrics.requests.labels(engine.name, mode, str(e.status)).inc()
+        raise
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
+    created = int(time.time())
+    if req.stream:
+        return StreamingResponse(_sse(request, state, engine, job, req, chat, rid, created, model),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    text = []
+    while True:
+        try:
+            kind, payload = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                job.cancelled = True
+                state.metrics.requests.labels(engine.name, mode, "cancelled").inc()
+                return Response(status_code=499)
+            continue
+        if kind == "text":
+            text.append(payload)
+        elif kind == "error":
+            state.metrics.requests.labels(engine.name, mode, str(payload.status)).inc()
+            raise payload
+        else:
+            break
+    _observe(state, engine, job, "200")
+    choice = {"index": 0, "finish_reason": job.finish_reason, "logprobs": None}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": job.text}
+    else:
+        choice["text"] = job.text
+    return {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created,
+            "model": model, "choices": [choice], "usage": _usage(job), "shadow_edge": _extra(job)}
+
+
+def _observe(state: ServerState, engine: Engine, job: Job, status: str) -> None:
+    state.metrics.requests.labels(engine.name, job.mode, status).inc()
+    if job.first_token_at is not None:
+        state.metrics.ttft.labels(engine.name, job.mode).observe(job.first_token_at - job.arrived)
+
+
+async def _sse(request: Request, state: ServerState, engine: Engine, job: Job, req, chat: bool, rid: str,
+               created: int, model: str):
+    """Server-sent events: one chunk per text piece, a final chunk with finish_reason, usage, [DONE]."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+    usage_field = {"usage": None} if req.include_usage else {}
+
+    def chunk(delta: str | None, finish=None, role: bool = False) -> str:
+        if chat:
+            d = ({"role": "assistant", "content": ""} if role else {}) | ({"content": delta} if delta else {})
+            choice = {"index": 0, "delta": d, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
+        body = {"id": rid, "object": obj, "created": created, "model": model, "choices": [choice], **usage_field}
+        if finish is not None:
+            body["shadow_edge"] = _extra(job)
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+    done = False
+    try:
+        if chat:
+            yield chunk(None, role=True)
+        while True:
+            kind, payload = await job.events.get()
+            if kind == "text":
+                yield chunk(payload)
+            elif kind == "error":
+                state.metrics.requests.labels(engine.name, job.mode, str(payload.status)).inc()
+                done = True
+                yield f"data: {json.dumps(payload.body())}\n\n"
+                break
+            else:
+                done = True
+                _observe(state, engine, job, "200")
+                yield chunk(None, finish=job.finish_reason)
+                if req.include_usage:
+                    body = {"id": rid, "object": obj, "created": created, "model": model, "choices": [],
+                            "usage": _usage(job)}
+                    yield f"data: {json.dumps(body)}\n\n"
+                break
+        yield "data: [DONE]\n\n"
+    finally:
+        if not done:  # the client went away (the response task was cancelled): stop its generation
+            job.cancelled = True
+            state.metrics.requests.labels(engine.name, job.mode, "cancelled").inc()

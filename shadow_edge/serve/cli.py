@@ -1,0 +1,89 @@
+"""`shadow-edge serve`: parse the flags, then run the app under uvicorn (or deploy it on Ray Serve)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from shadow_edge.errors import InputError
+
+EPILOG = """\
+examples:
+  shadow-edge serve art/                                   # http://127.0.0.1:8000/v1
+  shadow-edge serve art/ --port 9000 --api-key secret --max-batch 16
+  shadow-edge serve a/ b/ --served-name small --served-name big --default-mode shadow_only
+  shadow-edge serve art/ --ray --replicas 2 --num-cpus-per-replica 1 --threads 1
+
+then, from any OpenAI client:
+  from openai import OpenAI
+  client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="secret")
+  client.chat.completions.create(model="art:base_shadow", messages=[{"role": "user", "content": "Hi"}])
+
+Models are listed as NAME:MODE (GET /v1/models); a bare NAME means --default-mode. Extra body
+fields: mode, ignore_eos, top_k, cascade_threshold. GET /health and GET /metrics (Prometheus).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="shadow-edge serve", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Serve artifacts over the OpenAI API (chat, completions, streaming), "
+                                            "batching concurrent requests.", epilog=EPILOG)
+    p.add_argument("artifacts", nargs="+", metavar="ART", help="artifact directories")
+    p.add_argument("--served-name", action="append", default=[], metavar="NAME",
+                   help="model name of each artifact, in order (default: the directory name)")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1; 0.0.0.0 = every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--api-key", metavar="KEY", help="require `Authorization: Bearer KEY` on /v1 requests")
+    p.add_argument("--default-mode", default="base_shadow", metavar="MODE",
+                   help="mode of a bare model name (default base_shadow)")
+    p.add_argument("--max-batch", type=int, default=8, metavar="N", help="most requests per batch (default 8)")
+    p.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="most waiting requests per model; more get 429 (default 64)")
+    p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+                   help="per-request timeout in seconds, queueing included; then 504 (default 600)")
+    p.add_argument("--batch-window-ms", type=float, default=5.0, metavar="MS",
+                   help="wait this long for more requests before starting a batch (default 5)")
+    p.add_argument("--shutdown-grace", type=float, default=30.0, metavar="S",
+                   help="on shutdown, let running requests finish for this long (default 30)")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifacts' files")
+    ray = p.add_argument_group("Ray Serve (needs shadow-edge[ray])")
+    ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of one uvicorn process")
+    ray.add_argument("--replicas", type=int, default=1, metavar="N", help="replicas, each with its own runtimes")
+    ray.add_argument("--num-cpus-per-replica", type=float, default=1.0, metavar="C",
+                     help="CPUs Ray reserves per replica (default 1)")
+    ray.add_argument("--autoscaling", metavar="JSON",
+                     help='Ray Serve autoscaling_config, e.g. \'{"min_replicas": 1, "max_replicas": 4}\' '
+                          "(replaces --replicas)")
+    ray.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default: auto / start a local one)")
+    return p
+
+
+def options_from(args):
+    from shadow_edge.serve.options import ServeOptions
+
+    return ServeOptions(tuple(args.artifacts), tuple(args.served_name), args.host, args.port, args.api_key,
+                        args.default_mode, args.max_batch, args.max_queue, args.threads, args.timeout,
+                        args.batch_window_ms, not args.no_verify)
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        import uvicorn
+
+        from shadow_edge.serve.app import build_app
+    except ImportError as e:
+        raise InputError(f"`shadow-edge serve` needs the serve extras ({e.name} is missing); install them with "
+                         "pip install 'shadow-edge[serve]'") from None
+    options = options_from(args)
+    if args.ray:
+        from shadow_edge.serve.ray_app import RayOptions, run_forever
+
+        return run_forever(options, RayOptions(args.replicas, args.num_cpus_per_replica, args.autoscaling,
+                                               args.ray_address, args.shutdown_grace))
+    print(f"shadow-edge serve: loading {', '.join(options.names)}; OpenAI API at "
+          f"http://{options.host}:{options.port}/v1 (GET /health says when ready)", file=sys.stderr, flush=True)
+    uvicorn.run(build_app(options, args.shutdown_grace), host=options.host, port=options.port, log_level="warning",
+                timeout_graceful_shutdown=max(1, int(args.shutdown_grace)))
+    return 0

@@ -1,0 +1,31 @@
+"""Prometheus metrics of one server (its own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    """Requests by model/mode/status, tokens, TTFT and per-token latency, queue depth, batches, escalations."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter("shadow_edge_requests", "finished requests by model, mode and HTTP status "
+                                "('cancelled' when the client went away)", ["model", "mode", "status"], registry=r)
+        self.tokens = Counter("shadow_edge_generated_tokens", "tokens generated", ["model", "mode"], registry=r)
+        self.ttft = Histogram("shadow_edge_time_to_first_token_seconds", "arrival to first token (incl. queueing)",
+                              ["model", "mode"], buckets=LATENCY_BUCKETS, registry=r)
+        self.token_latency = Histogram("shadow_edge_token_latency_seconds", "wall time of one decode step of a "
+                                       "batch (every row gets one token)", ["model", "mode"],
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("shadow_edge_queue_depth", "requests waiting for a batch", ["model"], registry=r)
+        self.batch_size = Histogram("shadow_edge_batch_size", "requests per batch", ["model", "mode"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.escalations = Counter("shadow_edge_cascade_escalations", "cascade requests answered by base_shadow",
+                                   ["model"], registry=r)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

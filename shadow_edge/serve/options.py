@@ -1,0 +1,75 @@
+"""Server settings: one frozen dataclass, validated in `__post_init__` (runtime-only, never stored)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shadow_edge.errors import InputError
+
+
+def _positive_int(name: str, value, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise InputError(f"{name} is {value!r}; it must be an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """What `shadow-edge serve` serves and how. Every field has a CLI flag of the same name."""
+
+    artifacts: tuple[str, ...] = field(metadata={"help": "artifact directories written by `shadow-edge export`"})
+    served_names: tuple[str, ...] = field(default=(), metadata={
+        "help": "model names, one per artifact, in order (default: each artifact's directory name)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "interface to listen on"})
+    port: int = field(default=8000, metadata={"help": "TCP port (0 = any free port)"})
+    api_key: str | None = field(default=None, metadata={
+        "help": "when set, every /v1 request needs `Authorization: Bearer KEY` (else 401)"})
+    default_mode: str = field(default="base_shadow", metadata={
+        "help": "the mode of a bare model name (an artifact without it uses its first mode)"})
+    max_batch: int = field(default=8, metadata={"help": "most requests run together as one left-padded batch"})
+    max_queue: int = field(default=64, metadata={"help": "most requests waiting per model; more get 429"})
+    threads: int | None = field(default=None, metadata={"help": "onnxruntime threads (default: all cores)"})
+    request_timeout_s: float = field(default=600.0, metadata={
+        "help": "a request still unfinished this long after it arrived ends with 504"})
+    batch_window_ms: float = field(default=5.0, metadata={
+        "help": "how long the scheduler waits for more requests before starting a batch"})
+    verify: bool = field(default=True, metadata={"help": "check every artifact file's sha256 at load"})
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "artifacts", tuple(str(a) for a in self.artifacts))
+        object.__setattr__(self, "served_names", tuple(self.served_names or ()))
+        if not self.artifacts:
+            raise InputError("no artifact given; pass at least one artifact directory (shadow-edge serve ART)")
+        for art in self.artifacts:
+            if not Path(art).is_dir():
+                raise InputError(f"{art}: no such artifact directory; create one with `shadow-edge export`")
+        if self.served_names and len(self.served_names) != len(self.artifacts):
+            raise InputError(f"--served-name is given {len(self.served_names)} times for {len(self.artifacts)} "
+                             "artifacts; give one name per artifact, in the same order")
+        for name in self.names:
+            if not name or ":" in name or "/" in name:
+                raise InputError(f"model name {name!r} is not usable; names must be non-empty without ':' or '/' "
+                                 "(set one with --served-name)")
+        if len(set(self.names)) != len(self.names):
+            raise InputError(f"model names {list(self.names)} repeat; give distinct names with --served-name")
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise InputError(f"port is {self.port!r}; it must be an integer in [0, 65535]")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InputError("api_key is empty; give a non-empty key or leave --api-key out")
+        _positive_int("max_batch", self.max_batch)
+        _positive_int("max_queue", self.max_queue)
+        _positive_int("threads", self.threads, allow_none=True)
+        for name in ("request_timeout_s", "batch_window_ms"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0 \
+                    or (name == "request_timeout_s" and v == 0):
+                raise InputError(f"{name} is {v!r}; it must be a finite number "
+                                 + ("> 0" if name == "request_timeout_s" else ">= 0"))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The served model names, one per artifact."""
+        return self.served_names or tuple(Path(a).resolve().name for a in self.artifacts)
