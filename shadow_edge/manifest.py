@@ -12,6 +12,7 @@ from pathlib import Path
 
 from shadow_edge.errors import ArtifactError
 from shadow_edge.io_spec import ATTENTION_GQA, TensorSpec
+from shadow_edge.manifest_schema import check_manifest
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "shadow-edge-artifact"
@@ -122,18 +123,30 @@ def read_manifest(art_dir: str | Path) -> Manifest:
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise ArtifactError(f"{path}: format_version {version!r} is newer than this shadow-edge reads "
                             f"({FORMAT_VERSION}); upgrade shadow-edge (pip install -U shadow-edge)")
+    check_manifest(raw, path)
     try:
         return Manifest.from_dict(raw)
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, AttributeError) as e:
         raise ArtifactError(f"{path}: malformed manifest ({e}); re-export the artifact") from None
 
 
+def member_path(art_dir: str | Path, name: str) -> Path:
+    """The path of the artifact file `name`, refused unless it resolves (symlinks followed) inside `art_dir`."""
+    art_dir = Path(art_dir)
+    path = art_dir / name
+    root, real = art_dir.resolve(), path.resolve()
+    if Path(name).is_absolute() or ".." in Path(name).parts or not real.is_relative_to(root):
+        raise ArtifactError(f"{path}: resolves to {real}, outside the artifact directory {root}; an artifact's "
+                            "files must live inside it (no `..`, absolute paths or symlinks out); re-export it")
+    return path
+
+
 def verify_files(art_dir: str | Path, manifest: Manifest, names: list[str] | None = None) -> None:
-    """Check that each listed file (default: all) exists with the recorded size and sha256."""
+    """Check that each listed file (default: all) exists inside the artifact with the recorded size and sha256."""
     art_dir = Path(art_dir)
     for name in names if names is not None else list(manifest.files):
         entry = manifest.files.get(name)
-        path = art_dir / name
+        path = member_path(art_dir, name)
         if entry is None:
             raise ArtifactError(f"{art_dir / MANIFEST_NAME}: no entry for {name}; re-export the artifact")
         if not path.is_file():

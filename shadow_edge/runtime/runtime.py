@@ -89,20 +89,10 @@ class ShadowRuntime:
         verify = inputs.as_bool(verify, "verify")
         if modes is not None and (isinstance(modes, str) or not isinstance(modes, (list, tuple))):
             raise InputError(f"modes is {modes!r}; it must be a list of mode names such as ['shadow_only']")
-        manifest = read_manifest(art_dir)
-        for name, g in manifest.graphs.items():
-            for f in [g.file, *g.data_files]:
-                if f not in manifest.files:
-                    raise ArtifactError(f"{art_dir / 'manifest.json'}: graph {name!r} file {f} has no entry in "
-                                        "`files`; re-export the artifact")
-        for mode, roles in manifest.modes.items():
-            for role, graph in roles.items():
-                if graph not in manifest.graphs:
-                    raise ArtifactError(f"{art_dir / 'manifest.json'}: mode {mode!r} role {role!r} names graph "
-                                        f"{graph!r}, which is not in `graphs`; re-export the artifact")
+        manifest = read_manifest(art_dir)  # types, paths, roles and dims checked (manifest_schema)
         if verify:
             verify_files(art_dir, manifest)
-        rt = cls(art_dir, manifest, TextCodec.load(art_dir), providers, threads)
+        rt = cls(art_dir, manifest, TextCodec.load(art_dir, manifest.files), providers, threads)
         for mode in GRAPH_MODES if modes is None else modes:
             if modes is not None or mode in manifest.modes:
                 rt.pipeline(mode)  # an unknown mode in `modes` raises InputError

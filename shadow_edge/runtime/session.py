@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from shadow_edge.errors import ArtifactError
 from shadow_edge.io_spec import ATTENTION_KINDS, TensorSpec
-from shadow_edge.manifest import GraphEntry
+from shadow_edge.manifest import GraphEntry, member_path
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16",
              "tensor(int32)": "int32", "tensor(bool)": "bool"}
@@ -103,7 +103,9 @@ class GraphSession:
     def __init__(self, name: str, entry: GraphEntry, art_dir: Path, providers=None, threads: int | None = None,
                  prepack: bool = True):
         self.name, self.entry = name, entry
-        path = Path(art_dir) / entry.file
+        self.path = path = member_path(art_dir, entry.file)
+        for data in entry.data_files:
+            member_path(art_dir, data)
         if entry.kv_layers and entry.attention not in ATTENTION_KINDS:
             raise ArtifactError(f"{Path(art_dir) / 'manifest.json'}: graph {name!r} has attention "
                                 f"{entry.attention!r}; this shadow-edge runs {', '.join(ATTENTION_KINDS)} "
@@ -113,8 +115,7 @@ class GraphSession:
             self.session = ort.InferenceSession(str(path), sess_options=options,
                                                 providers=list(providers or DEFAULT_PROVIDERS))
         except Exception as e:  # onnxruntime raises its own exception types
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ArtifactError(f"{path}: onnxruntime cannot load graph {name!r} ({msg}); "
+            raise ArtifactError(f"{path}: onnxruntime cannot load graph {name!r} ({_first_line(e)}); "
                                 "re-export the artifact") from None
         diff = io_diff("input", self.session.get_inputs(), entry.inputs) + \
             io_diff("output", self.session.get_outputs(), entry.outputs)
@@ -129,7 +130,10 @@ class GraphSession:
 
     def run(self, feed: dict[str, ort.OrtValue]) -> list[ort.OrtValue]:
         """Run a graph without KV cache (the heads); returns its outputs in table order."""
-        return self.session.run_with_ort_values(self.output_names, feed)
+        try:
+            return self.session.run_with_ort_values(self.output_names, feed)
+        except Exception as e:  # onnxruntime's own types: a graph that disagrees with its manifest
+            raise self._run_error(e) from None
 
     def run_in_place(self, feed: dict[str, ort.OrtValue], kv: list[ort.OrtValue]) -> ort.OrtValue:
         """Run a KV-cached graph with each past_key_values.* and its present.* bound to one buffer.
@@ -144,5 +148,17 @@ class GraphSession:
         for past, present, buf in zip(self.past_names, self.present_names, kv):
             io.bind_ortvalue_input(past, buf)
             io.bind_ortvalue_output(present, buf)
-        self.session.run_with_iobinding(io)
+        try:
+            self.session.run_with_iobinding(io)
+        except Exception as e:
+            raise self._run_error(e) from None
         return io.get_outputs()[0]
+
+    def _run_error(self, e: Exception) -> ArtifactError:
+        return ArtifactError(f"{self.path}: onnxruntime failed running graph {self.name!r} ({_first_line(e)}); the "
+                             "graph does not fit the dims in manifest.json; re-export the artifact")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

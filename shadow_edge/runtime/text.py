@@ -14,6 +14,7 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from shadow_edge.errors import ArtifactError, InputError
+from shadow_edge.manifest import member_path
 
 REPLACEMENT = "\ufffd"
 
@@ -39,11 +40,16 @@ class TextCodec:
         self.pad_token = _token_text(config.get("pad_token"))
 
     @classmethod
-    def load(cls, art_dir: str | Path) -> "TextCodec | None":
-        """The artifact's tokenizer, or None when it has no tokenizer.json (token ids only)."""
+    def load(cls, art_dir: str | Path, listed) -> "TextCodec | None":
+        """The artifact's tokenizer, or None when it has no tokenizer.json (token ids only).
+
+        Only files in `listed` (the manifest's file table, whose hashes `verify` checked) are read:
+        a tokenizer or chat template dropped into the artifact afterwards is ignored.
+        """
         art_dir = Path(art_dir)
-        tok_path, cfg_path = art_dir / "tokenizer.json", art_dir / "tokenizer_config.json"
-        if not tok_path.is_file():
+        tok_path, cfg_path, jinja_path = (member_path(art_dir, n) if n in listed else None
+                                          for n in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"))
+        if tok_path is None or not tok_path.is_file():
             return None
         try:
             tokenizer = Tokenizer.from_file(str(tok_path))
@@ -51,10 +57,13 @@ class TextCodec:
             raise ArtifactError(f"{tok_path}: cannot load the tokenizer ({e}); re-export the artifact") from None
         config = {}
         try:
-            if cfg_path.is_file():
+            if cfg_path is not None and cfg_path.is_file():
                 config = json.loads(cfg_path.read_text(encoding="utf-8"))
-            if (art_dir / "chat_template.jinja").is_file():  # transformers 5 keeps the template beside
-                config["chat_template"] = (art_dir / "chat_template.jinja").read_text(encoding="utf-8")
+                if not isinstance(config, dict):
+                    raise ArtifactError(f"{cfg_path}: holds a {type(config).__name__}, expected a JSON object; "
+                                        "re-export the artifact")
+            if jinja_path is not None and jinja_path.is_file():  # transformers 5 keeps the template beside
+                config["chat_template"] = jinja_path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ArtifactError(f"{cfg_path}: unreadable ({e}); re-export the artifact") from None
         return cls(tokenizer, config)

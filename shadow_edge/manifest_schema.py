@@ -1,0 +1,210 @@
+"""Checks of a parsed manifest.json before it is trusted: types, required keys, safe paths, roles, dims.
+
+Standard library only. `check_manifest(raw, path)` raises one `ArtifactError` naming the
+field (`graphs.backbone.kv_heads`), what was found and what was expected. Beyond types it
+checks that the manifest agrees with itself and with its graphs' I/O tables: every file
+entry is a plain relative path inside the artifact, every mode's roles name graphs whose
+I/O fits the role, the KV tables match kv_layers / kv_heads / head_dim, the heads' logits
+match `model.vocab_size`, and the special token ids lie inside the vocabulary. (The runtime
+then checks each onnxruntime session against its I/O table, which closes the chain.)
+Unknown keys are left to `Manifest.from_dict`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath, PureWindowsPath
+
+from shadow_edge.errors import ArtifactError
+from shadow_edge.io_spec import HIDDEN, SHADOW_HIDDEN
+
+ROLES = ("shadow", "backbone", "head")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class _Checker:
+    def __init__(self, path):
+        self.path = path
+
+    def fail(self, field: str, found, expected: str):
+        shown = repr(found) if len(repr(found)) <= 80 else repr(found)[:77] + "..."
+        raise ArtifactError(f"{self.path}: field `{field}` is {shown}; expected {expected}; re-export the artifact "
+                            "(or restore its original manifest.json)")
+
+    def get(self, d: dict, key: str, where: str, kind, expected: str, optional: bool = False):
+        field = f"{where}.{key}" if where else key
+        if key not in d:
+            if optional:
+                return None
+            raise ArtifactError(f"{self.path}: field `{field}` is missing; expected {expected}; re-export the "
+                                "artifact")
+        value = d[key]
+        if optional and value is None:
+            return None
+        if not isinstance(value, kind) or isinstance(value, bool):
+            self.fail(field, value, expected)
+        return value
+
+    def count(self, d: dict, key: str, where: str, minimum: int = 0, optional: bool = False):
+        value = self.get(d, key, where, int, f"an integer >= {minimum}", optional)
+        if value is not None and value < minimum:
+            self.fail(f"{where}.{key}", value, f"an integer >= {minimum}")
+        return value
+
+    def relpath(self, value, field: str) -> str:
+        """A plain relative path inside the artifact: no absolute path, drive, `..`, backslash or NUL."""
+        if not isinstance(value, str) or not value:
+            self.fail(field, value, "a file name relative to the artifact directory")
+        posix = PurePosixPath(value)
+        if posix.is_absolute() or PureWindowsPath(value).anchor or ".." in posix.parts or "\\" in value \
+                or "\0" in value:
+            self.fail(field, value, "a plain relative path inside the artifact directory (no absolute path, "
+                                    "no `..`)")
+        return value
+
+
+def check_manifest(raw: dict, path) -> None:
+    """Raise ArtifactError unless `raw` (parsed manifest.json) is well-formed and self-consistent."""
+    c = _Checker(path)
+    for key in ("tool_version", "created_utc", "dtype", "quantization"):
+        c.get(raw, key, "", str, "a string")
+    for key in ("source", "validation"):
+        c.get(raw, key, "", dict, "an object")
+    files = c.get(raw, "files", "", dict, "an object mapping file names to {sha256, bytes}")
+    for name, entry in files.items():
+        c.relpath(name, f"files.{name}")
+        if not isinstance(entry, dict):
+            c.fail(f"files.{name}", entry, "an object {sha256, bytes}")
+        digest = c.get(entry, "sha256", f"files.{name}", str, "a sha256 hex digest")
+        if not _HEX64.fullmatch(digest):
+            c.fail(f"files.{name}.sha256", digest, "64 lowercase hex digits")
+        c.count(entry, "bytes", f"files.{name}")
+    model = c.get(raw, "model", "", dict, "an object with vocab_size, max_positions, hidden_size, ...")
+    vocab = c.count(model, "vocab_size", "model", 1)
+    max_pos = c.count(model, "max_positions", "model", 1)
+    for part in ("base", "shadow"):
+        sub = c.get(model, part, "model", dict, "an object", optional=True)
+        limit = c.count(sub, "max_positions", f"model.{part}", 1, optional=True) if sub is not None else None
+        if limit is not None and max_pos > limit:
+            c.fail("model.max_positions", max_pos, f"at most model.{part}.max_positions ({limit}), the length the "
+                                                    "graphs' rotary tables cover")
+    _check_tokenizer(c, raw, vocab)
+    graphs = c.get(raw, "graphs", "", dict, "an object mapping graph names to graph entries")
+    if not graphs:
+        c.fail("graphs", graphs, "at least one graph")
+    for name, g in graphs.items():
+        _check_graph(c, name, g, files)
+    modes = c.get(raw, "modes", "", dict, "an object mapping modes to {role: graph}")
+    if not modes:
+        c.fail("modes", modes, "at least one mode")
+    for mode, roles in modes.items():
+        _check_mode(c, mode, roles, graphs, vocab)
+
+
+def _check_tokenizer(c: _Checker, raw: dict, vocab: int) -> None:
+    tok = c.get(raw, "tokenizer", "", dict, "an object with eos_token_ids, pad_token_id, ...")
+    ids = f"token ids in [0, {vocab - 1}] (model.vocab_size {vocab})"
+    eos = c.get(tok, "eos_token_ids", "tokenizer", list, f"a list of {ids}", optional=True)
+    for i, t in enumerate(eos or []):
+        if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab:
+            c.fail(f"tokenizer.eos_token_ids[{i}]", t, f"one of the {ids}")
+    for key in ("pad_token_id", "bos_token_id"):
+        t = c.get(tok, key, "tokenizer", int, f"null or one of the {ids}", optional=True)
+        if t is not None and not 0 <= t < vocab:
+            c.fail(f"tokenizer.{key}", t, f"null or one of the {ids}")
+
+
+def _check_tensors(c: _Checker, where: str, value) -> list[dict]:
+    if not isinstance(value, list):
+        c.fail(where, value, "a list of {name, dtype, shape}")
+    for i, t in enumerate(value):
+        field = f"{where}[{i}]"
+        if not isinstance(t, dict):
+            c.fail(field, t, "an object {name, dtype, shape}")
+        c.get(t, "name", field, str, "a tensor name")
+        c.get(t, "dtype", field, str, "a dtype name such as float32")
+        shape = c.get(t, "shape", field, list, "a list of dims (integers or names)")
+        for d in shape:
+            if not isinstance(d, (int, str)) or isinstance(d, bool) or (isinstance(d, int) and d < 0):
+                c.fail(f"{field}.shape", shape, "a list of dims: integers >= 0 or dim names")
+    return value
+
+
+def _check_graph(c: _Checker, name: str, g, files: dict) -> None:
+    where = f"graphs.{name}"
+    if not isinstance(g, dict):
+        c.fail(where, g, "an object {file, data_files, inputs, outputs, kv_layers, kv_heads, head_dim}")
+    listed = [c.relpath(c.get(g, "file", where, str, "the graph's .onnx file name"), f"{where}.file")]
+    data = c.get(g, "data_files", where, list, "a list of external data file names", optional=True) or []
+    listed += [c.relpath(f, f"{where}.data_files") for f in data]
+    for f in listed:
+        if f not in files:
+            raise ArtifactError(f"{c.path}: graph {name!r} file {f} has no entry in `files`; re-export the artifact")
+    inputs = _check_tensors(c, f"{where}.inputs", c.get(g, "inputs", where, list, "a list of tensors"))
+    outputs = _check_tensors(c, f"{where}.outputs", c.get(g, "outputs", where, list, "a list of tensors"))
+    if not outputs:
+        c.fail(f"{where}.outputs", outputs, "at least one output")
+    layers = c.count(g, "kv_layers", where, 0, optional=True) or 0
+    heads = c.count(g, "kv_heads", where, 0, optional=True) or 0
+    head_dim = c.count(g, "head_dim", where, 0, optional=True) or 0
+    past = [t for t in inputs if t["name"].startswith("past_key_values.")]
+    present = [t for t in outputs if t["name"].startswith("present.")]
+    if len(past) != 2 * layers or len(present) != 2 * layers:
+        c.fail(f"{where}.kv_layers", layers, f"half the number of its past_key_values inputs ({len(past)}) and "
+                                             f"present outputs ({len(present)})")
+    if layers and (heads < 1 or head_dim < 1):
+        c.fail(f"{where}.kv_heads", heads, "kv_heads >= 1 and head_dim >= 1 for a graph with a KV cache")
+    for t in past + present:
+        dims = t["shape"]
+        if len(dims) != 4:
+            c.fail(f"{where} tensor {t['name']} shape", dims, "[batch, kv_heads, seq, head_dim]")
+        for axis, (want, label) in ((1, (heads, "kv_heads")), (3, (head_dim, "head_dim"))):
+            if isinstance(dims[axis], int) and dims[axis] != want:
+                c.fail(f"{where}.{label}", want, f"{dims[axis]}, axis {axis} of {t['name']} in its I/O table")
+
+
+def _names(tensors: list[dict]) -> list[str]:
+    return [t["name"] for t in tensors]
+
+
+def _last_dim(tensors: list[dict], name: str):
+    dims = next(t["shape"] for t in tensors if t["name"] == name)
+    return dims[-1] if dims else None
+
+
+def _check_mode(c: _Checker, mode: str, roles, graphs: dict, vocab: int) -> None:
+    where = f"modes.{mode}"
+    if not isinstance(roles, dict):
+        c.fail(where, roles, "an object mapping roles (shadow, backbone, head) to graph names")
+    for role, graph in roles.items():
+        if role not in ROLES:
+            c.fail(f"{where}.{role}", graph, f"roles {', '.join(ROLES)} only")
+        if not isinstance(graph, str) or graph not in graphs:
+            raise ArtifactError(f"{c.path}: mode {mode!r} role {role!r} names graph {graph!r}, which is not in "
+                                "`graphs`; re-export the artifact")
+    if "head" not in roles or not ({"shadow", "backbone"} & set(roles)):
+        c.fail(where, roles, "a `head` graph and a `shadow` and/or `backbone` graph")
+    expect = {  # role -> (needs a KV cache, input it must take or None, first output)
+        "shadow": (True, None, SHADOW_HIDDEN),
+        "backbone": (True, SHADOW_HIDDEN if "shadow" in roles else None, HIDDEN),
+        "head": (False, HIDDEN, "logits"),
+    }
+    for role, graph in roles.items():
+        g, (kv, needs, first) = graphs[graph], expect[role]
+        ins, outs = _names(g["inputs"]), _names(g["outputs"])
+        if bool(g.get("kv_layers")) != kv or outs[0] != first or (needs is not None and needs not in ins):
+            c.fail(f"{where}.{role}", graph, f"a {role} graph (" + ("KV-cached, " if kv else "no KV cache, ")
+                   + (f"input {needs}, " if needs else "") + f"first output {first}); graph {graph!r} has inputs "
+                   f"{ins[:4]}, outputs {outs[:1]}")
+    head = graphs[roles["head"]]
+    logits = _last_dim(head["outputs"], "logits")
+    if isinstance(logits, int) and logits != vocab:
+        c.fail("model.vocab_size", vocab, f"{logits}, the logits width of graph {roles['head']!r}")
+    chain = [graphs[roles[r]] for r in ("shadow", "backbone") if r in roles] + [head]
+    for producer, consumer in zip(chain, chain[1:]):  # each graph's state width = the next one's input width
+        out = producer["outputs"][0]
+        made = out["shape"][-1] if out["shape"] else None
+        taken = _last_dim(consumer["inputs"], out["name"] if out["name"] in _names(consumer["inputs"]) else HIDDEN)
+        if isinstance(made, int) and isinstance(taken, int) and made != taken:
+            c.fail(where, roles, f"graphs whose widths chain: {out['name']} has width {made}, the next graph takes "
+                                 f"{taken}")
