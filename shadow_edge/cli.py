@@ -31,10 +31,13 @@ EXPORT_EPILOG = """\
 examples:
   shadow-edge export --base Qwen3-0.6B/ --adapter my-shadow-adapter/ --out art/
   shadow-edge export --base base/ --adapter adapter/ --shadow-model shadow/ --out art/ --force
+  shadow-edge export --base Qwen3-0.6B/ --adapter peft-out/ --adapter-name sql --out art/
 
 --base is a Hugging Face model directory (config.json, *.safetensors, tokenizer files);
---adapter a shadow-peft adapter directory (shadow_config.json, shadow_adapter.safetensors);
---shadow-model the explicit shadow model's directory when the adapter was trained with one.
+--adapter a shadow-peft adapter directory (shadow_config.json, shadow_adapter.safetensors) or a
+HF PEFT Shadow adapter directory (adapter_config.json with peft_type SHADOW, adapter_model.safetensors);
+--adapter-name picks one adapter when a PEFT directory holds several;
+--shadow-model the explicit (pretrained) shadow model's directory when the adapter was trained with one.
 Every graph is validated against PyTorch unless --no-validate.
 """
 INSPECT_EPILOG = """\
@@ -73,7 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Export a ShadowPEFT checkpoint to a validated ONNX artifact directory.",
                        epilog=EXPORT_EPILOG, formatter_class=fmt)
     p.add_argument("--base", required=True, metavar="DIR", help="Hugging Face base model directory")
-    p.add_argument("--adapter", required=True, metavar="DIR", help="shadow-peft adapter directory")
+    p.add_argument("--adapter", required=True, metavar="DIR", help="shadow-peft or PEFT Shadow adapter directory")
+    p.add_argument("--adapter-name", metavar="NAME",
+                   help="which adapter of a PEFT directory that holds several (default: the only one)")
     p.add_argument("--shadow-model", metavar="DIR", help="explicit shadow model directory (if the adapter has one)")
     p.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write (atomically)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
@@ -196,7 +201,8 @@ def cmd_export(args) -> int:
     options = ExportOptions(force=args.force, validate=not args.no_validate, quantize=args.quantize,
                             block_size=args.block_size, quant_compute=args.quant_compute,
                             plain_backbone=args.plain_backbone, attention=args.attention)
-    export_artifact(args.base, args.adapter, args.out, shadow_model=args.shadow_model, options=options)
+    export_artifact(args.base, args.adapter, args.out, shadow_model=args.shadow_model, options=options,
+                    adapter_name=args.adapter_name)
     return 0
 
 

@@ -33,3 +33,18 @@ def case(request, cases) -> Case:
 @pytest.fixture(scope="session")
 def tiny_default(tmp_path_factory) -> TinyDefault:
     return write_tiny_default(tmp_path_factory.mktemp("tiny") / "default")
+
+
+@pytest.fixture(scope="session")
+def peft_cases(tmp_path_factory):
+    """`peft_cases(name) -> PeftCase` (tests/peft_factories.py), building each case at most once per session."""
+    from peft_factories import make_peft_case
+
+    root, built = tmp_path_factory.mktemp("peft_cases"), {}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = make_peft_case(root, name)
+        return built[name]
+
+    return get

@@ -1,7 +1,9 @@
 """Checkpoint readers: a base HF directory plus an adapter directory -> `ShadowModelSpec`.
 
-Formats register themselves in `FORMATS` (detect + read); `load_spec` picks the one whose
-files are present. Today: shadow-peft (`shadow_config.json` + `shadow_adapter.safetensors`).
+Formats register themselves in `FORMATS` (detect + resolve + read); `load_spec` picks the one
+whose files are present: shadow-peft (`shadow_config.json` + `shadow_adapter.safetensors`,
+core/shadow_peft_format.py) and HF PEFT Shadow (`adapter_config.json` with peft_type SHADOW +
+`adapter_model.safetensors`, core/peft_format.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ HF_LAYER_NAMES = {
     "input_layernorm.weight": "input_norm.weight", "post_attention_layernorm.weight": "post_norm.weight",
 }
 CANONICAL_TO_HF = {v: k for k, v in HF_LAYER_NAMES.items()}
-IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # non-persistent buffers some old checkpoints carry
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+PROJECTED_TYPE = "causal_lm_with_hidden_projection"  # shadow-peft's wrapper of a narrower shadow + projection  # non-persistent buffers some old checkpoints carry
 
 
 def _take(tensors: dict[str, torch.Tensor], key: str, file: Path) -> torch.Tensor:
@@ -94,11 +97,35 @@ def read_base(base_dir: Path) -> BaseModel:
     return BaseModel(cfg, raw, weights, lm_head, files)
 
 
+def single_adapter(adapter_dir: Path, adapter_name: str | None) -> Path:
+    """`resolve` of formats that hold one adapter per directory: a name is a user mistake."""
+    if adapter_name is not None:
+        raise CheckpointError(f"{adapter_dir}: --adapter-name {adapter_name!r} was given, but this checkpoint "
+                              "format holds exactly one adapter per directory; drop --adapter-name")
+    return adapter_dir
+
+
+def shadow_model_config(shadow_dir: Path) -> DecoderConfig:
+    """Config of an explicit shadow model directory: a HF decoder, or shadow-peft's
+    `causal_lm_with_hidden_projection` wrapper (its `shadow_model_config` is the inner decoder)."""
+    raw = read_json(shadow_dir / "config.json", "shadow model config")
+    if raw.get("model_type") == PROJECTED_TYPE:
+        inner = raw.get("shadow_model_config")
+        if not isinstance(inner, dict) or "model_type" not in inner:
+            raise CheckpointError(f"{shadow_dir / 'config.json'}: field `shadow_model_config` must be the inner "
+                                  "model's config with a `model_type`")
+        raw = inner
+    return decoder_config_from_hf(raw, str(shadow_dir / "config.json"))
+
+
 @dataclass(frozen=True)
 class CheckpointFormat:
     name: str
-    detect: Callable[[Path], bool]
-    read: Callable[[BaseModel, Path, Path | None], ShadowModelSpec]
+    detect: Callable[[Path], bool]  # are this format's files in the adapter directory?
+    read: Callable[[BaseModel, Path, Path | None], ShadowModelSpec]  # (base, resolved adapter dir, shadow dir)
+    # (adapter dir, --adapter-name) -> the directory holding the one adapter to read; refuses what it can
+    # before the base is read (wrong adapter type, unsupported variants, pickles)
+    resolve: Callable[[Path, str | None], Path] = single_adapter
 
 
 FORMATS: list[CheckpointFormat] = []
@@ -112,17 +139,22 @@ def register_format(fmt: CheckpointFormat) -> None:
 
 
 def load_spec(base_dir: str | Path, adapter_dir: str | Path, shadow_model_dir: str | Path | None = None,
-              ) -> ShadowModelSpec:
-    """Read and validate a base model + adapter (+ explicit shadow model) into one spec."""
+              adapter_name: str | None = None) -> ShadowModelSpec:
+    """Read and validate a base model + adapter (+ explicit shadow model) into one spec.
+
+    `adapter_name` picks one adapter of a directory that holds several (PEFT's multi-adapter layout).
+    """
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
         raise CheckpointError(f"{adapter_dir}: adapter directory does not exist; pass --adapter DIR "
-                              "(the directory written by ShadowForCausalLM.save_pretrained)")
+                              "(the directory written by the trainer's save_pretrained)")
     fmt = next((f for f in FORMATS if f.detect(adapter_dir)), None)
     if fmt is None:
         refuse_pickles(adapter_dir, "shadow_adapter")
-        raise CheckpointError(f"{adapter_dir}: no adapter found (expected shadow_config.json from shadow-peft); "
-                              f"supported formats: {', '.join(f.name for f in FORMATS)}")
+        raise CheckpointError(f"{adapter_dir}: no adapter found (expected shadow_config.json from shadow-peft or "
+                              f"adapter_config.json from PEFT); supported formats: "
+                              f"{', '.join(f.name for f in FORMATS)}")
+    adapter_dir = fmt.resolve(adapter_dir, adapter_name)
     base = read_base(Path(base_dir))
     spec = fmt.read(base, adapter_dir, Path(shadow_model_dir) if shadow_model_dir else None)
     spec.validate()
@@ -135,4 +167,4 @@ def load_spec(base_dir: str | Path, adapter_dir: str | Path, shadow_model_dir: s
 
 
 # Importing the readers registers them.
-from shadow_edge.core import shadow_peft_format  # noqa: E402,F401
+from shadow_edge.core import peft_format, shadow_peft_format  # noqa: E402,F401

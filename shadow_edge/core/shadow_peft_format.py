@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
-from shadow_edge.core.arch import DecoderConfig, decoder_config_from_hf
+from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, _take, read_decoder, register_format,
-                                         reject_leftovers)
+                                         reject_leftovers, shadow_model_config)
 from shadow_edge.core.safetensors_io import load_hf_weights, load_safetensors, read_json
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.core.variants import SHADOW_PEFT
@@ -26,7 +26,6 @@ from shadow_edge.errors import CheckpointError, MismatchError
 CONFIG_FILE = "shadow_config.json"
 ADAPTER_FILE = "shadow_adapter.safetensors"
 MODULES_FILE = "shadow_modules.safetensors"
-PROJECTED_TYPE = "causal_lm_with_hidden_projection"
 
 
 def _implicit_config(base: DecoderConfig, sc: dict, where: str) -> DecoderConfig:
@@ -46,14 +45,7 @@ def _explicit_config(shadow_dir: Path | None, adapter_dir: Path) -> DecoderConfi
             f"{adapter_dir / ADAPTER_FILE}: this adapter was trained with an explicit shadow model (it has "
             "its own embeddings `shadow_model.embed_tokens.weight`); pass that model's directory with "
             "--shadow-model DIR")
-    raw = read_json(shadow_dir / "config.json", "shadow model config")
-    if raw.get("model_type") == PROJECTED_TYPE:
-        inner = raw.get("shadow_model_config")
-        if not isinstance(inner, dict) or "model_type" not in inner:
-            raise CheckpointError(f"{shadow_dir / 'config.json'}: field `shadow_model_config` must be the inner "
-                                  "model's config with a `model_type`")
-        raw = inner
-    return decoder_config_from_hf(raw, str(shadow_dir / "config.json"))
+    return shadow_model_config(shadow_dir)
 
 
 def _projection_from_shadow_dir(shadow_dir: Path | None) -> torch.Tensor | None:

@@ -41,14 +41,16 @@ def stderr_progress(message: str) -> None:
 
 def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shadow_model: str | Path | None = None,
                     options: ExportOptions = ExportOptions(),
-                    progress: Callable[[str], None] = stderr_progress) -> Manifest:
-    """Export base + adapter (+ explicit shadow model) to `out`; returns the manifest written."""
+                    progress: Callable[[str], None] = stderr_progress, adapter_name: str | None = None) -> Manifest:
+    """Export base + adapter (+ explicit shadow model) to `out`; returns the manifest written.
+
+    `adapter_name` picks one adapter of a PEFT directory that holds several."""
     out = Path(out)
     if out.exists() and not options.force:
         raise ExportError(f"{out}: already exists; choose another --out or pass --force to replace it")
     started = time.perf_counter()
     progress(f"reading checkpoint: base {base}, adapter {adapter}")
-    spec = load_spec(base, adapter, shadow_model)
+    spec = load_spec(base, adapter, shadow_model, adapter_name)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
