@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runtime_fixtures import tiny_artifact, tiny_rt  # noqa: F401  (fixtures)
-import shadow_edge.runtime.runtime as runtime_mod
+import shadow_edge.runtime.strategies.base as strategy_base  # where the loop makes its Sampler
 from shadow_edge.errors import InputError
 from shadow_edge.runtime.chat import render_chat
 from shadow_edge.runtime.text import REPLACEMENT, TextStream, find_stop, stop_holdback
@@ -58,7 +58,7 @@ def scripted(tokens):
 @pytest.mark.parametrize("mode", ("shadow_only", "base_shadow", "cascade"))
 def test_stream_joins_to_generate_text_with_multibyte_output(tiny_rt, monkeypatch, mode):
     ids = tiny_rt.codec.encode(MULTIBYTE)
-    monkeypatch.setattr(runtime_mod, "Sampler", scripted(ids))
+    monkeypatch.setattr(strategy_base, "Sampler", scripted(ids))
     out = tiny_rt.generate("Hello", mode=mode, max_new_tokens=len(ids), eos=[])
     assert out.text == MULTIBYTE and out.token_ids == ids
     pieces = list(tiny_rt.stream("Hello", mode=mode, max_new_tokens=len(ids), eos=[]))
@@ -79,7 +79,7 @@ def test_stream_joins_to_generate_text_when_sampling(tiny_rt, mode, seed):
 
 def test_stop_string_in_generate_and_stream(tiny_rt, monkeypatch):
     ids = tiny_rt.codec.encode("one two three four")
-    monkeypatch.setattr(runtime_mod, "Sampler", scripted(ids))
+    monkeypatch.setattr(strategy_base, "Sampler", scripted(ids))
     out = tiny_rt.generate("x", mode="shadow_only", max_new_tokens=len(ids), stop=["three"], eos=[])
     assert out.text == "one two " and out.finish_reason == "stop" and len(out.token_ids) < len(ids)
     assert "".join(tiny_rt.stream("x", mode="shadow_only", max_new_tokens=len(ids), stop=["three"],
@@ -88,7 +88,7 @@ def test_stop_string_in_generate_and_stream(tiny_rt, monkeypatch):
 
 def test_eos_ends_a_row_and_is_kept_in_token_ids(tiny_rt, monkeypatch):
     eos = tiny_rt.eos_ids[0]
-    monkeypatch.setattr(runtime_mod, "Sampler", scripted([5, 6, eos, 7]))
+    monkeypatch.setattr(strategy_base, "Sampler", scripted([5, 6, eos, 7]))
     out = tiny_rt.generate("x", mode="base_shadow", max_new_tokens=10)
     assert out.token_ids == [5, 6, eos] and out.finish_reason == "eos"
     assert out.text == tiny_rt.codec.decode([5, 6])
@@ -146,7 +146,7 @@ def test_batch_rows_stop_on_their_own_eos(tiny_rt, monkeypatch):
         def __call__(self, logits):
             self.i += 1
             return np.array([script[r][self.i - 1] for r in range(logits.shape[0])], dtype=np.int64)
-    monkeypatch.setattr(runtime_mod, "Sampler", PerRow)
+    monkeypatch.setattr(strategy_base, "Sampler", PerRow)
     out = tiny_rt.generate(["a b c", "d"], mode="base_shadow", max_new_tokens=4)
     assert out.token_ids == [[5, eos], [7, 8, 9, 10]] and out.finish_reason == ["eos", "length"]
     assert out.text == [tiny_rt.codec.decode([5]), tiny_rt.codec.decode([7, 8, 9, 10])]

@@ -1,22 +1,19 @@
-"""The generation loop as small verbs: `prefill`, `decode_one`, `decode_n`, over one mode's graph chain.
+"""The generation verbs `prefill` and `decode_one` over one mode's graph chain (`Pipeline`).
 
 A `Pipeline` is one mode: `shadow` [-> `backbone`] -> head. base_shadow advances two KV
 caches together (shadow stack, base stack); shadow_only one. Prefill runs the whole prompt
 once and projects only the last position to the vocabulary; each decode step feeds one
-token per row plus the caches. Positions and cache lengths are explicit arguments.
+token per row plus the caches (a step may also feed several tokens per row: `Pipeline.step`).
+Positions and cache lengths are explicit arguments. The loops that use these verbs are
+the generation strategies in `runtime/strategies/`.
 """
 
 from __future__ import annotations
-
-import time
-from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 
 from shadow_edge.io_spec import SHADOW_HIDDEN
 from shadow_edge.runtime.kv_cache import KVCache
-from shadow_edge.runtime.sampling import chosen_logprobs
 from shadow_edge.runtime.session import GraphSession, ov
 
 
@@ -79,51 +76,3 @@ def decode_one(pipe: Pipeline, tokens: np.ndarray, attention_mask: np.ndarray, p
     """Feed one token per row. tokens, positions: [b]; attention_mask: [b, past + 1]. Returns logits [b, V]."""
     logits = pipe.step(tokens[:, None], attention_mask, positions[:, None], caches, True)
     return logits[:, -1], caches
-
-
-@dataclass
-class StepRecord:
-    """What one generated position produced, for every row."""
-
-    tokens: np.ndarray  # [b] int64 chosen tokens (pad for rows already finished)
-    logprobs: np.ndarray | None  # [b] log p(token) under the unshaped distribution, if asked
-    ms: float  # wall time of the step, model + sampling
-
-
-@dataclass
-class LoopState:
-    """Rows that are finished; the caller may mark rows done (stop strings) between steps."""
-
-    done: np.ndarray  # [b] bool
-    steps: list[StepRecord] = field(default_factory=list)
-
-
-def decode_n(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int,
-             choose: Callable[[np.ndarray], np.ndarray], eos_ids: tuple[int, ...], pad_id: int,
-             want_logprobs: bool = False, state: LoopState | None = None) -> Iterator[StepRecord]:
-    """Prefill, then decode until every row hit eos (or was marked done) or `max_new_tokens` were made.
-
-    Yields one `StepRecord` per position (the first one includes the prefill time). Finished
-    rows are fed `pad_id` with mask 1 (as HF generate does); their outputs are ignored.
-    """
-    b = input_ids.shape[0]
-    state = state or LoopState(np.zeros(b, dtype=bool))
-    eos = np.asarray(eos_ids, dtype=np.int64)
-    mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
-    ones = np.ones((b, 1), dtype=np.int64)
-    t0 = time.perf_counter()
-    logits, caches, positions = prefill(pipe, np.ascontiguousarray(input_ids, dtype=np.int64), mask,
-                                        capacity=mask.shape[1] + max_new_tokens)
-    for i in range(max_new_tokens):
-        tokens = np.where(state.done, pad_id, choose(logits)).astype(np.int64)
-        lp = chosen_logprobs(logits, tokens) if want_logprobs else None
-        rec = StepRecord(tokens, lp, (time.perf_counter() - t0) * 1e3)
-        state.steps.append(rec)
-        state.done |= np.isin(tokens, eos)
-        yield rec  # the caller may set more rows done here
-        if state.done.all() or i == max_new_tokens - 1:
-            return
-        t0 = time.perf_counter()
-        mask = np.concatenate([mask, ones], axis=1)
-        logits, caches = decode_one(pipe, tokens, mask, positions, caches)
-        positions = positions + 1

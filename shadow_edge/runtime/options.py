@@ -15,9 +15,6 @@ from shadow_edge.runtime.inputs import as_bool, as_float, as_int, check_text, is
 
 CASCADE = "cascade"
 GRAPH_MODES = ("shadow_only", "base_shadow")  # modes backed by a graph chain in the manifest
-ALL_MODES = GRAPH_MODES + (CASCADE,)
-BENCH_MODES = ("base_plain",)  # the backbone without the adapter, exported with plain_backbone (benchmarks)
-KNOWN_MODES = ALL_MODES + BENCH_MODES
 
 
 @dataclass(frozen=True)
@@ -47,8 +44,10 @@ class GenerationOptions:
                 "its chosen tokens' probabilities) is below this, in [0, 1]"})
 
     def __post_init__(self) -> None:
-        if not isinstance(self.mode, str) or self.mode not in KNOWN_MODES:
-            raise InputError(f"mode {self.mode!r} is unknown; choose one of {', '.join(ALL_MODES)}")
+        from shadow_edge.runtime.strategies import mode_names  # the registry imports this module's users
+
+        if not isinstance(self.mode, str) or self.mode not in mode_names():
+            raise InputError(f"mode {self.mode!r} is unknown; choose one of {', '.join(mode_names(listed_only=True))}")
         fix = partial(object.__setattr__, self)
         fix("max_new_tokens", as_int(self.max_new_tokens, "max_new_tokens", 1))
         fix("do_sample", as_bool(self.do_sample, "do_sample"))

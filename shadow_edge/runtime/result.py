@@ -18,7 +18,8 @@ class Timings:
     """Wall-clock timings of one generation (perf_counter; tokenization excluded).
 
     prefill_ms: prompt pass + first token (time to first token). decode_ms_per_token: every
-    later step (one token per row, model + sampling). tokens_per_s: decode throughput,
+    later token position (model + sampling); a step that made n tokens per row at once
+    (speculative decoding) counts as n entries of its time / n. tokens_per_s: decode throughput,
     rows x decode steps / decode time (prefill excluded); for a single step, 1 token / prefill.
     """
 

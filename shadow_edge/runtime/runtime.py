@@ -1,10 +1,8 @@
 """`ShadowRuntime`: load an artifact, then forward / generate / stream in any mode. No torch.
 
-Modes: `shadow_only` (the detached shadow and its head), `base_shadow` (shadow and backbone
-advanced together, then `lm_head`), and `cascade`: generate with shadow_only, score the
-answer by its confidence (geometric mean of the shadow's probabilities of the tokens it
-chose, under the plain softmax of its logits: exp(mean log p)), and re-answer rows whose
-confidence is below `cascade_threshold` with base_shadow.
+The runtime is a thin front: it loads sessions and pipelines, checks options and prompts,
+and hands generation to the strategy registered under the mode's name
+(`runtime/strategies/`: plain shadow_only / base_shadow, cascade, ...).
 """
 
 from __future__ import annotations
@@ -19,31 +17,15 @@ from shadow_edge.errors import ArtifactError, InputError
 from shadow_edge.manifest import Manifest, read_manifest, verify_files
 from shadow_edge.runtime.chat import render_chat
 from shadow_edge.runtime import inputs
-from shadow_edge.runtime.generate import LoopState, Pipeline, decode_n, position_ids
-from shadow_edge.runtime.options import CASCADE, GRAPH_MODES, GenerationOptions
+from shadow_edge.runtime.generate import Pipeline, position_ids
+from shadow_edge.runtime.options import GRAPH_MODES, GenerationOptions
 from shadow_edge.runtime.prompts import PromptBatch, build_batch, check_ids
-from shadow_edge.runtime.result import GenerationResult, GenerationStream, Timings
-from shadow_edge.runtime.sampling import Sampler
+from shadow_edge.runtime.result import GenerationResult, GenerationStream
 from shadow_edge.runtime.session import GraphSession, prepack_weights
-from shadow_edge.runtime.text import NoTokenizer, TextCodec, TextStream
-
-
-class _Rows:
-    """Per-row outcome of one generation pass."""
-
-    def __init__(self, b: int):
-        self.ids: list[list[int]] = [[] for _ in range(b)]
-        self.logprobs: list[list[float]] = [[] for _ in range(b)]
-        self.finish = ["length"] * b
-        self.text = [""] * b
-        self.timings: Timings | None = None
-        self.answered_by: list[str] = []  # cascade only
-        self.conf: list[float] = []  # cascade only
-        self.stages: dict[str, Timings] = {}  # cascade only
-
-    def confidence(self, r: int) -> float:
-        lp = self.logprobs[r]
-        return float(np.exp(np.mean(lp))) if lp else 0.0
+from shadow_edge.runtime.strategies import mode_names, strategy
+from shadow_edge.runtime.strategies.base import Pieces, Rows
+from shadow_edge.runtime.strategies.cascade import silent
+from shadow_edge.runtime.text import NoTokenizer, TextCodec
 
 
 class ShadowRuntime:
@@ -111,7 +93,8 @@ class ShadowRuntime:
             return self._graphs[name]
 
     def pipeline(self, mode: str) -> Pipeline:
-        self._check_mode(mode, allow_cascade=False)
+        """The graph chain of a manifest mode (shadow_only, base_shadow, ...), built on first use."""
+        self._check_graph_mode(mode)
         with self._lock:
             if mode not in self._pipes:
                 roles = self.manifest.modes[mode]
@@ -126,19 +109,26 @@ class ShadowRuntime:
 
     @property
     def modes(self) -> tuple[str, ...]:
-        """Modes this artifact runs: its graph modes (manifest order) and cascade when both halves exist."""
+        """Modes this artifact runs: its graph modes (manifest order), then the strategies its graphs allow."""
         graph_modes = tuple(self.manifest.modes)
-        return graph_modes + ((CASCADE,) if set(GRAPH_MODES) <= set(graph_modes) else ())
+        return graph_modes + tuple(m for m in mode_names() if m not in graph_modes
+                                   and strategy(m).available(graph_modes))
 
-    def _check_mode(self, mode: str, allow_cascade: bool = True) -> None:
-        valid = self.modes if allow_cascade else tuple(m for m in self.modes if m != CASCADE)
-        if not isinstance(mode, str) or mode not in valid:
-            raise InputError(f"mode {mode!r} is not available; valid modes for this artifact: {', '.join(valid)}")
+    def _check_mode(self, mode: str) -> None:
+        if not isinstance(mode, str) or mode not in self.modes:
+            needs = f" ({mode} needs {strategy(mode).needs})" if mode in mode_names() else ""
+            raise InputError(f"mode {mode!r} is not available{needs}; valid modes for this artifact: "
+                             f"{', '.join(self.modes)}")
+
+    def _check_graph_mode(self, mode: str) -> None:
+        if not isinstance(mode, str) or mode not in self.manifest.modes:
+            raise InputError(f"mode {mode!r} is not a graph mode of this artifact; it has "
+                             f"{', '.join(self.manifest.modes)}")
 
     # ---- forward -------------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask=None, mode: str = "base_shadow") -> np.ndarray:
         """Logits [b, t, vocab] float32 of a full pass (empty past) over `input_ids` [t] or [b, t]."""
-        self._check_mode(mode, allow_cascade=False)
+        self._check_graph_mode(mode)
         ids = inputs.token_array(input_ids)  # [b, t]
         check_ids(ids.tolist(), self.vocab_size)
         mask = np.ones_like(ids, dtype=np.int64) if attention_mask is None else \
@@ -196,9 +186,8 @@ class ShadowRuntime:
         opts = self.options(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
                             cascade_threshold)
         batch = self.encode(prompt_or_ids, opts.chat, opts.max_new_tokens)
-        gen = self._cascade(batch, opts, False) if opts.mode == CASCADE else \
-            self._pass(batch.input_ids, batch.attention_mask, opts.mode, opts, False, False)
-        return _drain(gen, batch, opts)
+        strategy(opts.mode).check(self, opts, max(batch.lengths))
+        return _result(silent(self._run(batch, opts, False)), batch, opts)
 
     def stream(self, prompt_or_ids, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
@@ -216,101 +205,21 @@ class ShadowRuntime:
             raise InputError("stream() takes one prompt; use generate() for a batch")
         if not self.has_tokenizer:
             raise InputError(NoTokenizer.MESSAGE.format(what="streaming text"))
-        gen = self._cascade(batch, opts, True) if opts.mode == CASCADE else \
-            self._pass(batch.input_ids, batch.attention_mask, opts.mode, opts, False, True)
-        return GenerationStream(gen, lambda rows: self._finished(_result(rows, batch, opts)))  # checks ran eagerly
+        strategy(opts.mode).check(self, opts, max(batch.lengths))
+        return GenerationStream(self._run(batch, opts, True),
+                                lambda rows: self._finished(_result(rows, batch, opts)))  # checks ran eagerly
 
     def _finished(self, result: GenerationResult) -> GenerationResult:
         self._local.last_result = result
         return result
 
-    def _pass(self, ids: np.ndarray, mask: np.ndarray, mode: str, opts: GenerationOptions, want_logprobs: bool,
-              incremental: bool):
-        """One generation pass in a graph mode. Yields (row, text piece); returns `_Rows`."""
-        b = ids.shape[0]
-        eos = opts.eos if opts.eos is not None else self.eos_ids
-        eos_set = set(eos)
-        rows, streams = _Rows(b), [TextStream(self.codec, opts.stop, incremental) for _ in range(b)]
-        active = [True] * b
-        state = LoopState(np.zeros(b, dtype=bool))
-        sampler = Sampler(opts.do_sample, opts.temperature, opts.top_k, opts.top_p, opts.seed)
-        for rec in decode_n(self.pipeline(mode), ids, mask, opts.max_new_tokens, sampler, eos, self.pad_id,
-                            want_logprobs, state):
-            for r in range(b):
-                if not active[r]:
-                    continue
-                tok = int(rec.tokens[r])
-                rows.ids[r].append(tok)
-                if rec.logprobs is not None:
-                    rows.logprobs[r].append(float(rec.logprobs[r]))
-                if tok in eos_set:
-                    rows.finish[r], active[r] = "eos", False
-                    continue
-                piece = streams[r].push(tok)
-                if streams[r].stopped:
-                    rows.finish[r], active[r] = "stop", False
-                    state.done[r] = True
-                if piece:
-                    yield r, piece
-        for r in range(b):
-            piece = streams[r].finish()
-            rows.text[r] = streams[r].emitted
-            if piece:
-                yield r, piece
-        rows.timings = Timings(state.steps[0].ms, [s.ms for s in state.steps[1:]], b)
-        return rows
-
-    def _cascade(self, batch: PromptBatch, opts: GenerationOptions, incremental: bool):
-        """shadow_only for every row; rows below the threshold are re-answered by base_shadow."""
-        ids, mask = batch.input_ids, batch.attention_mask
-        shadow = _silent(self._pass(ids, mask, "shadow_only", opts, True, False))
-        conf = [shadow.confidence(r) for r in range(ids.shape[0])]
-        low = [r for r, c in enumerate(conf) if c < opts.cascade_threshold]
-        rows, stages = shadow, {"shadow_only": shadow.timings}
-        if low:
-            sub_ids, sub_mask = ids[low], mask[low]
-            first = int(np.argmax(sub_mask.any(axis=0)))  # drop columns that are padding in every kept row
-            base = yield from _remap(self._pass(sub_ids[:, first:], sub_mask[:, first:], "base_shadow", opts,
-                                                False, incremental), low)
-            for i, r in enumerate(low):
-                rows.ids[r], rows.finish[r], rows.text[r] = base.ids[i], base.finish[i], base.text[i]
-            stages["base_shadow"] = base.timings
-        for r in range(ids.shape[0]):
-            if r not in low and rows.text[r]:
-                yield r, rows.text[r]  # the held shadow answer, in one piece
-        rows.answered_by = ["base_shadow" if r in low else "shadow_only" for r in range(ids.shape[0])]
-        rows.conf = conf
-        rows.stages = stages
-        rows.timings = Timings.combine(list(stages.values()))
-        return rows
+    def _run(self, batch: PromptBatch, opts: GenerationOptions, incremental: bool) -> Pieces:
+        return strategy(opts.mode).run(self, batch.input_ids, batch.attention_mask, opts, incremental)
 
 
-def _silent(gen):
-    """Run a pass without forwarding its pieces; return its value."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
-def _remap(gen, rows: list[int]):
-    """Forward a sub-batch pass's pieces with row indices mapped back to the full batch."""
-    while True:
-        try:
-            r, piece = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        yield rows[r], piece
-
-
-def _drain(gen, batch: PromptBatch, opts: GenerationOptions) -> GenerationResult:
-    return _result(_silent(gen), batch, opts)
-
-
-def _result(rows: _Rows, batch: PromptBatch, opts: GenerationOptions) -> GenerationResult:
+def _result(rows: Rows, batch: PromptBatch, opts: GenerationOptions) -> GenerationResult:
     one = (lambda x: x[0]) if batch.single else (lambda x: list(x))
-    cascade = opts.mode == CASCADE
+    cascade = bool(rows.answered_by)
     return GenerationResult(
         mode=opts.mode, token_ids=one(rows.ids), text=one(rows.text), finish_reason=one(rows.finish),
         prompt_tokens=one(batch.lengths), timings=rows.timings,

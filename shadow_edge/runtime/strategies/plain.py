@@ -1,0 +1,58 @@
+"""Plain decoding in one graph mode (shadow_only, base_shadow, base_plain): one token per row per step."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import numpy as np
+
+from shadow_edge.runtime.generate import Pipeline, decode_one, prefill
+from shadow_edge.runtime.sampling import chosen_logprobs
+from shadow_edge.runtime.strategies.base import LoopState, StepRecord, StepStrategy, register
+
+
+def decode_n(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int,
+             choose, pad_id: int, want_logprobs: bool, state: LoopState) -> Iterator[StepRecord]:
+    """Prefill, then decode until every row is done (the consumer marks eos and stop) or `max_new_tokens`.
+
+    Yields one `StepRecord` per position (the first one includes the prefill time). Finished
+    rows are fed `pad_id` with mask 1 (as HF generate does); their outputs are ignored.
+    """
+    b = input_ids.shape[0]
+    mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
+    ones = np.ones((b, 1), dtype=np.int64)
+    t0 = time.perf_counter()
+    logits, caches, positions = prefill(pipe, np.ascontiguousarray(input_ids, dtype=np.int64), mask,
+                                        capacity=mask.shape[1] + max_new_tokens)
+    for i in range(max_new_tokens):
+        tokens = np.where(state.done, pad_id, choose(logits)).astype(np.int64)  # [b]
+        lp = chosen_logprobs(logits, tokens) if want_logprobs else None  # [b]
+        yield StepRecord([[] if state.done[r] else [int(tokens[r])] for r in range(b)],
+                         None if lp is None else [[float(x)] for x in lp], (time.perf_counter() - t0) * 1e3)
+        if state.done.all() or i == max_new_tokens - 1:  # the consumer may have marked rows done
+            return
+        t0 = time.perf_counter()
+        mask = np.concatenate([mask, ones], axis=1)
+        logits, caches = decode_one(pipe, tokens, mask, positions, caches)
+        positions = positions + 1
+
+
+class Plain(StepStrategy):
+    """Prefill the prompt, then feed one token per row per step through one mode's graph chain."""
+
+    def __init__(self, mode: str, order: int, listed: bool = True):
+        self.name, self.order, self.listed = mode, order, listed
+        self.needs = f"the {mode} graphs"
+
+    def available(self, graph_modes) -> bool:
+        return self.name in graph_modes
+
+    def steps(self, rt, ids, mask, opts, sampler, eos_ids, want_logprobs, state, stats):
+        return decode_n(rt.pipeline(self.name), ids, mask, opts.max_new_tokens, sampler, rt.pad_id, want_logprobs,
+                        state)
+
+
+register(Plain("shadow_only", 0))
+register(Plain("base_shadow", 1))
+register(Plain("base_plain", 90, listed=False))  # the backbone without the adapter (benchmarks)
