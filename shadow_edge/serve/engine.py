@@ -28,8 +28,9 @@ import numpy as np
 
 from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
-from shadow_edge.runtime.generate import LoopState, decode_n
 from shadow_edge.runtime.sampling import Sampler, greedy
+from shadow_edge.runtime.strategies.base import LoopState
+from shadow_edge.runtime.strategies.plain import decode_n
 from shadow_edge.runtime.text import TextStream
 from shadow_edge.serve.api_errors import APIError
 from shadow_edge.serve.metrics import Metrics
@@ -225,16 +226,16 @@ class Engine:
 
         streams = [TextStream(rt.codec, j.stops, incremental=True) for j in jobs]
         eos = set(rt.eos_ids)
-        steps = decode_n(rt.pipeline(mode), ids, mask, max(j.max_tokens for j in jobs), choose, (), rt.pad_id,
-                         False, state)
-        for rec in steps:
+        steps = decode_n(rt.pipeline(mode), ids, mask, max(j.max_tokens for j in jobs), choose, rt.pad_id, False,
+                         state)
+        for i, rec in enumerate(steps):
             now = time.monotonic()
-            if len(state.steps) > 1:
+            if i > 0:
                 self.metrics.token_latency.labels(self.name, mode).observe(rec.ms / 1e3)
             for r, job in enumerate(jobs):
                 if state.done[r]:
                     continue
-                tok = int(rec.tokens[r])
+                tok = rec.tokens[r][0]  # plain decoding: one token per row and step
                 job.token_ids.append(tok)
                 if job.first_token_at is None:
                     job.first_token_at = now
