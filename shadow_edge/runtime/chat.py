@@ -14,9 +14,9 @@ from functools import lru_cache
 
 import jinja2
 from jinja2.ext import loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from shadow_edge.errors import InputError
+from shadow_edge.runtime.chat_sandbox import LimitedEnvironment, TemplateLimitError, TemplateLimits, render_limited
 from shadow_edge.runtime.inputs import check_text
 
 ROLES_HELP = "each message is a dict with string fields 'role' (system, user, assistant, ...) and 'content'"
@@ -40,11 +40,11 @@ def _strftime_now(fmt: str) -> str:
 
 @lru_cache(maxsize=8)
 def compile_template(source: str) -> jinja2.Template:
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-    env.filters["tojson"] = _tojson
+    env = LimitedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env.add_filter("tojson", _tojson)
     env.globals["raise_exception"] = _raise_exception
     env.globals["strftime_now"] = _strftime_now
-    return env.from_string(source)
+    return env.compile_source(source)
 
 
 def check_messages(messages) -> list[dict]:
@@ -59,18 +59,28 @@ def check_messages(messages) -> list[dict]:
 
 
 def render_chat(template: str | None, messages, add_generation_prompt: bool = True,
-                special_tokens: dict[str, str | None] | None = None, **extra) -> str:
-    """The prompt text for `messages`; `special_tokens` maps bos_token, eos_token, ... to their text."""
+                special_tokens: dict[str, str | None] | None = None, limits: TemplateLimits = TemplateLimits(),
+                **extra) -> str:
+    """The prompt text for `messages`; `special_tokens` maps bos_token, eos_token, ... to their text.
+
+    Renders in `LimitedEnvironment` within `limits`; any failure of the template is one InputError.
+    """
     if not template:
         raise InputError("chat=True but the artifact's tokenizer_config.json has no `chat_template`; "
                          "pass the prompt without --chat / chat=True")
+    if not isinstance(template, str):
+        raise InputError(f"the artifact's `chat_template` is a {type(template).__name__}, not a template string; "
+                         "re-export the artifact or pass the prompt without chat")
     messages = check_messages(messages)
     variables = {k: v for k, v in (special_tokens or {}).items() if v is not None}
     try:
-        return compile_template(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                 **variables, **extra)
-    except TemplateError:
+        return render_limited(compile_template(template), limits, messages=messages,
+                              add_generation_prompt=add_generation_prompt, **variables, **extra)
+    except (TemplateError, TemplateLimitError):
         raise
-    except jinja2.TemplateError as e:
-        raise InputError(f"tokenizer_config.json `chat_template` failed to render ({e}); "
-                         "check the template or pass the prompt without chat") from None
+    except RecursionError:
+        raise InputError("the artifact's `chat_template` recursed too deeply; check the template or pass the "
+                         "prompt without chat") from None
+    except Exception as e:  # jinja2.TemplateError, SecurityError, and whatever a template's Python ops raise
+        raise InputError(f"the artifact's `chat_template` failed to render ({type(e).__name__}: "
+                         f"{str(e)[:200]}); check the template or pass the prompt without chat") from None
