@@ -137,16 +137,16 @@ def test_untied_and_explicit_heads(exported):
     assert m.model["shadow_kind"] == "explicit" and m.model["shadow"]["hidden_size"] < m.model["hidden_size"]
 
 
-def test_existing_out_is_refused_then_replaced_with_force(tiny_default, tmp_path):
+def test_existing_out_is_refused_even_with_force_unless_an_artifact(tiny_default, tmp_path):
     out = tmp_path / "art"
     out.mkdir()
     (out / "keep.txt").write_text("user data")
     with pytest.raises(ExportError, match="already exists.*--force"):
         export_artifact(tiny_default.base_dir, tiny_default.adapter_dir, out, progress=lambda s: None)
+    with pytest.raises(ExportError, match="--force only replaces a shadow-edge artifact"):
+        export_artifact(tiny_default.base_dir, tiny_default.adapter_dir, out, options=ExportOptions(force=True),
+                        progress=lambda s: None)
     assert (out / "keep.txt").read_text() == "user data"
-    export_artifact(tiny_default.base_dir, tiny_default.adapter_dir, out, options=ExportOptions(force=True),
-                    progress=lambda s: None)
-    assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
 
 
 def test_failed_validation_leaves_nothing(tiny_default, tmp_path):
@@ -154,7 +154,7 @@ def test_failed_validation_leaves_nothing(tiny_default, tmp_path):
     with pytest.raises(ExportError, match=r"validation against PyTorch failed: .*max \|error\|"):
         export_artifact(tiny_default.base_dir, tiny_default.adapter_dir, out, options=ExportOptions(atol=1e-15),
                         progress=lambda s: None)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".art.lock"]
 
 
 def test_mismatched_adapter_fails_before_writing(cases, tmp_path):
@@ -162,7 +162,7 @@ def test_mismatched_adapter_fails_before_writing(cases, tmp_path):
     out = tmp_path / "art"
     with pytest.raises(ShadowEdgeError, match="shadow_model.*pass the base model the adapter was trained on"):
         export_artifact(llama.base_dir, qwen3.adapter_dir, out, progress=lambda s: None)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".art.lock"]
 
 
 def test_tampered_adapter_is_a_clear_error(cases, tmp_path):

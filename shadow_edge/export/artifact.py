@@ -3,13 +3,12 @@
 Steps (each reported through `progress`): read and validate the checkpoint, build the
 graphs, write weights once (shared external data), copy tokenizer files, validate every
 graph against PyTorch, write the manifest with sha256 of every file, then rename the
-temporary directory onto `--out`. Any failure removes the temporary directory.
+temporary directory onto `--out` (`out_dir`: checks, lock, atomic swap). Any failure,
+SIGINT or SIGTERM removes the temporary directory.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -25,6 +24,8 @@ from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.export.graphs import Tensors, build_backbone, build_head, build_shadow
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
 from shadow_edge.export.options import QUANT_COMPUTE, ExportOptions
+from shadow_edge.export.out_dir import (PARTIAL_MARKER, check_out, clean_stale_partials, new_partial, publish,
+                                        remove_partial, signals_clean_up, writer_lock)
 from shadow_edge.export.quantize import quantize_spec
 from shadow_edge.export.tokenizer_files import copy_tokenizer_files
 from shadow_edge.export.validate import validate_graphs
@@ -44,25 +45,33 @@ def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shad
                     progress: Callable[[str], None] = stderr_progress, adapter_name: str | None = None) -> Manifest:
     """Export base + adapter (+ explicit shadow model) to `out`; returns the manifest written.
 
-    `adapter_name` picks one adapter of a PEFT directory that holds several."""
+    `adapter_name` picks one adapter of a PEFT directory that holds several. `out` rules (no data
+    loss, one writer, atomic replacement, cleanup on signals): `out_dir`.
+    """
     out = Path(out)
-    if out.exists() and not options.force:
-        raise ExportError(f"{out}: already exists; choose another --out or pass --force to replace it")
+    inputs = {"base": Path(base), "adapter": Path(adapter)}
+    if shadow_model is not None:
+        inputs["shadow model"] = Path(shadow_model)
+    check_out(out, options.force, inputs)  # before any work
     started = time.perf_counter()
-    progress(f"reading checkpoint: base {base}, adapter {adapter}")
-    spec = load_spec(base, adapter, shadow_model, adapter_name)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        manifest = _write(spec, Path(base), tmp, options, progress)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with signals_clean_up(), writer_lock(out):
+        for stale in clean_stale_partials(out):
+            progress(f"removed the partial export {stale} of a process that is gone")
+        check_out(out, options.force, inputs)  # again: another export may have finished meanwhile
+        progress(f"reading checkpoint: base {base}, adapter {adapter}")
+        spec = load_spec(base, adapter, shadow_model, adapter_name)
+        tmp = new_partial(out)
+        try:
+            manifest = _write(spec, Path(base), tmp, options, progress)
+            check_out(out, options.force, inputs)  # nothing of the user's appeared there meanwhile
+            publish(tmp, out)
+        except OSError as e:
+            remove_partial(tmp)
+            raise ExportError(f"{e.filename or tmp}: cannot write the artifact ({e.strerror or e}); check the free "
+                              f"space, file size limit (ulimit -f) and permissions where --out {out} lives") from None
+        except BaseException:
+            remove_partial(tmp)
+            raise
     progress(f"done in {time.perf_counter() - started:.1f}s: {out}")
     return manifest
 
@@ -113,7 +122,7 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
         graphs=graphs,
         modes=modes,
         validation=validation,
-        files=file_table(tmp),
+        files={n: e for n, e in file_table(tmp).items() if n != PARTIAL_MARKER},
     )
     write_manifest(tmp, manifest)
     return manifest

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from shadow_edge import artifact_lock
 from shadow_edge.errors import ArtifactError, InputError
 from shadow_edge.manifest import Manifest, read_manifest, verify_files
 from shadow_edge.runtime.chat import render_chat
@@ -61,8 +62,14 @@ class ShadowRuntime:
 
         Graphs used by `modes` (default: shadow_only and base_shadow) are loaded now; others (e.g.
         `backbone_plain`) on first use. threads: onnxruntime intra-op threads (default: all cores).
+        Loading holds a shared lock on the directory, so `export --force` never replaces it mid-load.
         """
         art_dir = inputs.artifact_dir(art_dir)
+        with artifact_lock.shared(art_dir):
+            return cls._load_unlocked(art_dir, providers, threads, verify, modes)
+
+    @classmethod
+    def _load_unlocked(cls, art_dir: Path, providers, threads, verify, modes) -> "ShadowRuntime":
         if not art_dir.is_dir():
             raise ArtifactError(f"{art_dir}: no such artifact directory; create one with `shadow-edge export`")
         if threads is not None:

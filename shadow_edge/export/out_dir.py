@@ -1,0 +1,242 @@
+"""Where an export writes: checks on `--out`, one writer at a time, stale partials, atomic replacement.
+
+Rules (README, "Export output"):
+- `--out` is written as `.NAME.partial-PID` beside it (with a marker file) and renamed into
+  place at the end. A failure, SIGINT or SIGTERM removes the partial; a later export to
+  the same `--out` removes partials (name pattern + marker) of processes that are gone.
+- `--force` replaces only a shadow-edge artifact: a directory with our `manifest.json` and
+  nothing the manifest does not list, which neither contains nor lies inside an input.
+- One export per `--out` at a time: the writer holds `flock` on `.NAME.lock` beside it; a
+  second export fails at once instead of both "succeeding".
+- Replacement is atomic for readers: on Linux the new directory and the old one are
+  exchanged in one `renameat2(RENAME_EXCHANGE)` under the old directory's exclusive lock,
+  which `ShadowRuntime.load` respects (see `shadow_edge.artifact_lock`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from shadow_edge import artifact_lock
+from shadow_edge.errors import ExportError
+from shadow_edge.manifest import FORMAT_NAME, MANIFEST_NAME
+
+PARTIAL_MARKER = ".shadow-edge-partial"  # inside each temporary export directory; holds the writer's pid
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def partial_path(out: Path, pid: int | None = None) -> Path:
+    return out.parent / f".{out.name}.partial-{os.getpid() if pid is None else pid}"
+
+
+def _partial_pattern(out: Path) -> re.Pattern:
+    return re.compile(rf"\.{re.escape(out.name)}\.partial-(\d+)(-old)?")
+
+
+# ---- checks on --out ---------------------------------------------------------------------------
+
+def _overlap(out: Path, inputs: dict[str, Path]) -> str | None:
+    real = out.resolve()
+    for role, path in inputs.items():
+        other = Path(path).resolve()
+        if real == other:
+            return f"is the {role} input"
+        if other in real.parents:
+            return f"is inside the {role} input {path}"
+        if real in other.parents:
+            return f"contains the {role} input {path}"
+    return None
+
+
+def _not_an_artifact(out: Path) -> str | None:
+    """Why `out` is not a shadow-edge artifact we may replace, or None when it is one."""
+    try:
+        raw = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return f"it has no readable {MANIFEST_NAME}, so it is not a shadow-edge artifact"
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME or not isinstance(raw.get("files"), dict):
+        return f"its {MANIFEST_NAME} is not a shadow-edge manifest"
+    listed = set(raw["files"]) | {MANIFEST_NAME}
+    listed_dirs = {p for name in listed for p in map(str, Path(name).parents) if p != "."}
+    extra = []
+    for root, dirs, files in os.walk(out):  # symlinks are not followed
+        rel = Path(root).relative_to(out)
+        extra += [(rel / f).as_posix() for f in files if (rel / f).as_posix() not in listed]
+        keep = [d for d in dirs if (rel / d).as_posix() in listed_dirs and not os.path.islink(os.path.join(root, d))]
+        extra += [(rel / d).as_posix() for d in dirs if d not in keep]
+        dirs[:] = keep
+    if extra:
+        shown = ", ".join(sorted(extra)[:3]) + (f" (+{len(extra) - 3} more)" if len(extra) > 3 else "")
+        return f"it holds files the artifact's manifest does not list ({shown})"
+    return None
+
+
+def check_out(out: Path, force: bool, inputs: dict[str, Path]) -> None:
+    """Refuse an `--out` we must not write to or replace, before any work is done."""
+    for parent in out.parents:
+        if parent.exists() or parent.is_symlink():
+            if not parent.is_dir():
+                raise ExportError(f"--out {out}: {parent} is a file, not a directory; choose an --out in a directory")
+            break
+    if not (out.exists() or out.is_symlink()):
+        return
+    if out.is_symlink():
+        raise ExportError(f"--out {out}: is a symbolic link; pass the directory it points to ({out.resolve()}) "
+                          "or another --out")
+    if not out.is_dir():
+        raise ExportError(f"--out {out}: is a file, not a directory; choose another --out")
+    if not any(out.iterdir()):
+        return  # an empty directory: nothing to lose
+    problem = _overlap(out, inputs)
+    if problem:
+        raise ExportError(f"--out {out}: {problem}; an export never replaces a directory that is, contains or lies "
+                          "inside its inputs; choose another --out")
+    if not force:
+        raise ExportError(f"--out {out}: already exists; choose another --out or pass --force to replace it")
+    problem = _not_an_artifact(out)
+    if problem:
+        raise ExportError(f"--out {out}: --force only replaces a shadow-edge artifact, and {problem}; move your "
+                          "files away or choose another --out")
+
+
+# ---- one writer per --out, stale partials ------------------------------------------------------
+
+@contextmanager
+def writer_lock(out: Path) -> Iterator[None]:
+    """Hold `.NAME.lock` beside `out` for the whole export; a second concurrent export fails at once."""
+    lock = lock_path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise ExportError(f"--out {out}: cannot write in {out.parent} ({e.strerror}); choose an --out in a "
+                          "directory you may write to") from None
+    try:
+        if artifact_lock.fcntl is not None:
+            try:
+                artifact_lock.fcntl.flock(fd, artifact_lock.fcntl.LOCK_EX | artifact_lock.fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+                raise ExportError(f"--out {out}: another export to it is running (pid {holder}, holding {lock}); "
+                                  "wait for it to finish or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # we hold the writer lock: a partial with our pid is a leftover of an earlier process
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def clean_stale_partials(out: Path) -> list[Path]:
+    """Remove `.NAME.partial-PID` directories of dead processes (only ours: name pattern + marker)."""
+    pattern, removed = _partial_pattern(out), []
+    for path in out.parent.iterdir():
+        m = pattern.fullmatch(path.name)
+        if not m or path.is_symlink() or not path.is_dir():
+            continue
+        try:
+            marker = (path / PARTIAL_MARKER).read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        pid = int(m.group(1))
+        if marker == str(pid) and not _pid_alive(pid):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def new_partial(out: Path) -> Path:
+    """Create this process's temporary directory beside `out`, marked as ours."""
+    tmp = partial_path(out)
+    tmp.mkdir()
+    (tmp / PARTIAL_MARKER).write_text(f"{os.getpid()}\n", encoding="ascii")
+    return tmp
+
+
+def remove_partial(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---- atomic replacement ------------------------------------------------------------------------
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux renameat2); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` onto `out`; an existing artifact there is replaced in one step."""
+    (tmp / PARTIAL_MARKER).unlink()
+    if not out.exists() or not any(out.iterdir()):
+        os.replace(tmp, out)  # new, or an empty directory
+        return
+    with artifact_lock.exclusive(out):  # waits for readers that are loading the old artifact
+        if _exchange(tmp, out):
+            old = tmp
+        else:  # no atomic exchange here: a reader may miss the directory for an instant
+            old = tmp.with_name(tmp.name + "-old")
+            os.rename(out, old)
+            os.rename(tmp, out)
+    (old / PARTIAL_MARKER).write_text(f"{os.getpid()}\n", encoding="ascii")  # a crash now leaves a cleanable partial
+    remove_partial(old)
+
+
+# ---- signals -----------------------------------------------------------------------------------
+
+@contextmanager
+def signals_clean_up() -> Iterator[None]:
+    """Turn SIGTERM into an exception (SystemExit 143) while exporting, so cleanup runs as on any error.
+
+    SIGINT already raises KeyboardInterrupt. Only the main thread can install handlers, and a
+    handler the application installed itself is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        signal.signal(signum, signal.SIG_IGN)  # cleanup runs once, undisturbed by a second signal
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
