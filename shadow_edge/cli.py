@@ -20,6 +20,7 @@ examples:
   shadow-edge run ART --mode shadow_only --prompt "Tell me a story"
   shadow-edge run ART --mode base_shadow --prompt "Hi" --chat --stream
   shadow-edge run ART --mode cascade --prompt "Hi" --cascade-threshold 0.4 --json
+  shadow-edge run ART --mode cascade --prompt "Hi" --escalate-to http://server:8000/v1 --api-key KEY
   shadow-edge run ART --mode base_shadow --input-ids 1,2,3 --max-new-tokens 8
   shadow-edge run ART --mode shadow_only --prompt "Once" --temperature 0.8 --top-p 0.9 --seed 0
 
@@ -122,6 +123,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the sha256 check of the artifact's files (faster start for big artifacts)")
     p.add_argument("--cascade-threshold", type=float, default=0.5, metavar="X",
                    help="cascade: escalate when the shadow's confidence (geometric mean token probability) < X")
+    net = p.add_argument_group("edge-cloud cascade over the network (--mode cascade)")
+    net.add_argument("--escalate-to", metavar="URL",
+                     help="escalate unsure answers to this OpenAI-compatible server (e.g. http://host:8000/v1, a "
+                          "`shadow-edge serve`); the artifact may hold only the shadow graphs")
+    net.add_argument("--api-key", metavar="KEY", help="the server's API key")
+    net.add_argument("--escalate-model", metavar="NAME",
+                     help="the server's model id (default: its first NAME:base_shadow)")
+    net.add_argument("--escalate-timeout", type=float, default=10.0, metavar="S",
+                     help="give up on the server after S seconds and keep the shadow's answer (default 10)")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("inspect", help="show an artifact's graphs, I/O, sizes, dims and validation",

@@ -55,3 +55,42 @@ def test_cli_run_and_inspect_without_torch(tiny_artifact):
     """)
     assert proc.returncode == 0, proc.stderr
     assert '"answered_by"' in proc.stdout and "validation" in proc.stdout
+
+
+def test_network_escalation_client_without_torch(tiny_artifact):
+    """The device-side cascade (shadow + urllib client) escalates to a server and falls back, torch-free."""
+    proc = run_python(f"""
+        import json, threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from shadow_edge.runtime import ShadowRuntime
+        from shadow_edge.runtime.remote import Escalation, remote_cascade
+
+        class Server(BaseHTTPRequestHandler):  # a minimal OpenAI completions endpoint
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                answer = json.dumps({{"choices": [{{"text": "from the cloud", "finish_reason": "stop"}}],
+                                      "usage": {{"completion_tokens": body["max_tokens"]}}}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+            def log_message(self, *a):
+                pass
+
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), Server)
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        rt = ShadowRuntime.load({str(tiny_artifact)!r}, threads=1, modes=("shadow_only",))
+        up = remote_cascade(rt, "Hi", Escalation(f"http://127.0.0.1:{{srv.server_address[1]}}", model="m"),
+                            max_new_tokens=4, cascade_threshold=1.0)
+        srv.shutdown()
+        srv.server_close()
+        down = remote_cascade(rt, "Hi", Escalation(f"http://127.0.0.1:{{srv.server_address[1]}}", model="m",
+                                                   timeout_s=1), max_new_tokens=4, cascade_threshold=1.0)
+        mods = [m for m in ("torch", "transformers", "shadow_peft", "fastapi") if sys.modules.get(m) is not None]
+        print(json.dumps({{"up": up.to_dict(), "down": down.to_dict(), "leaked": mods}}))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert data["leaked"] == [] and data["up"]["text"] == "from the cloud" and data["up"]["escalated"]
+    assert data["down"]["answered_by"] == "shadow_only" and data["down"]["reason"].startswith("server unreachable")
+    assert data["down"]["text"] == data["up"]["shadow_text"]
