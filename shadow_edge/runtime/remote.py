@@ -24,12 +24,9 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from shadow_edge.errors import InputError
-from shadow_edge.runtime.generate import LoopState, decode_n
-from shadow_edge.runtime.sampling import Sampler
-from shadow_edge.runtime.text import TextStream
+from shadow_edge.runtime.strategies.base import registry
+from shadow_edge.runtime.strategies.cascade import silent
 
 SHADOW = "shadow_only"
 REMOTE = "remote"
@@ -135,24 +132,9 @@ def _answer_text(answer: dict, chat: bool) -> tuple[str, str]:
 
 
 def _shadow_answer(rt, batch, opts) -> tuple[list[int], str, str, float]:
-    """One shadow_only pass that keeps each chosen token's log-probability: (ids, text, finish, confidence)."""
-    eos = set(rt.eos_ids)
-    stream, state = TextStream(rt.codec, opts.stop, incremental=False), LoopState(np.zeros(1, dtype=bool))
-    ids, logprobs, finish = [], [], "length"
-    sampler = Sampler(opts.do_sample, opts.temperature, opts.top_k, opts.top_p, opts.seed)
-    for rec in decode_n(rt.pipeline(SHADOW), batch.input_ids, batch.attention_mask, opts.max_new_tokens, sampler,
-                        tuple(eos), rt.pad_id, True, state):
-        tok = int(rec.tokens[0])
-        ids.append(tok)
-        logprobs.append(float(rec.logprobs[0]))
-        if tok in eos:
-            finish = "eos"
-            break
-        stream.push(tok)
-        if stream.stopped:
-            finish, state.done[0] = "stop", True
-    stream.finish()
-    return ids, stream.emitted, finish, float(np.exp(np.mean(logprobs))) if logprobs else 0.0
+    """The shadow_only pass, keeping each chosen token's log-probability: (ids, text, finish, confidence)."""
+    rows = silent(registry()[SHADOW].run(rt, batch.input_ids, batch.attention_mask, opts, False, want_logprobs=True))
+    return rows.ids[0], rows.text[0], rows.finish[0], rows.confidence(0)
 
 
 def _request_body(rt, prompt, opts, model: str) -> dict:
