@@ -5,7 +5,8 @@
 ART must be exported with --plain-backbone. Each rep runs one decode step (1 new token,
 `--past` cached positions) of `backbone`, `backbone_plain`, `shadow` and the head, back to
 back, so machine noise hits all of them alike; medians are printed. The adapter's cost per
-combined step = (backbone - backbone_plain) + shadow.
+combined step = (backbone - backbone_plain) + shadow. Graphs run as the runtime runs them:
+its GraphSession, with past/present bound to one preallocated KV buffer.
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from shadow_edge import io_spec
 from shadow_edge.manifest import read_manifest
-from shadow_edge.runtime.session import prepack_weights, session_options
+from shadow_edge.runtime.kv_cache import KVCache
+from shadow_edge.runtime.session import GraphSession, ov, prepack_weights
 
 
 def main() -> None:
@@ -38,26 +39,28 @@ def main() -> None:
     runs = {}
     for name in (io_spec.GRAPH_BACKBONE, io_spec.GRAPH_BACKBONE_PLAIN, io_spec.GRAPH_SHADOW, io_spec.GRAPH_LM_HEAD):
         g = m.graphs[name]
-        opts = session_options(args.threads, prepack_weights(g, m.quantization))
-        sess = ort.InferenceSession(str(args.artifact / g.file), opts,
-                                    providers=["CPUExecutionProvider"])
+        sess = GraphSession(name, g, args.artifact, threads=args.threads, prepack=prepack_weights(g, m.quantization),
+                            contract=m.contract(name))
         if g.kv_layers:
-            feed = {"input_ids": np.array([[5]]), "attention_mask": np.ones((1, past + 1), np.int64),
-                    "position_ids": np.array([[past]])}
-            for t in g.inputs:
-                if t.name.startswith("past_key_values."):
-                    feed[t.name] = rng.standard_normal((1, g.kv_heads, past, g.head_dim)).astype(np.float32)
+            feed = {io_spec.INPUT_IDS: np.array([[5]]), io_spec.ATTENTION_MASK: np.ones((1, past + 1), np.int64),
+                    io_spec.POSITION_IDS: np.array([[past]])}
             if name == io_spec.GRAPH_BACKBONE:
                 feed[io_spec.SHADOW_HIDDEN] = rng.standard_normal((1, 1, d)).astype(np.float32)
+            cache = KVCache.empty(1, g.kv_layers, g.kv_heads, g.head_dim, past + 1)  # the step writes slot `past`
+            for a in cache.arrays:
+                a[:] = rng.standard_normal(a.shape)
+            feed = {k: ov(v) for k, v in feed.items()}
+            run = (lambda s, f, kv: lambda: s.run_in_place(f, kv))(sess, feed, cache.tensors)
         else:
-            feed = {io_spec.HIDDEN: rng.standard_normal((1, 1, d)).astype(np.float32)}
-        runs[name] = (sess, feed, [])
+            run = (lambda s, f: lambda: s.run(f))(sess, {io_spec.HIDDEN: ov(rng.standard_normal((1, 1, d))
+                                                                             .astype(np.float32))})
+        runs[name] = (run, [])
     for _ in range(args.reps + 3):
-        for sess, feed, times in runs.values():
+        for run, times in runs.values():
             t0 = time.perf_counter()
-            sess.run(None, feed)
+            run()
             times.append(time.perf_counter() - t0)
-    med = {name: float(np.median(times[3:])) * 1e3 for name, (_, _, times) in runs.items()}
+    med = {name: float(np.median(times[3:])) * 1e3 for name, (_, times) in runs.items()}
     for name, ms in med.items():
         print(f"{name:15s} {ms:7.2f} ms")
     step = med[io_spec.GRAPH_BACKBONE_PLAIN] + med[io_spec.GRAPH_LM_HEAD]

@@ -11,13 +11,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from shadow_edge.errors import ArtifactError
-from shadow_edge.io_spec import ATTENTION_GQA, TensorSpec
+from shadow_edge.io_spec import ATTENTION_GQA, GRAPH_ROLES, GraphContract, TensorSpec, graph_contract
 from shadow_edge.manifest_schema import check_manifest
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "shadow-edge-artifact"
 FORMAT_VERSION = 2  # 2: graphs record their attention kind (1: every KV graph used GroupQueryAttention)
-MODES = ("shadow_only", "base_shadow")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -46,6 +45,29 @@ class GraphEntry:
         d["inputs"] = [t.to_dict() for t in self.inputs]
         d["outputs"] = [t.to_dict() for t in self.outputs]
         return d
+
+    @classmethod
+    def from_contract(cls, c: GraphContract, file: str, data_files: list[str]) -> "GraphEntry":
+        return cls(file=file, inputs=list(c.inputs), outputs=list(c.outputs), data_files=data_files,
+                   kv_layers=c.kv_layers, kv_heads=c.kv_heads, head_dim=c.head_dim, attention=c.attention)
+
+    def as_contract(self, name: str) -> GraphContract:
+        """This entry read as the graph `name`'s contract (unchecked; `Manifest.contract` checks it)."""
+        return GraphContract(name, GRAPH_ROLES.get(name, ""), tuple(self.inputs), tuple(self.outputs),
+                             self.kv_layers, self.kv_heads, self.head_dim, self.attention)
+
+    def check_against(self, want: GraphContract) -> None:
+        """The entry's I/O table must equal its contract's: the manifest's dims agree with its graphs."""
+        have = self.as_contract(want.name)
+        for kind, got, exp in (("input", have.inputs, want.inputs), ("output", have.outputs, want.outputs)):
+            if got != exp:
+                diff = next((f"{g.name} {g.dtype} {list(g.shape)} where the contract has {e.name} {e.dtype} "
+                             f"{list(e.shape)}" for g, e in zip(got, exp) if g != e),
+                            f"{len(got)} {kind}s where the contract has {len(exp)}")
+                raise ArtifactError(f"{MANIFEST_NAME}: graph {want.name!r}: {kind} table disagrees with the graph "
+                                    "contract for model.hidden_size, model.vocab_size and its KV layout "
+                                    f"({self.kv_layers} layers x {self.kv_heads} heads x {self.head_dim}): {diff}; "
+                                    "re-export the artifact")
 
     @classmethod
     def from_dict(cls, d: dict) -> "GraphEntry":
@@ -82,6 +104,16 @@ class Manifest:
         if d.get("format_version") == 1:  # written before graphs recorded it: all used GroupQueryAttention
             graphs = {k: replace(g, attention=ATTENTION_GQA) if g.kv_layers else g for k, g in graphs.items()}
         return cls(**{**d, "graphs": graphs})
+
+    def contract(self, name: str) -> GraphContract:
+        """Graph `name`'s contract, regenerated from the model dims and the entry's KV layout and attention
+        (`GraphEntry.check_against` then holds the entry's I/O table to it)."""
+        entry = self.graphs[name]
+        try:
+            return graph_contract(name, self.model["hidden_size"], self.model["vocab_size"], entry.kv_layers,
+                                  entry.kv_heads, entry.head_dim, entry.attention)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(f"{MANIFEST_NAME}: graph {name!r}: {e}; re-export the artifact") from None
 
     def mode_bytes(self, mode: str) -> int:
         """Bytes on disk of the files one mode needs (graphs + their external data)."""

@@ -16,9 +16,8 @@ import re
 from pathlib import PurePosixPath, PureWindowsPath
 
 from shadow_edge.errors import ArtifactError
-from shadow_edge.io_spec import HIDDEN, SHADOW_HIDDEN
-
-ROLES = ("shadow", "backbone", "head")
+from shadow_edge.io_spec import (HIDDEN, KV_ROLES, LOGITS, PAST, PRESENT, ROLE_BACKBONE, ROLE_HEAD, ROLE_SHADOW, ROLES,
+                                 SHADOW_HIDDEN)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -147,8 +146,8 @@ def _check_graph(c: _Checker, name: str, g, files: dict) -> None:
     layers = c.count(g, "kv_layers", where, 0, optional=True) or 0
     heads = c.count(g, "kv_heads", where, 0, optional=True) or 0
     head_dim = c.count(g, "head_dim", where, 0, optional=True) or 0
-    past = [t for t in inputs if t["name"].startswith("past_key_values.")]
-    present = [t for t in outputs if t["name"].startswith("present.")]
+    past = [t for t in inputs if t["name"].startswith(f"{PAST}.")]
+    present = [t for t in outputs if t["name"].startswith(f"{PRESENT}.")]
     if len(past) != 2 * layers or len(present) != 2 * layers:
         c.fail(f"{where}.kv_layers", layers, f"half the number of its past_key_values inputs ({len(past)}) and "
                                              f"present outputs ({len(present)})")
@@ -182,12 +181,12 @@ def _check_mode(c: _Checker, mode: str, roles, graphs: dict, vocab: int) -> None
         if not isinstance(graph, str) or graph not in graphs:
             raise ArtifactError(f"{c.path}: mode {mode!r} role {role!r} names graph {graph!r}, which is not in "
                                 "`graphs`; re-export the artifact")
-    if "head" not in roles or not ({"shadow", "backbone"} & set(roles)):
+    if ROLE_HEAD not in roles or not (set(KV_ROLES) & set(roles)):
         c.fail(where, roles, "a `head` graph and a `shadow` and/or `backbone` graph")
     expect = {  # role -> (needs a KV cache, input it must take or None, first output)
-        "shadow": (True, None, SHADOW_HIDDEN),
-        "backbone": (True, SHADOW_HIDDEN if "shadow" in roles else None, HIDDEN),
-        "head": (False, HIDDEN, "logits"),
+        ROLE_SHADOW: (True, None, SHADOW_HIDDEN),
+        ROLE_BACKBONE: (True, SHADOW_HIDDEN if ROLE_SHADOW in roles else None, HIDDEN),
+        ROLE_HEAD: (False, HIDDEN, LOGITS),
     }
     for role, graph in roles.items():
         g, (kv, needs, first) = graphs[graph], expect[role]
@@ -196,11 +195,11 @@ def _check_mode(c: _Checker, mode: str, roles, graphs: dict, vocab: int) -> None
             c.fail(f"{where}.{role}", graph, f"a {role} graph (" + ("KV-cached, " if kv else "no KV cache, ")
                    + (f"input {needs}, " if needs else "") + f"first output {first}); graph {graph!r} has inputs "
                    f"{ins[:4]}, outputs {outs[:1]}")
-    head = graphs[roles["head"]]
-    logits = _last_dim(head["outputs"], "logits")
+    head = graphs[roles[ROLE_HEAD]]
+    logits = _last_dim(head["outputs"], LOGITS)
     if isinstance(logits, int) and logits != vocab:
-        c.fail("model.vocab_size", vocab, f"{logits}, the logits width of graph {roles['head']!r}")
-    chain = [graphs[roles[r]] for r in ("shadow", "backbone") if r in roles] + [head]
+        c.fail("model.vocab_size", vocab, f"{logits}, the logits width of graph {roles[ROLE_HEAD]!r}")
+    chain = [graphs[roles[r]] for r in KV_ROLES if r in roles] + [head]
     for producer, consumer in zip(chain, chain[1:]):  # each graph's state width = the next one's input width
         out = producer["outputs"][0]
         made = out["shape"][-1] if out["shape"] else None

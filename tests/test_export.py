@@ -55,8 +55,8 @@ def _graph_logits(art: Path, ids: np.ndarray, mask: np.ndarray, mode: str) -> np
         if name is None:
             continue
         g = m.graphs[name]
-        past = {t.name: np.zeros((ids.shape[0], g.kv_heads, 0, g.head_dim), np.float32)
-                for t in g.inputs if t.name.startswith("past_key_values.")}
+        past = {p: np.zeros((ids.shape[0], g.kv_heads, ids.shape[1], g.head_dim), np.float32)  # capacity t
+                for p, _ in io_spec.kv_pairs(g.kv_layers)}
         extra = {io_spec.SHADOW_HIDDEN: hidden} if role == "backbone" else {}
         hidden = _session(art / g.file).run([g.outputs[0].name], {**feed, **extra, **past})[0]
     head = m.graphs[m.modes[mode]["head"]]
@@ -98,6 +98,8 @@ def test_manifest_contract(exported):
         assert [o.name for o in model.graph.output] == [t.name for t in g.outputs], name
     past = [t.name for t in m.graphs["backbone"].inputs if t.name.startswith("past_key_values.")]
     assert len(past) == 2 * cfg["num_layers"] and past[:2] == ["past_key_values.0.key", "past_key_values.0.value"]
+    for name in m.graphs:
+        assert m.contract(name).inputs == tuple(m.graphs[name].inputs), name
 
 
 def test_vocab_matrix_stored_once_and_shadow_detached(exported):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from shadow_edge import io_spec
 from shadow_edge.errors import InputError
 
-BENCH_MODES = ("shadow_only", "base_shadow", "base_plain")  # cascade's cost depends on its threshold: not here
-DEFAULT_MODES = ("shadow_only", "base_shadow")
+BENCH_MODES = io_spec.GRAPH_MODES + io_spec.BENCH_MODES  # cascade's cost depends on its threshold: not here
+DEFAULT_MODES = io_spec.GRAPH_MODES
 
 
 def _is_int(x) -> bool:

@@ -9,9 +9,11 @@ from pathlib import Path
 
 from shadow_edge import __version__
 from shadow_edge.errors import ArtifactError, InputError
+from shadow_edge.io_spec import GRAPH_MODES
 from shadow_edge.manifest import read_manifest
+from shadow_edge.runtime.options import CASCADE
 
-DEMO_MODES = ("shadow_only", "base_shadow", "cascade")
+DEMO_MODES = GRAPH_MODES + (CASCADE,)
 
 
 def cache_dir(override: str | None) -> Path:

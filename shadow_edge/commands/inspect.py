@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from shadow_edge.io_spec import ROLES, is_kv
 from shadow_edge.manifest import Manifest, read_manifest, verify_files
 from shadow_edge.runtime.options import CASCADE, GRAPH_MODES
 
@@ -46,7 +47,7 @@ def describe(m: Manifest, art: Path, verified: bool) -> list[str]:
                f"chat template {'yes' if tok.get('has_chat_template') else 'no'}")
     out.append("modes")
     for mode, roles in m.modes.items():
-        chain = " -> ".join(roles[r] for r in ("shadow", "backbone", "head") if r in roles)
+        chain = " -> ".join(roles[r] for r in ROLES if r in roles)
         out.append(f"  {mode:<12} {chain}  ({mb(m.mode_bytes(mode))})")
     if set(GRAPH_MODES) <= set(m.modes):
         out.append(f"  {CASCADE:<12} shadow_only, escalating to base_shadow")
@@ -56,8 +57,8 @@ def describe(m: Manifest, art: Path, verified: bool) -> list[str]:
         out.append(f"  {name}: {g.file} + {', '.join(g.data_files) or 'no external data'} "
                    f"({mb(graph_bytes(m, name))}{kv})")
         for kind, specs in (("in ", g.inputs), ("out", g.outputs)):
-            shown = [s for s in specs if not s.name.startswith(("past_key_values.", "present."))]
-            kv_specs = [s for s in specs if s not in shown]
+            shown = [s for s in specs if not is_kv(s.name)]
+            kv_specs = [s for s in specs if is_kv(s.name)]
             for s in shown:
                 out.append(f"    {kind} {s.name:<22} {s.dtype:<8} {shape(s)}")
             if kv_specs:

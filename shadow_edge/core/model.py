@@ -17,9 +17,10 @@ import torch.nn.functional as F
 
 from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec
+from shadow_edge.io_spec import GRAPH_MODES, MODE_SHADOW_ONLY
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
-MODES = ("shadow_only", "base_shadow")
+MODES = GRAPH_MODES  # the graph contract's (io_spec)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -156,7 +157,7 @@ class ShadowModel:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         past = past or {}
         shadow_h, shadow_kv = self.shadow_state(step, past.get("shadow"))
-        if mode == "shadow_only":
+        if mode == MODE_SHADOW_ONLY:
             hidden, head, present = shadow_h, self.spec.shadow_lm_head, {"shadow": shadow_kv}
         else:
             hidden, base_kv = self.backbone(step, shadow_h, past.get("base"))

@@ -21,6 +21,7 @@ from shadow_edge import __version__, io_spec
 from shadow_edge.core.checkpoint import load_spec
 from shadow_edge.core.model import ShadowModel
 from shadow_edge.core.spec import ShadowModelSpec
+from shadow_edge.export.attention import choose_attention
 from shadow_edge.export.graphs import Tensors, build_backbone, build_head, build_shadow
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
 from shadow_edge.export.options import QUANT_COMPUTE, ExportOptions
@@ -32,8 +33,10 @@ from shadow_edge.export.validate import validate_graphs
 from shadow_edge.errors import ExportError
 from shadow_edge.manifest import GraphEntry, Manifest, file_table, write_manifest
 
-GRAPH_ORDER = [io_spec.GRAPH_SHADOW, io_spec.GRAPH_LM_HEAD, io_spec.GRAPH_SHADOW_LM_HEAD,
-               io_spec.GRAPH_BACKBONE, io_spec.GRAPH_BACKBONE_PLAIN]
+GRAPH_ORDER = [io_spec.GRAPH_SHADOW, io_spec.GRAPH_LM_HEAD, io_spec.GRAPH_SHADOW_LM_HEAD,  # owners of shared
+               io_spec.GRAPH_BACKBONE, io_spec.GRAPH_BACKBONE_PLAIN]  # weights: the detached shadow first
+HEADS = {io_spec.GRAPH_LM_HEAD: ("lm_head", "lm_head.weight"),  # head graph -> spec tensor, default weight key
+         io_spec.GRAPH_SHADOW_LM_HEAD: ("shadow_lm_head", "shadow_lm_head.weight")}
 
 
 def stderr_progress(message: str) -> None:
@@ -83,25 +86,24 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
         progress(f"quantizing decoder and vocabulary weights to {options.quantize} (blocks of {options.block_size})")
         spec, quantized = quantize_spec(spec, options.quantize, options.block_size)  # spec: dequantized values
     store, names = WeightStore(), Tensors(quantized, QUANT_COMPUTE[options.quant_compute])
+    contracts = graph_contracts(spec, options)
     builders: list[GraphBuilder] = []
-    progress("building graph: shadow")
-    builders.append(build_shadow(spec, store, names, options.attention))
-    progress("building graph: backbone (with injection and update)")
-    builders.append(build_backbone(spec, store, names, adapter=True, attention=options.attention))
-    if options.plain_backbone:
-        progress("building graph: backbone_plain (no adapter)")
-        builders.append(build_backbone(spec, store, names, adapter=False, attention=options.attention))
-    builders.append(build_head(io_spec.GRAPH_LM_HEAD, spec.lm_head, "lm_head.weight", spec, store, names))
-    shadow_head = io_spec.GRAPH_LM_HEAD
-    if spec.shadow_lm_head is not spec.lm_head:
-        shadow_head = io_spec.GRAPH_SHADOW_LM_HEAD
-        builders.append(build_head(shadow_head, spec.shadow_lm_head, "shadow_lm_head.weight", spec, store, names))
+    for name, c in contracts.items():
+        progress(f"building graph: {name}" + (f" ({c.attention})" if c.kv_layers else ""))
+        if name == io_spec.GRAPH_SHADOW:
+            builders.append(build_shadow(spec, store, names, c))
+        elif c.role == io_spec.ROLE_BACKBONE:
+            builders.append(build_backbone(spec, store, names, c, adapter=name == io_spec.GRAPH_BACKBONE))
+        else:
+            head, key = HEADS[name]
+            builders.append(build_head(c, getattr(spec, head), key, spec, store, names))
     progress(f"writing weights ({sum(a.nbytes for a in store.arrays.values()) / 1e6:.1f} MB, each tensor once)")
     store.write(tmp, GRAPH_ORDER)
     graphs: dict[str, GraphEntry] = {}
     for b in builders:
         onnx.save_model(b.to_model(), str(tmp / f"{b.name}.onnx"))
-        graphs[b.name] = _entry(b, spec, store)
+        graphs[b.name] = GraphEntry.from_contract(contracts[b.name], f"{b.name}.onnx", store.data_files(b.name))
+    shadow_head = io_spec.GRAPH_SHADOW_LM_HEAD if io_spec.GRAPH_SHADOW_LM_HEAD in graphs else io_spec.GRAPH_LM_HEAD
     tokenizer = copy_tokenizer_files(base_dir, tmp)
     modes = io_spec.mode_map(shadow_head, options.plain_backbone)
     validation: dict = {"passed": None, "skipped": True}
@@ -128,24 +130,22 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
     return manifest
 
 
-def _entry(b: GraphBuilder, spec: ShadowModelSpec, store: WeightStore) -> GraphEntry:
-    if b.name == io_spec.GRAPH_SHADOW:
-        cfg = spec.shadow.config
-        inputs, outputs = io_spec.decoder_graph_io(b.name, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                                                   spec.hidden_size)
-    elif b.name in (io_spec.GRAPH_BACKBONE, io_spec.GRAPH_BACKBONE_PLAIN):
-        cfg = spec.base.config
-        inputs, outputs = io_spec.decoder_graph_io(b.name, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                                                   spec.hidden_size)
-    else:
-        cfg = None
-        inputs, outputs = io_spec.head_graph_io(spec.hidden_size, spec.vocab_size)
-    declared = ([i.name for i in b.inputs], [o.name for o in b.outputs])
-    if declared != ([t.name for t in inputs], [t.name for t in outputs]):
-        raise ExportError(f"graph {b.name}: built I/O {declared} differs from the I/O table; exporter bug")
-    return GraphEntry(file=f"{b.name}.onnx", inputs=inputs, outputs=outputs, data_files=store.data_files(b.name),
-                      kv_layers=cfg.num_layers if cfg else 0, kv_heads=cfg.num_kv_heads if cfg else 0,
-                      head_dim=cfg.head_dim if cfg else 0, attention=b.attention)
+def graph_contracts(spec: ShadowModelSpec, options: ExportOptions) -> dict[str, io_spec.GraphContract]:
+    """The contract of every graph to build, in build order; each decoder's attention chosen for its head_dim."""
+    d, vocab = spec.hidden_size, spec.vocab_size
+
+    def decoder(name: str, cfg) -> io_spec.GraphContract:
+        return io_spec.graph_contract(name, d, vocab, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
+                                      choose_attention(cfg, options.attention))
+
+    out = {io_spec.GRAPH_SHADOW: decoder(io_spec.GRAPH_SHADOW, spec.shadow.config),
+           io_spec.GRAPH_BACKBONE: decoder(io_spec.GRAPH_BACKBONE, spec.base.config)}
+    if options.plain_backbone:
+        out[io_spec.GRAPH_BACKBONE_PLAIN] = decoder(io_spec.GRAPH_BACKBONE_PLAIN, spec.base.config)
+    out[io_spec.GRAPH_LM_HEAD] = io_spec.graph_contract(io_spec.GRAPH_LM_HEAD, d, vocab)
+    if spec.shadow_lm_head is not spec.lm_head:  # a trained shadow head; else shadow_only reads lm_head
+        out[io_spec.GRAPH_SHADOW_LM_HEAD] = io_spec.graph_contract(io_spec.GRAPH_SHADOW_LM_HEAD, d, vocab)
+    return out
 
 
 def _model_info(spec: ShadowModelSpec) -> dict:

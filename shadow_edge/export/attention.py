@@ -45,22 +45,16 @@ class AttnInputs:
 Builder = Callable[[GraphBuilder, DecoderConfig, int, AttnInputs], str]
 
 
-def _present(b: GraphBuilder, cfg: DecoderConfig, i: int) -> tuple[str, str, str, str]:
-    """Declare layer i's past inputs and present outputs; return their names."""
-    shape_in = ("batch", cfg.num_kv_heads, "past_seq", cfg.head_dim)
-    shape_out = ("batch", cfg.num_kv_heads, "total_seq", cfg.head_dim)
-    names = []
-    for kind in ("key", "value"):
-        names.append(b.input(io_spec.past_name(i, kind), io_spec.FLOAT, shape_in))
-    for kind in ("key", "value"):
-        b.declare_output(io_spec.present_name(i, kind), io_spec.FLOAT, shape_out)
-        names.append(io_spec.present_name(i, kind))
-    return tuple(names)  # past_k, past_v, present_k, present_v
+def _kv_names(i: int) -> tuple[str, str, str, str]:
+    """Layer i's past inputs and present outputs in the contract: past_k, past_v, present_k, present_v."""
+    key, value = io_spec.KV_KINDS
+    return (io_spec.past_name(i, key), io_spec.past_name(i, value), io_spec.present_name(i, key),
+            io_spec.present_name(i, value))
 
 
 def group_query_attention(b: GraphBuilder, cfg: DecoderConfig, i: int, a: AttnInputs) -> str:
     """onnxruntime's fused GroupQueryAttention; -> [b, s, H*hd]."""
-    past_k, past_v, present_k, present_v = _present(b, cfg, i)
+    past_k, past_v, present_k, present_v = _kv_names(i)
     # Every row keeps all T cache slots (padding is masked by the bias): seqlens_k = T - 1 per row.
     lens = b.shared("gqa_lengths", lambda: _gqa_lengths(b, a))
     total32, seqlens = lens
@@ -71,7 +65,7 @@ def group_query_attention(b: GraphBuilder, cfg: DecoderConfig, i: int, a: AttnIn
 
 
 def _gqa_lengths(b: GraphBuilder, a: AttnInputs) -> tuple[str, str]:
-    batch = b.op("Slice", [b.op("Shape", ["input_ids"]), b.const([0]), b.const([1])])  # [1]
+    batch = b.op("Slice", [b.op("Shape", [io_spec.INPUT_IDS]), b.const([0]), b.const([1])])  # [1]
     total32 = b.op("Cast", [a.total], to=6)  # int32 scalar
     return total32, b.op("Expand", [b.op("Sub", [total32, b.const(1, "int32")]), batch])  # [b]
 
@@ -79,7 +73,7 @@ def _gqa_lengths(b: GraphBuilder, a: AttnInputs) -> tuple[str, str]:
 def onnx_attention(b: GraphBuilder, cfg: DecoderConfig, i: int, a: AttnInputs) -> str:
     """ONNX TensorScatter (in place into the shared buffer) + Attention over the first T slots; -> [b, s, H*hd]."""
     b.require_opset(OPSET_ONNX_ATTENTION)
-    past_k, past_v, present_k, present_v = _present(b, cfg, i)
+    past_k, past_v, present_k, present_v = _kv_names(i)
     write_at, upto = b.shared("scatter_positions", lambda: _scatter_positions(b, a))
     heads = lambda x, n: b.op("Transpose", [b.op("Reshape", [x, b.const([0, 0, n, cfg.head_dim])])],  # noqa: E731
                               perm=[0, 2, 1, 3])  # [b, s, n*hd] -> [b, n, s, hd]
@@ -94,7 +88,7 @@ def onnx_attention(b: GraphBuilder, cfg: DecoderConfig, i: int, a: AttnInputs) -
 
 
 def _scatter_positions(b: GraphBuilder, a: AttnInputs) -> tuple[str, str]:
-    batch = b.op("Slice", [b.op("Shape", ["input_ids"]), b.const([0]), b.const([1])])  # [1]
+    batch = b.op("Slice", [b.op("Shape", [io_spec.INPUT_IDS]), b.const([0]), b.const([1])])  # [1]
     write_at = b.op("Expand", [b.op("Sub", [a.total, a.seq]), batch])  # [b] int64: past length per row
     return write_at, b.op("Unsqueeze", [a.total, b.const([0])])  # [1] int64: T
 

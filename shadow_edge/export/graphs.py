@@ -17,7 +17,7 @@ import torch
 from shadow_edge import io_spec
 from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.spec import ShadowModelSpec
-from shadow_edge.export.attention import ATTENTION, AttnInputs, choose_attention
+from shadow_edge.export.attention import ATTENTION, AttnInputs
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
 from shadow_edge.export.quantize import Quantized
 
@@ -95,32 +95,31 @@ class _Context:
 
     def __init__(self, b: GraphBuilder, cfg: DecoderConfig, attention: str):
         self.attention = attention
-        b.attention = attention
         key = f"rope.{cfg.head_dim}.{cfg.rope_theta}.{cfg.max_positions}.{sorted(cfg.rope_scaling.items())}"
         inv = np.array(cfg.rope_inv_freq(), np.float32)
         freqs = np.arange(cfg.max_positions, dtype=np.float32)[:, None] * inv[None, :]  # [max_pos, hd/2]
         self.cos = b.weight(f"{key}.cos", lambda: np.cos(freqs))
         self.sin = b.weight(f"{key}.sin", lambda: np.sin(freqs))
         with b.scope("mask"):
-            self.total = b.op("Gather", [b.op("Shape", ["attention_mask"]), b.const(1)], axis=0)  # T
-            self.seq = b.op("Gather", [b.op("Shape", ["input_ids"]), b.const(1)], axis=0)  # s
+            self.total = b.op("Gather", [b.op("Shape", [io_spec.ATTENTION_MASK]), b.const(1)], axis=0)  # T
+            self.seq = b.op("Gather", [b.op("Shape", [io_spec.INPUT_IDS]), b.const(1)], axis=0)  # s
             k_pos = b.op("Range", [b.const(0), self.total, b.const(1)])  # [T]
             q_pos = b.op("Range", [b.op("Sub", [self.total, self.seq]), self.total, b.const(1)])  # [s]
             causal = b.op("LessOrEqual", [b.op("Unsqueeze", [k_pos, b.const([0])]),
                                           b.op("Unsqueeze", [q_pos, b.const([1])])])  # [s, T]
-            real = b.op("Unsqueeze", [b.op("Cast", ["attention_mask"], to=9), b.const([1, 2])])  # [b, 1, 1, T]
+            real = b.op("Unsqueeze", [b.op("Cast", [io_spec.ATTENTION_MASK], to=9), b.const([1, 2])])  # [b, 1, 1, T]
             allowed = b.op("And", [causal, real])  # [b, 1, s, T]
             self.bias = b.op("Where", [allowed, b.const(0.0, np.float32), b.const(NEG, np.float32)])
 
 
 def _rotary(b: GraphBuilder, x: str, ctx: _Context, heads: int) -> str:
-    return b.op("RotaryEmbedding", [x, "position_ids", ctx.cos, ctx.sin], domain="com.microsoft",
+    return b.op("RotaryEmbedding", [x, io_spec.POSITION_IDS, ctx.cos, ctx.sin], domain="com.microsoft",
                 num_heads=heads, interleaved=0)
 
 
 def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: int, lw: dict[str, torch.Tensor],
            h: str, ctx: _Context) -> str:
-    """One decoder layer; registers past/present I/O for layer i; returns the new residual stream."""
+    """One decoder layer (reads/writes layer i's KV pair of the contract); returns the new residual stream."""
     H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     key = f"{prefix}.layers.{i}"
     with b.scope(f"layers.{i}"):
@@ -161,38 +160,31 @@ def _head_norm(b: GraphBuilder, x: str, w: str, heads: int, hd: int, cfg: Decode
     return b.op("Reshape", [_rms(b, x, w, cfg.rms_norm_eps), b.const([0, 0, heads * hd])])
 
 
-def _step_inputs(b: GraphBuilder) -> None:
-    for t in io_spec.step_inputs():
-        b.input(t.name, t.dtype, t.shape)
-
-
-def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors,
-                 attention: str = io_spec.ATTENTION_AUTO) -> GraphBuilder:
-    b = GraphBuilder(io_spec.GRAPH_SHADOW, store)
-    cfg, d = spec.shadow.config, spec.hidden_size
-    _step_inputs(b)
+def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors, contract: io_spec.GraphContract,
+                 ) -> GraphBuilder:
+    """The detached shadow: embeddings -> shadow layers -> norm -> projection, I/O as `contract` declares."""
+    b = GraphBuilder(contract, store)
+    cfg = spec.shadow.config
     h = names.embed(b, spec.shadow_embed, "model.embed_tokens.weight" if spec.shadow.embed is None
-                    else "shadow.embed_tokens.weight", "input_ids")
-    ctx = _Context(b, cfg, choose_attention(cfg, attention))
+                    else "shadow.embed_tokens.weight", io_spec.INPUT_IDS)
+    ctx = _Context(b, cfg, contract.attention)
     for i, lw in enumerate(spec.shadow.layers):
         h = _layer(b, names, cfg, "shadow", i, lw, h, ctx)
     h = _rms(b, h, b.weight("shadow.norm", lambda: _np(spec.shadow.norm)), cfg.rms_norm_eps)
     if spec.projection is not None:
         h = b.op("MatMul", [h, b.weight("shadow.projection", lambda: _np(spec.projection.T))], tag="projection/MatMul")
-    b.output(h, io_spec.SHADOW_HIDDEN, "float32", ("batch", "seq", d))
-    _order_io(b)
+    b.output(h, io_spec.SHADOW_HIDDEN)
     return b
 
 
-def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, adapter: bool = True,
-                   attention: str = io_spec.ATTENTION_AUTO) -> GraphBuilder:
+def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, contract: io_spec.GraphContract,
+                   adapter: bool = True) -> GraphBuilder:
     """The base decoder; with `adapter`, injection before and shadow update after `spec.adapted_range`."""
-    b = GraphBuilder(io_spec.GRAPH_BACKBONE if adapter else io_spec.GRAPH_BACKBONE_PLAIN, store)
-    cfg, d = spec.base.config, spec.hidden_size
-    _step_inputs(b)
-    s = b.input(io_spec.SHADOW_HIDDEN, "float32", ("batch", "seq", d)) if adapter else None
-    h = names.embed(b, spec.base.embed, "model.embed_tokens.weight", "input_ids")
-    ctx = _Context(b, cfg, choose_attention(cfg, attention))
+    b = GraphBuilder(contract, store)
+    cfg = spec.base.config
+    s = io_spec.SHADOW_HIDDEN if adapter else None
+    h = names.embed(b, spec.base.embed, "model.embed_tokens.weight", io_spec.INPUT_IDS)
+    ctx = _Context(b, cfg, contract.attention)
     adapted = spec.adapted_range if adapter else range(0)
     for i, lw in enumerate(spec.base.layers):
         if i in adapted:
@@ -201,8 +193,7 @@ def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, ad
         if i in adapted and i != adapted[-1]:  # the last update feeds nothing: skipped
             s = _update(b, spec, i - adapted.start, h, s)
     h = _rms(b, h, b.weight("base.norm", lambda: _np(spec.base.norm)), cfg.rms_norm_eps)
-    b.output(h, io_spec.HIDDEN, "float32", ("batch", "seq", d))
-    _order_io(b)
+    b.output(h, io_spec.HIDDEN)
     return b
 
 
@@ -249,25 +240,11 @@ def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, h: str, s: str) -> s
         return b.op("Add", [s, b.op("Mul", [b.op("Sigmoid", [gate]), b.op("Sub", [target, s])])])
 
 
-def build_head(name: str, head: torch.Tensor, default_key: str, spec: ShadowModelSpec, store: WeightStore,
-               names: Tensors) -> GraphBuilder:
+def build_head(contract: io_spec.GraphContract, head: torch.Tensor, default_key: str, spec: ShadowModelSpec,
+               store: WeightStore, names: Tensors) -> GraphBuilder:
     """hidden_states [b, n, d] -> logits [b, n, vocab] against the stored [vocab, d] matrix."""
-    b = GraphBuilder(name, store)
-    (inp,), (out,) = io_spec.head_graph_io(spec.hidden_size, spec.vocab_size)
-    b.input(inp.name, inp.dtype, inp.shape)
+    b = GraphBuilder(contract, store)
+    (inp,), (out,) = contract.inputs, contract.outputs
     logits = names.head(b, inp.name, head, default_key, spec.vocab_size, spec.hidden_size)
-    b.output(logits, out.name, out.dtype, out.shape)
+    b.output(logits, out.name)
     return b
-
-
-def _order_io(b: GraphBuilder) -> None:
-    """Inputs: step inputs, [shadow state], then past key/value per layer; outputs likewise."""
-    b.inputs.sort(key=lambda v: (v.name.startswith("past_key_values."), _layer_index(v.name)))
-    b.outputs.sort(key=lambda v: (v.name.startswith("present."), _layer_index(v.name)))
-
-
-def _layer_index(name: str) -> tuple[int, int]:
-    parts = name.split(".")
-    if len(parts) == 3 and parts[1].isdigit():
-        return int(parts[1]), 0 if parts[2] == "key" else 1
-    return -1, 0

@@ -16,6 +16,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from shadow_edge.errors import ExportError
+from shadow_edge.io_spec import GraphContract
+
 OPSET = 17  # + ORT's SimplifiedLayerNormalization (ONNX domain) and com.microsoft contrib ops
 INLINE_LIMIT = 1024  # bytes: smaller tensors live inside the .onnx file
 PAGE = 4096  # large tensors start on a page boundary so onnxruntime can map them
@@ -71,20 +74,20 @@ class WeightStore:
 
 
 class GraphBuilder:
-    """Builds one graph: inputs, outputs, nodes under named scopes, initializers from the store."""
+    """Builds one graph: I/O declared from its contract (io_spec), nodes under named scopes, initializers
+    from the store."""
 
-    def __init__(self, name: str, store: WeightStore):
-        self.name, self.store = name, store
+    def __init__(self, contract: GraphContract, store: WeightStore):
+        self.name, self.store, self.contract = contract.name, store, contract
         self.nodes: list[onnx.NodeProto] = []
-        self.inputs: list[onnx.ValueInfoProto] = []
-        self.outputs: list[onnx.ValueInfoProto] = []
+        self.inputs = [helper.make_tensor_value_info(t.name, ELEM[t.dtype], list(t.shape)) for t in contract.inputs]
+        self.outputs = [helper.make_tensor_value_info(t.name, ELEM[t.dtype], list(t.shape)) for t in contract.outputs]
         self.weights: list[str] = []
         self.consts: dict[str, np.ndarray] = {}
         self._scope: list[str] = []
         self._count: dict[str, int] = {}
         self._shared: dict[str, object] = {}
         self.opset = OPSET
-        self.attention = ""  # KV-cached graphs: their attention kind (io_spec.ATTENTION_KINDS)
 
     def require_opset(self, version: int) -> None:
         """Raise the graph's default-domain opset to at least `version` (ops newer than OPSET)."""
@@ -104,19 +107,11 @@ class GraphBuilder:
         finally:
             self._scope.pop()
 
-    def input(self, name: str, dtype: str, shape: tuple) -> str:
-        self.inputs.append(helper.make_tensor_value_info(name, ELEM[dtype], list(shape)))
-        return name
-
-    def output(self, value: str, name: str, dtype: str, shape: tuple) -> None:
-        """Make `value` a graph output called `name` (renames it in place; no Identity copy)."""
+    def output(self, value: str, name: str) -> None:
+        """Make `value` the contract's output `name` (renames it in place; no Identity copy)."""
         for node in self.nodes:
             node.output[:] = [name if o == value else o for o in node.output]
             node.input[:] = [name if o == value else o for o in node.input]
-        self.declare_output(name, dtype, shape)
-
-    def declare_output(self, name: str, dtype: str, shape: tuple) -> None:
-        self.outputs.append(helper.make_tensor_value_info(name, ELEM[dtype], list(shape)))
 
     def weight(self, key: str, make: Callable[[], np.ndarray]) -> str:
         self.store.add(key, self.name, make)
@@ -143,6 +138,12 @@ class GraphBuilder:
         return outs[0] if n_out == 1 and len(outs) == 1 else outs
 
     def to_model(self) -> onnx.ModelProto:
+        produced = {o for n in self.nodes for o in n.output}
+        consumed = {i for n in self.nodes for i in n.input}
+        missing = [t.name for t in self.contract.outputs if t.name not in produced] + \
+            [t.name for t in self.contract.inputs if t.name not in consumed]
+        if missing:
+            raise ExportError(f"graph {self.name}: contract I/O {missing} not wired by the builder; exporter bug")
         inits = [numpy_helper.from_array(v, k) for k, v in self.consts.items()]
         for key in self.weights:
             arr = self.store.arrays[key]

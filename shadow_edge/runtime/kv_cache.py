@@ -1,9 +1,9 @@
 """The KV cache of one decoder stack: preallocated buffers, updated in place, and an explicit length.
 
-Each buffer is [batch, kv_heads, capacity, head_dim] float32. onnxruntime's
-GroupQueryAttention writes the new keys/values at position `length` of the same buffer
-that it reads the past from (past and present are bound to one OrtValue), so a decode
-step copies nothing but the new token's entries. A step that would overflow grows the
+Each buffer is [batch, kv_heads, capacity, head_dim] float32. The graph writes the new
+keys/values at position `length` of the same buffer that it reads the past from (past and
+present are bound to one OrtValue: io_spec.KV_BINDING, whatever the graph's attention kind),
+so a decode step copies nothing but the new token's entries. A step that would overflow grows the
 buffers (doubling), so callers may size them for the whole generation or not at all.
 """
 

@@ -11,10 +11,10 @@ from functools import partial
 import numpy as np
 
 from shadow_edge.errors import InputError
+from shadow_edge.io_spec import GRAPH_MODES  # noqa: F401  (re-exported: the graph contract's modes)
 from shadow_edge.runtime.inputs import as_bool, as_float, as_int, check_text, is_int
 
 CASCADE = "cascade"
-GRAPH_MODES = ("shadow_only", "base_shadow")  # modes backed by a graph chain in the manifest
 
 
 @dataclass(frozen=True)

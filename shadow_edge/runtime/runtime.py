@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from shadow_edge import artifact_lock
 from shadow_edge.errors import ArtifactError, InputError
+from shadow_edge.io_spec import KV_ROLES, ROLE_HEAD
 from shadow_edge.manifest import Manifest, read_manifest, verify_files
 from shadow_edge.runtime.chat import render_chat
 from shadow_edge.runtime import inputs
@@ -96,7 +97,8 @@ class ShadowRuntime:
                                      f"{', '.join(self.manifest.graphs)}")
                 entry = self.manifest.graphs[name]
                 self._graphs[name] = GraphSession(name, entry, self.art_dir, self.providers, self.threads,
-                                                  prepack_weights(entry, self.manifest.quantization))
+                                                  prepack_weights(entry, self.manifest.quantization),
+                                                  contract=self.manifest.contract(name))
             return self._graphs[name]
 
     def pipeline(self, mode: str) -> Pipeline:
@@ -104,9 +106,9 @@ class ShadowRuntime:
         self._check_graph_mode(mode)
         with self._lock:
             if mode not in self._pipes:
-                roles = self.manifest.modes[mode]
-                shadow, backbone = (self.graph(roles[r]) if r in roles else None for r in ("shadow", "backbone"))
-                self._pipes[mode] = Pipeline(self.graph(roles["head"]), shadow, backbone)
+                roles = self.manifest.modes[mode]  # role -> graph, checked at load (manifest_schema)
+                stacks = (self.graph(roles[r]) if r in roles else None for r in KV_ROLES)  # shadow, backbone
+                self._pipes[mode] = Pipeline(self.graph(roles[ROLE_HEAD]), *stacks)
             return self._pipes[mode]
 
     @property

@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime as ort
 
 from shadow_edge.errors import ArtifactError
-from shadow_edge.io_spec import ATTENTION_KINDS, TensorSpec
+from shadow_edge.io_spec import GraphContract, TensorSpec
 from shadow_edge.manifest import GraphEntry, member_path
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16",
@@ -98,18 +98,17 @@ def io_diff(kind: str, found, expected: list[TensorSpec]) -> list[str]:
 
 
 class GraphSession:
-    """One ONNX graph loaded in onnxruntime, with its feed/fetch names precomputed."""
+    """One ONNX graph loaded in onnxruntime, with its feed/fetch names from its contract (io_spec)."""
 
     def __init__(self, name: str, entry: GraphEntry, art_dir: Path, providers=None, threads: int | None = None,
-                 prepack: bool = True):
+                 prepack: bool = True, contract: GraphContract | None = None):
+        """`contract`: the graph's contract (`Manifest.contract(name)`), which the entry must match; default:
+        the entry as it is."""
         self.name, self.entry = name, entry
+        self.contract = contract or entry.as_contract(name)
         self.path = path = member_path(art_dir, entry.file)
         for data in entry.data_files:
             member_path(art_dir, data)
-        if entry.kv_layers and entry.attention not in ATTENTION_KINDS:
-            raise ArtifactError(f"{Path(art_dir) / 'manifest.json'}: graph {name!r} has attention "
-                                f"{entry.attention!r}; this shadow-edge runs {', '.join(ATTENTION_KINDS)} "
-                                "(upgrade shadow-edge or re-export the artifact)")
         try:
             options = session_options(threads, prepack)
             self.session = ort.InferenceSession(str(path), sess_options=options,
@@ -122,11 +121,11 @@ class GraphSession:
         if diff:
             raise ArtifactError(f"{path}: graph {name!r} does not match its I/O table in manifest.json: "
                                 + "; ".join(diff) + "; re-export the artifact")
-        self.input_names = [t.name for t in entry.inputs]
-        self.output_names = [t.name for t in entry.outputs]
-        self.past_names = [n for n in self.input_names if n.startswith("past_key_values.")]
-        self.present_names = [n for n in self.output_names if n.startswith("present.")]
-        self.main_output = self.output_names[0]  # hidden state or logits, then present.*
+        entry.check_against(self.contract)
+        self.input_names = [t.name for t in self.contract.inputs]
+        self.output_names = [t.name for t in self.contract.outputs]
+        self.kv_pairs = self.contract.kv_pairs  # (past input, present output): one buffer each
+        self.main_output = self.contract.main_output  # hidden state or logits, then present.*
 
     def run(self, feed: dict[str, ort.OrtValue]) -> list[ort.OrtValue]:
         """Run a graph without KV cache (the heads); returns its outputs in table order."""
@@ -138,14 +137,14 @@ class GraphSession:
     def run_in_place(self, feed: dict[str, ort.OrtValue], kv: list[ort.OrtValue]) -> ort.OrtValue:
         """Run a KV-cached graph with each past_key_values.* and its present.* bound to one buffer.
 
-        GroupQueryAttention then appends the new keys/values inside the buffers (no concat copy).
+        The graph writes the new keys/values inside the buffers (io_spec.KV_BINDING; no concat copy).
         Returns the main output (hidden states) [b, t, d].
         """
         io = self.session.io_binding()
         io.bind_output(self.main_output, "cpu")  # first: get_outputs() follows binding order
         for name, value in feed.items():
             io.bind_ortvalue_input(name, value)
-        for past, present, buf in zip(self.past_names, self.present_names, kv):
+        for (past, present), buf in zip(self.kv_pairs, kv, strict=True):
             io.bind_ortvalue_input(past, buf)
             io.bind_ortvalue_output(present, buf)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from shadow_edge import io_spec
 from shadow_edge.runtime.result import Timings
 from shadow_edge.runtime.strategies.base import Pieces, Strategy, register, registry
 
@@ -35,7 +36,7 @@ def remap(gen: Pieces, rows: list[int]) -> Pieces:
 
 class Cascade(Strategy):
     name, order, needs = "cascade", 2, "both shadow_only and base_shadow graphs"
-    first, second = "shadow_only", "base_shadow"
+    first, second = io_spec.MODE_SHADOW_ONLY, io_spec.MODE_BASE_SHADOW
 
     def available(self, graph_modes) -> bool:
         return self.first in graph_modes and self.second in graph_modes

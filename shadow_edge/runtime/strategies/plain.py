@@ -7,6 +7,7 @@ from typing import Iterator
 
 import numpy as np
 
+from shadow_edge import io_spec
 from shadow_edge.runtime.generate import Pipeline, decode_one, prefill
 from shadow_edge.runtime.sampling import chosen_logprobs
 from shadow_edge.runtime.strategies.base import LoopState, StepRecord, StepStrategy, register
@@ -53,6 +54,6 @@ class Plain(StepStrategy):
                         state)
 
 
-register(Plain("shadow_only", 0))
-register(Plain("base_shadow", 1))
-register(Plain("base_plain", 90, listed=False))  # the backbone without the adapter (benchmarks)
+for _order, _mode in enumerate(io_spec.GRAPH_MODES):  # shadow_only, base_shadow
+    register(Plain(_mode, _order))
+register(Plain(io_spec.MODE_BASE_PLAIN, 90, listed=False))  # the backbone without the adapter (benchmarks)
