@@ -12,6 +12,7 @@ examples:
   shadow-edge serve art/                                   # http://127.0.0.1:8000/v1
   shadow-edge serve art/ --port 9000 --api-key secret --max-batch 16
   shadow-edge serve a/ b/ --served-name small --served-name big --default-mode shadow_only
+  shadow-edge serve art/ --ray --replicas 2 --num-cpus-per-replica 1 --threads 1
 
 then, from any OpenAI client:
   from openai import OpenAI
@@ -46,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shutdown-grace", type=float, default=30.0, metavar="S",
                    help="on shutdown, let running requests finish for this long (default 30)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifacts' files")
+    ray = p.add_argument_group("Ray Serve (needs shadow-edge[ray])")
+    ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of one uvicorn process")
+    ray.add_argument("--replicas", type=int, default=1, metavar="N", help="replicas, each with its own runtimes")
+    ray.add_argument("--num-cpus-per-replica", type=float, default=1.0, metavar="C",
+                     help="CPUs Ray reserves per replica (default 1)")
+    ray.add_argument("--autoscaling", metavar="JSON",
+                     help='Ray Serve autoscaling_config, e.g. \'{"min_replicas": 1, "max_replicas": 4}\' '
+                          "(replaces --replicas)")
+    ray.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (default: auto / start a local one)")
     return p
 
 
@@ -67,6 +77,11 @@ def main(argv: list[str]) -> int:
         raise InputError(f"`shadow-edge serve` needs the serve extras ({e.name} is missing); install them with "
                          "pip install 'shadow-edge[serve]'") from None
     options = options_from(args)
+    if args.ray:
+        from shadow_edge.serve.ray_app import RayOptions, run_forever
+
+        return run_forever(options, RayOptions(args.replicas, args.num_cpus_per_replica, args.autoscaling,
+                                               args.ray_address, args.shutdown_grace))
     print(f"shadow-edge serve: loading {', '.join(options.names)}; OpenAI API at "
           f"http://{options.host}:{options.port}/v1 (GET /health says when ready)", file=sys.stderr, flush=True)
     uvicorn.run(build_app(options, args.shutdown_grace), host=options.host, port=options.port, log_level="warning",
