@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from shadow_edge import __version__
+from shadow_edge.commands.classify import add_parser as add_classify_parser
 from shadow_edge.errors import InputError, ShadowEdgeError
 
 EXIT_USER_ERROR = 2
@@ -69,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "combined model (base_shadow) without torch, and benchmark them.",
         epilog="start with `shadow-edge demo`, then `shadow-edge export --help` and `shadow-edge run --help`")
     parser.add_argument("--version", action="version", version=f"shadow-edge {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{export,run,inspect,demo,bench,serve}")
+    sub = parser.add_subparsers(dest="command", metavar="{export,run,classify,inspect,demo,bench,serve}")
     sub.required = True
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -133,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--escalate-timeout", type=float, default=10.0, metavar="S",
                      help="give up on the server after S seconds and keep the shadow's answer (default 10)")
     p.set_defaults(handler=cmd_run)
+
+    add_classify_parser(sub, fmt)
 
     p = sub.add_parser("inspect", help="show an artifact's graphs, I/O, sizes, dims and validation",
                        description="Describe an artifact from its manifest (no model is loaded).",

@@ -14,6 +14,9 @@ Graphs (the partition is recorded in the manifest under `graphs` and `modes`):
   backbone_plain  the same without shadow_hidden_states and without the adapter (benchmarks only)
   lm_head         hidden_states [b, n, d] -> logits [b, n, vocab]  (n = positions asked for)
   shadow_lm_head  as lm_head; exported only when the shadow head differs from lm_head
+  classifier      sequence-classification artifacts (model.task "seq_cls") replace lm_head:
+                  hidden_states -> logits [b, n, labels]; shadow_classifier likewise replaces
+                  shadow_lm_head
 Dims are named: batch, seq (new tokens), past_seq, total_seq (= past_seq + seq), n_pos.
 
 KV (KV_BINDING, one convention for every attention kind): the runtime binds each
@@ -36,6 +39,9 @@ GRAPH_BACKBONE = "backbone"
 GRAPH_BACKBONE_PLAIN = "backbone_plain"
 GRAPH_LM_HEAD = "lm_head"
 GRAPH_SHADOW_LM_HEAD = "shadow_lm_head"
+GRAPH_CLASSIFIER = "classifier"  # sequence classification: label head of base_shadow
+GRAPH_SHADOW_CLASSIFIER = "shadow_classifier"  # label head of shadow_only, when it differs
+CLASSIFIER_GRAPHS = (GRAPH_CLASSIFIER, GRAPH_SHADOW_CLASSIFIER)  # logits width: the labels, not the vocabulary
 
 INPUT_IDS, ATTENTION_MASK, POSITION_IDS = "input_ids", "attention_mask", "position_ids"
 SHADOW_HIDDEN = "shadow_hidden_states"
@@ -47,7 +53,8 @@ ROLE_SHADOW, ROLE_BACKBONE, ROLE_HEAD = "shadow", "backbone", "head"
 ROLES = (ROLE_SHADOW, ROLE_BACKBONE, ROLE_HEAD)
 KV_ROLES = (ROLE_SHADOW, ROLE_BACKBONE)
 GRAPH_ROLES = {GRAPH_SHADOW: ROLE_SHADOW, GRAPH_BACKBONE: ROLE_BACKBONE, GRAPH_BACKBONE_PLAIN: ROLE_BACKBONE,
-               GRAPH_LM_HEAD: ROLE_HEAD, GRAPH_SHADOW_LM_HEAD: ROLE_HEAD}
+               GRAPH_LM_HEAD: ROLE_HEAD, GRAPH_SHADOW_LM_HEAD: ROLE_HEAD, GRAPH_CLASSIFIER: ROLE_HEAD,
+               GRAPH_SHADOW_CLASSIFIER: ROLE_HEAD}
 
 # Modes backed by a graph chain (manifest `modes`: mode -> role -> graph).
 MODE_SHADOW_ONLY = "shadow_only"  # the detached shadow and its head
@@ -156,15 +163,18 @@ class GraphContract:
 
 
 def graph_contract(name: str, hidden: int, vocab: int, kv_layers: int = 0, kv_heads: int = 0, head_dim: int = 0,
-                   attention: str = "") -> GraphContract:
-    """The contract of graph `name` for these dims; ValueError names what does not fit."""
+                   attention: str = "", num_labels: int = 0) -> GraphContract:
+    """The contract of graph `name` for these dims (classifier graphs: `num_labels` logits); ValueError names
+    what does not fit."""
     role = GRAPH_ROLES.get(name)
     if role is None:
         raise ValueError(f"graph {name!r} is not one of {', '.join(GRAPH_ROLES)}")
     if role == ROLE_HEAD:
         if kv_layers or attention:
             raise ValueError(f"graph {name!r} is a head graph: it has no KV cache and no attention")
-        inputs, outputs = head_graph_io(hidden, vocab)
+        if name in CLASSIFIER_GRAPHS and num_labels < 1:
+            raise ValueError(f"graph {name!r} is a label head: it needs model.num_labels >= 1, got {num_labels}")
+        inputs, outputs = head_graph_io(hidden, num_labels if name in CLASSIFIER_GRAPHS else vocab)
     else:
         if min(kv_layers, kv_heads, head_dim) < 1:
             raise ValueError(f"graph {name!r} needs kv_layers, kv_heads and head_dim >= 1, got "
@@ -175,10 +185,10 @@ def graph_contract(name: str, hidden: int, vocab: int, kv_layers: int = 0, kv_he
     return GraphContract(name, role, tuple(inputs), tuple(outputs), kv_layers, kv_heads, head_dim, attention)
 
 
-def mode_map(shadow_head: str, plain_backbone: bool) -> dict[str, dict[str, str]]:
-    """mode -> role -> graph for an artifact whose shadow head graph is `shadow_head`."""
+def mode_map(shadow_head: str, plain_backbone: bool, head: str = GRAPH_LM_HEAD) -> dict[str, dict[str, str]]:
+    """mode -> role -> graph for an artifact whose head graphs are `head` and `shadow_head`."""
     modes = {MODE_SHADOW_ONLY: {ROLE_SHADOW: GRAPH_SHADOW, ROLE_HEAD: shadow_head},
-             MODE_BASE_SHADOW: {ROLE_SHADOW: GRAPH_SHADOW, ROLE_BACKBONE: GRAPH_BACKBONE, ROLE_HEAD: GRAPH_LM_HEAD}}
+             MODE_BASE_SHADOW: {ROLE_SHADOW: GRAPH_SHADOW, ROLE_BACKBONE: GRAPH_BACKBONE, ROLE_HEAD: head}}
     if plain_backbone:
-        modes[MODE_BASE_PLAIN] = {ROLE_BACKBONE: GRAPH_BACKBONE_PLAIN, ROLE_HEAD: GRAPH_LM_HEAD}
+        modes[MODE_BASE_PLAIN] = {ROLE_BACKBONE: GRAPH_BACKBONE_PLAIN, ROLE_HEAD: head}
     return modes

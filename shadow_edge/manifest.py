@@ -111,7 +111,7 @@ class Manifest:
         entry = self.graphs[name]
         try:
             return graph_contract(name, self.model["hidden_size"], self.model["vocab_size"], entry.kv_layers,
-                                  entry.kv_heads, entry.head_dim, entry.attention)
+                                  entry.kv_heads, entry.head_dim, entry.attention, self.model.get("num_labels", 0))
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{MANIFEST_NAME}: graph {name!r}: {e}; re-export the artifact") from None
 

@@ -5,7 +5,7 @@ field (`graphs.backbone.kv_heads`), what was found and what was expected. Beyond
 checks that the manifest agrees with itself and with its graphs' I/O tables: every file
 entry is a plain relative path inside the artifact, every mode's roles name graphs whose
 I/O fits the role, the KV tables match kv_layers / kv_heads / head_dim, the heads' logits
-match `model.vocab_size`, and the special token ids lie inside the vocabulary. (The runtime
+match `model.vocab_size` (a classifier's: `model.num_labels`), and the special token ids lie inside the vocabulary. (The runtime
 then checks each onnxruntime session against its I/O table, which closes the chain.)
 Unknown keys are left to `Manifest.from_dict`.
 """
@@ -96,8 +96,14 @@ def check_manifest(raw: dict, path) -> None:
     modes = c.get(raw, "modes", "", dict, "an object mapping modes to {role: graph}")
     if not modes:
         c.fail("modes", modes, "at least one mode")
+    width, field = vocab, "model.vocab_size"  # the heads' logits: the vocabulary, or a classifier's labels
+    if model.get("task") == "seq_cls":
+        width, field = c.count(model, "num_labels", "model", 1), "model.num_labels"
+        names = c.get(model, "id2label", "model", list, "a list of label names")
+        if len(names) != width:
+            c.fail("model.id2label", f"{len(names)} names", f"model.num_labels ({width}) names")
     for mode, roles in modes.items():
-        _check_mode(c, mode, roles, graphs, vocab)
+        _check_mode(c, mode, roles, graphs, width, field)
 
 
 def _check_tokenizer(c: _Checker, raw: dict, vocab: int) -> None:
@@ -171,7 +177,7 @@ def _last_dim(tensors: list[dict], name: str):
     return dims[-1] if dims else None
 
 
-def _check_mode(c: _Checker, mode: str, roles, graphs: dict, vocab: int) -> None:
+def _check_mode(c: _Checker, mode: str, roles, graphs: dict, width: int, field: str) -> None:
     where = f"modes.{mode}"
     if not isinstance(roles, dict):
         c.fail(where, roles, "an object mapping roles (shadow, backbone, head) to graph names")
@@ -197,8 +203,8 @@ def _check_mode(c: _Checker, mode: str, roles, graphs: dict, vocab: int) -> None
                    f"{ins[:4]}, outputs {outs[:1]}")
     head = graphs[roles[ROLE_HEAD]]
     logits = _last_dim(head["outputs"], LOGITS)
-    if isinstance(logits, int) and logits != vocab:
-        c.fail("model.vocab_size", vocab, f"{logits}, the logits width of graph {roles[ROLE_HEAD]!r}")
+    if isinstance(logits, int) and logits != width:
+        c.fail(field, width, f"{logits}, the logits width of graph {roles[ROLE_HEAD]!r}")
     chain = [graphs[roles[r]] for r in KV_ROLES if r in roles] + [head]
     for producer, consumer in zip(chain, chain[1:]):  # each graph's state width = the next one's input width
         out = producer["outputs"][0]

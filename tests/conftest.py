@@ -48,3 +48,18 @@ def peft_cases(tmp_path_factory):
         return built[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def cls_cases(tmp_path_factory, tiny_default):
+    """`cls_cases(name) -> ClsCase` (tests/cls_factories.py): classifiers of both trainers, built once each."""
+    from cls_factories import make_cls_case
+
+    root, built = tmp_path_factory.mktemp("cls_cases"), {}
+
+    def get(name: str):
+        if name not in built:
+            built[name] = make_cls_case(root, name, tiny_default.base_dir)
+        return built[name]
+
+    return get

@@ -94,3 +94,21 @@ def test_network_escalation_client_without_torch(tiny_artifact):
     assert data["leaked"] == [] and data["up"]["text"] == "from the cloud" and data["up"]["escalated"]
     assert data["down"]["answered_by"] == "shadow_only" and data["down"]["reason"].startswith("server unreachable")
     assert data["down"]["text"] == data["up"]["shadow_text"]
+
+
+def test_classify_without_torch(cls_cases, tmp_path):
+    from shadow_edge.export import ExportOptions, export_artifact
+
+    case = cls_cases("sp_qwen3")
+    export_artifact(case.base_dir, case.adapter_dir, tmp_path / "cls", options=ExportOptions(validate=False),
+                    progress=lambda m: None)
+    proc = run_python(f"""
+        from shadow_edge.cli import main
+        from shadow_edge.runtime import ShadowRuntime
+        res = ShadowRuntime.load({str(tmp_path / "cls")!r}, threads=1).classify(["The river", "A cat"])
+        assert len(res.labels) == 2 and res.probabilities.shape == (2, 3)
+        assert main(["classify", {str(tmp_path / "cls")!r}, "--text", "Hi", "--json", "--threads", "1"]) == 0
+        assert [m for m in ("torch", "transformers", "shadow_peft") if sys.modules.get(m) is not None] == []
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert '"labels"' in proc.stdout

@@ -41,6 +41,9 @@ def describe(m: Manifest, art: Path, verified: bool) -> list[str]:
     extra = {k: mi[k] for k in ("adapter_variant", "adapted_layers", "alpha", "injection_rank", "gate_size") if k in mi}
     if extra:
         out.append("  adapter  " + ", ".join(f"{k} {v}" for k, v in extra.items()))
+    if mi.get("task") == "seq_cls":
+        out.append(f"  task     sequence classification, {mi.get('num_labels')} labels: "
+                   f"{', '.join(map(str, mi.get('id2label') or []))} (`shadow-edge classify`)")
     tok = m.tokenizer
     out.append(f"tokenizer  {'yes' if tok.get('has_tokenizer', True) else 'none (token ids only)'}, eos "
                f"{tok.get('eos_token_ids')}, pad {tok.get('pad_token_id')}, bos {tok.get('bos_token_id')}, "
@@ -49,7 +52,7 @@ def describe(m: Manifest, art: Path, verified: bool) -> list[str]:
     for mode, roles in m.modes.items():
         chain = " -> ".join(roles[r] for r in ROLES if r in roles)
         out.append(f"  {mode:<12} {chain}  ({mb(m.mode_bytes(mode))})")
-    if set(GRAPH_MODES) <= set(m.modes):
+    if set(GRAPH_MODES) <= set(m.modes) and mi.get("task") != "seq_cls":
         out.append(f"  {CASCADE:<12} shadow_only, escalating to base_shadow")
     out.append("graphs")
     for name, g in m.graphs.items():

@@ -15,9 +15,10 @@ from typing import Callable
 import torch
 
 from shadow_edge.core.arch import DecoderConfig, decoder_config_from_hf
+from shadow_edge.core.classifier import HEAD_NAMES, ClassifierHeads, label_names
 from shadow_edge.core.safetensors_io import load_hf_weights, read_json, refuse_pickles
 from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec, layer_tensor_names
-from shadow_edge.errors import CheckpointError
+from shadow_edge.errors import CheckpointError, MismatchError
 from shadow_edge.manifest import sha256_file
 
 # HF decoder-layer parameter names -> canonical names in `spec.LAYER_TENSORS`.
@@ -70,8 +71,9 @@ class BaseModel:
     config: DecoderConfig
     raw_config: dict
     weights: DecoderWeights
-    lm_head: torch.Tensor
+    lm_head: torch.Tensor | None  # [vocab, hidden]; None for a sequence-classification base
     files: list[Path]
+    score: dict[str, torch.Tensor] | None = None  # *ForSequenceClassification head: {"weight", "bias"?}
 
 
 def read_base(base_dir: Path) -> BaseModel:
@@ -82,19 +84,46 @@ def read_base(base_dir: Path) -> BaseModel:
     cfg = decoder_config_from_hf(raw, str(base_dir / "config.json"))
     tensors, files = load_hf_weights(base_dir)
     weights = read_decoder(tensors, "model.", cfg, files[0], with_embed=True)
+    score = None  # a *ForSequenceClassification base: its label head instead of lm_head
+    for name in (n for n in HEAD_NAMES if f"{n}.weight" in tensors):
+        score = {"weight": tensors.pop(f"{name}.weight")}
+        if f"{name}.bias" in tensors:
+            score["bias"] = tensors.pop(f"{name}.bias")
+        break
     if "lm_head.weight" in tensors:
         lm_head = tensors.pop("lm_head.weight")
-    elif cfg.tie_word_embeddings:
+    elif cfg.tie_word_embeddings and score is None:
         lm_head = weights.embed
+    elif score is not None:
+        lm_head = None
     else:
         raise CheckpointError(f"{files[0]}: tensor 'lm_head.weight' is missing and tie_word_embeddings is false")
     reject_leftovers(tensors, files[0])
     if tuple(weights.embed.shape) != (cfg.vocab_size, cfg.hidden_size):
         raise CheckpointError(f"{files[0]}: model.embed_tokens.weight has shape {tuple(weights.embed.shape)}, "
                               f"config says ({cfg.vocab_size}, {cfg.hidden_size})")
-    if torch.equal(lm_head, weights.embed):
+    if lm_head is not None and torch.equal(lm_head, weights.embed):
         lm_head = weights.embed  # store equal tensors once
-    return BaseModel(cfg, raw, weights, lm_head, files)
+    return BaseModel(cfg, raw, weights, lm_head, files, score)
+
+
+def classifier_heads(base: BaseModel, heads: dict[str, torch.Tensor | None], file: Path) -> ClassifierHeads:
+    """Label heads from an adapter's trained copies (`weight`, `bias`, `shadow_weight`, `shadow_bias`; None =
+    the base's `score`), label names from the base config; equal tensors are stored once."""
+    if base.score is None:
+        raise MismatchError(f"{file}: this is a sequence-classification adapter, but the base has no `score` head; "
+                            "pass the *ForSequenceClassification base it was trained on")
+    weight = heads.get("weight") if heads.get("weight") is not None else base.score["weight"]
+    bias = heads.get("bias") if heads.get("weight") is not None else base.score.get("bias")
+    shadow_weight = heads.get("shadow_weight") if heads.get("shadow_weight") is not None else weight
+    shadow_bias = heads.get("shadow_bias") if heads.get("shadow_weight") is not None else bias
+    if torch.equal(shadow_weight, weight) and (shadow_bias is None) == (bias is None) and \
+            (bias is None or torch.equal(shadow_bias, bias)):
+        shadow_weight, shadow_bias = weight, bias
+    heads = ClassifierHeads(weight, shadow_weight, label_names(base.raw_config, int(weight.shape[0])), bias,
+                            shadow_bias)
+    heads.validate(base.config.hidden_size)
+    return heads
 
 
 def single_adapter(adapter_dir: Path, adapter_name: str | None) -> Path:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from shadow_edge.core.arch import DecoderConfig
+from shadow_edge.core.classifier import pool_last_real
 from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec
 from shadow_edge.io_spec import GRAPH_MODES, MODE_SHADOW_ONLY
 
@@ -152,19 +153,35 @@ class ShadowModel:
     @torch.no_grad()
     def forward(self, step: StepInputs, mode: str, past: dict[str, KV] | None = None, last_only: bool = False,
                 ) -> tuple[torch.Tensor, dict[str, KV]]:
-        """Logits [b, t or 1, vocab] and the new KV per stack ({"shadow": ..., "base": ...})."""
+        """Logits [b, t or 1, vocab or labels] and the new KV per stack ({"shadow": ..., "base": ...})."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         past = past or {}
         shadow_h, shadow_kv = self.shadow_state(step, past.get("shadow"))
         if mode == MODE_SHADOW_ONLY:
-            hidden, head, present = shadow_h, self.spec.shadow_lm_head, {"shadow": shadow_kv}
+            hidden, present = shadow_h, {"shadow": shadow_kv}
         else:
             hidden, base_kv = self.backbone(step, shadow_h, past.get("base"))
-            head, present = self.spec.lm_head, {"shadow": shadow_kv, "base": base_kv}
+            present = {"shadow": shadow_kv, "base": base_kv}
         if last_only:
             hidden = hidden[:, -1:]
-        return F.linear(hidden, head), present
+        return F.linear(hidden, *self.head(mode)), present
+
+    def head(self, mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(weight [out, hidden], bias [out] or None) of the mode's head: vocabulary or label head."""
+        s = self.spec
+        if s.classifier is not None:
+            return s.classifier.for_mode(mode)
+        return (s.shadow_lm_head if mode == MODE_SHADOW_ONLY else s.lm_head), None
+
+    @torch.no_grad()
+    def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str) -> torch.Tensor:
+        """Label logits [b, labels] on each row's last real token (full pass, left or right padding)."""
+        if self.spec.classifier is None:
+            raise ValueError("this spec has no classifier heads (a causal-LM adapter)")
+        step = StepInputs.full(input_ids, attention_mask)
+        logits, _ = self.forward(step, mode)  # [b, t, labels]
+        return pool_last_real(logits, step.attention_mask)
 
 
 # Update-MLP activations by `AdapterVariant.update_activation` (export/graphs.py has the ONNX twins).

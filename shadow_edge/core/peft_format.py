@@ -18,8 +18,10 @@ Shadow backbone: `shadow_model: "mirror"` = the base config with `shadow_num_hid
 embeddings iff `share_embeddings` and the widths agree (else its own `embed_tokens` are saved).
 Any other `shadow_model` is a pretrained model (plain HF decoder or `causal_lm_with_hidden_projection`):
 its weights and projection are in the adapter file, its config comes from `--shadow-model DIR`.
-Heads: `lm_head` (the base's, or its `modules_to_save` copy) in both modes, because
-`unload_shadow()` detaches with `head = base.get_output_embeddings()`.
+Heads: CAUSAL_LM: `lm_head` (the base's, or its `modules_to_save` copy) in both modes, because
+`unload_shadow()` detaches with `head = base.get_output_embeddings()`. SEQ_CLS (on a
+*ForSequenceClassification base): the `score` head (its `modules_to_save` copy) for
+base_shadow and `shadow_head` for shadow_only, both on the last real token.
 The wrapped blocks are read from the tensors, which is what peft itself applies (a
 `layers_to_transform` next to default whole-block targets is ignored by peft's matcher).
 """
@@ -34,8 +36,9 @@ import torch
 from safetensors import safe_open
 
 from shadow_edge.core.arch import DecoderConfig
-from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, read_decoder, register_format,
-                                         reject_leftovers, shadow_model_config)
+from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, classifier_heads, read_decoder,
+                                         register_format, reject_leftovers, shadow_model_config)
+from shadow_edge.core.classifier import HEAD_NAMES, ClassifierHeads
 from shadow_edge.core.safetensors_io import load_safetensors, read_json, refuse_pickles
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.core.variants import AdapterVariant, register_variant
@@ -44,10 +47,11 @@ from shadow_edge.errors import CheckpointError, MismatchError, UnsupportedModelE
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 DEFAULT_ADAPTER = "default"  # peft saves this adapter at the top of the directory, others in subfolders
-TASKS = ("CAUSAL_LM",)
+TASKS = ("CAUSAL_LM", "SEQ_CLS")
 BACKBONE = "base_model.shadow_backbone.default."
 PROJECTION = "base_model.shadow_projection.default.weight"
 LM_HEAD = "base_model.model.lm_head.weight"  # modules_to_save=["lm_head"]
+SHADOW_HEAD = "base_model.shadow_head.default."  # SEQ_CLS: the shadow's copy of the score head
 BLOCK_KEY = re.compile(r"^base_model\.model\.model\.layers\.(\d+)\."
                        r"(shadow_down|shadow_up|shadow_update_gate|shadow_update_transform)\.default\.(.+)$")
 # Parts of peft's diffusion (Diffusers) shadows: Flux-style blocks or the token-wise MLP backbone.
@@ -187,13 +191,12 @@ def read_peft_shadow(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None
         raise MismatchError(f"{file}: {BACKBONE}embed_tokens.weight has vocab {shadow.embed.shape[0]}, the base has "
                             f"vocab {bc.vocab_size}; shadow and base must share a tokenizer")
     projection = t.pop(PROJECTION, None)  # [d, ds]
-    lm_head = t.pop(LM_HEAD, base.lm_head)
+    classifier, lm_head = None, None
+    if pc.get("task_type") == "SEQ_CLS":
+        classifier = _classifier(base, t, file)
+    else:
+        lm_head = _lm_head(base, t, file)
     reject_leftovers(t, file)
-    if tuple(lm_head.shape) != (bc.vocab_size, bc.hidden_size):
-        raise MismatchError(f"{file}: {LM_HEAD} has shape {tuple(lm_head.shape)}, the base expects "
-                            f"({bc.vocab_size}, {bc.hidden_size})")
-    for ref in (base.weights.embed, base.lm_head):  # store equal tensors once
-        lm_head = ref if torch.equal(lm_head, ref) else lm_head
     return ShadowModelSpec(
         base=base.weights, lm_head=lm_head, shadow=shadow, shadow_lm_head=lm_head, projection=projection,
         injection_down=w["down"].transpose(1, 2).contiguous(), injection_up=w["up"].transpose(1, 2).contiguous(),
@@ -201,7 +204,34 @@ def read_peft_shadow(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None
         gate_in=w["gate_in"], gate_out=w["gate_out"], transform_in=w["transform_in"], transform_out=w["transform_out"],
         gate_in_bias=w["gate_in_bias"], gate_out_bias=w["gate_out_bias"], transform_in_bias=w["transform_in_bias"],
         transform_out_bias=w["transform_out_bias"], variant=PEFT_SHADOW, first_adapted_layer=first,
+        classifier=classifier,
     )
+
+
+def _lm_head(base: BaseModel, t: dict[str, torch.Tensor], file: Path) -> torch.Tensor:
+    """The base's lm_head or its modules_to_save copy (both modes use it, as unload_shadow() does)."""
+    bc = base.config
+    lm_head = t.pop(LM_HEAD, base.lm_head)
+    if lm_head is None or tuple(lm_head.shape) != (bc.vocab_size, bc.hidden_size):
+        raise MismatchError(f"{file}: a CAUSAL_LM adapter needs an lm_head of shape ({bc.vocab_size}, "
+                            f"{bc.hidden_size}); found {None if lm_head is None else tuple(lm_head.shape)}; pass the "
+                            "*ForCausalLM base it was trained on")
+    for ref in (base.weights.embed, base.lm_head):  # store equal tensors once
+        lm_head = ref if torch.equal(lm_head, ref) else lm_head
+    return lm_head
+
+
+def _classifier(base: BaseModel, t: dict[str, torch.Tensor], file: Path) -> ClassifierHeads:
+    """SEQ_CLS: the score head (modules_to_save copy, else the base's) and the shadow's `shadow_head`."""
+    heads: dict[str, torch.Tensor | None] = {"weight": None, "bias": None}
+    for name in (n for n in HEAD_NAMES if f"base_model.model.{n}.weight" in t):
+        key = f"base_model.model.{name}."
+        heads = {"weight": t.pop(key + "weight"), "bias": t.pop(key + "bias", None)}
+    if SHADOW_HEAD + "weight" not in t:
+        raise CheckpointError(f"{file}: tensor {SHADOW_HEAD}weight is missing; a SEQ_CLS Shadow adapter saves the "
+                              "shadow's classifier there (peft >= 0.21)")
+    heads.update(shadow_weight=t.pop(SHADOW_HEAD + "weight"), shadow_bias=t.pop(SHADOW_HEAD + "bias", None))
+    return classifier_heads(base, heads, file)
 
 
 register_format(CheckpointFormat(name="peft-shadow", detect=detect, read=read_peft_shadow, resolve=resolve))

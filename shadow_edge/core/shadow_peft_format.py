@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 
 from shadow_edge.core.arch import DecoderConfig
-from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, _take, read_decoder, register_format,
-                                         reject_leftovers, shadow_model_config)
+from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, _take, classifier_heads, read_decoder,
+                                         register_format, reject_leftovers, shadow_model_config)
 from shadow_edge.core.safetensors_io import load_hf_weights, load_safetensors, read_json
+from shadow_edge.core.classifier import ClassifierHeads
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.core.variants import SHADOW_PEFT
 from shadow_edge.errors import CheckpointError, MismatchError
@@ -111,30 +112,51 @@ def read_shadow_peft(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None
     norm_b = _take(t, u + "hidden_norm.bias", file)
     reject_leftovers(t, file)
 
-    lm_head, shadow_lm_head = base.lm_head, base.lm_head
-    modules_file = adapter_dir / MODULES_FILE
-    if modules_file.exists():
-        mods = load_safetensors(modules_file, "shadow-peft task modules")
-        lm_head = mods.pop("lm_head.weight", lm_head)
-        shadow_lm_head = mods.pop("shadow_lm_head.weight", shadow_lm_head)
-        reject_leftovers(mods, modules_file)
-        for name, tensor in (("lm_head.weight", lm_head), ("shadow_lm_head.weight", shadow_lm_head)):
-            if tuple(tensor.shape) != (base.config.vocab_size, base.config.hidden_size):
-                raise MismatchError(f"{modules_file}: {name} has shape {tuple(tensor.shape)}, the base expects "
-                                    f"({base.config.vocab_size}, {base.config.hidden_size})")
-        # Store equal tensors once: reuse the base objects wherever values agree.
-        for ref in (base.weights.embed, base.lm_head):
-            lm_head = ref if torch.equal(lm_head, ref) else lm_head
-            shadow_lm_head = ref if torch.equal(shadow_lm_head, ref) else shadow_lm_head
-        if torch.equal(shadow_lm_head, lm_head):
-            shadow_lm_head = lm_head
+    classifier, lm_head, shadow_lm_head = None, None, None
+    if base.score is not None:  # ShadowForSequenceClassification on a *ForSequenceClassification base
+        classifier = _classifier_heads(base, adapter_dir / MODULES_FILE)
+    else:
+        lm_head, shadow_lm_head = _lm_heads(base, adapter_dir / MODULES_FILE)
 
     return ShadowModelSpec(
         base=base.weights, lm_head=lm_head, shadow=shadow, shadow_lm_head=shadow_lm_head,
         projection=projection, injection_down=down, injection_up=up, alpha=float(sc.get("alpha", 0.1)),
         gate_in=gate_in, gate_out=gate_out, transform_in=transform_in, transform_out=transform_out,
         update_norm_weight=norm_w, update_norm_bias=norm_b, variant=SHADOW_PEFT, first_adapted_layer=1,
+        classifier=classifier,
     )
+
+
+def _lm_heads(base: BaseModel, modules_file: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """lm_head and shadow_lm_head: the base's, or trained copies in shadow_modules.safetensors."""
+    lm_head, shadow_lm_head = base.lm_head, base.lm_head
+    if not modules_file.exists():
+        return lm_head, shadow_lm_head
+    mods = load_safetensors(modules_file, "shadow-peft task modules")
+    lm_head = mods.pop("lm_head.weight", lm_head)
+    shadow_lm_head = mods.pop("shadow_lm_head.weight", shadow_lm_head)
+    reject_leftovers(mods, modules_file)
+    for name, tensor in (("lm_head.weight", lm_head), ("shadow_lm_head.weight", shadow_lm_head)):
+        if tensor is None or tuple(tensor.shape) != (base.config.vocab_size, base.config.hidden_size):
+            raise MismatchError(f"{modules_file}: {name} has shape {None if tensor is None else tuple(tensor.shape)}, "
+                                f"the base expects ({base.config.vocab_size}, {base.config.hidden_size})")
+    # Store equal tensors once: reuse the base objects wherever values agree.
+    for ref in (base.weights.embed, base.lm_head):
+        lm_head = ref if torch.equal(lm_head, ref) else lm_head
+        shadow_lm_head = ref if torch.equal(shadow_lm_head, ref) else shadow_lm_head
+    if torch.equal(shadow_lm_head, lm_head):
+        shadow_lm_head = lm_head
+    return lm_head, shadow_lm_head
+
+
+def _classifier_heads(base: BaseModel, modules_file: Path) -> ClassifierHeads:
+    """classifier_head / shadow_classifier_head: trained copies in shadow_modules.safetensors, else the base's score."""
+    mods = load_safetensors(modules_file, "shadow-peft task modules") if modules_file.exists() else {}
+    heads = {"weight": mods.pop("classifier_head.weight", None), "bias": mods.pop("classifier_head.bias", None),
+             "shadow_weight": mods.pop("shadow_classifier_head.weight", None),
+             "shadow_bias": mods.pop("shadow_classifier_head.bias", None)}
+    reject_leftovers(mods, modules_file)
+    return classifier_heads(base, heads, modules_file)
 
 
 register_format(CheckpointFormat(

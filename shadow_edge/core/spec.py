@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from shadow_edge.core.arch import DecoderConfig
+from shadow_edge.core.classifier import ClassifierHeads
 from shadow_edge.core.variants import SHADOW_PEFT, AdapterVariant
 from shadow_edge.errors import MismatchError
 
@@ -65,9 +66,9 @@ class ShadowModelSpec:
     """A base backbone plus a ShadowPEFT adapter, ready for the PyTorch model and the exporter."""
 
     base: DecoderWeights  # base.embed is always set
-    lm_head: torch.Tensor  # [vocab, hidden]; the same object as base.embed when tied
+    lm_head: torch.Tensor | None  # [vocab, hidden]; the same object as base.embed when tied; None: classifier
     shadow: DecoderWeights  # shadow.embed None = implicit (shares the base embeddings)
-    shadow_lm_head: torch.Tensor  # [vocab, hidden]; the same object as lm_head unless trained separately
+    shadow_lm_head: torch.Tensor | None  # [vocab, hidden]; the same object as lm_head unless trained separately
     projection: torch.Tensor | None  # [hidden, shadow_hidden]; None = identity
     injection_down: torch.Tensor  # [n, hidden, k]  n adapted blocks, see `adapted_range`
     injection_up: torch.Tensor  # [n, k, hidden]
@@ -85,6 +86,7 @@ class ShadowModelSpec:
     transform_out_bias: torch.Tensor | None = None  # [n, hidden]
     variant: AdapterVariant = SHADOW_PEFT  # what injection and update compute (core/variants.py)
     first_adapted_layer: int = 1  # base block of injection_down[0]; blocks first..first+n-1 are adapted
+    classifier: ClassifierHeads | None = None  # sequence classification: label heads replace the LM heads
     source: dict = field(default_factory=dict)  # format, files and sha256s, for the manifest
 
     @property
@@ -114,8 +116,6 @@ class ShadowModelSpec:
         ds = self.shadow.config.hidden_size
         k, g = self.injection_down.shape[-1], self.gate_in.shape[1]
         expect = {
-            "lm_head": (self.lm_head, (v, d)),
-            "shadow_lm_head": (self.shadow_lm_head, (v, d)),
             "base.embed": (self.base.embed, (v, d)),
             "base.norm": (self.base.norm, (d,)),
             "shadow.norm": (self.shadow.norm, (ds,)),
@@ -127,6 +127,13 @@ class ShadowModelSpec:
             "transform_out": (self.transform_out, (n, d, g)),
         }
         self._validate_variant_parts(expect)
+        if self.classifier is not None:
+            self.classifier.validate(d)
+        else:
+            for name in ("lm_head", "shadow_lm_head"):
+                if getattr(self, name) is None:
+                    raise MismatchError(f"tensor {name}: missing; a causal-LM adapter needs the base's lm_head")
+                expect[name] = (getattr(self, name), (v, d))
         if self.shadow.embed is not None:
             expect["shadow.embed"] = (self.shadow.embed, (self.shadow.config.vocab_size, ds))
         if self.projection is not None:

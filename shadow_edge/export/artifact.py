@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import onnx
+import torch
 
 from shadow_edge import __version__, io_spec
 from shadow_edge.core.checkpoint import load_spec
@@ -34,9 +35,24 @@ from shadow_edge.errors import ExportError
 from shadow_edge.manifest import GraphEntry, Manifest, file_table, write_manifest
 
 GRAPH_ORDER = [io_spec.GRAPH_SHADOW, io_spec.GRAPH_LM_HEAD, io_spec.GRAPH_SHADOW_LM_HEAD,  # owners of shared
-               io_spec.GRAPH_BACKBONE, io_spec.GRAPH_BACKBONE_PLAIN]  # weights: the detached shadow first
-HEADS = {io_spec.GRAPH_LM_HEAD: ("lm_head", "lm_head.weight"),  # head graph -> spec tensor, default weight key
-         io_spec.GRAPH_SHADOW_LM_HEAD: ("shadow_lm_head", "shadow_lm_head.weight")}
+               io_spec.GRAPH_CLASSIFIER, io_spec.GRAPH_SHADOW_CLASSIFIER,  # weights: the detached shadow first
+               io_spec.GRAPH_BACKBONE, io_spec.GRAPH_BACKBONE_PLAIN]
+
+
+def _heads(spec: ShadowModelSpec) -> dict[str, tuple[torch.Tensor, torch.Tensor | None, str]]:
+    """Head graph -> (weight, bias, default weight key), base_shadow's first: vocabulary heads, or a
+    classifier's label heads. The shadow's head is its own graph only when it differs."""
+    c = spec.classifier
+    if c is None:
+        heads = {io_spec.GRAPH_LM_HEAD: (spec.lm_head, None, "lm_head.weight"),
+                 io_spec.GRAPH_SHADOW_LM_HEAD: (spec.shadow_lm_head, None, "shadow_lm_head.weight")}
+    else:
+        heads = {io_spec.GRAPH_CLASSIFIER: (c.weight, c.bias, "classifier.weight"),
+                 io_spec.GRAPH_SHADOW_CLASSIFIER: (c.shadow_weight, c.shadow_bias, "shadow_classifier.weight")}
+    (base_w, base_b, _), (shadow_w, shadow_b, _) = heads.values()
+    if shadow_w is base_w and shadow_b is base_b:
+        heads.pop(list(heads)[1])
+    return heads
 
 
 def stderr_progress(message: str) -> None:
@@ -95,17 +111,17 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
         elif c.role == io_spec.ROLE_BACKBONE:
             builders.append(build_backbone(spec, store, names, c, adapter=name == io_spec.GRAPH_BACKBONE))
         else:
-            head, key = HEADS[name]
-            builders.append(build_head(c, getattr(spec, head), key, spec, store, names))
+            weight, bias, key = _heads(spec)[name]
+            builders.append(build_head(c, weight, key, spec, store, names, bias))
     progress(f"writing weights ({sum(a.nbytes for a in store.arrays.values()) / 1e6:.1f} MB, each tensor once)")
     store.write(tmp, GRAPH_ORDER)
     graphs: dict[str, GraphEntry] = {}
     for b in builders:
         onnx.save_model(b.to_model(), str(tmp / f"{b.name}.onnx"))
         graphs[b.name] = GraphEntry.from_contract(contracts[b.name], f"{b.name}.onnx", store.data_files(b.name))
-    shadow_head = io_spec.GRAPH_SHADOW_LM_HEAD if io_spec.GRAPH_SHADOW_LM_HEAD in graphs else io_spec.GRAPH_LM_HEAD
+    head_graphs = list(_heads(spec))
     tokenizer = copy_tokenizer_files(base_dir, tmp)
-    modes = io_spec.mode_map(shadow_head, options.plain_backbone)
+    modes = io_spec.mode_map(head_graphs[-1], options.plain_backbone, head_graphs[0])
     validation: dict = {"passed": None, "skipped": True}
     if options.validate:
         validation = validate_graphs(tmp, ShadowModel(spec), graphs, modes, options.quantize,
@@ -142,9 +158,9 @@ def graph_contracts(spec: ShadowModelSpec, options: ExportOptions) -> dict[str, 
            io_spec.GRAPH_BACKBONE: decoder(io_spec.GRAPH_BACKBONE, spec.base.config)}
     if options.plain_backbone:
         out[io_spec.GRAPH_BACKBONE_PLAIN] = decoder(io_spec.GRAPH_BACKBONE_PLAIN, spec.base.config)
-    out[io_spec.GRAPH_LM_HEAD] = io_spec.graph_contract(io_spec.GRAPH_LM_HEAD, d, vocab)
-    if spec.shadow_lm_head is not spec.lm_head:  # a trained shadow head; else shadow_only reads lm_head
-        out[io_spec.GRAPH_SHADOW_LM_HEAD] = io_spec.graph_contract(io_spec.GRAPH_SHADOW_LM_HEAD, d, vocab)
+    labels = 0 if spec.classifier is None else spec.classifier.num_labels
+    for head in _heads(spec):  # a trained shadow head gets its own graph; else shadow_only reads the base's
+        out[head] = io_spec.graph_contract(head, d, vocab, num_labels=labels)
     return out
 
 
@@ -161,4 +177,6 @@ def _model_info(spec: ShadowModelSpec) -> dict:
         "gate_size": int(spec.gate_in.shape[1]),
         "base": spec.base.config.to_dict(),
         "shadow": spec.shadow.config.to_dict(),
+        **({"task": "causal_lm"} if spec.classifier is None else
+           {"task": "seq_cls", "num_labels": spec.classifier.num_labels, "id2label": list(spec.classifier.id2label)}),
     }

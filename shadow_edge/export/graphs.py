@@ -61,14 +61,17 @@ class Tensors:
         return b.op("GatherBlockQuantized", [data, ids, scales], domain="com.microsoft", bits=qw.bits,
                     block_size=qw.block, gather_axis=0, quantize_axis=1, tag="embed/GatherBlockQuantized")
 
-    def head(self, b: GraphBuilder, hidden: str, t: torch.Tensor, name: str, vocab: int, d: int) -> str:
-        """hidden [b, n, d] -> logits [b, n, vocab] against the [vocab, d] matrix."""
+    def head(self, b: GraphBuilder, hidden: str, t: torch.Tensor, name: str, vocab: int, d: int,
+             bias: torch.Tensor | None = None) -> str:
+        """hidden [b, n, d] -> logits [b, n, vocab] against the [vocab, d] matrix (+ bias [vocab]: label heads,
+        which are never quantized)."""
         qw = self.quantized.get(id(t))
         if qw is not None:
             name = self._names.setdefault(id(t), name)
             return self._matmul_nbits(b, hidden, name, qw, "lm_head", self.accuracy_level)
         flat = b.op("Reshape", [hidden, b.const([-1, d])])
-        logits = b.op("Gemm", [flat, self.raw(b, t, name)], transB=1, tag="lm_head/Gemm")
+        biased = [] if bias is None else [self.raw(b, bias, f"{name}.bias")]
+        logits = b.op("Gemm", [flat, self.raw(b, t, name)] + biased, transB=1, tag="lm_head/Gemm")
         shape = b.op("Concat", [b.op("Slice", [b.op("Shape", [hidden]), b.const([0]), b.const([2])]),
                                 b.const([vocab])], axis=0)
         return b.op("Reshape", [logits, shape])
@@ -241,10 +244,11 @@ def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, h: str, s: str) -> s
 
 
 def build_head(contract: io_spec.GraphContract, head: torch.Tensor, default_key: str, spec: ShadowModelSpec,
-               store: WeightStore, names: Tensors) -> GraphBuilder:
-    """hidden_states [b, n, d] -> logits [b, n, vocab] against the stored [vocab, d] matrix."""
+               store: WeightStore, names: Tensors, bias: torch.Tensor | None = None) -> GraphBuilder:
+    """hidden_states [b, n, d] -> logits [b, n, out] against the stored [out, d] matrix: the vocabulary
+    (lm heads) or the labels (classifier heads, with their bias)."""
     b = GraphBuilder(contract, store)
     (inp,), (out,) = contract.inputs, contract.outputs
-    logits = names.head(b, inp.name, head, default_key, spec.vocab_size, spec.hidden_size)
+    logits = names.head(b, inp.name, head, default_key, int(head.shape[0]), spec.hidden_size, bias)
     b.output(logits, out.name)
     return b

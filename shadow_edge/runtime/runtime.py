@@ -19,6 +19,7 @@ from shadow_edge.io_spec import KV_ROLES, ROLE_HEAD
 from shadow_edge.manifest import Manifest, read_manifest, verify_files
 from shadow_edge.runtime.chat import render_chat
 from shadow_edge.runtime import inputs
+from shadow_edge.runtime.classify import ClassificationResult, check_task, classify
 from shadow_edge.runtime.generate import Pipeline, position_ids
 from shadow_edge.runtime.options import GRAPH_MODES, GenerationOptions
 from shadow_edge.runtime.prompts import PromptBatch, build_batch, check_ids
@@ -118,8 +119,11 @@ class ShadowRuntime:
 
     @property
     def modes(self) -> tuple[str, ...]:
-        """Modes this artifact runs: its graph modes (manifest order), then the strategies its graphs allow."""
+        """Modes this artifact runs: its graph modes (manifest order), then the strategies its graphs allow
+        (none for a sequence classifier: it does not generate)."""
         graph_modes = tuple(self.manifest.modes)
+        if self.manifest.model.get("task") == "seq_cls":
+            return graph_modes
         return graph_modes + tuple(m for m in mode_names() if m not in graph_modes
                                    and strategy(m).available(graph_modes))
 
@@ -151,10 +155,16 @@ class ShadowRuntime:
                            last_only=False)
         return logits
 
+    def classify(self, texts_or_ids, mode: str = "base_shadow", batch_size: int = 16) -> ClassificationResult:
+        """Label ids, probabilities and label names of one input or a batch (classifier artifacts only);
+        see runtime/classify.py."""
+        return classify(self, texts_or_ids, mode, batch_size)
+
     # ---- generate / stream ---------------------------------------------------------------------
     def options(self, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                 stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5) -> GenerationOptions:
+        check_task(self.manifest, "causal_lm")
         opts = GenerationOptions(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
                                  cascade_threshold)
         self._check_mode(opts.mode)
