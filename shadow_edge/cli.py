@@ -34,6 +34,7 @@ examples:
   shadow-edge export --base Qwen3-0.6B/ --adapter my-shadow-adapter/ --out art/
   shadow-edge export --base base/ --adapter adapter/ --shadow-model shadow/ --out art/ --force
   shadow-edge export --base Qwen3-0.6B/ --adapter peft-out/ --adapter-name sql --out art/
+  shadow-edge export --base base/ --adapter adapter/ --out art/ --quantize int4 --ort-format
 
 --base is a Hugging Face model directory (config.json, *.safetensors, tokenizer files);
 --adapter a shadow-peft adapter directory (shadow_config.json, shadow_adapter.safetensors) or a
@@ -41,6 +42,10 @@ HF PEFT Shadow adapter directory (adapter_config.json with peft_type SHADOW, ada
 --adapter-name picks one adapter when a PEFT directory holds several;
 --shadow-model the explicit (pretrained) shadow model's directory when the adapter was trained with one.
 Every graph is validated against PyTorch unless --no-validate.
+Every artifact also loads in onnxruntime-genai (`og.Model(ART)`) and optimum
+(`ORTModelForCausalLM.from_pretrained(ART)`): model.onnx is the detached shadow as one graph
+(see the README, "Use it from onnxruntime-genai / optimum / a mobile app"); --ort-format adds
+model.ort for ONNX Runtime Mobile.
 """
 INSPECT_EPILOG = """\
 examples:
@@ -98,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=("auto", "GroupQueryAttention", "Attention"), default="auto",
                    help="attention kernel of the decoder graphs: auto (default) = onnxruntime's fused "
                         "GroupQueryAttention where head_dim %% 8 == 0, else ONNX opset-24 Attention")
+    p.add_argument("--ort-format", action="store_true",
+                   help="also write the detached shadow in ONNX Runtime's ORT format (model.ort) with the operator "
+                        "list for a reduced mobile build (model.required_operators.config); copies its weights")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("run", help="generate text from an artifact (no torch)",
@@ -213,7 +221,8 @@ def cmd_export(args) -> int:
                          "pip install 'shadow-edge[export]'") from None
     options = ExportOptions(force=args.force, validate=not args.no_validate, quantize=args.quantize,
                             block_size=args.block_size, quant_compute=args.quant_compute,
-                            plain_backbone=args.plain_backbone, attention=args.attention)
+                            plain_backbone=args.plain_backbone, attention=args.attention,
+                            ort_format=args.ort_format)
     export_artifact(args.base, args.adapter, args.out, shadow_model=args.shadow_model, options=options,
                     adapter_name=args.adapter_name)
     return 0

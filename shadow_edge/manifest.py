@@ -90,6 +90,7 @@ class Manifest:
     modes: dict[str, dict[str, str]]  # mode -> role ("shadow", "backbone", "head") -> graph name
     validation: dict
     files: dict[str, dict]  # relative path -> {"sha256", "bytes"}
+    interop: dict = field(default_factory=dict)  # single-graph decoders and tool configs (export/interop.py)
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 

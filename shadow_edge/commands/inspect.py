@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from shadow_edge.commands.interop_info import interop_lines
 from shadow_edge.io_spec import ROLES, is_kv
 from shadow_edge.manifest import Manifest, read_manifest, verify_files
 from shadow_edge.runtime.options import CASCADE, GRAPH_MODES
@@ -67,6 +68,7 @@ def describe(m: Manifest, art: Path, verified: bool) -> list[str]:
             if kv_specs:
                 out.append(f"    {kind} {kv_specs[0].name.split('.')[0]}.{{0..{g.kv_layers - 1}}}.key|value"
                            f"{'':<3} {kv_specs[0].dtype:<8} {shape(kv_specs[0])}")
+    out.extend(interop_lines(m))
     v = m.validation
     if v.get("skipped"):
         out.append("validation skipped at export (--no-validate)")

@@ -24,10 +24,12 @@ from shadow_edge.core.model import ShadowModel
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.export.attention import choose_attention
 from shadow_edge.export.graphs import Tensors, build_backbone, build_head, build_shadow
+from shadow_edge.export.interop import DETACHED_FILE, write_interop
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
 from shadow_edge.export.options import QUANT_COMPUTE, ExportOptions
 from shadow_edge.export.out_dir import (PARTIAL_MARKER, check_out, clean_stale_partials, new_partial, publish,
                                         remove_partial, signals_clean_up, writer_lock)
+from shadow_edge.export.ort_format import write_ort_format
 from shadow_edge.export.quantize import quantize_spec
 from shadow_edge.export.tokenizer_files import copy_tokenizer_files
 from shadow_edge.export.validate import validate_graphs
@@ -128,6 +130,11 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
                                      atol=options.validation_atol, progress=progress)
         worst = max(r["max_abs_err"] for r in validation["outputs"].values())
         progress(f"validation passed (worst max |error| {worst:.2e})")
+    progress("writing interop files (single-graph decoders, genai_config.json, config.json)")
+    interop = write_interop(tmp, graphs, modes, _model_info(spec), tokenizer, validate=options.validate)
+    if options.ort_format:
+        progress("converting the detached shadow to ORT format (onnxruntime's converter)")
+        interop["ort"] = write_ort_format(tmp, DETACHED_FILE)
     manifest = Manifest(
         tool_version=__version__,
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -141,6 +148,7 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
         modes=modes,
         validation=validation,
         files={n: e for n, e in file_table(tmp).items() if n != PARTIAL_MARKER},
+        interop=interop,
     )
     write_manifest(tmp, manifest)
     return manifest

@@ -26,6 +26,7 @@ class ExportOptions:
     quant_compute: str = "int8"  # MatMulNBits arithmetic: "int8" activations (fast) or "float32" (exact)
     plain_backbone: bool = False  # also export the backbone without the adapter (overhead benchmarks)
     attention: str = ATTENTION_AUTO  # "auto": GroupQueryAttention where head_dim % 8 == 0, else ONNX Attention
+    ort_format: bool = False  # also write the detached shadow in ONNX Runtime's ORT format (mobile; a weight copy)
 
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZATIONS:

@@ -1,0 +1,208 @@
+"""Interop files: the artifact as onnxruntime-genai and optimum's ORTModelForCausalLM load it.
+
+Written by every export (the cost is two small graph files and two small JSON files; no
+weight byte is added), next to the split graphs the shadow-edge runtime uses:
+
+  model.onnx            the detached shadow (shadow -> its head) as ONE decoder graph
+  model_combined.onnx   the combined model (shadow -> backbone -> lm_head) as one graph, KV
+                        layers renumbered: shadow layers 0..S-1, then backbone layers S..S+L-1.
+                        Only where every layer has one KV shape (implicit shadows): both tools
+                        allocate a single (kv_heads, head_dim) for all layers.
+  genai_config.json     onnxruntime-genai: `og.Model(ART)` loads model.onnx
+  config.json           optimum: `ORTModelForCausalLM.from_pretrained(ART)` loads model.onnx; only for
+                        GroupQueryAttention graphs (optimum grows its cache by concatenation; the ONNX
+                        Attention fallback for other head_dims writes into a preallocated buffer)
+
+optimum-onnx 0.1.0 sizes its first (empty) cache as hidden_size // num_attention_heads and
+ignores `head_dim` (Qwen3: 1024 // 16 = 64, not 128), so config.json states
+`hidden_size = num_attention_heads * head_dim`; the graph never reads it, and the true width
+is kept under `shadow_edge.hidden_size`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from shadow_edge import io_spec
+from shadow_edge.errors import ExportError
+from shadow_edge.export.single_graph import Chain, join, kv_layers, kv_shapes
+from shadow_edge.manifest import GraphEntry
+from shadow_edge.runtime.generate import Pipeline, position_ids
+from shadow_edge.runtime.kv_cache import KVCache
+from shadow_edge.runtime.session import GraphSession, ov
+
+DETACHED_FILE = "model.onnx"
+COMBINED_FILE = "model_combined.onnx"
+GENAI_CONFIG = "genai_config.json"
+HF_CONFIG = "config.json"
+TOOL_GENAI, TOOL_OPTIMUM = "onnxruntime-genai", "optimum"
+TOOLS = {GENAI_CONFIG: "onnxruntime-genai: og.Model(ART)", HF_CONFIG: "optimum: ORTModelForCausalLM.from_pretrained(ART)"}
+# Attention kinds whose graphs also run with an exactly sized past (present = concat(past, new)), as optimum feeds.
+CONCAT_ATTENTION = {io_spec.ATTENTION_GQA}
+# generation_config.json keys that onnxruntime-genai's `search` section reads under the same name.
+SEARCH_KEYS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "num_beams",
+               "num_return_sequences", "min_length", "max_length", "length_penalty", "no_repeat_ngram_size",
+               "diversity_penalty", "early_stopping")
+OPTIMUM_WORKAROUND = ("hidden_size is num_attention_heads * head_dim: optimum-onnx 0.1.0 sizes its first empty KV "
+                      "cache as hidden_size // num_attention_heads and ignores head_dim; the graph does not read "
+                      "hidden_size. The true width is shadow_edge.hidden_size.")
+
+
+def write_interop(art_dir: Path, graphs: dict[str, GraphEntry], modes: dict[str, dict[str, str]], model: dict,
+                  tokenizer: dict, validate: bool = True) -> dict:
+    """Write the interop files into `art_dir`; return the manifest's `interop` section."""
+    detached = Chain.of_mode(modes[io_spec.MODE_SHADOW_ONLY])
+    combined = Chain.of_mode(modes[io_spec.MODE_BASE_SHADOW])
+    section = {"detached": _single(art_dir, graphs, detached, DETACHED_FILE, io_spec.MODE_SHADOW_ONLY, validate),
+               "combined": _single(art_dir, graphs, combined, COMBINED_FILE, io_spec.MODE_BASE_SHADOW, validate),
+               "configs": {GENAI_CONFIG: TOOLS[GENAI_CONFIG]}}
+    decoder = _decoder(model, graphs, detached)
+    _write_json(art_dir / GENAI_CONFIG, genai_config(decoder, model, tokenizer, _read_json(
+        art_dir / "generation_config.json")))
+    if TOOL_OPTIMUM in section["detached"]["tools"]:
+        _write_json(art_dir / HF_CONFIG, hf_config(decoder, model, tokenizer))
+        section["configs"][HF_CONFIG] = TOOLS[HF_CONFIG]
+    return section
+
+
+def _single(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, mode: str, validate: bool) -> dict:
+    """Join one mode's chain into `file` where the tools can run it; its manifest entry (tools, limits, check)."""
+    entry = {"file": None, "mode": mode, "graphs": list(chain.graphs), "kv_layers": kv_layers(chain, graphs),
+             "tools": [], "limits": {}}
+    if len(kv_shapes(chain, graphs)) != 1:
+        shown = ", ".join(f"{g} {graphs[g].kv_heads} kv heads x head_dim {graphs[g].head_dim}"
+                          for g in chain.graphs if graphs[g].kv_layers)
+        entry["limits"]["all"] = (f"not written: the KV shapes differ ({shown}; an explicit shadow), and "
+                                  "onnxruntime-genai and optimum allocate one KV shape for every layer")
+        return entry
+    onnx.save_model(join(art_dir, graphs, chain, mode), str(art_dir / file))
+    entry["file"], entry["tools"] = file, [TOOL_GENAI]
+    kinds = sorted({graphs[g].attention for g in chain.graphs if graphs[g].kv_layers})
+    if set(kinds) <= CONCAT_ATTENTION:
+        entry["tools"].append(TOOL_OPTIMUM)
+    else:
+        entry["limits"][TOOL_OPTIMUM] = (f"attention {', '.join(kinds)} writes into a preallocated KV buffer; "
+                                         "optimum feeds exactly sized pasts and concatenates, which only "
+                                         "GroupQueryAttention graphs accept")
+    if validate:
+        entry["validation"] = check_joined(art_dir, graphs, chain, file)
+    return entry
+
+
+def _decoder(model: dict, graphs: dict[str, GraphEntry], chain: Chain) -> dict:
+    """The detached decoder's dims: the shadow's config with the chain's KV layout."""
+    cfg = model["shadow"]
+    (kv_heads, head_dim), = kv_shapes(chain, graphs)
+    return {**cfg, "num_layers": kv_layers(chain, graphs), "num_kv_heads": kv_heads, "head_dim": head_dim}
+
+
+def genai_config(decoder: dict, model: dict, tokenizer: dict, generation: dict) -> dict:
+    """onnxruntime-genai's genai_config.json for model.onnx (its default I/O names are ours)."""
+    context = int(model["max_positions"])
+    search = {k: generation[k] for k in SEARCH_KEYS if k in generation}
+    search["max_length"] = min(int(search.get("max_length", context)), context)
+    search["past_present_share_buffer"] = True  # = our in-place KV: past and present bound to one buffer
+    past, present = io_spec.past_name(0, "key"), io_spec.present_name(0, "key")
+    special = {"bos_token_id": tokenizer.get("bos_token_id"), "eos_token_id": list(tokenizer.get("eos_token_ids") or []),
+               "pad_token_id": tokenizer.get("pad_token_id")}
+    return {"model": {
+        "type": decoder["model_type"],
+        "context_length": context,
+        "vocab_size": int(model["vocab_size"]),
+        **{k: v for k, v in special.items() if v not in (None, [])},  # genai rejects null
+        "decoder": {
+            "filename": DETACHED_FILE,
+            "head_size": decoder["head_dim"],
+            "hidden_size": decoder["hidden_size"],
+            "num_attention_heads": decoder["num_heads"],
+            "num_key_value_heads": decoder["num_kv_heads"],
+            "num_hidden_layers": decoder["num_layers"],
+            "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+            "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
+                       "past_key_names": past.replace(".0.", ".%d."),
+                       "past_value_names": io_spec.past_name(0, "value").replace(".0.", ".%d.")},
+            "outputs": {"logits": "logits", "present_key_names": present.replace(".0.", ".%d."),
+                        "present_value_names": io_spec.present_name(0, "value").replace(".0.", ".%d.")},
+        }},
+        "search": search}
+
+
+def hf_config(decoder: dict, model: dict, tokenizer: dict) -> dict:
+    """The config.json optimum's ORTModelForCausalLM reads for model.onnx (see OPTIMUM_WORKAROUND)."""
+    eos = list(tokenizer.get("eos_token_ids") or [])
+    return {
+        "model_type": decoder["model_type"],
+        "hidden_size": decoder["num_heads"] * decoder["head_dim"],
+        "num_hidden_layers": decoder["num_layers"],
+        "num_attention_heads": decoder["num_heads"],
+        "num_key_value_heads": decoder["num_kv_heads"],
+        "head_dim": decoder["head_dim"],
+        "intermediate_size": decoder["intermediate_size"],
+        "vocab_size": int(model["vocab_size"]),
+        "max_position_embeddings": int(model["max_positions"]),
+        "rms_norm_eps": decoder["rms_norm_eps"],
+        "rope_theta": decoder["rope_theta"],
+        "tie_word_embeddings": bool(decoder.get("tie_word_embeddings", False)),
+        "bos_token_id": tokenizer.get("bos_token_id"),
+        "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
+        "pad_token_id": tokenizer.get("pad_token_id"),
+        "use_cache": True,
+        "shadow_edge": {"graph": DETACHED_FILE, "hidden_size": decoder["hidden_size"], "note": OPTIMUM_WORKAROUND},
+    }
+
+
+def joined_entry(graphs: dict[str, GraphEntry], chain: Chain, file: str) -> GraphEntry:
+    """The I/O table of a joined graph: step inputs + renumbered KV -> logits + present (io_spec's names)."""
+    (kv_heads, head_dim), = kv_shapes(chain, graphs)
+    layers = kv_layers(chain, graphs)
+    past, present = io_spec.kv_specs(layers, kv_heads, head_dim)
+    logits = graphs[chain.graphs[-1]].outputs[0]  # the head's logits [batch, n_pos, vocab]
+    attention = next(graphs[g].attention for g in chain.graphs if graphs[g].kv_layers)
+    return GraphEntry(file=file, inputs=io_spec.step_inputs() + past,
+                      outputs=[io_spec.TensorSpec(logits.name, logits.dtype, ("batch", "seq", logits.shape[-1]))]
+                      + present, data_files=sorted({f for g in chain.graphs for f in graphs[g].data_files}),
+                      kv_layers=layers, kv_heads=kv_heads, head_dim=head_dim, attention=attention)
+
+
+def check_joined(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, atol: float = 1e-4) -> dict:
+    """The joined graph against the runtime's own pipeline over the split graphs (in-place KV, as both
+    run): a left-padded batch of 2, a 5-token prefill, then one decode step. Raises ExportError on a miss."""
+    split = [GraphSession(g, graphs[g], art_dir) for g in chain.graphs]
+    pipe = Pipeline(split[-1], *split[:-1])  # head, shadow[, backbone]
+    entry = joined_entry(graphs, chain, file)
+    joined = GraphSession(file, entry, art_dir)
+    vocab = int(entry.outputs[0].shape[-1])
+    ids = np.random.default_rng(0).integers(0, vocab, (2, 6))  # [2, 6]
+    mask = np.array([[1] * 6, [0, 0] + [1] * 4], np.int64)  # [2, 6]: row 1 left-padded
+    pos = position_ids(mask)
+    caches = pipe.empty_caches(2, 6)
+    cache = KVCache.empty(2, entry.kv_layers, entry.kv_heads, entry.head_dim, 6)
+    worst = 0.0
+    for lo, hi in ((0, 5), (5, 6)):
+        step = (ids[:, lo:hi], mask[:, :hi], pos[:, lo:hi])
+        ref = pipe.step(*step, caches, last_only=False)  # [2, t, vocab]
+        ours = joined.run_in_place({"input_ids": ov(step[0]), "attention_mask": ov(step[1]),
+                                    "position_ids": ov(step[2])}, cache.tensors).numpy()
+        cache.length += hi - lo
+        real = mask[:, lo:hi].astype(bool)
+        err = float(np.abs(ours[real] - ref[real]).max(initial=0.0))
+        if not err <= atol * max(1.0, float(np.abs(ref[real]).max(initial=0.0))):
+            raise ExportError(f"{art_dir / file}: logits differ from the split graphs {list(chain.graphs)} by "
+                              f"{err:.3e} (step {lo}..{hi}); exporter bug")
+        worst = max(worst, err)
+    return {"graphs": list(chain.graphs), "max_abs_err": worst, "passed": True}
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,251 @@
+"""Interop: an exported artifact loads in onnxruntime-genai, optimum's ORTModelForCausalLM (separate venv)
+and as ORT format, and each generates exactly shadow-edge's greedy tokens; the single graphs add no weight bytes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxruntime_genai as og
+import pytest
+
+from shadow_edge.export import ExportOptions, export_artifact
+from shadow_edge.export.interop import COMBINED_FILE, DETACHED_FILE, GENAI_CONFIG, HF_CONFIG
+from shadow_edge.export.ort_format import OPERATORS_FILE, ORT_FILE
+from shadow_edge.export.single_graph import Chain
+from shadow_edge.manifest import read_manifest
+from shadow_edge.runtime import ShadowRuntime
+from shadow_edge.runtime.session import session_options
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = ["The river runs past the old mill", "Hello"]
+NEW = 12
+MODES = {DETACHED_FILE: "shadow_only", COMBINED_FILE: "base_shadow"}
+
+
+QUANTIZATIONS = ("none", "int4")
+
+
+@pytest.fixture(scope="module")
+def arts(tiny_default, tmp_path_factory) -> dict[str, Path]:
+    """The tiny default exported fp32 and int4 (validated, single graphs checked against the split ones),
+    with --ort-format."""
+    out = {}
+    for q in QUANTIZATIONS:
+        out[q] = tmp_path_factory.mktemp("interop") / f"art_{q}"
+        export_artifact(tiny_default.base_dir, tiny_default.adapter_dir, out[q],
+                        options=ExportOptions(quantize=q, ort_format=True), progress=lambda m: None)
+    return out
+
+
+@pytest.fixture(params=QUANTIZATIONS)
+def art(request, arts) -> Path:
+    return arts[request.param]
+
+
+_RUNTIMES: dict[Path, ShadowRuntime] = {}
+
+
+def runtime(art: Path) -> ShadowRuntime:
+    if art not in _RUNTIMES:
+        _RUNTIMES[art] = ShadowRuntime.load(art, threads=1)
+    return _RUNTIMES[art]
+
+
+@pytest.fixture
+def rt(art) -> ShadowRuntime:
+    return runtime(art)
+
+
+def until_eos(tokens, eos) -> list[int]:
+    out = []
+    for t in map(int, tokens):
+        if t in eos:
+            break
+        out.append(t)
+    return out
+
+
+def reference(rt: ShadowRuntime, prompts: list[list[int]], mode: str) -> list[list[int]]:
+    """shadow-edge's greedy new tokens per row (one left-padded batch), cut at eos."""
+    res = rt.generate(prompts, mode=mode, max_new_tokens=NEW)
+    return [until_eos(row, rt.eos_ids) for row in res.token_ids]
+
+
+def genai_model(art: Path, file: str) -> og.Model:
+    config = og.Config(str(art))
+    if file == COMBINED_FILE:  # the documented option: point the decoder at the combined graph
+        layers = read_manifest(art).interop["combined"]["kv_layers"]
+        config.overlay(json.dumps({"model": {"decoder": {"filename": COMBINED_FILE, "num_hidden_layers": layers}}}))
+    elif file != DETACHED_FILE:
+        config.overlay(json.dumps({"model": {"decoder": {"filename": file}}}))
+    return og.Model(config)
+
+
+def genai_greedy(art: Path, file: str, prompts: list[list[int]], eos) -> list[list[int]]:
+    """genai's greedy new tokens per row; rows are right-padded with the pad id (genai masks pad tokens)."""
+    model = genai_model(art, file)
+    params = og.GeneratorParams(model)
+    width = max(map(len, prompts))
+    params.set_search_options(max_length=width + NEW, do_sample=False, batch_size=len(prompts))
+    gen = og.Generator(model, params)
+    pad = read_manifest(art).tokenizer["pad_token_id"]
+    gen.append_tokens(np.array([p + [pad] * (width - len(p)) for p in prompts], np.int32))  # genai pads right
+    while not gen.is_done():
+        gen.generate_next_token()
+    return [until_eos(gen.get_sequence(r)[width:], eos) for r in range(len(prompts))]
+
+
+def test_interop_files_and_no_new_weight_bytes(art):
+    m = read_manifest(art)
+    for name in (DETACHED_FILE, COMBINED_FILE, GENAI_CONFIG, HF_CONFIG, ORT_FILE, OPERATORS_FILE):
+        assert name in m.files, name
+    data_files = {f for g in m.graphs.values() for f in g.data_files}
+    assert {p.name for p in art.glob("*.data")} == data_files  # no new weight file
+    for file, mode in MODES.items():
+        parts = [onnx.load(str(art / m.graphs[g].file), load_external_data=False)
+                 for g in Chain.of_mode(m.modes[mode]).graphs]
+        model = onnx.load(str(art / file), load_external_data=False)
+        assert inline_bytes(model) <= sum(map(inline_bytes, parts))  # only the parts' small constants, deduped
+        external = {e.value for t in model.graph.initializer for e in t.external_data if e.key == "location"}
+        assert external and external <= data_files  # every weight read from the artifact's existing data files
+        assert sum(len(t.external_data) > 0 for t in model.graph.initializer) == len(
+            {t.name for p in parts for t in p.graph.initializer if t.external_data})
+        entry = m.interop["detached" if file == DETACHED_FILE else "combined"]
+        assert entry["file"] == file and entry["validation"]["passed"]
+        assert entry["tools"] == ["onnxruntime-genai", "optimum"]
+    genai = json.loads((art / GENAI_CONFIG).read_text())
+    assert genai["model"]["decoder"]["filename"] == DETACHED_FILE
+    assert genai["search"]["past_present_share_buffer"] is True
+    assert genai["model"]["eos_token_id"] == list(m.tokenizer["eos_token_ids"])
+    hf = json.loads((art / HF_CONFIG).read_text())
+    assert hf["hidden_size"] // hf["num_attention_heads"] == hf["head_dim"] == m.model["shadow"]["head_dim"]
+
+
+def inline_bytes(model: onnx.ModelProto) -> int:
+    return sum(t.ByteSize() for t in model.graph.initializer if not t.external_data)
+
+
+@pytest.mark.parametrize("file", [DETACHED_FILE, COMBINED_FILE])
+def test_genai_greedy_matches(art, rt, file):
+    tok = og.Tokenizer(genai_model(art, file))
+    ids = [list(map(int, tok.encode(p))) for p in PROMPTS]
+    assert ids == [rt.codec.encode(p) for p in PROMPTS]  # og.Tokenizer reads the artifact's tokenizer files
+    want = reference(rt, ids, MODES[file])
+    assert genai_greedy(art, file, ids[:1], rt.eos_ids) == want[:1]  # batch 1
+    assert genai_greedy(art, file, ids, rt.eos_ids) == want  # batch 2 of different lengths
+
+
+def ort_greedy(path: Path, prompt: list[int], layers: int, kv_heads: int, head_dim: int) -> list[int]:
+    """Plain onnxruntime greedy loop over a single-graph decoder (past = previous present)."""
+    sess = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
+    past = {f"past_key_values.{i}.{k}": np.zeros((1, kv_heads, 0, head_dim), np.float32)
+            for i in range(layers) for k in ("key", "value")}
+    ids, out = np.array([prompt]), []
+    names = [o.name for o in sess.get_outputs()]
+    for _ in range(NEW):
+        total = len(prompt) + len(out)
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, total), np.int64),
+                "position_ids": np.arange(total - ids.shape[1], total)[None], **past}
+        res = dict(zip(names, sess.run(None, feed)))
+        out.append(int(res["logits"][0, -1].argmax()))
+        past = {n.replace("present.", "past_key_values."): v for n, v in res.items() if n.startswith("present.")}
+        ids = np.array([[out[-1]]])
+    return out
+
+
+def test_ort_format_matches_onnx(art, rt):
+    m = read_manifest(art)
+    g = m.graphs[m.modes["shadow_only"]["shadow"]]
+    prompt = rt.codec.encode(PROMPTS[0])
+    dims = (g.kv_layers, g.kv_heads, g.head_dim)
+    from_ort = ort_greedy(art / ORT_FILE, prompt, *dims)
+    assert from_ort == ort_greedy(art / DETACHED_FILE, prompt, *dims)
+    assert until_eos(from_ort, rt.eos_ids) == reference(rt, [prompt], "shadow_only")[0]
+    assert genai_greedy(art, ORT_FILE, [prompt], rt.eos_ids) == [until_eos(from_ort, rt.eos_ids)]  # genai runs it too
+    ops = (art / OPERATORS_FILE).read_text()
+    assert "com.microsoft;1;" in ops and "GroupQueryAttention" in ops and str(art) not in ops
+
+
+def test_explicit_shadow_detached_only(artifact_of_explicit):
+    """An explicit shadow's KV shape differs from the backbone's: no combined graph, and the manifest says why;
+    the detached shadow (its own head_dim, one kv head) still runs in genai with shadow-edge's tokens."""
+    art = artifact_of_explicit
+    m = read_manifest(art)
+    assert m.interop["combined"]["file"] is None and "KV shapes differ" in m.interop["combined"]["limits"]["all"]
+    assert not (art / COMBINED_FILE).exists()
+    rt = ShadowRuntime.load(art, threads=1)
+    prompts = [[5, 17, 99, 3], [42]]
+    want = reference(rt, prompts, "shadow_only")
+    assert genai_greedy(art, DETACHED_FILE, prompts, rt.eos_ids) == want
+
+
+@pytest.fixture(scope="module")
+def artifact_of_explicit(cases, tmp_path_factory) -> Path:
+    case = cases("qwen3_explicit")
+    out = tmp_path_factory.mktemp("interop_explicit") / "art"
+    export_artifact(case.base_dir, case.adapter_dir, out, shadow_model=case.shadow_model_dir,
+                    options=ExportOptions(validate=False), progress=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def optimum_python() -> str:
+    """The separate optimum venv (created once per machine by scripts/optimum-venv.sh, then reused)."""
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "optimum-venv.sh")], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"scripts/optimum-venv.sh failed (exit {done.returncode}): {done.stderr[-2000:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_optimum_greedy_matches(arts, optimum_python):
+    """ORTModelForCausalLM.from_pretrained(ART) (and file_name=model_combined.onnx), fp32 and int4: batch 1
+    and a left-padded batch of 2, all in one run of the optimum venv (its imports take seconds)."""
+    jobs, want = [], []
+    for art in arts.values():
+        rt = runtime(art)
+        ids = [rt.codec.encode(p) for p in PROMPTS]
+        for file, mode in MODES.items():
+            for rows in (ids[:1], ids):
+                jobs.append((str(art), None if file == DETACHED_FILE else file, rows))
+                want.append(reference(rt, rows, mode))
+    done = subprocess.run([optimum_python, str(ROOT / "tests" / "optimum_greedy.py"), str(NEW), json.dumps(jobs)],
+                          capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    eos = runtime(next(iter(arts.values()))).eos_ids
+    for job, result, expected in zip(jobs, got, want):
+        assert [until_eos(r, eos) for r in result] == expected, job
+
+
+def test_attention_fallback_runs_in_genai_not_optimum(tiny_default, tmp_path):
+    """The ONNX Attention fallback (head_dim % 8 != 0, here forced) writes KV into a preallocated buffer: genai's
+    shared-buffer KV runs it (detached and combined) with shadow-edge's tokens; optimum cannot, so there is no
+    config.json and the manifest says why."""
+    art = tmp_path / "art"
+    export_artifact(tiny_default.base_dir, tiny_default.adapter_dir, art, options=ExportOptions(attention="Attention"),
+                    progress=lambda m: None)
+    m = read_manifest(art)
+    assert not (art / HF_CONFIG).exists() and HF_CONFIG not in m.interop["configs"]
+    rt = ShadowRuntime.load(art, threads=1)
+    ids = [rt.codec.encode(p) for p in PROMPTS]
+    for file, mode in MODES.items():
+        entry = m.interop["detached" if file == DETACHED_FILE else "combined"]
+        assert entry["tools"] == ["onnxruntime-genai"] and "concatenates" in entry["limits"]["optimum"]
+        assert genai_greedy(art, file, ids, rt.eos_ids) == reference(rt, ids, mode)
+
+
+def test_inspect_lists_interop_files(arts, capsys):
+    from shadow_edge.cli import main
+
+    assert main(["inspect", str(arts["int4"])]) == 0
+    out = capsys.readouterr().out
+    for needle in ("interop", "model.onnx ", "og.Model(ART)", "ORTModelForCausalLM.from_pretrained(ART)",
+                   'file_name="model_combined.onnx"', "genai_config.json", "model.ort",
+                   "--include_ops_by_config model.required_operators.config"):
+        assert needle in out, needle
