@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from runtime_fixtures import tiny_artifact  # noqa: F401  (fixture)
+
 from shadow_edge.errors import InputError
 from shadow_edge.runtime.chat import render_chat
 from shadow_edge.runtime.chat_sandbox import TemplateLimitError, TemplateLimits
@@ -118,3 +120,23 @@ def test_real_templates_render_as_transformers_does(conv, extra):
     rendered = theirs[0][0] if isinstance(theirs, tuple) else theirs[0]
     assert render_chat(QWEN_LIKE, conv, True, tools=extra.get("tools"),
                        **{k: v for k, v in extra.items() if k != "tools"}) == rendered
+
+
+def test_template_bomb_in_an_artifact_is_one_cli_line(tiny_artifact, tmp_path, capsys):
+    import json
+
+    from runtime_fixtures import copy_artifact
+    from shadow_edge.cli import main
+    from shadow_edge.manifest import sha256_file
+
+    art = copy_artifact(tiny_artifact, tmp_path / "art")
+    cfg = json.loads((art / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = "{% for i in range(10**9) %}{{ i }}{% endfor %}"
+    (art / "tokenizer_config.json").write_text(json.dumps(cfg))
+    manifest = json.loads((art / "manifest.json").read_text())
+    manifest["files"]["tokenizer_config.json"] = {"sha256": sha256_file(art / "tokenizer_config.json"),
+                                                  "bytes": (art / "tokenizer_config.json").stat().st_size}
+    (art / "manifest.json").write_text(json.dumps(manifest))
+    assert main(["run", str(art), "--prompt", "hi", "--chat", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: chat template") and err.count("\n") == 1 and "max_length" in err
