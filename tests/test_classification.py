@@ -129,3 +129,19 @@ def test_task_and_base_must_agree(cls_cases, peft_cases):
         load_spec(lm.base_dir, cls.adapter_dir)
     with pytest.raises(MismatchError, match="lm_head"):
         load_spec(cls.base_dir, lm.adapter_dir)
+
+
+def test_bench_times_classification(cls_cases, tmp_path, capsys):
+    from shadow_edge.bench.classify_bench import RECORD_KEYS
+    from shadow_edge.bench.cli import main as bench_main
+
+    case = cls_cases("peft_qwen3")
+    art = tmp_path / "art"
+    export_artifact(case.base_dir, case.adapter_dir, art, options=ExportOptions(validate=False),
+                    progress=lambda m: None)
+    assert bench_main([str(art), "--batch", "3", "--prompt-len", "8", "--reps", "2", "--warmup", "0",
+                       "--threads", "1", "--bandwidth-mib", "0", "--json", str(tmp_path / "b.json")]) == 0
+    records = json.loads((tmp_path / "b.json").read_text())["records"]
+    assert [r["mode"] for r in records] == ["shadow_only", "base_shadow"]
+    assert all(set(RECORD_KEYS) <= set(r) and r["sequences_per_s"] > 0 for r in records)
+    assert "sequences/s" in capsys.readouterr().err

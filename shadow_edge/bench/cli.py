@@ -18,6 +18,8 @@ step of the timed runs; TTFT and end-to-end tokens/s are medians over the runs. 
 bytes of weights one decode step reads / its p50 time, next to the machine's measured
 read bandwidth (a numpy streaming-read probe). Peak RSS is per mode on Linux. The
 table goes to stderr, progress too; --json writes one record per mode.
+A sequence-classifier artifact is timed with `classify` instead: --batch sequences of
+--prompt-len tokens per call, latency per sequence (p50/p90) and sequences/s per mode.
 """
 
 
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _is_classifier(art: str) -> bool:
+    from shadow_edge.manifest import read_manifest
+
+    return read_manifest(art).model.get("task") == "seq_cls"
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from shadow_edge.bench.report import format_table, plot, write_json
@@ -58,8 +66,18 @@ def main(argv: list[str]) -> int:
                            prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch=args.batch,
                            reps=args.reps, warmup=args.warmup, threads=args.threads, seed=args.seed,
                            bandwidth_mib=args.bandwidth_mib, verify=args.verify)
-    records = run_bench(args.artifact, options)
-    print(format_table(records), file=sys.stderr)
+    if _is_classifier(args.artifact):  # sequences/s and latency per sequence instead of decoding
+        from shadow_edge.bench.classify_bench import format_classify_table, run_classify_bench
+        from shadow_edge.bench.runner import stderr_progress
+        from shadow_edge.errors import InputError
+
+        if args.plot:
+            raise InputError("--plot draws decoding figures; a sequence-classifier artifact has none (use --json)")
+        records = run_classify_bench(args.artifact, options, stderr_progress)
+        print(format_classify_table(records), file=sys.stderr)
+    else:
+        records = run_bench(args.artifact, options)
+        print(format_table(records), file=sys.stderr)
     if args.json:
         write_json(records, args.json)
         print(f"[bench] wrote {args.json}", file=sys.stderr)
