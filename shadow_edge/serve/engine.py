@@ -2,7 +2,7 @@
 
 What the batching does: requests for the same graph mode (shadow_only, base_shadow, ...)
 that are waiting when the worker becomes free (plus those arriving within
-`batch_window_ms`) run as one left-padded batch of up to `max_batch` rows: one prefill
+`batch_window_ms` of the oldest waiting one) run as one left-padded batch of up to `max_batch` rows: one prefill
 and then one decode step per token for all rows, so the weights are read once per step
 for the whole batch. Each row keeps its own prompt, max_tokens, stop strings, eos
 handling, sampler (temperature / top_p / top_k / seed) and deadline; a row that finishes
@@ -169,8 +169,11 @@ class Engine:
                 if self._closing and not self._pending:
                     return None
                 first = self._pending[0]
-                if first.mode in self.batch_modes and self.window > 0 and len(self._pending) < self.max_batch:
-                    self._cv.wait(self.window)  # let requests that arrive together join
+                if first.mode in self.batch_modes:  # let requests arriving within the window of the first join
+                    deadline = first.arrived + self.window
+                    while len(self._pending) < self.max_batch and not self._closing \
+                            and (left := deadline - time.monotonic()) > 0:
+                        self._cv.wait(left)
                     if not self._pending:
                         continue
                 jobs = self._pick()

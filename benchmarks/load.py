@@ -1,0 +1,211 @@
+"""Load test of `shadow-edge serve`: a bounded load at several concurrency levels against a server it starts.
+
+Every level sends the same `--requests` requests (default 2 x the highest level); at level c, c
+clients send them back to back, c at a time (completions with token-id
+prompts of 8..24 tokens, `--max-tokens` new tokens with ignore_eos so every request does the
+same work, greedy; even requests stream, odd ones do not). Reported per level: aggregate
+generated tokens/s (all tokens / wall time), p50/p99 time to first token (streamed requests:
+first text chunk) and request latency, errors (must be 0), and whether every greedy output
+equals the serial run (level 1, always run) of the same prompt and mode. The server is a
+subprocess on 127.0.0.1.
+
+    python benchmarks/load.py --artifact /work/cache/artifacts/qwen3-0.6b-shape --concurrency 1,4,16 \\
+        --requests 32 --max-tokens 48 --max-batch 16 --json benchmarks/results/load.json
+    python benchmarks/load.py --artifact ART --modes shadow_only,base_shadow   # mixed modes
+
+Human table to stderr, JSON (with versions, CPU and settings) to --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def say(message: str) -> None:
+    print(f"[load] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    return float(np.percentile(xs, q)) if xs else None
+
+
+class Server:
+    """`shadow-edge serve` in a subprocess on a free loopback port."""
+
+    def __init__(self, artifact: Path, threads: int, max_batch: int, max_queue: int, window_ms: float):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shadow_edge.cli", "serve", str(artifact), "--served-name", "m", "--port",
+             str(self.port), "--threads", str(threads), "--max-batch", str(max_batch), "--max-queue", str(max_queue),
+             "--batch-window-ms", str(window_ms), "--no-verify"], env=env)
+
+    def wait_ready(self, timeout_s: float = 600) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        raise SystemExit("the server did not become healthy")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def make_prompts(n: int, vocab: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(10, vocab - 10, size=int(rng.integers(8, 25))).tolist() for _ in range(n)]
+
+
+async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], mode: str, max_tokens: int,
+                      stream: bool) -> dict:
+    body = {"model": f"m:{mode}", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+            "ignore_eos": True, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    t0 = time.perf_counter()
+    ttft, text, tokens = None, [], 0
+    try:
+        if stream:
+            async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
+                if r.status_code != 200:
+                    return {"error": f"HTTP {r.status_code}: {(await r.aread())[:200]!r}"}
+                async for line in r.aiter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    data = json.loads(line[6:])
+                    if "error" in data:
+                        return {"error": data["error"]["message"]}
+                    if data.get("choices") and data["choices"][0].get("text"):
+                        ttft = ttft if ttft is not None else time.perf_counter() - t0
+                        text.append(data["choices"][0]["text"])
+                    if data.get("usage"):
+                        tokens = data["usage"]["completion_tokens"]
+        else:
+            r = await client.post(f"{url}/v1/completions", json=body)
+            if r.status_code != 200:
+                return {"error": f"HTTP {r.status_code}: {r.text[:200]}"}
+            data = r.json()
+            text, tokens = [data["choices"][0]["text"]], data["usage"]["completion_tokens"]
+    except httpx.HTTPError as e:
+        return {"error": f"{type(e).__name__}: {e}"}
+    return {"latency": time.perf_counter() - t0, "ttft": ttft, "text": "".join(text), "tokens": tokens}
+
+
+async def run_level(url: str, prompts: list[list[int]], modes: list[str], concurrency: int, requests: int,
+                    max_tokens: int) -> tuple[dict, dict]:
+    """`requests` requests from c clients; request k uses prompt k % len(prompts) and mode k % len(modes)."""
+    jobs = [(k, prompts[k % len(prompts)], modes[k % len(modes)]) for k in range(requests)]
+    results: dict[int, dict] = {}
+    async with httpx.AsyncClient(timeout=httpx.Timeout(3600.0), limits=httpx.Limits(max_connections=64)) as client:
+        async def worker(mine):
+            for k, prompt, mode in mine:
+                results[k] = {**await one_request(client, url, prompt, mode, max_tokens, k % 2 == 0), "mode": mode,
+                              "prompt": k % len(prompts)}
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(jobs[i::concurrency]) for i in range(concurrency)))
+        wall = time.perf_counter() - t0
+    ok = [r for r in results.values() if "error" not in r]
+    errors = [r["error"] for r in results.values() if "error" in r]
+    lat, ttft = [r["latency"] for r in ok], [r["ttft"] for r in ok if r["ttft"] is not None]
+    tokens = sum(r["tokens"] for r in ok)
+    summary = {"concurrency": concurrency, "requests": len(jobs), "errors": len(errors), "error_samples": errors[:3],
+               "wall_s": wall, "generated_tokens": tokens, "aggregate_tok_s": tokens / wall,
+               "ttft_p50_ms": _ms(percentile(ttft, 50)), "ttft_p99_ms": _ms(percentile(ttft, 99)),
+               "latency_p50_ms": _ms(percentile(lat, 50)), "latency_p99_ms": _ms(percentile(lat, 99))}
+    texts = {(r["prompt"], r["mode"]): r["text"] for r in ok}
+    return summary, texts
+
+
+def _ms(s: float | None) -> float | None:
+    return None if s is None else s * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--artifact", type=Path, required=True, help="artifact directory to serve")
+    p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts (default 1,4,16)")
+    p.add_argument("--requests", type=int, help="requests per level (default: 2 x the highest level)")
+    p.add_argument("--max-tokens", type=int, default=48, help="new tokens per request (default 48)")
+    p.add_argument("--modes", default="base_shadow", help="comma-separated modes, used round-robin")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server onnxruntime threads")
+    p.add_argument("--max-batch", type=int, default=16, help="server --max-batch (default 16)")
+    p.add_argument("--batch-window-ms", type=float, default=20.0,
+                   help="server --batch-window-ms (default 20: a round's requests come back within a few ms)")
+    p.add_argument("--json", type=Path, help="write the results here")
+    args = p.parse_args(argv)
+    levels = sorted({1, *(int(x) for x in args.concurrency.split(","))})  # level 1 is the serial reference
+    n_requests = args.requests or 2 * max(levels)
+    modes = args.modes.split(",")
+    vocab = json.loads((args.artifact / "manifest.json").read_text())["model"]["vocab_size"]
+    prompts = make_prompts(min(max(levels), n_requests), vocab)
+    server = Server(args.artifact, args.threads, args.max_batch, max_queue=4 * max(levels),
+                    window_ms=args.batch_window_ms)
+    try:
+        say(f"loading {args.artifact} in the server ({server.url})")
+        server.wait_ready()
+        say("warm-up")
+        asyncio.run(run_level(server.url, prompts[:1], modes, 1, 1, 4))
+        serial: dict = {}
+        rows = []
+        for c in levels:
+            summary, texts = asyncio.run(run_level(server.url, prompts, modes, c, n_requests, args.max_tokens))
+            serial = serial or texts
+            mismatched = [k for k, t in texts.items() if serial.get(k) != t]
+            summary["greedy_equal_serial"] = not mismatched
+            summary["mismatched_outputs"] = len(mismatched)
+            rows.append(summary)
+            say(f"c={c:>3}: {summary['aggregate_tok_s']:7.1f} tok/s aggregate, TTFT p50 {summary['ttft_p50_ms']:.0f} "
+                f"ms p99 {summary['ttft_p99_ms']:.0f} ms, latency p50 {summary['latency_p50_ms']:.0f} ms p99 "
+                f"{summary['latency_p99_ms']:.0f} ms, errors {summary['errors']}, greedy = serial: "
+                f"{summary['greedy_equal_serial']}")
+    finally:
+        server.stop()
+    for r in rows:
+        r["speedup_vs_1"] = r["aggregate_tok_s"] / rows[0]["aggregate_tok_s"]
+    record = {"artifact": str(args.artifact), "modes": modes, "requests_per_level": n_requests, "max_tokens": args.max_tokens,
+              "threads": args.threads, "max_batch": args.max_batch,
+              "batch_window_ms": args.batch_window_ms, "levels": rows, "cpu": platform.processor(),
+              "cores": os.cpu_count(), "python": platform.python_version(),
+              "load_avg_at_end": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record["levels"], indent=2))
+    return 0 if all(r["errors"] == 0 for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
