@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
     for r in rows:
         r["speedup_vs_1"] = r["aggregate_tok_s"] / rows[0]["aggregate_tok_s"]
-    record = {"artifact": str(args.artifact), "modes": modes, "requests_per_level": n_requests, "max_tokens": args.max_tokens,
+    record = {"artifact": str(args.artifact), "modes": modes, "requests_per_level": n_requests,
+              "max_tokens": args.max_tokens,
               "threads": args.threads, "max_batch": args.max_batch,
               "batch_window_ms": args.batch_window_ms, "levels": rows, "cpu": platform.processor(),
               "cores": os.cpu_count(), "python": platform.python_version(),

@@ -202,3 +202,12 @@ def test_options_are_validated(tiny_artifact, tmp_path):
             ServeOptions((str(tiny_artifact),), **kw)
     with pytest.raises(InputError, match="no such artifact"):
         ServeOptions((str(tmp_path / "missing"),))
+
+
+def test_cli_serve_errors_are_one_line(capsys, tmp_path):
+    from shadow_edge.cli import main
+
+    assert main(["serve", str(tmp_path / "missing")]) == 2
+    assert "no such artifact directory" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "max_batch" in capsys.readouterr().err

@@ -141,23 +141,21 @@ def build_app(options: ServeOptions, shutdown_grace_s: float = 30.0) -> FastAPI:
         return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "shadow-edge"}
                                            for m in state.model_ids()]}
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
+    async def generate(request: Request, chat: bool):
         authorize(request)
-        req = parse(ChatRequest, await read_body(request))
+        req = parse(ChatRequest if chat else CompletionRequest, await read_body(request))
         engine, mode = state.resolve(req.model, req.mode)
-        ids = _encode(engine, req.conversation(), True, "messages")
-        job = _job(engine, mode, ids, req, req.token_limit, options.request_timeout_s)
-        return await _respond(request, state, engine, mode, job, req, chat=True)
+        ids = _encode(engine, req.conversation() if chat else req.one_prompt(), chat, "messages" if chat else "prompt")
+        job = _job(engine, mode, ids, req, req.token_limit, options)
+        return await _respond(request, state, engine, mode, job, req, chat)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await generate(request, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        authorize(request)
-        req = parse(CompletionRequest, await read_body(request))
-        engine, mode = state.resolve(req.model, req.mode)
-        ids = _encode(engine, req.one_prompt(), False, "prompt")
-        job = _job(engine, mode, ids, req, req.token_limit, options.request_timeout_s)
-        return await _respond(request, state, engine, mode, job, req, chat=False)
+        return await generate(request, chat=False)
 
     return app
 
@@ -175,15 +173,15 @@ def _encode(engine: Engine, prompt, chat: bool, param: str) -> list[int]:
     return batch.input_ids[0, -n:].tolist()
 
 
-def _job(engine: Engine, mode: str, ids: list[int], req, limit: int | None, timeout_s: float) -> Job:
+def _job(engine: Engine, mode: str, ids: list[int], req, limit: int | None, options: ServeOptions) -> Job:
     room = engine.rt.max_positions - len(ids)
     if limit is not None and limit > room:
         raise bad_param("max_tokens", f"max_tokens is {limit}, but the prompt has {len(ids)} tokens and the "
                                       f"context {engine.rt.max_positions}: at most {room} fit")
     sampling = Sampling(1.0 if req.temperature is None else req.temperature, 1.0 if req.top_p is None else req.top_p,
                         req.top_k or 0, req.seed)
-    return Job(ids, mode, limit or room, sampling, req.stops, req.ignore_eos,
-               0.5 if req.cascade_threshold is None else req.cascade_threshold, timeout_s)
+    return Job(ids, mode, limit or min(room, options.default_max_tokens), sampling, req.stops, req.ignore_eos,
+               0.5 if req.cascade_threshold is None else req.cascade_threshold, options.request_timeout_s)
 
 
 def _usage(job: Job) -> dict:

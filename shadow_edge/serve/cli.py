@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wait this long for more requests before starting a batch (default 5)")
     p.add_argument("--shutdown-grace", type=float, default=30.0, metavar="S",
                    help="on shutdown, let running requests finish for this long (default 30)")
+    p.add_argument("--default-max-tokens", type=int, default=256, metavar="N",
+                   help="new tokens of a chat request that gives no max_tokens (default 256, capped by the context; "
+                        "completions default to 16 as in OpenAI's API)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifacts' files")
     ray = p.add_argument_group("Ray Serve (needs shadow-edge[ray])")
     ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of one uvicorn process")
@@ -64,7 +67,7 @@ def options_from(args):
 
     return ServeOptions(tuple(args.artifacts), tuple(args.served_name), args.host, args.port, args.api_key,
                         args.default_mode, args.max_batch, args.max_queue, args.threads, args.timeout,
-                        args.batch_window_ms, not args.no_verify)
+                        args.batch_window_ms, not args.no_verify, args.default_max_tokens)
 
 
 def main(argv: list[str]) -> int:

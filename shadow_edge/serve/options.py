@@ -37,6 +37,9 @@ class ServeOptions:
     batch_window_ms: float = field(default=5.0, metadata={
         "help": "how long the scheduler waits for more requests before starting a batch"})
     verify: bool = field(default=True, metadata={"help": "check every artifact file's sha256 at load"})
+    default_max_tokens: int = field(default=256, metadata={
+        "help": "new tokens of a chat request without max_tokens (capped by the context; KV buffers are "
+                "preallocated per row, so 'the whole context' would reserve the most memory)"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "artifacts", tuple(str(a) for a in self.artifacts))
@@ -62,6 +65,7 @@ class ServeOptions:
         _positive_int("max_batch", self.max_batch)
         _positive_int("max_queue", self.max_queue)
         _positive_int("threads", self.threads, allow_none=True)
+        _positive_int("default_max_tokens", self.default_max_tokens)
         for name in ("request_timeout_s", "batch_window_ms"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0 \
