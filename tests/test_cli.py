@@ -100,6 +100,14 @@ def test_ascii_only_terminal_does_not_crash(tiny_rt, tiny_artifact):
         assert proc.stdout.strip() and proc.stdout.isascii() and b"Traceback" not in proc.stderr
 
 
+def test_non_utf8_argv_bytes_are_one_line(tiny_artifact):
+    """A prompt of bytes that are not UTF-8 (argv decodes them to lone surrogates): exit 2, one line."""
+    proc = subprocess.run([sys.executable, "-m", "shadow_edge.cli", "run", str(tiny_artifact), "--prompt",
+                           b"caf\xe9 \xff", "--threads", "1"], capture_output=True, timeout=120)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 2 and err.startswith("error: prompt 0 is not valid Unicode") and err.count("\n") == 1
+
+
 def test_broken_artifacts_print_one_line(capsys, tiny_artifact, tmp_path):
     art = copy_artifact(tiny_artifact, tmp_path / "art")
     (art / "lm_head.onnx").write_bytes(b"garbage")

@@ -98,6 +98,26 @@ def test_bad_manifest_on_the_cli(pristine, tmp_path, capsys):
         assert err.startswith("error: ") and err.count("\n") == 1 and "tokenizer.eos_token_ids" in err
 
 
+@pytest.mark.parametrize("mutation", ["dotdot-graph", "abs-graph", "head-as-shadow", "vocab", "files-list"])
+def test_bad_manifests_on_the_cli(pristine, tmp_path, capsys, mutation):
+    change, words = next(m[1:] for m in MUTATIONS if m[0] == mutation)
+    art = copy_artifact(pristine, tmp_path / "art")
+    data = json.loads((art / "manifest.json").read_text())
+    change(data)
+    (art / "manifest.json").write_text(json.dumps(data))
+    assert main(["run", str(art), "--prompt", "hi", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and words in err
+
+
+def test_tokenizer_config_that_is_not_an_object(pristine, tmp_path):
+    art = copy_artifact(pristine, tmp_path / "art")
+    (art / "tokenizer_config.json").write_text("[1, 2]")
+    _relist(art, "tokenizer_config.json")
+    with pytest.raises(ArtifactError, match="tokenizer_config.json: holds a list, expected a JSON object"):
+        ShadowRuntime.load(art, threads=1, modes=())
+
+
 def _relist(art, name: str, target=None) -> None:
     """Point the manifest's entry for `name` at the bytes of `target` (default: the file itself)."""
     data = json.loads((art / "manifest.json").read_text())

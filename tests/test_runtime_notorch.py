@@ -37,6 +37,8 @@ def test_runtime_runs_every_mode_without_torch(tiny_artifact):
             assert len(r.token_ids) >= 1
             assert "".join(rt.stream("The river runs", mode=mode, max_new_tokens=5)) == r.text
             out[mode] = r.to_dict()
+        assert rt.chat_text("hi").endswith("assistant\\n")  # the limited jinja2 sandbox, torch-free
+        assert rt.generate("hi", mode="shadow_only", chat=True, max_new_tokens=2).token_ids
         mods = [m for m in ("torch", "transformers", "shadow_peft") if sys.modules.get(m) is not None]
         print(json.dumps({{"modes": out, "leaked": mods}}))
     """)
