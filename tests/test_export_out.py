@@ -48,9 +48,9 @@ def inputs(tiny_default, tmp_path):
 
 def cli_error(capsys, *argv: str) -> str:
     assert main(["export", *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1, err
-    return err
+    err = capsys.readouterr().err  # progress lines (if any), then the error
+    assert err.count("error: ") == 1 and err.splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
+    return err.splitlines()[-1]
 
 
 @pytest.mark.parametrize("target, needle", [

@@ -7,10 +7,11 @@ downstream branches on the architecture name.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from shadow_edge.core.config_values import get_bool, get_float, get_int, get_optional_int
+from shadow_edge.core.rope import read_rope, rope_tables_spec
 from shadow_edge.errors import UnsupportedModelError
 
 
@@ -34,7 +35,7 @@ class DecoderConfig:
     o_bias: bool = False  # Llama `attention_bias=True`: bias on o_proj as well
     mlp_bias: bool = False
     tie_word_embeddings: bool = False
-    rope_scaling: dict[str, Any] = field(default_factory=dict)  # only "llama3" or empty
+    rope_scaling: dict[str, Any] = field(default_factory=dict)  # core/rope.py parameters; {} = default RoPE
 
     def __post_init__(self) -> None:
         for name in ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
@@ -56,26 +57,12 @@ class DecoderConfig:
         return replace(self, num_layers=num_layers)
 
     def rope_inv_freq(self) -> list[float]:
-        """Inverse frequencies [head_dim / 2], including Llama-3 scaling when configured."""
-        half = self.head_dim // 2
-        inv = [1.0 / (self.rope_theta ** (2 * i / self.head_dim)) for i in range(half)]
-        if self.rope_scaling.get("rope_type") != "llama3":
-            return inv
-        s = self.rope_scaling
-        factor, low, high = float(s["factor"]), float(s["low_freq_factor"]), float(s["high_freq_factor"])
-        old_ctx = float(s["original_max_position_embeddings"])
-        low_wl, high_wl = old_ctx / low, old_ctx / high
-        out = []
-        for f in inv:
-            wl = 2 * math.pi / f
-            if wl > low_wl:
-                out.append(f / factor)
-            elif wl < high_wl:
-                out.append(f)
-            else:
-                smooth = (old_ctx / wl - low) / (high - low)
-                out.append((1 - smooth) * f / factor + smooth * f)
-        return out
+        """Inverse frequencies [head_dim / 2] of this config's RoPE variant (core/rope.py)."""
+        return rope_tables_spec(self.rope_theta, self.rope_scaling, self.head_dim)[0]
+
+    def rope_attention_factor(self) -> float:
+        """The factor the RoPE cos/sin tables are scaled by (yarn's attention factor; 1 otherwise)."""
+        return rope_tables_spec(self.rope_theta, self.rope_scaling, self.head_dim)[1]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -129,56 +116,52 @@ register(Architecture("mistral", qk_norm=False, qkv_bias=_const(False), o_bias=_
                       mlp_bias=_const(False), sliding_window=_window_if_enabled))
 
 
-def _rope(cfg: dict, where: str) -> tuple[float, dict[str, Any]]:
-    # transformers 5 keeps RoPE settings in `rope_parameters`; older configs use rope_theta/rope_scaling.
-    params = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-    theta = float(params.get("rope_theta", cfg.get("rope_theta", 10000.0)))
-    rope_type = params.get("rope_type", params.get("type", "default"))
-    if rope_type in (None, "default"):
-        return theta, {}
-    if rope_type == "llama3":
-        return theta, {k: params[k] for k in ("rope_type", "factor", "low_freq_factor", "high_freq_factor",
-                                              "original_max_position_embeddings")}
-    raise UnsupportedModelError(
-        f"{where}: rope type {rope_type!r} is not supported (supported: default, llama3); "
-        "use a checkpoint without RoPE scaling")
-
-
 def decoder_config_from_hf(cfg: dict, where: str) -> DecoderConfig:
-    """Build a `DecoderConfig` from a HF `config.json` dict; `where` names the file in errors."""
+    """Build a `DecoderConfig` from a HF `config.json` dict; `where` names the file in errors.
+
+    Every base and shadow config of every checkpoint reader comes through here: each value is
+    type-checked (core/config_values.py) and RoPE is read as transformers reads it (core/rope.py).
+    """
     model_type = cfg.get("model_type")
-    arch = _REGISTRY.get(model_type)
+    arch = _REGISTRY.get(model_type) if isinstance(model_type, str) else None
     if arch is None:
         raise UnsupportedModelError(
             f"{where}: model_type {model_type!r} is not supported; supported: {', '.join(supported_model_types())}")
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
         raise UnsupportedModelError(f"{where}: hidden_act {act!r} is not supported (expected 'silu')")
+    hidden, heads = get_int(cfg, "hidden_size", where), get_int(cfg, "num_attention_heads", where)
+    head_dim = get_optional_int(cfg, "head_dim", where)
+    if head_dim is None:
+        head_dim = hidden // heads  # as transformers derives it
+    theta, scaling = read_rope(cfg, where)
+    max_pos = get_int(cfg, "max_position_embeddings", where, default=2048)
+    for flag in ("attention_bias", "mlp_bias", "use_sliding_window"):
+        get_bool(cfg, flag, where)
+    window = arch.sliding_window(cfg)
+    if window is not None:
+        max_pos = min(max_pos, get_int(cfg, "sliding_window", where))  # exact without a sliding mask
     try:
-        hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
-        theta, scaling = _rope(cfg, where)
-        max_pos = int(cfg.get("max_position_embeddings", 2048))
-        window = arch.sliding_window(cfg)
-        if window:
-            max_pos = min(max_pos, int(window))  # exact without a sliding mask: stay inside the window
-        return DecoderConfig(
+        config = DecoderConfig(
             model_type=model_type,
             hidden_size=hidden,
-            num_layers=int(cfg["num_hidden_layers"]),
+            num_layers=get_int(cfg, "num_hidden_layers", where),
             num_heads=heads,
-            num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-            head_dim=int(cfg.get("head_dim") or hidden // heads),
-            intermediate_size=int(cfg["intermediate_size"]),
-            vocab_size=int(cfg["vocab_size"]),
-            rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+            num_kv_heads=get_optional_int(cfg, "num_key_value_heads", where) or heads,
+            head_dim=head_dim,
+            intermediate_size=get_int(cfg, "intermediate_size", where),
+            vocab_size=get_int(cfg, "vocab_size", where),
+            rms_norm_eps=get_float(cfg, "rms_norm_eps", where, default=1e-6, positive=True),
             rope_theta=theta,
             max_positions=max_pos,
             qk_norm=arch.qk_norm,
             qkv_bias=arch.qkv_bias(cfg),
             o_bias=arch.o_bias(cfg),
             mlp_bias=arch.mlp_bias(cfg),
-            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            tie_word_embeddings=get_bool(cfg, "tie_word_embeddings", where),
             rope_scaling=scaling,
         )
-    except KeyError as e:
-        raise UnsupportedModelError(f"{where}: required field {e.args[0]!r} is missing") from None
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"{where}: {e}") from None
+    rope_tables_spec(theta, scaling, head_dim, where)  # checks the variant's own fields now, naming the file
+    return config

@@ -38,7 +38,8 @@ def rope_tables(cfg: DecoderConfig, position_ids: torch.Tensor) -> tuple[torch.T
     inv = torch.tensor(cfg.rope_inv_freq(), dtype=torch.float32)
     freqs = position_ids.to(torch.float32)[..., None] * inv  # [b, t, hd/2]
     emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [b, 1, t, hd]
-    return emb.cos(), emb.sin()
+    scale = cfg.rope_attention_factor()  # yarn scales cos and sin (transformers' attention_scaling)
+    return emb.cos() * scale, emb.sin() * scale
 
 
 def attention_bias(attention_mask: torch.Tensor, seq: int) -> torch.Tensor:

@@ -39,6 +39,7 @@ from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, classifier_heads, read_decoder,
                                          register_format, reject_leftovers, shadow_model_config)
 from shadow_edge.core.classifier import HEAD_NAMES, ClassifierHeads
+from shadow_edge.core.config_values import get_float
 from shadow_edge.core.safetensors_io import load_safetensors, read_json, refuse_pickles
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.core.variants import AdapterVariant, register_variant
@@ -200,7 +201,7 @@ def read_peft_shadow(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None
     return ShadowModelSpec(
         base=base.weights, lm_head=lm_head, shadow=shadow, shadow_lm_head=lm_head, projection=projection,
         injection_down=w["down"].transpose(1, 2).contiguous(), injection_up=w["up"].transpose(1, 2).contiguous(),
-        alpha=float(pc.get("shadow_alpha", 0.1)),
+        alpha=get_float(pc, "shadow_alpha", str(cfg_file), default=0.1),
         gate_in=w["gate_in"], gate_out=w["gate_out"], transform_in=w["transform_in"], transform_out=w["transform_out"],
         gate_in_bias=w["gate_in_bias"], gate_out_bias=w["gate_out_bias"], transform_in_bias=w["transform_in_bias"],
         transform_out_bias=w["transform_out_bias"], variant=PEFT_SHADOW, first_adapted_layer=first,

@@ -1,4 +1,9 @@
-"""Reading checkpoint files safely: safetensors only (pickles are refused, never opened) and JSON."""
+"""Reading checkpoint files safely: safetensors only (pickles are refused, never opened) and JSON.
+
+Every file is read only if it resolves inside the directory it was given in; the one symlink
+layout that may point elsewhere is the Hugging Face cache's (`snapshots/<rev>/f ->
+../../blobs/<sha>`). Weights must be floating point and finite.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +18,23 @@ from shadow_edge.errors import CheckpointError
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
+def contained_file(path: Path, root: Path | None = None) -> Path:
+    """`path`, after checking that it resolves inside `root` (default: its own directory) or, for a
+    Hugging Face cache snapshot, inside that repository's `blobs/`; a symlink elsewhere is refused."""
+    root = (path.parent if root is None else root).resolve()
+    real = path.resolve()
+    allowed = [root] + ([root.parent.parent / "blobs"] if root.parent.name == "snapshots" else [])
+    if not any(real == a or a in real.parents for a in allowed):
+        raise CheckpointError(f"{path}: resolves to {real}, outside {root}; input files (and symlinks) must stay "
+                              "inside the directory given (or point into a Hugging Face cache's blobs/); copy the "
+                              "file into the directory instead")
+    return path
+
+
 def read_json(path: Path, what: str) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: {what} is missing; point the option at the directory that contains it")
+    contained_file(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -35,17 +54,28 @@ def refuse_pickles(directory: Path, stem: str) -> None:
             f"'{stem}.safetensors')` in a trusted environment")
 
 
-def load_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
-    """All tensors of one .safetensors file as float32 (integer tensors are kept as they are)."""
+def load_safetensors(path: Path, what: str, root: Path | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of one .safetensors file as float32; integer/bool or non-finite tensors are refused."""
     if not path.is_file():
         refuse_pickles(path.parent, path.stem)
         raise CheckpointError(f"{path}: {what} is missing; expected a .safetensors file there")
+    contained_file(path, root)
     try:
         with safe_open(str(path), framework="pt") as f:
             out = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"{path}: cannot read {what} ({e}); the file is corrupt or not safetensors") from None
-    return {k: (v.float() if v.is_floating_point() else v) for k, v in out.items()}
+    for key, t in out.items():
+        if not t.is_floating_point():
+            raise CheckpointError(f"{path}: tensor {key!r} has dtype {t.dtype}; expected floating-point weights "
+                                  "(float32/float16/bfloat16); quantized or integer checkpoints are not supported, "
+                                  "re-save the model in float")
+        out[key] = t = t.float()
+        if not torch.isfinite(t).all():
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"{path}: tensor {key!r} holds {bad} NaN/Inf value(s) of {t.numel()}; the "
+                                  "checkpoint is corrupt or training diverged; use a finite checkpoint")
+    return out
 
 
 def load_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
@@ -55,14 +85,26 @@ def load_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], list[Path
     if single.is_file():
         return load_safetensors(single, "model weights"), [single]
     if index.is_file():
-        shards = sorted(set(read_json(index, "weights index").get("weight_map", {}).values()))
-        if not shards:
-            raise CheckpointError(f"{index}: `weight_map` is empty; re-save the model with save_pretrained")
         tensors: dict[str, torch.Tensor] = {}
+        shards = _index_shards(index)
         for shard in shards:
-            tensors.update(load_safetensors(directory / shard, "weights shard"))
+            tensors.update(load_safetensors(directory / shard, "weights shard", root=directory))
         return tensors, [directory / s for s in shards]
     refuse_pickles(directory, "pytorch_model")
     raise CheckpointError(f"{directory}: no model.safetensors (or sharded index) found; "
                           "save the model with `save_pretrained(..., safe_serialization=True)`")
 
+
+
+def _index_shards(index: Path) -> list[str]:
+    """The shard file names of `model.safetensors.index.json`, checked (plain names inside the directory)."""
+    weight_map = read_json(index, "weights index").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: field `weight_map` is {weight_map!r}; expected a non-empty object "
+                              "{tensor name: shard file}; re-save the model with save_pretrained")
+    for key, shard in weight_map.items():
+        if not isinstance(shard, str) or not shard.endswith(".safetensors") or Path(shard).is_absolute() \
+                or ".." in Path(shard).parts:
+            raise CheckpointError(f"{index}: `weight_map[{key!r}]` is {shard!r}; expected a .safetensors file name "
+                                  "inside the model directory; re-save the model with save_pretrained")
+    return sorted(set(weight_map.values()))

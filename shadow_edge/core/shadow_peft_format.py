@@ -18,11 +18,12 @@ import torch
 from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, _take, classifier_heads, read_decoder,
                                          register_format, reject_leftovers, shadow_model_config)
+from shadow_edge.core.config_values import get_float, get_int, get_optional_int
 from shadow_edge.core.safetensors_io import load_hf_weights, load_safetensors, read_json
 from shadow_edge.core.classifier import ClassifierHeads
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.core.variants import SHADOW_PEFT
-from shadow_edge.errors import CheckpointError, MismatchError
+from shadow_edge.errors import CheckpointError, MismatchError, UnsupportedModelError
 
 CONFIG_FILE = "shadow_config.json"
 ADAPTER_FILE = "shadow_adapter.safetensors"
@@ -30,14 +31,14 @@ MODULES_FILE = "shadow_modules.safetensors"
 
 
 def _implicit_config(base: DecoderConfig, sc: dict, where: str) -> DecoderConfig:
-    n = sc.get("num_shadow_layers", 1)
-    if not isinstance(n, int) or n < 1:
-        raise CheckpointError(f"{where}: field `num_shadow_layers` must be an integer >= 1, got {n!r}")
-    overrides = {"intermediate_size": sc.get("shadow_intermediate_size"),
-                 "num_heads": sc.get("shadow_num_attention_heads"),
-                 "num_kv_heads": sc.get("shadow_num_key_value_heads"),
-                 "head_dim": sc.get("shadow_head_dim")}
-    return replace(base, num_layers=n, **{k: int(v) for k, v in overrides.items() if v is not None})
+    n = get_int(sc, "num_shadow_layers", where, default=1)
+    overrides = {"intermediate_size": "shadow_intermediate_size", "num_heads": "shadow_num_attention_heads",
+                 "num_kv_heads": "shadow_num_key_value_heads", "head_dim": "shadow_head_dim"}
+    values = {k: get_optional_int(sc, key, where) for k, key in overrides.items()}
+    try:
+        return replace(base, num_layers=n, **{k: v for k, v in values.items() if v is not None})
+    except UnsupportedModelError as e:
+        raise CheckpointError(f"{where}: the shadow_* fields do not give a valid shadow decoder: {e}") from None
 
 
 def _explicit_config(shadow_dir: Path | None, adapter_dir: Path) -> DecoderConfig:
@@ -71,11 +72,23 @@ def _check_base_match(base: DecoderConfig, down: torch.Tensor, file: Path) -> No
             f"size {base.hidden_size}; pass the base model the adapter was trained on")
 
 
-def _stack(tensors: dict[str, torch.Tensor], fmt: str, count: int, file: Path) -> torch.Tensor:
+def _stack(tensors: dict[str, torch.Tensor], fmt: str, count: int, file: Path, hidden: int,
+           hidden_axis: int) -> torch.Tensor:
+    """Stack `fmt.format(i)` for i < count: 2-D Linear weights with the base hidden size on `hidden_axis`."""
     try:
-        return torch.stack([tensors.pop(fmt.format(i)) for i in range(count)])
+        parts = [tensors.pop(fmt.format(i)) for i in range(count)]
     except KeyError as e:
         raise CheckpointError(f"{file}: tensor {e.args[0]!r} is missing; the adapter is incomplete") from None
+    for i, t in enumerate(parts):
+        if t.dim() != 2 or t.shape[hidden_axis] != hidden:
+            want = "[hidden, g]" if hidden_axis == 0 else "[g, hidden]"
+            raise MismatchError(f"{file}: tensor {fmt.format(i)!r} has shape {tuple(t.shape)}; expected a {want} "
+                                f"Linear weight with hidden = {hidden} (the base's hidden size)")
+        if t.shape != parts[0].shape:
+            raise MismatchError(f"{file}: tensor {fmt.format(i)!r} has shape {tuple(t.shape)}, but "
+                                f"{fmt.format(0)!r} has {tuple(parts[0].shape)}; every adapted layer's tensor must "
+                                "have the same shape")
+    return torch.stack(parts)
 
 
 def read_shadow_peft(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None) -> ShadowModelSpec:
@@ -104,10 +117,11 @@ def read_shadow_peft(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None
     if up is None:
         raise CheckpointError(f"{file}: tensor 'shadow_injection_model.injection_ups' is missing")
     u = "shadow_update_model."
-    gate_in = _stack(t, u + "update_gates.{}.0.weight", n, file)
-    gate_out = _stack(t, u + "update_gates.{}.2.weight", n, file)
-    transform_in = _stack(t, u + "update_transforms.{}.0.weight", n, file)
-    transform_out = _stack(t, u + "update_transforms.{}.3.weight", n, file)
+    d = base.config.hidden_size
+    gate_in = _stack(t, u + "update_gates.{}.0.weight", n, file, d, 1)
+    gate_out = _stack(t, u + "update_gates.{}.2.weight", n, file, d, 0)
+    transform_in = _stack(t, u + "update_transforms.{}.0.weight", n, file, d, 1)
+    transform_out = _stack(t, u + "update_transforms.{}.3.weight", n, file, d, 0)
     norm_w = _take(t, u + "hidden_norm.weight", file)
     norm_b = _take(t, u + "hidden_norm.bias", file)
     reject_leftovers(t, file)
@@ -120,7 +134,7 @@ def read_shadow_peft(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None
 
     return ShadowModelSpec(
         base=base.weights, lm_head=lm_head, shadow=shadow, shadow_lm_head=shadow_lm_head,
-        projection=projection, injection_down=down, injection_up=up, alpha=float(sc.get("alpha", 0.1)),
+        projection=projection, injection_down=down, injection_up=up, alpha=get_float(sc, "alpha", str(adapter_dir / CONFIG_FILE), default=0.1),
         gate_in=gate_in, gate_out=gate_out, transform_in=transform_in, transform_out=transform_out,
         update_norm_weight=norm_w, update_norm_bias=norm_b, variant=SHADOW_PEFT, first_adapted_layer=1,
         classifier=classifier,

@@ -142,20 +142,21 @@ class ShadowModelSpec:
             raise MismatchError(
                 f"shadow hidden size {ds} != base hidden size {d} and the adapter has no "
                 "shadow_hidden_projection.weight; export the adapter with its trained projection")
-        for part in (self.base, self.shadow):
+        for label, part in (("base", self.base), ("shadow", self.shadow)):  # distinct keys: both have layer 0
             shapes = expected_layer_shapes(part.config)
             if len(part.layers) != part.config.num_layers:
-                raise MismatchError(f"{part.config.model_type}: {len(part.layers)} layers, config says "
+                raise MismatchError(f"{label} {part.config.model_type}: {len(part.layers)} layers, config says "
                                     f"{part.config.num_layers}")
             for i, layer in enumerate(part.layers):
                 for name, shape in shapes.items():
-                    expect[f"layers.{i}.{name}"] = (layer[name], shape)
+                    expect[f"{label}.layers.{i}.{name}"] = (layer[name], shape)
         if not 0 <= self.first_adapted_layer <= self.base.config.num_layers - n:
             raise MismatchError(f"adapted blocks {self.first_adapted_layer}..{self.first_adapted_layer + n - 1} do "
                                 f"not fit a base of {self.base.config.num_layers} layers")
         for name, (tensor, shape) in expect.items():
             if tuple(tensor.shape) != tuple(shape):
-                raise MismatchError(f"tensor {name}: shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+                raise MismatchError(f"tensor {name}: shape {tuple(tensor.shape)}, expected {tuple(shape)} from the "
+                                    "config; the weights do not match their config.json (or the adapter's base)")
 
     def _validate_variant_parts(self, expect: dict) -> None:
         """The optional update parts exist exactly when the variant declares them; add their shapes."""

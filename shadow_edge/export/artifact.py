@@ -31,7 +31,7 @@ from shadow_edge.export.out_dir import (PARTIAL_MARKER, check_out, clean_stale_p
                                         remove_partial, signals_clean_up, writer_lock)
 from shadow_edge.export.ort_format import write_ort_format
 from shadow_edge.export.quantize import quantize_spec
-from shadow_edge.export.tokenizer_files import copy_tokenizer_files
+from shadow_edge.export.tokenizer_files import TokenizerFiles, read_tokenizer_files
 from shadow_edge.export.validate import validate_graphs
 from shadow_edge.errors import ExportError
 from shadow_edge.manifest import GraphEntry, Manifest, file_table, write_manifest
@@ -81,9 +81,10 @@ def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shad
         check_out(out, options.force, inputs)  # again: another export may have finished meanwhile
         progress(f"reading checkpoint: base {base}, adapter {adapter}")
         spec = load_spec(base, adapter, shadow_model, adapter_name)
+        tokenizer = read_tokenizer_files(Path(base), spec.vocab_size)
         tmp = new_partial(out)
         try:
-            manifest = _write(spec, Path(base), tmp, options, progress)
+            manifest = _write(spec, tokenizer, tmp, options, progress)
             check_out(out, options.force, inputs)  # nothing of the user's appeared there meanwhile
             publish(tmp, out)
         except OSError as e:
@@ -97,7 +98,7 @@ def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shad
     return manifest
 
 
-def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOptions,
+def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options: ExportOptions,
            progress: Callable[[str], None]) -> Manifest:
     quantized = {}
     if options.quantize != "none":
@@ -122,7 +123,7 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
         onnx.save_model(b.to_model(), str(tmp / f"{b.name}.onnx"))
         graphs[b.name] = GraphEntry.from_contract(contracts[b.name], f"{b.name}.onnx", store.data_files(b.name))
     head_graphs = list(_heads(spec))
-    tokenizer = copy_tokenizer_files(base_dir, tmp)
+    tokenizer.copy_to(tmp)
     modes = io_spec.mode_map(head_graphs[-1], options.plain_backbone, head_graphs[0])
     validation: dict = {"passed": None, "skipped": True}
     if options.validate:
@@ -131,7 +132,7 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
         worst = max(r["max_abs_err"] for r in validation["outputs"].values())
         progress(f"validation passed (worst max |error| {worst:.2e})")
     progress("writing interop files (single-graph decoders, genai_config.json, config.json)")
-    interop = write_interop(tmp, graphs, modes, _model_info(spec), tokenizer, validate=options.validate)
+    interop = write_interop(tmp, graphs, modes, _model_info(spec), tokenizer.section, validate=options.validate)
     if options.ort_format:
         progress("converting the detached shadow to ORT format (onnxruntime's converter)")
         interop["ort"] = write_ort_format(tmp, DETACHED_FILE)
@@ -141,7 +142,7 @@ def _write(spec: ShadowModelSpec, base_dir: Path, tmp: Path, options: ExportOpti
         source=spec.source,
         model={**_model_info(spec), "quantization": {"scheme": options.quantize, "block_size": options.block_size,
                                                      "compute": options.quant_compute} if quantized else None},
-        tokenizer=tokenizer,
+        tokenizer=tokenizer.section,
         dtype="float32",
         quantization=options.quantize,
         graphs=graphs,

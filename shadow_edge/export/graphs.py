@@ -101,8 +101,9 @@ class _Context:
         key = f"rope.{cfg.head_dim}.{cfg.rope_theta}.{cfg.max_positions}.{sorted(cfg.rope_scaling.items())}"
         inv = np.array(cfg.rope_inv_freq(), np.float32)
         freqs = np.arange(cfg.max_positions, dtype=np.float32)[:, None] * inv[None, :]  # [max_pos, hd/2]
-        self.cos = b.weight(f"{key}.cos", lambda: np.cos(freqs))
-        self.sin = b.weight(f"{key}.sin", lambda: np.sin(freqs))
+        scale = np.float32(cfg.rope_attention_factor())  # yarn scales cos and sin
+        self.cos = b.weight(f"{key}.cos", lambda: np.cos(freqs) * scale)
+        self.sin = b.weight(f"{key}.sin", lambda: np.sin(freqs) * scale)
         with b.scope("mask"):
             self.total = b.op("Gather", [b.op("Shape", [io_spec.ATTENTION_MASK]), b.const(1)], axis=0)  # T
             self.seq = b.op("Gather", [b.op("Shape", [io_spec.INPUT_IDS]), b.const(1)], axis=0)  # s

@@ -92,7 +92,9 @@ def validate_graphs(art_dir: Path, model: ShadowModel, graphs: dict[str, GraphEn
               for name, w in sorted(worst.items())}
     if nonfinite:
         raise ExportError(f"validation: non-finite values in outputs {sorted(set(nonfinite))[:5]} "
-                          "(padding rows must stay finite); this is an exporter bug, please report it")
+                          "(padding rows must stay finite); every weight is finite (checked at load), so either the checkpoint's "
+                          "values overflow float32 in this model (check its weights) or this is an exporter bug (please "
+                          "report it)")
     misses = [f"{n}: max |error| {r['max_abs_err']:.3g} > allowed {r['allowed']:.3g}" for n, r in report.items()
               if r["max_abs_err"] > r["allowed"]]
     if misses:
