@@ -165,7 +165,7 @@ def clean_stale_partials(out: Path) -> list[Path]:
         except (OSError, UnicodeDecodeError):
             continue
         pid = int(m.group(1))
-        if marker == str(pid) and not _pid_alive(pid):
+        if marker in ("", str(pid)) and not _pid_alive(pid):  # "": killed between creating and writing it
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
