@@ -82,11 +82,12 @@ def make_base_model(arch: str, seed: int, **overrides) -> transformers.PreTraine
 
 
 @torch.no_grad()
-def randomize_adapter(model: torch.nn.Module, seed: int) -> None:
-    """Every `shadow_*` parameter random: norms around 1, everything else normal(0, 0.2)."""
+def randomize_adapter(model: torch.nn.Module, seed: int,
+                      select=lambda name: name.startswith("shadow_")) -> None:
+    """Every parameter `select` picks (default: `shadow_*`) random: norms around 1, the rest normal(0, 0.2)."""
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
-        if name.startswith("shadow_"):
+        if select(name):
             noise = 0.2 * torch.randn(p.shape, generator=gen)
             p.copy_(noise + 1.0 if "norm.weight" in name else noise)
 

@@ -18,7 +18,7 @@ import torch
 from peft import PeftModel, ShadowConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from factories import make_base_model
+from factories import make_base_model, randomize_adapter
 from shadow_edge.core import ShadowModel, load_spec
 
 QWEN3 = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=384,
@@ -50,14 +50,9 @@ PEFT_RECIPES = {
 PEFT_CASE_NAMES = tuple(PEFT_RECIPES)
 
 
-@torch.no_grad()
 def randomize_peft(model: torch.nn.Module, seed: int) -> None:
-    """Every shadow and modules_to_save parameter random: norms around 1, the rest normal(0, 0.2)."""
-    gen = torch.Generator().manual_seed(seed)
-    for name, p in model.named_parameters():
-        if "shadow_" in name or "modules_to_save" in name:
-            noise = 0.2 * torch.randn(p.shape, generator=gen)
-            p.copy_(noise + 1.0 if "norm.weight" in name else noise)
+    """Every shadow and modules_to_save parameter of a peft model random (norms around 1)."""
+    randomize_adapter(model, seed, select=lambda name: "shadow_" in name or "modules_to_save" in name)
 
 
 @dataclass
