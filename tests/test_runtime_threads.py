@@ -80,3 +80,25 @@ def test_one_stream_advanced_from_two_threads_is_serialized(tiny_artifact):
 
     assert _run_threads(2, work) == []
     assert stream.result.token_ids == ref.token_ids and len("".join(pieces)) == len(ref.text)
+
+
+def test_runtimes_loaded_by_concurrent_threads_share_one_pool(monkeypatch):
+    """The process-wide onnxruntime pool is created once even when two threads ask at the same moment
+    (onnxruntime refuses a second creation; the loser used to fall back to a private pool)."""
+    import time
+
+    from shadow_edge.runtime import session
+
+    calls = []
+
+    def create_pool(intra, inter):  # stands in for onnxruntime's: slow, and refuses a second creation
+        calls.append(intra)
+        if len(calls) > 1:
+            raise RuntimeError("Global thread pools have already been created")
+        time.sleep(0.2)
+
+    monkeypatch.setattr(session, "_pool_threads", None)
+    monkeypatch.setattr(session.ort, "set_global_thread_pool_sizes", create_pool)
+    options = []
+    assert _run_threads(2, lambda i: options.append(session.session_options(1))) == []
+    assert calls == [1] and [o.use_per_session_threads for o in options] == [False, False]

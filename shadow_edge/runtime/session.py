@@ -7,6 +7,7 @@ and the shadow state pass from one step or graph to the next without numpy round
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -28,6 +29,7 @@ def ov(array: np.ndarray) -> ort.OrtValue:
 
 
 _pool_threads: int | None = None  # the process-wide pool's size once set; 0 = unavailable
+_pool_lock = threading.Lock()  # runtimes loaded by concurrent threads create the pool once
 
 
 def session_options(threads: int | None, prepack: bool = True) -> ort.SessionOptions:
@@ -43,13 +45,17 @@ def session_options(threads: int | None, prepack: bool = True) -> ort.SessionOpt
     """
     global _pool_threads
     n = int(threads) if threads else (os.cpu_count() or 1)
-    if _pool_threads is None:
-        try:
-            ort.set_global_thread_pool_sizes(n, 1)
-            _pool_threads = n
-        except Exception:
-            _pool_threads = 0
-    elif _pool_threads and n != _pool_threads:
+    with _pool_lock:
+        if _pool_threads is None:
+            try:
+                ort.set_global_thread_pool_sizes(n, 1)
+                _pool_threads = n
+            except Exception:
+                _pool_threads = 0
+            created = True
+        else:
+            created = False
+    if not created and _pool_threads and n != _pool_threads:
         warnings.warn(f"threads={n} ignored: this process's onnxruntime thread pool already has {_pool_threads} "
                       "threads (it is sized by the first runtime loaded)", stacklevel=3)
     so = ort.SessionOptions()
