@@ -22,6 +22,8 @@ from shadow_edge.manifest import read_manifest
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.session import session_options
 
+from runtime_fixtures import artifact_of  # noqa: F401  (fixture)
+
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["The river runs past the old mill", "Hello"]
 NEW = 12
@@ -172,26 +174,27 @@ def test_ort_format_matches_onnx(art, rt):
     assert "com.microsoft;1;" in ops and "GroupQueryAttention" in ops and str(art) not in ops
 
 
-def test_explicit_shadow_detached_only(artifact_of_explicit):
-    """An explicit shadow's KV shape differs from the backbone's: no combined graph, and the manifest says why;
-    the detached shadow (its own head_dim, one kv head) still runs in genai with shadow-edge's tokens."""
-    art = artifact_of_explicit
-    m = read_manifest(art)
-    assert m.interop["combined"]["file"] is None and "KV shapes differ" in m.interop["combined"]["limits"]["all"]
-    assert not (art / COMBINED_FILE).exists()
-    rt = ShadowRuntime.load(art, threads=1)
-    prompts = [[5, 17, 99, 3], [42]]
-    want = reference(rt, prompts, "shadow_only")
-    assert genai_greedy(art, DETACHED_FILE, prompts, rt.eos_ids) == want
+ARCH_CASES = ("qwen2_implicit", "llama_untied", "mistral_implicit", "qwen3_explicit", "qwen3_explicit_hd4")
+ID_PROMPTS = [[5, 17, 99, 3, 7], [42, 8]]
 
 
-@pytest.fixture(scope="module")
-def artifact_of_explicit(cases, tmp_path_factory) -> Path:
-    case = cases("qwen3_explicit")
-    out = tmp_path_factory.mktemp("interop_explicit") / "art"
-    export_artifact(case.base_dir, case.adapter_dir, out, shadow_model=case.shadow_model_dir,
-                    options=ExportOptions(validate=False), progress=lambda m: None)
-    return out
+@pytest.mark.parametrize("name", ARCH_CASES)
+def test_genai_across_architectures(artifact_of, name):
+    """Qwen2, Llama (untied), Mistral, explicit shadows (GroupQueryAttention and the ONNX Attention fallback):
+    every single graph written runs in genai with shadow-edge's tokens (batch of 2); what is not written or not
+    for optimum is said in the manifest."""
+    _, art = artifact_of(name)
+    m, rt = read_manifest(art), runtime(art)
+    for key, mode in (("detached", "shadow_only"), ("combined", "base_shadow")):
+        entry = m.interop[key]
+        if entry["file"] is None:  # explicit shadows: the KV shapes differ
+            assert key == "combined" and "KV shapes differ" in entry["limits"]["all"]
+            assert not (art / COMBINED_FILE).exists()
+            continue
+        assert "onnxruntime-genai" in entry["tools"]
+        assert ("optimum" in entry["tools"]) != ("optimum" in entry["limits"])
+        assert genai_greedy(art, entry["file"], ID_PROMPTS, rt.eos_ids) == reference(rt, ID_PROMPTS, mode)
+    assert (art / HF_CONFIG).exists() == ("optimum" in m.interop["detached"]["tools"])
 
 
 @pytest.fixture(scope="session")
@@ -203,23 +206,24 @@ def optimum_python() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def test_optimum_greedy_matches(arts, optimum_python):
-    """ORTModelForCausalLM.from_pretrained(ART) (and file_name=model_combined.onnx), fp32 and int4: batch 1
-    and a left-padded batch of 2, all in one run of the optimum venv (its imports take seconds)."""
+def test_optimum_greedy_matches(arts, artifact_of, optimum_python):
+    """ORTModelForCausalLM.from_pretrained(ART) (and file_name=model_combined.onnx) on the tiny default fp32 and
+    int4 and on Qwen2 / Llama / Mistral cases: batch 1 and a left-padded batch of 2, all in one run of the optimum
+    venv (its imports take seconds)."""
     jobs, want = [], []
-    for art in arts.values():
+    case_arts = [artifact_of(n)[1] for n in ARCH_CASES if "implicit" in n or "untied" in n]
+    for art in [*arts.values(), *case_arts]:
         rt = runtime(art)
-        ids = [rt.codec.encode(p) for p in PROMPTS]
+        ids = [rt.codec.encode(p) for p in PROMPTS] if rt.has_tokenizer else ID_PROMPTS
         for file, mode in MODES.items():
             for rows in (ids[:1], ids):
                 jobs.append((str(art), None if file == DETACHED_FILE else file, rows))
-                want.append(reference(rt, rows, mode))
+                want.append((reference(rt, rows, mode), rt.eos_ids))
     done = subprocess.run([optimum_python, str(ROOT / "tests" / "optimum_greedy.py"), str(NEW), json.dumps(jobs)],
                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    eos = runtime(next(iter(arts.values()))).eos_ids
-    for job, result, expected in zip(jobs, got, want):
+    for job, result, (expected, eos) in zip(jobs, got, want):
         assert [until_eos(r, eos) for r in result] == expected, job
 
 
