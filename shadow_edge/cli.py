@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_classify_parser(sub, fmt)
 
-    p = sub.add_parser("inspect", help="show an artifact's graphs, I/O, sizes, dims and validation",
+    p = sub.add_parser("inspect", help="show an artifact's graphs, I/O, sizes, dims, validation and interop files",
                        description="Describe an artifact from its manifest (no model is loaded).",
                        epilog=INSPECT_EPILOG, formatter_class=fmt)
     p.add_argument("artifact", metavar="ART", help="artifact directory")

@@ -1,4 +1,4 @@
-"""`shadow-edge inspect`'s interop lines: which single-graph decoders and tool configs an artifact has, for which tools."""
+"""`shadow-edge inspect`'s interop lines: single-graph decoders and tool configs, and which tools load them."""
 
 from __future__ import annotations
 

@@ -40,7 +40,8 @@ COMBINED_FILE = "model_combined.onnx"
 GENAI_CONFIG = "genai_config.json"
 HF_CONFIG = "config.json"
 TOOL_GENAI, TOOL_OPTIMUM = "onnxruntime-genai", "optimum"
-TOOLS = {GENAI_CONFIG: "onnxruntime-genai: og.Model(ART)", HF_CONFIG: "optimum: ORTModelForCausalLM.from_pretrained(ART)"}
+TOOLS = {GENAI_CONFIG: "onnxruntime-genai: og.Model(ART)",
+         HF_CONFIG: "optimum: ORTModelForCausalLM.from_pretrained(ART)"}
 # Attention kinds whose graphs also run with an exactly sized past (present = concat(past, new)), as optimum feeds.
 CONCAT_ATTENTION = {io_spec.ATTENTION_GQA}
 # generation_config.json keys that onnxruntime-genai's `search` section reads under the same name.
@@ -106,9 +107,8 @@ def genai_config(decoder: dict, model: dict, tokenizer: dict, generation: dict) 
     search = {k: generation[k] for k in SEARCH_KEYS if k in generation}
     search["max_length"] = min(int(search.get("max_length", context)), context)
     search["past_present_share_buffer"] = True  # = our in-place KV: past and present bound to one buffer
-    past, present = io_spec.past_name(0, "key"), io_spec.present_name(0, "key")
-    special = {"bos_token_id": tokenizer.get("bos_token_id"), "eos_token_id": list(tokenizer.get("eos_token_ids") or []),
-               "pad_token_id": tokenizer.get("pad_token_id")}
+    special = {"bos_token_id": tokenizer.get("bos_token_id"),
+               "eos_token_id": list(tokenizer.get("eos_token_ids") or []), "pad_token_id": tokenizer.get("pad_token_id")}
     return {"model": {
         "type": decoder["model_type"],
         "context_length": context,
@@ -122,11 +122,11 @@ def genai_config(decoder: dict, model: dict, tokenizer: dict, generation: dict) 
             "num_key_value_heads": decoder["num_kv_heads"],
             "num_hidden_layers": decoder["num_layers"],
             "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
-            "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", "position_ids": "position_ids",
-                       "past_key_names": past.replace(".0.", ".%d."),
-                       "past_value_names": io_spec.past_name(0, "value").replace(".0.", ".%d.")},
-            "outputs": {"logits": "logits", "present_key_names": present.replace(".0.", ".%d."),
-                        "present_value_names": io_spec.present_name(0, "value").replace(".0.", ".%d.")},
+            "inputs": {"input_ids": io_spec.INPUT_IDS, "attention_mask": io_spec.ATTENTION_MASK,
+                       "position_ids": io_spec.POSITION_IDS, "past_key_names": io_spec.past_name("%d", "key"),
+                       "past_value_names": io_spec.past_name("%d", "value")},
+            "outputs": {"logits": io_spec.LOGITS, "present_key_names": io_spec.present_name("%d", "key"),
+                        "present_value_names": io_spec.present_name("%d", "value")},
         }},
         "search": search}
 
