@@ -171,10 +171,11 @@ def joined_entry(graphs: dict[str, GraphEntry], chain: Chain, file: str) -> Grap
 def check_joined(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, atol: float = 1e-4) -> dict:
     """The joined graph against the runtime's own pipeline over the split graphs (in-place KV, as both
     run): a left-padded batch of 2, a 5-token prefill, then one decode step. Raises ExportError on a miss."""
-    split = [GraphSession(g, graphs[g], art_dir) for g in chain.graphs]
+    # prepack=False: weights stay in the (page-aligned, mapped) data files, so the check adds little memory
+    split = [GraphSession(g, graphs[g], art_dir, prepack=False) for g in chain.graphs]
     pipe = Pipeline(split[-1], *split[:-1])  # head, shadow[, backbone]
     entry = joined_entry(graphs, chain, file)
-    joined = GraphSession(file, entry, art_dir)
+    joined = GraphSession(file, entry, art_dir, prepack=False)
     vocab = int(entry.outputs[0].shape[-1])
     ids = np.random.default_rng(0).integers(0, vocab, (2, 6))  # [2, 6]
     mask = np.array([[1] * 6, [0, 0] + [1] * 4], np.int64)  # [2, 6]: row 1 left-padded
