@@ -14,10 +14,7 @@ from shadow_edge.runtime.strategies.base import StepRecord, StepStrategy
 class Repeat(StepStrategy):
     """A toy strategy: two tokens per step, each a copy of the last prompt token (no model)."""
 
-    name, order, needs = "repeat_last", 50, "nothing"
-
-    def available(self, graph_modes) -> bool:
-        return True
+    name, order = "repeat_last", 50  # uses no graphs
 
     def steps(self, rt, ids, mask, opts, sampler, eos_ids, want_logprobs, state, stats):
         made = 0

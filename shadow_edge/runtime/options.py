@@ -22,8 +22,9 @@ class GenerationOptions:
     """How to generate. Defaults reproduce greedy decoding."""
 
     mode: str = field(default="base_shadow", metadata={
-        "help": "shadow_only (detached shadow alone), base_shadow (backbone + shadow) or cascade "
-                "(shadow first, base_shadow when the shadow is not confident)"})
+        "help": "shadow_only (detached shadow alone), base_shadow (backbone + shadow), cascade "
+                "(shadow first, base_shadow when the shadow is not confident) or speculative (the shadow "
+                "drafts, base_shadow verifies: base_shadow's output, fewer backbone passes)"})
     max_new_tokens: int = field(default=32, metadata={"help": "new tokens to generate per prompt (>= 1)"})
     do_sample: bool = field(default=False, metadata={
         "help": "sample from the (temperature / top-k / top-p shaped) distribution; False = greedy"})
@@ -42,6 +43,9 @@ class GenerationOptions:
     cascade_threshold: float = field(default=0.5, metadata={
         "help": "cascade only: escalate to base_shadow when the shadow's confidence (geometric mean of "
                 "its chosen tokens' probabilities) is below this, in [0, 1]"})
+    draft_tokens: int | None = field(default=None, metadata={
+        "help": "speculative only: tokens the shadow drafts per verify pass (>= 1); None = adaptive (0..8, "
+                "from the running acceptance rate)"})
 
     def __post_init__(self) -> None:
         from shadow_edge.runtime.strategies import mode_names  # the registry imports this module's users
@@ -78,6 +82,11 @@ class GenerationOptions:
         fix("cascade_threshold", as_float(self.cascade_threshold, "cascade_threshold", "in [0, 1]"))
         if not 0.0 <= self.cascade_threshold <= 1.0:
             raise InputError(f"cascade_threshold is {self.cascade_threshold!r}; it must be in [0, 1]")
+        if self.draft_tokens is not None:
+            fix("draft_tokens", as_int(self.draft_tokens, "draft_tokens", 1, " (or None for adaptive)"))
+            if self.mode != "speculative":
+                raise InputError(f"draft_tokens is {self.draft_tokens}, but mode is {self.mode!r}; draft_tokens "
+                                 "applies to mode 'speculative' only: drop it or use that mode")
 
     @property
     def greedy(self) -> bool:

@@ -53,6 +53,38 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class SpeculativeStats:
+    """How speculative decoding went in one call, summed over rows (a row's verify pass is one round).
+
+    drafted: tokens the shadow proposed; accepted: those the combined model agreed with;
+    draft_ms / verify_ms: wall time of the drafting (shadow steps + shadow head) and of the
+    verify passes (backbone + head over the drafted positions), summed over rounds;
+    draft_lengths: k of each round (adaptive or fixed).
+    """
+
+    rounds: int
+    drafted: int
+    accepted: int
+    draft_ms: float
+    verify_ms: float
+    draft_lengths: list[int]
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """accepted / drafted (None when nothing was drafted)."""
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def mean_accepted_length(self) -> float | None:
+        """Draft tokens accepted per round; each round also emits one token of the combined model's own."""
+        return self.accepted / self.rounds if self.rounds else None
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "acceptance_rate": self.acceptance_rate,
+                "mean_accepted_length": self.mean_accepted_length}
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     """New tokens only (the prompt is not repeated). See the module docstring for flat vs batch shapes.
 
@@ -61,7 +93,8 @@ class GenerationResult:
     "eos", "stop" (a stop string appeared) or "length" (max_new_tokens reached).
     cascade only: `answered_by` ("shadow_only" or "base_shadow") and `confidence` (geometric
     mean of the shadow's probabilities of its chosen tokens, in [0, 1]); `stages` holds
-    each stage's timings while `timings` adds them up.
+    each stage's timings while `timings` adds them up. speculative only: `speculative`, the
+    drafting and acceptance figures (`SpeculativeStats`).
     """
 
     mode: str
@@ -73,6 +106,7 @@ class GenerationResult:
     answered_by: str | list[str] | None = None
     confidence: float | list[float] | None = None
     stages: dict[str, Timings] = field(default_factory=dict)
+    speculative: SpeculativeStats | None = None
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("mode", "token_ids", "text", "finish_reason", "prompt_tokens",
@@ -80,6 +114,8 @@ class GenerationResult:
         d["timings"] = self.timings.to_dict()
         if self.stages:
             d["stages"] = {k: v.to_dict() for k, v in self.stages.items()}
+        if self.speculative is not None:
+            d["speculative"] = self.speculative.to_dict()
         return d
 
 

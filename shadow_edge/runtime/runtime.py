@@ -62,9 +62,10 @@ class ShadowRuntime:
              modes: tuple[str, ...] | None = None) -> "ShadowRuntime":
         """Read manifest.json, check every file's sha256 (verify=False skips it), open the mode graphs.
 
-        Graphs used by `modes` (default: shadow_only and base_shadow) are loaded now; others (e.g.
-        `backbone_plain`) on first use. threads: onnxruntime intra-op threads (default: all cores).
-        Loading holds a shared lock on the directory, so `export --force` never replaces it mid-load.
+        Graphs used by `modes` (generation modes; default: shadow_only and base_shadow) are loaded
+        now; others (e.g. `backbone_plain`) on first use. threads: onnxruntime intra-op threads
+        (default: all cores). Loading holds a shared lock on the directory, so `export --force`
+        never replaces it mid-load.
         """
         art_dir = inputs.artifact_dir(art_dir)
         with artifact_lock.shared(art_dir):
@@ -85,8 +86,11 @@ class ShadowRuntime:
             verify_files(art_dir, manifest)
         rt = cls(art_dir, manifest, TextCodec.load(art_dir, manifest.files), providers, threads)
         for mode in GRAPH_MODES if modes is None else modes:
-            if modes is not None or mode in manifest.modes:
-                rt.pipeline(mode)  # an unknown mode in `modes` raises InputError
+            if modes is None and mode not in manifest.modes:
+                continue
+            rt._check_mode(mode)  # an unknown or unavailable mode in `modes` raises InputError
+            for graph_mode in strategy(mode).uses:
+                rt.pipeline(graph_mode)
         return rt
 
     def graph(self, name: str) -> GraphSession:
@@ -163,10 +167,11 @@ class ShadowRuntime:
     # ---- generate / stream ---------------------------------------------------------------------
     def options(self, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5) -> GenerationOptions:
+                stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5,
+                draft_tokens: int | None = None) -> GenerationOptions:
         check_task(self.manifest, "causal_lm")
         opts = GenerationOptions(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
-                                 cascade_threshold)
+                                 cascade_threshold, draft_tokens)
         self._check_mode(opts.mode)
         if opts.stop and not self.has_tokenizer:
             raise InputError(NoTokenizer.MESSAGE.format(what="stop strings"))
@@ -200,17 +205,19 @@ class ShadowRuntime:
 
     def generate(self, prompt_or_ids, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                 stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5) -> GenerationResult:
+                 stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5,
+                 draft_tokens: int | None = None) -> GenerationResult:
         """Generate new tokens for one prompt (flat result) or a list of prompts (one left-padded batch)."""
         opts = self.options(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
-                            cascade_threshold)
+                            cascade_threshold, draft_tokens)
         batch = self.encode(prompt_or_ids, opts.chat, opts.max_new_tokens)
         strategy(opts.mode).check(self, opts, max(batch.lengths))
         return _result(silent(self._run(batch, opts, False)), batch, opts)
 
     def stream(self, prompt_or_ids, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-               stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5) -> GenerationStream:
+               stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5,
+               draft_tokens: int | None = None) -> GenerationStream:
         """Iterate the returned stream for text pieces as they are produced (one prompt); they join to
         `generate(...).text`. After the loop, `stream.result` holds this call's `GenerationResult`.
 
@@ -218,7 +225,7 @@ class ShadowRuntime:
         answer streams from base_shadow.
         """
         opts = self.options(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
-                            cascade_threshold)
+                            cascade_threshold, draft_tokens)
         batch = self.encode(prompt_or_ids, opts.chat, opts.max_new_tokens)
         if not batch.single:
             raise InputError("stream() takes one prompt; use generate() for a batch")
@@ -244,4 +251,4 @@ def _result(rows: Rows, batch: PromptBatch, opts: GenerationOptions) -> Generati
         prompt_tokens=one(batch.lengths), timings=rows.timings,
         answered_by=one(rows.answered_by) if cascade else None,
         confidence=one(rows.conf) if cascade else None,
-        stages=rows.stages if cascade else {})
+        stages=rows.stages if cascade else {}, speculative=rows.stats.get("speculative"))

@@ -84,16 +84,21 @@ def registry() -> dict[str, "Strategy"]:
 
 
 class Strategy(ABC):
-    """One way to generate. Subclasses set `name`, `order`, `listed` and implement `available` and `run`."""
+    """One way to generate. Subclasses set `name`, `uses` (and `order`, `listed`) and implement `run`."""
 
     name: str = ""
+    uses: tuple[str, ...] = ()  # the manifest (graph) modes it runs, e.g. ("shadow_only", "base_shadow")
     order: int = 100  # position in mode lists
     listed: bool = True  # False: accepted but not advertised (benchmark-only modes)
-    needs: str = ""  # what `available` requires, for error messages
 
-    @abstractmethod
     def available(self, graph_modes) -> bool:
         """Whether an artifact with these manifest modes (graph chains) can run this strategy."""
+        return set(self.uses) <= set(graph_modes)
+
+    @property
+    def needs(self) -> str:
+        """What `available` requires, for error messages."""
+        return "the graphs of " + " and ".join(self.uses) if self.uses else "nothing"
 
     def check(self, rt: "ShadowRuntime", opts: "GenerationOptions", prompt_len: int) -> None:
         """Strategy-specific checks of the options against the runtime and the longest prompt (default: none)."""

@@ -35,11 +35,9 @@ def remap(gen: Pieces, rows: list[int]) -> Pieces:
 
 
 class Cascade(Strategy):
-    name, order, needs = "cascade", 2, "both shadow_only and base_shadow graphs"
+    name, order = "cascade", 2
     first, second = io_spec.MODE_SHADOW_ONLY, io_spec.MODE_BASE_SHADOW
-
-    def available(self, graph_modes) -> bool:
-        return self.first in graph_modes and self.second in graph_modes
+    uses = (first, second)
 
     def run(self, rt, ids, mask, opts, incremental, want_logprobs=False) -> Pieces:
         first, second = registry()[self.first], registry()[self.second]

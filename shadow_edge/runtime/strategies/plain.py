@@ -43,11 +43,7 @@ class Plain(StepStrategy):
     """Prefill the prompt, then feed one token per row per step through one mode's graph chain."""
 
     def __init__(self, mode: str, order: int, listed: bool = True):
-        self.name, self.order, self.listed = mode, order, listed
-        self.needs = f"the {mode} graphs"
-
-    def available(self, graph_modes) -> bool:
-        return self.name in graph_modes
+        self.name, self.uses, self.order, self.listed = mode, (mode,), order, listed
 
     def steps(self, rt, ids, mask, opts, sampler, eos_ids, want_logprobs, state, stats):
         return decode_n(rt.pipeline(self.name), ids, mask, opts.max_new_tokens, sampler, rt.pad_id, want_logprobs,

@@ -1,0 +1,177 @@
+"""Self-speculative decoding: the detached shadow drafts k tokens, the combined model verifies them in one pass.
+
+The shadow graph and its KV cache are shared by shadow_only and base_shadow, so a draft
+costs the shadow step and the shadow's head only. One round, for last token x (emitted,
+not yet fed) at slot L of both caches:
+
+    draft   shadow(x), shadow(d1) ... shadow(dk): k + 1 shadow steps (seq 1) fill shadow
+            slots L..L+k and give shadow_hidden_states s0..sk; the shadow head on s0..s(k-1)
+            proposes d1..dk
+    verify  backbone([x, d1..dk], [s0..sk]): one pass over k + 1 positions (the shadow is
+            never run twice for a position) fills backbone slots L..L+k; lm_head -> p0..pk
+    accept  n drafts (greedy: longest agreeing prefix; sampling: min(1, p/q) rule), then
+            the combined model's own token (correction from p_n, or bonus from p_k)
+    roll    both caches' length -> L + width: a pointer move, nothing is copied
+
+Batches stay aligned by slot, not by acceptance: every row owns the same slots, and
+`width` is the most slots any row keeps (n + 1). A row that kept fewer marks its
+remaining slots of the round 0 in its attention mask: holes, like left padding, which
+the attention bias never lets a query see; positions are per row (explicit position_ids),
+so a hole does not shift them. Stale keys/values past the length are overwritten later.
+onnxruntime's CPU GroupQueryAttention takes seq > 1 with a past only for batch 1, so
+with batch > 1 on such a backbone the verify pass runs row by row on views of the cache.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from shadow_edge.errors import InputError
+from shadow_edge.io_spec import ATTENTION_GQA, MODE_BASE_SHADOW, MODE_SHADOW_ONLY, SHADOW_HIDDEN
+from shadow_edge.runtime.acceptance import AdaptiveDraft, accept_greedy, accept_sampled, draw
+from shadow_edge.runtime.generate import prefill
+from shadow_edge.runtime.kv_cache import KVCache
+from shadow_edge.runtime.result import SpeculativeStats
+from shadow_edge.runtime.sampling import chosen_logprobs, shaped_probs
+from shadow_edge.runtime.session import ov
+from shadow_edge.runtime.strategies.base import StepRecord, StepStrategy, register
+
+ADAPTIVE_MAX = 8  # adaptive k ranges over 0..ADAPTIVE_MAX
+
+
+def _row_views(cache: KVCache, r: int) -> list:
+    """OrtValues over row r of every KV buffer ([1, kv_heads, capacity, head_dim] views, same memory)."""
+    return [ov(a[r:r + 1]) for a in cache.arrays]
+
+
+class Speculative(StepStrategy):
+    name, order = "speculative", 3
+    uses = (MODE_SHADOW_ONLY, MODE_BASE_SHADOW)
+
+    def check(self, rt, opts, prompt_len: int) -> None:
+        draft, verify = (rt.manifest.modes[m].get("shadow") for m in self.uses)
+        if draft != verify:
+            raise InputError(f"{rt.art_dir}: speculative needs one shadow graph shared by shadow_only and "
+                             f"base_shadow; this artifact uses {draft!r} and {verify!r}; use base_shadow")
+        room = rt.max_positions - prompt_len
+        if opts.draft_tokens is not None and opts.draft_tokens > room:
+            raise InputError(f"draft_tokens is {opts.draft_tokens}, but only {room} positions remain after the "
+                             f"{prompt_len}-token prompt (model.max_positions {rt.max_positions}); use at most "
+                             f"{room} or leave it unset (adaptive)")
+
+    def steps(self, rt, ids, mask, opts, sampler, eos_ids, want_logprobs, state, stats):
+        pipe, draft_head = rt.pipeline(MODE_BASE_SHADOW), rt.pipeline(MODE_SHADOW_ONLY).head
+        b = ids.shape[0]
+        rows_apart = b > 1 and pipe.backbone.entry.attention == ATTENTION_GQA
+        policy = None
+        if opts.draft_tokens is None:
+            m = rt.manifest
+            policy = AdaptiveDraft(m.mode_bytes(MODE_SHADOW_ONLY) / m.mode_bytes(MODE_BASE_SHADOW), ADAPTIVE_MAX)
+        shape = (opts.temperature, opts.top_k, opts.top_p)
+        totals = dict(rounds=0, drafted=0, accepted=0, draft_ms=0.0, verify_ms=0.0)
+        lengths: list[int] = []
+        stats["speculative"] = SpeculativeStats(0, 0, 0, 0.0, 0.0, [])
+
+        t0 = time.perf_counter()
+        mask = np.ascontiguousarray(mask, dtype=np.int64)  # [b, slots]; 0 on padding and holes
+        logits, (s_cache, b_cache), pos = prefill(pipe, np.ascontiguousarray(ids, dtype=np.int64), mask,
+                                                  capacity=mask.shape[1] + opts.max_new_tokens + ADAPTIVE_MAX + 1)
+        x = sampler(logits)  # [b] the first token, exactly as base_shadow chooses it
+        lp = chosen_logprobs(logits, x) if want_logprobs else None
+        made = np.ones(b, dtype=np.int64)  # tokens emitted per row
+        yield StepRecord([[] if state.done[r] else [int(x[r])] for r in range(b)],
+                         None if lp is None else [[float(v)] for v in lp], (time.perf_counter() - t0) * 1e3)
+        while True:
+            active = ~state.done & (made < opts.max_new_tokens)  # [b]
+            if not active.any():
+                break
+            t0 = time.perf_counter()
+            left = int((opts.max_new_tokens - made[active]).max())
+            k = min(policy.next_k() if policy else opts.draft_tokens, left - 1)
+            x = np.where(active, x, rt.pad_id).astype(np.int64)  # finished rows are fed pad (as in plain)
+            slots = mask.shape[1]
+
+            # draft: k + 1 shadow steps; the shadow head proposes d1..dk from the first k
+            fed = np.empty((b, k + 1), dtype=np.int64)  # [b, k + 1] x, d1..dk
+            hidden = []  # k + 1 of [b, 1, d]
+            q = []  # k of [b, V] shaped draft probabilities (sampling only)
+            fed[:, 0] = x
+            s_cache.reserve(slots + k + 1)
+            for j in range(k + 1):
+                feed = {"input_ids": ov(fed[:, j:j + 1]),  # [b, 1]
+                        "attention_mask": ov(np.concatenate([mask, np.ones((b, j + 1), np.int64)], axis=1)),
+                        "position_ids": ov((pos + j)[:, None])}  # [b, 1]
+                s = pipe.shadow.run_in_place(feed, s_cache.tensors)  # [b, 1, d]
+                s_cache.length += 1
+                hidden.append(s.numpy().copy())
+                if j < k:
+                    q_logits = draft_head.run({draft_head.input_names[0]: s})[0].numpy()[:, -1]  # [b, V]
+                    if sampler.greedy:
+                        fed[:, j + 1] = np.argmax(q_logits, axis=-1)
+                    else:
+                        q.append(shaped_probs(q_logits, *shape))
+                        fed[:, j + 1] = [draw(q[-1][r], sampler.rng) for r in range(b)]
+            t1 = time.perf_counter()
+
+            # verify: one backbone pass over the k + 1 fed positions, then lm_head on all of them
+            h_all = np.concatenate(hidden, axis=1)  # [b, k + 1, d]
+            v_mask = np.concatenate([mask, np.ones((b, k + 1), np.int64)], axis=1)  # [b, slots + k + 1]
+            v_pos = pos[:, None] + np.arange(k + 1)  # [b, k + 1]
+            b_cache.reserve(slots + k + 1)
+            if rows_apart:
+                out = [pipe.backbone.run_in_place(
+                    {"input_ids": ov(fed[r:r + 1]), "attention_mask": ov(v_mask[r:r + 1]),
+                     "position_ids": ov(v_pos[r:r + 1]), SHADOW_HIDDEN: ov(h_all[r:r + 1])},
+                    _row_views(b_cache, r)).numpy() if active[r] else np.zeros_like(h_all[r:r + 1])
+                    for r in range(b)]
+                h = ov(np.concatenate(out, axis=0))  # [b, k + 1, d]
+            else:
+                h = pipe.backbone.run_in_place({"input_ids": ov(fed), "attention_mask": ov(v_mask),
+                                                "position_ids": ov(v_pos), SHADOW_HIDDEN: ov(h_all)},
+                                               b_cache.tensors)
+            p_logits = pipe.head.run({pipe.head_input: h})[0].numpy()  # [b, k + 1, V]
+            t2 = time.perf_counter()
+
+            # accept per row, then roll both caches back to the widest row's kept slots
+            tokens: list[list[int]] = [[] for _ in range(b)]
+            logprobs: list[list[float]] | None = [[] for _ in range(b)] if want_logprobs else None
+            kept = np.ones(b, dtype=np.int64)  # slots each row keeps: x and its accepted drafts
+            accepted_now = trials_now = 0
+            for r in np.flatnonzero(active):
+                drafts = fed[r, 1:]
+                if sampler.greedy:
+                    n, nxt = accept_greedy(drafts, p_logits[r])
+                else:
+                    n, nxt = accept_sampled(drafts, shaped_probs(p_logits[r], *shape),
+                                            np.stack([qj[r] for qj in q]) if k else np.zeros((0, 0)), sampler.rng)
+                row = [int(t) for t in drafts[:n]] + [nxt]
+                row = row[:opts.max_new_tokens - made[r]]
+                tokens[r] = row
+                if logprobs is not None:
+                    logprobs[r] = [float(v) for v in chosen_logprobs(p_logits[r, :len(row)], np.array(row))]
+                kept[r] = len(row)
+                made[r] += len(row)
+                accepted_now += min(n, len(row))
+                trials_now += n + (n < k)
+                x[r] = row[-1]
+                totals["drafted"] += k
+            totals["rounds"] += int(active.sum())
+            totals["accepted"] += accepted_now
+            lengths.append(k)
+            if policy:
+                policy.update(accepted_now, trials_now)
+            width = int(kept[active].max())
+            kept[~active] = width
+            mask = np.concatenate([mask, (np.arange(width)[None, :] < kept[:, None]).astype(np.int64)], axis=1)
+            s_cache.length = b_cache.length = slots + width  # roll back: later slots are stale, then overwritten
+            pos = pos + kept
+            t3 = time.perf_counter()
+            totals["draft_ms"] += (t1 - t0) * 1e3
+            totals["verify_ms"] += (t2 - t1) * 1e3
+            stats["speculative"] = SpeculativeStats(draft_lengths=list(lengths), **totals)
+            yield StepRecord(tokens, logprobs, (t3 - t0) * 1e3)
+
+
+register(Speculative())
