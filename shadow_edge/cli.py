@@ -24,6 +24,7 @@ examples:
   shadow-edge run ART --mode cascade --prompt "Hi" --escalate-to http://server:8000/v1 --api-key KEY
   shadow-edge run ART --mode base_shadow --input-ids 1,2,3 --max-new-tokens 8
   shadow-edge run ART --mode shadow_only --prompt "Once" --temperature 0.8 --top-p 0.9 --seed 0
+  shadow-edge run ART --mode speculative --prompt "Hi" --draft-tokens 4 --json
 
 Decoding is greedy unless --temperature, --top-k, --top-p or --seed is given (then it
 samples; --temperature 0 stays greedy). The generated text goes to stdout, timings to
@@ -55,8 +56,8 @@ examples:
 """
 DEMO_EPILOG = """\
 The demo builds a tiny random Qwen3 + shadow adapter offline (seconds), exports it once
-into the cache directory, and generates from one prompt in shadow_only, base_shadow and
-cascade mode with a latency table. The model is random: its text is meaningless; the
+into the cache directory, and generates from one prompt in shadow_only, base_shadow,
+cascade and speculative mode with a latency table. The model is random: its text is meaningless; the
 demo shows the pipeline and its speed, not quality.
 """
 
@@ -113,8 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=RUN_EPILOG, formatter_class=fmt)
     p.add_argument("artifact", metavar="ART", help="artifact directory written by `shadow-edge export`")
     p.add_argument("--mode", default="base_shadow",
-                   help="shadow_only (detached shadow), base_shadow (backbone + shadow; default) or cascade "
-                        "(shadow first, combined model when the shadow is unsure)")
+                   help="shadow_only (detached shadow), base_shadow (backbone + shadow; default), cascade "
+                        "(shadow first, combined model when the shadow is unsure) or speculative (the shadow "
+                        "drafts, the combined model verifies: base_shadow's output in fewer backbone passes)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", metavar="TEXT", help="prompt text")
     src.add_argument("--input-ids", metavar="1,2,3", help="prompt as comma-separated token ids")
@@ -132,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the sha256 check of the artifact's files (faster start for big artifacts)")
     p.add_argument("--cascade-threshold", type=float, default=0.5, metavar="X",
                    help="cascade: escalate when the shadow's confidence (geometric mean token probability) < X")
+    p.add_argument("--draft-tokens", type=int, metavar="K",
+                   help="speculative: tokens the shadow drafts per verify pass (default: adaptive, 0..8 from the "
+                        "running acceptance rate)")
     net = p.add_argument_group("edge-cloud cascade over the network (--mode cascade)")
     net.add_argument("--escalate-to", metavar="URL",
                      help="escalate unsure answers to this OpenAI-compatible server (e.g. http://host:8000/v1, a "

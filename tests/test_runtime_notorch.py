@@ -44,8 +44,10 @@ def test_runtime_runs_every_mode_without_torch(tiny_artifact):
     """)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(data["modes"]) == {"shadow_only", "base_shadow", "cascade"} and data["leaked"] == []
+    assert set(data["modes"]) == {"shadow_only", "base_shadow", "cascade", "speculative"} and data["leaked"] == []
     assert data["modes"]["cascade"]["answered_by"] in ("shadow_only", "base_shadow")
+    assert data["modes"]["speculative"]["token_ids"] == data["modes"]["base_shadow"]["token_ids"]
+    assert data["modes"]["speculative"]["speculative"]["rounds"] >= 1
 
 
 def test_cli_run_and_inspect_without_torch(tiny_artifact):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -246,3 +248,19 @@ def test_bad_input_is_one_clear_error(tiny_rt, tiny_artifact, tmp_path):
         rt = ShadowRuntime.load(art, threads=1, modes=())
         with pytest.raises(InputError, match="speculative needs the graphs of shadow_only and base_shadow"):
             rt.generate([1, 2], mode="speculative")
+
+
+def test_cli_speculative(tiny_artifact):
+    run = [sys.executable, "-m", "shadow_edge.cli", "run", str(tiny_artifact), "--threads", "1", "--prompt", "Hi",
+           "--max-new-tokens", "6"]
+    ok = subprocess.run(run + ["--mode", "speculative", "--draft-tokens", "2", "--json"], capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    out = json.loads(ok.stdout)
+    assert out["mode"] == "speculative" and out["speculative"]["drafted"] > 0 and "acceptance_rate" in out["speculative"]
+    assert "speculative:" in ok.stderr and "drafted tokens accepted" in ok.stderr
+    base = subprocess.run(run + ["--mode", "base_shadow", "--json"], capture_output=True, text=True, timeout=120)
+    assert json.loads(base.stdout)["token_ids"] == out["token_ids"]
+    bad = subprocess.run(run + ["--mode", "speculative", "--draft-tokens", "0"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "draft_tokens is 0" in bad.stderr

@@ -13,7 +13,7 @@ from shadow_edge.io_spec import GRAPH_MODES
 from shadow_edge.manifest import read_manifest
 from shadow_edge.runtime.options import CASCADE
 
-DEMO_MODES = GRAPH_MODES + (CASCADE,)
+DEMO_MODES = GRAPH_MODES + (CASCADE, "speculative")
 
 
 def cache_dir(override: str | None) -> Path:
@@ -63,6 +63,9 @@ def demo(args) -> int:
         rt.generate(args.prompt, mode=mode, max_new_tokens=2)  # warm-up, excluded from timings
         r = rt.generate(args.prompt, mode=mode, max_new_tokens=args.max_new_tokens)
         who = f"  [answered by {r.answered_by}, shadow confidence {r.confidence:.3f}]" if r.answered_by else ""
+        if r.speculative is not None and r.speculative.drafted:
+            who = (f"  [{r.speculative.accepted}/{r.speculative.drafted} drafted tokens accepted; same text as "
+                   f"base_shadow: {r.token_ids == dict(rows)['base_shadow'].token_ids}]")
         print(f"{mode}:{who}\n  {r.text!r}")
         rows.append((mode, r))
     print(f"\n{'mode':<12} {'tokens':>6} {'prefill ms':>11} {'decode ms/tok':>14} {'tok/s':>8}  "
@@ -71,5 +74,6 @@ def demo(args) -> int:
         t = r.timings
         print(f"{mode:<12} {len(r.token_ids):>6} {t.prefill_ms:>11.2f} {t.decode_ms_median or 0:>14.3f} "
               f"{t.tokens_per_s:>8.1f}")
-    print("\ncascade timings add the shadow pass and, when escalated, the combined pass.")
+    print("\ncascade timings add the shadow pass and, when escalated, the combined pass. speculative: the random\n"
+          "shadow rarely agrees with the combined model, so drafts are mostly rejected here (a trained pair agrees).")
     return 0

@@ -37,6 +37,10 @@ def timing_line(mode: str, result: GenerationResult) -> str:
                else "no decode steps"))
     if result.answered_by is not None:
         line += f"; answered by {result.answered_by} (shadow confidence {result.confidence:.3f})"
+    s = result.speculative
+    if s is not None and s.drafted:
+        line += (f"; speculative: {s.accepted}/{s.drafted} drafted tokens accepted ({s.acceptance_rate:.0%}), "
+                 f"{s.mean_accepted_length:.2f} per verify pass over {s.rounds} passes")
     return line
 
 
@@ -46,7 +50,8 @@ def run(args) -> int:
         return run_remote_cascade(args, prompt)
     rt = ShadowRuntime.load(args.artifact, threads=args.threads, verify=not args.no_verify)
     kwargs = dict(mode=args.mode, max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat,
-                  cascade_threshold=args.cascade_threshold, **sampling_kwargs(args))
+                  cascade_threshold=args.cascade_threshold, draft_tokens=args.draft_tokens,
+                  **sampling_kwargs(args))
     if args.stream and not args.json:
         pieces = rt.stream(prompt, **kwargs)
         for piece in pieces:
