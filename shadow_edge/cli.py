@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from shadow_edge import __version__
+from shadow_edge import __version__, io_spec
 from shadow_edge.commands.classify import add_parser as add_classify_parser
 from shadow_edge.errors import InputError, ShadowEdgeError
 
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-validate", action="store_true", help="skip validating the graphs against PyTorch")
     p.add_argument("--plain-backbone", action="store_true",
                    help="also export the backbone without the adapter (mode base_plain, for overhead benchmarks)")
-    p.add_argument("--attention", choices=("auto", "GroupQueryAttention", "Attention"), default="auto",
+    p.add_argument("--attention", choices=(io_spec.ATTENTION_AUTO, *io_spec.ATTENTION_KINDS), default="auto",
                    help="attention kernel of the decoder graphs: auto (default) = onnxruntime's fused "
                         "GroupQueryAttention where head_dim %% 8 == 0, else ONNX opset-24 Attention")
     p.add_argument("--ort-format", action="store_true",

@@ -56,18 +56,21 @@ def group_query_attention(b: GraphBuilder, cfg: DecoderConfig, i: int, a: AttnIn
     """onnxruntime's fused GroupQueryAttention; -> [b, s, H*hd]."""
     past_k, past_v, present_k, present_v = _kv_names(i)
     # Every row keeps all T cache slots (padding is masked by the bias): seqlens_k = T - 1 per row.
-    lens = b.shared("gqa_lengths", lambda: _gqa_lengths(b, a))
-    total32, seqlens = lens
+    total32, seqlens = b.shared("gqa_lengths", lambda: _gqa_lengths(b, a))
     out = b.op("GroupQueryAttention", [a.q, a.k, a.v, past_k, past_v, seqlens, total32, "", "", "", a.bias],
                domain="com.microsoft", n_out=3, num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads,
                scale=cfg.head_dim ** -0.5, outputs=[None, present_k, present_v])
     return out[0]
 
 
+def _batch(b: GraphBuilder) -> str:
+    """[1] int64: the batch size, from input_ids."""
+    return b.shared("batch", lambda: b.op("Slice", [b.op("Shape", [io_spec.INPUT_IDS]), b.const([0]), b.const([1])]))
+
+
 def _gqa_lengths(b: GraphBuilder, a: AttnInputs) -> tuple[str, str]:
-    batch = b.op("Slice", [b.op("Shape", [io_spec.INPUT_IDS]), b.const([0]), b.const([1])])  # [1]
     total32 = b.op("Cast", [a.total], to=6)  # int32 scalar
-    return total32, b.op("Expand", [b.op("Sub", [total32, b.const(1, "int32")]), batch])  # [b]
+    return total32, b.op("Expand", [b.op("Sub", [total32, b.const(1, "int32")]), _batch(b)])  # [b]
 
 
 def onnx_attention(b: GraphBuilder, cfg: DecoderConfig, i: int, a: AttnInputs) -> str:
@@ -88,8 +91,7 @@ def onnx_attention(b: GraphBuilder, cfg: DecoderConfig, i: int, a: AttnInputs) -
 
 
 def _scatter_positions(b: GraphBuilder, a: AttnInputs) -> tuple[str, str]:
-    batch = b.op("Slice", [b.op("Shape", [io_spec.INPUT_IDS]), b.const([0]), b.const([1])])  # [1]
-    write_at = b.op("Expand", [b.op("Sub", [a.total, a.seq]), batch])  # [b] int64: past length per row
+    write_at = b.op("Expand", [b.op("Sub", [a.total, a.seq]), _batch(b)])  # [b] int64: past length per row
     return write_at, b.op("Unsqueeze", [a.total, b.const([0])])  # [1] int64: T
 
 

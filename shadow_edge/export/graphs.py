@@ -138,8 +138,7 @@ def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: 
                 q = _head_norm(b, q, b.weight(f"{key}.q_norm", lambda: _np(lw["q_norm.weight"])), H, hd, cfg)
                 k = _head_norm(b, k, b.weight(f"{key}.k_norm", lambda: _np(lw["k_norm.weight"])), KV, hd, cfg)
             q, k = _rotary(b, q, ctx, H), _rotary(b, k, ctx, KV)
-            with b.scope(ctx.attention):
-                attn = ATTENTION[ctx.attention](b, cfg, i, AttnInputs(q, k, v, ctx.bias, ctx.total, ctx.seq))
+            attn = ATTENTION[ctx.attention](b, cfg, i, AttnInputs(q, k, v, ctx.bias, ctx.total, ctx.seq))
             o = names.linear(b, attn, f"{key}.o", [lw["o.weight"]], "o")
             if cfg.o_bias:
                 o = b.op("Add", [o, b.weight(f"{key}.o_bias", lambda: _np(lw["o.bias"]))], tag="o/Add")
