@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from shadow_edge.cli import main
-from shadow_edge.errors import ExportError
+from shadow_edge.errors import ArtifactError, ExportError
 from shadow_edge.export import ExportOptions, export_artifact
 from shadow_edge.export.out_dir import PARTIAL_MARKER, partial_path, writer_lock
 from shadow_edge.manifest import read_manifest
@@ -191,6 +191,20 @@ def test_reader_never_sees_the_artifact_missing_while_it_is_replaced(inputs, tmp
     assert not failures, failures[:3]
     assert loads[0] > 0
     ShadowRuntime.load(out)
+
+
+def test_lazy_graph_of_a_replaced_artifact_is_refused(inputs, tmp_path):
+    base, adapter = inputs
+    out = tmp_path / "art"
+    plain = ExportOptions(validate=False, plain_backbone=True)
+    export_artifact(base, adapter, out, options=plain, progress=quiet)
+    rt = ShadowRuntime.load(out, threads=1, modes=("shadow_only",))  # backbone_plain opens on first use
+    export_artifact(base, adapter, out, options=ExportOptions(force=True, validate=False, plain_backbone=True),
+                    progress=quiet)
+    with pytest.raises(ArtifactError, match="was replaced .* load it again"):
+        rt.forward([[1, 2, 3]], mode="base_plain")
+    assert rt.generate([1, 2, 3], mode="shadow_only", max_new_tokens=2).token_ids  # loaded sessions keep working
+    assert ShadowRuntime.load(out, threads=1, modes=("base_plain",)).forward([[1, 2, 3]], mode="base_plain").shape
 
 
 def _export_cmd(base: Path, adapter: Path, out: Path) -> list[str]:

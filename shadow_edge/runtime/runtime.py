@@ -42,6 +42,7 @@ class ShadowRuntime:
 
     def __init__(self, art_dir: Path, manifest: Manifest, codec: TextCodec | None, providers, threads):
         self.art_dir, self.manifest = art_dir, manifest
+        self.dir_identity = artifact_lock.directory_identity(art_dir)  # which directory was loaded (see graph())
         self.has_tokenizer = codec is not None
         self.codec = codec if codec is not None else NoTokenizer()
         self.providers, self.threads = providers, threads
@@ -101,9 +102,13 @@ class ShadowRuntime:
                     raise InputError(f"graph {name!r} is not in this artifact; it has "
                                      f"{', '.join(self.manifest.graphs)}")
                 entry = self.manifest.graphs[name]
-                self._graphs[name] = GraphSession(name, entry, self.art_dir, self.providers, self.threads,
-                                                  prepack_weights(entry, self.manifest.quantization),
-                                                  contract=self.manifest.contract(name))
+                with artifact_lock.shared(self.art_dir):  # files of the directory this runtime loaded, or none
+                    if artifact_lock.directory_identity(self.art_dir) != self.dir_identity:
+                        raise ArtifactError(f"{self.art_dir}: was replaced (export --force) after this runtime "
+                                            f"loaded it; load it again to use graph {name!r}")
+                    self._graphs[name] = GraphSession(name, entry, self.art_dir, self.providers, self.threads,
+                                                      prepack_weights(entry, self.manifest.quantization),
+                                                      contract=self.manifest.contract(name))
             return self._graphs[name]
 
     def pipeline(self, mode: str) -> Pipeline:
