@@ -5,7 +5,7 @@ shared `flock` on the artifact directory while it reads the manifest, hashes the
 opens the sessions; the exporter takes the exclusive lock on the old directory for the
 instant it swaps the new one into place. A reader that opened the old directory just
 before the swap notices (the path now names another directory) and opens the new one.
-Where `fcntl` does not exist (Windows) the locks are no-ops.
+Where `fcntl` does not exist (Windows) or the file system cannot lock, the locks are no-ops.
 """
 
 from __future__ import annotations
@@ -35,6 +35,17 @@ def directory_identity(path: str | Path) -> tuple[int, int] | None:
         return None
 
 
+def try_flock(fd: int, how: int) -> bool:
+    """Lock; False where the file system cannot (e.g. ENOLCK on some network mounts): go on unlocked."""
+    try:
+        fcntl.flock(fd, how)
+        return True
+    except BlockingIOError:
+        raise
+    except OSError:
+        return False
+
+
 @contextmanager
 def shared(art_dir: str | Path) -> Iterator[None]:
     """Hold a shared lock on `art_dir` (the directory its path names when the lock is granted).
@@ -49,8 +60,7 @@ def shared(art_dir: str | Path) -> Iterator[None]:
             fd = os.open(art_dir, os.O_RDONLY)
         except (OSError, TypeError, ValueError):  # missing, not a path, ...: the caller reports it
             break
-        fcntl.flock(fd, fcntl.LOCK_SH)
-        if directory_identity(art_dir) == _identity(os.fstat(fd)):
+        if not try_flock(fd, fcntl.LOCK_SH) or directory_identity(art_dir) == _identity(os.fstat(fd)):
             break
         os.close(fd)  # replaced while we waited: lock the new one
         fd = None
@@ -69,7 +79,7 @@ def exclusive(art_dir: str | Path) -> Iterator[None]:
         return
     fd = os.open(art_dir, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        try_flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)

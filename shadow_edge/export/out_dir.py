@@ -129,13 +129,16 @@ def writer_lock(out: Path) -> Iterator[None]:
     try:
         if artifact_lock.fcntl is not None:
             try:
-                artifact_lock.fcntl.flock(fd, artifact_lock.fcntl.LOCK_EX | artifact_lock.fcntl.LOCK_NB)
+                artifact_lock.try_flock(fd, artifact_lock.fcntl.LOCK_EX | artifact_lock.fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
                 raise ExportError(f"--out {out}: another export to it is running (pid {holder}, holding {lock}); "
                                   "wait for it to finish or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)  # only for the message above
+        except OSError:
+            pass
         yield
     finally:
         os.close(fd)
