@@ -59,20 +59,22 @@ def _llama3(p: dict, theta: float, head_dim: int, where: str) -> tuple[list[floa
 def _yarn(p: dict, theta: float, head_dim: int, where: str) -> tuple[list[float], float]:
     """transformers' `_compute_yarn_parameters`: a ramp between interpolated and extrapolated frequencies."""
     original = get_int(p, "original_max_position_embeddings", where)
-    factor = p.get("factor")
-    factor = p["max_position_embeddings"] / original if factor is None else get_float(p, "factor", where,
-                                                                                       positive=True)
+    if p.get("factor") is None:  # transformers: implied by the two context lengths
+        factor = get_int(p, "max_position_embeddings", where) / original
+    else:
+        factor = get_float(p, "factor", where, positive=True)
 
     def mscale(scale: float, m: float = 1.0) -> float:
         return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
 
-    attention = p.get("attention_factor")
+    def number(key: str) -> float | None:
+        return None if p.get(key) is None else get_float(p, key, where)
+
+    attention = None if p.get("attention_factor") is None else get_float(p, "attention_factor", where, positive=True)
     if attention is None:
-        m, m_all = p.get("mscale"), p.get("mscale_all_dim")
+        m, m_all = number("mscale"), number("mscale_all_dim")
         attention = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
-    else:
-        attention = get_float(p, "attention_factor", where, positive=True)
-    beta_fast, beta_slow = p.get("beta_fast") or 32, p.get("beta_slow") or 1
+    beta_fast, beta_slow = number("beta_fast") or 32, number("beta_slow") or 1
 
     def correction_dim(rotations: float) -> float:
         return head_dim * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))

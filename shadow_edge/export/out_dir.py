@@ -88,6 +88,14 @@ def _not_an_artifact(out: Path) -> str | None:
 
 def check_out(out: Path, force: bool, inputs: dict[str, Path]) -> None:
     """Refuse an `--out` we must not write to or replace, before any work is done."""
+    try:
+        _check_out(out, force, inputs)
+    except OSError as e:  # e.g. a directory on the way we may not read
+        raise ExportError(f"--out {out}: cannot inspect {e.filename or out} ({e.strerror}); choose an --out you may "
+                          "read and write") from None
+
+
+def _check_out(out: Path, force: bool, inputs: dict[str, Path]) -> None:
     for parent in out.parents:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
