@@ -27,8 +27,8 @@ from shadow_edge.export.graphs import Tensors, build_backbone, build_head, build
 from shadow_edge.export.interop import DETACHED_FILE, write_interop
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
 from shadow_edge.export.options import QUANT_COMPUTE, ExportOptions
-from shadow_edge.export.out_dir import (PARTIAL_MARKER, check_out, clean_stale_partials, new_partial, publish,
-                                        remove_partial, signals_clean_up, writer_lock)
+from shadow_edge.export.out_dir import (PARTIAL_MARKER, check_out, clean_stale_partials, new_partial, partial_path,
+                                        publish, remove_partial, signals_clean_up, writer_lock)
 from shadow_edge.export.ort_format import write_ort_format
 from shadow_edge.export.quantize import quantize_spec
 from shadow_edge.export.tokenizer_files import TokenizerFiles, read_tokenizer_files
@@ -82,8 +82,12 @@ def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shad
         progress(f"reading checkpoint: base {base}, adapter {adapter}")
         spec = load_spec(base, adapter, shadow_model, adapter_name)
         tokenizer = read_tokenizer_files(Path(base), spec.vocab_size)
-        tmp = new_partial(out)
+        tmp = partial_path(out)
+        if tmp.exists() or tmp.is_symlink():  # not ours: clean_stale_partials removed ours
+            raise ExportError(f"{tmp}: exists and is not a partial export of this tool; remove it or choose another "
+                              "--out")
         try:
+            new_partial(tmp)  # inside the try: a signal right after it still cleans up
             manifest = _write(spec, tokenizer, tmp, options, progress)
             check_out(out, options.force, inputs)  # nothing of the user's appeared there meanwhile
             publish(tmp, out)

@@ -182,12 +182,10 @@ def clean_stale_partials(out: Path) -> list[Path]:
     return removed
 
 
-def new_partial(out: Path) -> Path:
-    """Create this process's temporary directory beside `out`, marked as ours."""
-    tmp = partial_path(out)
+def new_partial(tmp: Path) -> None:
+    """Create this process's temporary directory `tmp` (`partial_path(out)`), marked as ours."""
     tmp.mkdir()
     (tmp / PARTIAL_MARKER).write_text(f"{os.getpid()}\n", encoding="ascii")
-    return tmp
 
 
 def remove_partial(tmp: Path) -> None:
@@ -218,36 +216,69 @@ def publish(tmp: Path, out: Path) -> None:
     if not out.exists() or not any(out.iterdir()):
         os.replace(tmp, out)  # new, or an empty directory
         return
-    with artifact_lock.exclusive(out):  # waits for readers that are loading the old artifact
+    with artifact_lock.exclusive(out), _signals_deferred():  # waits for readers loading the old artifact
         if _exchange(tmp, out):
             old = tmp
         else:  # no atomic exchange here: a reader may miss the directory for an instant
             old = tmp.with_name(tmp.name + "-old")
             os.rename(out, old)
             os.rename(tmp, out)
-    (old / PARTIAL_MARKER).write_text(f"{os.getpid()}\n", encoding="ascii")  # a crash now leaves a cleanable partial
+        (old / PARTIAL_MARKER).write_text(f"{os.getpid()}\n", encoding="ascii")  # a crash now leaves it cleanable
     remove_partial(old)
 
 
 # ---- signals -----------------------------------------------------------------------------------
 
-@contextmanager
-def signals_clean_up() -> Iterator[None]:
-    """Turn SIGTERM into an exception (SystemExit 143) while exporting, so cleanup runs as on any error.
+class _SignalState:
+    installed = False
+    deferring = False
+    pending: int | None = None
 
-    SIGINT already raises KeyboardInterrupt. Only the main thread can install handlers, and a
-    handler the application installed itself is left alone.
-    """
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
+
+def _raise_for(signum: int) -> None:
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)  # cleanup runs once, undisturbed by a second signal
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
+def _handler(signum, frame) -> None:
+    if _SignalState.deferring:
+        _SignalState.pending = signum
         return
+    _raise_for(signum)
 
-    def handler(signum, frame):
-        signal.signal(signum, signal.SIG_IGN)  # cleanup runs once, undisturbed by a second signal
-        raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, handler)
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """A signal arriving inside is raised at the end, so a swap is never left half done."""
+    _SignalState.deferring = _SignalState.installed
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _SignalState.deferring = False
+        signum, _SignalState.pending = _SignalState.pending, None
+        if signum is not None:
+            _raise_for(signum)
+
+
+@contextmanager
+def signals_clean_up() -> Iterator[None]:
+    """While exporting, SIGTERM raises SystemExit(143) and SIGINT KeyboardInterrupt, so cleanup runs as on
+    any error (and never in the middle of the final swap). Only the main thread can install handlers,
+    and handlers the application installed itself are left alone."""
+    defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
+    if threading.current_thread() is not threading.main_thread() or any(
+            signal.getsignal(s) is not d for s, d in defaults.items()):
+        yield
+        return
+    for s in defaults:
+        signal.signal(s, _handler)
+    _SignalState.installed = True
+    try:
+        yield
+    finally:
+        _SignalState.installed = False
+        for s, d in defaults.items():
+            signal.signal(s, d)
