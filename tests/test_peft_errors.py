@@ -155,3 +155,12 @@ def test_bad_config_fields_name_the_field(bases, shadow_adapter, tmp_path):
     (adapter / "adapter_config.json").write_text(json.dumps({**cfg, "shadow_num_attention_heads": 3}))
     msg = expect(ShadowEdgeError, bases / "qwen3", adapter, "adapter_config.json")
     assert "shadow_num_attention_heads" in msg or "num_attention_heads" in msg
+
+
+def test_config_types_name_the_field(bases, shadow_adapter, tmp_path):
+    adapter = shutil.copytree(shadow_adapter, tmp_path / "typed")
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    for field, value in (("shadow_num_hidden_layers", "two"), ("share_embeddings", "yes"), ("shadow_alpha", "0.1"),
+                         ("shadow_model", 3)):
+        (adapter / "adapter_config.json").write_text(json.dumps({**cfg, field: value}))
+        expect(CheckpointError, bases / "qwen3", adapter, "adapter_config.json", f"`{field}`", repr(value))

@@ -39,7 +39,7 @@ from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, classifier_heads, read_decoder,
                                          register_format, reject_leftovers, shadow_model_config)
 from shadow_edge.core.classifier import HEAD_NAMES, ClassifierHeads
-from shadow_edge.core.config_values import get_float
+from shadow_edge.core.config_values import get_bool, get_float, get_optional_int
 from shadow_edge.core.safetensors_io import load_safetensors, read_json, refuse_pickles
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.core.variants import AdapterVariant, register_variant
@@ -156,19 +156,29 @@ def _blocks(t: dict[str, torch.Tensor], file: Path, num_layers: int) -> tuple[in
     return idx[0], out
 
 
-def _shadow_config(base: DecoderConfig, pc: dict, cfg_file: Path, shadow_dir: Path | None) -> DecoderConfig:
+def _shadow_source(pc: dict, cfg_file: Path) -> str:
     source = pc.get("shadow_model", "mirror")
+    if not isinstance(source, str) or not source:
+        raise CheckpointError(f"{cfg_file}: field `shadow_model` is {source!r}; expected \"mirror\" or the "
+                              "pretrained shadow model's id or path")
+    return source
+
+
+def _shadow_config(base: DecoderConfig, pc: dict, cfg_file: Path, shadow_dir: Path | None) -> DecoderConfig:
+    source = _shadow_source(pc, cfg_file)
     if source != "mirror":
         if shadow_dir is None:
             raise CheckpointError(f"{cfg_file}: field `shadow_model` is {source!r} (a pretrained shadow model); pass "
                                   "that model's local directory with --shadow-model DIR")
         return shadow_model_config(shadow_dir)
-    fields = {"num_layers": pc.get("shadow_num_hidden_layers") or 1, "hidden_size": pc.get("shadow_hidden_size"),
-              "intermediate_size": pc.get("shadow_intermediate_size"),
-              "num_heads": pc.get("shadow_num_attention_heads")}
+    where = str(cfg_file)
+    fields = {"num_layers": get_optional_int(pc, "shadow_num_hidden_layers", where) or 1,
+              "hidden_size": get_optional_int(pc, "shadow_hidden_size", where),
+              "intermediate_size": get_optional_int(pc, "shadow_intermediate_size", where),
+              "num_heads": get_optional_int(pc, "shadow_num_attention_heads", where)}
     try:
-        return replace(base, **{k: int(v) for k, v in fields.items() if v is not None})
-    except (TypeError, ValueError, UnsupportedModelError) as e:
+        return replace(base, **{k: v for k, v in fields.items() if v is not None})
+    except UnsupportedModelError as e:
         raise CheckpointError(f"{cfg_file}: the mirror shadow fields (shadow_num_hidden_layers, shadow_hidden_size, "
                               f"shadow_intermediate_size, shadow_num_attention_heads) do not give a valid decoder: "
                               f"{e}") from None
@@ -185,8 +195,8 @@ def read_peft_shadow(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None
                             f"{tuple(w['down'].shape[1:])}), the base has hidden size {bc.hidden_size}; pass the base "
                             "model the adapter was trained on")
     scfg = _shadow_config(bc, pc, cfg_file, shadow_dir)
-    mirror = pc.get("shadow_model", "mirror") == "mirror"
-    share = mirror and bool(pc.get("share_embeddings", True)) and scfg.hidden_size == bc.hidden_size
+    mirror = _shadow_source(pc, cfg_file) == "mirror"
+    share = mirror and get_bool(pc, "share_embeddings", str(cfg_file), True) and scfg.hidden_size == bc.hidden_size
     shadow = read_decoder(t, BACKBONE, scfg, file, with_embed=not share)
     if shadow.embed is not None and shadow.embed.shape[0] != bc.vocab_size:
         raise MismatchError(f"{file}: {BACKBONE}embed_tokens.weight has vocab {shadow.embed.shape[0]}, the base has "
