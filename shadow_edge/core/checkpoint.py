@@ -122,7 +122,10 @@ def classifier_heads(base: BaseModel, heads: dict[str, torch.Tensor | None], fil
         shadow_weight, shadow_bias = weight, bias
     heads = ClassifierHeads(weight, shadow_weight, label_names(base.raw_config, int(weight.shape[0])), bias,
                             shadow_bias)
-    heads.validate(base.config.hidden_size)
+    try:
+        heads.validate(base.config.hidden_size)
+    except MismatchError as e:
+        raise MismatchError(f"{file}: {e}") from None
     return heads
 
 
