@@ -1,4 +1,4 @@
-"""`shadow-edge` command line: export, run, inspect, demo, bench, serve.
+"""`shadow-edge` command line: export, run, inspect, demo, bench, serve, eval.
 
 `run`, `inspect` and `demo`'s generation use only the torch-free runtime; `export` (and
 the export step of `demo`) import the torch side lazily, inside their handlers.
@@ -55,10 +55,15 @@ examples:
   shadow-edge inspect art/ --json
 """
 DEMO_EPILOG = """\
-The demo builds a tiny random Qwen3 + shadow adapter offline (seconds), exports it once
-into the cache directory, and generates from one prompt in shadow_only, base_shadow,
-cascade and speculative mode with a latency table. The model is random: its text is meaningless; the
-demo shows the pipeline and its speed, not quality.
+The demo exports the shipped demo pair once into the cache directory (a small Qwen3 base
+trained on the King James Bible + a shadow-peft adapter trained on Debian's fortunes;
+README, "The demo model"), then answers a prompt in shadow_only, base_shadow and speculative
+mode and two prompts in cascade mode (one the shadow answers, one it escalates), with a
+latency table.
+
+examples:
+  shadow-edge demo
+  shadow-edge demo --prompt "A computer" --max-new-tokens 40
 """
 
 
@@ -76,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "combined model (base_shadow) without torch, and benchmark them.",
         epilog="start with `shadow-edge demo`, then `shadow-edge export --help` and `shadow-edge run --help`")
     parser.add_argument("--version", action="version", version=f"shadow-edge {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{export,run,classify,inspect,demo,bench,serve}")
+    sub = parser.add_subparsers(dest="command", metavar="{export,run,classify,inspect,demo,bench,serve,eval}")
     sub.required = True
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -158,16 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(handler=cmd_inspect)
 
-    p = sub.add_parser("demo", help="offline end-to-end demo on a tiny random model (< 1 minute)",
-                       description="Build, export and run a tiny random ShadowPEFT model; print latencies.",
+    p = sub.add_parser("demo", help="offline end-to-end demo on the shipped trained pair (< 1 minute)",
+                       description="Export and run the shipped ShadowPEFT demo pair; print text and latencies.",
                        epilog=DEMO_EPILOG, formatter_class=fmt)
     p.add_argument("--cache-dir", metavar="DIR",
-                   help="where the tiny model and its artifact live (default: $XDG_CACHE_HOME/shadow-edge or "
+                   help="where the demo pair's artifact lives (default: $XDG_CACHE_HOME/shadow-edge or "
                         "~/.cache/shadow-edge)")
-    p.add_argument("--prompt", default="The river runs past the old mill", metavar="TEXT", help="demo prompt")
+    p.add_argument("--prompt", default="Never trust a", metavar="TEXT", help="demo prompt")
     p.add_argument("--max-new-tokens", type=int, default=24, metavar="N", help="tokens per mode (default 24)")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
-    p.add_argument("--force", action="store_true", help="rebuild and re-export even if cached")
+    p.add_argument("--cascade-threshold", type=float, default=0.1, metavar="X",
+                   help="cascade: escalate when the shadow's confidence is below X (default 0.1, set for the "
+                        "demo pair)")
+    p.add_argument("--force", action="store_true", help="re-export even if cached")
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser("bench", help="latency, throughput, memory and size per mode",
@@ -180,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
                        add_help=False)
     p.add_argument("serve_args", nargs=argparse.REMAINDER, help="arguments for the server")
     p.set_defaults(handler=cmd_serve)
+
+    from shadow_edge.commands.eval import add_parser as add_eval_parser
+
+    add_eval_parser(sub, fmt)
     return parser
 
 

@@ -154,10 +154,12 @@ def test_export_then_run(capsys, tiny_default, tmp_path):
 
 
 def test_demo_builds_once_and_reports_latency(capsys, tmp_path):
-    rc, out, err = cli(capsys, "demo", "--cache-dir", tmp_path, "--max-new-tokens", "6", "--threads", "1")
-    assert rc == 0 and "MEANINGLESS" in out and "exporting" in err
-    for mode in ("shadow_only", "base_shadow", "cascade"):
+    rc, out, err = cli(capsys, "demo", "--cache-dir", tmp_path, "--threads", "1")
+    assert rc == 0 and "King James Bible" in out and "exporting" in err
+    assert "answered by shadow_only" in out and "answered by base_shadow" in out  # one kept, one escalated
+    for mode in ("shadow_only", "base_shadow", "cascade", "speculative"):
         assert mode in out
+    assert "same text as base_shadow: True" in out
     assert "tok/s" in out and "prefill ms" in out
     rc, out, err = cli(capsys, "demo", "--cache-dir", tmp_path, "--max-new-tokens", "3", "--threads", "1")
     assert rc == 0 and "exporting" not in err  # reused the cached artifact

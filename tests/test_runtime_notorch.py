@@ -116,3 +116,17 @@ def test_classify_without_torch(cls_cases, tmp_path):
     """)
     assert proc.returncode == 0, proc.stderr
     assert '"labels"' in proc.stdout
+
+
+def test_eval_without_torch(tiny_artifact, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("The river runs past the old mill, under the stone bridge.", encoding="utf-8")
+    proc = run_python(f"""
+        from shadow_edge.cli import main
+        assert main(["eval", {str(tiny_artifact)!r}, "--text", {str(text)!r}, "--prompts", "2", "--threads", "1",
+                     "--compare", {str(tiny_artifact)!r}]) == 0
+        mods = [m for m in ("torch", "transformers", "shadow_peft") if sys.modules.get(m) is not None]
+        assert mods == [], mods
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert "agreement" in proc.stdout and "cascade curve" in proc.stdout

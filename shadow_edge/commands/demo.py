@@ -1,4 +1,9 @@
-"""`shadow-edge demo`: build the tiny default model, export it once into a cache dir, run every mode, time it."""
+"""`shadow-edge demo`: export the shipped demo pair once into a cache dir, run every mode on real prompts, time it.
+
+The pair (`shadow_edge/demo_model`) is a small Qwen3 base trained on the King James Bible and
+a shadow-peft adapter trained on Debian's fortunes: both modes answer in the adapter's
+domain; the cascade shows one prompt the shadow answers itself and one it escalates.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,16 @@ import time
 from pathlib import Path
 
 from shadow_edge import __version__
+from shadow_edge.demo_model import DEMO_MODEL
 from shadow_edge.errors import ArtifactError, InputError
 from shadow_edge.io_spec import GRAPH_MODES
 from shadow_edge.manifest import read_manifest
 from shadow_edge.runtime.options import CASCADE
 
-DEMO_MODES = GRAPH_MODES + (CASCADE, "speculative")
+SPECULATIVE = "speculative"
+# The cascade's two prompts: the shadow is confident on the first and escalates the second
+# at the default --cascade-threshold 0.1 (the pair is small: its 24-token confidences lie in 0.05-0.17).
+CASCADE_PROMPTS = ("Knock knock", "The best way to")
 
 
 def cache_dir(override: str | None) -> Path:
@@ -24,8 +33,8 @@ def cache_dir(override: str | None) -> Path:
 
 
 def ensure_artifact(root: Path, force: bool) -> Path:
-    """The tiny default's artifact under `root`, exported (with validation) unless already there."""
-    art = root / f"tiny-default-{__version__}"
+    """The demo pair's artifact under `root`, exported (with validation) unless already there."""
+    art = root / f"demo-pair-{__version__}"
     if not force:
         try:
             if read_manifest(art).tool_version == __version__:
@@ -33,15 +42,13 @@ def ensure_artifact(root: Path, force: bool) -> Path:
         except ArtifactError:
             pass
     try:
-        from shadow_edge.core.tiny import write_tiny_default
         from shadow_edge.export import export_artifact, ExportOptions
     except ImportError as e:
         raise InputError(f"the demo builds and exports a model, which needs the export extras ({e.name} is "
                          "missing); install them with pip install 'shadow-edge[export]'") from None
     t0 = time.perf_counter()
-    print(f"building the tiny default model and exporting it to {art} (once) ...", file=sys.stderr)
-    tiny = write_tiny_default(root / "tiny-default-src")
-    export_artifact(tiny.base_dir, tiny.adapter_dir, art, options=ExportOptions(force=True),
+    print(f"exporting the demo pair to {art} (once) ...", file=sys.stderr)
+    export_artifact(DEMO_MODEL / "base", DEMO_MODEL / "adapter", art, options=ExportOptions(force=True),
                     progress=lambda msg: None)
     print(f"exported and validated in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return art
@@ -55,25 +62,33 @@ def demo(args) -> int:
 
     rt = ShadowRuntime.load(art, threads=args.threads)
     m = rt.manifest
-    print(f"artifact: {art}\nmodel: tiny random Qwen3 (vocab {m.model['vocab_size']}, hidden "
-          f"{m.model['hidden_size']}); its text is MEANINGLESS - the demo shows the pipeline and its speed.\n"
-          f"prompt: {args.prompt!r}\n")
+    print(f"artifact: {art}\nmodel: Qwen3 base (hidden {m.model['hidden_size']}, vocab {m.model['vocab_size']}) "
+          "trained on the King James Bible + a shadow-peft adapter trained on Debian's fortunes "
+          f"({DEMO_MODEL}); greedy decoding.\n")
     rows = []
-    for mode in DEMO_MODES:
+    for mode in GRAPH_MODES + ((SPECULATIVE,) if SPECULATIVE in rt.modes else ()):
         rt.generate(args.prompt, mode=mode, max_new_tokens=2)  # warm-up, excluded from timings
         r = rt.generate(args.prompt, mode=mode, max_new_tokens=args.max_new_tokens)
-        who = f"  [answered by {r.answered_by}, shadow confidence {r.confidence:.3f}]" if r.answered_by else ""
+        who = ""
         if r.speculative is not None and r.speculative.drafted:
             who = (f"  [{r.speculative.accepted}/{r.speculative.drafted} drafted tokens accepted; same text as "
                    f"base_shadow: {r.token_ids == dict(rows)['base_shadow'].token_ids}]")
-        print(f"{mode}:{who}\n  {r.text!r}")
+        print(f"{mode}:{who}\n  {args.prompt!r} -> {r.text!r}")
         rows.append((mode, r))
-    print(f"\n{'mode':<12} {'tokens':>6} {'prefill ms':>11} {'decode ms/tok':>14} {'tok/s':>8}  "
+    print(f"\ncascade (threshold {args.cascade_threshold}: the shadow answers when its confidence is at least that, "
+          "otherwise base_shadow re-answers):")
+    rt.generate(CASCADE_PROMPTS[0], mode=CASCADE, max_new_tokens=2)  # warm-up
+    for prompt in CASCADE_PROMPTS:
+        r = rt.generate(prompt, mode=CASCADE, max_new_tokens=args.max_new_tokens,
+                        cascade_threshold=args.cascade_threshold)
+        print(f"  [answered by {r.answered_by}, shadow confidence {r.confidence:.3f}]\n  {prompt!r} -> {r.text!r}")
+        rows.append((f"cascade ({'shadow' if r.answered_by == 'shadow_only' else 'escalated'})", r))
+    print(f"\n{'mode':<22} {'tokens':>6} {'prefill ms':>11} {'decode ms/tok':>14} {'tok/s':>8}  "
           f"(threads {args.threads or os.cpu_count()})")
     for mode, r in rows:
         t = r.timings
-        print(f"{mode:<12} {len(r.token_ids):>6} {t.prefill_ms:>11.2f} {t.decode_ms_median or 0:>14.3f} "
+        print(f"{mode:<22} {len(r.token_ids):>6} {t.prefill_ms:>11.2f} {t.decode_ms_median or 0:>14.3f} "
               f"{t.tokens_per_s:>8.1f}")
-    print("\ncascade timings add the shadow pass and, when escalated, the combined pass. speculative: the random\n"
-          "shadow rarely agrees with the combined model, so drafts are mostly rejected here (a trained pair agrees).")
+    print("\ncascade timings add the shadow pass and, when escalated, the combined pass. speculative: the shadow\n"
+          "drafts, the combined model verifies; its text is base_shadow's, its speed depends on how often they agree.")
     return 0

@@ -4,7 +4,8 @@
 `out_dir/base/` (HF Qwen3ForCausalLM, byte-level BPE tokenizer, ChatML template,
 generation config) and `out_dir/adapter/` (`shadow_config.json` +
 `shadow_adapter.safetensors` with the exact keys shadow-peft writes; every weight random
-and non-zero, so the injection is live). Used by `shadow-edge demo` and by tests.
+and non-zero, so the injection is live). Used by the tests (the demo runs the trained pair in
+`shadow_edge/demo_model`).
 shadow-peft itself is not imported: it is a dev-only dependency.
 """
 
@@ -75,16 +76,21 @@ class TinyDefault:
     adapter_dir: Path
 
 
-def build_tokenizer() -> Tokenizer:
-    """A byte-level BPE tokenizer (~512 tokens) trained on the embedded corpus; special tokens first."""
+def train_bpe(texts: list[str], vocab_size: int) -> Tokenizer:
+    """A byte-level BPE tokenizer trained on `texts`; the special tokens get the first ids."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(CORPUS.splitlines() * 4, trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     return tok
+
+
+def build_tokenizer() -> Tokenizer:
+    """The tiny default's tokenizer (~512 tokens), trained on the embedded corpus."""
+    return train_bpe(CORPUS.splitlines() * 4, VOCAB_SIZE)
 
 
 def _write_base(base_dir: Path, tok: Tokenizer) -> None:

@@ -1,0 +1,136 @@
+"""`shadow-edge eval`: perplexity, agreement, cascade curve and drift of an artifact on a text (no torch)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from shadow_edge.errors import InputError
+
+EVAL_EPILOG = """\
+examples:
+  shadow-edge eval ART --text heldout.txt
+  shadow-edge eval ART --text heldout.txt --modes shadow_only,base_shadow --max-tokens 2000 --json q.json
+  shadow-edge eval ART --text heldout.txt --plot cascade.png
+  shadow-edge eval ART --text heldout.txt --compare ART_int8 --quiet     # int8 drift against ART
+
+Perplexity: windows of the model's context (--window) every --stride tokens, each position
+scored once. agreement: shadow_only's next-token argmax equals base_shadow's (teacher-forced).
+Cascade curve: prompts cut from the text, answered greedily; per threshold, the share the
+shadow answers and how often the cascade's answer equals base_shadow's. --compare: the
+second artifact's perplexity delta, mean logits cosine, mean KL and top-1 agreement per mode.
+"""
+
+
+def add_parser(sub, fmt) -> None:
+    p = sub.add_parser("eval", help="perplexity, agreement, cascade curve and drift on a text (no torch)",
+                       description="Measure an artifact's quality on a UTF-8 text with the torch-free runtime.",
+                       epilog=EVAL_EPILOG, formatter_class=fmt)
+    p.add_argument("artifact", metavar="ART", help="artifact directory written by `shadow-edge export`")
+    p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file to evaluate on")
+    p.add_argument("--modes", metavar="M,M", help="comma-separated modes (default: all of the artifact's; "
+                                                   "cascade adds the cascade curve)")
+    p.add_argument("--max-tokens", type=int, metavar="N", help="evaluate only the text's first N tokens")
+    p.add_argument("--window", type=int, metavar="N", help="tokens per window (default: the model's context)")
+    p.add_argument("--stride", type=int, metavar="N", help="tokens between windows (default: window / 2)")
+    p.add_argument("--prompts", type=int, default=16, metavar="N", help="cascade curve prompts (default 16)")
+    p.add_argument("--compare", metavar="ART2", help="second artifact (e.g. int8): drift against ART")
+    p.add_argument("--json", metavar="OUT", help="write every figure as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="plot the cascade curve (needs matplotlib)")
+    p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_eval)
+
+
+class ProgressBar:
+    """`eval [#####     ] 12/40` on stderr, redrawn in place; silent when off."""
+
+    def __init__(self, on: bool, label: str = "eval", width: int = 30):
+        self.on, self.label, self.width = on, label, width
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.on:
+            return
+        fill = int(self.width * done / max(total, 1))
+        sys.stderr.write(f"\r{self.label} [{'#' * fill}{' ' * (self.width - fill)}] {done}/{total}")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def format_report(r) -> str:
+    """The human table of an EvalReport."""
+    lines = [f"artifact: {r.artifact}", f"tokens: {r.tokens} (window {r.window}, stride {r.stride})", "",
+             f"{'mode':<12} {'ppl':>10} {'nll':>8} {'top-1 acc':>10} {'positions':>10}"]
+    for q in r.modes.values():
+        lines.append(f"{q.mode:<12} {q.perplexity:>10.3f} {q.nll:>8.4f} {q.top1_accuracy:>10.3f} {q.tokens:>10}")
+    if r.agreement is not None:
+        lines.append(f"\nagreement shadow_only vs base_shadow (top-1, teacher-forced): {r.agreement:.3f}")
+    if r.drift:
+        lines += ["", f"drift of {r.compare_artifact}:",
+                  f"{'mode':<12} {'ppl':>10} {'delta':>9} {'rel':>8} {'cosine':>8} {'KL':>9} {'top-1 agr':>10}"]
+        for d in r.drift.values():
+            lines.append(f"{d.mode:<12} {d.perplexity:>10.3f} {d.perplexity_delta:>+9.3f} "
+                         f"{100 * d.perplexity_rel:>+7.2f}% {d.logits_cosine:>8.5f} {d.kl:>9.5f} "
+                         f"{d.top1_agreement:>10.3f}")
+    if r.cascade:
+        lines += ["", "cascade curve (answers of the cascade vs base_shadow, greedy):",
+                  f"{'threshold':>9} {'shadow share':>13} {'agreement':>10} {'token agr':>10}"]
+        for p in r.cascade:
+            lines.append(f"{p.threshold:>9.2f} {p.shadow_share:>13.3f} {p.agreement:>10.3f} "
+                         f"{p.token_agreement:>10.3f}")
+    return "\n".join(lines)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise InputError("--plot needs matplotlib; pip install 'shadow-edge[plot]'") from None
+    return plt
+
+
+def plot_curve(report, out: str) -> None:
+    """The cascade curve of an EvalReport as a PNG."""
+    plt = _pyplot()
+    xs = [p.threshold for p in report.cascade]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, [p.shadow_share for p in report.cascade], marker="o", label="answered by the shadow")
+    ax.plot(xs, [p.agreement for p in report.cascade], marker="s", label="cascade answer == base_shadow")
+    ax.plot(xs, [p.token_agreement for p in report.cascade], marker="^", label="answer tokens == base_shadow's")
+    ax.set_xlabel("cascade threshold (shadow confidence)")
+    ax.set_ylabel("share of prompts")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"cascade curve: {Path(report.artifact).name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def run_eval(args) -> int:
+    from shadow_edge.runtime import ShadowRuntime
+    from shadow_edge.runtime.evaluate import EvalOptions, evaluate, read_text
+
+    options = EvalOptions(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()) if args.modes
+                          else None, max_tokens=args.max_tokens, window=args.window, stride=args.stride,
+                          prompts=args.prompts)
+    if args.plot:
+        _pyplot()
+        if options.modes is not None and "cascade" not in options.modes:
+            raise InputError("--plot draws the cascade curve; add cascade to --modes")
+    text = read_text(args.text)
+    rt = ShadowRuntime.load(args.artifact, threads=args.threads)
+    other = ShadowRuntime.load(args.compare, threads=args.threads) if args.compare else None
+    report = evaluate(rt, text, options, compare=other,
+                      progress=ProgressBar(not args.quiet and sys.stderr.isatty()))
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+    if args.plot:
+        plot_curve(report, args.plot)
+    return 0

@@ -1,0 +1,259 @@
+"""Quality of an artifact on a text: perplexity per mode, shadow/combined agreement, drift against a second artifact.
+
+Torch-free (numpy + the runtime). Teacher-forced over the text's tokens:
+
+- **perplexity** per graph mode: windows of `window` tokens (default: the model's context)
+  start every `stride` tokens; each window scores only the positions no earlier window
+  scored, so every position 1..n-1 is scored exactly once, with at least `window - stride`
+  tokens of context after the first window. ppl = exp(mean NLL);
+- **agreement**: share of positions where `shadow_only` and `base_shadow` pick the same
+  next token (argmax), the figure self-speculative decoding lives on;
+- **drift** (`compare=`): the same windows through a second artifact (e.g. int8 vs fp32):
+  perplexity delta, mean cosine of the logits vectors, mean KL(first || second), top-1
+  agreement, per mode.
+
+The cascade curve (prompts cut from the text, generated) lives in `cascade_curve.py`;
+`evaluate()` runs both and returns one `EvalReport`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from shadow_edge.errors import InputError
+from shadow_edge.runtime.cascade_curve import CurvePoint, cascade_curve
+from shadow_edge.runtime.options import CASCADE
+from shadow_edge.runtime.prompts import check_ids
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What to measure and how; every field is validated here."""
+
+    modes: tuple[str, ...] | None = field(default=None, metadata={
+        "help": "modes to evaluate (graph modes get perplexity; cascade gets the curve); None = all of the "
+                "artifact's modes"})
+    max_tokens: int | None = field(default=None, metadata={"help": "evaluate only the text's first N tokens"})
+    window: int | None = field(default=None, metadata={"help": "tokens per window (default: the model's context)"})
+    stride: int | None = field(default=None, metadata={"help": "tokens between window starts (default: window/2)"})
+    prompts: int = field(default=16, metadata={"help": "cascade curve: prompts cut from the text"})
+    prompt_tokens: int = field(default=24, metadata={"help": "cascade curve: tokens per prompt"})
+    answer_tokens: int = field(default=16, metadata={"help": "cascade curve: greedy tokens per answer"})
+    thresholds: tuple[float, ...] = field(default=tuple(round(0.05 * i, 2) for i in range(21)), metadata={
+        "help": "cascade curve: confidence thresholds swept"})
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "window", "stride"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 2):
+                raise InputError(f"{name} is {v!r}; it must be an integer >= 2 (or None for the default)")
+        if self.window is not None and self.stride is not None and self.stride >= self.window:
+            raise InputError(f"stride {self.stride} must be smaller than window {self.window}, so that every "
+                             "window after the first has context")
+        for name in ("prompts", "prompt_tokens", "answer_tokens"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise InputError(f"{name} is {v!r}; it must be an integer >= 1")
+        if not self.thresholds or not all(isinstance(t, (int, float)) and 0.0 <= t <= 1.0 for t in self.thresholds):
+            raise InputError(f"thresholds are {self.thresholds!r}; give one or more numbers in [0, 1]")
+        if self.modes is not None:
+            object.__setattr__(self, "modes", tuple(self.modes))
+            if not self.modes:
+                raise InputError("modes is empty; name at least one mode (or None for all)")
+
+
+@dataclass(frozen=True)
+class ModeQuality:
+    """Teacher-forced quality of one mode over the scored positions."""
+
+    mode: str
+    nll: float  # mean negative log-likelihood (nats per token)
+    perplexity: float
+    top1_accuracy: float  # argmax == the text's next token
+    tokens: int  # positions scored
+
+
+@dataclass(frozen=True)
+class Drift:
+    """A second artifact against the first, one mode, same positions."""
+
+    mode: str
+    perplexity: float  # of the second artifact
+    perplexity_delta: float  # second - first
+    perplexity_rel: float  # (second - first) / first
+    logits_cosine: float  # mean over positions
+    kl: float  # mean KL(first || second), nats
+    top1_agreement: float  # argmax equal
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """Everything `shadow-edge eval` measures (JSON: `to_dict()`)."""
+
+    artifact: str
+    tokens: int  # tokens of the text evaluated
+    window: int
+    stride: int
+    modes: dict[str, ModeQuality]
+    agreement: float | None  # shadow_only vs base_shadow, top-1, teacher-forced
+    cascade: list[CurvePoint]
+    compare_artifact: str | None = None
+    drift: dict[str, Drift] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def read_text(path: str | Path) -> str:
+    """A UTF-8 text file's content; one clear error for a missing, empty or non-UTF-8 file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--text {path}: no such file; give a UTF-8 text file to evaluate on")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"--text {path}: not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}); "
+                         "convert it, e.g. iconv -f latin1 -t utf-8") from None
+    if not text.strip():
+        raise InputError(f"--text {path}: the file is empty; give text with at least two tokens")
+    return text
+
+
+def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """(begin, end, first): run ids[begin:end] and score targets first..end-1 (each target once, first >= 1)."""
+    out, begin, first = [], 0, 1
+    while True:
+        end = min(begin + window, n)
+        out.append((begin, end, first))
+        if end == n:
+            return out
+        first, begin = end, begin + stride
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+class _Acc:
+    """Running sums of one mode (and of its drift, when compared)."""
+
+    def __init__(self):
+        self.nll = self.correct = self.n = 0.0
+        self.argmax: list[np.ndarray] = []
+        self.nll2 = self.cos = self.kl = self.agree = 0.0
+
+    def add(self, logits: np.ndarray, targets: np.ndarray, other: np.ndarray | None) -> None:
+        """logits [k, V] predicting targets [k]; other [k, V]: the compared artifact's logits."""
+        lp = _log_softmax(logits)  # [k, V]
+        idx = np.arange(len(targets))
+        top = logits.argmax(-1)  # [k]
+        self.nll += float(-lp[idx, targets].sum())
+        self.correct += float((top == targets).sum())
+        self.n += len(targets)
+        self.argmax.append(top)
+        if other is not None:
+            lq = _log_softmax(other)
+            self.nll2 += float(-lq[idx, targets].sum())
+            a, b = logits.astype(np.float64), other.astype(np.float64)
+            self.cos += float((np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+                                                     + 1e-30)).sum())
+            self.kl += float((np.exp(lp) * (lp - lq)).sum())
+            self.agree += float((top == other.argmax(-1)).sum())
+
+    def quality(self, mode: str) -> ModeQuality:
+        nll = self.nll / self.n
+        return ModeQuality(mode, nll, math.exp(nll), self.correct / self.n, int(self.n))
+
+    def drift(self, mode: str) -> Drift:
+        ppl, ppl2 = math.exp(self.nll / self.n), math.exp(self.nll2 / self.n)
+        return Drift(mode, ppl2, ppl2 - ppl, (ppl2 - ppl) / ppl, self.cos / self.n, self.kl / self.n,
+                     self.agree / self.n)
+
+
+def encode_text(rt, text, max_tokens: int | None) -> np.ndarray:
+    """Token ids [n] of `text` (a string, or token ids as-is), first max_tokens; at least two, else one clear error."""
+    if isinstance(text, str):
+        if not rt.has_tokenizer:
+            raise InputError(f"artifact {rt.art_dir} has no tokenizer.json, so it cannot read text; re-export it "
+                             "with its tokenizer or pass token ids")
+        ids = np.asarray(rt.codec.encode(text, add_special_tokens=False), dtype=np.int64)
+    else:
+        ids = np.asarray(check_ids([list(np.ravel(text))], rt.vocab_size)[0] if np.size(text) else [],
+                         dtype=np.int64)
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    if len(ids) < 2:
+        raise InputError(f"the text has {len(ids)} token(s); perplexity needs at least 2 (one to predict from, "
+                         "one to predict)")
+    return ids
+
+
+def _check_modes(rt, modes: tuple[str, ...], what: str) -> None:
+    for mode in modes:
+        if mode not in rt.modes:
+            hint = " (re-export with --plain-backbone for base_plain)" if mode == "base_plain" else ""
+            raise InputError(f"{what} {rt.art_dir} has no mode {mode!r}; it has {', '.join(rt.modes)}{hint}")
+
+
+def evaluate(rt, text, options: EvalOptions = EvalOptions(), compare=None,
+             progress: Progress | None = None) -> EvalReport:
+    """Measure `rt` (a loaded ShadowRuntime) on `text` (a string or token ids [n]).
+
+    compare: a second runtime (same vocabulary) to measure drift against; progress(done, total)
+    is called after each unit of work."""
+    graph = tuple(rt.manifest.modes)  # modes backed by graphs: the ones with logits to score
+    modes = options.modes if options.modes is not None else tuple(m for m in rt.modes if m in graph + (CASCADE,))
+    _check_modes(rt, modes, "artifact")
+    for mode in modes:
+        if mode not in graph + (CASCADE,):
+            raise InputError(f"eval measures the graph modes ({', '.join(graph)}) and cascade; {mode!r} is a "
+                             "decoding strategy without logits of its own (speculative emits base_shadow's tokens)")
+    graph_modes = tuple(m for m in modes if m != CASCADE)
+    if compare is not None:
+        _check_modes(compare, graph_modes, "--compare artifact")
+        if compare.vocab_size != rt.vocab_size:
+            raise InputError(f"--compare artifact {compare.art_dir} has vocab_size {compare.vocab_size}, the "
+                             f"first {rt.vocab_size}; compare exports of the same model")
+    ids = encode_text(rt, text, options.max_tokens)
+    window = min(options.window or rt.max_positions, rt.max_positions, len(ids))
+    stride = options.stride or max(1, window // 2)
+    if stride >= window and window < len(ids):
+        raise InputError(f"stride {stride} must be smaller than the window {window}")
+    spans = windows(len(ids), window, stride)
+    curve_runs = 2 if CASCADE in modes else 0
+    total, done = len(spans) * len(graph_modes) * (2 if compare is not None else 1) + curve_runs, 0
+    accs = {m: _Acc() for m in graph_modes}
+    for begin, end, first in spans:
+        chunk = ids[begin:end][None]  # [1, t]
+        rows = slice(first - begin - 1, end - begin - 1)  # logits rows predicting ids[first:end]
+        for mode in graph_modes:
+            logits = rt.forward(chunk, mode=mode)[0, rows]  # [k, V]
+            other = compare.forward(chunk, mode=mode)[0, rows] if compare is not None else None
+            accs[mode].add(logits, ids[first:end], other)
+            done += 2 if compare is not None else 1
+            if progress:
+                progress(done, total)
+    agreement = None
+    if {"shadow_only", "base_shadow"} <= set(graph_modes):
+        a, b = (np.concatenate(accs[m].argmax) for m in ("shadow_only", "base_shadow"))
+        agreement = float((a == b).mean())
+    curve = []
+    if CASCADE in modes:
+        curve = cascade_curve(rt, ids, options.prompts, options.prompt_tokens, options.answer_tokens,
+                              options.thresholds)
+        if progress:
+            progress(total, total)
+    return EvalReport(
+        artifact=str(rt.art_dir), tokens=len(ids), window=window, stride=stride,
+        modes={m: accs[m].quality(m) for m in graph_modes}, agreement=agreement, cascade=curve,
+        compare_artifact=str(compare.art_dir) if compare is not None else None,
+        drift={m: accs[m].drift(m) for m in graph_modes} if compare is not None else {})
