@@ -4,6 +4,7 @@ and as ORT format, and each generates exactly shadow-edge's greedy tokens; the s
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -253,3 +254,32 @@ def test_inspect_lists_interop_files(arts, capsys):
                    'file_name="model_combined.onnx"', "genai_config.json", "model.ort",
                    "--include_ops_by_config model.required_operators.config"):
         assert needle in out, needle
+
+
+def test_check_catches_miswired_kv(arts, tmp_path):
+    """The export's check of a single graph fails when a layer reads another layer's past."""
+    from shadow_edge.errors import ExportError
+    from shadow_edge.export.interop import check_joined
+
+    art = tmp_path / "art"
+    shutil.copytree(arts["none"], art)
+    m = read_manifest(art)
+    model = onnx.load(str(art / COMBINED_FILE), load_external_data=False)
+    swap = {"past_key_values.1.key": "past_key_values.2.key", "past_key_values.2.key": "past_key_values.1.key"}
+    for node in model.graph.node:
+        node.input[:] = [swap.get(v, v) for v in node.input]
+    onnx.save_model(model, str(art / COMBINED_FILE))
+    with pytest.raises(ExportError, match="logits differ from the split graphs"):
+        check_joined(art, m.graphs, Chain.of_mode(m.modes["base_shadow"]), COMBINED_FILE)
+
+
+def test_ort_format_failure_is_one_error_and_no_artifact(tiny_default, tmp_path, monkeypatch):
+    from shadow_edge.errors import ExportError
+    from shadow_edge.export import ort_format
+
+    monkeypatch.setattr(ort_format, "LAUNCH", "import sys; print('converter exploded', file=sys.stderr); sys.exit(3)")
+    out = tmp_path / "art"
+    with pytest.raises(ExportError, match=r"ORT format: .*exit 3.*converter exploded.*without --ort-format"):
+        export_artifact(tiny_default.base_dir, tiny_default.adapter_dir, out,
+                        options=ExportOptions(validate=False, ort_format=True), progress=lambda m: None)
+    assert not out.exists() and not list(tmp_path.glob(".art*partial*"))
