@@ -186,8 +186,8 @@ def check_joined(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, fil
     for lo, hi in ((0, 5), (5, 6)):
         step = (ids[:, lo:hi], mask[:, :hi], pos[:, lo:hi])
         ref = pipe.step(*step, caches, last_only=False)  # [2, t, vocab]
-        ours = joined.run_in_place({"input_ids": ov(step[0]), "attention_mask": ov(step[1]),
-                                    "position_ids": ov(step[2])}, cache.tensors).numpy()
+        ours = joined.run_in_place({io_spec.INPUT_IDS: ov(step[0]), io_spec.ATTENTION_MASK: ov(step[1]),
+                                    io_spec.POSITION_IDS: ov(step[2])}, cache.tensors).numpy()
         cache.length += hi - lo
         real = mask[:, lo:hi].astype(bool)
         err = float(np.abs(ours[real] - ref[real]).max(initial=0.0))

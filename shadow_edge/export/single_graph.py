@@ -65,7 +65,7 @@ def join(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, name: str) 
         g = model.graph
         ren: dict[str, str] = {n: n for n in step}
         for layer in range(entry.kv_layers):
-            for kind in ("key", "value"):
+            for kind in io_spec.KV_KINDS:
                 ren[io_spec.past_name(layer, kind)] = io_spec.past_name(layer + offset, kind)
                 ren[io_spec.present_name(layer, kind)] = io_spec.present_name(layer + offset, kind)
         offset += entry.kv_layers
@@ -111,7 +111,7 @@ def join(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, name: str) 
             if vi.name == out and not last:
                 continue
             outputs[ren[vi.name]] = _renamed(vi, ren[vi.name])
-    graph = onnx.helper.make_graph(nodes, name, _ordered(inputs, "past_key_values."), _ordered(outputs, "present."),
+    graph = onnx.helper.make_graph(nodes, name, _ordered(inputs, io_spec.PAST), _ordered(outputs, io_spec.PRESENT),
                                    initializer=list(inits.values()))
     joined = onnx.helper.make_model(graph, producer_name="shadow-edge",
                                     opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in opsets.items()])
@@ -142,9 +142,9 @@ def _renamed(vi: onnx.ValueInfoProto, name: str) -> onnx.ValueInfoProto:
 def _ordered(values: dict[str, onnx.ValueInfoProto], kv_prefix: str) -> list[onnx.ValueInfoProto]:
     """Non-KV values first (in first-seen order), then KV by layer, key before value."""
     def key(name: str):
-        if not name.startswith(kv_prefix):
+        if not name.startswith(f"{kv_prefix}."):
             return (0, 0, 0)
         _, layer, kind = name.split(".")
-        return (1, int(layer), kind != "key")
+        return (1, int(layer), io_spec.KV_KINDS.index(kind))
 
     return [values[n] for n in sorted(values, key=key)]
