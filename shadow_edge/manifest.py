@@ -116,10 +116,10 @@ class Manifest:
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{MANIFEST_NAME}: graph {name!r}: {e}; re-export the artifact") from None
 
-    def mode_bytes(self, mode: str) -> int:
-        """Bytes on disk of the files one mode needs (graphs + their external data)."""
+    def mode_bytes(self, *modes: str) -> int:
+        """Bytes on disk of the files these modes need (graphs + their external data, each file once)."""
         names = set()
-        for graph in self.modes[mode].values():
+        for graph in {g for mode in modes for g in self.modes[mode].values()}:
             names.add(self.graphs[graph].file)
             names.update(self.graphs[graph].data_files)
         return sum(self.files[n]["bytes"] for n in names)

@@ -264,3 +264,47 @@ def test_cli_speculative(tiny_artifact):
     bad = subprocess.run(run + ["--mode", "speculative", "--draft-tokens", "0"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "draft_tokens is 0" in bad.stderr
+
+
+def test_cascade_escalation_reuses_the_shadow_prompt_pass(agreeing_rt, monkeypatch):
+    """Escalated rows equal base_shadow's answers, and the shadow graph runs over the prompt once (not twice)."""
+    rt = agreeing_rt
+    shadow_graph = rt.pipeline("base_shadow").shadow
+    widths = []
+    run_in_place = shadow_graph.run_in_place
+
+    def counting(feed, kv):
+        widths.append(feed["input_ids"].shape()[1])
+        return run_in_place(feed, kv)
+
+    monkeypatch.setattr(shadow_graph, "run_in_place", counting)
+    base = rt.generate(BATCH, mode="base_shadow", max_new_tokens=6, eos=[])
+    shadow = rt.generate(BATCH, mode="shadow_only", max_new_tokens=6, eos=[])
+    widths.clear()
+    out = rt.generate(BATCH, mode="cascade", max_new_tokens=6, eos=[], cascade_threshold=1.0)
+    assert out.answered_by == ["base_shadow"] * 3 and out.token_ids == base.token_ids
+    assert widths.count(max(map(len, BATCH))) == 1 and len(widths) == 1 + 5 + 5  # prompt once, 5 + 5 decode steps
+    conf = rt.generate(BATCH, mode="cascade", max_new_tokens=6, eos=[], cascade_threshold=0.0).confidence
+    mid = sorted(conf)[1]  # escalate the rows below the middle confidence only
+    out = rt.generate(BATCH, mode="cascade", max_new_tokens=6, eos=[], cascade_threshold=mid)
+    for r in range(3):
+        want = base if conf[r] < mid else shadow
+        assert out.token_ids[r] == want.token_ids[r] and out.answered_by[r] == ("base_shadow" if conf[r] < mid
+                                                                                   else "shadow_only")
+
+
+def test_bench_speculative_record(tiny_artifact):
+    from shadow_edge.bench import BenchOptions
+    from shadow_edge.bench.report import RECORD_KEYS, format_table
+    from shadow_edge.bench.runner import run_bench
+
+    records = run_bench(tiny_artifact, BenchOptions(modes=("base_shadow", "speculative"), prompt_len=8, new_tokens=6,
+                                                    reps=1, warmup=0, threads=1, bandwidth_mib=0, draft_tokens=2),
+                        progress=lambda msg: None)
+    assert [r["mode"] for r in records] == ["base_shadow", "speculative"]
+    assert all(set(RECORD_KEYS) <= set(r) for r in records) and records[0]["speculative"] is None
+    spec = records[1]["speculative"]
+    assert spec["draft_tokens"] == 2 and spec["rounds"] >= 1 and 0 <= spec["acceptance_rate"] <= 1
+    assert records[1]["artifact_bytes"] >= records[0]["artifact_bytes"] and "speculative" in format_table(records)
+    with pytest.raises(InputError, match="draft_tokens"):
+        BenchOptions(draft_tokens=0)

@@ -11,6 +11,7 @@ EPILOG = """\
 examples:
   shadow-edge bench ART
   shadow-edge bench ART --modes shadow_only,base_shadow,base_plain --threads 2 --json bench.json --plot bench.png
+  shadow-edge bench ART --modes base_shadow,speculative --draft-tokens 4 --new-tokens 128
   shadow-edge bench ART --prompt-len 256 --new-tokens 64 --batch 4 --reps 3
 
 Timings exclude the warm-up runs and use perf_counter. decode p50/p90 pool every decode
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed runs before them (default %(default)s)")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--seed", type=int, default=d.seed, metavar="S", help="seed of the prompt ids (default 0)")
+    p.add_argument("--draft-tokens", type=int, metavar="K",
+                   help="speculative: tokens drafted per verify pass (default: adaptive)")
     p.add_argument("--bandwidth-mib", type=int, default=d.bandwidth_mib, metavar="MIB",
                    help="size of the read-bandwidth probe in MiB; 0 skips it (default %(default)s)")
     p.add_argument("--verify", action="store_true", help="check every file's sha256 first (not timed)")
@@ -65,7 +68,7 @@ def main(argv: list[str]) -> int:
     options = BenchOptions(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
                            prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch=args.batch,
                            reps=args.reps, warmup=args.warmup, threads=args.threads, seed=args.seed,
-                           bandwidth_mib=args.bandwidth_mib, verify=args.verify)
+                           bandwidth_mib=args.bandwidth_mib, draft_tokens=args.draft_tokens, verify=args.verify)
     if _is_classifier(args.artifact):  # sequences/s and latency per sequence instead of decoding
         from shadow_edge.bench.classify_bench import format_classify_table, run_classify_bench
         from shadow_edge.bench.runner import stderr_progress

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from shadow_edge import io_spec
 from shadow_edge.errors import InputError
 
-BENCH_MODES = io_spec.GRAPH_MODES + io_spec.BENCH_MODES  # cascade's cost depends on its threshold: not here
+SPECULATIVE = "speculative"  # shadow drafts, base_shadow verifies (needs both graph modes)
+BENCH_MODES = io_spec.GRAPH_MODES + io_spec.BENCH_MODES + (SPECULATIVE,)  # cascade's cost depends on its threshold
 DEFAULT_MODES = io_spec.GRAPH_MODES
 
 
@@ -21,7 +22,9 @@ class BenchOptions:
 
     modes: tuple[str, ...] = field(default=DEFAULT_MODES, metadata={
         "help": "modes to benchmark, in order: shadow_only, base_shadow, base_plain (the backbone without the "
-                "adapter; artifacts exported with plain_backbone only)"})
+                "adapter; artifacts exported with plain_backbone only), speculative"})
+    draft_tokens: int | None = field(default=None, metadata={
+        "help": "speculative: tokens drafted per verify pass (None = adaptive)"})
     prompt_len: int = field(default=64, metadata={"help": "prompt length in tokens (random ids), >= 1"})
     new_tokens: int = field(default=32, metadata={
         "help": "tokens generated per repetition (greedy, eos ignored), >= 2 so that decoding is timed"})
@@ -52,5 +55,7 @@ class BenchOptions:
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise InputError(f"{name} is {value!r}; it must be an integer >= {low}")
+        if self.draft_tokens is not None and (not _is_int(self.draft_tokens) or self.draft_tokens < 1):
+            raise InputError(f"draft_tokens is {self.draft_tokens!r}; it must be an integer >= 1 (or None: adaptive)")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise InputError(f"threads is {self.threads!r}; it must be an integer >= 1 (or None for all cores)")

@@ -13,7 +13,7 @@ RECORD_KEYS = (
     "artifact", "mode", "created_utc", "workload", "load_ms", "prefill_ms", "ttft_ms", "ttft_ms_p90",
     "decode_ms_p50", "decode_ms_p90", "decode_ms_mean", "decode_tok_s", "e2e_ms", "e2e_tok_s", "reps",
     "decode_steps", "peak_rss_bytes", "peak_rss_scope", "rss_before_load_bytes", "artifact_bytes",
-    "weight_bytes_per_token", "achieved_gbs", "bandwidth_fraction",
+    "weight_bytes_per_token", "achieved_gbs", "bandwidth_fraction", "speculative",
 )
 MB = 1e6
 
@@ -52,7 +52,11 @@ def format_table(records: list[dict]) -> str:
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w_) if i == 0 else c.rjust(w_) for i, (c, w_) in
                                    enumerate(zip(cells, widths)))
-    return "\n".join([head, line(cols), *(line(r) for r in rows)])
+    notes = [f"{r['mode']}: acceptance {_f(s['acceptance_rate'], '.3f')}, {_f(s['mean_accepted_length'], '.2f')} "
+             f"drafts accepted per verify pass, draft {_f(s['draft_ms_per_round'], '.1f')} ms + verify "
+             f"{_f(s['verify_ms_per_round'], '.1f')} ms per round (k: {s['draft_tokens'] or 'adaptive'})"
+             for r in records if (s := r.get("speculative"))]
+    return "\n".join([head, line(cols), *(line(r) for r in rows), *notes])
 
 
 def write_json(records: list[dict], path: str | Path) -> None:
@@ -83,12 +87,12 @@ def plot(records: list[dict], path: str | Path) -> None:
         a.bar_label(bars, fmt="%.1f")
         a.set_title(title)
     a = ax[1, 0]
-    bars = a.bar(x, [r["achieved_gbs"] for r in records], color="#6a9f58")
+    bars = a.bar(x, [r["achieved_gbs"] or 0 for r in records], color="#6a9f58")
     a.bar_label(bars, fmt="%.1f")
     bw = records[0]["read_bandwidth_gbs"]
     if bw:
         a.axhline(bw, color="#c44e52", linestyle="--", label=f"measured read bandwidth {bw:.1f} GB/s")
-        a.set_ylim(0, 1.3 * max(bw, *(r["achieved_gbs"] for r in records)))
+        a.set_ylim(0, 1.3 * max(bw, *(r["achieved_gbs"] or 0 for r in records)))
         a.legend(loc="upper left", fontsize=8)
     a.set_title("achieved weight-read bandwidth, GB/s")
     a = ax[1, 1]

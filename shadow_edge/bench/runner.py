@@ -18,9 +18,10 @@ from typing import Callable
 
 import numpy as np
 
+from shadow_edge import io_spec
 from shadow_edge.bench.machine import (machine_info, peak_rss_bytes, read_bandwidth_gbs, release_freed_memory,
                                        reset_peak_rss, rss_bytes, versions)
-from shadow_edge.bench.options import BenchOptions
+from shadow_edge.bench.options import SPECULATIVE, BenchOptions
 from shadow_edge.bench.stats import RunTiming, summarize
 from shadow_edge.bench.weights import weight_bytes_per_token
 from shadow_edge.errors import InputError
@@ -56,12 +57,17 @@ def prompt_ids(vocab_size: int, batch: int, length: int, seed: int) -> np.ndarra
     return np.random.default_rng(seed).integers(0, vocab_size, size=(batch, length), dtype=np.int64)
 
 
+def needed_modes(mode: str) -> tuple[str, ...]:
+    """The manifest (graph) modes a benchmarked mode runs."""
+    return io_spec.GRAPH_MODES if mode == SPECULATIVE else (mode,)
+
+
 def run_bench(art_dir: str | Path, options: BenchOptions = BenchOptions(),
               progress: Callable[[str], None] = stderr_progress) -> list[dict]:
     """One record per mode in `options.modes` (see `report.RECORD_KEYS` for the fields)."""
     art = Path(art_dir)
     manifest = read_manifest(art)
-    missing = [m for m in options.modes if m not in manifest.modes]
+    missing = [m for m in options.modes if not set(needed_modes(m)) <= set(manifest.modes)]
     if missing:
         hint = " (base_plain needs an artifact exported with plain_backbone=True)" if "base_plain" in missing else ""
         raise InputError(f"{art}: mode(s) {', '.join(missing)} not in this artifact; it has "
@@ -97,13 +103,14 @@ def bench_mode(art: Path, manifest: Manifest, mode: str, ids: np.ndarray, option
     progress(f"{mode}: loading")
     t0 = time.perf_counter()
     rt = ShadowRuntime.load(art, threads=threads, verify=False, modes=(mode,))
+    extra = {"draft_tokens": options.draft_tokens} if mode == SPECULATIVE else {}
     load_ms = (time.perf_counter() - t0) * 1e3
-    provider = rt.pipeline(mode).head.session.get_providers()[0]
+    provider = rt.pipeline(needed_modes(mode)[-1]).head.session.get_providers()[0]
     prompt = ids[0].tolist() if ids.shape[0] == 1 else ids.tolist()
-    runs, prefill = [], []
+    runs, prefill, drafting = [], [], []
     for i in range(options.warmup + options.reps):
         t0 = time.perf_counter()
-        out = rt.generate(prompt, mode=mode, max_new_tokens=options.new_tokens, eos=())
+        out = rt.generate(prompt, mode=mode, max_new_tokens=options.new_tokens, eos=(), **extra)
         wall = (time.perf_counter() - t0) * 1e3
         steps = tuple(out.timings.decode_ms_per_token)
         timed = i >= options.warmup
@@ -113,13 +120,27 @@ def bench_mode(art: Path, manifest: Manifest, mode: str, ids: np.ndarray, option
         if timed:
             runs.append(RunTiming(wall - sum(steps), steps, wall, options.new_tokens, options.batch))
             prefill.append(out.timings.prefill_ms)
+            if out.speculative is not None:
+                drafting.append(out.speculative)
     peak = peak_rss_bytes()
     del rt, out
     release_freed_memory()
     figures = summarize(runs)
     figures["prefill_ms"] = float(np.median(prefill))
-    weights = weight_bytes_per_token(art, manifest, mode)
-    achieved = weights / (figures["decode_ms_p50"] / 1e3) / 1e9
+    speculative = None
+    if mode == SPECULATIVE:  # tokens per verify pass vary, so weight bytes per token are not fixed
+        weights = achieved = None
+        total = {k: sum(getattr(d, k) for d in drafting) for k in ("rounds", "drafted", "accepted", "draft_ms",
+                                                                   "verify_ms")}  # over the timed runs
+        rounds = total["rounds"] or None
+        speculative = {"draft_tokens": options.draft_tokens, "rounds": total["rounds"],
+                       "acceptance_rate": total["accepted"] / total["drafted"] if total["drafted"] else None,
+                       "mean_accepted_length": total["accepted"] / rounds if rounds else None,
+                       "draft_ms_per_round": total["draft_ms"] / rounds if rounds else None,
+                       "verify_ms_per_round": total["verify_ms"] / rounds if rounds else None}
+    else:
+        weights = weight_bytes_per_token(art, manifest, mode)
+        achieved = weights / (figures["decode_ms_p50"] / 1e3) / 1e9
     return {
         "mode": mode,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -131,8 +152,9 @@ def bench_mode(art: Path, manifest: Manifest, mode: str, ids: np.ndarray, option
         "peak_rss_bytes": peak,
         "peak_rss_scope": "mode" if scoped else "process",
         "rss_before_load_bytes": rss_before,
-        "artifact_bytes": manifest.mode_bytes(mode),
+        "artifact_bytes": manifest.mode_bytes(*needed_modes(mode)),
         "weight_bytes_per_token": weights,
         "achieved_gbs": achieved,
-        "bandwidth_fraction": achieved / bandwidth if bandwidth else None,
+        "bandwidth_fraction": achieved / bandwidth if bandwidth and achieved else None,
+        "speculative": speculative,
     }

@@ -39,35 +39,47 @@ class Pipeline:
                 for g in self.stacks]
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-             caches: list[KVCache], last_only: bool) -> np.ndarray:
+             caches: list[KVCache], last_only: bool, shadow_states: np.ndarray | None = None,
+             keep_shadow: list | None = None) -> np.ndarray:
         """One forward step over t new tokens; the caches advance in place.
 
         input_ids, position_ids: [b, t] int64; attention_mask: [b, past + t] int64.
+        shadow_states: [b, t, d] shadow_hidden_states already computed for these positions, whose
+        keys/values the shadow cache already holds: the shadow graph is skipped (cascade reuse).
+        keep_shadow: a list that receives the shadow graph's output [b, t, d] (numpy copy).
         Returns logits [b, 1 if last_only else t, vocab] float32.
         """
         t = input_ids.shape[1]
         feed = {"input_ids": ov(input_ids), "attention_mask": ov(attention_mask), "position_ids": ov(position_ids)}
         hidden = None
         for graph, cache in zip(self.stacks, caches):
+            if graph is self.shadow and shadow_states is not None:
+                hidden = ov(shadow_states)  # [b, t, d]; its keys/values are already in `cache`
+                continue
             if hidden is not None:  # the backbone after the shadow: [b, t, d] shadow_hidden_states
                 feed[SHADOW_HIDDEN] = hidden
             cache.reserve(cache.length + t)
             hidden = graph.run_in_place(feed, cache.tensors)  # [b, t, d]
             cache.length += t
+            if graph is self.shadow and keep_shadow is not None:
+                keep_shadow.append(hidden.numpy().copy())
         if last_only and t > 1:
             hidden = ov(hidden.numpy()[:, -1:])  # [b, 1, d]: never project every prompt position
         return self.head.run({self.head_input: hidden})[0].numpy()
 
 
 def prefill(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int = 0,
-            ) -> tuple[np.ndarray, list[KVCache], np.ndarray]:
+            caches: list[KVCache] | None = None, **step_options) -> tuple[np.ndarray, list[KVCache], np.ndarray]:
     """Run the prompt once into caches sized for `capacity` positions (grown on demand).
 
-    Returns last-position logits [b, V], the caches and the next positions [b].
+    `caches`: start from these (e.g. a shadow cache that already holds the prompt, with
+    `shadow_states=`); `step_options` go to `Pipeline.step`. Returns last-position logits
+    [b, V], the caches and the next positions [b].
     """
     pos = position_ids(attention_mask)
-    caches = pipe.empty_caches(input_ids.shape[0], max(capacity, attention_mask.shape[1]))
-    logits = pipe.step(input_ids, attention_mask, pos, caches, True)
+    if caches is None:
+        caches = pipe.empty_caches(input_ids.shape[0], max(capacity, attention_mask.shape[1]))
+    logits = pipe.step(input_ids, attention_mask, pos, caches, True, **step_options)
     return logits[:, -1], caches, pos[:, -1] + 1  # with left padding the last column is real
 
 

@@ -119,12 +119,17 @@ class StepStrategy(Strategy):
         """Yield steps until every row is done or has max_new_tokens tokens; rows in `state.done` get none."""
 
     def run(self, rt, ids, mask, opts, incremental, want_logprobs=False) -> Pieces:
-        eos = opts.eos if opts.eos is not None else rt.eos_ids
-        sampler = Sampler(opts.do_sample, opts.temperature, opts.top_k, opts.top_p, opts.seed)
-        state = LoopState(np.zeros(ids.shape[0], dtype=bool))
-        rows = Rows(ids.shape[0])
-        steps = self.steps(rt, ids, mask, opts, sampler, eos, want_logprobs, state, rows.stats)
-        return (yield from consume(rt, steps, rows, opts, eos, state, incremental))
+        return (yield from drive(rt, ids.shape[0], opts, incremental, lambda sampler, eos, state, stats: self.steps(
+            rt, ids, mask, opts, sampler, eos, want_logprobs, state, stats)))
+
+
+def drive(rt: "ShadowRuntime", b: int, opts: "GenerationOptions", incremental: bool, make_steps) -> Pieces:
+    """A fresh sampler, loop state and rows for `b` rows; `make_steps(sampler, eos_ids, state, stats)` -> steps."""
+    eos = opts.eos if opts.eos is not None else rt.eos_ids
+    sampler = Sampler(opts.do_sample, opts.temperature, opts.top_k, opts.top_p, opts.seed)
+    state = LoopState(np.zeros(b, dtype=bool))
+    rows = Rows(b)
+    return (yield from consume(rt, make_steps(sampler, eos, state, rows.stats), rows, opts, eos, state, incremental))
 
 
 def consume(rt: "ShadowRuntime", steps: Iterator[StepRecord], rows: Rows, opts: "GenerationOptions",

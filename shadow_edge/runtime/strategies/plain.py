@@ -14,18 +14,20 @@ from shadow_edge.runtime.strategies.base import LoopState, StepRecord, StepStrat
 
 
 def decode_n(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, max_new_tokens: int,
-             choose, pad_id: int, want_logprobs: bool, state: LoopState) -> Iterator[StepRecord]:
+             choose, pad_id: int, want_logprobs: bool, state: LoopState, start=None,
+             t0: float | None = None) -> Iterator[StepRecord]:
     """Prefill, then decode until every row is done (the consumer marks eos and stop) or `max_new_tokens`.
 
-    Yields one `StepRecord` per position (the first one includes the prefill time). Finished
-    rows are fed `pad_id` with mask 1 (as HF generate does); their outputs are ignored.
+    Yields one `StepRecord` per position (the first one includes the prefill time, counted
+    from `t0` when given). `start`: the (logits, caches, positions) of a prefill the caller
+    ran. Finished rows are fed `pad_id` with mask 1 (as HF generate does); their outputs are ignored.
     """
     b = input_ids.shape[0]
     mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
     ones = np.ones((b, 1), dtype=np.int64)
-    t0 = time.perf_counter()
-    logits, caches, positions = prefill(pipe, np.ascontiguousarray(input_ids, dtype=np.int64), mask,
-                                        capacity=mask.shape[1] + max_new_tokens)
+    t0 = time.perf_counter() if t0 is None else t0
+    logits, caches, positions = start if start is not None else prefill(
+        pipe, np.ascontiguousarray(input_ids, dtype=np.int64), mask, capacity=mask.shape[1] + max_new_tokens)
     for i in range(max_new_tokens):
         tokens = np.where(state.done, pad_id, choose(logits)).astype(np.int64)  # [b]
         lp = chosen_logprobs(logits, tokens) if want_logprobs else None  # [b]
