@@ -43,6 +43,10 @@ HF PEFT Shadow adapter directory (adapter_config.json with peft_type SHADOW, ada
 --adapter-name picks one adapter when a PEFT directory holds several;
 --shadow-model the explicit (pretrained) shadow model's directory when the adapter was trained with one.
 Every graph is validated against PyTorch unless --no-validate.
+The artifact is written beside --out as .NAME.partial-PID and moved into place at the end
+(Ctrl-C, kill -TERM or an error remove it; a later export removes those of dead processes);
+one export per --out at a time (.NAME.lock). Input files must not be symlinks out of their
+directory, except Hugging Face cache snapshots (snapshots/<rev>/f -> ../../blobs/<sha>).
 Every artifact also loads in onnxruntime-genai (`og.Model(ART)`) and optimum
 (`ORTModelForCausalLM.from_pretrained(ART)`): model.onnx is the detached shadow as one graph
 (see the README, "Use it from onnxruntime-genai / optimum / a mobile app"); --ort-format adds
@@ -94,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which adapter of a PEFT directory that holds several (default: the only one)")
     p.add_argument("--shadow-model", metavar="DIR", help="explicit shadow model directory (if the adapter has one)")
     p.add_argument("--out", required=True, metavar="DIR", help="artifact directory to write (atomically)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it is a shadow-edge artifact (never another directory, nor one holding "
+                        "or inside an input); readers see the old or the new artifact, never neither")
     p.add_argument("--quantize", choices=("none", "int8", "int4"), default="none",
                    help="block-wise weight quantization of the decoder layers and the vocabulary matrix "
                         "(default: none = float32); validated against the dequantized PyTorch model")
