@@ -69,6 +69,14 @@ def test_fallback_decode_steps_equal_full_forward(hd_artifacts):
             np.testing.assert_allclose(logits, full[:, t], atol=TOL, rtol=0)
 
 
+def test_fallback_speculative_equals_base_shadow(hd_artifacts):
+    """Speculative decoding rolls the in-place caches back after rejected drafts: same tokens as base_shadow."""
+    case, _, rt = hd_artifacts("llama_hd12_explicit_hd12")
+    prompts = [random_ids(case.vocab_size, 1, n, seed=20 + n)[0].tolist() for n in (7, 3)]
+    assert rt.generate(prompts, mode="speculative", max_new_tokens=12).token_ids == \
+        rt.generate(prompts, mode="base_shadow", max_new_tokens=12).token_ids
+
+
 def test_forced_onnx_attention_equals_group_query_attention(cases, artifact_of, tmp_path):
     """The fallback on a head_dim GroupQueryAttention handles too: same logits and greedy tokens."""
     case, gqa_art = artifact_of("qwen3_implicit")
