@@ -123,6 +123,7 @@ def test_cli_eval_json_plot_and_compare(tmp_path, tiny_artifact, capsys):
     (TEXT.encode(), ["--modes", "base_plain"], "no mode 'base_plain'"),
     (TEXT.encode(), ["--modes", "shadow_only", "--plot", "x.png"], "add cascade to --modes"),
     (TEXT.encode(), ["--window", "8", "--stride", "8"], "stride 8 must be smaller"),
+    (TEXT.encode(), ["--json", "no/such/dir/q.json"], "does not exist"),
 ])
 def test_cli_eval_bad_input_is_one_clear_line(tmp_path, tiny_artifact, capsys, content, args, expected):
     path = tmp_path / "in.txt"
@@ -137,3 +138,14 @@ def test_api_rejects_a_compare_artifact_of_another_vocabulary(tiny_rt, artifact_
     case, art = artifact_of("qwen3_implicit")
     with pytest.raises(InputError, match="vocab_size"):
         evaluate(tiny_rt, TEXT, EvalOptions(modes=("shadow_only",)), compare=runtime_once("qwen3_implicit", art))
+
+
+def test_progress_bar_draws_on_stderr_only_when_on(capsys):
+    from shadow_edge.commands.eval import ProgressBar
+
+    ProgressBar(False)(1, 2)
+    assert capsys.readouterr().err == ""
+    bar = ProgressBar(True, width=4)
+    bar(1, 2)
+    bar(2, 2)
+    assert capsys.readouterr().err == "\reval [##  ] 1/2\reval [####] 2/2\n"

@@ -119,6 +119,10 @@ def run_eval(args) -> int:
     options = EvalOptions(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()) if args.modes
                           else None, max_tokens=args.max_tokens, window=args.window, stride=args.stride,
                           prompts=args.prompts)
+    for flag, out in (("--json", args.json), ("--plot", args.plot)):
+        if out and not Path(out).parent.is_dir():
+            raise InputError(f"{flag} {out}: the folder {Path(out).parent} does not exist; create it or choose "
+                             "another path")
     if args.plot:
         _pyplot()
         if options.modes is not None and "cascade" not in options.modes:
