@@ -5,15 +5,15 @@ clients send them back to back, c at a time (completions with token-id
 prompts of 8..24 tokens, `--max-tokens` new tokens with ignore_eos so every request does the
 same work, greedy; even requests stream, odd ones do not). Reported per level: aggregate
 generated tokens/s (all tokens / wall time), p50/p99 time to first token (streamed requests:
-first text chunk) and request latency, errors (must be 0), and whether every greedy output
-equals the serial run (level 1, always run) of the same prompt and mode. The server is a
+first chunk) and request latency, errors (must be 0), and whether every greedy output
+(token ids, from the response's `shadow_edge.token_ids`) equals the serial run (level 1, always run) of the same prompt and mode. The server is a
 subprocess on 127.0.0.1.
 
     python benchmarks/load.py --artifact /work/cache/artifacts/qwen3-0.6b-shape --concurrency 1,4,16 \\
-        --requests 32 --max-tokens 48 --max-batch 16 --json benchmarks/results/load.json
+        --requests 24 --max-tokens 32 --max-batch 16 --json benchmarks/results/load/w1-base_shadow.json
     python benchmarks/load.py --artifact ART --modes shadow_only,base_shadow   # mixed modes
 
-Human table to stderr, JSON (with versions, CPU and settings) to --json.
+Human lines to stderr, JSON (settings, CPU, load average) to --json and stdout.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], mo
     if stream:
         body["stream_options"] = {"include_usage": True}
     t0 = time.perf_counter()
-    ttft, text, tokens = None, [], 0
+    ttft, ids, tokens = None, None, 0
     try:
         if stream:
             async with client.stream("POST", f"{url}/v1/completions", json=body) as r:
@@ -107,9 +107,9 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], mo
                     data = json.loads(line[6:])
                     if "error" in data:
                         return {"error": data["error"]["message"]}
-                    if data.get("choices") and data["choices"][0].get("text"):
+                    if data.get("choices"):  # a chunk per token (or text piece): the first one is TTFT
                         ttft = ttft if ttft is not None else time.perf_counter() - t0
-                        text.append(data["choices"][0]["text"])
+                        ids = data.get("shadow_edge", {}).get("token_ids", ids)
                     if data.get("usage"):
                         tokens = data["usage"]["completion_tokens"]
         else:
@@ -117,10 +117,10 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], mo
             if r.status_code != 200:
                 return {"error": f"HTTP {r.status_code}: {r.text[:200]}"}
             data = r.json()
-            text, tokens = [data["choices"][0]["text"]], data["usage"]["completion_tokens"]
+            ids, tokens = data["shadow_edge"]["token_ids"], data["usage"]["completion_tokens"]
     except httpx.HTTPError as e:
         return {"error": f"{type(e).__name__}: {e}"}
-    return {"latency": time.perf_counter() - t0, "ttft": ttft, "text": "".join(text), "tokens": tokens}
+    return {"latency": time.perf_counter() - t0, "ttft": ttft, "ids": ids, "tokens": tokens}
 
 
 async def run_level(url: str, prompts: list[list[int]], modes: list[str], concurrency: int, requests: int,
@@ -145,8 +145,12 @@ async def run_level(url: str, prompts: list[list[int]], modes: list[str], concur
                "wall_s": wall, "generated_tokens": tokens, "aggregate_tok_s": tokens / wall,
                "ttft_p50_ms": _ms(percentile(ttft, 50)), "ttft_p99_ms": _ms(percentile(ttft, 99)),
                "latency_p50_ms": _ms(percentile(lat, 50)), "latency_p99_ms": _ms(percentile(lat, 99))}
-    texts = {(r["prompt"], r["mode"]): r["text"] for r in ok}
+    texts = {(r["prompt"], r["mode"]): r["ids"] for r in ok}
     return summary, texts
+
+
+def _fmt(ms: float | None) -> str:
+    return "-" if ms is None else f"{ms:.0f}"
 
 
 def _ms(s: float | None) -> float | None:
@@ -162,8 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="base_shadow", help="comma-separated modes, used round-robin")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server onnxruntime threads")
     p.add_argument("--max-batch", type=int, default=16, help="server --max-batch (default 16)")
-    p.add_argument("--batch-window-ms", type=float, default=20.0,
-                   help="server --batch-window-ms (default 20: a round's requests come back within a few ms)")
+    p.add_argument("--batch-window-ms", type=float, default=50.0,
+                   help="server --batch-window-ms (default 50: on a busy machine answered clients take tens of ms "
+                        "to ask again)")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     levels = sorted({1, *(int(x) for x in args.concurrency.split(","))})  # level 1 is the serial reference
@@ -187,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             summary["greedy_equal_serial"] = not mismatched
             summary["mismatched_outputs"] = len(mismatched)
             rows.append(summary)
-            say(f"c={c:>3}: {summary['aggregate_tok_s']:7.1f} tok/s aggregate, TTFT p50 {summary['ttft_p50_ms']:.0f} "
-                f"ms p99 {summary['ttft_p99_ms']:.0f} ms, latency p50 {summary['latency_p50_ms']:.0f} ms p99 "
-                f"{summary['latency_p99_ms']:.0f} ms, errors {summary['errors']}, greedy = serial: "
-                f"{summary['greedy_equal_serial']}")
+            say(f"c={c:>3}: {summary['aggregate_tok_s']:7.1f} tok/s aggregate, TTFT p50/p99 "
+                f"{_fmt(summary['ttft_p50_ms'])}/{_fmt(summary['ttft_p99_ms'])} ms, latency p50/p99 "
+                f"{_fmt(summary['latency_p50_ms'])}/{_fmt(summary['latency_p99_ms'])} ms, errors {summary['errors']}, "
+                f"greedy = serial: {summary['greedy_equal_serial']}")
     finally:
         server.stop()
     for r in rows:

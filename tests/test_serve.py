@@ -54,6 +54,7 @@ def test_completions_greedy_equal_runtime(server, tiny_rt, mode):
     assert (got.usage.prompt_tokens, got.usage.completion_tokens) == (want.prompt_tokens, len(want.token_ids))
     assert got.usage.total_tokens == want.prompt_tokens + len(want.token_ids)
     assert got.model == f"tiny:{mode}" and got.shadow_edge["mode"] == mode
+    assert got.shadow_edge["token_ids"] == want.token_ids
     if mode == "cascade":
         assert got.shadow_edge["answered_by"] == want.answered_by
         assert got.shadow_edge["confidence"] == pytest.approx(want.confidence)

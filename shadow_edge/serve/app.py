@@ -190,7 +190,7 @@ def _usage(job: Job) -> dict:
 
 
 def _extra(job: Job) -> dict:
-    extra = {"mode": job.mode}
+    extra = {"mode": job.mode, "token_ids": job.token_ids}
     if job.answered_by is not None:
         extra.update(answered_by=job.answered_by, confidence=job.confidence)
     return extra

@@ -1,10 +1,11 @@
 """The scheduler of one artifact: a bounded queue and one worker thread that runs requests in batches.
 
 What the batching does: requests for the same graph mode (shadow_only, base_shadow, ...)
-that are waiting when the worker becomes free (plus those arriving within
-`batch_window_ms` of the oldest waiting one) run as one left-padded batch of up to `max_batch` rows: one prefill
-and then one decode step per token for all rows, so the weights are read once per step
-for the whole batch. Each row keeps its own prompt, max_tokens, stop strings, eos
+that are waiting when the worker becomes free, plus those arriving within `batch_window_ms`
+of the later of the oldest one's arrival and the end of the previous batch (so clients that
+got their answers and ask again join together), run as one left-padded batch of up to
+`max_batch` rows: one prefill and then one decode step per token for all rows, so the
+weights are read once per step for the whole batch. Each row keeps its own prompt, max_tokens, stop strings, eos
 handling, sampler (temperature / top_p / top_k / seed) and deadline; a row that finishes
 (eos, stop, length, timeout, client gone) answers at once and is fed padding until the
 batch ends.
@@ -103,6 +104,7 @@ class Engine:
         self.batch_modes = set(rt.manifest.modes)  # one graph chain each: batchable
         self._pending: deque[Job] = deque()
         self._running: list[Job] = []
+        self._free_since = time.monotonic()  # when the last batch ended
         self._cv = threading.Condition()
         self._closing = False
         self._thread = threading.Thread(target=self._work, name=f"shadow-edge-engine-{name}", daemon=True)
@@ -153,7 +155,7 @@ class Engine:
                 self._fail(jobs, APIError(500, f"generation failed: {type(e).__name__}: {e}"))
             finally:
                 with self._cv:
-                    self._running = []
+                    self._running, self._free_since = [], time.monotonic()
 
     def _fail(self, jobs: list[Job], error: APIError) -> None:
         for job in jobs:
@@ -169,8 +171,8 @@ class Engine:
                 if self._closing and not self._pending:
                     return None
                 first = self._pending[0]
-                if first.mode in self.batch_modes:  # let requests arriving within the window of the first join
-                    deadline = first.arrived + self.window
+                if first.mode in self.batch_modes:  # requests arriving within the window join the batch
+                    deadline = max(first.arrived, self._free_since) + self.window
                     while len(self._pending) < self.max_batch and not self._closing \
                             and (left := deadline - time.monotonic()) > 0:
                         self._cv.wait(left)
@@ -246,7 +248,7 @@ class Engine:
                     reason = "stop"
                 else:
                     piece = streams[r].push(tok)
-                    if piece:
+                    if piece or not rt.has_tokenizer:  # without a tokenizer, one (empty) chunk per token
                         job.report("text", piece)
                     reason = "stop" if streams[r].stopped else "length" if len(job.token_ids) >= job.max_tokens \
                         else None
