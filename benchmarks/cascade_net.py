@@ -8,7 +8,8 @@ it forwards (TCP payload: HTTP headers + bodies). Per delay:
     and remote latency, bytes up/down per request;
   - server only: the same request sent straight to the server's base_shadow (no shadow pass);
   - mixed: threshold = the median shadow confidence (about half escalate): mean latency.
-Greedy, `--max-tokens` new tokens, token-id prompts; medians over `--prompts` prompts.
+Greedy, `--max-tokens` new tokens, token-id prompts; medians over `--prompts` prompts x `--reps`,
+the delays interleaved per prompt so that each sees the same machine load.
 
     python benchmarks/cascade_net.py --artifact /work/cache/artifacts/qwen3-0.6b-shape --max-tokens 16 \\
         --json benchmarks/results/cascade_net/w1.json
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import threading
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delays", default="0,20,100", help="added round-trip times in ms (default 0,20,100)")
     p.add_argument("--prompts", type=int, default=6, help="prompts per measurement (default 6)")
     p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--reps", type=int, default=3, help="passes over the prompts (default 3)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
@@ -114,35 +117,43 @@ def main(argv: list[str] | None = None) -> int:
         confidences = [remote_cascade(rt, pr, Escalation(server.url, model="m:base_shadow"), cascade_threshold=0.0,
                                       **kw).confidence for pr in prompts]  # also warms both sides up
         median_conf = statistics.median(confidences)
-        for rtt in [float(x) for x in args.delays.split(",")]:
-            proxy = DelayProxy(server.port, rtt)
-            url = f"http://127.0.0.1:{proxy.port}/v1"
-            esc = Escalation(url, model="m:base_shadow", timeout_s=600)
-            outs, up0, down0 = [], proxy.up, proxy.down
+        delays = [float(x) for x in args.delays.split(",")]
+        proxies = {rtt: DelayProxy(server.port, rtt) for rtt in delays}
+        samples = {rtt: {"esc": [], "direct": [], "mixed": []} for rtt in delays}
+        for _ in range(args.reps):  # interleaved: every delay sees the same machine load
             for pr in prompts:
-                outs.append(remote_cascade(rt, pr, esc, cascade_threshold=1.0, **kw))
-            up, down = (proxy.up - up0) / len(prompts), (proxy.down - down0) / len(prompts)
-            direct = [server_only(url[:-3], pr, args.max_tokens) for pr in prompts]
-            mixed = [remote_cascade(rt, pr, esc, cascade_threshold=median_conf, **kw) for pr in prompts]
+                for rtt, proxy in proxies.items():
+                    esc = Escalation(f"http://127.0.0.1:{proxy.port}/v1", model="m:base_shadow", timeout_s=600)
+                    up0, down0 = proxy.up, proxy.down
+                    out = remote_cascade(rt, pr, esc, cascade_threshold=1.0, **kw)
+                    assert out.escalated, out.reason
+                    samples[rtt]["esc"].append((out, proxy.up - up0, proxy.down - down0))
+                    samples[rtt]["direct"].append(server_only(f"http://127.0.0.1:{proxy.port}", pr, args.max_tokens))
+                    samples[rtt]["mixed"].append(remote_cascade(rt, pr, esc, cascade_threshold=median_conf, **kw))
+        for proxy in proxies.values():
             proxy.close()
-            assert all(o.escalated for o in outs), [o.reason for o in outs]
+        for rtt in delays:
+            outs = [o for o, _, _ in samples[rtt]["esc"]]
+            mixed = samples[rtt]["mixed"]
             row = {"rtt_ms": rtt, "escalated_total_ms": statistics.median(o.total_ms for o in outs),
                    "escalated_shadow_ms": statistics.median(o.shadow_ms for o in outs),
                    "escalated_remote_ms": statistics.median(o.remote_ms for o in outs),
-                   "bytes_up": up, "bytes_down": down,
+                   "bytes_up": statistics.median(u for _, u, _ in samples[rtt]["esc"]),
+                   "bytes_down": statistics.median(d for _, _, d in samples[rtt]["esc"]),
                    "client_counted_bytes": statistics.median(o.bytes_sent + o.bytes_received for o in outs),
-                   "server_only_ms": statistics.median(direct),
-                   "mixed_threshold": median_conf, "mixed_escalated": sum(o.escalated for o in mixed),
+                   "server_only_ms": statistics.median(samples[rtt]["direct"]),
+                   "mixed_threshold": median_conf, "mixed_escalated_share": statistics.mean(o.escalated for o in mixed),
                    "mixed_mean_ms": statistics.mean(o.total_ms for o in mixed)}
             rows.append(row)
             say(f"RTT +{rtt:g} ms: escalated {row['escalated_total_ms']:.0f} ms (shadow "
-                f"{row['escalated_shadow_ms']:.0f} + server {row['escalated_remote_ms']:.0f}), {up:.0f} B up / "
-                f"{down:.0f} B down; server only {row['server_only_ms']:.0f} ms; mixed "
-                f"({row['mixed_escalated']}/{len(prompts)} escalated) mean {row['mixed_mean_ms']:.0f} ms")
+                f"{row['escalated_shadow_ms']:.0f} + server {row['escalated_remote_ms']:.0f}), {row['bytes_up']:.0f} B "
+                f"up / {row['bytes_down']:.0f} B down; server only {row['server_only_ms']:.0f} ms; mixed "
+                f"({row['mixed_escalated_share']:.0%} escalated) mean {row['mixed_mean_ms']:.0f} ms")
     finally:
         server.stop()
     record = {"artifact": str(args.artifact), "max_tokens": args.max_tokens, "prompts": args.prompts,
-              "threads": args.threads, "rows": rows, "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+              "reps": args.reps, "threads": args.threads, "load_avg_at_end": os.getloadavg(), "rows": rows,
+              "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=2) + "\n")
