@@ -207,10 +207,9 @@ async def _respond(request: Request, state: ServerState, engine: Engine, mode: s
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
     if req.stream:
-        return StreamingResponse(_sse(request, state, engine, job, req, chat, rid, created, model),
+        return StreamingResponse(_sse(state, engine, job, req, chat, rid, created, model),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-    text = []
-    while True:
+    while True:  # the answer is complete in `job` at "end"; text events matter only to streams
         try:
             kind, payload = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
         except asyncio.TimeoutError:
@@ -219,12 +218,10 @@ async def _respond(request: Request, state: ServerState, engine: Engine, mode: s
                 state.metrics.requests.labels(engine.name, mode, "cancelled").inc()
                 return Response(status_code=499)
             continue
-        if kind == "text":
-            text.append(payload)
-        elif kind == "error":
+        if kind == "error":
             state.metrics.requests.labels(engine.name, mode, str(payload.status)).inc()
             raise payload
-        else:
+        if kind == "end":
             break
     _observe(state, engine, job, "200")
     choice = {"index": 0, "finish_reason": job.finish_reason, "logprobs": None}
@@ -242,7 +239,7 @@ def _observe(state: ServerState, engine: Engine, job: Job, status: str) -> None:
         state.metrics.ttft.labels(engine.name, job.mode).observe(job.first_token_at - job.arrived)
 
 
-async def _sse(request: Request, state: ServerState, engine: Engine, job: Job, req, chat: bool, rid: str,
+async def _sse(state: ServerState, engine: Engine, job: Job, req, chat: bool, rid: str,
                created: int, model: str):
     """Server-sent events: one chunk per text piece, a final chunk with finish_reason, usage, [DONE]."""
     obj = "chat.completion.chunk" if chat else "text_completion"
