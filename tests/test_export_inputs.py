@@ -54,6 +54,16 @@ def shard(base: Path, weight_map) -> None:
                                                        else weight_map.decode())
 
 
+def big_eos_token(base: Path) -> None:
+    """The eos comes from the tokenizer's own token string, whose id lies beyond the model's vocabulary."""
+    tok = json.loads((base / "tokenizer.json").read_text())
+    tok["added_tokens"].append({"id": 600, "content": "<|big|>", "single_word": False, "lstrip": False,
+                                "rstrip": False, "normalized": False, "special": True})
+    (base / "tokenizer.json").write_text(json.dumps(tok))
+    edit_json(base / "generation_config.json", eos_token_id=None)
+    edit_json(base / "tokenizer_config.json", eos_token="<|big|>")
+
+
 def link_outside(path: Path, target: Path) -> None:
     path.unlink()
     path.symlink_to(target)
@@ -156,6 +166,7 @@ CASES = [
      ["tokenizer_config.json", "not valid JSON"]),
     ("tok-config-list", lambda b, a, t: (b / "tokenizer_config.json").write_text("[1, 2]"),
      ["tokenizer_config.json", "holds a list, expected a JSON object"]),
+    ("eos-token-out-of-vocab", lambda b, a, t: big_eos_token(b), ["tokenizer_config.json", "`eos_token` '<|big|>'"]),
     ("tok-config-eos-int", lambda b, a, t: edit_json(b / "tokenizer_config.json", eos_token=5),
      ["tokenizer_config.json", "`eos_token` is 5"]),
     ("chat-template-syntax", lambda b, a, t: edit_json(b / "tokenizer_config.json", chat_template="{% for %}"),

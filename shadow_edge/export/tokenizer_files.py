@@ -123,12 +123,19 @@ def read_tokenizer_files(base_dir: Path, vocab_size: int) -> TokenizerFiles:
         return found
 
     tokens = {key: _token_text(tok_cfg, key, tok_cfg_file) for key in SPECIAL_TOKENS}
-    eos = ids("eos_token_id")
-    if not eos and tokens["eos_token"] in vocab:
-        eos = [vocab[tokens["eos_token"]]]
-    pad = ids("pad_token_id")[:1]
-    if not pad and tokens["pad_token"] in vocab:
-        pad = [vocab[tokens["pad_token"]]]
+
+    def from_tokenizer(key: str) -> list[int]:
+        if tokens[key] not in vocab:
+            return []
+        i = vocab[tokens[key]]
+        if i >= vocab_size:
+            raise CheckpointError(f"{tok_cfg_file}: `{key}` {tokens[key]!r} is token {i} of tokenizer.json, outside "
+                                  f"the model's vocabulary (vocab_size {vocab_size}); the tokenizer does not belong "
+                                  "to this model")
+        return [i]
+
+    eos = ids("eos_token_id") or from_tokenizer("eos_token")
+    pad = ids("pad_token_id")[:1] or from_tokenizer("pad_token")
     bos = ids("bos_token_id")[:1]
     template_file, _ = _chat_template(base_dir, tok_cfg, files)
     return TokenizerFiles(base_dir, tuple(files), {
