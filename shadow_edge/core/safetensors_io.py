@@ -60,22 +60,30 @@ def load_safetensors(path: Path, what: str, root: Path | None = None) -> dict[st
         refuse_pickles(path.parent, path.stem)
         raise CheckpointError(f"{path}: {what} is missing; expected a .safetensors file there")
     contained_file(path, root)
+    out: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(str(path), framework="pt") as f:
-            out = {k: f.get_tensor(k) for k in f.keys()}
+        with safe_open(str(path), framework="pt") as f:  # memory-mapped: one tensor read and converted at a time
+            for key in f.keys():
+                out[key] = _checked_float(f.get_tensor(key), key, path)
+    except CheckpointError:
+        raise
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"{path}: cannot read {what} ({e}); the file is corrupt or not safetensors") from None
-    for key, t in out.items():
-        if not t.is_floating_point():
-            raise CheckpointError(f"{path}: tensor {key!r} has dtype {t.dtype}; expected floating-point weights "
-                                  "(float32/float16/bfloat16); quantized or integer checkpoints are not supported, "
-                                  "re-save the model in float")
-        out[key] = t = t.float()
-        if not torch.isfinite(t).all():
-            bad = int((~torch.isfinite(t)).sum())
-            raise CheckpointError(f"{path}: tensor {key!r} holds {bad} NaN/Inf value(s) of {t.numel()}; the "
-                                  "checkpoint is corrupt or training diverged; use a finite checkpoint")
     return out
+
+
+def _checked_float(t: torch.Tensor, key: str, path: Path) -> torch.Tensor:
+    """`t` as float32 (bf16/fp16 converted here, so only one half-precision tensor is held at a time)."""
+    if not t.is_floating_point():
+        raise CheckpointError(f"{path}: tensor {key!r} has dtype {t.dtype}; expected floating-point weights "
+                              "(float32/float16/bfloat16); quantized or integer checkpoints are not supported, "
+                              "re-save the model in float")
+    t = t.float()
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise CheckpointError(f"{path}: tensor {key!r} holds {bad} NaN/Inf value(s) of {t.numel()}; the "
+                              "checkpoint is corrupt or training diverged; use a finite checkpoint")
+    return t
 
 
 def load_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:

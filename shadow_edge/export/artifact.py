@@ -120,7 +120,7 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         else:
             weight, bias, key = _heads(spec)[name]
             builders.append(build_head(c, weight, key, spec, store, names, bias))
-    progress(f"writing weights ({sum(a.nbytes for a in store.arrays.values()) / 1e6:.1f} MB, each tensor once)")
+    progress(f"writing weights ({store.nbytes() / 1e6:.1f} MB, each tensor once)")
     store.write(tmp, GRAPH_ORDER)
     graphs: dict[str, GraphEntry] = {}
     for b in builders:

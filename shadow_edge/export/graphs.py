@@ -48,7 +48,9 @@ class Tensors:
         if all(packed):
             qw = packed[0] if len(packed) == 1 else Quantized.concat(packed)
             return self._matmul_nbits(b, x, key, qw, tag, self.accuracy_level)
-        return b.op("MatMul", [x, b.weight(key, lambda: _np(torch.cat(parts).T))], tag=f"{tag}/MatMul")
+        # [in, sum(out)]: the transposed parts concatenated straight into one contiguous copy
+        fused = b.weight(key, lambda: _np(torch.cat([p.T for p in parts], dim=1)))
+        return b.op("MatMul", [x, fused], tag=f"{tag}/MatMul")
 
     def embed(self, b: GraphBuilder, t: torch.Tensor, name: str, ids: str) -> str:
         """Rows of the [vocab, d] table for `ids` [b, s] -> [b, s, d]."""

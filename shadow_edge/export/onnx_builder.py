@@ -26,34 +26,46 @@ ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "bool": Tensor
 
 
 class WeightStore:
-    """Every weight once, by key; records which graphs use it; writes the external data files."""
+    """Every weight once, by key; records which graphs use it; writes the external data files.
+
+    Once `write` has put the large weights on disk it drops its references to them (only dtype and
+    shape stay), so validation and the rest of the export do not hold a second copy of the model.
+    """
 
     def __init__(self) -> None:
-        self.arrays: dict[str, np.ndarray] = {}
+        self.arrays: dict[str, np.ndarray] = {}  # inline (small) ones, and large ones until written
+        self.meta: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}  # key -> (dtype, shape), every weight
         self.users: dict[str, list[str]] = {}
         self.location: dict[str, tuple[str, int, int]] = {}  # key -> (file, offset, length)
+        self.written = False
 
-    def add(self, key: str, graph: str, make: Callable[[], np.ndarray]) -> np.ndarray:
-        if key not in self.arrays:
-            self.arrays[key] = np.ascontiguousarray(make())  # float32 weights, uint8 packed ones
+    def add(self, key: str, graph: str, make: Callable[[], np.ndarray]) -> None:
+        if self.written:
+            raise ValueError(f"weight {key!r} added after the weights were written; exporter bug")
+        if key not in self.meta:
+            arr = np.ascontiguousarray(make())  # float32 weights, uint8 packed ones
+            self.arrays[key], self.meta[key] = arr, (arr.dtype, arr.shape)
         users = self.users.setdefault(key, [])
         if graph not in users:
             users.append(graph)
-        return self.arrays[key]
+
+    def nbytes(self) -> int:
+        return sum(dtype.itemsize * int(np.prod(shape)) for dtype, shape in self.meta.values())
 
     def write(self, out_dir: Path, graph_order: list[str]) -> None:
         """Write each large weight to `<owner>.onnx.data`; the owner is its first user in `graph_order`.
 
         Arrays with identical bytes (e.g. the packed vocabulary seen as embedding rows and as
-        head blocks) are written once and share one location.
+        head blocks) are written once and share one location. Written arrays are released.
         """
+        self.written = True
         handles: dict[str, object] = {}
         written: dict[tuple, tuple[str, int, int]] = {}
         try:
-            for key, arr in self.arrays.items():
-                if arr.nbytes < INLINE_LIMIT:
-                    continue
-                digest = (arr.dtype.str, hashlib.blake2b(memoryview(arr).cast("B"), digest_size=16).digest())
+            for key in [k for k, a in self.arrays.items() if a.nbytes >= INLINE_LIMIT]:
+                arr = self.arrays.pop(key)
+                view = memoryview(arr).cast("B")  # [nbytes], no copy
+                digest = (arr.dtype.str, hashlib.blake2b(view, digest_size=16).digest())
                 if digest in written:
                     self.location[key] = written[digest]
                     continue
@@ -64,7 +76,7 @@ class WeightStore:
                 f = handles[fname]
                 f.write(b"\0" * ((-f.tell()) % PAGE))
                 self.location[key] = written[digest] = (fname, f.tell(), arr.nbytes)
-                f.write(arr.tobytes())
+                f.write(view)
         finally:
             for f in handles.values():
                 f.close()
@@ -146,12 +158,12 @@ class GraphBuilder:
             raise ExportError(f"graph {self.name}: contract I/O {missing} not wired by the builder; exporter bug")
         inits = [numpy_helper.from_array(v, k) for k, v in self.consts.items()]
         for key in self.weights:
-            arr = self.store.arrays[key]
             if key not in self.store.location:
-                inits.append(numpy_helper.from_array(arr, key))
+                inits.append(numpy_helper.from_array(self.store.arrays[key], key))
                 continue
             fname, offset, length = self.store.location[key]
-            t = TensorProto(name=key, data_type=helper.np_dtype_to_tensor_dtype(arr.dtype), dims=list(arr.shape))
+            dtype, shape = self.store.meta[key]
+            t = TensorProto(name=key, data_type=helper.np_dtype_to_tensor_dtype(dtype), dims=list(shape))
             t.data_location = TensorProto.EXTERNAL
             for k, v in (("location", fname), ("offset", str(offset)), ("length", str(length))):
                 entry = t.external_data.add()
