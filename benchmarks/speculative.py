@@ -76,14 +76,21 @@ def bench_artifact(art: Path, settings: list[int | None], args) -> dict:
     manifest = read_manifest(art)
     say(f"{art}: loading ({manifest.quantization})")
     rt = ShadowRuntime.load(art, threads=args.threads, verify=False, modes=("speculative",))
-    ids = prompt_ids(int(manifest.model["vocab_size"]), 1, args.prompt_len, args.seed)[0].tolist()
+    if args.prompt_file:  # rep r uses the r-th window of prompt_len tokens of the file
+        text_ids = rt.codec.encode(args.prompt_file.read_text(encoding="utf-8"))
+        if len(text_ids) < args.reps * args.prompt_len:
+            raise SystemExit(f"error: {args.prompt_file} has {len(text_ids)} tokens; need reps x prompt-len")
+        prompts = [text_ids[r * args.prompt_len:(r + 1) * args.prompt_len] for r in range(args.reps)]
+    else:
+        prompts = [prompt_ids(int(manifest.model["vocab_size"]), 1, args.prompt_len, args.seed)[0].tolist()] * args.reps
+    ids = prompts[0]
     label = lambda k: "adaptive" if k is None else f"k={k}"  # noqa: E731
     kw = dict(max_new_tokens=args.new_tokens, eos=())
     for k in [None] + settings:  # warm-up (short)
         rt.generate(ids, mode="base_shadow" if k is None else "speculative", max_new_tokens=4, eos=(),
                     **({} if k is None else {"draft_tokens": k}))
     runs = {"base_shadow": []} | {label(k): [] for k in settings}
-    for rep in range(args.reps):
+    for rep, ids in enumerate(prompts):
         base = rt.generate(ids, mode="base_shadow", **kw)
         ms, n = decode_figures(base)
         runs["base_shadow"].append({"tok_s": 1e3 * n / ms, "ms_per_token": ms / n, "tokens": base.token_ids})
@@ -160,7 +167,8 @@ def plot(result: dict, path: Path) -> None:
     for ax, a in zip(axes[0], result["artifacts"]):
         fixed = [r for r in a["settings"] if r["draft_tokens"] is not None]
         ks = [r["draft_tokens"] for r in fixed]
-        ax.plot(ks, [r["speedup"] for r in fixed], "o-", color="#c44e52", label="measured (random weights)")
+        ax.plot(ks, [r["speedup"] for r in fixed], "o-", color="#c44e52",
+                label=f"measured (acceptance {', '.join(_fmt(r['acceptance_rate'], '.2f') for r in fixed)})")
         for rate, style in zip(PROJECTED_RATES, (":", "-.", "--", "-")):
             ax.plot(ks, [r["projected_speedup"][str(rate)] for r in fixed], style, color="#4878a8",
                     label=f"projected at acceptance {rate}")
@@ -190,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random prompt ids (without --prompt-file)")
+    p.add_argument("--prompt-file", type=Path, help="text whose tokens are the prompts (rep r: the r-th window)")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "speculative")
     args = p.parse_args(argv)
     settings = [draft_setting(t.strip()) for t in args.draft_tokens.split(",") if t.strip()]
@@ -199,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
         timespec="seconds"), "command": "python benchmarks/speculative.py " + " ".join(argv or sys.argv[1:]),
         "machine": machine_info(), "versions": versions(), "threads": args.threads,
         "workload": {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "reps": args.reps,
-                     "greedy": True, "seed": args.seed, "batch": 1},
+                     "greedy": True, "seed": args.seed, "batch": 1,
+                     "prompts": str(args.prompt_file) if args.prompt_file else "random ids"},
         "artifacts": [bench_artifact(a, settings, args) for a in args.artifact]}
     result["elapsed_s"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
