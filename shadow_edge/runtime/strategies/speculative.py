@@ -92,46 +92,9 @@ class Speculative(StepStrategy):
             k = min(policy.next_k() if policy else opts.draft_tokens, left - 1)
             x = np.where(active, x, rt.pad_id).astype(np.int64)  # finished rows are fed pad (as in plain)
             slots = mask.shape[1]
-
-            # draft: k + 1 shadow steps; the shadow head proposes d1..dk from the first k
-            fed = np.empty((b, k + 1), dtype=np.int64)  # [b, k + 1] x, d1..dk
-            hidden = []  # k + 1 of [b, 1, d]
-            q = []  # k of [b, V] shaped draft probabilities (sampling only)
-            fed[:, 0] = x
-            s_cache.reserve(slots + k + 1)
-            for j in range(k + 1):
-                feed = {"input_ids": ov(fed[:, j:j + 1]),  # [b, 1]
-                        "attention_mask": ov(np.concatenate([mask, np.ones((b, j + 1), np.int64)], axis=1)),
-                        "position_ids": ov((pos + j)[:, None])}  # [b, 1]
-                s = pipe.shadow.run_in_place(feed, s_cache.tensors)  # [b, 1, d]
-                s_cache.length += 1
-                hidden.append(s.numpy().copy())
-                if j < k:
-                    q_logits = draft_head.run({draft_head.input_names[0]: s})[0].numpy()[:, -1]  # [b, V]
-                    if sampler.greedy:
-                        fed[:, j + 1] = np.argmax(q_logits, axis=-1)
-                    else:
-                        q.append(shaped_probs(q_logits, *shape))
-                        fed[:, j + 1] = [draw(q[-1][r], sampler.rng) for r in range(b)]
+            fed, hidden, q = draft(pipe, draft_head, s_cache, mask, pos, x, k, sampler, shape)
             t1 = time.perf_counter()
-
-            # verify: one backbone pass over the k + 1 fed positions, then lm_head on all of them
-            h_all = np.concatenate(hidden, axis=1)  # [b, k + 1, d]
-            v_mask = np.concatenate([mask, np.ones((b, k + 1), np.int64)], axis=1)  # [b, slots + k + 1]
-            v_pos = pos[:, None] + np.arange(k + 1)  # [b, k + 1]
-            b_cache.reserve(slots + k + 1)
-            if rows_apart:
-                out = [pipe.backbone.run_in_place(
-                    {"input_ids": ov(fed[r:r + 1]), "attention_mask": ov(v_mask[r:r + 1]),
-                     "position_ids": ov(v_pos[r:r + 1]), SHADOW_HIDDEN: ov(h_all[r:r + 1])},
-                    _row_views(b_cache, r)).numpy() if active[r] else np.zeros_like(h_all[r:r + 1])
-                    for r in range(b)]
-                h = ov(np.concatenate(out, axis=0))  # [b, k + 1, d]
-            else:
-                h = pipe.backbone.run_in_place({"input_ids": ov(fed), "attention_mask": ov(v_mask),
-                                                "position_ids": ov(v_pos), SHADOW_HIDDEN: ov(h_all)},
-                                               b_cache.tensors)
-            p_logits = pipe.head.run({pipe.head_input: h})[0].numpy()  # [b, k + 1, V]
+            p_logits = verify(pipe, b_cache, mask, pos, fed, hidden, active, rows_apart)  # [b, k + 1, V]
             t2 = time.perf_counter()
 
             # accept per row, then roll both caches back to the widest row's kept slots
@@ -172,6 +135,59 @@ class Speculative(StepStrategy):
             totals["verify_ms"] += (t2 - t1) * 1e3
             stats["speculative"] = SpeculativeStats(draft_lengths=list(lengths), **totals)
             yield StepRecord(tokens, logprobs, (t3 - t0) * 1e3)
+
+
+def draft(pipe, head, s_cache: KVCache, mask: np.ndarray, pos: np.ndarray, x: np.ndarray, k: int, sampler,
+          shape: tuple) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """k + 1 shadow steps from x [b] at positions pos [b]; the shadow head on the first k proposes d1..dk.
+
+    Returns fed [b, k + 1] (x, d1..dk), their shadow_hidden_states [b, k + 1, d] and, when
+    sampling, the k shaped draft distributions [b, V]. The shadow cache advances by k + 1.
+    """
+    b, slots = mask.shape
+    fed = np.empty((b, k + 1), dtype=np.int64)
+    fed[:, 0] = x
+    hidden, q = [], []  # k + 1 of [b, 1, d]; k of [b, V]
+    s_cache.reserve(slots + k + 1)
+    for j in range(k + 1):
+        feed = {"input_ids": ov(fed[:, j:j + 1]),  # [b, 1]
+                "attention_mask": ov(np.concatenate([mask, np.ones((b, j + 1), np.int64)], axis=1)),
+                "position_ids": ov((pos + j)[:, None])}  # [b, 1]
+        s = pipe.shadow.run_in_place(feed, s_cache.tensors)  # [b, 1, d]
+        s_cache.length += 1
+        hidden.append(s.numpy().copy())
+        if j < k:
+            q_logits = head.run({head.input_names[0]: s})[0].numpy()[:, -1]  # [b, V]
+            if sampler.greedy:
+                fed[:, j + 1] = np.argmax(q_logits, axis=-1)
+            else:
+                q.append(shaped_probs(q_logits, *shape))
+                fed[:, j + 1] = [draw(q[-1][r], sampler.rng) for r in range(b)]
+    return fed, np.concatenate(hidden, axis=1), q
+
+
+def verify(pipe, b_cache: KVCache, mask: np.ndarray, pos: np.ndarray, fed: np.ndarray, hidden: np.ndarray,
+           active: np.ndarray, rows_apart: bool) -> np.ndarray:
+    """One backbone pass over the fed positions [b, k + 1] with their shadow states, then lm_head on all of them.
+
+    The backbone cache gets the k + 1 positions after its first mask.shape[1] slots (the caller
+    sets its length). rows_apart: one batch-1 pass per active row on views of the cache.
+    Returns logits [b, k + 1, V].
+    """
+    b, n = fed.shape
+    v_mask = np.concatenate([mask, np.ones((b, n), np.int64)], axis=1)  # [b, slots + k + 1]
+    v_pos = pos[:, None] + np.arange(n)  # [b, k + 1]
+    b_cache.reserve(mask.shape[1] + n)
+    if rows_apart:
+        out = [pipe.backbone.run_in_place(
+            {"input_ids": ov(fed[r:r + 1]), "attention_mask": ov(v_mask[r:r + 1]), "position_ids": ov(v_pos[r:r + 1]),
+             SHADOW_HIDDEN: ov(hidden[r:r + 1])}, _row_views(b_cache, r)).numpy()
+            if active[r] else np.zeros_like(hidden[r:r + 1]) for r in range(b)]
+        h = ov(np.concatenate(out, axis=0))  # [b, k + 1, d]
+    else:
+        h = pipe.backbone.run_in_place({"input_ids": ov(fed), "attention_mask": ov(v_mask), "position_ids": ov(v_pos),
+                                        SHADOW_HIDDEN: ov(hidden)}, b_cache.tensors)
+    return pipe.head.run({pipe.head_input: h})[0].numpy()
 
 
 register(Speculative())
