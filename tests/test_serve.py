@@ -44,7 +44,7 @@ def test_models_list_every_mode(server, tiny_rt):
     assert health["status"] == "ok" and health["models"] == ids
 
 
-@pytest.mark.parametrize("mode", ["shadow_only", "base_shadow", "cascade"])
+@pytest.mark.parametrize("mode", ["shadow_only", "base_shadow", "cascade", "speculative"])
 def test_completions_greedy_equal_runtime(server, tiny_rt, mode):
     want = tiny_rt.generate("The river runs", mode=mode, max_new_tokens=12)
     c = client(server)
@@ -55,6 +55,11 @@ def test_completions_greedy_equal_runtime(server, tiny_rt, mode):
     assert got.usage.total_tokens == want.prompt_tokens + len(want.token_ids)
     assert got.model == f"tiny:{mode}" and got.shadow_edge["mode"] == mode
     assert got.shadow_edge["token_ids"] == want.token_ids
+    if mode == "speculative":
+        counts = ("rounds", "drafted", "accepted", "draft_lengths", "acceptance_rate")
+        assert {k: got.shadow_edge["speculative"][k] for k in counts} == \
+            {k: want.speculative.to_dict()[k] for k in counts}
+        assert server.metric("shadow_edge_speculative_drafted_tokens_total", model="tiny") >= want.speculative.drafted
     if mode == "cascade":
         assert got.shadow_edge["answered_by"] == want.answered_by
         assert got.shadow_edge["confidence"] == pytest.approx(want.confidence)

@@ -193,6 +193,8 @@ def _extra(job: Job) -> dict:
     extra = {"mode": job.mode, "token_ids": job.token_ids}
     if job.answered_by is not None:
         extra.update(answered_by=job.answered_by, confidence=job.confidence)
+    if job.speculative is not None:
+        extra["speculative"] = job.speculative
     return extra
 
 

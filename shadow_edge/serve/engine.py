@@ -13,7 +13,8 @@ batch ends.
 What it does not do: rows do not join a running batch (a request arriving mid-batch waits
 for the next one: no continuous batching), finished rows still cost compute until the
 longest row ends (no KV compaction), and modes without a single graph chain (cascade,
-speculative) run one request at a time through `ShadowRuntime.generate`. One batch runs
+speculative) run one request at a time through `ShadowRuntime.generate` (their responses
+carry the cascade decision or the speculative acceptance). One batch runs
 at a time per artifact; onnxruntime's thread pool does the parallel work inside it.
 """
 
@@ -79,6 +80,7 @@ class Job:
     first_token_at: float | None = None
     answered_by: str | None = None
     confidence: float | None = None
+    speculative: dict | None = None  # speculative mode: drafted / accepted / acceptance_rate ...
     cancelled: bool = False  # set by the caller when its client went away
 
     @property
@@ -290,6 +292,11 @@ class Engine:
         job.token_ids, job.text = list(result.token_ids), result.text
         job.finish_reason = FINISH.get(result.finish_reason, result.finish_reason)
         job.answered_by, job.confidence = result.answered_by, result.confidence
+        stats = getattr(result, "speculative", None)
+        if stats is not None:
+            job.speculative = stats.to_dict()
+            self.metrics.drafted.labels(self.name).inc(stats.drafted)
+            self.metrics.accepted.labels(self.name).inc(stats.accepted)
         self.metrics.batch_size.labels(self.name, job.mode).observe(1)
         self.metrics.tokens.labels(self.name, job.mode).inc(len(job.token_ids))
         if job.answered_by == "base_shadow":

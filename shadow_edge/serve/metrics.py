@@ -9,7 +9,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
-    """Requests by model/mode/status, tokens, TTFT and per-token latency, queue depth, batches, escalations."""
+    """Requests by model/mode/status, tokens, TTFT, per-step latency, queue depth, batches, escalations,
+    speculative drafted/accepted tokens."""
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -26,6 +27,10 @@ class Metrics:
                                     buckets=BATCH_BUCKETS, registry=r)
         self.escalations = Counter("shadow_edge_cascade_escalations", "cascade requests answered by base_shadow",
                                    ["model"], registry=r)
+        self.drafted = Counter("shadow_edge_speculative_drafted_tokens", "tokens the shadow drafted (speculative)",
+                               ["model"], registry=r)
+        self.accepted = Counter("shadow_edge_speculative_accepted_tokens", "drafted tokens the combined model "
+                                "accepted (acceptance = accepted / drafted)", ["model"], registry=r)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
