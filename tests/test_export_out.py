@@ -216,6 +216,11 @@ def _env() -> dict:
     return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
 
 
+def _default_signals() -> None:
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_DFL)
+
+
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not (path / PARTIAL_MARKER).exists():
@@ -228,8 +233,10 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> Non
 def test_signal_mid_export_cleans_up(inputs, tmp_path, sig, code):
     base, adapter = inputs
     out = tmp_path / "art"
+    # A runner started in the background (CI, `cmd &`) may ignore SIGINT, and the child would inherit that:
+    # give it the default dispositions an interactive user's export has.
     proc = subprocess.Popen(_export_cmd(base, adapter, out), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals)
     _wait_for(partial_path(out, proc.pid), proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)

@@ -83,12 +83,12 @@ def demo(args) -> int:
                         cascade_threshold=args.cascade_threshold)
         print(f"  [answered by {r.answered_by}, shadow confidence {r.confidence:.3f}]\n  {prompt!r} -> {r.text!r}")
         rows.append((f"cascade ({'shadow' if r.answered_by == 'shadow_only' else 'escalated'})", r))
-    print(f"\n{'mode':<22} {'tokens':>6} {'prefill ms':>11} {'decode ms/tok':>14} {'tok/s':>8}  "
+    print(f"\n{'mode':<22} {'tokens':>6} {'prefill ms':>11} {'median ms/tok':>14} {'mean tok/s':>10}  "
           f"(threads {args.threads or os.cpu_count()})")
     for mode, r in rows:
         t = r.timings
         print(f"{mode:<22} {len(r.token_ids):>6} {t.prefill_ms:>11.2f} {t.decode_ms_median or 0:>14.3f} "
-              f"{t.tokens_per_s:>8.1f}")
+              f"{t.tokens_per_s:>10.1f}")
     print("\ncascade timings add the shadow pass and, when escalated, the combined pass. speculative: the shadow\n"
           "drafts, the combined model verifies; its text is base_shadow's, its speed depends on how often they agree.")
     return 0
