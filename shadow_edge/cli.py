@@ -36,6 +36,8 @@ examples:
   shadow-edge export --base base/ --adapter adapter/ --shadow-model shadow/ --out art/ --force
   shadow-edge export --base Qwen3-0.6B/ --adapter peft-out/ --adapter-name sql --out art/
   shadow-edge export --base base/ --adapter adapter/ --out art/ --quantize int4 --ort-format
+  shadow-edge export --base base/ --adapter a1/ --out base_art/ --as-base      # a base for adapter packs
+  shadow-edge export --base base/ --adapter a2/ --out pack2/ --against base_art/   # a pack: a2's own weights
 
 --base is a Hugging Face model directory (config.json, *.safetensors, tokenizer files);
 --adapter a shadow-peft adapter directory (shadow_config.json, shadow_adapter.safetensors) or a
@@ -51,6 +53,10 @@ Every artifact also loads in onnxruntime-genai (`og.Model(ART)`) and optimum
 (`ORTModelForCausalLM.from_pretrained(ART)`): model.onnx is the detached shadow as one graph
 (see the README, "Use it from onnxruntime-genai / optimum / a mobile app"); --ort-format adds
 model.ort for ONNX Runtime Mobile.
+--as-base makes the artifact a base for adapter packs (its adapter weights become overridable);
+--against BASE_ART writes an adapter pack instead of an artifact: only the adapter's own weights
+(shadow network, injection, update), for adapters trained on the same --base with the same shadow
+shape; run it with `shadow-edge run BASE_ART --adapter name=PACK --use-adapter name`.
 """
 INSPECT_EPILOG = """\
 examples:
@@ -118,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ort-format", action="store_true",
                    help="also write the detached shadow in ONNX Runtime's ORT format (model.ort) with the operator "
                         "list for a reduced mobile build (model.required_operators.config); copies its weights")
+    p.add_argument("--as-base", action="store_true",
+                   help="export a base artifact that adapter packs (--against) can be loaded into")
+    p.add_argument("--against", metavar="BASE_ART",
+                   help="write an adapter pack for this base artifact (exported with --as-base) instead of a full "
+                        "artifact; quantization follows the base")
     p.set_defaults(handler=cmd_export)
 
     p = sub.add_parser("run", help="generate text from an artifact (no torch)",
@@ -148,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-tokens", type=int, metavar="K",
                    help="speculative: tokens the shadow drafts per verify pass (default: adaptive, 0..8 from the "
                         "running acceptance rate)")
+    p.add_argument("--adapter", action="append", metavar="NAME=PACK",
+                   help="load an adapter pack exported --against ART under NAME (repeatable)")
+    p.add_argument("--use-adapter", metavar="NAME", help="generate with the pack loaded as NAME")
     net = p.add_argument_group("edge-cloud cascade over the network (--mode cascade)")
     net.add_argument("--escalate-to", metavar="URL",
                      help="escalate unsure answers to this OpenAI-compatible server (e.g. http://host:8000/v1, a "
@@ -245,7 +259,13 @@ def cmd_export(args) -> int:
     options = ExportOptions(force=args.force, validate=not args.no_validate, quantize=args.quantize,
                             block_size=args.block_size, quant_compute=args.quant_compute,
                             plain_backbone=args.plain_backbone, attention=args.attention,
-                            ort_format=args.ort_format)
+                            ort_format=args.ort_format, as_base=args.as_base)
+    if args.against is not None:
+        from shadow_edge.export.pack import export_pack
+
+        export_pack(args.base, args.adapter, args.out, args.against, shadow_model=args.shadow_model, options=options,
+                    adapter_name=args.adapter_name)
+        return 0
     export_artifact(args.base, args.adapter, args.out, shadow_model=args.shadow_model, options=options,
                     adapter_name=args.adapter_name)
     return 0

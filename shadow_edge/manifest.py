@@ -91,6 +91,7 @@ class Manifest:
     validation: dict
     files: dict[str, dict]  # relative path -> {"sha256", "bytes"}
     interop: dict = field(default_factory=dict)  # single-graph decoders and tool configs (export/interop.py)
+    adapter_slots: dict = field(default_factory=dict)  # base artifacts (--as-base): see adapter_pack.py
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 

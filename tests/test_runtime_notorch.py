@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+from pack_fixtures import families  # noqa: F401  (fixture)
 from runtime_fixtures import tiny_artifact  # noqa: F401  (fixture)
 
 BLOCK = """
@@ -130,3 +131,21 @@ def test_eval_without_torch(tiny_artifact, tmp_path):
     """)
     assert proc.returncode == 0, proc.stderr
     assert "agreement" in proc.stdout and "cascade curve" in proc.stdout
+
+
+def test_adapter_packs_without_torch(families):
+    fam = families("qwen3_implicit")
+    proc = run_python(f"""
+        import json
+        from shadow_edge.runtime import ShadowRuntime
+        rt = ShadowRuntime.load({str(fam.base_art)!r}, threads=1, adapters={{"two": {str(fam.packs["two"])!r}}})
+        rt.load_adapter("three", {str(fam.packs["three"])!r})
+        out = {{m: rt.generate([[5, 6, 7]], mode=m, adapter=a, max_new_tokens=3).token_ids
+               for m in rt.modes for a in ("two", "three")}}
+        rt.unload_adapter("two")
+        mods = [m for m in ("torch", "transformers", "shadow_peft") if sys.modules.get(m) is not None]
+        print(json.dumps({{"modes": sorted(out), "leaked": mods}}))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert data == {"modes": ["base_shadow", "cascade", "shadow_only", "speculative"], "leaked": []}

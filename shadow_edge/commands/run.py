@@ -22,6 +22,20 @@ def parse_ids(text: str) -> list[int]:
     return [int(t) for t in items]
 
 
+def parse_adapters(items: list[str] | None) -> dict[str, str]:
+    """`--adapter NAME=PACK` (repeatable) -> {NAME: PACK}; a name given twice is refused."""
+    out: dict[str, str] = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise InputError(f"--adapter {item!r}: expected NAME=PACK (e.g. --adapter support=packs/support)")
+        if name in out:
+            raise InputError(f"--adapter {item!r}: the name {name!r} is already given ({out[name]}); each pack needs "
+                             "its own name")
+        out[name] = path
+    return out
+
+
 def sampling_kwargs(args) -> dict:
     """Greedy unless a sampling flag is given (then temperature defaults to 1)."""
     given = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k), ("top_p", args.top_p),
@@ -48,10 +62,11 @@ def run(args) -> int:
     prompt = args.prompt if args.input_ids is None else parse_ids(args.input_ids)
     if args.escalate_to is not None:
         return run_remote_cascade(args, prompt)
-    rt = ShadowRuntime.load(args.artifact, threads=args.threads, verify=not args.no_verify)
+    rt = ShadowRuntime.load(args.artifact, threads=args.threads, verify=not args.no_verify,
+                            adapters=parse_adapters(args.adapter))
     kwargs = dict(mode=args.mode, max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat,
                   cascade_threshold=args.cascade_threshold, draft_tokens=args.draft_tokens,
-                  **sampling_kwargs(args))
+                  adapter=args.use_adapter, **sampling_kwargs(args))
     if args.stream and not args.json:
         pieces = rt.stream(prompt, **kwargs)
         for piece in pieces:

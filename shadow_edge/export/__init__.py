@@ -2,5 +2,6 @@
 
 from shadow_edge.export.artifact import export_artifact
 from shadow_edge.export.options import ExportOptions
+from shadow_edge.export.pack import export_pack
 
-__all__ = ["export_artifact", "ExportOptions"]
+__all__ = ["export_artifact", "export_pack", "ExportOptions"]

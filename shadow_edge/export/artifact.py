@@ -26,14 +26,14 @@ from shadow_edge.export.attention import choose_attention
 from shadow_edge.export.graphs import Tensors, build_backbone, build_head, build_shadow
 from shadow_edge.export.interop import DETACHED_FILE, write_interop
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
+from shadow_edge.export.pack_tensors import adapter_slots
 from shadow_edge.export.options import QUANT_COMPUTE, ExportOptions
-from shadow_edge.export.out_dir import (PARTIAL_MARKER, check_out, clean_stale_partials, new_partial, partial_path,
-                                        publish, remove_partial, signals_clean_up, writer_lock)
+from shadow_edge.export.out_dir import (PARTIAL_MARKER, check_out, clean_stale_partials, signals_clean_up,
+                                        write_partial_then_publish, writer_lock)
 from shadow_edge.export.ort_format import write_ort_format
 from shadow_edge.export.quantize import quantize_spec
 from shadow_edge.export.tokenizer_files import TokenizerFiles, read_tokenizer_files
 from shadow_edge.export.validate import validate_graphs
-from shadow_edge.errors import ExportError
 from shadow_edge.manifest import GraphEntry, Manifest, file_table, write_manifest
 
 GRAPH_ORDER = [io_spec.GRAPH_SHADOW, io_spec.GRAPH_LM_HEAD, io_spec.GRAPH_SHADOW_LM_HEAD,  # owners of shared
@@ -82,28 +82,15 @@ def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shad
         progress(f"reading checkpoint: base {base}, adapter {adapter}")
         spec = load_spec(base, adapter, shadow_model, adapter_name)
         tokenizer = read_tokenizer_files(Path(base), spec.vocab_size)
-        tmp = partial_path(out)
-        if tmp.exists() or tmp.is_symlink():  # not ours: clean_stale_partials removed ours
-            raise ExportError(f"{tmp}: exists and is not a partial export of this tool; remove it or choose another "
-                              "--out")
-        try:
-            new_partial(tmp)  # inside the try: a signal right after it still cleans up
-            manifest = _write(spec, tokenizer, tmp, options, progress)
-            check_out(out, options.force, inputs)  # nothing of the user's appeared there meanwhile
-            publish(tmp, out)
-        except OSError as e:
-            remove_partial(tmp)
-            raise ExportError(f"{e.filename or tmp}: cannot write the artifact ({e.strerror or e}); check the free "
-                              f"space, file size limit (ulimit -f) and permissions where --out {out} lives") from None
-        except BaseException:
-            remove_partial(tmp)
-            raise
+        manifest = write_partial_then_publish(out, options.force, inputs,
+                                              lambda tmp: _write(spec, tokenizer, tmp, options, progress))
     progress(f"done in {time.perf_counter() - started:.1f}s: {out}")
     return manifest
 
 
-def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options: ExportOptions,
-           progress: Callable[[str], None]) -> Manifest:
+def build_graphs(spec: ShadowModelSpec, options: ExportOptions, progress: Callable[[str], None],
+                 ) -> tuple[ShadowModelSpec, bool, WeightStore, dict[str, io_spec.GraphContract], list[GraphBuilder]]:
+    """Every graph of the artifact, in memory: (spec as quantized, whether quantized, weights, contracts, builders)."""
     quantized = {}
     if options.quantize != "none":
         progress(f"quantizing decoder and vocabulary weights to {options.quantize} (blocks of {options.block_size})")
@@ -120,11 +107,18 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         else:
             weight, bias, key = _heads(spec)[name]
             builders.append(build_head(c, weight, key, spec, store, names, bias))
+    return spec, bool(quantized), store, contracts, builders
+
+
+def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options: ExportOptions,
+           progress: Callable[[str], None]) -> Manifest:
+    spec, quantized, store, contracts, builders = build_graphs(spec, options, progress)
     progress(f"writing weights ({store.nbytes() / 1e6:.1f} MB, each tensor once)")
+    slots = adapter_slots(builders, store) if options.as_base else {}  # before the write releases the arrays
     store.write(tmp, GRAPH_ORDER)
     graphs: dict[str, GraphEntry] = {}
     for b in builders:
-        onnx.save_model(b.to_model(), str(tmp / f"{b.name}.onnx"))
+        onnx.save_model(b.to_model(slots.get("params", {}).get(b.name)), str(tmp / f"{b.name}.onnx"))
         graphs[b.name] = GraphEntry.from_contract(contracts[b.name], f"{b.name}.onnx", store.data_files(b.name))
     head_graphs = list(_heads(spec))
     tokenizer.copy_to(tmp)
@@ -154,6 +148,7 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         validation=validation,
         files={n: e for n, e in file_table(tmp).items() if n != PARTIAL_MARKER},
         interop=interop,
+        adapter_slots=slots,
     )
     write_manifest(tmp, manifest)
     return manifest

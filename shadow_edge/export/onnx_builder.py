@@ -149,7 +149,9 @@ class GraphBuilder:
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=node_name, domain=domain or None, **attrs))
         return outs[0] if n_out == 1 and len(outs) == 1 else outs
 
-    def to_model(self) -> onnx.ModelProto:
+    def to_model(self, overridable: dict[str, list] | None = None) -> onnx.ModelProto:
+        """The graph; weights in `overridable` (key -> [dtype, shape]) are also graph inputs (overridable
+        initializers: onnxruntime uses the stored value unless a run feeds one)."""
         produced = {o for n in self.nodes for o in n.output}
         consumed = {i for n in self.nodes for i in n.input}
         missing = [t.name for t in self.contract.outputs if t.name not in produced] + \
@@ -169,7 +171,9 @@ class GraphBuilder:
                 entry = t.external_data.add()
                 entry.key, entry.value = k, v
             inits.append(t)
-        graph = helper.make_graph(self.nodes, self.name, self.inputs, self.outputs, initializer=inits)
+        slots = [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), shape)
+                 for k, (dt, shape) in (overridable or {}).items()]
+        graph = helper.make_graph(self.nodes, self.name, self.inputs + slots, self.outputs, initializer=inits)
         model = helper.make_model(graph, producer_name="shadow-edge",
                                   opset_imports=[helper.make_opsetid("", self.opset),
                                                  helper.make_opsetid("com.microsoft", 1)])

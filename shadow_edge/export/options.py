@@ -27,6 +27,7 @@ class ExportOptions:
     plain_backbone: bool = False  # also export the backbone without the adapter (overhead benchmarks)
     attention: str = ATTENTION_AUTO  # "auto": GroupQueryAttention where head_dim % 8 == 0, else ONNX Attention
     ort_format: bool = False  # also write the detached shadow in ONNX Runtime's ORT format (mobile; a weight copy)
+    as_base: bool = False  # a base artifact: adapter weights overridable, adapter packs export against it
 
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZATIONS:

@@ -26,11 +26,14 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from shadow_edge import artifact_lock
+from shadow_edge.adapter_pack import PACK_FORMAT
 from shadow_edge.errors import ExportError
 from shadow_edge.manifest import FORMAT_NAME, MANIFEST_NAME
+
+T = TypeVar("T")
 
 PARTIAL_MARKER = ".shadow-edge-partial"  # inside each temporary export directory; holds the writer's pid
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
@@ -69,7 +72,7 @@ def _not_an_artifact(out: Path) -> str | None:
         raw = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return f"it has no readable {MANIFEST_NAME}, so it is not a shadow-edge artifact"
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME or not isinstance(raw.get("files"), dict):
+    if not isinstance(raw, dict) or raw.get("format") not in (FORMAT_NAME, PACK_FORMAT) or not isinstance(raw.get("files"), dict):
         return f"its {MANIFEST_NAME} is not a shadow-edge manifest"
     listed = set(raw["files"]) | {MANIFEST_NAME}
     listed_dirs = {p for name in listed for p in map(str, Path(name).parents) if p != "."}
@@ -190,6 +193,29 @@ def new_partial(tmp: Path) -> None:
 
 def remove_partial(tmp: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_partial_then_publish(out: Path, force: bool, inputs: dict[str, Path], write: Callable[[Path], T],
+                               what: str = "artifact") -> T:
+    """Run `write(tmp)` into this process's partial directory, then publish it onto `out`; returns what
+    `write` returned. Call under `signals_clean_up()` and `writer_lock(out)`. Any failure removes the partial."""
+    tmp = partial_path(out)
+    if tmp.exists() or tmp.is_symlink():  # not ours: clean_stale_partials removed ours
+        raise ExportError(f"{tmp}: exists and is not a partial export of this tool; remove it or choose another "
+                          "--out")
+    try:
+        new_partial(tmp)  # inside the try: a signal right after it still cleans up
+        result = write(tmp)
+        check_out(out, force, inputs)  # nothing of the user's appeared there meanwhile
+        publish(tmp, out)
+    except OSError as e:
+        remove_partial(tmp)
+        raise ExportError(f"{e.filename or tmp}: cannot write the {what} ({e.strerror or e}); check the free "
+                          f"space, file size limit (ulimit -f) and permissions where --out {out} lives") from None
+    except BaseException:
+        remove_partial(tmp)
+        raise
+    return result
 
 
 # ---- atomic replacement ------------------------------------------------------------------------

@@ -11,6 +11,7 @@ the generation strategies in `runtime/strategies/`.
 from __future__ import annotations
 
 import numpy as np
+import onnxruntime as ort
 
 from shadow_edge.io_spec import SHADOW_HIDDEN
 from shadow_edge.runtime.kv_cache import KVCache
@@ -27,16 +28,22 @@ class Pipeline:
     """The graph chain of one mode and its KV stacks."""
 
     def __init__(self, head: GraphSession, shadow: GraphSession | None = None,
-                 backbone: GraphSession | None = None):
+                 backbone: GraphSession | None = None, params: dict[str, dict[str, ort.OrtValue]] | None = None):
+        """`params`: graph name -> extra inputs fed on every run (an adapter pack's weights, runtime/adapters.py)."""
         if shadow is None and backbone is None:
             raise ValueError("a pipeline needs a shadow or a backbone graph")
         self.shadow, self.backbone, self.head = shadow, backbone, head
         self.stacks = [g for g in (shadow, backbone) if g is not None]
         self.head_input = head.input_names[0]
+        self.params = params or {}
 
     def empty_caches(self, batch: int, capacity: int) -> list[KVCache]:
         return [KVCache.empty(batch, g.entry.kv_layers, g.entry.kv_heads, g.entry.head_dim, capacity)
                 for g in self.stacks]
+
+    def run(self, graph: GraphSession, feed: dict[str, ort.OrtValue], kv: list[ort.OrtValue]) -> ort.OrtValue:
+        """One KV-cached graph of this chain in place (with this pipeline's extra inputs for it)."""
+        return graph.run_in_place({**feed, **self.params.get(graph.name, {})}, kv)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              caches: list[KVCache], last_only: bool, shadow_states: np.ndarray | None = None,
@@ -59,7 +66,7 @@ class Pipeline:
             if hidden is not None:  # the backbone after the shadow: [b, t, d] shadow_hidden_states
                 feed[SHADOW_HIDDEN] = hidden
             cache.reserve(cache.length + t)
-            hidden = graph.run_in_place(feed, cache.tensors)  # [b, t, d]
+            hidden = self.run(graph, feed, cache.tensors)  # [b, t, d]
             cache.length += t
             if graph is self.shadow and keep_shadow is not None:
                 keep_shadow.append(hidden.numpy().copy())

@@ -47,6 +47,9 @@ class GenerationOptions:
         "help": "speculative only: tokens the shadow drafts per verify pass (>= 1); None = adaptive (0..8, "
                 "from the running acceptance rate)"})
 
+    adapter: str | None = field(default=None, metadata={
+        "help": "name of a loaded adapter pack to run with (default: the artifact's own adapter)"})
+
     def __post_init__(self) -> None:
         from shadow_edge.runtime.strategies import mode_names  # the registry imports this module's users
 
@@ -87,6 +90,8 @@ class GenerationOptions:
             if self.mode != "speculative":
                 raise InputError(f"draft_tokens is {self.draft_tokens}, but mode is {self.mode!r}; draft_tokens "
                                  "applies to mode 'speculative' only: drop it or use that mode")
+        if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter):
+            raise InputError(f"adapter is {self.adapter!r}; it must be the name of a loaded adapter pack (or None)")
 
     @property
     def greedy(self) -> bool:

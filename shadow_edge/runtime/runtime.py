@@ -8,6 +8,7 @@ and hands generation to the strategy registered under the mode's name
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from shadow_edge import artifact_lock
 from shadow_edge.errors import ArtifactError, InputError
 from shadow_edge.io_spec import KV_ROLES, ROLE_HEAD
 from shadow_edge.manifest import Manifest, read_manifest, verify_files
+from shadow_edge.runtime.adapters import AdapterSet, LoadedPack
 from shadow_edge.runtime.chat import render_chat
 from shadow_edge.runtime import inputs
 from shadow_edge.runtime.classify import ClassificationResult, check_task, classify
@@ -47,7 +49,8 @@ class ShadowRuntime:
         self.codec = codec if codec is not None else NoTokenizer()
         self.providers, self.threads = providers, threads
         self._graphs: dict[str, GraphSession] = {}
-        self._pipes: dict[str, Pipeline] = {}
+        self._pipes: dict[tuple[str, str | None], Pipeline] = {}  # (mode, adapter) -> its graph chain
+        self.adapters = AdapterSet(manifest, art_dir)  # packs sharing this base's sessions (runtime/adapters.py)
         self._lock = threading.RLock()  # guards the lazy creation of sessions and pipelines
         self._local = threading.local()  # last_result, per thread
         tok = manifest.tokenizer
@@ -60,17 +63,34 @@ class ShadowRuntime:
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, art_dir, providers=None, threads: int | None = None, verify: bool = True,
-             modes: tuple[str, ...] | None = None) -> "ShadowRuntime":
+             modes: tuple[str, ...] | None = None, adapters: dict | None = None) -> "ShadowRuntime":
         """Read manifest.json, check every file's sha256 (verify=False skips it), open the mode graphs.
 
         Graphs used by `modes` (generation modes; default: shadow_only and base_shadow) are loaded
         now; others (e.g. `backbone_plain`) on first use. threads: onnxruntime intra-op threads
         (default: all cores). Loading holds a shared lock on the directory, so `export --force`
         never replaces it mid-load.
+        adapters: {name: PACK directory} of adapter packs exported against this base artifact (`load_adapter`).
         """
         art_dir = inputs.artifact_dir(art_dir)
+        if adapters is not None and not isinstance(adapters, dict):
+            raise InputError(f"adapters is {adapters!r}; it must be a dict {{name: adapter pack directory}}")
         with artifact_lock.shared(art_dir):
-            return cls._load_unlocked(art_dir, providers, threads, verify, modes)
+            rt = cls._load_unlocked(art_dir, providers, threads, verify, modes)
+        for name, pack_dir in (adapters or {}).items():
+            rt.load_adapter(name, pack_dir, verify)
+        return rt
+
+    def load_adapter(self, name: str, pack_dir, verify: bool = True) -> LoadedPack:
+        """Load an adapter pack as `name`; requests pick it with `adapter=name`. The base's sessions are shared."""
+        return self.adapters.load(name, pack_dir, verify)
+
+    def unload_adapter(self, name: str) -> None:
+        """Forget pack `name`; refused (InputError) while a generation uses it."""
+        with self._lock:
+            self.adapters.unload(name)
+            for key in [k for k in self._pipes if k[1] == name]:
+                del self._pipes[key]
 
     @classmethod
     def _load_unlocked(cls, art_dir: Path, providers, threads, verify, modes) -> "ShadowRuntime":
@@ -111,15 +131,21 @@ class ShadowRuntime:
                                                       contract=self.manifest.contract(name))
             return self._graphs[name]
 
-    def pipeline(self, mode: str) -> Pipeline:
-        """The graph chain of a manifest mode (shadow_only, base_shadow, ...), built on first use."""
+    def pipeline(self, mode: str, adapter: str | None = None) -> Pipeline:
+        """The graph chain of a manifest mode (shadow_only, base_shadow, ...), built on first use; with
+        `adapter`, the same sessions fed that pack's weights."""
         self._check_graph_mode(mode)
         with self._lock:
-            if mode not in self._pipes:
+            if (mode, adapter) not in self._pipes:
+                params = {} if adapter is None else self.adapters.get(adapter).feeds
                 roles = self.manifest.modes[mode]  # role -> graph, checked at load (manifest_schema)
                 stacks = (self.graph(roles[r]) if r in roles else None for r in KV_ROLES)  # shadow, backbone
-                self._pipes[mode] = Pipeline(self.graph(roles[ROLE_HEAD]), *stacks)
-            return self._pipes[mode]
+                self._pipes[(mode, adapter)] = Pipeline(self.graph(roles[ROLE_HEAD]), *stacks, params=params)
+            return self._pipes[(mode, adapter)]
+
+    def _using(self, adapter: str | None):
+        """Marks pack `adapter` busy for one call (no-op without one)."""
+        return nullcontext() if adapter is None else self.adapters.use(adapter)
 
     @property
     def last_result(self) -> GenerationResult | None:
@@ -148,8 +174,10 @@ class ShadowRuntime:
                              f"{', '.join(self.manifest.modes)}")
 
     # ---- forward -------------------------------------------------------------------------------
-    def forward(self, input_ids, attention_mask=None, mode: str = "base_shadow") -> np.ndarray:
-        """Logits [b, t, vocab] float32 of a full pass (empty past) over `input_ids` [t] or [b, t]."""
+    def forward(self, input_ids, attention_mask=None, mode: str = "base_shadow", adapter: str | None = None,
+                ) -> np.ndarray:
+        """Logits [b, t, vocab] float32 of a full pass (empty past) over `input_ids` [t] or [b, t] (with the
+        adapter pack loaded as `adapter`, if given)."""
         self._check_graph_mode(mode)
         ids = inputs.token_array(input_ids)  # [b, t]
         check_ids(ids.tolist(), self.vocab_size)
@@ -158,10 +186,11 @@ class ShadowRuntime:
         if ids.shape[1] > self.max_positions:
             raise InputError(f"input_ids has {ids.shape[1]} tokens; the model allows {self.max_positions} "
                              "(model.max_positions)")
-        pipe = self.pipeline(mode)
         ids = ids.astype(np.int64)
-        logits = pipe.step(ids, mask, position_ids(mask), pipe.empty_caches(ids.shape[0], ids.shape[1]),
-                           last_only=False)
+        with self._using(adapter):
+            pipe = self.pipeline(mode, adapter)
+            logits = pipe.step(ids, mask, position_ids(mask), pipe.empty_caches(ids.shape[0], ids.shape[1]),
+                               last_only=False)
         return logits
 
     def classify(self, texts_or_ids, mode: str = "base_shadow", batch_size: int = 16) -> ClassificationResult:
@@ -173,11 +202,13 @@ class ShadowRuntime:
     def options(self, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                 stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5,
-                draft_tokens: int | None = None) -> GenerationOptions:
+                draft_tokens: int | None = None, adapter: str | None = None) -> GenerationOptions:
         check_task(self.manifest, "causal_lm")
         opts = GenerationOptions(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
-                                 cascade_threshold, draft_tokens)
+                                 cascade_threshold, draft_tokens, adapter)
         self._check_mode(opts.mode)
+        if opts.adapter is not None:
+            self.adapters.check(opts.adapter)
         if opts.stop and not self.has_tokenizer:
             raise InputError(NoTokenizer.MESSAGE.format(what="stop strings"))
         return opts
@@ -211,10 +242,11 @@ class ShadowRuntime:
     def generate(self, prompt_or_ids, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                  stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5,
-                 draft_tokens: int | None = None) -> GenerationResult:
-        """Generate new tokens for one prompt (flat result) or a list of prompts (one left-padded batch)."""
+                 draft_tokens: int | None = None, adapter: str | None = None) -> GenerationResult:
+        """Generate new tokens for one prompt (flat result) or a list of prompts (one left-padded batch);
+        `adapter`: the name of a loaded adapter pack (default: the artifact's own adapter)."""
         opts = self.options(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
-                            cascade_threshold, draft_tokens)
+                            cascade_threshold, draft_tokens, adapter)
         batch = self.encode(prompt_or_ids, opts.chat, opts.max_new_tokens)
         strategy(opts.mode).check(self, opts, max(batch.lengths))
         return _result(silent(self._run(batch, opts, False)), batch, opts)
@@ -222,7 +254,7 @@ class ShadowRuntime:
     def stream(self, prompt_or_ids, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5,
-               draft_tokens: int | None = None) -> GenerationStream:
+               draft_tokens: int | None = None, adapter: str | None = None) -> GenerationStream:
         """Iterate the returned stream for text pieces as they are produced (one prompt); they join to
         `generate(...).text`. After the loop, `stream.result` holds this call's `GenerationResult`.
 
@@ -230,7 +262,7 @@ class ShadowRuntime:
         answer streams from base_shadow.
         """
         opts = self.options(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
-                            cascade_threshold, draft_tokens)
+                            cascade_threshold, draft_tokens, adapter)
         batch = self.encode(prompt_or_ids, opts.chat, opts.max_new_tokens)
         if not batch.single:
             raise InputError("stream() takes one prompt; use generate() for a batch")
@@ -245,7 +277,8 @@ class ShadowRuntime:
         return result
 
     def _run(self, batch: PromptBatch, opts: GenerationOptions, incremental: bool) -> Pieces:
-        return strategy(opts.mode).run(self, batch.input_ids, batch.attention_mask, opts, incremental)
+        with self._using(opts.adapter):  # the pack stays loaded until the generation ends
+            return (yield from strategy(opts.mode).run(self, batch.input_ids, batch.attention_mask, opts, incremental))
 
 
 def _result(rows: Rows, batch: PromptBatch, opts: GenerationOptions) -> GenerationResult:

@@ -55,7 +55,7 @@ class Cascade(Strategy):
     uses = (first, second)
 
     def run(self, rt, ids, mask, opts, incremental, want_logprobs=False) -> Pieces:
-        shadow_pipe, combined = rt.pipeline(self.first), rt.pipeline(self.second)
+        shadow_pipe, combined = rt.pipeline(self.first, opts.adapter), rt.pipeline(self.second, opts.adapter)
         ids, mask = (np.ascontiguousarray(a, dtype=np.int64) for a in (ids, mask))  # [b, t]
         capacity = ids.shape[1] + opts.max_new_tokens
         t0 = time.perf_counter()

@@ -48,8 +48,8 @@ class Plain(StepStrategy):
         self.name, self.uses, self.order, self.listed = mode, (mode,), order, listed
 
     def steps(self, rt, ids, mask, opts, sampler, eos_ids, want_logprobs, state, stats):
-        return decode_n(rt.pipeline(self.name), ids, mask, opts.max_new_tokens, sampler, rt.pad_id, want_logprobs,
-                        state)
+        return decode_n(rt.pipeline(self.name, opts.adapter), ids, mask, opts.max_new_tokens, sampler, rt.pad_id,
+                        want_logprobs, state)
 
 
 for _order, _mode in enumerate(io_spec.GRAPH_MODES):  # shadow_only, base_shadow

@@ -62,7 +62,7 @@ class Speculative(StepStrategy):
                              f"{room} or leave it unset (adaptive)")
 
     def steps(self, rt, ids, mask, opts, sampler, eos_ids, want_logprobs, state, stats):
-        pipe, draft_head = rt.pipeline(MODE_BASE_SHADOW), rt.pipeline(MODE_SHADOW_ONLY).head
+        pipe, draft_head = rt.pipeline(MODE_BASE_SHADOW, opts.adapter), rt.pipeline(MODE_SHADOW_ONLY).head
         b = ids.shape[0]
         rows_apart = b > 1 and pipe.backbone.entry.attention == ATTENTION_GQA
         policy = None
@@ -153,7 +153,7 @@ def draft(pipe, head, s_cache: KVCache, mask: np.ndarray, pos: np.ndarray, x: np
         feed = {"input_ids": ov(fed[:, j:j + 1]),  # [b, 1]
                 "attention_mask": ov(np.concatenate([mask, np.ones((b, j + 1), np.int64)], axis=1)),
                 "position_ids": ov((pos + j)[:, None])}  # [b, 1]
-        s = pipe.shadow.run_in_place(feed, s_cache.tensors)  # [b, 1, d]
+        s = pipe.run(pipe.shadow, feed, s_cache.tensors)  # [b, 1, d]
         s_cache.length += 1
         hidden.append(s.numpy().copy())
         if j < k:
@@ -179,14 +179,14 @@ def verify(pipe, b_cache: KVCache, mask: np.ndarray, pos: np.ndarray, fed: np.nd
     v_pos = pos[:, None] + np.arange(n)  # [b, k + 1]
     b_cache.reserve(mask.shape[1] + n)
     if rows_apart:
-        out = [pipe.backbone.run_in_place(
-            {"input_ids": ov(fed[r:r + 1]), "attention_mask": ov(v_mask[r:r + 1]), "position_ids": ov(v_pos[r:r + 1]),
+        out = [pipe.run(
+            pipe.backbone, {"input_ids": ov(fed[r:r + 1]), "attention_mask": ov(v_mask[r:r + 1]), "position_ids": ov(v_pos[r:r + 1]),
              SHADOW_HIDDEN: ov(hidden[r:r + 1])}, _row_views(b_cache, r)).numpy()
             if active[r] else np.zeros_like(hidden[r:r + 1]) for r in range(b)]
         h = ov(np.concatenate(out, axis=0))  # [b, k + 1, d]
     else:
-        h = pipe.backbone.run_in_place({"input_ids": ov(fed), "attention_mask": ov(v_mask), "position_ids": ov(v_pos),
-                                        SHADOW_HIDDEN: ov(hidden)}, b_cache.tensors)
+        h = pipe.run(pipe.backbone, {"input_ids": ov(fed), "attention_mask": ov(v_mask), "position_ids": ov(v_pos),
+                                     SHADOW_HIDDEN: ov(hidden)}, b_cache.tensors)
     return pipe.head.run({pipe.head_input: h})[0].numpy()
 
 

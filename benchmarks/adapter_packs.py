@@ -1,0 +1,146 @@
+"""Many adapters, one backbone: memory, switch time and decode speed of a base artifact with N adapter packs.
+
+    python benchmarks/adapter_packs.py --preset small --packs 4 --root /work/cache --out /tmp/packs-small
+
+Builds (or reuses) the preset's base model and N randomized adapters of the same shape,
+exports the base artifact (--as-base, from adapter 0), one pack per adapter and adapter 0 as
+a plain full artifact. Then, each in a fresh process (RSS after loading and one generation):
+the full artifact, the base + 1 pack, the base + N packs. In one process, side by side and
+interleaved rep by rep: decode tok/s of the full artifact vs the base with a pack active, and
+the prefill latency of a request that switches adapter vs one that keeps it. Medians printed
+as a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from presets import PRESETS, build_preset  # noqa: E402
+
+
+def build(args) -> dict:
+    import torch
+    from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
+    from transformers import AutoModelForCausalLM
+
+    from shadow_edge.export import ExportOptions, export_artifact, export_pack
+
+    base_dir, adapter0 = build_preset(args.preset, args.root)
+    out, quiet = args.out, dict(progress=lambda m: None)
+    adapters = [adapter0]
+    for i in range(1, args.packs):
+        d = out / f"adapter{i}"
+        if not d.exists():
+            base = AutoModelForCausalLM.from_pretrained(base_dir)
+            model = get_shadow_model(base, ShadowConfig(**PRESETS[args.preset][1]))
+            torch.manual_seed(i)
+            with torch.no_grad():
+                for name, p in model.named_parameters():
+                    if name.startswith("shadow_") and "norm" not in name:
+                        p.normal_(0.0, 0.02)
+            ShadowForCausalLM(model).save_pretrained(d)
+        adapters.append(d)
+    q = ExportOptions(quantize=args.quantize, validate=False)
+    arts = {"full": out / "full", "base": out / "base_art"}
+    if not arts["full"].exists():
+        export_artifact(base_dir, adapter0, arts["full"], options=q, **quiet)
+    if not arts["base"].exists():
+        export_artifact(base_dir, adapter0, arts["base"],
+                        options=ExportOptions(quantize=args.quantize, validate=False, as_base=True), **quiet)
+    packs = {}
+    for i, a in enumerate(adapters):
+        packs[f"a{i}"] = out / f"pack{i}"
+        if not packs[f"a{i}"].exists():
+            export_pack(base_dir, a, packs[f"a{i}"], arts["base"], **quiet)
+    return {"full": str(arts["full"]), "base": str(arts["base"]), "packs": {k: str(v) for k, v in packs.items()}}
+
+
+RSS_CHILD = """
+import json, sys, psutil
+from shadow_edge.runtime import ShadowRuntime
+art, packs, threads = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3])
+rt = ShadowRuntime.load(art, threads=threads, adapters=packs)
+for a in list(packs) or [None]:
+    for mode in ("shadow_only", "base_shadow"):
+        rt.generate([[5, 6, 7, 8]], mode=mode, adapter=a, max_new_tokens=4)
+print(json.dumps({"rss_mb": psutil.Process().memory_info().rss / 2**20}))
+"""
+
+
+def rss(art: str, packs: dict, threads: int) -> float:
+    proc = subprocess.run([sys.executable, "-c", RSS_CHILD, art, json.dumps(packs), str(threads)],
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])["rss_mb"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    p.add_argument("--packs", type=int, default=4)
+    p.add_argument("--quantize", default="none", choices=("none", "int8", "int4"))
+    p.add_argument("--root", type=Path, default=Path("/work/cache"))
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--tokens", type=int, default=32)
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = build(args)
+    packs = paths["packs"]
+    first = dict(list(packs.items())[:1])
+    pack_mb = {k: sum(f.stat().st_size for f in Path(v).iterdir()) / 2**20 for k, v in packs.items()}
+    mem = {"full artifact": rss(paths["full"], {}, args.threads),
+           "base + 1 pack": rss(paths["base"], first, args.threads),
+           f"base + {len(packs)} packs": rss(paths["base"], packs, args.threads)}
+
+    from shadow_edge.runtime import ShadowRuntime
+
+    full = ShadowRuntime.load(paths["full"], threads=args.threads)
+    rt = ShadowRuntime.load(paths["base"], threads=args.threads, adapters=packs)
+    prompt = [[5 + i for i in range(16)]]
+    names = list(packs)
+    tok_s = {m: {"full": [], "pack": []} for m in ("shadow_only", "base_shadow")}
+    prefill = {"same adapter": [], "switched adapter": []}
+    for r in range(args.reps + 1):
+        for mode in tok_s:
+            for key, run in (("full", lambda: full.generate(prompt, mode=mode, max_new_tokens=args.tokens)),
+                             ("pack", lambda: rt.generate(prompt, mode=mode, adapter=names[0],
+                                                          max_new_tokens=args.tokens))):
+                res = run()
+                if r:
+                    tok_s[mode][key].append(res.timings.tokens_per_s)
+        for key, a in (("same adapter", names[0]), ("switched adapter", names[(r % (len(names) - 1)) + 1]
+                                                    if len(names) > 1 else names[0])):
+            rt.generate(prompt, mode="base_shadow", adapter=names[0], max_new_tokens=1)
+            t0 = time.perf_counter()
+            rt.generate(prompt, mode="base_shadow", adapter=a, max_new_tokens=1)
+            if r:
+                prefill[key].append((time.perf_counter() - t0) * 1e3)
+    med = lambda xs: float(np.median(xs))  # noqa: E731
+    print(f"preset {args.preset}, quantize {args.quantize}, {len(packs)} packs, threads {args.threads}, "
+          f"reps {args.reps}, {args.tokens} new tokens")
+    print("\n| measure | value |\n|---|---|")
+    for k, v in mem.items():
+        print(f"| RSS {k} | {v:.0f} MiB |")
+    print(f"| pack size on disk (each) | {', '.join(f'{v:.2f}' for v in pack_mb.values())} MiB |")
+    budget = mem["base + 1 pack"] + sum(list(pack_mb.values())[1:]) * 1.0
+    print(f"| RSS base + N packs vs base + 1 pack + other packs' bytes | {mem[f'base + {len(packs)} packs']:.0f} vs "
+          f"{budget:.0f} MiB (+10% = {budget * 1.1:.0f}) |")
+    for mode, d in tok_s.items():
+        f, pk = med(d["full"]), med(d["pack"])
+        print(f"| {mode} decode tok/s: full artifact / base + pack | {f:.1f} / {pk:.1f} ({100 * (pk / f - 1):+.1f}%) |")
+    s, w = med(prefill["same adapter"]), med(prefill["switched adapter"])
+    print(f"| 1-token request (16-token prompt), same / switched adapter | {s:.2f} / {w:.2f} ms "
+          f"(switch cost {w - s:+.2f} ms) |")
+
+
+if __name__ == "__main__":
+    main()

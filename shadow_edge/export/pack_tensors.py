@@ -1,0 +1,34 @@
+"""The adapter slots of a base artifact: which weights of its graphs an adapter pack replaces.
+
+`adapter_slots(builders, store)` -> {"params": graph -> weight key -> [dtype, shape] (the
+adapter's weights of each KV-cached graph, see adapter_pack.is_adapter_weight), "heads":
+head graph -> sha256 of its weights}. A base artifact records it; a pack's weights must fill
+exactly these slots and its heads must digest the same (packs with trained heads are refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from shadow_edge.adapter_pack import is_adapter_weight
+from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
+from shadow_edge.io_spec import ROLE_HEAD
+
+
+def adapter_slots(builders: list[GraphBuilder], store: WeightStore) -> dict:
+    """The slots of `builders`' graphs; needs the store's arrays (call before `store.write` releases them)."""
+    params: dict[str, dict[str, list]] = {}
+    heads: dict[str, str] = {}
+    for b in builders:
+        if b.contract.role == ROLE_HEAD:
+            h = hashlib.sha256()
+            for key in b.weights:
+                h.update(np.ascontiguousarray(store.arrays[key]).tobytes())
+            heads[b.name] = h.hexdigest()
+            continue
+        own = {k: [str(store.meta[k][0]), list(store.meta[k][1])] for k in b.weights if is_adapter_weight(k)}
+        if own:
+            params[b.name] = own
+    return {"params": params, "heads": heads}
