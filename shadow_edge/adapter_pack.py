@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from shadow_edge.errors import ArtifactError
-from shadow_edge.manifest import MANIFEST_NAME, Manifest
+from shadow_edge.manifest import MANIFEST_NAME, Manifest, read_manifest_json
 
 PACK_FORMAT = "shadow-edge-adapter-pack"
 PACK_VERSION = 1
@@ -84,20 +84,14 @@ def write_pack_manifest(pack_dir: Path, manifest: PackManifest) -> None:
 def read_pack_manifest(pack_dir: Path) -> PackManifest:
     """Parse `PACK/manifest.json`; ArtifactError names what is wrong (a full artifact passed as a pack too)."""
     path = pack_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise ArtifactError(f"{path}: not found; {pack_dir} is not an adapter pack (create one with "
-                            "`shadow-edge export --base B --adapter A --out PACK --against BASE_ART`)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{path}: unreadable ({e}); export the pack again") from None
-    found = raw.get("format") if isinstance(raw, dict) else None
-    if found != PACK_FORMAT:
-        raise ArtifactError(f"{path}: field `format` is {found!r}, expected {PACK_FORMAT!r}; an adapter pack is "
-                            "made by `shadow-edge export ... --against BASE_ART` (a full artifact is not a pack)")
-    if not isinstance(raw.get("format_version"), int) or raw["format_version"] > PACK_VERSION:
-        raise ArtifactError(f"{path}: format_version {raw.get('format_version')!r} is newer than this shadow-edge "
-                            f"reads ({PACK_VERSION}); upgrade shadow-edge")
+    raw = read_manifest_json(
+        path, PACK_FORMAT, PACK_VERSION,
+        not_found=f"{pack_dir} is not an adapter pack (create one with "
+                  "`shadow-edge export --base B --adapter A --out PACK --against BASE_ART`)",
+        redo="export the pack again",
+        wrong_format="an adapter pack is made by `shadow-edge export ... --against BASE_ART` (a full artifact is not "
+                     "a pack)",
+        upgrade="upgrade shadow-edge")
     try:
         return PackManifest(**raw)
     except TypeError as e:

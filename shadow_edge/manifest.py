@@ -139,24 +139,35 @@ def write_manifest(art_dir: Path, manifest: Manifest) -> None:
     (art_dir / MANIFEST_NAME).write_text(json.dumps(manifest.to_dict(), indent=2) + "\n", encoding="utf-8")
 
 
+def read_manifest_json(path: Path, fmt: str, max_version: int, *, not_found: str, redo: str, wrong_format: str,
+                       upgrade: str) -> dict:
+    """Parse a manifest file and check its `format` and `format_version` (artifacts and adapter packs);
+    each ArtifactError names `path` and ends with the given fix."""
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not found; {not_found}")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{path}: unreadable ({e}); {redo}") from None
+    found = raw.get("format") if isinstance(raw, dict) else None
+    if found != fmt:
+        raise ArtifactError(f"{path}: field `format` is {found!r}, expected {fmt!r}; {wrong_format}")
+    version = raw.get("format_version")
+    if not isinstance(version, int) or version > max_version:
+        raise ArtifactError(f"{path}: format_version {version!r} is newer than this shadow-edge reads "
+                            f"({max_version}); {upgrade}")
+    return raw
+
+
 def read_manifest(art_dir: str | Path) -> Manifest:
     """Parse and check `manifest.json` (format and version); does not hash the files."""
     art_dir = Path(art_dir)
     path = art_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise ArtifactError(f"{path}: not found; {art_dir} is not a shadow-edge artifact "
-                            "(create one with `shadow-edge export`)")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{path}: unreadable ({e}); re-export the artifact") from None
-    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
-        raise ArtifactError(f"{path}: field `format` is {raw.get('format') if isinstance(raw, dict) else None!r}, "
-                            f"expected {FORMAT_NAME!r}; re-export the artifact")
-    version = raw.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ArtifactError(f"{path}: format_version {version!r} is newer than this shadow-edge reads "
-                            f"({FORMAT_VERSION}); upgrade shadow-edge (pip install -U shadow-edge)")
+    raw = read_manifest_json(path, FORMAT_NAME, FORMAT_VERSION,
+                             not_found=f"{art_dir} is not a shadow-edge artifact "
+                                       "(create one with `shadow-edge export`)",
+                             redo="re-export the artifact", wrong_format="re-export the artifact",
+                             upgrade="upgrade shadow-edge (pip install -U shadow-edge)")
     check_manifest(raw, path)
     try:
         return Manifest.from_dict(raw)

@@ -58,9 +58,11 @@ def write_interop(art_dir: Path, graphs: dict[str, GraphEntry], modes: dict[str,
     """Write the interop files into `art_dir`; return the manifest's `interop` section."""
     detached = Chain.of_mode(modes[io_spec.MODE_SHADOW_ONLY])
     combined = Chain.of_mode(modes[io_spec.MODE_BASE_SHADOW])
-    section = {"detached": _single(art_dir, graphs, detached, DETACHED_FILE, io_spec.MODE_SHADOW_ONLY, validate),
-               "combined": _single(art_dir, graphs, combined, COMBINED_FILE, io_spec.MODE_BASE_SHADOW, validate),
-               "configs": {GENAI_CONFIG: TOOLS[GENAI_CONFIG]}}
+    split: dict[str, GraphSession] = {}  # the split graphs' sessions, opened once for both checks
+    section = {
+        "detached": _single(art_dir, graphs, detached, DETACHED_FILE, io_spec.MODE_SHADOW_ONLY, validate, split),
+        "combined": _single(art_dir, graphs, combined, COMBINED_FILE, io_spec.MODE_BASE_SHADOW, validate, split),
+        "configs": {GENAI_CONFIG: TOOLS[GENAI_CONFIG]}}
     decoder = _decoder(model, graphs, detached)
     _write_json(art_dir / GENAI_CONFIG, genai_config(decoder, model, tokenizer, _read_json(
         art_dir / "generation_config.json")))
@@ -70,7 +72,8 @@ def write_interop(art_dir: Path, graphs: dict[str, GraphEntry], modes: dict[str,
     return section
 
 
-def _single(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, mode: str, validate: bool) -> dict:
+def _single(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, mode: str, validate: bool,
+            split: dict[str, GraphSession]) -> dict:
     """Join one mode's chain into `file` where the tools can run it; its manifest entry (tools, limits, check)."""
     entry = {"file": None, "mode": mode, "graphs": list(chain.graphs), "kv_layers": kv_layers(chain, graphs),
              "tools": [], "limits": {}}
@@ -90,7 +93,7 @@ def _single(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: st
                                          "optimum feeds exactly sized pasts and concatenates, which only "
                                          "GroupQueryAttention graphs accept")
     if validate:
-        entry["validation"] = check_joined(art_dir, graphs, chain, file)
+        entry["validation"] = check_joined(art_dir, graphs, chain, file, split=split)
     return entry
 
 
@@ -168,12 +171,17 @@ def joined_entry(graphs: dict[str, GraphEntry], chain: Chain, file: str) -> Grap
                       kv_layers=layers, kv_heads=kv_heads, head_dim=head_dim, attention=attention)
 
 
-def check_joined(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, atol: float = 1e-4) -> dict:
+def check_joined(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, atol: float = 1e-4,
+                 split: dict[str, GraphSession] | None = None) -> dict:
     """The joined graph against the runtime's own pipeline over the split graphs (in-place KV, as both
-    run): a left-padded batch of 2, a 5-token prefill, then one decode step. Raises ExportError on a miss."""
-    # prepack=False: weights stay in the (page-aligned, mapped) data files, so the check adds little memory
-    split = [GraphSession(g, graphs[g], art_dir, prepack=False) for g in chain.graphs]
-    pipe = Pipeline(split[-1], *split[:-1])  # head, shadow[, backbone]
+    run): a left-padded batch of 2, a 5-token prefill, then one decode step. Raises ExportError on a miss.
+    `split`: the split graphs' sessions by name, reused and filled in (one session per graph across checks)."""
+    split = {} if split is None else split
+    for g in chain.graphs:
+        if g not in split:  # prepack=False: weights stay in the (page-aligned, mapped) data files
+            split[g] = GraphSession(g, graphs[g], art_dir, prepack=False)
+    sessions = [split[g] for g in chain.graphs]
+    pipe = Pipeline(sessions[-1], *sessions[:-1])  # head, shadow[, backbone]
     entry = joined_entry(graphs, chain, file)
     joined = GraphSession(file, entry, art_dir, prepack=False)
     vocab = int(entry.outputs[0].shape[-1])

@@ -148,7 +148,8 @@ def _validate(spec, pack: PackManifest, against: Path, tmp: Path, options: Expor
         copy.mkdir()
         shutil.copy2(tmp / PARAMS_FILE, copy / PARAMS_FILE)
         write_pack_manifest(copy, pack)
-        rt = ShadowRuntime.load(against, adapters={"pack": copy}, modes=VALIDATION_MODES)
+        # verify=False: export_pack hashed the base already, and the pack's files were just written
+        rt = ShadowRuntime.load(against, adapters={"pack": copy}, modes=VALIDATION_MODES, verify=False)
         rng = np.random.default_rng(0)
         ids = rng.integers(0, spec.vocab_size, size=(2, 6))  # [2, 6]
         mask = np.ones_like(ids)

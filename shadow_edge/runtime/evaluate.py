@@ -29,6 +29,7 @@ from shadow_edge.errors import InputError
 from shadow_edge.runtime.cascade_curve import CurvePoint, cascade_curve
 from shadow_edge.runtime.options import CASCADE
 from shadow_edge.runtime.prompts import check_ids
+from shadow_edge.runtime.sampling import log_softmax
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -137,12 +138,6 @@ def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
         first, begin = end, begin + stride
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    m = x.max(axis=-1, keepdims=True)
-    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
-
-
 class _Acc:
     """Running sums of one mode (and of its drift, when compared)."""
 
@@ -153,7 +148,7 @@ class _Acc:
 
     def add(self, logits: np.ndarray, targets: np.ndarray, other: np.ndarray | None) -> None:
         """logits [k, V] predicting targets [k]; other [k, V]: the compared artifact's logits."""
-        lp = _log_softmax(logits)  # [k, V]
+        lp = log_softmax(logits)  # [k, V]
         idx = np.arange(len(targets))
         top = logits.argmax(-1)  # [k]
         self.nll += float(-lp[idx, targets].sum())
@@ -161,7 +156,7 @@ class _Acc:
         self.n += len(targets)
         self.argmax.append(top)
         if other is not None:
-            lq = _log_softmax(other)
+            lq = log_softmax(other)
             self.nll2 += float(-lq[idx, targets].sum())
             a, b = logits.astype(np.float64), other.astype(np.float64)
             self.cos += float((np.sum(a * b, -1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)

@@ -235,10 +235,11 @@ class Engine:
         eos = set(rt.eos_ids)
         steps = decode_n(rt.pipeline(mode), ids, mask, max(j.max_tokens for j in jobs), choose, rt.pad_id, False,
                          state)
+        latency = self.metrics.token_latency.labels(self.name, mode)  # one child per batch, not per token
         for i, rec in enumerate(steps):
             now = time.monotonic()
             if i > 0:
-                self.metrics.token_latency.labels(self.name, mode).observe(rec.ms / 1e3)
+                latency.observe(rec.ms / 1e3)
             for r, job in enumerate(jobs):
                 if state.done[r]:
                     continue

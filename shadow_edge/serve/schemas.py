@@ -66,8 +66,7 @@ class _Common(BaseModel):
                 raise bad_param(name, f"{name} is {getattr(self, name)}; penalties are not supported (use 0)")
         if self.logit_bias:
             raise bad_param("logit_bias", "logit_bias is not supported; leave it out")
-        stops = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        if any(not s for s in stops):
+        if any(not s for s in self.stops):
             raise bad_param("stop", "stop contains an empty string; every stop string must be non-empty")
         if self.stream_options is not None and not self.stream:
             raise bad_param("stream_options", "stream_options is only allowed with stream=true")
