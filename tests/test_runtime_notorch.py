@@ -126,11 +126,13 @@ def test_eval_without_torch(tiny_artifact, tmp_path):
         from shadow_edge.cli import main
         assert main(["eval", {str(tiny_artifact)!r}, "--text", {str(text)!r}, "--prompts", "2", "--threads", "1",
                      "--compare", {str(tiny_artifact)!r}]) == 0
+        assert main(["eval", {str(tiny_artifact)!r}, "--text", {str(text)!r}, "--modes", "speculative",
+                     "--draft-tokens", "2", "--threads", "1"]) == 0
         mods = [m for m in ("torch", "transformers", "shadow_peft") if sys.modules.get(m) is not None]
         assert mods == [], mods
     """)
     assert proc.returncode == 0, proc.stderr
-    assert "agreement" in proc.stdout and "cascade curve" in proc.stdout
+    assert "agreement" in proc.stdout and "cascade curve" in proc.stdout and "greedy drafts" in proc.stdout
 
 
 def test_adapter_packs_without_torch(families):

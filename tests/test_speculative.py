@@ -1,17 +1,13 @@
 """Speculative decoding: greedy output equals base_shadow's, caches roll back exactly, sampling keeps p.
 
 The random factory models make the shadow and the combined model disagree almost always
-(the drafts are rejected), so an `agreeing` variant of the tiny default model is built
-too: every residual write of the base and shadow layers (o_proj, down_proj, injection)
-is scaled by 0.1 and the shadow's norms set to 1, so both predict mostly from the current
-token's embedding and agree on roughly a third to a half of the drafts, while attention
-still makes every prediction depend on the context.
+(the drafts are rejected), so most tests use the `agreeing` variant of the tiny default
+model (speculative_fixtures.py), on which drafts are both accepted and rejected.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -19,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from runtime_fixtures import artifact_of, copy_artifact, export_once, runtime_once, tiny_artifact, tiny_rt  # noqa: F401
+from runtime_fixtures import artifact_of, copy_artifact, runtime_once, tiny_artifact, tiny_rt  # noqa: F401  (fixtures)
+from speculative_fixtures import agreeing_rt  # noqa: F401  (fixture)
 from factories import CASE_NAMES
 from shadow_edge.errors import InputError
 from shadow_edge.runtime import GenerationOptions, ShadowRuntime
@@ -31,26 +28,6 @@ from shadow_edge.runtime.sampling import Sampler
 
 BATCH = [[5, 6, 7, 8, 9], [11], [3, 1, 4, 1]]  # left-padded to 5 columns
 TOL = 1e-4
-
-
-@pytest.fixture(scope="session")
-def agreeing_rt(tiny_default, tmp_path_factory):
-    from safetensors.torch import load_file, save_file
-
-    root = tmp_path_factory.mktemp("agreeing")
-    base, adapter = root / "base", root / "adapter"
-    shutil.copytree(tiny_default.base_dir, base)
-    shutil.copytree(tiny_default.adapter_dir, adapter)
-    for path in (base / "model.safetensors", adapter / "shadow_adapter.safetensors"):
-        tensors = load_file(path)
-        for name, t in tensors.items():
-            if name.endswith(("o_proj.weight", "down_proj.weight", "injection_ups")):
-                tensors[name] = t * 0.1
-            elif name.startswith("shadow_model.") and name.endswith("norm.weight"):
-                tensors[name] = torch.ones_like(t)
-        save_file(tensors, path, metadata={"format": "pt"})
-    art = export_once("tiny_agreeing", root, base, adapter)
-    return runtime_once("tiny_agreeing", art)
 
 
 def _pair(rt, prompt, n, k, **kw):

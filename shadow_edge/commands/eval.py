@@ -14,12 +14,17 @@ examples:
   shadow-edge eval ART --text heldout.txt --modes shadow_only,base_shadow --max-tokens 2000 --json q.json
   shadow-edge eval ART --text heldout.txt --plot cascade.png
   shadow-edge eval ART --text heldout.txt --compare ART_int8 --quiet     # int8 drift against ART
+  shadow-edge eval ART --text heldout.txt --modes base_shadow,speculative --draft-tokens 8
 
 Perplexity: windows of the model's context (--window) every --stride tokens, each position
 scored once. agreement: shadow_only's next-token argmax equals base_shadow's (teacher-forced).
 Cascade curve: prompts cut from the text, answered greedily; per threshold, the share the
 shadow answers and how often the cascade's answer equals base_shadow's. --compare: the
 second artifact's perplexity delta, mean logits cosine, mean KL and top-1 agreement per mode.
+speculative (only when listed in --modes; one draft/verify round per scored position):
+teacher-forced acceptance of the shadow's greedy drafts for every k up to --draft-tokens,
+the accepted-length histogram, acceptance by the shadow's confidence in its draft, and
+speculative's own perplexity (scored through its verify pass; equals base_shadow's).
 """
 
 
@@ -35,6 +40,8 @@ def add_parser(sub, fmt) -> None:
     p.add_argument("--window", type=int, metavar="N", help="tokens per window (default: the model's context)")
     p.add_argument("--stride", type=int, metavar="N", help="tokens between windows (default: window / 2)")
     p.add_argument("--prompts", type=int, default=16, metavar="N", help="cascade curve prompts (default 16)")
+    p.add_argument("--draft-tokens", type=int, default=8, metavar="K",
+                   help="speculative: tokens drafted per position; acceptance for every k <= K (default 8)")
     p.add_argument("--compare", metavar="ART2", help="second artifact (e.g. int8): drift against ART")
     p.add_argument("--json", metavar="OUT", help="write every figure as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="plot the cascade curve (needs matplotlib)")
@@ -74,6 +81,8 @@ def format_report(r) -> str:
             lines.append(f"{d.mode:<12} {d.perplexity:>10.3f} {d.perplexity_delta:>+9.3f} "
                          f"{100 * d.perplexity_rel:>+7.2f}% {d.logits_cosine:>8.5f} {d.kl:>9.5f} "
                          f"{d.top1_agreement:>10.3f}")
+    if r.speculative:
+        lines += ["", *format_speculative(r.speculative)]
     if r.cascade:
         lines += ["", "cascade curve (answers of the cascade vs base_shadow, greedy):",
                   f"{'threshold':>9} {'shadow share':>13} {'agreement':>10} {'token agr':>10}"]
@@ -81,6 +90,23 @@ def format_report(r) -> str:
             lines.append(f"{p.threshold:>9.2f} {p.shadow_share:>13.3f} {p.agreement:>10.3f} "
                          f"{p.token_agreement:>10.3f}")
     return "\n".join(lines)
+
+
+def format_speculative(s) -> list[str]:
+    """The speculative section of the table: acceptance per k, accepted lengths, acceptance by confidence."""
+    lines = ["speculative: the shadow's greedy drafts verified by base_shadow (teacher-forced, every position):",
+             f"{'k':>3} {'acceptance':>11} {'accepted/round':>15} {'tokens/verify':>14} {'rounds':>7}"]
+    for d in s.per_k:
+        lines.append(f"{d.k:>3} {d.acceptance_rate:>11.3f} {d.accepted_per_round:>15.3f} "
+                     f"{d.accepted_per_round + 1:>14.3f} {d.rounds:>7}")
+    lines.append(f"rounds accepting n = 0..{s.draft_tokens} of {s.draft_tokens} drafts: "
+                 + " ".join(map(str, s.accepted_histogram)))
+    lines.append("acceptance by the shadow's probability of its draft token: " + ", ".join(
+        f"[{b.low:.1f}, {b.high:.1f}{']' if b.high >= 1 else ')'} {b.acceptance_rate:.2f} ({b.drafts})"
+        for b in s.by_confidence if b.drafts))
+    if s.max_logprob_diff is not None:
+        lines.append(f"max |log p speculative - log p base_shadow| of the text's tokens: {s.max_logprob_diff:.2e}")
+    return lines
 
 
 def _pyplot():
@@ -118,7 +144,7 @@ def run_eval(args) -> int:
 
     options = EvalOptions(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()) if args.modes
                           else None, max_tokens=args.max_tokens, window=args.window, stride=args.stride,
-                          prompts=args.prompts)
+                          prompts=args.prompts, draft_tokens=args.draft_tokens)
     for flag, out in (("--json", args.json), ("--plot", args.plot)):
         if out and not Path(out).parent.is_dir():
             raise InputError(f"{flag} {out}: the folder {Path(out).parent} does not exist; create it or choose "

@@ -10,7 +10,10 @@ Torch-free (numpy + the runtime). Teacher-forced over the text's tokens:
   next token (argmax), the figure self-speculative decoding lives on;
 - **drift** (`compare=`): the same windows through a second artifact (e.g. int8 vs fp32):
   perplexity delta, mean cosine of the logits vectors, mean KL(first || second), top-1
-  agreement, per mode.
+  agreement, per mode;
+- **speculative** (only when listed in `modes`: it runs a draft/verify round per position):
+  acceptance of the shadow's drafts per k and speculative's own perplexity, which equals
+  base_shadow's (`speculative_eval.py`).
 
 The cascade curve (prompts cut from the text, generated) lives in `cascade_curve.py`;
 `evaluate()` runs both and returns one `EvalReport`.
@@ -30,8 +33,12 @@ from shadow_edge.runtime.cascade_curve import CurvePoint, cascade_curve
 from shadow_edge.runtime.options import CASCADE
 from shadow_edge.runtime.prompts import check_ids
 from shadow_edge.runtime.sampling import log_softmax
+from shadow_edge.runtime.speculative_eval import SpeculativeEval, scan, summarize
+from shadow_edge.runtime.strategies import strategy
+from shadow_edge.runtime.strategies.speculative import Speculative
 
 Progress = Callable[[int, int], None]  # (done, total)
+SPECULATIVE = Speculative.name
 
 
 @dataclass(frozen=True)
@@ -39,8 +46,8 @@ class EvalOptions:
     """What to measure and how; every field is validated here."""
 
     modes: tuple[str, ...] | None = field(default=None, metadata={
-        "help": "modes to evaluate (graph modes get perplexity; cascade gets the curve); None = all of the "
-                "artifact's modes"})
+        "help": "modes to evaluate (graph modes get perplexity; cascade gets the curve; speculative gets draft "
+                "acceptance per k and its own perplexity); None = the artifact's graph modes and cascade"})
     max_tokens: int | None = field(default=None, metadata={"help": "evaluate only the text's first N tokens"})
     window: int | None = field(default=None, metadata={"help": "tokens per window (default: the model's context)"})
     stride: int | None = field(default=None, metadata={"help": "tokens between window starts (default: window/2)"})
@@ -49,6 +56,8 @@ class EvalOptions:
     answer_tokens: int = field(default=16, metadata={"help": "cascade curve: greedy tokens per answer"})
     thresholds: tuple[float, ...] = field(default=tuple(round(0.05 * i, 2) for i in range(21)), metadata={
         "help": "cascade curve: confidence thresholds swept"})
+    draft_tokens: int = field(default=8, metadata={
+        "help": "speculative: tokens drafted per position (k_max); acceptance is reported for every k up to it"})
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "window", "stride"):
@@ -58,7 +67,7 @@ class EvalOptions:
         if self.window is not None and self.stride is not None and self.stride >= self.window:
             raise InputError(f"stride {self.stride} must be smaller than window {self.window}, so that every "
                              "window after the first has context")
-        for name in ("prompts", "prompt_tokens", "answer_tokens"):
+        for name in ("prompts", "prompt_tokens", "answer_tokens", "draft_tokens"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InputError(f"{name} is {v!r}; it must be an integer >= 1")
@@ -107,6 +116,7 @@ class EvalReport:
     cascade: list[CurvePoint]
     compare_artifact: str | None = None
     drift: dict[str, Drift] = field(default_factory=dict)
+    speculative: SpeculativeEval | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -209,10 +219,12 @@ def evaluate(rt, text, options: EvalOptions = EvalOptions(), compare=None,
     modes = options.modes if options.modes is not None else tuple(m for m in rt.modes if m in graph + (CASCADE,))
     _check_modes(rt, modes, "artifact")
     for mode in modes:
-        if mode not in graph + (CASCADE,):
-            raise InputError(f"eval measures the graph modes ({', '.join(graph)}) and cascade; {mode!r} is a "
-                             "decoding strategy without logits of its own (speculative emits base_shadow's tokens)")
-    graph_modes = tuple(m for m in modes if m != CASCADE)
+        if mode not in graph + (CASCADE, SPECULATIVE):
+            raise InputError(f"eval measures the graph modes ({', '.join(graph)}), cascade and speculative; "
+                             f"{mode!r} is not one of them")
+    if SPECULATIVE in modes:
+        strategy(SPECULATIVE).check(rt, rt.options(SPECULATIVE), 1)  # e.g. one shadow graph shared by both modes
+    graph_modes = tuple(m for m in modes if m not in (CASCADE, SPECULATIVE))
     if compare is not None:
         _check_modes(compare, graph_modes, "--compare artifact")
         if compare.vocab_size != rt.vocab_size:
@@ -225,7 +237,8 @@ def evaluate(rt, text, options: EvalOptions = EvalOptions(), compare=None,
         raise InputError(f"stride {stride} must be smaller than the window {window}")
     spans = windows(len(ids), window, stride)
     curve_runs = 2 if CASCADE in modes else 0
-    total, done = len(spans) * len(graph_modes) * (2 if compare is not None else 1) + curve_runs, 0
+    spec_runs = len(spans) if SPECULATIVE in modes else 0
+    total, done = len(spans) * len(graph_modes) * (2 if compare is not None else 1) + spec_runs + curve_runs, 0
     accs = {m: _Acc() for m in graph_modes}
     for begin, end, first in spans:
         chunk = ids[begin:end][None]  # [1, t]
@@ -241,6 +254,18 @@ def evaluate(rt, text, options: EvalOptions = EvalOptions(), compare=None,
     if {"shadow_only", "base_shadow"} <= set(graph_modes):
         a, b = (np.concatenate(accs[m].argmax) for m in ("shadow_only", "base_shadow"))
         agreement = float((a == b).mean())
+    speculative = None
+    if SPECULATIVE in modes:
+        result = scan(rt, ids, spans, options.draft_tokens,
+                      progress=(lambda w: progress(done + w, total)) if progress else None)
+        done += len(spans)
+        accs[SPECULATIVE], gap = _Acc(), 0.0
+        for (begin, end, first), logits in zip(spans, result.logits):
+            targets, idx = ids[first:end], np.arange(end - first)
+            accs[SPECULATIVE].add(logits, targets, None)
+            base = rt.forward(ids[None, begin:end], mode="base_shadow")[0, first - begin - 1:end - begin - 1]
+            gap = max(gap, float(np.abs(log_softmax(logits)[idx, targets] - log_softmax(base)[idx, targets]).max()))
+        speculative = summarize(result, options.draft_tokens, gap)
     curve = []
     if CASCADE in modes:
         curve = cascade_curve(rt, ids, options.prompts, options.prompt_tokens, options.answer_tokens,
@@ -249,6 +274,6 @@ def evaluate(rt, text, options: EvalOptions = EvalOptions(), compare=None,
             progress(total, total)
     return EvalReport(
         artifact=str(rt.art_dir), tokens=len(ids), window=window, stride=stride,
-        modes={m: accs[m].quality(m) for m in graph_modes}, agreement=agreement, cascade=curve,
+        modes={m: a.quality(m) for m, a in accs.items()}, agreement=agreement, cascade=curve,
         compare_artifact=str(compare.art_dir) if compare is not None else None,
-        drift={m: accs[m].drift(m) for m in graph_modes} if compare is not None else {})
+        drift={m: accs[m].drift(m) for m in graph_modes} if compare is not None else {}, speculative=speculative)

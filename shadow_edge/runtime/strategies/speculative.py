@@ -138,11 +138,12 @@ class Speculative(StepStrategy):
 
 
 def draft(pipe, head, s_cache: KVCache, mask: np.ndarray, pos: np.ndarray, x: np.ndarray, k: int, sampler,
-          shape: tuple) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+          shape: tuple, confidence: list | None = None) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
     """k + 1 shadow steps from x [b] at positions pos [b]; the shadow head on the first k proposes d1..dk.
 
     Returns fed [b, k + 1] (x, d1..dk), their shadow_hidden_states [b, k + 1, d] and, when
     sampling, the k shaped draft distributions [b, V]. The shadow cache advances by k + 1.
+    confidence (greedy): a list that receives, per draft token, the shadow's probability of it [b].
     """
     b, slots = mask.shape
     fed = np.empty((b, k + 1), dtype=np.int64)
@@ -160,6 +161,8 @@ def draft(pipe, head, s_cache: KVCache, mask: np.ndarray, pos: np.ndarray, x: np
             q_logits = head.run({head.input_names[0]: s})[0].numpy()[:, -1]  # [b, V]
             if sampler.greedy:
                 fed[:, j + 1] = np.argmax(q_logits, axis=-1)
+                if confidence is not None:  # max softmax probability: 1 / sum(exp(l - max l))
+                    confidence.append(1.0 / np.exp(q_logits - q_logits.max(-1, keepdims=True)).sum(-1))
             else:
                 q.append(shaped_probs(q_logits, *shape))
                 fed[:, j + 1] = [draw(q[-1][r], sampler.rng) for r in range(b)]
