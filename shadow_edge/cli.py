@@ -36,6 +36,7 @@ examples:
   shadow-edge export --base base/ --adapter adapter/ --shadow-model shadow/ --out art/ --force
   shadow-edge export --base Qwen3-0.6B/ --adapter peft-out/ --adapter-name sql --out art/
   shadow-edge export --base base/ --adapter adapter/ --out art/ --quantize int4 --ort-format
+  shadow-edge export --base Qwen3-4B/ --adapter adapter/ --out art/ --quantize int4 --validation streamed
   shadow-edge export --base base/ --adapter a1/ --out base_art/ --as-base      # a base for adapter packs
   shadow-edge export --base base/ --adapter a2/ --out pack2/ --against base_art/   # a pack: a2's own weights
 
@@ -44,7 +45,9 @@ examples:
 HF PEFT Shadow adapter directory (adapter_config.json with peft_type SHADOW, adapter_model.safetensors);
 --adapter-name picks one adapter when a PEFT directory holds several;
 --shadow-model the explicit (pretrained) shadow model's directory when the adapter was trained with one.
-Every graph is validated against PyTorch unless --no-validate.
+Every graph is validated against PyTorch unless --no-validate; --validation streamed (chosen by
+itself when the model does not fit in memory twice) checks block by block, one layer at a time,
+and names a wrong layer.
 The artifact is written beside --out as .NAME.partial-PID and moved into place at the end
 (Ctrl-C, kill -TERM or an error remove it; a later export removes those of dead processes);
 one export per --out at a time (.NAME.lock). Input files must not be symlinks out of their
@@ -116,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantized matmul arithmetic: int8 activations (default, fast) or float32 (exact to the "
                         "dequantized model, slower on CPUs without fast int8 dot products)")
     p.add_argument("--no-validate", action="store_true", help="skip validating the graphs against PyTorch")
+    p.add_argument("--validation", choices=("auto", "full", "streamed"), default="auto",
+                   help="how to validate: full (the PyTorch reference beside the sessions, three scenarios), "
+                        "streamed (block by block, one reference layer in memory at a time, plus one end-to-end "
+                        "scenario) or auto (default: full when both fit in the memory available)")
     p.add_argument("--plain-backbone", action="store_true",
                    help="also export the backbone without the adapter (mode base_plain, for overhead benchmarks)")
     p.add_argument("--attention", choices=(io_spec.ATTENTION_AUTO, *io_spec.ATTENTION_KINDS), default="auto",
@@ -256,7 +263,8 @@ def cmd_export(args) -> int:
     except ImportError as e:
         raise InputError(f"`shadow-edge export` needs the export extras ({e.name} is missing); install them with "
                          "pip install 'shadow-edge[export]'") from None
-    options = ExportOptions(force=args.force, validate=not args.no_validate, quantize=args.quantize,
+    options = ExportOptions(force=args.force, validate=not args.no_validate, validation=args.validation,
+                            quantize=args.quantize,
                             block_size=args.block_size, quant_compute=args.quant_compute,
                             plain_backbone=args.plain_backbone, attention=args.attention,
                             ort_format=args.ort_format, as_base=args.as_base)

@@ -19,6 +19,7 @@ from shadow_edge.errors import ArtifactError
 from shadow_edge.io_spec import (HIDDEN, KV_ROLES, LOGITS, PAST, PRESENT, ROLE_BACKBONE, ROLE_HEAD, ROLE_SHADOW, ROLES,
                                  SHADOW_HIDDEN)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+METHOD_FULL, METHOD_STREAMED = "full", "streamed"  # validation.method (absent in artifacts written before it)
 
 
 class _Checker:
@@ -69,6 +70,7 @@ def check_manifest(raw: dict, path) -> None:
         c.get(raw, key, "", str, "a string")
     for key in ("source", "validation"):
         c.get(raw, key, "", dict, "an object")
+    _check_validation(c, raw["validation"])
     files = c.get(raw, "files", "", dict, "an object mapping file names to {sha256, bytes}")
     for name, entry in files.items():
         c.relpath(name, f"files.{name}")
@@ -104,6 +106,18 @@ def check_manifest(raw: dict, path) -> None:
             c.fail("model.id2label", f"{len(names)} names", f"model.num_labels ({width}) names")
     for mode, roles in modes.items():
         _check_mode(c, mode, roles, graphs, width, field)
+
+
+def _check_validation(c: _Checker, v: dict) -> None:
+    """`method` (optional: older artifacts were all validated in full) and a streamed one's block reports."""
+    method = c.get(v, "method", "validation", str, f"{METHOD_FULL!r} or {METHOD_STREAMED!r}", optional=True)
+    if method not in (None, METHOD_FULL, METHOD_STREAMED):
+        c.fail("validation.method", method, f"{METHOD_FULL!r} or {METHOD_STREAMED!r}")
+    if method == METHOD_STREAMED and v.get("passed"):
+        blocks = c.get(v, "blocks", "validation", dict, "an object: graph -> block -> {max_abs_err, allowed}")
+        for graph, report in blocks.items():
+            if not isinstance(report, dict) or not report:
+                c.fail(f"validation.blocks.{graph}", report, "an object: block -> {max_abs_err, allowed}")
 
 
 def _check_tokenizer(c: _Checker, raw: dict, vocab: int) -> None:

@@ -73,9 +73,14 @@ def describe(m: Manifest, art: Path, verified: bool) -> list[str]:
     if v.get("skipped"):
         out.append("validation skipped at export (--no-validate)")
     else:
-        out.append(f"validation {'passed' if v.get('passed') else 'FAILED'} (atol {v.get('atol')} x max|ref|)")
+        out.append(f"validation {'passed' if v.get('passed') else 'FAILED'} ({v.get('method', 'full')}, atol "
+                   f"{v.get('atol')} x max|ref|)")
         for name, r in v.get("outputs", {}).items():
             out.append(f"  {name:<30} max |err| {r['max_abs_err']:.2e}  allowed {r['allowed']:.2e}")
+        for graph, blocks in v.get("blocks", {}).items():  # streamed: the worst block of each graph
+            name, r = max(blocks.items(), key=lambda kv: kv[1]["max_abs_err"] / kv[1]["allowed"])
+            out.append(f"  {graph + ' blocks':<30} max |err| {r['max_abs_err']:.2e}  allowed {r['allowed']:.2e}  "
+                       f"(worst: {name}, of {len(blocks)})")
     return out
 
 

@@ -33,7 +33,7 @@ from shadow_edge.export.out_dir import (PARTIAL_MARKER, check_out, clean_stale_p
 from shadow_edge.export.ort_format import write_ort_format
 from shadow_edge.export.quantize import quantize_spec
 from shadow_edge.export.tokenizer_files import TokenizerFiles, read_tokenizer_files
-from shadow_edge.export.validate import validate_graphs
+from shadow_edge.export.validation_plan import VALIDATORS, plan_validation
 from shadow_edge.manifest import GraphEntry, Manifest, file_table, write_manifest
 
 GRAPH_ORDER = [io_spec.GRAPH_SHADOW, io_spec.GRAPH_LM_HEAD, io_spec.GRAPH_SHADOW_LM_HEAD,  # owners of shared
@@ -125,8 +125,11 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
     modes = io_spec.mode_map(head_graphs[-1], options.plain_backbone, head_graphs[0])
     validation: dict = {"passed": None, "skipped": True}
     if options.validate:
-        validation = validate_graphs(tmp, ShadowModel(spec), graphs, modes, options.quantize,
-                                     atol=options.validation_atol, progress=progress)
+        plan = plan_validation(options.validation, spec, store.nbytes())
+        progress(f"validation method: {plan.method} ({plan.reason()})")
+        validation = VALIDATORS[plan.method](tmp, ShadowModel(spec), graphs, modes, options.quantize,
+                                             atol=options.validation_atol, progress=progress)
+        validation["memory"] = plan.to_dict()
         worst = max(r["max_abs_err"] for r in validation["outputs"].values())
         progress(f"validation passed (worst max |error| {worst:.2e})")
     progress("writing interop files (single-graph decoders, genai_config.json, config.json)")

@@ -8,6 +8,7 @@ from shadow_edge.errors import ExportError
 from shadow_edge.io_spec import ATTENTION_AUTO, ATTENTION_KINDS
 
 QUANTIZATIONS = ("none", "int8", "int4")
+VALIDATION_METHODS = ("auto", "full", "streamed")  # export/validation_plan.py
 QUANT_COMPUTE = {"float32": 1, "int8": 4}  # -> MatMulNBits accuracy_level
 # With int8 activations, kernels round each activation block to 8 bits: outputs move by ~2% of
 # their scale (measured on Qwen3-0.6B shape), so validation allows 5% there; graph bugs are O(100%).
@@ -20,6 +21,7 @@ class ExportOptions:
 
     force: bool = False  # replace an existing --out directory
     validate: bool = True  # run every graph in onnxruntime against PyTorch and fail on a miss
+    validation: str = "auto"  # "full", "streamed" (one reference layer at a time) or "auto": full where both fit
     atol: float = 1e-4  # allowed max |error| per output, times max(1, max |reference|)
     quantize: str = "none"  # "none" (float32), "int8" or "int4": block-wise decoder and vocabulary weights
     block_size: int = 32  # input features per quantization block (power of 2, >= 16)
@@ -41,6 +43,9 @@ class ExportOptions:
         if self.attention not in (ATTENTION_AUTO, *ATTENTION_KINDS):
             raise ExportError(f"--attention {self.attention!r} is not supported; choose one of "
                               f"{', '.join((ATTENTION_AUTO, *ATTENTION_KINDS))}")
+        if self.validation not in VALIDATION_METHODS:
+            raise ExportError(f"--validation {self.validation!r} is not supported; choose one of "
+                              f"{', '.join(VALIDATION_METHODS)}")
         if not self.atol > 0:
             raise ExportError(f"validation tolerance atol must be > 0, got {self.atol}")
 

@@ -24,6 +24,7 @@ from shadow_edge import io_spec
 from shadow_edge.core.model import KV, ShadowModel, StepInputs
 from shadow_edge.errors import ExportError
 from shadow_edge.manifest import GraphEntry
+from shadow_edge.manifest_schema import METHOD_FULL
 from shadow_edge.runtime.generate import Pipeline
 from shadow_edge.runtime.kv_cache import KVCache
 from shadow_edge.runtime.session import GraphSession, prepack_weights
@@ -46,7 +47,7 @@ SCENARIOS = (Scenario((1,), 3, 0), Scenario((6,), 3, 8), Scenario((6, 3), 3, 3))
 
 
 @dataclass
-class _Worst:
+class Worst:
     err: float = 0.0
     scale: float = 0.0
 
@@ -55,7 +56,7 @@ class _Worst:
         self.scale = max(self.scale, float(np.abs(ref).max(initial=0.0)))
 
 
-class _Reference:
+class Reference:
     """The PyTorch reference of one mode: logits and the KV of each stack, role by role."""
 
     def __init__(self, model: ShadowModel, mode: str, roles: dict[str, str]):
@@ -78,7 +79,7 @@ def validate_graphs(art_dir: Path, model: ShadowModel, graphs: dict[str, GraphEn
     """Run every mode of `modes` (mode -> role -> graph) with the runtime against `model`; raise on a miss."""
     sessions = {name: GraphSession(name, entry, art_dir, threads=threads,
                                    prepack=prepack_weights(entry, quantization)) for name, entry in graphs.items()}
-    worst: dict[str, _Worst] = {}
+    worst: dict[str, Worst] = {}
     nonfinite: list[str] = []
     for mode, roles in modes.items():
         pipe = Pipeline(sessions[roles[io_spec.ROLE_HEAD]], *(sessions[roles[r]] if r in roles else None
@@ -88,20 +89,36 @@ def validate_graphs(art_dir: Path, model: ShadowModel, graphs: dict[str, GraphEn
             progress(f"validating {mode}: batch {len(sc.prompt_lengths)}, prompt {max(sc.prompt_lengths)}, "
                      f"{sc.decode_steps} decode steps")
             _run_scenario(model, mode, roles, pipe, sc, gen, worst, nonfinite)
-    report = {name: {"max_abs_err": w.err, "ref_max_abs": w.scale, "allowed": atol * max(1.0, w.scale)}
-              for name, w in sorted(worst.items())}
+    return {"method": METHOD_FULL, "atol": atol, "path": "runtime", "scenarios": [sc.to_dict() for sc in SCENARIOS],
+            "outputs": checked_report(dict(sorted(worst.items())), nonfinite, atol), "passed": True}
+
+
+def checked_report(worst: dict[str, "Worst"], nonfinite: list[str], atol: float, where: str = "") -> dict:
+    """name -> {max_abs_err, ref_max_abs, allowed} in `worst`'s order; raises ExportError on a non-finite value
+    or a miss (`raise_misses`)."""
+    report = make_report(worst, atol)
+    raise_misses(report, nonfinite, where)
+    return report
+
+
+def make_report(worst: dict[str, "Worst"], atol: float) -> dict:
+    return {name: {"max_abs_err": w.err, "ref_max_abs": w.scale, "allowed": atol * max(1.0, w.scale)}
+            for name, w in worst.items()}
+
+
+def raise_misses(report: dict, nonfinite: list[str], where: str = "") -> None:
+    """ExportError naming the first four non-finite outputs or misses of `report` (`where`: what was compared,
+    for the message, e.g. " (blocks)")."""
     if nonfinite:
-        raise ExportError(f"validation: non-finite values in outputs {sorted(set(nonfinite))[:5]} "
+        raise ExportError(f"validation{where}: non-finite values in outputs {list(dict.fromkeys(nonfinite))[:5]} "
                           "(padding rows must stay finite); every weight is finite (checked at load), so either the checkpoint's "
                           "values overflow float32 in this model (check its weights) or this is an exporter bug (please "
                           "report it)")
     misses = [f"{n}: max |error| {r['max_abs_err']:.3g} > allowed {r['allowed']:.3g}" for n, r in report.items()
               if r["max_abs_err"] > r["allowed"]]
     if misses:
-        raise ExportError("validation against PyTorch failed: " + "; ".join(misses[:4]) +
+        raise ExportError(f"validation against PyTorch failed{where}: " + "; ".join(misses[:4]) +
                           "; re-export with --no-validate only to debug")
-    return {"atol": atol, "path": "runtime", "scenarios": [sc.to_dict() for sc in SCENARIOS],
-            "outputs": report, "passed": True}
 
 
 def _run_scenario(model: ShadowModel, mode: str, roles: dict[str, str], pipe: Pipeline, sc: Scenario,
@@ -113,7 +130,7 @@ def _run_scenario(model: ShadowModel, mode: str, roles: dict[str, str], pipe: Pi
     for r, n in enumerate(sc.prompt_lengths):
         mask[r, : longest - n] = 0
     full = StepInputs.full(ids, mask)
-    ref = _Reference(model, mode, roles)
+    ref = Reference(model, mode, roles)
     caches = pipe.empty_caches(ids.shape[0], longest + sc.spare)
     kv_graphs = [roles[r] for r in io_spec.KV_ROLES if r in roles]  # the order of pipe.stacks / caches
     start = 0
@@ -122,15 +139,15 @@ def _run_scenario(model: ShadowModel, mode: str, roles: dict[str, str], pipe: Pi
         logits = pipe.step(step.input_ids.numpy(), step.attention_mask.numpy(), step.position_ids.numpy(), caches,
                            last_only=False)  # [b, t, V]
         ref_logits = ref.step(step).numpy()
-        _compare(f"{mode}.logits", logits, ref_logits, step.attention_mask[:, start:end].bool().numpy(),
+        compare(f"{mode}.logits", logits, ref_logits, step.attention_mask[:, start:end].bool().numpy(),
                  worst, nonfinite)
         kv_real = step.attention_mask.bool().numpy()  # [b, T]
         for graph, cache, role in zip(kv_graphs, caches, (r for r in io_spec.KV_ROLES if r in roles)):
-            _compare_cache(f"{mode}.{graph}.present", cache, ref.kv[role], kv_real, worst, nonfinite)
+            compare_cache(f"{mode}.{graph}.present", cache, ref.kv[role], kv_real, worst, nonfinite)
         start = end
 
 
-def _compare_cache(name: str, cache: KVCache, ref_kv: KV, kv_real: np.ndarray, worst: dict,
+def compare_cache(name: str, cache: KVCache, ref_kv: KV, kv_real: np.ndarray, worst: dict,
                    nonfinite: list) -> None:
     """The cache's first `length` slots against the reference KV, on real slots only."""
     ref_flat = [t.numpy() for pair in ref_kv for t in pair]  # key, value per layer: [b, kv, T, hd]
@@ -139,13 +156,13 @@ def _compare_cache(name: str, cache: KVCache, ref_kv: KV, kv_real: np.ndarray, w
                           f"PyTorch gives {len(ref_flat)} of {ref_flat[0].shape[2]}; exporter bug")
     for buf, r in zip(cache.arrays, ref_flat):  # [b, kv, T, hd] -> [b, T, kv, hd] to mask slots
         ours = buf[:, :, : cache.length]
-        _compare(name, ours.transpose(0, 2, 1, 3), r.transpose(0, 2, 1, 3), kv_real, worst, nonfinite)
+        compare(name, ours.transpose(0, 2, 1, 3), r.transpose(0, 2, 1, 3), kv_real, worst, nonfinite)
 
 
-def _compare(name: str, ours: np.ndarray, ref: np.ndarray, real: np.ndarray, worst: dict, nonfinite: list) -> None:
+def compare(name: str, ours: np.ndarray, ref: np.ndarray, real: np.ndarray, worst: dict, nonfinite: list) -> None:
     """Compare [b, t, ...] arrays on the rows where `real` [b, t] is set; any non-finite value is an error."""
     if ours.shape != ref.shape:
         raise ExportError(f"validation: output {name} has shape {ours.shape}, PyTorch gives {ref.shape}")
     if not np.isfinite(ours).all():
         nonfinite.append(name)
-    worst.setdefault(name, _Worst()).add(ours[real], ref[real])
+    worst.setdefault(name, Worst()).add(ours[real], ref[real])
