@@ -114,22 +114,25 @@ class ShadowRuntime:
                 rt.pipeline(graph_mode)
         return rt
 
-    def graph(self, name: str) -> GraphSession:
-        """The session of one graph (created on first use)."""
+    def graph(self, name: str, prepack: bool | None = None) -> GraphSession:
+        """The session of one graph (created on first use). `prepack`: weight prepacking other than the
+        graph's default (`prepack_weights`) opens a second session of it (speculative's multi-position head)."""
         with self._lock:
-            if name not in self._graphs:
-                if name not in self.manifest.graphs:
-                    raise InputError(f"graph {name!r} is not in this artifact; it has "
-                                     f"{', '.join(self.manifest.graphs)}")
-                entry = self.manifest.graphs[name]
+            if name not in self.manifest.graphs:
+                raise InputError(f"graph {name!r} is not in this artifact; it has "
+                                 f"{', '.join(self.manifest.graphs)}")
+            entry = self.manifest.graphs[name]
+            default = prepack_weights(entry, self.manifest.quantization)
+            prepack = default if prepack is None else prepack
+            key = name if prepack == default else f"{name}:{'prepacked' if prepack else 'unpacked'}"
+            if key not in self._graphs:
                 with artifact_lock.shared(self.art_dir):  # files of the directory this runtime loaded, or none
                     if artifact_lock.directory_identity(self.art_dir) != self.dir_identity:
                         raise ArtifactError(f"{self.art_dir}: was replaced (export --force) after this runtime "
                                             f"loaded it; load it again to use graph {name!r}")
-                    self._graphs[name] = GraphSession(name, entry, self.art_dir, self.providers, self.threads,
-                                                      prepack_weights(entry, self.manifest.quantization),
-                                                      contract=self.manifest.contract(name))
-            return self._graphs[name]
+                    self._graphs[key] = GraphSession(name, entry, self.art_dir, self.providers, self.threads,
+                                                     prepack, contract=self.manifest.contract(name))
+            return self._graphs[key]
 
     def pipeline(self, mode: str, adapter: str | None = None) -> Pipeline:
         """The graph chain of a manifest mode (shadow_only, base_shadow, ...), built on first use; with

@@ -30,7 +30,7 @@ from shadow_edge.io_spec import MODE_BASE_SHADOW, MODE_SHADOW_ONLY
 from shadow_edge.runtime.acceptance import accept_greedy
 from shadow_edge.runtime.generate import prefill
 from shadow_edge.runtime.sampling import Sampler
-from shadow_edge.runtime.strategies.speculative import draft, verify
+from shadow_edge.runtime.strategies.speculative import draft, packed_head, verify
 
 CONFIDENCE_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -80,6 +80,7 @@ class Scan:
 def scan(rt, ids: np.ndarray, spans: list[tuple[int, int, int]], k_max: int, progress=None) -> Scan:
     """One k_max draft/verify round per scored position of `spans` ((begin, end, first), as in evaluate.windows)."""
     pipe, head = rt.pipeline(MODE_BASE_SHADOW), rt.pipeline(MODE_SHADOW_ONLY).head
+    verify_head = packed_head(rt, pipe)
     greedy = Sampler(False)
     out = Scan([], [], [], [], [])
     for w, (begin, end, first) in enumerate(spans):
@@ -92,7 +93,8 @@ def scan(rt, ids: np.ndarray, spans: list[tuple[int, int, int]], k_max: int, pro
             slots = mask.shape[1]
             conf: list[np.ndarray] = []
             fed, hidden, _ = draft(pipe, head, s_cache, mask, pos, ids[s:s + 1], k, greedy, (), confidence=conf)
-            p_logits = verify(pipe, b_cache, mask, pos, fed, hidden, np.ones(1, bool), False)[0]  # [k + 1, V]
+            p_logits = verify(pipe, verify_head, b_cache, mask, pos, fed, hidden, np.ones(1, bool), False)[0]
+            # p_logits: [k + 1, V]
             n, _ = accept_greedy(fed[0, 1:], p_logits)
             out.accepted.append(n)
             out.room.append(k)

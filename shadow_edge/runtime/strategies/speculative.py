@@ -63,6 +63,7 @@ class Speculative(StepStrategy):
 
     def steps(self, rt, ids, mask, opts, sampler, eos_ids, want_logprobs, state, stats):
         pipe, draft_head = rt.pipeline(MODE_BASE_SHADOW, opts.adapter), rt.pipeline(MODE_SHADOW_ONLY).head
+        verify_head = packed_head(rt, pipe)
         b = ids.shape[0]
         rows_apart = b > 1 and pipe.backbone.entry.attention == ATTENTION_GQA
         policy = None
@@ -94,7 +95,7 @@ class Speculative(StepStrategy):
             slots = mask.shape[1]
             fed, hidden, q = draft(pipe, draft_head, s_cache, mask, pos, x, k, sampler, shape)
             t1 = time.perf_counter()
-            p_logits = verify(pipe, b_cache, mask, pos, fed, hidden, active, rows_apart)  # [b, k + 1, V]
+            p_logits = verify(pipe, verify_head, b_cache, mask, pos, fed, hidden, active, rows_apart)  # [b, k + 1, V]
             t2 = time.perf_counter()
 
             # accept per row, then roll both caches back to the widest row's kept slots
@@ -169,9 +170,20 @@ def draft(pipe, head, s_cache: KVCache, mask: np.ndarray, pos: np.ndarray, x: np
     return fed, np.concatenate(hidden, axis=1), q
 
 
-def verify(pipe, b_cache: KVCache, mask: np.ndarray, pos: np.ndarray, fed: np.ndarray, hidden: np.ndarray,
+def packed_head(rt, pipe):
+    """The vocabulary head for verify passes: a session that prepacks its weights.
+
+    A float32 head runs unpacked by default (fastest for decode's one position, no packed
+    copy), but over the k + 1 positions of a verify pass the unpacked Gemm cost 1.9x (k = 1)
+    to 2.9x (k = 8) its one-position time on W1, the prepacked one 1.1x-1.7x
+    (benchmarks/profile_verify.py). Costs one packed copy of the head's weights.
+    """
+    return rt.graph(pipe.head.name, prepack=True)
+
+
+def verify(pipe, head, b_cache: KVCache, mask: np.ndarray, pos: np.ndarray, fed: np.ndarray, hidden: np.ndarray,
            active: np.ndarray, rows_apart: bool) -> np.ndarray:
-    """One backbone pass over the fed positions [b, k + 1] with their shadow states, then lm_head on all of them.
+    """One backbone pass over the fed positions [b, k + 1] with their shadow states, then `head` on all of them.
 
     The backbone cache gets the k + 1 positions after its first mask.shape[1] slots (the caller
     sets its length). rows_apart: one batch-1 pass per active row on views of the cache.
@@ -182,15 +194,15 @@ def verify(pipe, b_cache: KVCache, mask: np.ndarray, pos: np.ndarray, fed: np.nd
     v_pos = pos[:, None] + np.arange(n)  # [b, k + 1]
     b_cache.reserve(mask.shape[1] + n)
     if rows_apart:
-        out = [pipe.run(
-            pipe.backbone, {"input_ids": ov(fed[r:r + 1]), "attention_mask": ov(v_mask[r:r + 1]), "position_ids": ov(v_pos[r:r + 1]),
-             SHADOW_HIDDEN: ov(hidden[r:r + 1])}, _row_views(b_cache, r)).numpy()
-            if active[r] else np.zeros_like(hidden[r:r + 1]) for r in range(b)]
+        out = [pipe.run(pipe.backbone, {"input_ids": ov(fed[r:r + 1]), "attention_mask": ov(v_mask[r:r + 1]),
+                                        "position_ids": ov(v_pos[r:r + 1]), SHADOW_HIDDEN: ov(hidden[r:r + 1])},
+                        _row_views(b_cache, r)).numpy()
+               if active[r] else np.zeros_like(hidden[r:r + 1]) for r in range(b)]
         h = ov(np.concatenate(out, axis=0))  # [b, k + 1, d]
     else:
         h = pipe.run(pipe.backbone, {"input_ids": ov(fed), "attention_mask": ov(v_mask), "position_ids": ov(v_pos),
                                      SHADOW_HIDDEN: ov(hidden)}, b_cache.tensors)
-    return pipe.head.run({pipe.head_input: h})[0].numpy()
+    return head.run({pipe.head_input: h})[0].numpy()
 
 
 register(Speculative())
