@@ -91,9 +91,14 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--build-only", action="store_true",
+                   help="only export (run it under `flock /work/bigmem.lock` for W1), measure in a later call")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     paths = build(args)
+    if args.build_only:
+        print(json.dumps(paths, indent=2))
+        return
     packs = paths["packs"]
     first = dict(list(packs.items())[:1])
     pack_mb = {k: sum(f.stat().st_size for f in Path(v).iterdir()) / 2**20 for k, v in packs.items()}

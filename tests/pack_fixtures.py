@@ -27,10 +27,15 @@ class Family:
 
 def make_adapter(case: Case, out: Path, seed: int, shadow: ShadowConfig | None = None) -> Path:
     """Another randomized adapter for the case's base (and explicit shadow model)."""
-    base = AutoModelForCausalLM.from_pretrained(case.base_dir)
-    shadow_model = None if case.shadow_model_dir is None else AutoModelForCausalLM.from_pretrained(
-        case.shadow_model_dir)
-    model = get_shadow_model(base, shadow or RECIPES[case.name].shadow, shadow_model=shadow_model)
+    return random_adapter(case.base_dir, out, seed, shadow or RECIPES[case.name].shadow, case.shadow_model_dir)
+
+
+def random_adapter(base_dir: Path, out: Path, seed: int, shadow: ShadowConfig,
+                   shadow_model_dir: Path | None = None) -> Path:
+    """A shadow-peft adapter with every weight random (the trainer's own save format)."""
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    shadow_model = None if shadow_model_dir is None else AutoModelForCausalLM.from_pretrained(shadow_model_dir)
+    model = get_shadow_model(base, shadow, shadow_model=shadow_model)
     randomize_adapter(model, seed)
     ShadowForCausalLM(model).save_pretrained(out)
     return out
@@ -65,3 +70,28 @@ def families(cases, tmp_path_factory):
         return built[name]
 
     return get
+
+
+@dataclass
+class TinyFamily:
+    """The tiny default model (with its tokenizer): a base artifact of its own adapter, and two packs."""
+
+    base_art: Path
+    packs: dict[str, Path]  # name -> pack against base_art
+    fulls: dict[str, Path]  # name -> the same adapter as a full artifact
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tiny_default, tmp_path_factory) -> TinyFamily:
+    from shadow_edge.core.tiny import SHADOW_CONFIG
+
+    root = tmp_path_factory.mktemp("tiny_packs")
+    base, adapter = tiny_default.base_dir, tiny_default.adapter_dir
+    fam = TinyFamily(root / "base_art", {}, {})
+    export_artifact(base, adapter, fam.base_art, options=ExportOptions(as_base=True, validate=False), **QUIET)
+    for i, name in enumerate(("support", "sql")):
+        other = random_adapter(base, root / f"adapter_{name}", 100 + i, ShadowConfig(**SHADOW_CONFIG))
+        fam.packs[name], fam.fulls[name] = root / f"pack_{name}", root / f"full_{name}"
+        export_pack(base, other, fam.packs[name], fam.base_art, **QUIET)  # validated
+        export_artifact(base, other, fam.fulls[name], options=ExportOptions(validate=False), **QUIET)
+    return fam

@@ -33,6 +33,9 @@ def run_classify_bench(art_dir: str | Path, options: BenchOptions,
                        progress: Callable[[str], None]) -> list[dict]:
     """One record per mode in `options.modes`; `new_tokens` and the bandwidth probe do not apply."""
     art = Path(art_dir)
+    if options.adapters:
+        raise InputError("--adapter: timing a classifier with adapter packs is not supported; bench each "
+                         "classifier's full artifact")
     manifest = read_manifest(art)
     missing = [m for m in options.modes if m not in manifest.modes]
     if missing:

@@ -13,6 +13,7 @@ examples:
   shadow-edge bench ART --modes shadow_only,base_shadow,base_plain --threads 2 --json bench.json --plot bench.png
   shadow-edge bench ART --modes base_shadow,speculative --draft-tokens 4 --new-tokens 128
   shadow-edge bench ART --prompt-len 256 --new-tokens 64 --batch 4 --reps 3
+  shadow-edge bench BASE_ART --adapter support=packs/support --adapter sql=packs/sql   # adapter packs
 
 Timings exclude the warm-up runs and use perf_counter. decode p50/p90 pool every decode
 step of the timed runs; TTFT and end-to-end tokens/s are medians over the runs. GB/s is
@@ -21,6 +22,8 @@ read bandwidth (a numpy streaming-read probe). Peak RSS is per mode on Linux. Th
 table goes to stderr, progress too; --json writes one record per mode.
 A sequence-classifier artifact is timed with `classify` instead: --batch sequences of
 --prompt-len tokens per call, latency per sequence (p50/p90) and sequences/s per mode.
+With --adapter NAME=PACK (a base artifact's packs, repeatable) each mode is timed with the
+artifact's own adapter and with each pack, rep by rep in turn; rows say `MODE @NAME`.
 """
 
 
@@ -48,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="speculative: tokens drafted per verify pass (default: adaptive)")
     p.add_argument("--bandwidth-mib", type=int, default=d.bandwidth_mib, metavar="MIB",
                    help="size of the read-bandwidth probe in MiB; 0 skips it (default %(default)s)")
+    p.add_argument("--adapter", action="append", metavar="NAME=PACK",
+                   help="also time each mode with this adapter pack (exported --against ART) active (repeatable)")
     p.add_argument("--verify", action="store_true", help="check every file's sha256 first (not timed)")
     p.add_argument("--json", metavar="FILE", help="write the records as JSON")
     p.add_argument("--plot", metavar="FILE", help="write a PNG plot (needs matplotlib)")
@@ -64,11 +69,13 @@ def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from shadow_edge.bench.report import format_table, plot, write_json
     from shadow_edge.bench.runner import run_bench
+    from shadow_edge.commands.run import parse_adapters
 
     options = BenchOptions(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
                            prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch=args.batch,
                            reps=args.reps, warmup=args.warmup, threads=args.threads, seed=args.seed,
-                           bandwidth_mib=args.bandwidth_mib, draft_tokens=args.draft_tokens, verify=args.verify)
+                           bandwidth_mib=args.bandwidth_mib, draft_tokens=args.draft_tokens, verify=args.verify,
+                           adapters=tuple(parse_adapters(args.adapter).items()))
     if _is_classifier(args.artifact):  # sequences/s and latency per sequence instead of decoding
         from shadow_edge.bench.classify_bench import format_classify_table, run_classify_bench
         from shadow_edge.bench.runner import stderr_progress

@@ -38,6 +38,8 @@ class BenchOptions:
         "help": "size of the memory read-bandwidth probe in MiB (0 skips the probe)"})
     verify: bool = field(default=False, metadata={
         "help": "check every artifact file's sha256 before loading (excluded from load time)"})
+    adapters: tuple[tuple[str, str], ...] = field(default=(), metadata={
+        "help": "(name, PACK) adapter packs of a base artifact: each mode is also timed with each pack active"})
 
     def __post_init__(self) -> None:
         modes = (self.modes,) if isinstance(self.modes, str) else tuple(self.modes or ())
@@ -59,3 +61,11 @@ class BenchOptions:
             raise InputError(f"draft_tokens is {self.draft_tokens!r}; it must be an integer >= 1 (or None: adaptive)")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise InputError(f"threads is {self.threads!r}; it must be an integer >= 1 (or None for all cores)")
+        try:
+            object.__setattr__(self, "adapters", tuple((str(n), str(p)) for n, p in (self.adapters or ())))
+        except (TypeError, ValueError):
+            raise InputError(f"adapters is {self.adapters!r}; it must be a list of (name, adapter pack directory) "
+                             "pairs") from None
+        names = [n for n, _ in self.adapters]
+        if len(set(names)) != len(names):
+            raise InputError(f"adapter names {names} repeat; give each adapter pack its own name")

@@ -13,7 +13,7 @@ RECORD_KEYS = (
     "artifact", "mode", "created_utc", "workload", "load_ms", "prefill_ms", "ttft_ms", "ttft_ms_p90",
     "decode_ms_p50", "decode_ms_p90", "decode_ms_mean", "decode_tok_s", "e2e_ms", "e2e_tok_s", "reps",
     "decode_steps", "peak_rss_bytes", "peak_rss_scope", "rss_before_load_bytes", "artifact_bytes",
-    "weight_bytes_per_token", "achieved_gbs", "bandwidth_fraction", "speculative",
+    "weight_bytes_per_token", "achieved_gbs", "bandwidth_fraction", "speculative", "adapter", "adapter_bytes",
 )
 MB = 1e6
 
@@ -24,6 +24,11 @@ def _f(x, spec: str) -> str:
 
 def _mb(n: int | None) -> str:
     return "-" if n is None else f"{n / MB:.0f}" if n >= 10 * MB else f"{n / MB:.2f}"
+
+
+def label(record: dict) -> str:
+    """The mode, and the adapter pack that ran it (`base_shadow @support`)."""
+    return record["mode"] + (f" @{record['adapter']}" if record.get("adapter") else "")
 
 
 def format_table(records: list[dict]) -> str:
@@ -43,7 +48,7 @@ def format_table(records: list[dict]) -> str:
     rows = []
     for r in records:
         frac = r["bandwidth_fraction"]
-        rows.append((r["mode"], _f(r["load_ms"] / 1e3, ".2f"), _f(r["ttft_ms"], ".1f"),
+        rows.append((label(r), _f(r["load_ms"] / 1e3, ".2f"), _f(r["ttft_ms"], ".1f"),
                      f"{_f(r['decode_ms_p50'], '.2f')}/{_f(r['decode_ms_p90'], '.2f')}",
                      _f(r["decode_tok_s"], ".1f"), _f(r["e2e_tok_s"], ".1f"),
                      _mb(r["weight_bytes_per_token"]),
@@ -52,7 +57,7 @@ def format_table(records: list[dict]) -> str:
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w_) if i == 0 else c.rjust(w_) for i, (c, w_) in
                                    enumerate(zip(cells, widths)))
-    notes = [f"{r['mode']}: acceptance {_f(s['acceptance_rate'], '.3f')}, {_f(s['mean_accepted_length'], '.2f')} "
+    notes = [f"{label(r)}: acceptance {_f(s['acceptance_rate'], '.3f')}, {_f(s['mean_accepted_length'], '.2f')} "
              f"drafts accepted per verify pass, draft {_f(s['draft_ms_per_round'], '.1f')} ms + verify "
              f"{_f(s['verify_ms_per_round'], '.1f')} ms per round (k: {s['draft_tokens'] or 'adaptive'})"
              for r in records if (s := r.get("speculative"))]
@@ -77,7 +82,7 @@ def plot(records: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    modes = [r["mode"] for r in records]
+    modes = [label(r) for r in records]
     x = range(len(modes))
     fig, ax = plt.subplots(2, 2, figsize=(10, 7))
     panels = [(ax[0, 0], [r["decode_tok_s"] or 0 for r in records], "decode tokens/s (p50)"),

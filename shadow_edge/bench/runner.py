@@ -3,7 +3,9 @@
 Per mode: reset the peak-RSS mark, load only that mode's graphs (load time), run
 `warmup` untimed and `reps` timed greedy generations of the same random prompt (eos
 ignored, so every run makes exactly `new_tokens` tokens), read the peak RSS, free the
-runtime. The memory read bandwidth is probed once, before any model is loaded.
+runtime. With adapter packs (`BenchOptions.adapters`, a base artifact) the runtime loads
+them all and each rep runs the artifact's own adapter and then every pack, so their
+records compare side by side. The memory read bandwidth is probed once, before any model is loaded.
 """
 
 from __future__ import annotations
@@ -89,12 +91,13 @@ def run_bench(art_dir: str | Path, options: BenchOptions = BenchOptions(),
               "threads": threads, "read_bandwidth_gbs": bandwidth, "bandwidth_method": BANDWIDTH_METHOD,
               "artifact": artifact_info(art, manifest)}
     ids = prompt_ids(int(manifest.model["vocab_size"]), options.batch, options.prompt_len, options.seed)
-    return [{**common, **bench_mode(art, manifest, mode, ids, options, threads, bandwidth, progress)}
-            for mode in options.modes]
+    return [{**common, **record} for mode in options.modes
+            for record in bench_mode(art, manifest, mode, ids, options, threads, bandwidth, progress)]
 
 
 def bench_mode(art: Path, manifest: Manifest, mode: str, ids: np.ndarray, options: BenchOptions, threads: int,
-               bandwidth: float | None, progress: Callable[[str], None]) -> dict:
+               bandwidth: float | None, progress: Callable[[str], None]) -> list[dict]:
+    """One record for the artifact's own adapter, then one per adapter pack, timed rep by rep in turn."""
     from shadow_edge.runtime import ShadowRuntime
 
     release_freed_memory()
@@ -102,29 +105,40 @@ def bench_mode(art: Path, manifest: Manifest, mode: str, ids: np.ndarray, option
     rss_before = rss_bytes()
     progress(f"{mode}: loading")
     t0 = time.perf_counter()
-    rt = ShadowRuntime.load(art, threads=threads, verify=False, modes=(mode,))
+    rt = ShadowRuntime.load(art, threads=threads, verify=False, modes=(mode,), adapters=dict(options.adapters))
     extra = {"draft_tokens": options.draft_tokens} if mode == SPECULATIVE else {}
     load_ms = (time.perf_counter() - t0) * 1e3
     provider = rt.pipeline(needed_modes(mode)[-1]).head.session.get_providers()[0]
     prompt = ids[0].tolist() if ids.shape[0] == 1 else ids.tolist()
-    runs, prefill, drafting = [], [], []
+    adapters = (None, *(name for name, _ in options.adapters))
+    pack_bytes = {a: rt.adapters.get(a).manifest.nbytes for a in adapters if a is not None}
+    runs, prefill, drafting = ({a: [] for a in adapters} for _ in range(3))
     for i in range(options.warmup + options.reps):
-        t0 = time.perf_counter()
-        out = rt.generate(prompt, mode=mode, max_new_tokens=options.new_tokens, eos=(), **extra)
-        wall = (time.perf_counter() - t0) * 1e3
-        steps = tuple(out.timings.decode_ms_per_token)
-        timed = i >= options.warmup
-        label = f"rep {i - options.warmup + 1}/{options.reps}" if timed else f"warm-up {i + 1}/{options.warmup}"
-        progress(f"{mode}: {label}: prefill {out.timings.prefill_ms:.1f} ms, decode "
-                 f"{np.median(steps):.2f} ms/token, {wall:.0f} ms total")
-        if timed:
-            runs.append(RunTiming(wall - sum(steps), steps, wall, options.new_tokens, options.batch))
-            prefill.append(out.timings.prefill_ms)
-            if out.speculative is not None:
-                drafting.append(out.speculative)
+        for a in adapters:
+            t0 = time.perf_counter()
+            out = rt.generate(prompt, mode=mode, max_new_tokens=options.new_tokens, eos=(), adapter=a, **extra)
+            wall = (time.perf_counter() - t0) * 1e3
+            steps = tuple(out.timings.decode_ms_per_token)
+            timed = i >= options.warmup
+            label = f"rep {i - options.warmup + 1}/{options.reps}" if timed else f"warm-up {i + 1}/{options.warmup}"
+            progress(f"{mode}{'' if a is None else ' @' + a}: {label}: prefill {out.timings.prefill_ms:.1f} ms, "
+                     f"decode {np.median(steps):.2f} ms/token, {wall:.0f} ms total")
+            if timed:
+                runs[a].append(RunTiming(wall - sum(steps), steps, wall, options.new_tokens, options.batch))
+                prefill[a].append(out.timings.prefill_ms)
+                if out.speculative is not None:
+                    drafting[a].append(out.speculative)
     peak = peak_rss_bytes()
     del rt, out
     release_freed_memory()
+    shared = {"load_ms": load_ms, "peak_rss_bytes": peak, "peak_rss_scope": "mode" if scoped else "process",
+              "rss_before_load_bytes": rss_before, "provider": provider}
+    return [{**_record(art, manifest, mode, options, runs[a], prefill[a], drafting[a], bandwidth, shared),
+             "adapter": a, "adapter_bytes": pack_bytes.get(a)} for a in adapters]
+
+
+def _record(art: Path, manifest: Manifest, mode: str, options: BenchOptions, runs: list[RunTiming],
+            prefill: list[float], drafting: list, bandwidth: float | None, shared: dict) -> dict:
     figures = summarize(runs)
     figures["prefill_ms"] = float(np.median(prefill))
     speculative = None
@@ -144,14 +158,10 @@ def bench_mode(art: Path, manifest: Manifest, mode: str, ids: np.ndarray, option
     return {
         "mode": mode,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "provider": provider,
         "workload": {"prompt_len": options.prompt_len, "new_tokens": options.new_tokens, "batch": options.batch,
                      "reps": options.reps, "warmup": options.warmup, "greedy": True, "seed": options.seed},
-        "load_ms": load_ms,
+        **shared,
         **figures,
-        "peak_rss_bytes": peak,
-        "peak_rss_scope": "mode" if scoped else "process",
-        "rss_before_load_bytes": rss_before,
         "artifact_bytes": manifest.mode_bytes(*needed_modes(mode)),
         "weight_bytes_per_token": weights,
         "achieved_gbs": achieved,

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
+from shadow_edge.serve.adapters import attach_packs
 from shadow_edge.serve.api_errors import APIError, bad_param
 from shadow_edge.serve.engine import Engine, Job, Sampling
 from shadow_edge.serve.metrics import Metrics
@@ -37,6 +38,7 @@ class ServerState:
         self.options, self.metrics = options, Metrics()
         self.engines: dict[str, Engine] = {}
         self.default_modes: dict[str, str] = {}
+        self.parents: dict[str, str] = {}  # adapter pack name -> the artifact name it runs on
         self.status, self.error = "loading", None
         self._loader: threading.Thread | None = None
 
@@ -51,6 +53,7 @@ class ServerState:
                 rt = ShadowRuntime.load(art, threads=o.threads, verify=o.verify)
                 self.default_modes[name] = o.default_mode if o.default_mode in rt.modes else rt.modes[0]
                 self.engines[name] = Engine(name, rt, o.max_batch, o.max_queue, o.batch_window_ms, self.metrics)
+            self.parents = attach_packs({n: e.rt for n, e in self.engines.items()}, o.adapters, o.verify)
             self.status = "ok"
         except ShadowEdgeError as e:
             self.status, self.error = "error", str(e)
@@ -68,14 +71,16 @@ class ServerState:
             detail = f": {self.error}" if self.error else ""
             raise APIError(503, f"the server is {self.status.replace('_', ' ')}{detail}; retry shortly")
 
-    def resolve(self, model: str, mode: str | None) -> tuple[Engine, str]:
-        """`NAME` or `NAME:MODE` (+ an optional `mode` body field) -> (engine, mode)."""
+    def resolve(self, model: str, mode: str | None) -> tuple[Engine, str, str | None]:
+        """`NAME` or `NAME:MODE` (+ an optional `mode` body field) -> (engine, mode, adapter pack or None);
+        NAME is an artifact's or an adapter pack's."""
         self.require_ready()
         name, _, suffix = model.partition(":")
-        if name not in self.engines:
+        if name not in self.engines and name not in self.parents:
             raise APIError(404, f"model {model!r} does not exist; GET /v1/models lists "
                                 f"{', '.join(self.model_ids())}", param="model")
-        engine = self.engines[name]
+        adapter = name if name in self.parents else None
+        engine = self.engines[self.parents.get(name, name)]
         if suffix and suffix not in engine.rt.modes:
             raise APIError(404, f"model {model!r} does not exist: {name} runs modes {', '.join(engine.rt.modes)}",
                            param="model")
@@ -85,10 +90,15 @@ class ServerState:
                                         f"{', '.join(engine.rt.modes)}")
             if suffix and suffix != mode:
                 raise bad_param("mode", f"mode {mode!r} contradicts the model name {model!r}; give one of them")
-        return engine, suffix or mode or self.default_modes[name]
+        return engine, suffix or mode or self.default_modes[engine.name], adapter
+
+    def models(self) -> list[tuple[str, str | None]]:
+        """(model id, parent artifact name for an adapter pack's ids else None): artifacts first, then packs."""
+        own = [(f"{name}:{mode}", None) for name, e in self.engines.items() for mode in e.rt.modes]
+        return own + [(f"{a}:{mode}", base) for a, base in self.parents.items() for mode in self.engines[base].rt.modes]
 
     def model_ids(self) -> list[str]:
-        return [f"{name}:{mode}" for name, e in self.engines.items() for mode in e.rt.modes]
+        return [m for m, _ in self.models()]
 
 
 def build_app(options: ServeOptions, shutdown_grace_s: float = 30.0) -> FastAPI:
@@ -138,15 +148,17 @@ def build_app(options: ServeOptions, shutdown_grace_s: float = 30.0) -> FastAPI:
     async def models(request: Request):
         authorize(request)
         state.require_ready()
-        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "shadow-edge"}
-                                           for m in state.model_ids()]}
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "shadow-edge",
+                                            **({"parent": f"{parent}:{m.partition(':')[2]}"} if parent else {})}
+                                           for m, parent in state.models()]}
 
     async def generate(request: Request, chat: bool):
         authorize(request)
         req = parse(ChatRequest if chat else CompletionRequest, await read_body(request))
-        engine, mode = state.resolve(req.model, req.mode)
+        engine, mode, adapter = state.resolve(req.model, req.mode)
         ids = _encode(engine, req.conversation() if chat else req.one_prompt(), chat, "messages" if chat else "prompt")
         job = _job(engine, mode, ids, req, req.token_limit, options)
+        job.adapter, job.model = adapter, adapter
         return await _respond(request, state, engine, mode, job, req, chat)
 
     @app.post("/v1/chat/completions")
@@ -200,11 +212,11 @@ def _extra(job: Job) -> dict:
 
 async def _respond(request: Request, state: ServerState, engine: Engine, mode: str, job: Job, req, chat: bool):
     job.loop, job.events = asyncio.get_running_loop(), asyncio.Queue()
-    model = f"{engine.name}:{mode}"
+    model = f"{engine.model(job)}:{mode}"
     try:
         engine.submit(job)
     except APIError as e:
-        state.metrics.requests.labels(engine.name, mode, str(e.status)).inc()
+        state.metrics.requests.labels(engine.model(job), mode, str(e.status)).inc()
         raise
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
@@ -217,11 +229,11 @@ async def _respond(request: Request, state: ServerState, engine: Engine, mode: s
         except asyncio.TimeoutError:
             if await request.is_disconnected():
                 job.cancelled = True
-                state.metrics.requests.labels(engine.name, mode, "cancelled").inc()
+                state.metrics.requests.labels(engine.model(job), mode, "cancelled").inc()
                 return Response(status_code=499)
             continue
         if kind == "error":
-            state.metrics.requests.labels(engine.name, mode, str(payload.status)).inc()
+            state.metrics.requests.labels(engine.model(job), mode, str(payload.status)).inc()
             raise payload
         if kind == "end":
             break
@@ -236,9 +248,9 @@ async def _respond(request: Request, state: ServerState, engine: Engine, mode: s
 
 
 def _observe(state: ServerState, engine: Engine, job: Job, status: str) -> None:
-    state.metrics.requests.labels(engine.name, job.mode, status).inc()
+    state.metrics.requests.labels(engine.model(job), job.mode, status).inc()
     if job.first_token_at is not None:
-        state.metrics.ttft.labels(engine.name, job.mode).observe(job.first_token_at - job.arrived)
+        state.metrics.ttft.labels(engine.model(job), job.mode).observe(job.first_token_at - job.arrived)
 
 
 async def _sse(state: ServerState, engine: Engine, job: Job, req, chat: bool, rid: str,
@@ -267,7 +279,7 @@ async def _sse(state: ServerState, engine: Engine, job: Job, req, chat: bool, ri
             if kind == "text":
                 yield chunk(payload)
             elif kind == "error":
-                state.metrics.requests.labels(engine.name, job.mode, str(payload.status)).inc()
+                state.metrics.requests.labels(engine.model(job), job.mode, str(payload.status)).inc()
                 done = True
                 yield f"data: {json.dumps(payload.body())}\n\n"
                 break
@@ -284,4 +296,4 @@ async def _sse(state: ServerState, engine: Engine, job: Job, req, chat: bool, ri
     finally:
         if not done:  # the client went away (the response task was cancelled): stop its generation
             job.cancelled = True
-            state.metrics.requests.labels(engine.name, job.mode, "cancelled").inc()
+            state.metrics.requests.labels(engine.model(job), job.mode, "cancelled").inc()

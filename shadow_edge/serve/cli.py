@@ -13,6 +13,7 @@ examples:
   shadow-edge serve art/ --port 9000 --api-key secret --max-batch 16
   shadow-edge serve a/ b/ --served-name small --served-name big --default-mode shadow_only
   shadow-edge serve art/ --ray --replicas 2 --num-cpus-per-replica 1 --threads 1
+  shadow-edge serve base_art/ --adapter support=packs/support --adapter sql=packs/sql   # adapter packs
 
 then, from any OpenAI client:
   from openai import OpenAI
@@ -21,6 +22,9 @@ then, from any OpenAI client:
 
 Models are listed as NAME:MODE (GET /v1/models); a bare NAME means --default-mode. Extra body
 fields: mode, ignore_eos, top_k, cascade_threshold. GET /health and GET /metrics (Prometheus).
+Each --adapter pack is one more model, NAME:MODE for every mode of its base artifact (the served
+artifact it was exported --against; its /v1/models entry names it as `parent`): a request picks
+the adapter with `model="support:base_shadow"`, and all packs share the base's sessions and weights.
 """
 
 
@@ -49,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-max-tokens", type=int, default=256, metavar="N",
                    help="new tokens of a chat request that gives no max_tokens (default 256, capped by the context; "
                         "completions default to 16 as in OpenAI's API)")
+    p.add_argument("--adapter", action="append", metavar="NAME=PACK",
+                   help="serve an adapter pack (exported --against one of the artifacts) as model NAME (repeatable)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifacts' files")
     ray = p.add_argument_group("Ray Serve (needs shadow-edge[ray])")
     ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of one uvicorn process")
@@ -63,11 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def options_from(args):
+    from shadow_edge.commands.run import parse_adapters
     from shadow_edge.serve.options import ServeOptions
 
     return ServeOptions(tuple(args.artifacts), tuple(args.served_name), args.host, args.port, args.api_key,
                         args.default_mode, args.max_batch, args.max_queue, args.threads, args.timeout,
-                        args.batch_window_ms, not args.no_verify, args.default_max_tokens)
+                        args.batch_window_ms, not args.no_verify, args.default_max_tokens,
+                        tuple(parse_adapters(args.adapter).items()))
 
 
 def main(argv: list[str]) -> int:
@@ -85,8 +93,9 @@ def main(argv: list[str]) -> int:
 
         return run_forever(options, RayOptions(args.replicas, args.num_cpus_per_replica, args.autoscaling,
                                                args.ray_address, args.shutdown_grace))
-    print(f"shadow-edge serve: loading {', '.join(options.names)}; OpenAI API at "
-          f"http://{options.host}:{options.port}/v1 (GET /health says when ready)", file=sys.stderr, flush=True)
+    names = options.names + tuple(name for name, _ in options.adapters)
+    print(f"shadow-edge serve: loading {', '.join(names)}; OpenAI API at http://{options.host}:{options.port}/v1 "
+          "(GET /health says when ready)", file=sys.stderr, flush=True)
     uvicorn.run(build_app(options, args.shutdown_grace), host=options.host, port=options.port, log_level="warning",
                 timeout_graceful_shutdown=max(1, int(args.shutdown_grace)))
     return 0

@@ -24,6 +24,7 @@ import asyncio
 import threading
 import time
 from collections import deque
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,6 +83,8 @@ class Job:
     confidence: float | None = None
     speculative: dict | None = None  # speculative mode: drafted / accepted / acceptance_rate ...
     cancelled: bool = False  # set by the caller when its client went away
+    adapter: str | None = None  # the runtime's adapter pack to run with (serve/adapters.py), None: the artifact's own
+    model: str | None = None  # served model name for the metrics (default: the engine's artifact name)
 
     @property
     def deadline(self) -> float:
@@ -111,6 +114,14 @@ class Engine:
         self._closing = False
         self._thread = threading.Thread(target=self._work, name=f"shadow-edge-engine-{name}", daemon=True)
         self._thread.start()
+
+    def model(self, job: Job) -> str:
+        """The served model name a job's metrics count under (its adapter's, or this artifact's)."""
+        return job.model or self.name
+
+    def _using(self, adapter: str | None):
+        """Marks the runtime's pack `adapter` busy while a batch runs (no-op without one)."""
+        return nullcontext() if adapter is None else self.rt.adapters.use(adapter)
 
     # ---- caller side ---------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -194,7 +205,8 @@ class Engine:
             if job.cancelled or now > job.deadline:
                 self._drop(job, now)
                 continue
-            fits = not picked or (job.mode == picked[0].mode and job.mode in self.batch_modes
+            fits = not picked or (job.mode == picked[0].mode and job.adapter == picked[0].adapter
+                                  and job.mode in self.batch_modes
                                   and len(picked) < self.max_batch
                                   and max(longest, len(job.ids)) + max(new, job.max_tokens) <= self.rt.max_positions)
             if fits:
@@ -214,8 +226,8 @@ class Engine:
                                               f"timeout of {job.timeout_s:g} s"))
 
     def _run_batch(self, jobs: list[Job]) -> None:
-        rt, mode, b = self.rt, jobs[0].mode, len(jobs)
-        self.metrics.batch_size.labels(self.name, mode).observe(b)
+        rt, mode, b, model = self.rt, jobs[0].mode, len(jobs), self.model(jobs[0])
+        self.metrics.batch_size.labels(model, mode).observe(b)
         t = max(len(j.ids) for j in jobs)
         ids = np.full((b, t), rt.pad_id, dtype=np.int64)  # [b, t] left-padded
         mask = np.zeros((b, t), dtype=np.int64)  # [b, t] 0 on padding
@@ -231,11 +243,15 @@ class Engine:
                     tokens[r] = s(logits[r:r + 1])[0]
             return tokens
 
+        with self._using(jobs[0].adapter):
+            self._decode(jobs, rt.pipeline(mode, jobs[0].adapter), ids, mask, choose, state)
+
+    def _decode(self, jobs: list[Job], pipe, ids: np.ndarray, mask: np.ndarray, choose, state: LoopState) -> None:
+        rt = self.rt
         streams = [TextStream(rt.codec, j.stops, incremental=True) for j in jobs]
         eos = set(rt.eos_ids)
-        steps = decode_n(rt.pipeline(mode), ids, mask, max(j.max_tokens for j in jobs), choose, rt.pad_id, False,
-                         state)
-        latency = self.metrics.token_latency.labels(self.name, mode)  # one child per batch, not per token
+        steps = decode_n(pipe, ids, mask, max(j.max_tokens for j in jobs), choose, rt.pad_id, False, state)
+        latency = self.metrics.token_latency.labels(self.model(jobs[0]), jobs[0].mode)  # one child per batch
         for i, rec in enumerate(steps):
             now = time.monotonic()
             if i > 0:
@@ -267,7 +283,7 @@ class Engine:
                 self._finish(job, "cancelled" if job.cancelled else "length", streams[r])
 
     def _finish(self, job: Job, reason: str, stream: TextStream) -> None:
-        self.metrics.tokens.labels(self.name, job.mode).inc(len(job.token_ids))
+        self.metrics.tokens.labels(self.model(job), job.mode).inc(len(job.token_ids))
         if reason == "timeout":
             job.finish_reason = "error"
             job.report("error", APIError(504, f"the request ran past its timeout of {job.timeout_s:g} s after "
@@ -288,7 +304,7 @@ class Engine:
         result = self.rt.generate(job.ids, mode=job.mode, max_new_tokens=job.max_tokens, do_sample=not s.greedy,
                                   temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed,
                                   stop=job.stops or None, eos=() if job.ignore_eos else None,
-                                  cascade_threshold=job.cascade_threshold)
+                                  cascade_threshold=job.cascade_threshold, adapter=job.adapter)
         job.first_token_at = time.monotonic()
         job.token_ids, job.text = list(result.token_ids), result.text
         job.finish_reason = FINISH.get(result.finish_reason, result.finish_reason)
@@ -296,12 +312,13 @@ class Engine:
         stats = getattr(result, "speculative", None)
         if stats is not None:
             job.speculative = stats.to_dict()
-            self.metrics.drafted.labels(self.name).inc(stats.drafted)
-            self.metrics.accepted.labels(self.name).inc(stats.accepted)
-        self.metrics.batch_size.labels(self.name, job.mode).observe(1)
-        self.metrics.tokens.labels(self.name, job.mode).inc(len(job.token_ids))
+            self.metrics.drafted.labels(self.model(job)).inc(stats.drafted)
+            self.metrics.accepted.labels(self.model(job)).inc(stats.accepted)
+        model = self.model(job)
+        self.metrics.batch_size.labels(model, job.mode).observe(1)
+        self.metrics.tokens.labels(model, job.mode).inc(len(job.token_ids))
         if job.answered_by == "base_shadow":
-            self.metrics.escalations.labels(self.name).inc()
+            self.metrics.escalations.labels(model).inc()
         if job.cancelled:
             job.finish_reason = "cancelled"
             return

@@ -40,6 +40,9 @@ class ServeOptions:
     default_max_tokens: int = field(default=256, metadata={
         "help": "new tokens of a chat request without max_tokens (capped by the context; KV buffers are "
                 "preallocated per row, so 'the whole context' would reserve the most memory)"})
+    adapters: tuple[tuple[str, str], ...] = field(default=(), metadata={
+        "help": "(name, PACK) adapter packs, each served as one more model on the base artifact it was exported "
+                "against (serve/adapters.py)"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "artifacts", tuple(str(a) for a in self.artifacts))
@@ -58,6 +61,21 @@ class ServeOptions:
                                  "(set one with --served-name)")
         if len(set(self.names)) != len(self.names):
             raise InputError(f"model names {list(self.names)} repeat; give distinct names with --served-name")
+        try:
+            object.__setattr__(self, "adapters", tuple((str(n), str(p)) for n, p in (self.adapters or ())))
+        except (TypeError, ValueError):
+            raise InputError(f"adapters is {self.adapters!r}; it must be a list of (name, adapter pack directory) "
+                             "pairs") from None
+        names = [n for n, _ in self.adapters]
+        if len(set(names)) != len(names):
+            raise InputError(f"adapter names {names} repeat; give each adapter pack its own name")
+        for name, pack in self.adapters:
+            if not name or ":" in name or "/" in name or name in self.names:
+                raise InputError(f"adapter name {name!r} is not usable; adapter names are model names: non-empty, "
+                                 f"without ':' or '/', and not an artifact's name ({', '.join(self.names)})")
+            if not Path(pack).is_dir():
+                raise InputError(f"--adapter {name}={pack}: no such adapter pack directory; create one with "
+                                 "`shadow-edge export --base B --adapter A --out PACK --against BASE_ART`")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise InputError(f"port is {self.port!r}; it must be an integer in [0, 65535]")
         if self.api_key is not None and not self.api_key.strip():
