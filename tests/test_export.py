@@ -122,12 +122,14 @@ def test_vocab_matrix_stored_once_and_shadow_detached(exported):
                 inits.setdefault((loc["location"], loc["offset"]), set()).add(t.name)
             if name == "shadow":
                 assert not t.name.startswith("base."), f"backbone tensor {t.name} inside the detached shadow"
-    vocab_slots = [k for k, names in inits.items() if "model.embed_tokens.weight" in names]
+    # one [d, vocab] matrix: the head's MatMul weight, and the embedding's rows (Gather on axis 1)
+    vocab_slots = [k for k, names in inits.items() if "model.embed_tokens.weight.T" in names]
     assert len(vocab_slots) == 1, "the vocabulary matrix must be stored exactly once"
-    (location, offset), = vocab_slots
-    length = next(int(e.value) for g in m.graphs.values() for t in onnx.load(str(art / g.file), load_external_data=False).graph.initializer
-                  if t.name == "model.embed_tokens.weight" for e in t.external_data if e.key == "length")
-    assert length == spec_vocab_bytes
+    stored = {t.name: t for g in m.graphs.values()
+              for t in onnx.load(str(art / g.file), load_external_data=False).graph.initializer}
+    table = stored["model.embed_tokens.weight.T"]
+    assert list(table.dims) == [m.model["hidden_size"], m.model["vocab_size"]]
+    assert int({e.key: e.value for e in table.external_data}["length"]) == spec_vocab_bytes
 
 
 def test_untied_and_explicit_heads(exported):

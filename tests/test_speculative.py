@@ -250,9 +250,9 @@ def test_cascade_escalation_reuses_the_shadow_prompt_pass(agreeing_rt, monkeypat
     widths = []
     run_in_place = shadow_graph.run_in_place
 
-    def counting(feed, kv):
+    def counting(feed, kv, *bound):
         widths.append(feed["input_ids"].shape()[1])
-        return run_in_place(feed, kv)
+        return run_in_place(feed, kv, *bound)
 
     monkeypatch.setattr(shadow_graph, "run_in_place", counting)
     base = rt.generate(BATCH, mode="base_shadow", max_new_tokens=6, eos=[])

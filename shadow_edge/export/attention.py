@@ -30,7 +30,8 @@ OPSET_ONNX_ATTENTION = 24  # TensorScatter and Attention with GQA heads
 class AttnInputs:
     """What one layer's attention reads. q: [b, s, H*hd]; k, v: [b, s, KV*hd] (RoPE applied to q, k).
 
-    bias: [b, 1, s, T] additive mask (causal and padding); total: int64 scalar T = attention_mask
+    bias: [b, 1, s, T] additive mask (padding; and causal for kinds that are not causal themselves:
+    GroupQueryAttention is); total: int64 scalar T = attention_mask
     length; seq: int64 scalar s.
     """
 

@@ -2,9 +2,9 @@
 
 `shadow`: embeddings -> shadow layers -> norm -> projection = shadow_hidden_states.
 `backbone`: base layers with injection/update fed by shadow_hidden_states -> final-normed hidden.
-`lm_head` / `shadow_lm_head`: hidden [b, n, d] -> logits (Gemm on the stored [vocab, d] matrix,
-so the embedding table and a tied head are one tensor on disk; quantized: MatMulNBits and
-GatherBlockQuantized over the same packed bytes).
+`lm_head` / `shadow_lm_head`: hidden [b, n, d] -> logits (MatMul on the head stored as [d, vocab]; a
+tied embedding gathers its rows from that same matrix, so the table is one tensor on disk; quantized:
+MatMulNBits and GatherBlockQuantized over the same packed bytes).
 Fusions done here: q|k|v and gate|up weights concatenated, alpha folded into the injection
 up-projection. Attention is a kind chosen per graph (export/attention.py) and recorded on the builder.
 """
@@ -33,14 +33,23 @@ class Tensors:
     emits the ops that read weights: float32 MatMul / Gather / Gemm, or their block-quantized forms
     for tensors in `quantized` (id(tensor) -> packed form, see export/quantize.py)."""
 
-    def __init__(self, quantized: dict[int, Quantized] | None = None, accuracy_level: int = 1) -> None:
+    def __init__(self, quantized: dict[int, Quantized] | None = None, accuracy_level: int = 1,
+                 heads: list[torch.Tensor] = ()) -> None:
+        """`heads`: the tensors some graph projects to logits with (`head`); float32 ones are stored transposed."""
         self._names: dict[int, str] = {}
         self.quantized = quantized or {}
         self.accuracy_level = accuracy_level  # MatMulNBits compute: 1 = float32, 4 = int8 activations
+        self._heads = {id(t) for t in heads}
 
     def raw(self, b: GraphBuilder, t: torch.Tensor, name: str) -> str:
         name = self._names.setdefault(id(t), name)
         return b.weight(name, lambda: _np(t))
+
+    def _transposed(self, b: GraphBuilder, t: torch.Tensor, name: str) -> str:
+        """A float32 head matrix [out, d] stored as [d, out] (key `<name>.T`): MatMul reads it as it lies, where
+        Gemm(transB) repacks the whole matrix on every call (measured 3-6x slower for one position)."""
+        name = self._names.setdefault(id(t), name)
+        return b.weight(f"{name}.T", lambda: _np(t.T))
 
     def linear(self, b: GraphBuilder, x: str, key: str, parts: list[torch.Tensor], tag: str) -> str:
         """x @ concat(parts).T for weights [out, in] stacked along out (q|k|v, gate|up)."""
@@ -55,6 +64,9 @@ class Tensors:
     def embed(self, b: GraphBuilder, t: torch.Tensor, name: str, ids: str) -> str:
         """Rows of the [vocab, d] table for `ids` [b, s] -> [b, s, d]."""
         qw = self.quantized.get(id(t))
+        if qw is None and id(t) in self._heads:  # tied: the head's [d, vocab] copy is the only one stored
+            cols = b.op("Gather", [self._transposed(b, t, name), ids], axis=1, tag="embed/Gather")  # [d, b, s]
+            return b.op("Transpose", [cols], perm=[1, 2, 0], tag="embed/Transpose")
         if qw is None:
             return b.op("Gather", [self.raw(b, t, name), ids], axis=0, tag="embed/Gather")
         name = self._names.setdefault(id(t), name)
@@ -63,20 +75,17 @@ class Tensors:
         return b.op("GatherBlockQuantized", [data, ids, scales], domain="com.microsoft", bits=qw.bits,
                     block_size=qw.block, gather_axis=0, quantize_axis=1, tag="embed/GatherBlockQuantized")
 
-    def head(self, b: GraphBuilder, hidden: str, t: torch.Tensor, name: str, vocab: int, d: int,
-             bias: torch.Tensor | None = None) -> str:
-        """hidden [b, n, d] -> logits [b, n, vocab] against the [vocab, d] matrix (+ bias [vocab]: label heads,
+    def head(self, b: GraphBuilder, hidden: str, t: torch.Tensor, name: str, bias: torch.Tensor | None = None) -> str:
+        """hidden [b, n, d] -> logits [b, n, vocab] against the [vocab, d] matrix `t` (+ bias [vocab]: label heads,
         which are never quantized)."""
         qw = self.quantized.get(id(t))
         if qw is not None:
             name = self._names.setdefault(id(t), name)
             return self._matmul_nbits(b, hidden, name, qw, "lm_head", self.accuracy_level)
-        flat = b.op("Reshape", [hidden, b.const([-1, d])])
-        biased = [] if bias is None else [self.raw(b, bias, f"{name}.bias")]
-        logits = b.op("Gemm", [flat, self.raw(b, t, name)] + biased, transB=1, tag="lm_head/Gemm")
-        shape = b.op("Concat", [b.op("Slice", [b.op("Shape", [hidden]), b.const([0]), b.const([2])]),
-                                b.const([vocab])], axis=0)
-        return b.op("Reshape", [logits, shape])
+        logits = b.op("MatMul", [hidden, self._transposed(b, t, name)], tag="lm_head/MatMul")  # [b, n, vocab]
+        if bias is None:
+            return logits
+        return b.op("Add", [logits, self.raw(b, bias, f"{name}.bias")], tag="lm_head/Add")
 
     @staticmethod
     def _matmul_nbits(b: GraphBuilder, x: str, key: str, qw: Quantized, tag: str, accuracy_level: int) -> str:
@@ -89,6 +98,16 @@ class Tensors:
 
 def _rms(b: GraphBuilder, x: str, w: str, eps: float) -> str:
     return b.op("SimplifiedLayerNormalization", [x, w], axis=-1, epsilon=eps, stash_type=1)
+
+
+def _add_rms(b: GraphBuilder, x: str, skip: str | None, w: str, eps: float, tag: str) -> tuple[str, str]:
+    """(RMSNorm(x + skip), x + skip) in one fused node (onnxruntime's SkipSimplifiedLayerNormalization);
+    without `skip`: (RMSNorm(x), x)."""
+    if skip is None:
+        return _rms(b, x, w, eps), x
+    normed, _, _, total = b.op("SkipSimplifiedLayerNormalization", [x, skip, w], domain="com.microsoft", n_out=4,
+                               outputs=[None, "", "", None], epsilon=eps, tag=tag)
+    return normed, total
 
 
 def _silu(b: GraphBuilder, x: str) -> str:
@@ -109,11 +128,17 @@ class _Context:
         with b.scope("mask"):
             self.total = b.op("Gather", [b.op("Shape", [io_spec.ATTENTION_MASK]), b.const(1)], axis=0)  # T
             self.seq = b.op("Gather", [b.op("Shape", [io_spec.INPUT_IDS]), b.const(1)], axis=0)  # s
+            real = b.op("Unsqueeze", [b.op("Cast", [io_spec.ATTENTION_MASK], to=9), b.const([1, 2])])  # [b, 1, 1, T]
+            if attention == io_spec.ATTENTION_GQA:  # the kernel is causal itself: the bias only masks padding
+                padding = b.op("Where", [real, b.const(0.0, np.float32), b.const(NEG, np.float32)])  # [b, 1, 1, T]
+                rows = b.op("Concat", [b.const([1, 1]), b.op("Unsqueeze", [self.seq, b.const([0])]), b.const([1])],
+                            axis=0)  # [1, 1, s, 1]
+                self.bias = b.op("Expand", [padding, rows])  # [b, 1, s, T]: the kernel wants s rows
+                return
             k_pos = b.op("Range", [b.const(0), self.total, b.const(1)])  # [T]
             q_pos = b.op("Range", [b.op("Sub", [self.total, self.seq]), self.total, b.const(1)])  # [s]
             causal = b.op("LessOrEqual", [b.op("Unsqueeze", [k_pos, b.const([0])]),
                                           b.op("Unsqueeze", [q_pos, b.const([1])])])  # [s, T]
-            real = b.op("Unsqueeze", [b.op("Cast", [io_spec.ATTENTION_MASK], to=9), b.const([1, 2])])  # [b, 1, 1, T]
             allowed = b.op("And", [causal, real])  # [b, 1, s, T]
             self.bias = b.op("Where", [allowed, b.const(0.0, np.float32), b.const(NEG, np.float32)])
 
@@ -124,28 +149,31 @@ def _rotary(b: GraphBuilder, x: str, ctx: _Context, heads: int) -> str:
 
 
 def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: int, lw: dict[str, torch.Tensor],
-           h: str, ctx: _Context) -> str:
-    """One decoder layer (reads/writes layer i's KV pair of the contract); returns the new residual stream."""
+           h: str, ctx: _Context, skip: str | None = None) -> str:
+    """One decoder layer on the residual stream h + skip (reads/writes layer i's KV pair of the contract);
+    returns the new residual stream. `skip` [b, s, d] (e.g. the injection's delta) is added inside the
+    layer's input norm."""
     H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     key = f"{prefix}.layers.{i}"
     with b.scope(f"layers.{i}"):
-        x = _rms(b, h, b.weight(f"{key}.input_norm", lambda: _np(lw["input_norm.weight"])), cfg.rms_norm_eps)
+        x, h = _add_rms(b, h, skip, b.weight(f"{key}.input_norm", lambda: _np(lw["input_norm.weight"])),
+                        cfg.rms_norm_eps, "input_norm")
         with b.scope("attn"):
             qkv = names.linear(b, x, f"{key}.qkv", [lw["q.weight"], lw["k.weight"], lw["v.weight"]], "qkv")
             if cfg.qkv_bias:
                 qkv = b.op("Add", [qkv, b.weight(f"{key}.qkv_bias", lambda: _np(
                     torch.cat([lw["q.bias"], lw["k.bias"], lw["v.bias"]])))], tag="qkv/Add")
-            q, k, v = b.op("Split", [qkv, b.const([H * hd, KV * hd, KV * hd])], n_out=3, axis=-1)  # [b, s, *]
+            # q and k as one tensor of H + KV heads through their norms and RoPE: fewer, larger kernels
+            qk, v = b.op("Split", [qkv, b.const([(H + KV) * hd, KV * hd])], n_out=2, axis=-1)  # [b, s, (H+KV)*hd]
             if cfg.qk_norm:
-                q = _head_norm(b, q, b.weight(f"{key}.q_norm", lambda: _np(lw["q_norm.weight"])), H, hd, cfg)
-                k = _head_norm(b, k, b.weight(f"{key}.k_norm", lambda: _np(lw["k_norm.weight"])), KV, hd, cfg)
-            q, k = _rotary(b, q, ctx, H), _rotary(b, k, ctx, KV)
+                qk = _qk_norm(b, qk, key, lw, cfg)
+            q, k = b.op("Split", [_rotary(b, qk, ctx, H + KV), b.const([H * hd, KV * hd])], n_out=2, axis=-1)
             attn = ATTENTION[ctx.attention](b, cfg, i, AttnInputs(q, k, v, ctx.bias, ctx.total, ctx.seq))
             o = names.linear(b, attn, f"{key}.o", [lw["o.weight"]], "o")
             if cfg.o_bias:
                 o = b.op("Add", [o, b.weight(f"{key}.o_bias", lambda: _np(lw["o.bias"]))], tag="o/Add")
-        h = b.op("Add", [h, o], tag="attn_residual")
-        x = _rms(b, h, b.weight(f"{key}.post_norm", lambda: _np(lw["post_norm.weight"])), cfg.rms_norm_eps)
+        x, h = _add_rms(b, h, o, b.weight(f"{key}.post_norm", lambda: _np(lw["post_norm.weight"])),
+                        cfg.rms_norm_eps, "attn_residual")
         with b.scope("mlp"):
             gu = names.linear(b, x, f"{key}.gate_up", [lw["gate.weight"], lw["up.weight"]], "gate_up")
             if cfg.mlp_bias:
@@ -159,10 +187,15 @@ def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: 
         return b.op("Add", [h, down], tag="mlp_residual")
 
 
-def _head_norm(b: GraphBuilder, x: str, w: str, heads: int, hd: int, cfg: DecoderConfig) -> str:
-    """Qwen3 q/k norm: RMSNorm over head_dim of [b, s, heads * hd]."""
-    x = b.op("Reshape", [x, b.const([0, 0, heads, hd])])
-    return b.op("Reshape", [_rms(b, x, w, cfg.rms_norm_eps), b.const([0, 0, heads * hd])])
+def _qk_norm(b: GraphBuilder, qk: str, key: str, lw: dict[str, torch.Tensor], cfg: DecoderConfig) -> str:
+    """Qwen3 q/k norms on [b, s, (H + KV) * hd]: RMSNorm over head_dim of every head, then each head's weight
+    (q_norm on the H query heads, k_norm on the KV key heads) as one [H + KV, hd] scale."""
+    H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    heads = b.op("Reshape", [qk, b.const([0, 0, H + KV, hd])])  # [b, s, H+KV, hd]
+    normed = _rms(b, heads, b.const(np.ones(hd), np.float32), cfg.rms_norm_eps)
+    scale = b.weight(f"{key}.qk_norm", lambda: _np(torch.cat([lw["q_norm.weight"].expand(H, hd),
+                                                              lw["k_norm.weight"].expand(KV, hd)])))  # [H+KV, hd]
+    return b.op("Reshape", [b.op("Mul", [normed, scale]), b.const([0, 0, (H + KV) * hd])])
 
 
 def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors, contract: io_spec.GraphContract,
@@ -192,9 +225,8 @@ def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, co
     ctx = _Context(b, cfg, contract.attention)
     adapted = spec.adapted_range if adapter else range(0)
     for i, lw in enumerate(spec.base.layers):
-        if i in adapted:
-            h = _inject(b, spec, i - adapted.start, h, s)
-        h = _layer(b, names, cfg, "base", i, lw, h, ctx)
+        delta = _inject(b, spec, i - adapted.start, h, s) if i in adapted else None
+        h = _layer(b, names, cfg, "base", i, lw, h, ctx, skip=delta)  # the injection is added in its input norm
         if i in adapted and i != adapted[-1]:  # the last update feeds nothing: skipped
             s = _update(b, spec, i - adapted.start, h, s)
     h = _rms(b, h, b.weight("base.norm", lambda: _np(spec.base.norm)), cfg.rms_norm_eps)
@@ -203,11 +235,11 @@ def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, co
 
 
 def _inject(b: GraphBuilder, spec: ShadowModelSpec, j: int, h: str, s: str) -> str:
+    """The injection's delta alpha * ((h - s) @ W_down) @ W_up [b, s, d]; the caller adds it to h."""
     with b.scope(f"adapter.{j}/inject"):
         down = b.weight(f"adapter.{j}.inject_down", lambda: _np(spec.injection_down[j]))
         up = b.weight(f"adapter.{j}.inject_up", lambda: _np(spec.injection_up[j] * spec.alpha))
-        delta = b.op("MatMul", [b.op("MatMul", [b.op("Sub", [h, s]), down]), up])
-        return b.op("Add", [h, delta])
+        return b.op("MatMul", [b.op("MatMul", [b.op("Sub", [h, s]), down]), up])
 
 
 def _gelu(b: GraphBuilder, x: str) -> str:
@@ -251,6 +283,6 @@ def build_head(contract: io_spec.GraphContract, head: torch.Tensor, default_key:
     (lm heads) or the labels (classifier heads, with their bias)."""
     b = GraphBuilder(contract, store)
     (inp,), (out,) = contract.inputs, contract.outputs
-    logits = names.head(b, inp.name, head, default_key, int(head.shape[0]), spec.hidden_size, bias)
+    logits = names.head(b, inp.name, head, default_key, bias)
     b.output(logits, out.name)
     return b

@@ -145,7 +145,8 @@ class GraphBuilder:
         idx = self._count.get(base, 0)
         self._count[base] = idx + 1
         node_name = f"/{base}" + (f"_{idx}" if idx else "")
-        outs = [o or f"{node_name}/output_{i}" for i, o in enumerate(outputs or [None] * n_out)]
+        outs = [f"{node_name}/output_{i}" if o is None else o  # "": an optional output left out
+                for i, o in enumerate(outputs or [None] * n_out)]
         self.nodes.append(helper.make_node(op_type, inputs, outs, name=node_name, domain=domain or None, **attrs))
         return outs[0] if n_out == 1 and len(outs) == 1 else outs
 

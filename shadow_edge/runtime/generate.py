@@ -41,9 +41,11 @@ class Pipeline:
         return [KVCache.empty(batch, g.entry.kv_layers, g.entry.kv_heads, g.entry.head_dim, capacity)
                 for g in self.stacks]
 
-    def run(self, graph: GraphSession, feed: dict[str, ort.OrtValue], kv: list[ort.OrtValue]) -> ort.OrtValue:
-        """One KV-cached graph of this chain in place (with this pipeline's extra inputs for it)."""
-        return graph.run_in_place({**feed, **self.params.get(graph.name, {})}, kv)
+    def run(self, graph: GraphSession, feed: dict[str, ort.OrtValue], kv: list[ort.OrtValue],
+            bound: dict | None = None) -> ort.OrtValue:
+        """One KV-cached graph of this chain in place (with this pipeline's extra inputs for it); `bound`: see
+        `GraphSession.run_in_place`."""
+        return graph.run_in_place({**feed, **self.params.get(graph.name, {})}, kv, bound)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              caches: list[KVCache], last_only: bool, shadow_states: np.ndarray | None = None,
@@ -66,7 +68,7 @@ class Pipeline:
             if hidden is not None:  # the backbone after the shadow: [b, t, d] shadow_hidden_states
                 feed[SHADOW_HIDDEN] = hidden
             cache.reserve(cache.length + t)
-            hidden = self.run(graph, feed, cache.tensors)  # [b, t, d]
+            hidden = self.run(graph, feed, cache.tensors, cache.bindings)  # [b, t, d]
             cache.length += t
             if graph is self.shadow and keep_shadow is not None:
                 keep_shadow.append(hidden.numpy().copy())

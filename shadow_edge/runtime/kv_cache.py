@@ -9,7 +9,7 @@ buffers (doubling), so callers may size them for the whole generation or not at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -22,6 +22,7 @@ class KVCache:
     arrays: list[np.ndarray]  # each [batch, kv_heads, capacity, head_dim]; the OrtValues share this memory
     tensors: list[ort.OrtValue]
     length: int  # valid positions (past_seq), including left padding
+    bindings: dict = field(default_factory=dict)  # GraphSession -> its onnxruntime IOBinding with these buffers bound
 
     @classmethod
     def empty(cls, batch: int, layers: int, kv_heads: int, head_dim: int, capacity: int) -> "KVCache":
@@ -43,3 +44,4 @@ class KVCache:
             grown.append(b)
         self.arrays = grown
         self.tensors = [ort.OrtValue.ortvalue_from_numpy(a) for a in grown]
+        self.bindings.clear()  # they hold the old buffers

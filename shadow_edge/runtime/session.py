@@ -140,19 +140,28 @@ class GraphSession:
         except Exception as e:  # onnxruntime's own types: a graph that disagrees with its manifest
             raise self._run_error(e) from None
 
-    def run_in_place(self, feed: dict[str, ort.OrtValue], kv: list[ort.OrtValue]) -> ort.OrtValue:
+    def run_in_place(self, feed: dict[str, ort.OrtValue], kv: list[ort.OrtValue], bound: dict | None = None,
+                     ) -> ort.OrtValue:
         """Run a KV-cached graph with each past_key_values.* and its present.* bound to one buffer.
 
         The graph writes the new keys/values inside the buffers (io_spec.KV_BINDING; no concat copy).
+        `bound`: a dict owned with the buffers (`KVCache.bindings`, emptied when they change) that keeps this
+        graph's binding between steps, so only `feed` is bound again (the KV pairs once per cache).
         Returns the main output (hidden states) [b, t, d].
         """
-        io = self.session.io_binding()
-        io.bind_output(self.main_output, "cpu")  # first: get_outputs() follows binding order
+        io = None if bound is None else bound.get(self)
+        if io is None:
+            io = self.session.io_binding()
+            io.bind_output(self.main_output, "cpu")  # first: get_outputs() follows binding order
+            for (past, present), buf in zip(self.kv_pairs, kv, strict=True):
+                io.bind_ortvalue_input(past, buf)
+                io.bind_ortvalue_output(present, buf)
+            if bound is not None:
+                bound[self] = io
+        else:  # a fresh output each run (onnxruntime would write the last one's buffer again, or refuse its shape)
+            io.bind_output(self.main_output, "cpu")
         for name, value in feed.items():
             io.bind_ortvalue_input(name, value)
-        for (past, present), buf in zip(self.kv_pairs, kv, strict=True):
-            io.bind_ortvalue_input(past, buf)
-            io.bind_ortvalue_output(present, buf)
         try:
             self.session.run_with_iobinding(io)
         except Exception as e:

@@ -1,0 +1,67 @@
+"""The exported graphs use the fused forms (issue 14), and the runtime keeps a KV binding per cache.
+
+The numbers these fusions produce are checked against shadow_peft by test_runtime_parity.py (every
+case, both modes, left-padded batches, prefill + decode steps, greedy tokens); here: that those are the
+fused graphs, and that reusing a binding across steps (and rebuilding it when a cache grows) stays exact.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+
+from runtime_fixtures import artifact_of, runtime_once  # noqa: F401  (fixtures)
+from shadow_edge.manifest import read_manifest
+from shadow_edge.runtime.generate import decode_one, position_ids, prefill
+
+
+def op_counts(art, graph: str) -> Counter:
+    model = onnx.load(str(art / f"{graph}.onnx"), load_external_data=False)
+    return Counter(n.op_type for n in model.graph.node)
+
+
+@pytest.mark.parametrize("name", ["qwen3_implicit", "llama_untied", "qwen3_explicit"])
+def test_graphs_use_the_fused_forms(artifact_of, name):
+    case, art = artifact_of(name)
+    m = read_manifest(art)
+    for graph in ("shadow", "backbone"):
+        ops, layers = op_counts(art, graph), m.graphs[graph].kv_layers
+        assert ops["RotaryEmbedding"] == layers, "q and k rotated as one tensor of H + KV heads"
+        # every layer's attention residual is added inside its post-attention norm
+        assert ops["SkipSimplifiedLayerNormalization"] >= layers
+        assert ops["Gemm"] == 0
+    ops = op_counts(art, "backbone")
+    injections = sum(1 for n in onnx.load(str(art / "backbone.onnx"), load_external_data=False).graph.node
+                     if n.name.endswith("/inject/Sub"))
+    assert injections >= 1
+    assert ops["SkipSimplifiedLayerNormalization"] == m.graphs["backbone"].kv_layers + injections, \
+        "each injection is added inside the next layer's input norm"
+    head = onnx.load(str(art / "lm_head.onnx"), load_external_data=False)
+    assert [n.op_type for n in head.graph.node] == ["MatMul"]
+    (w,) = [t for t in head.graph.initializer if t.name == head.graph.node[0].input[1]]
+    assert list(w.dims) == [m.model["hidden_size"], m.model["vocab_size"]], "the head is stored [d, vocab]"
+
+
+@pytest.mark.parametrize("mode", ["shadow_only", "base_shadow"])
+def test_bindings_are_kept_per_cache_and_rebuilt_when_it_grows(artifact_of, mode):
+    case, art = artifact_of("qwen3_implicit")
+    rt = runtime_once("qwen3_implicit", art)
+    rng = np.random.default_rng(4)
+    ids = rng.integers(0, case.vocab_size, (2, 12), dtype=np.int64)
+    mask = np.ones_like(ids)
+    ids[1, :5], mask[1, :5] = 0, 0  # row 1 left-padded
+    full = rt.forward(ids, mask, mode=mode)  # [b, t, V]
+    pipe, pos, k = rt.pipeline(mode), position_ids(mask), 6
+    logits, caches, _ = prefill(pipe, ids[:, :k], mask[:, :k], capacity=k + 2)  # room for 2 steps, then growth
+    kept = [dict(c.bindings) for c in caches]
+    for t in range(k, ids.shape[1]):
+        capacity = caches[0].capacity
+        logits, caches = decode_one(pipe, ids[:, t], mask[:, : t + 1], pos[:, t], caches)
+        grew = caches[0].capacity != capacity
+        for c, before in zip(caches, kept):
+            assert len(c.bindings) == 1 and (next(iter(c.bindings.values())) is next(iter(before.values()))) != grew
+        kept = [dict(c.bindings) for c in caches]
+        np.testing.assert_allclose(logits, full[:, t], atol=1e-4, rtol=0)
