@@ -121,7 +121,7 @@ def _onnx_weight_bytes(art: Path, files: list[str]) -> int:
             key = (ext["location"], int(ext.get("offset", 0))) if ext else (f, t.name)
             size = int(ELEM_BYTES[t.data_type] * max(1, int(__import__("math").prod(t.dims))))
             if used.get(t.name) == {"Gather"}:
-                row[key] = size // t.dims[0]
+                row[key] = size // (t.dims[0] if t.dims else 1)  # a scalar index constant: itself
             else:
                 full[key] = size
     return sum(full.values()) + sum(v for k, v in row.items() if k not in full)
