@@ -16,6 +16,9 @@ seeds, CPU only:
     apt-get install -y bible-kjv fortunes
     nice python scripts/train_demo_pair.py --out shadow_edge/demo_model
 
+`--base DIR` skips steps 2-3 and reuses a base this script trained (tokenizer and weights copied
+unchanged); the adapter is seeded on its own, so it comes out the same as in the full run.
+
 Export side only (torch, transformers, shadow-peft); never imported by the runtime.
 """
 
@@ -47,7 +50,8 @@ HELDOUT_EVERY = 20  # every 20th document (KJV: chapter, fortunes: cookie) is he
 SAMPLE_CHARS = 12_000  # size of each committed held-out sample
 OUTPUTS = ("base", "adapter", "heldout", "recipe.json")  # what the script writes into --out
 KNOBS = ("vocab_size", "hidden_size", "num_layers", "intermediate_size", "context", "base_steps", "base_batch",
-         "adapter_steps", "adapter_batch", "threads")  # Recipe fields settable on the command line
+         "base_lr", "adapter_steps", "adapter_batch", "adapter_lr", "num_shadow_layers", "injection_hidden_size",
+         "gate_hidden_size", "threads")  # Recipe fields settable on the command line
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,31 @@ def save_base(model, tok, recipe: Recipe, out: Path) -> None:
     (out / "tokenizer_config.json").write_text(json.dumps(tok_cfg, indent=2) + "\n", encoding="utf-8")
 
 
+def load_base(path: Path, recipe: Recipe):
+    """A base this script trained: (model, tokenizer, record) with the base knobs of DIR/../recipe.json.
+
+    The returned record's "recipe" is `recipe` with the base's knobs (architecture, tokenizer, base
+    training) replaced by the ones that trained it; the other entries are the base's measured figures."""
+    from tokenizers import Tokenizer
+    from transformers import Qwen3ForCausalLM
+
+    prev_path = path / ".." / "recipe.json"
+    if not (path / "config.json").is_file() or not prev_path.is_file():
+        sys.exit(f"error: --base {path}: expected a base directory this script wrote (config.json, and "
+                 f"recipe.json next to it); found none")
+    prev = json.loads(prev_path.read_text(encoding="utf-8"))
+    adapter_knobs = {"adapter_steps", "adapter_batch", "adapter_lr", "num_shadow_layers", "injection_hidden_size",
+                     "gate_hidden_size", "alpha", "shadow_loss_weight", "threads"}
+    knobs = {k: v for k, v in prev["recipe"].items() if k not in adapter_knobs}
+    record = {"recipe": Recipe(**{**asdict(recipe), **knobs}), "base_reused_from": str(path),
+              **{k: prev[k] for k in ("base_train_seconds", "torch") if k in prev}}
+    if "torch" in record:
+        record["base_torch"] = record.pop("torch")
+    model = Qwen3ForCausalLM.from_pretrained(path)
+    model.eval()
+    return model, Tokenizer.from_file(str(path / "tokenizer.json")), record
+
+
 def train_adapter(recipe: Recipe, base, stream: torch.Tensor, gen: torch.Generator, log):
     """shadow-peft's own adapter: implicit shadow initialized from the base's first layers, backbone frozen."""
     from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
@@ -258,7 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-text", help="UTF-8 text for the base (default: the KJV from bible-kjv)")
     p.add_argument("--adapter-text", help="UTF-8 text for the adapter (default: Debian fortunes)")
     for f in KNOBS:
-        p.add_argument("--" + f.replace("_", "-"), type=int, default=getattr(Recipe, f), help=f"default %(default)s")
+        default = getattr(Recipe, f)
+        p.add_argument("--" + f.replace("_", "-"), type=type(default), default=default, help=f"default %(default)s")
+    p.add_argument("--base", metavar="DIR",
+                   help="reuse a base this script trained (e.g. shadow_edge/demo_model/base): its tokenizer and "
+                        "weights are copied unchanged and only the adapter is trained; the base's knobs and "
+                        "training time come from DIR/../recipe.json")
     p.add_argument("--force", action="store_true",
                    help="replace base/, adapter/, heldout/ and recipe.json in --out (nothing else is touched)")
     args = p.parse_args(argv)
@@ -282,32 +316,45 @@ def main(argv: list[str] | None = None) -> int:
     base_train, base_held = split_docs(base_docs)
     adapter_train, adapter_held = split_docs(adapter_docs)
 
-    tok = train_bpe(base_train, recipe.vocab_size)
-    base_stream, adapter_stream = token_stream(tok, base_train), token_stream(tok, adapter_train)
+    if args.base:  # reuse a trained base: its tokenizer and weights, copied byte for byte
+        base, tok, base_record = load_base(Path(args.base), recipe)
+        recipe = base_record.pop("recipe")
+        base_s = 0.0
+        base_stream = token_stream(tok, base_train)
+    else:
+        tok = train_bpe(base_train, recipe.vocab_size)
+        base_stream = token_stream(tok, base_train)
+        base = build_base(recipe, tok)
+        base.train()
+        log(f"base: {sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters")
+        base_params = [p for p in base.parameters() if p.requires_grad]
+        base_s = train_loop("base", base_params, lambda x, labels: base(input_ids=x, labels=labels).loss,
+                            batches(base_stream, recipe.base_batch, recipe.context, gen), recipe.base_steps,
+                            recipe.base_lr, log)
+        base.eval()
+        base_record = {"base_train_seconds": round(base_s, 1)}
+    adapter_stream = token_stream(tok, adapter_train)
     log(f"tokens: base train {len(base_stream)}, adapter train {len(adapter_stream)}, vocab {tok.get_vocab_size()}")
-
-    base = build_base(recipe, tok)
-    base.train()
-    log(f"base: {sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters")
-    base_params = [p for p in base.parameters() if p.requires_grad]
-    base_s = train_loop("base", base_params, lambda x, labels: base(input_ids=x, labels=labels).loss,
-                        batches(base_stream, recipe.base_batch, recipe.context, gen), recipe.base_steps,
-                        recipe.base_lr, log)
-    base.eval()
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".train-", dir=out))
     try:
-        save_base(base, tok, recipe, tmp / "base")
+        if args.base:
+            shutil.copytree(args.base, tmp / "base")
+        else:
+            save_base(base, tok, recipe, tmp / "base")
         for p_ in base.parameters():
             p_.requires_grad_(False)
-        shadow_model, adapter_s = train_adapter(recipe, base, adapter_stream, gen, log)
+        # The adapter's own seed: the same adapter whether the base was just trained or reused (--base).
+        torch.manual_seed(recipe.seed + 1)
+        adapter_gen = torch.Generator().manual_seed(recipe.seed + 1)
+        shadow_model, adapter_s = train_adapter(recipe, base, adapter_stream, adapter_gen, log)
         shadow_model.save_pretrained(tmp / "adapter")
         (tmp / "heldout").mkdir()
         write_sample(base_held, tmp / "heldout" / ("base.txt" if args.base_text else "kjv.txt"))
         write_sample(adapter_held, tmp / "heldout" / ("adapter.txt" if args.adapter_text else "fortunes.txt"))
         total = time.perf_counter() - t_start
-        record = {"recipe": asdict(recipe), "base_train_seconds": round(base_s, 1),
+        record = {"recipe": asdict(recipe), **base_record,
                   "adapter_train_seconds": round(adapter_s, 1), "total_seconds": round(total, 1),
                   "base_train_tokens": len(base_stream), "adapter_train_tokens": len(adapter_stream),
                   "torch": torch.__version__}

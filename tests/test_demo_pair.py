@@ -40,17 +40,21 @@ def test_heldout_perplexity_far_below_uniform(demo_rt, domain):
         assert ppl["base_shadow"] < 0.8 * ppl["base_plain"], ppl
 
 
+def recipe(out, *args):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train_demo_pair.py"), "--out", str(out),
+         "--base-text", str(HELDOUT["kjv"]), "--adapter-text", str(HELDOUT["fortunes"]), "--adapter-steps", "2",
+         "--adapter-batch", "2", "--injection-hidden-size", "8", "--gate-hidden-size", "4", *args],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_recipe_runs_a_few_steps(tmp_path):
     out = tmp_path / "pair"
     out.mkdir()
     (out / "__init__.py").write_text("# not the script's\n")  # --force replaces only what the script writes
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train_demo_pair.py"), "--out", str(out),
-         "--base-text", str(HELDOUT["kjv"]), "--adapter-text", str(HELDOUT["fortunes"]), "--vocab-size", "300",
-         "--hidden-size", "32", "--num-layers", "2", "--intermediate-size", "64", "--context", "32",
-         "--base-steps", "3", "--base-batch", "2", "--adapter-steps", "2", "--adapter-batch", "2", "--force"],
-        capture_output=True, text=True, timeout=300, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    recipe(out, "--vocab-size", "300", "--hidden-size", "32", "--num-layers", "2", "--intermediate-size", "64",
+           "--context", "32", "--base-steps", "3", "--base-batch", "2", "--force")
     from shadow_edge.core.checkpoint import load_spec
 
     spec = load_spec(out / "base", out / "adapter")
@@ -62,3 +66,19 @@ def test_recipe_runs_a_few_steps(tmp_path):
     assert (out / "heldout" / "base.txt").read_text().strip()
     assert (out / "__init__.py").read_text() == "# not the script's\n" and sorted(p.name for p in out.iterdir()) == [
         "__init__.py", "adapter", "base", "heldout", "recipe.json"]
+
+
+def test_recipe_reuses_a_base_and_trains_the_same_adapter(tmp_path):
+    """--base copies the base unchanged, keeps its knobs, and (the adapter has its own seed) trains the very
+    adapter the full run trained on it."""
+    full, reused = tmp_path / "full", tmp_path / "reused"
+    recipe(full, "--vocab-size", "300", "--hidden-size", "32", "--num-layers", "3", "--intermediate-size", "64",
+           "--context", "32", "--base-steps", "2", "--base-batch", "2", "--num-shadow-layers", "2")
+    recipe(reused, "--base", str(full / "base"), "--num-shadow-layers", "2")
+    for f in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (full / "base" / f).read_bytes() == (reused / "base" / f).read_bytes()
+    a, b = (load_file(str(d / "adapter" / "shadow_adapter.safetensors")) for d in (full, reused))
+    assert sorted(a) == sorted(b) and all((a[k] == b[k]).all() for k in a)
+    rec_full, rec = (json.loads((d / "recipe.json").read_text()) for d in (full, reused))
+    assert rec["recipe"] == rec_full["recipe"]  # the base's knobs come from the base's recipe.json
+    assert rec["base_reused_from"] == str(full / "base") and rec["base_train_seconds"] == rec_full["base_train_seconds"]

@@ -77,6 +77,46 @@ def test_perplexity_equals_shadow_peft(artifact_of, mode):
     assert report.modes[mode].perplexity == pytest.approx(math.exp(nll), rel=REL)
 
 
+@pytest.mark.parametrize("mode", ["shadow_only", "base_shadow"])
+def test_batched_windows_equal_shadow_peft_per_window(artifact_of, mode):
+    """Windows batched and left-padded (the last one is shorter): each position's NLL is shadow_peft's on its
+    window alone."""
+    case, art = artifact_of("qwen3_implicit")
+    rt = runtime_once("qwen3_implicit", art)
+    ids = np.random.default_rng(8).integers(0, case.vocab_size, 45)
+    spans = windows(len(ids), 16, 7)
+    assert len({end - begin for begin, end, _ in spans}) > 1  # some window is padded in its batch
+    nlls = []
+    with torch.no_grad():
+        for begin, end, first in spans:
+            logits = case.oracle(mode)(input_ids=torch.as_tensor(ids[None, begin:end])).logits[0].double()
+            rows = logits[first - begin - 1:end - begin - 1]
+            nlls += torch.nn.functional.cross_entropy(rows, torch.as_tensor(ids[first:end]), reduction="none").tolist()
+    report = evaluate(rt, ids, EvalOptions(modes=(mode,), window=16, stride=7, batch=4))
+    assert report.modes[mode].perplexity == pytest.approx(math.exp(np.mean(nlls)), rel=REL)
+
+
+def test_batching_changes_no_figure(tiny_rt, monkeypatch):
+    """One window per pass, three, all at once, or capped by the logits budget: the same report."""
+    import shadow_edge.runtime.evaluate as ev
+
+    def run(batch):
+        opts = EvalOptions(modes=("shadow_only", "base_shadow"), window=10, stride=4, batch=batch)
+        return evaluate(tiny_rt, TEXT, opts, compare=tiny_rt)
+
+    one = run(1)
+    monkeypatch.setattr(ev, "LOGITS_BUDGET", 1)  # smaller than one window's logits: one window per pass
+    capped = run(64)
+    monkeypatch.undo()
+    for other in (run(3), run(64), capped):
+        assert other.agreement == one.agreement
+        for mode, q in one.modes.items():
+            assert other.modes[mode].tokens == q.tokens
+            assert other.modes[mode].perplexity == pytest.approx(q.perplexity, rel=1e-5)
+            assert other.modes[mode].top1_accuracy == q.top1_accuracy
+            assert other.drift[mode].kl == pytest.approx(0, abs=1e-9)
+
+
 def test_compare_with_itself_has_no_drift(tiny_rt):
     report = evaluate(tiny_rt, TEXT, EvalOptions(modes=("shadow_only", "base_shadow"), window=16), compare=tiny_rt)
     for d in report.drift.values():

@@ -39,6 +39,8 @@ def add_parser(sub, fmt) -> None:
     p.add_argument("--max-tokens", type=int, metavar="N", help="evaluate only the text's first N tokens")
     p.add_argument("--window", type=int, metavar="N", help="tokens per window (default: the model's context)")
     p.add_argument("--stride", type=int, metavar="N", help="tokens between windows (default: window / 2)")
+    p.add_argument("--batch", type=int, default=8, metavar="N",
+                   help="windows per forward pass (default 8; fewer when their logits would pass 256 MiB)")
     p.add_argument("--prompts", type=int, default=16, metavar="N", help="cascade curve prompts (default 16)")
     p.add_argument("--draft-tokens", type=int, default=8, metavar="K",
                    help="speculative: tokens drafted per position; acceptance for every k <= K (default 8)")
@@ -144,7 +146,7 @@ def run_eval(args) -> int:
 
     options = EvalOptions(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()) if args.modes
                           else None, max_tokens=args.max_tokens, window=args.window, stride=args.stride,
-                          prompts=args.prompts, draft_tokens=args.draft_tokens)
+                          batch=args.batch, prompts=args.prompts, draft_tokens=args.draft_tokens)
     for flag, out in (("--json", args.json), ("--plot", args.plot)):
         if out and not Path(out).parent.is_dir():
             raise InputError(f"{flag} {out}: the folder {Path(out).parent} does not exist; create it or choose "

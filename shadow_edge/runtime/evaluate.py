@@ -39,6 +39,7 @@ from shadow_edge.runtime.strategies.speculative import Speculative
 
 Progress = Callable[[int, int], None]  # (done, total)
 SPECULATIVE = Speculative.name
+LOGITS_BUDGET = 256 << 20  # bytes of float32 logits one batched forward may return
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,8 @@ class EvalOptions:
     max_tokens: int | None = field(default=None, metadata={"help": "evaluate only the text's first N tokens"})
     window: int | None = field(default=None, metadata={"help": "tokens per window (default: the model's context)"})
     stride: int | None = field(default=None, metadata={"help": "tokens between window starts (default: window/2)"})
+    batch: int = field(default=8, metadata={
+        "help": "windows per forward pass (fewer when their logits would pass LOGITS_BUDGET bytes)"})
     prompts: int = field(default=16, metadata={"help": "cascade curve: prompts cut from the text"})
     prompt_tokens: int = field(default=24, metadata={"help": "cascade curve: tokens per prompt"})
     answer_tokens: int = field(default=16, metadata={"help": "cascade curve: greedy tokens per answer"})
@@ -67,7 +70,7 @@ class EvalOptions:
         if self.window is not None and self.stride is not None and self.stride >= self.window:
             raise InputError(f"stride {self.stride} must be smaller than window {self.window}, so that every "
                              "window after the first has context")
-        for name in ("prompts", "prompt_tokens", "answer_tokens", "draft_tokens"):
+        for name in ("batch", "prompts", "prompt_tokens", "answer_tokens", "draft_tokens"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise InputError(f"{name} is {v!r}; it must be an integer >= 1")
@@ -135,6 +138,24 @@ def read_text(path: str | Path) -> str:
     if not text.strip():
         raise InputError(f"--text {path}: the file is empty; give text with at least two tokens")
     return text
+
+
+def window_batches(ids: np.ndarray, spans: list[tuple[int, int, int]], batch: int):
+    """Yield (input_ids [b, t], mask [b, t], rows) per group of `batch` spans, left-padded to the longest.
+
+    rows[i] is the slice of row i's logits that predicts ids[first:end] of span i (its padding
+    shifts it right); padding is masked, as the runtime pads prompts."""
+    for i in range(0, len(spans), batch):
+        group = spans[i:i + batch]
+        t = max(end - begin for begin, end, _ in group)
+        chunk = np.zeros((len(group), t), dtype=np.int64)  # [b, t]
+        mask = np.zeros((len(group), t), dtype=np.int64)  # [b, t]
+        rows = []
+        for r, (begin, end, first) in enumerate(group):
+            pad = t - (end - begin)
+            chunk[r, pad:], mask[r, pad:] = ids[begin:end], 1
+            rows.append(slice(pad + first - begin - 1, pad + end - begin - 1))
+        yield group, chunk, mask, rows
 
 
 def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -240,14 +261,14 @@ def evaluate(rt, text, options: EvalOptions = EvalOptions(), compare=None,
     spec_runs = len(spans) if SPECULATIVE in modes else 0
     total, done = len(spans) * len(graph_modes) * (2 if compare is not None else 1) + spec_runs + curve_runs, 0
     accs = {m: _Acc() for m in graph_modes}
-    for begin, end, first in spans:
-        chunk = ids[begin:end][None]  # [1, t]
-        rows = slice(first - begin - 1, end - begin - 1)  # logits rows predicting ids[first:end]
+    batch = max(1, min(options.batch, LOGITS_BUDGET // (4 * window * rt.vocab_size)))
+    for group, chunk, mask, rows in window_batches(ids, spans, batch):
         for mode in graph_modes:
-            logits = rt.forward(chunk, mode=mode)[0, rows]  # [k, V]
-            other = compare.forward(chunk, mode=mode)[0, rows] if compare is not None else None
-            accs[mode].add(logits, ids[first:end], other)
-            done += 2 if compare is not None else 1
+            logits = rt.forward(chunk, mask, mode=mode)  # [b, t, V]
+            other = compare.forward(chunk, mask, mode=mode) if compare is not None else None
+            for r, (_, end, first) in enumerate(group):
+                accs[mode].add(logits[r, rows[r]], ids[first:end], None if other is None else other[r, rows[r]])
+            done += len(group) * (2 if compare is not None else 1)
             if progress:
                 progress(done, total)
     agreement = None
