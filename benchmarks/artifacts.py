@@ -4,7 +4,7 @@ Everything lives under one cache directory (default: <repo>/.cache, gitignored):
   presets/<preset>/{base,adapter}        built by presets.build_preset (once)
   artifacts/<preset>/                    `export_artifact(..., plain_backbone=True)`; re-exported
                                          whenever the exporter's source changes (fingerprint below)
-  ort-genai/<preset>/<fp32|int4>/        onnxruntime-genai's model builder output (once per version)
+  ort-genai/<preset>/<fp32|int8|int4>[-b<block>]/  onnxruntime-genai's model builder output (once per version)
 """
 
 from __future__ import annotations
@@ -36,18 +36,21 @@ def exporter_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
-def ensure_artifact(preset: str, base: Path, adapter: Path, cache: Path, quantize: str = "none") -> Path:
-    """The preset's artifact (with backbone_plain), exported and validated unless a current one is cached."""
+def ensure_artifact(preset: str, base: Path, adapter: Path, cache: Path, quantize: str = "none",
+                    block_size: int | None = None) -> Path:
+    """The preset's artifact (with backbone_plain), exported and validated unless a current one is cached.
+    `block_size`: quantization block (None: the exporter's default)."""
     from shadow_edge.export import ExportOptions, export_artifact
 
-    name = preset if quantize == "none" else f"{preset}-{quantize}"
+    name = preset if quantize == "none" else f"{preset}-{quantize}" + (f"-b{block_size}" if block_size else "")
     art = cache / "artifacts" / name
     stamp = cache / "artifacts" / f"{name}.fingerprint"
     fingerprint = exporter_fingerprint()
     if art.is_dir() and stamp.is_file() and stamp.read_text().strip() == fingerprint:
         return art
     say(f"exporting {preset} -> {art} (exporter fingerprint {fingerprint}; validated against PyTorch)")
-    export_artifact(base, adapter, art, options=ExportOptions(force=True, plain_backbone=True, quantize=quantize),
+    block = {"block_size": block_size} if block_size else {}
+    export_artifact(base, adapter, art, options=ExportOptions(force=True, plain_backbone=True, quantize=quantize, **block),
                     progress=lambda msg: say(f"  export: {msg}"))
     stamp.write_text(fingerprint + "\n")
     return art
@@ -61,9 +64,10 @@ def ort_genai_version() -> str | None:
     return onnxruntime_genai.__version__
 
 
-def ensure_ort_genai_model(preset: str, base: Path, precision: str, cache: Path) -> Path:
-    """onnxruntime-genai's build of the plain base model (`-p fp32|int4 -e cpu`), built offline once."""
-    out = cache / "ort-genai" / preset / precision
+def ensure_ort_genai_model(preset: str, base: Path, precision: str, cache: Path, block_size: int | None = None) -> Path:
+    """onnxruntime-genai's build of the plain base model (`-p fp32|int8|int4 -e cpu`, its defaults unless
+    `block_size` is given: `--extra_options block_size=N`), built offline once."""
+    out = cache / "ort-genai" / preset / (precision + (f"-b{block_size}" if block_size else ""))
     done = out / "COMPLETE"
     version = ort_genai_version()
     if done.is_file() and done.read_text().strip() == version:
@@ -71,14 +75,16 @@ def ensure_ort_genai_model(preset: str, base: Path, precision: str, cache: Path)
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(base), "-o", str(out),
-           "-p", precision, "-e", "cpu", "-c", str(out.parent / f".hf-cache-{precision}")]
+           "-p", precision, "-e", "cpu", "-c", str(out.parent / f".hf-cache-{out.name}")]
+    if block_size:
+        cmd += ["--extra_options", f"block_size={block_size}"]
     say(f"building onnxruntime-genai {precision} model: {' '.join(cmd)}")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not (out / "genai_config.json").is_file():
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise RuntimeError(f"onnxruntime-genai builder failed ({precision}): " + " | ".join(tail))
-    shutil.rmtree(out.parent / f".hf-cache-{precision}", ignore_errors=True)
+    shutil.rmtree(out.parent / f".hf-cache-{out.name}", ignore_errors=True)
     done.write_text(f"{version}\n")
     return out
 

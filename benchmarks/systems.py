@@ -176,7 +176,8 @@ class OrtGenai(System):
         self.dir, self.weights, self.threads = model_dir, precision, threads
         self.key = f"ort-genai/{precision}"
         self.note = (f"onnxruntime-genai model builder -p {precision} -e cpu (plain backbone; "
-                     + ("MatMulNBits int4, block 32, accuracy level 4)" if precision == "int4" else "float32)"))
+                     + ("float32)" if precision == "fp32" else
+                        f"MatMulNBits {precision}, block 32, accuracy level 4)"))
 
     def load(self) -> None:
         import onnxruntime_genai as og

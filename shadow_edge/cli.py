@@ -114,10 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="block-wise weight quantization of the decoder layers and the vocabulary matrix "
                         "(default: none = float32); validated against the dequantized PyTorch model")
     p.add_argument("--block-size", type=int, default=32, metavar="N",
-                   help="input features per quantization block (default 32)")
+                   help="input features per quantization block (default 32, as onnxruntime-genai and llama.cpp's "
+                        "Q4_0/Q8_0; 128 decodes faster with more int4 drift: benchmarks/RESULTS.md, issue 14)")
     p.add_argument("--quant-compute", choices=("int8", "float32"), default="int8",
                    help="quantized matmul arithmetic: int8 activations (default, fast) or float32 (exact to the "
-                        "dequantized model, slower on CPUs without fast int8 dot products)")
+                        "dequantized model; onnxruntime 1.32's CPU kernels are slower with it: int4 2-4x, int8 "
+                        "weights tens of times slower than float32 weights)")
     p.add_argument("--no-validate", action="store_true", help="skip validating the graphs against PyTorch")
     p.add_argument("--validation", choices=("auto", "full", "streamed"), default="auto",
                    help="how to validate: full (the PyTorch reference beside the sessions, three scenarios), "

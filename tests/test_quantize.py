@@ -46,9 +46,9 @@ def quantized(cases, tmp_path_factory):
     return get
 
 
-def _forward_error(case, art, scheme) -> tuple[float, float]:
+def _forward_error(case, art, scheme, block: int = 32) -> tuple[float, float]:
     """Max |runtime logits - dequantized PyTorch logits| on real positions, and max |reference|."""
-    spec, _ = quantize_spec(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir), scheme, 32)
+    spec, _ = quantize_spec(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir), scheme, block)
     ids = torch.randint(0, spec.vocab_size, (2, 6), generator=torch.Generator().manual_seed(4))
     mask = torch.ones_like(ids)
     mask[1, :2] = 0
@@ -109,3 +109,29 @@ def test_packed_vocabulary_is_stored_once_and_artifact_shrinks(quantized, cases)
 def test_bad_block_size_is_refused():
     with pytest.raises(ExportError, match="--block-size 24"):
         ExportOptions(quantize="int4", block_size=24)
+
+
+@pytest.mark.parametrize("scheme, compute", [("int8", "int8"), ("int4", "float32")])
+def test_larger_blocks_validate_and_generate(cases, tmp_path, scheme, compute):
+    """--block-size 64 (fewer scales, faster kernels: benchmarks/matmulnbits_kernels.py): every quantized op carries
+    it, the artifact matches the model dequantized in blocks of 64 within its compute's tolerance, and greedy
+    generation equals the dequantized reference's."""
+    case = cases("qwen3_implicit")
+    art = tmp_path / f"{scheme}-b64"
+    export_artifact(case.base_dir, case.adapter_dir, art, options=ExportOptions(
+        quantize=scheme, block_size=64, quant_compute=compute), progress=lambda s: None)
+    m = read_manifest(art)
+    assert m.validation["passed"] and m.model["quantization"]["block_size"] == 64
+    blocks = {a.i for g in m.graphs.values() for n in onnx.load(str(art / g.file), load_external_data=False).graph.node
+              if n.op_type in ("MatMulNBits", "GatherBlockQuantized") for a in n.attribute if a.name == "block_size"}
+    assert blocks == {64}
+    err, scale = _forward_error(case, art, scheme, block=64)
+    assert err <= (5e-2 * max(1.0, scale) if compute == "int8" else 1e-4)
+    if compute == "float32":
+        from shadow_edge.core.greedy import greedy_generate
+
+        spec, _ = quantize_spec(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir), scheme, 64)
+        prompt = [3, 1, 4, 1, 5]
+        ours = ShadowRuntime.load(art, threads=1).generate(prompt, mode="base_shadow", max_new_tokens=8)
+        ref = greedy_generate(ShadowModel(spec), torch.tensor([prompt]), None, "base_shadow", 8)
+        assert list(ours.token_ids) == ref[0].tolist()

@@ -1,0 +1,56 @@
+"""benchmarks/precision_report.py: issue 14's target verdicts and the RESULTS.md block, from a synthetic result."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import precision_report as pr  # noqa: E402
+
+
+def _group(preset: str, precision: str, tok: dict[str, float], graph_overhead: float | None, ttft: float = 400.0):
+    systems = {k: {"decode_tok_s": v, "decode_ms_p50": 1e3 / v, "ttft_ms": ttft} for k, v in tok.items()}
+    return {"preset": preset, "precision": precision, "quantization": None if precision == "fp32" else
+            {"scheme": precision.partition("@")[0], "block_size": 32, "compute": "int8"},
+            "systems": systems, "graph_overhead": None if graph_overhead is None else {"overhead": graph_overhead}}
+
+
+def _result(groups):
+    return {"workload": {"prompt_len": 64, "new_tokens": 128, "threads": 2, "reps": 3}, "created_utc": "T",
+            "elapsed_s": 1.0, "load_average_1min": [8.0, 9.0], "read_bandwidth_samples_gbs": [20.0, 21.0],
+            "machine": {"cpu_model": "cpu", "usable_cores": 2, "cpu_flags": ["avx2"]}, "versions": {"onnxruntime": "1"},
+            "command": "python benchmarks/precision_table.py", "groups": groups}
+
+
+def test_targets_say_met_or_by_how_much():
+    groups = [_group("small", "int4", {"shadow_only": 500, "base_plain": 100, "base_shadow": 96, "ort-genai": 80}, 0.02),
+              _group("qwen3-0.6b-shape", "int4@128",
+                     {"shadow_only": 150, "base_plain": 45, "base_shadow": 40, "ort-genai": 50}, 0.05)]
+    rows = {(t["where"], t["target"]): t for t in pr.targets(groups)}
+    small = "small int4"
+    assert rows[small, "base_shadow vs onnxruntime-genai plain"]["status"] == "met"
+    assert rows[small, "adapter overhead (per mode p50s)"]["status"] == "missed by 1.2 points"  # 100/96 - 1 = 4.2%
+    assert rows[small, "adapter overhead (per graph, interleaved)"]["status"] == "met"
+    w1 = "qwen3-0.6b-shape int4@128"
+    assert rows[w1, "base_shadow vs onnxruntime-genai plain"]["status"] == "missed by 20% (needs 1.25x)"
+    assert rows[w1, "combined int4 decode tok/s"]["status"] == "missed by 20% (needs 1.25x)"
+    assert rows[w1, "shadow-only int4 decode tok/s"]["measured"] == "150.0"
+    assert not any(t["target"].startswith("combined int8") for t in pr.targets(groups))  # W1 int8 not in this run
+    assert not any(w == small and "decode tok/s" in t for w, t in rows)  # absolute targets are W1's only
+
+
+def test_markdown_block_keeps_hand_written_text(tmp_path):
+    groups = [_group("qwen3-0.6b-shape", "fp32", {"shadow_only": 40, "base_plain": 10, "base_shadow": 9.5,
+                                                  "ort-genai": 10.5}, None, ttft=650.0)]
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# results\n\nhand-written text stays\n")
+    text = pr.markdown(_result(groups))
+    assert "| qwen3-0.6b-shape | fp32 | 40.0 | 10.0 | **9.5** | 10.5 | 0.90x | 0.95x | +5.3% / - | 650 |" in text
+    assert "| qwen3-0.6b-shape fp32 | combined fp32 prefill of the prompt (TTFT), ms | <= 500 | 650.0 | missed by 30%" \
+        in text
+    pr.update_block(md, text)
+    pr.update_block(md, text)  # refreshing replaces the block, never appends a second one
+    out = md.read_text()
+    assert out.startswith("# results\n\nhand-written text stays\n") and out.count(pr.BEGIN) == 1
