@@ -11,7 +11,7 @@ four systems (shadow-edge shadow_only, backbone_plain, base_shadow; ort-genai pl
 together and run round-robin, so machine noise hits all of them alike: one untimed warm-up run
 each, then `--reps` rounds of one timed greedy generation per system (random prompt ids, exactly
 `--new-tokens` tokens, batch 1). Decode tok/s = 1000 / the p50 of every decode step of the timed
-runs. The adapter's overhead per token is base_shadow's p50 over backbone_plain's (same rounds),
+runs (also recorded at the p10: the least contended steps on a shared machine). The adapter's overhead per token is base_shadow's p50 over backbone_plain's (same rounds),
 and also per graph from `adapter_overhead.interleaved` (the decode step's graphs back to back).
 Exports and onnxruntime-genai builds of the Qwen3-0.6B shape run under `--bigmem-lock` when given. Targets: issue 14's.
 Writes results.json and summary.md into --out; --results-md refreshes the block between this
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_group(preset: str, token: str, art: Path, genai_dir: Path, ids, args) -> dict:
     """Load the group's four systems, warm each up, then `reps` round-robin timed runs; summaries per system."""
     import adapter_overhead
-    from shadow_edge.bench.stats import summarize
+    from shadow_edge.bench.stats import pct, summarize
     from systems import OrtGenai, ShadowEdge
 
     precision, block = parse_precision(token)
@@ -138,8 +138,10 @@ def run_group(preset: str, token: str, art: Path, genai_dir: Path, ids, args) ->
                 s.close()
     systems_out = {}
     for s in systems:
+        p10 = pct([ms for r in runs[s.key] for ms in r.decode_ms], 10)  # the least contended steps
         systems_out[GENAI if s.family == GENAI else s.mode] = {
-            **summarize(runs[s.key]), "load_ms": load_ms[s.key], "tokens": tokens[s.key], "note": s.note}
+            **summarize(runs[s.key]), "decode_ms_p10": p10, "decode_tok_s_p10": 1e3 / p10,
+            "load_ms": load_ms[s.key], "tokens": tokens[s.key], "note": s.note}
     overhead = None
     if args.overhead_reps:
         try:
