@@ -100,22 +100,33 @@ def make_cls_case(root: Path, name: str, tokenizer_dir: Path | None = None) -> C
     if recipe.with_tokenizer:
         for f in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(tokenizer_dir / f, out / "base" / f)
+    _write_adapter(recipe, base, out / "adapter", seed + 2)
+    return ClsCase(name, recipe.trainer, out / "base", out / "adapter", vocab)
+
+
+def make_cls_adapter(case: ClsCase, out: Path, seed: int) -> ClsCase:
+    """Another randomized adapter (heads included) of the case's recipe on the same base, as a case of its own."""
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(case.base_dir).eval()
+    _write_adapter(CLS_RECIPES[case.name], base, out, seed)
+    return ClsCase(case.name, case.trainer, case.base_dir, out, case.vocab_size)
+
+
+def _write_adapter(recipe: ClsRecipe, base, out: Path, seed: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if recipe.trainer == "shadow-peft":
             from shadow_peft import ShadowConfig, ShadowForSequenceClassification, get_shadow_model
 
             wrapper = ShadowForSequenceClassification(get_shadow_model(base, ShadowConfig(**recipe.config)))
-            randomize_adapter(wrapper.peft_model, seed + 2)
-            gen = torch.Generator().manual_seed(seed + 3)
+            randomize_adapter(wrapper.peft_model, seed)
+            gen = torch.Generator().manual_seed(seed + 1)
             with torch.no_grad():
                 for p in (*wrapper.classifier_head.parameters(), *wrapper.shadow_classifier_head.parameters()):
                     p.copy_(0.2 * torch.randn(p.shape, generator=gen))
-            wrapper.save_pretrained(out / "adapter")
+            wrapper.save_pretrained(out)
         else:
             from peft import ShadowConfig, get_peft_model
 
             model = get_peft_model(base, ShadowConfig(task_type="SEQ_CLS", **recipe.config))
-            randomize_peft(model, seed + 2)
-            model.save_pretrained(out / "adapter")
-    return ClsCase(name, recipe.trainer, out / "base", out / "adapter", vocab)
+            randomize_peft(model, seed)
+            model.save_pretrained(out)

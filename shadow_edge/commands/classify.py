@@ -10,6 +10,7 @@ examples:
   shadow-edge classify art-cls/ --text "great phone, terrible battery"
   shadow-edge classify art-cls/ --text "first review" --text "second review" --mode shadow_only --json
   shadow-edge classify art-cls/ --input-ids 12,7,99 --input-ids 5,6
+  shadow-edge classify base-cls/ --adapter spam=packs/spam --use-adapter spam --text "win a prize"
 
 The artifact must come from a sequence-classification adapter (shadow-peft's
 ShadowForSequenceClassification, or a PEFT Shadow adapter with task_type SEQ_CLS) on a
@@ -34,16 +35,20 @@ def add_parser(sub, fmt) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifact's files")
+    p.add_argument("--adapter", action="append", metavar="NAME=PACK",
+                   help="load a classifier adapter pack exported --against ART under NAME (repeatable)")
+    p.add_argument("--use-adapter", metavar="NAME", help="classify with the pack loaded as NAME")
     p.set_defaults(handler=classify_command)
 
 
 def classify_command(args: argparse.Namespace) -> int:
-    from shadow_edge.commands.run import parse_ids
+    from shadow_edge.commands.run import parse_adapters, parse_ids
     from shadow_edge.runtime import ShadowRuntime
 
     inputs = args.text if args.text is not None else [parse_ids(i) for i in args.input_ids]
-    rt = ShadowRuntime.load(args.artifact, threads=args.threads, verify=not args.no_verify, modes=(args.mode,))
-    result = rt.classify(inputs, mode=args.mode, batch_size=args.batch_size)
+    rt = ShadowRuntime.load(args.artifact, threads=args.threads, verify=not args.no_verify, modes=(args.mode,),
+                            adapters=parse_adapters(args.adapter))
+    result = rt.classify(inputs, mode=args.mode, batch_size=args.batch_size, adapter=args.use_adapter)
     if args.json:
         print(json.dumps(result.to_dict(), ensure_ascii=False))
         return 0

@@ -4,8 +4,8 @@ The pack's weights come from the same graph builder as a full export (export/art
 `build_graphs`, with the base artifact's quantization), keeping only the adapter slots the
 base declares (adapter_pack.py). Refused, each with one ExportError: a base artifact that
 is not a base (`--as-base`), an adapter trained on another base checkpoint, a shadow whose
-shape does not fill the base's slots, and trained heads (they are vocabulary-sized: export
-a full artifact for those). The pack is validated through the runtime (base + pack) against
+shape does not fill the base's slots, and trained vocabulary heads (they are vocabulary-sized:
+export a full artifact for those; a classifier's label heads are small and travel in the pack). The pack is validated through the runtime (base + pack) against
 PyTorch before it is published.
 """
 
@@ -96,9 +96,9 @@ def _pack_params(spec, base: Manifest, against: Path, options: ExportOptions, pr
     slots = adapter_slots(builders, store)
     want = base.adapter_slots
     if slots["heads"] != want.get("heads"):
-        raise ExportError(f"--adapter: its heads (lm_head / shadow_lm_head / classifier) differ from the base "
-                          f"artifact {against}'s; packs share the base's heads, so an adapter with trained heads "
-                          "needs a full artifact (export without --against)")
+        raise ExportError(f"--adapter: its vocabulary heads (lm_head / shadow_lm_head) differ from the base "
+                          f"artifact {against}'s; packs share the base's vocabulary heads, so an adapter with trained "
+                          "vocabulary heads needs a full artifact (export without --against)")
     if slots["params"] != want.get("params"):
         diff = _first_difference(slots["params"], want.get("params") or {})
         raise ExportError(f"--adapter: its shadow/injection/update weights do not fit the base artifact {against}'s "

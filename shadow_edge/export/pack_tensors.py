@@ -1,9 +1,11 @@
 """The adapter slots of a base artifact: which weights of its graphs an adapter pack replaces.
 
 `adapter_slots(builders, store)` -> {"params": graph -> weight key -> [dtype, shape] (the
-adapter's weights of each KV-cached graph, see adapter_pack.is_adapter_weight), "heads":
-head graph -> sha256 of its weights}. A base artifact records it; a pack's weights must fill
-exactly these slots and its heads must digest the same (packs with trained heads are refused).
+adapter's weights of each KV-cached graph, see adapter_pack.is_adapter_weight, and the whole
+of each label head: a classifier's heads are trained with the adapter and are small), "heads":
+vocabulary head graph -> sha256 of its weights}. A base artifact records it; a pack's weights
+must fill exactly these slots and its vocabulary heads must digest the same (packs with trained
+vocabulary heads are refused: those are vocabulary-sized, and every pack shares the base's).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import numpy as np
 
 from shadow_edge.adapter_pack import is_adapter_weight
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
-from shadow_edge.io_spec import ROLE_HEAD
+from shadow_edge.io_spec import GRAPH_CLASSIFIER, GRAPH_SHADOW_CLASSIFIER, ROLE_HEAD
+
+LABEL_HEADS = (GRAPH_CLASSIFIER, GRAPH_SHADOW_CLASSIFIER)  # [labels, d] (+ bias): slots, not shared
 
 
 def adapter_slots(builders: list[GraphBuilder], store: WeightStore) -> dict:
@@ -22,6 +26,9 @@ def adapter_slots(builders: list[GraphBuilder], store: WeightStore) -> dict:
     params: dict[str, dict[str, list]] = {}
     heads: dict[str, str] = {}
     for b in builders:
+        if b.name in LABEL_HEADS:
+            params[b.name] = {k: [str(store.meta[k][0]), list(store.meta[k][1])] for k in b.weights}
+            continue
         if b.contract.role == ROLE_HEAD:
             h = hashlib.sha256()
             for key in b.weights:

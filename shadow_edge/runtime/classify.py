@@ -46,23 +46,26 @@ def check_task(manifest, wanted: str) -> None:
                          "adapter (ShadowForSequenceClassification or PEFT task_type SEQ_CLS) to classify")
 
 
-def classify(rt, texts_or_ids, mode: str = "base_shadow", batch_size: int = 16) -> ClassificationResult:
-    """Classify one text / id list, or a list of them, in `mode` (shadow_only or base_shadow)."""
+def classify(rt, texts_or_ids, mode: str = "base_shadow", batch_size: int = 16,
+             adapter: str | None = None) -> ClassificationResult:
+    """Classify one text / id list, or a list of them, in `mode` (shadow_only or base_shadow), with the
+    classifier adapter pack loaded as `adapter` if given (its shadow, injection/update and label heads)."""
     check_task(rt.manifest, TASK)
     rt._check_graph_mode(mode)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size is {batch_size!r}; it must be an integer >= 1")
     batch = rt.encode(texts_or_ids)  # checked, left-padded [b, t]
-    pipe = rt.pipeline(mode)
     logits = []
-    started = time.perf_counter()
-    for lo in range(0, batch.input_ids.shape[0], batch_size):
-        ids, mask = batch.input_ids[lo:lo + batch_size], batch.attention_mask[lo:lo + batch_size]
-        width = int(mask.sum(1).max())  # drop columns that are padding in every row of this chunk
-        ids, mask = ids[:, -width:], mask[:, -width:]
-        out = pipe.step(ids, mask, position_ids(mask), pipe.empty_caches(ids.shape[0], width), last_only=True)
-        logits.append(out[:, -1])  # [chunk, labels]: the last column is every row's last real token
-    elapsed_ms = (time.perf_counter() - started) * 1e3
+    with rt.using(adapter):
+        pipe = rt.pipeline(mode, adapter)
+        started = time.perf_counter()
+        for lo in range(0, batch.input_ids.shape[0], batch_size):
+            ids, mask = batch.input_ids[lo:lo + batch_size], batch.attention_mask[lo:lo + batch_size]
+            width = int(mask.sum(1).max())  # drop columns that are padding in every row of this chunk
+            ids, mask = ids[:, -width:], mask[:, -width:]
+            out = pipe.step(ids, mask, position_ids(mask), pipe.empty_caches(ids.shape[0], width), last_only=True)
+            logits.append(out[:, -1])  # [chunk, labels]: the last column is every row's last real token
+        elapsed_ms = (time.perf_counter() - started) * 1e3
     z = np.concatenate(logits).astype(np.float64)  # [b, labels]
     probs = np.exp(z - z.max(-1, keepdims=True))
     probs = (probs / probs.sum(-1, keepdims=True)).astype(np.float32)

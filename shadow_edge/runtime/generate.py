@@ -29,7 +29,8 @@ class Pipeline:
 
     def __init__(self, head: GraphSession, shadow: GraphSession | None = None,
                  backbone: GraphSession | None = None, params: dict[str, dict[str, ort.OrtValue]] | None = None):
-        """`params`: graph name -> extra inputs fed on every run (an adapter pack's weights, runtime/adapters.py)."""
+        """`params`: graph name -> extra inputs fed on every run (an adapter pack's weights, runtime/adapters.py;
+        for the head graph: a classifier pack's label head)."""
         if shadow is None and backbone is None:
             raise ValueError("a pipeline needs a shadow or a backbone graph")
         self.shadow, self.backbone, self.head = shadow, backbone, head
@@ -74,7 +75,7 @@ class Pipeline:
                 keep_shadow.append(hidden.numpy().copy())
         if last_only and t > 1:
             hidden = ov(hidden.numpy()[:, -1:])  # [b, 1, d]: never project every prompt position
-        return self.head.run({self.head_input: hidden})[0].numpy()
+        return self.head.run({self.head_input: hidden, **self.params.get(self.head.name, {})})[0].numpy()
 
 
 def prefill(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int = 0,

@@ -146,8 +146,9 @@ class ShadowRuntime:
                 self._pipes[(mode, adapter)] = Pipeline(self.graph(roles[ROLE_HEAD]), *stacks, params=params)
             return self._pipes[(mode, adapter)]
 
-    def _using(self, adapter: str | None):
-        """Marks pack `adapter` busy for one call (no-op without one)."""
+    def using(self, adapter: str | None):
+        """Marks pack `adapter` busy for one call (no-op without one): `unload_adapter` waits for no one, it
+        refuses while a call holds it."""
         return nullcontext() if adapter is None else self.adapters.use(adapter)
 
     @property
@@ -190,16 +191,17 @@ class ShadowRuntime:
             raise InputError(f"input_ids has {ids.shape[1]} tokens; the model allows {self.max_positions} "
                              "(model.max_positions)")
         ids = ids.astype(np.int64)
-        with self._using(adapter):
+        with self.using(adapter):
             pipe = self.pipeline(mode, adapter)
             logits = pipe.step(ids, mask, position_ids(mask), pipe.empty_caches(ids.shape[0], ids.shape[1]),
                                last_only=False)
         return logits
 
-    def classify(self, texts_or_ids, mode: str = "base_shadow", batch_size: int = 16) -> ClassificationResult:
-        """Label ids, probabilities and label names of one input or a batch (classifier artifacts only);
-        see runtime/classify.py."""
-        return classify(self, texts_or_ids, mode, batch_size)
+    def classify(self, texts_or_ids, mode: str = "base_shadow", batch_size: int = 16,
+                 adapter: str | None = None) -> ClassificationResult:
+        """Label ids, probabilities and label names of one input or a batch (classifier artifacts only), with
+        the classifier adapter pack loaded as `adapter` if given; see runtime/classify.py."""
+        return classify(self, texts_or_ids, mode, batch_size, adapter)
 
     # ---- generate / stream ---------------------------------------------------------------------
     def options(self, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
@@ -280,7 +282,7 @@ class ShadowRuntime:
         return result
 
     def _run(self, batch: PromptBatch, opts: GenerationOptions, incremental: bool) -> Pieces:
-        with self._using(opts.adapter):  # the pack stays loaded until the generation ends
+        with self.using(opts.adapter):  # the pack stays loaded until the generation ends
             return (yield from strategy(opts.mode).run(self, batch.input_ids, batch.attention_mask, opts, incremental))
 
 

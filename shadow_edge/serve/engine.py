@@ -24,7 +24,6 @@ import asyncio
 import threading
 import time
 from collections import deque
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,10 +117,6 @@ class Engine:
     def model(self, job: Job) -> str:
         """The served model name a job's metrics count under (its adapter's, or this artifact's)."""
         return job.model or self.name
-
-    def _using(self, adapter: str | None):
-        """Marks the runtime's pack `adapter` busy while a batch runs (no-op without one)."""
-        return nullcontext() if adapter is None else self.rt.adapters.use(adapter)
 
     # ---- caller side ---------------------------------------------------------------------------
     def submit(self, job: Job) -> None:
@@ -243,7 +238,7 @@ class Engine:
                     tokens[r] = s(logits[r:r + 1])[0]
             return tokens
 
-        with self._using(jobs[0].adapter):
+        with self.rt.using(jobs[0].adapter):
             self._decode(jobs, rt.pipeline(mode, jobs[0].adapter), ids, mask, choose, state)
 
     def _decode(self, jobs: list[Job], pipe, ids: np.ndarray, mask: np.ndarray, choose, state: LoopState) -> None:
