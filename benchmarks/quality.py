@@ -30,7 +30,7 @@ from shadow_edge.runtime.evaluate import EvalOptions, evaluate  # noqa: E402
 PRECISIONS = ("none", "int8", "int4")
 MODES = ("base_plain", "base_shadow", "shadow_only")
 TARGETS = {"int8": 0.01, "int4": 0.05}  # relative perplexity increase allowed (issue 9)
-THRESHOLDS = tuple(round(0.02 * i, 2) for i in range(16))  # the small pair's confidences lie below 0.3
+THRESHOLDS = tuple(round(0.02 * i, 2) for i in range(21))  # the small pair's confidences lie below 0.4
 
 
 def say(msg: str) -> None:

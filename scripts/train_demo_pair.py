@@ -70,12 +70,12 @@ class Recipe:
     base_steps: int = 600
     base_batch: int = 12
     base_lr: float = 3e-3
-    adapter_steps: int = 600
+    adapter_steps: int = 1500
     adapter_batch: int = 8
     adapter_lr: float = 2e-3
-    num_shadow_layers: int = 1
-    injection_hidden_size: int = 32
-    gate_hidden_size: int = 32
+    num_shadow_layers: int = 2
+    injection_hidden_size: int = 64
+    gate_hidden_size: int = 64
     alpha: float = 0.1
     shadow_loss_weight: float = 1.0
     threads: int = 1

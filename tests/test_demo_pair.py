@@ -54,7 +54,7 @@ def test_recipe_runs_a_few_steps(tmp_path):
     out.mkdir()
     (out / "__init__.py").write_text("# not the script's\n")  # --force replaces only what the script writes
     recipe(out, "--vocab-size", "300", "--hidden-size", "32", "--num-layers", "2", "--intermediate-size", "64",
-           "--context", "32", "--base-steps", "3", "--base-batch", "2", "--force")
+           "--context", "32", "--base-steps", "3", "--base-batch", "2", "--num-shadow-layers", "1", "--force")
     from shadow_edge.core.checkpoint import load_spec
 
     spec = load_spec(out / "base", out / "adapter")

@@ -21,8 +21,9 @@ from shadow_edge.runtime.options import CASCADE
 
 SPECULATIVE = "speculative"
 # The cascade's two prompts: the shadow is confident on the first and escalates the second
-# at the default --cascade-threshold 0.1 (the pair is small: its 24-token confidences lie in 0.05-0.17).
-CASCADE_PROMPTS = ("Knock knock", "The best way to")
+# at the default --cascade-threshold 0.12 (the pair is small: its 24-token confidences lie in about 0.07-0.3;
+# these two: 0.145 and 0.099).
+CASCADE_PROMPTS = ("Love is", "You will")
 
 
 def cache_dir(override: str | None) -> Path:
