@@ -23,22 +23,40 @@ def op_counts(art, graph: str) -> Counter:
     return Counter(n.op_type for n in model.graph.node)
 
 
+def nodes(art, graph: str) -> dict[str, onnx.NodeProto]:
+    return {n.name: n for n in onnx.load(str(art / f"{graph}.onnx"), load_external_data=False).graph.node}
+
+
 @pytest.mark.parametrize("name", ["qwen3_implicit", "llama_untied", "qwen3_explicit"])
 def test_graphs_use_the_fused_forms(artifact_of, name):
     case, art = artifact_of(name)
     m = read_manifest(art)
-    for graph in ("shadow", "backbone"):
-        ops, layers = op_counts(art, graph), m.graphs[graph].kv_layers
+    for graph in ("shadow", "backbone", "backbone_plain"):
+        if graph not in m.graphs:
+            continue
+        ops, layers, by_name = op_counts(art, graph), m.graphs[graph].kv_layers, nodes(art, graph)
         assert ops["RotaryEmbedding"] == layers, "q and k rotated as one tensor of H + KV heads"
-        # every layer's attention residual is added inside its post-attention norm
-        assert ops["SkipSimplifiedLayerNormalization"] >= layers
-        assert ops["Gemm"] == 0
-    ops = op_counts(art, "backbone")
-    injections = sum(1 for n in onnx.load(str(art / "backbone.onnx"), load_external_data=False).graph.node
-                     if n.name.endswith("/inject/Sub"))
-    assert injections >= 1
-    assert ops["SkipSimplifiedLayerNormalization"] == m.graphs["backbone"].kv_layers + injections, \
-        "each injection is added inside the next layer's input norm"
+        assert ops["Gemm"] == ops["LayerNormalization"] == 0
+        for i in range(layers):  # the attention residual is added inside the post-attention norm
+            assert by_name[f"/layers.{i}/attn_residual"].op_type == "SkipSimplifiedLayerNormalization"
+        if graph != "backbone":  # every layer's output is added inside the next norm (the last: the final norm)
+            assert {by_name[f"/layers.{i}/mlp_residual"].op_type for i in range(layers)} == \
+                {"SkipSimplifiedLayerNormalization"}
+    by_name = nodes(art, "backbone")
+    adapted = [int(n.split("/")[1].split(".")[1]) for n in by_name if n.endswith("/inject/Sub")]
+    assert adapted == list(range(len(adapted))) and adapted
+    first = m.graphs["backbone"].kv_layers - len(adapted)  # shadow-peft: blocks 1..L-1
+    for i in range(m.graphs["backbone"].kv_layers):
+        kind = by_name[f"/layers.{i}/mlp_residual"].op_type
+        if first <= i < m.graphs["backbone"].kv_layers - 1:  # an update follows: its LayerNorm is fused
+            assert kind == "SkipLayerNormalization"
+        elif i == first - 1:  # the injection reads the stream
+            assert kind == "Add"
+        else:
+            assert kind == "SkipSimplifiedLayerNormalization"
+        if i >= first:  # the injection's delta is added inside the layer's input norm
+            assert by_name[f"/layers.{i}/input_norm"].op_type == "SkipSimplifiedLayerNormalization"
+    assert not [n for n in by_name if "/update/" in n and by_name[n].op_type == "Split"]
     head = onnx.load(str(art / "lm_head.onnx"), load_external_data=False)
     assert [n.op_type for n in head.graph.node] == ["MatMul"]
     (w,) = [t for t in head.graph.initializer if t.name == head.graph.node[0].input[1]]

@@ -57,7 +57,9 @@ def find_taps(model: onnx.ModelProto, graph: str, num_layers: int, adapted: int)
     if missing:
         raise ExportError(f"graph {graph!r} has no node {missing[0]} (of {len(missing)} missing); block-wise "
                           "validation reads the builder's node names; exporter bug")
-    return Taps(embed, tuple(n.output[0] for n in layers), {j: n.input[1] for j, n in enumerate(injects)})
+    # the stream is the node's sum: output 0 of an Add, output 3 of a fused Skip*Normalization
+    stream = [n.output[3] if n.op_type.startswith("Skip") else n.output[0] for n in layers]
+    return Taps(embed, tuple(stream), {j: n.input[1] for j, n in enumerate(injects)})
 
 
 class TapSession:

@@ -100,14 +100,22 @@ def _rms(b: GraphBuilder, x: str, w: str, eps: float) -> str:
     return b.op("SimplifiedLayerNormalization", [x, w], axis=-1, epsilon=eps, stash_type=1)
 
 
-def _add_rms(b: GraphBuilder, x: str, skip: str | None, w: str, eps: float, tag: str) -> tuple[str, str]:
-    """(RMSNorm(x + skip), x + skip) in one fused node (onnxruntime's SkipSimplifiedLayerNormalization);
-    without `skip`: (RMSNorm(x), x)."""
-    if skip is None:
-        return _rms(b, x, w, eps), x
-    normed, _, _, total = b.op("SkipSimplifiedLayerNormalization", [x, skip, w], domain="com.microsoft", n_out=4,
-                               outputs=[None, "", "", None], epsilon=eps, tag=tag)
+def _add_norm(b: GraphBuilder, x: str, skip: str, norm: list[str], eps: float, tag: str) -> tuple[str, str]:
+    """(Norm(x + skip), x + skip) from one fused node: onnxruntime's SkipSimplifiedLayerNormalization for
+    `norm` = [weight] (RMSNorm), SkipLayerNormalization for [weight, bias] (LayerNorm)."""
+    op = "SkipSimplifiedLayerNormalization" if len(norm) == 1 else "SkipLayerNormalization"
+    normed, _, _, total = b.op(op, [x, skip, *norm], domain="com.microsoft", n_out=4, outputs=[None, "", "", None],
+                               epsilon=eps, tag=tag)
     return normed, total
+
+
+def _layer_output(b: GraphBuilder, i: int, h: str, down: str, norm: list[str] | None = None,
+                  eps: float = 0.0) -> tuple[str | None, str]:
+    """Layer i's output stream h + down [b, s, d] as node `/layers.{i}/mlp_residual` (graph_taps reads it),
+    with `norm` ([weight] RMSNorm, [weight, bias] LayerNorm) of it from the same fused node: (normed, stream)."""
+    if norm is None:
+        return None, b.op("Add", [h, down], tag=f"layers.{i}/mlp_residual")
+    return _add_norm(b, h, down, norm, eps, f"layers.{i}/mlp_residual")
 
 
 def _silu(b: GraphBuilder, x: str) -> str:
@@ -148,16 +156,18 @@ def _rotary(b: GraphBuilder, x: str, ctx: _Context, heads: int) -> str:
                 num_heads=heads, interleaved=0)
 
 
+def _input_norm(b: GraphBuilder, prefix: str, i: int, lw: dict[str, torch.Tensor]) -> list[str]:
+    return [b.weight(f"{prefix}.layers.{i}.input_norm", lambda: _np(lw["input_norm.weight"]))]
+
+
 def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: int, lw: dict[str, torch.Tensor],
-           h: str, ctx: _Context, skip: str | None = None) -> str:
-    """One decoder layer on the residual stream h + skip (reads/writes layer i's KV pair of the contract);
-    returns the new residual stream. `skip` [b, s, d] (e.g. the injection's delta) is added inside the
-    layer's input norm."""
+           x: str, h: str, ctx: _Context) -> tuple[str, str]:
+    """One decoder layer (reads/writes layer i's KV pair of the contract) on the residual stream h [b, s, d]
+    whose input norm x the caller computed. Returns (h', down): the layer's output is h' + down, added by
+    the caller (`_layer_output`), where the next norm can share its kernel."""
     H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     key = f"{prefix}.layers.{i}"
     with b.scope(f"layers.{i}"):
-        x, h = _add_rms(b, h, skip, b.weight(f"{key}.input_norm", lambda: _np(lw["input_norm.weight"])),
-                        cfg.rms_norm_eps, "input_norm")
         with b.scope("attn"):
             qkv = names.linear(b, x, f"{key}.qkv", [lw["q.weight"], lw["k.weight"], lw["v.weight"]], "qkv")
             if cfg.qkv_bias:
@@ -172,8 +182,8 @@ def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: 
             o = names.linear(b, attn, f"{key}.o", [lw["o.weight"]], "o")
             if cfg.o_bias:
                 o = b.op("Add", [o, b.weight(f"{key}.o_bias", lambda: _np(lw["o.bias"]))], tag="o/Add")
-        x, h = _add_rms(b, h, o, b.weight(f"{key}.post_norm", lambda: _np(lw["post_norm.weight"])),
-                        cfg.rms_norm_eps, "attn_residual")
+        x, h = _add_norm(b, h, o, [b.weight(f"{key}.post_norm", lambda: _np(lw["post_norm.weight"]))],
+                         cfg.rms_norm_eps, "attn_residual")
         with b.scope("mlp"):
             gu = names.linear(b, x, f"{key}.gate_up", [lw["gate.weight"], lw["up.weight"]], "gate_up")
             if cfg.mlp_bias:
@@ -184,7 +194,7 @@ def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: 
             down = names.linear(b, m, f"{key}.down", [lw["down.weight"]], "down")
             if cfg.mlp_bias:
                 down = b.op("Add", [down, b.weight(f"{key}.down_bias", lambda: _np(lw["down.bias"]))], tag="down/Add")
-        return b.op("Add", [h, down], tag="mlp_residual")
+        return h, down
 
 
 def _qk_norm(b: GraphBuilder, qk: str, key: str, lw: dict[str, torch.Tensor], cfg: DecoderConfig) -> str:
@@ -206,9 +216,14 @@ def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors, cont
     h = names.embed(b, spec.shadow_embed, "model.embed_tokens.weight" if spec.shadow.embed is None
                     else "shadow.embed_tokens.weight", io_spec.INPUT_IDS)
     ctx = _Context(b, cfg, contract.attention)
-    for i, lw in enumerate(spec.shadow.layers):
-        h = _layer(b, names, cfg, "shadow", i, lw, h, ctx)
-    h = _rms(b, h, b.weight("shadow.norm", lambda: _np(spec.shadow.norm)), cfg.rms_norm_eps)
+    layers = spec.shadow.layers
+    x = _rms(b, h, _input_norm(b, "shadow", 0, layers[0])[0], cfg.rms_norm_eps)
+    for i, lw in enumerate(layers):
+        h, down = _layer(b, names, cfg, "shadow", i, lw, x, h, ctx)
+        following = (_input_norm(b, "shadow", i + 1, layers[i + 1]) if i + 1 < len(layers)
+                     else [b.weight("shadow.norm", lambda: _np(spec.shadow.norm))])  # the next norm, fused
+        x, h = _layer_output(b, i, h, down, following, cfg.rms_norm_eps)
+    h = x  # final-normed
     if spec.projection is not None:
         h = b.op("MatMul", [h, b.weight("shadow.projection", lambda: _np(spec.projection.T))], tag="projection/MatMul")
     b.output(h, io_spec.SHADOW_HIDDEN)
@@ -224,13 +239,25 @@ def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, co
     h = names.embed(b, spec.base.embed, "model.embed_tokens.weight", io_spec.INPUT_IDS)
     ctx = _Context(b, cfg, contract.attention)
     adapted = spec.adapted_range if adapter else range(0)
-    for i, lw in enumerate(spec.base.layers):
-        delta = _inject(b, spec, i - adapted.start, h, s) if i in adapted else None
-        h = _layer(b, names, cfg, "base", i, lw, h, ctx, skip=delta)  # the injection is added in its input norm
+    layers, eps = spec.base.layers, cfg.rms_norm_eps
+    x = None  # the next layer's normed input, when the previous output's kernel computed it
+    for i, lw in enumerate(layers):
+        if i in adapted:  # the injection's delta is added inside the layer's input norm
+            x, h = _add_norm(b, h, _inject(b, spec, i - adapted.start, h, s), _input_norm(b, "base", i, lw), eps,
+                             f"layers.{i}/input_norm")
+        elif x is None:
+            x = _rms(b, h, _input_norm(b, "base", i, lw)[0], eps)
+        h, down = _layer(b, names, cfg, "base", i, lw, x, h, ctx)
         if i in adapted and i != adapted[-1]:  # the last update feeds nothing: skipped
-            s = _update(b, spec, i - adapted.start, h, s)
-    h = _rms(b, h, b.weight("base.norm", lambda: _np(spec.base.norm)), cfg.rms_norm_eps)
-    b.output(h, io_spec.HIDDEN)
+            u, h = _layer_output(b, i, h, down, _update_norm(b, spec), spec.update_norm_eps)
+            s, x = _update(b, spec, i - adapted.start, u or h, s), None
+        elif i + 1 in adapted:  # the injection reads the stream itself
+            x, h = _layer_output(b, i, h, down)
+        else:
+            following = (_input_norm(b, "base", i + 1, layers[i + 1]) if i + 1 < len(layers)
+                         else [b.weight("base.norm", lambda: _np(spec.base.norm))])
+            x, h = _layer_output(b, i, h, down, following, eps)
+    b.output(x, io_spec.HIDDEN)  # final-normed
     return b
 
 
@@ -250,26 +277,31 @@ def _gelu(b: GraphBuilder, x: str) -> str:
 ACTIVATIONS = {"silu": _silu, "gelu": _gelu}
 
 
-def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, h: str, s: str) -> str:
-    """s + sigmoid(G(u)) * (T(u) - s), u = LayerNorm(h) or h, in the form `spec.variant` declares."""
-    g, variant = spec.gate_in.shape[1], spec.variant
+def _update_norm(b: GraphBuilder, spec: ShadowModelSpec) -> list[str] | None:
+    """The update's LayerNorm [weight, bias] (one for every layer), or None for variants without it."""
+    if not spec.variant.update_norm:
+        return None
+    return [b.weight("adapter.norm_weight", lambda: _np(spec.update_norm_weight)),
+            b.weight("adapter.norm_bias", lambda: _np(spec.update_norm_bias))]
+
+
+def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, u: str, s: str) -> str:
+    """s + sigmoid(G(u)) * (T(u) - s), u = LayerNorm(h) or h (the caller's, see `_update_norm`), in the form
+    `spec.variant` declares. G and T read the whole [b, s, 2g] activation through weights zero-padded to
+    [2g, d], so no Split kernel separates their halves."""
+    variant = spec.variant
     with b.scope(f"adapter.{j}/update"):
-        u = h
-        if variant.update_norm:
-            u = b.op("LayerNormalization", [h, b.weight("adapter.norm_weight", lambda: _np(spec.update_norm_weight)),
-                                            b.weight("adapter.norm_bias", lambda: _np(spec.update_norm_bias))],
-                     axis=-1, epsilon=spec.update_norm_eps)
         w_in = b.weight(f"adapter.{j}.gate_transform_in", lambda: _np(
             torch.cat([spec.gate_in[j], spec.transform_in[j]]).T))  # [d, 2g]
         x = b.op("MatMul", [u, w_in])
         if variant.update_bias:
             x = b.op("Add", [x, b.weight(f"adapter.{j}.gate_transform_in_bias", lambda: _np(
                 torch.cat([spec.gate_in_bias[j], spec.transform_in_bias[j]])))])
-        gate_in, transform_in = b.op("Split", [ACTIVATIONS[variant.update_activation](b, x), b.const([g, g])],
-                                     n_out=2, axis=-1)
-        gate = b.op("MatMul", [gate_in, b.weight(f"adapter.{j}.gate_out", lambda: _np(spec.gate_out[j].T))])
-        target = b.op("MatMul", [transform_in, b.weight(f"adapter.{j}.transform_out",
-                                                        lambda: _np(spec.transform_out[j].T))])
+        act = ACTIVATIONS[variant.update_activation](b, x)  # [b, s, 2g]: gate half, then transform half
+        gate = b.op("MatMul", [act, b.weight(f"adapter.{j}.gate_out", lambda: _np(
+            torch.cat([spec.gate_out[j].T, torch.zeros_like(spec.gate_out[j].T)])))])  # [2g, d]
+        target = b.op("MatMul", [act, b.weight(f"adapter.{j}.transform_out", lambda: _np(
+            torch.cat([torch.zeros_like(spec.transform_out[j].T), spec.transform_out[j].T])))])  # [2g, d]
         if variant.update_bias:
             gate = b.op("Add", [gate, b.weight(f"adapter.{j}.gate_out_bias", lambda: _np(spec.gate_out_bias[j]))])
             target = b.op("Add", [target, b.weight(f"adapter.{j}.transform_out_bias",
