@@ -102,9 +102,9 @@ def test_manifest_contract(exported):
         assert m.contract(name).inputs == tuple(m.graphs[name].inputs), name
 
 
-def test_vocab_matrix_stored_once_and_shadow_detached(exported):
-    """The tied embedding / lm_head / shadow_lm_head is one tensor on disk; the detached shadow's files
-    hold no backbone weights."""
+def test_vocab_matrix_stored_once_per_layout_and_shadow_detached(exported):
+    """The tied embedding / lm_head / shadow_lm_head is one tensor per layout on disk (embedding rows, head
+    [d, vocab]); the detached shadow's files hold no backbone weights."""
     case, art = exported("qwen3_implicit")
     m = read_manifest(art)
     spec_vocab_bytes = m.model["vocab_size"] * m.model["hidden_size"] * 4
@@ -122,14 +122,16 @@ def test_vocab_matrix_stored_once_and_shadow_detached(exported):
                 inits.setdefault((loc["location"], loc["offset"]), set()).add(t.name)
             if name == "shadow":
                 assert not t.name.startswith("base."), f"backbone tensor {t.name} inside the detached shadow"
-    # one [d, vocab] matrix: the head's MatMul weight, and the embedding's rows (Gather on axis 1)
-    vocab_slots = [k for k, names in inits.items() if "model.embed_tokens.weight.T" in names]
-    assert len(vocab_slots) == 1, "the vocabulary matrix must be stored exactly once"
+    # the tied vocabulary matrix: [vocab, d] rows for the embedding Gather and [d, vocab] for every head's MatMul
+    # (shadow_lm_head equals lm_head here: no third copy)
     stored = {t.name: t for g in m.graphs.values()
               for t in onnx.load(str(art / g.file), load_external_data=False).graph.initializer}
-    table = stored["model.embed_tokens.weight.T"]
-    assert list(table.dims) == [m.model["hidden_size"], m.model["vocab_size"]]
-    assert int({e.key: e.value for e in table.external_data}["length"]) == spec_vocab_bytes
+    for key, dims in (("model.embed_tokens.weight", [m.model["vocab_size"], m.model["hidden_size"]]),
+                      ("model.embed_tokens.weight.T", [m.model["hidden_size"], m.model["vocab_size"]])):
+        assert len([k for k, names in inits.items() if key in names]) == 1, f"{key} must be stored exactly once"
+        assert list(stored[key].dims) == dims
+        assert int({e.key: e.value for e in stored[key].external_data}["length"]) == spec_vocab_bytes
+    assert len([k for k, names in inits.items() if any(n.startswith("model.embed_tokens") for n in names)]) == 2
 
 
 def test_untied_and_explicit_heads(exported):

@@ -95,8 +95,7 @@ def build_graphs(spec: ShadowModelSpec, options: ExportOptions, progress: Callab
     if options.quantize != "none":
         progress(f"quantizing decoder and vocabulary weights to {options.quantize} (blocks of {options.block_size})")
         spec, quantized = quantize_spec(spec, options.quantize, options.block_size)  # spec: dequantized values
-    store, names = WeightStore(), Tensors(quantized, QUANT_COMPUTE[options.quant_compute],
-                                          heads=[w for w, _, _ in _heads(spec).values()])
+    store, names = WeightStore(), Tensors(quantized, QUANT_COMPUTE[options.quant_compute])
     contracts = graph_contracts(spec, options)
     builders: list[GraphBuilder] = []
     for name, c in contracts.items():

@@ -2,9 +2,9 @@
 
 `shadow`: embeddings -> shadow layers -> norm -> projection = shadow_hidden_states.
 `backbone`: base layers with injection/update fed by shadow_hidden_states -> final-normed hidden.
-`lm_head` / `shadow_lm_head`: hidden [b, n, d] -> logits (MatMul on the head stored as [d, vocab]; a
-tied embedding gathers its rows from that same matrix, so the table is one tensor on disk; quantized:
-MatMulNBits and GatherBlockQuantized over the same packed bytes).
+`lm_head` / `shadow_lm_head`: hidden [b, n, d] -> logits (MatMul on the head stored as [d, vocab]; a tied
+embedding table is stored twice in float32, as [vocab, d] rows for the Gather and [d, vocab] for the head;
+quantized: MatMulNBits and GatherBlockQuantized over the same packed bytes, stored once).
 Fusions done here: q|k|v and gate|up weights concatenated, alpha folded into the injection
 up-projection. Attention is a kind chosen per graph (export/attention.py) and recorded on the builder.
 """
@@ -33,13 +33,10 @@ class Tensors:
     emits the ops that read weights: float32 MatMul / Gather / Gemm, or their block-quantized forms
     for tensors in `quantized` (id(tensor) -> packed form, see export/quantize.py)."""
 
-    def __init__(self, quantized: dict[int, Quantized] | None = None, accuracy_level: int = 1,
-                 heads: list[torch.Tensor] = ()) -> None:
-        """`heads`: the tensors some graph projects to logits with (`head`); float32 ones are stored transposed."""
+    def __init__(self, quantized: dict[int, Quantized] | None = None, accuracy_level: int = 1) -> None:
         self._names: dict[int, str] = {}
         self.quantized = quantized or {}
         self.accuracy_level = accuracy_level  # MatMulNBits compute: 1 = float32, 4 = int8 activations
-        self._heads = {id(t) for t in heads}
 
     def raw(self, b: GraphBuilder, t: torch.Tensor, name: str) -> str:
         name = self._names.setdefault(id(t), name)
@@ -47,7 +44,8 @@ class Tensors:
 
     def _transposed(self, b: GraphBuilder, t: torch.Tensor, name: str) -> str:
         """A float32 head matrix [out, d] stored as [d, out] (key `<name>.T`): MatMul reads it as it lies, where
-        Gemm(transB) repacks the whole matrix on every call (measured 3-6x slower for one position)."""
+        Gemm(transB) repacks the whole matrix on every call (measured 1.4-2x slower for one position). A tied
+        embedding keeps its own [vocab, d] rows: gathering columns of [d, vocab] touches d pages per token."""
         name = self._names.setdefault(id(t), name)
         return b.weight(f"{name}.T", lambda: _np(t.T))
 
@@ -64,9 +62,6 @@ class Tensors:
     def embed(self, b: GraphBuilder, t: torch.Tensor, name: str, ids: str) -> str:
         """Rows of the [vocab, d] table for `ids` [b, s] -> [b, s, d]."""
         qw = self.quantized.get(id(t))
-        if qw is None and id(t) in self._heads:  # tied: the head's [d, vocab] copy is the only one stored
-            cols = b.op("Gather", [self._transposed(b, t, name), ids], axis=1, tag="embed/Gather")  # [d, b, s]
-            return b.op("Transpose", [cols], perm=[1, 2, 0], tag="embed/Transpose")
         if qw is None:
             return b.op("Gather", [self.raw(b, t, name), ids], axis=0, tag="embed/Gather")
         name = self._names.setdefault(id(t), name)

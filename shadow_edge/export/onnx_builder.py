@@ -1,7 +1,7 @@
 """A small ONNX graph builder with stable node names and a deduplicating external weight store.
 
 Graphs are written by hand (like onnxruntime-genai's builder) rather than traced, so that
-the vocabulary matrix is stored once for the embedding Gather and every head Gemm,
+equal tensors (a tied vocabulary matrix seen by several graphs) are stored once,
 weights are fused (qkv, gate|up) and node names are stable (`/layers.3/attn/qkv/MatMul`).
 """
 
