@@ -50,7 +50,8 @@ def ensure_artifact(preset: str, base: Path, adapter: Path, cache: Path, quantiz
         return art
     say(f"exporting {preset} -> {art} (exporter fingerprint {fingerprint}; validated against PyTorch)")
     block = {"block_size": block_size} if block_size else {}
-    export_artifact(base, adapter, art, options=ExportOptions(force=True, plain_backbone=True, quantize=quantize, **block),
+    export_artifact(base, adapter, art,
+                    options=ExportOptions(force=True, plain_backbone=True, quantize=quantize, **block),
                     progress=lambda msg: say(f"  export: {msg}"))
     stamp.write_text(fingerprint + "\n")
     return art

@@ -94,11 +94,13 @@ def markdown(result: dict) -> str:
          f"threads; per (preset, precision) the four systems loaded together and run round-robin, 1 warm-up run "
          f"each, then {w['reps']} timed rounds; decode tok/s = 1000 / p50 of every decode step. Generated "
          f"{result['created_utc']} in {result['elapsed_s']:.0f} s; 1-minute load average "
-         f"{', '.join(f'{x:.1f}' for x in result['load_average_1min'])} (start, end): other engineers' jobs shared "
-         "the 2 cores, so absolute figures are samples and the ratios within a group are the comparable figures.",
+         f"{', '.join(f'{x:.1f}' for x in result['load_average_1min'])} (start and end of each run): other "
+         "engineers' jobs shared the 2 cores, so absolute figures are samples and the ratios within a group are the "
+         "comparable figures.",
          "",
          f"- machine: {m['cpu_model']}, {m['usable_cores']} usable cores, {', '.join(m['cpu_flags'])}; "
-         f"memory read bandwidth samples {', '.join(f'{x:.1f}' for x in bw)} GB/s (2 threads, per preset and at the end)",
+         f"memory read bandwidth samples {', '.join(f'{x:.1f}' for x in bw)} GB/s (2 threads, per preset and at "
+         "the end)",
          "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
          f"- command: `{result['command']}`",
          "", "| preset | shadow-edge precision | shadow_only | backbone_plain | base_shadow | onnxruntime-genai plain "
@@ -115,8 +117,9 @@ def markdown(result: dict) -> str:
                  f"{'-' if mo is None else f'{mo * 100:+.1f}%'} / {'-' if go is None else f'{go * 100:+.1f}%'} | "
                  f"{_n((g['systems'].get('base_shadow') or {}).get('ttft_ms'), '.0f')} |")
     L += ["", "Decode tokens/s (p50). *same at p10*: base_shadow / backbone_plain over onnxruntime-genai using each "
-          "system's 10th-percentile step (its least contended steps). onnxruntime-genai: its model builder's defaults for `-p fp32|int8|int4 -e cpu` "
-          "(int8/int4: MatMulNBits, block 32, accuracy level 4 = int8 activations; int4 shares the quantized "
+          "system's 10th-percentile step (its least contended steps). onnxruntime-genai: its model builder's "
+          "defaults for `-p fp32|int8|int4 -e cpu` (int8/int4: MatMulNBits, block 32 or the group's @BLOCK, "
+          "accuracy level 4 = int8 activations; int4 shares the quantized "
           "tied embedding with the head, int8 keeps a float32 embedding). *graphs interleaved*: "
           "`benchmarks/adapter_overhead.py` (one decode step of backbone, backbone_plain, shadow and head back to "
           "back), (backbone - backbone_plain + shadow) / (backbone_plain + head).",

@@ -11,8 +11,8 @@ four systems (shadow-edge shadow_only, backbone_plain, base_shadow; ort-genai pl
 together and run round-robin, so machine noise hits all of them alike: one untimed warm-up run
 each, then `--reps` rounds of one timed greedy generation per system (random prompt ids, exactly
 `--new-tokens` tokens, batch 1). Decode tok/s = 1000 / the p50 of every decode step of the timed
-runs (also recorded at the p10: the least contended steps on a shared machine). The adapter's overhead per token is base_shadow's p50 over backbone_plain's (same rounds),
-and also per graph from `adapter_overhead.interleaved` (the decode step's graphs back to back).
+runs (also recorded at the p10: the least contended steps on a shared machine). The adapter's
+overhead per token is base_shadow's p50 over backbone_plain's (same rounds), and also per graph from `adapter_overhead.interleaved` (the decode step's graphs back to back).
 Exports and onnxruntime-genai builds of the Qwen3-0.6B shape run under `--bigmem-lock` when given. Targets: issue 14's.
 Writes results.json and summary.md into --out; --results-md refreshes the block between this
 script's markers. Needs the `export` and `dev` extras and onnxruntime-genai.
@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"flock this file around exports and onnxruntime-genai builds of {', '.join(BIG_PRESETS)}")
     p.add_argument("--out", type=Path, default=Path("bench-out/precision"), help="output directory")
     p.add_argument("--results-md", type=Path, help="markdown file whose precision_table.py block is refreshed")
-    p.add_argument("--from-json", type=Path, metavar="RESULTS_JSON", help="measure nothing: re-render from a results.json")
+    p.add_argument("--from-json", type=Path, nargs="+", metavar="RESULTS_JSON",
+                   help="measure nothing: re-render from results.json files (several: their groups in one table)")
     return p
 
 
@@ -157,12 +158,28 @@ def run_group(preset: str, token: str, art: Path, genai_dir: Path, ids, args) ->
             "systems": systems_out, "graph_overhead": overhead}
 
 
+def merge(results: list[dict]) -> dict:
+    """Several runs' results as one (e.g. the presets run as separate processes): groups in order, every
+    command, load and bandwidth sample kept; workload, machine and versions from the first."""
+    if len({json.dumps(r["workload"], sort_keys=True) for r in results}) > 1:
+        raise SystemExit("error: --from-json: the runs used different workloads; render them separately")
+    out = dict(results[0])
+    out["groups"] = [g for r in results for g in r["groups"]]
+    out["command"] = " ; ".join(r["command"] for r in results)
+    out["created_utc"] = max(r["created_utc"] for r in results)
+    out["elapsed_s"] = sum(r["elapsed_s"] for r in results)
+    for key in ("read_bandwidth_samples_gbs", "load_average_1min"):
+        out[key] = [x for r in results for x in r[key]]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from precision_report import write_outputs
 
     if args.from_json:
-        write_outputs(json.loads(args.from_json.read_text(encoding="utf-8")), args.out, args.results_md)
+        write_outputs(merge([json.loads(p.read_text(encoding="utf-8")) for p in args.from_json]), args.out,
+                      args.results_md)
         return 0
     presets = [p for p in args.presets.split(",") if p]
     precisions = [p for p in args.precisions.split(",") if p]
@@ -172,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("error: --reps >= 1, --new-tokens >= 2, --threads >= 1")
     overrides = artifact_overrides(args.artifact)
     from presets import build_preset
-    from shadow_edge.bench.machine import machine_info, read_bandwidth_gbs, versions
+    from shadow_edge.bench.machine import read_bandwidth_gbs
     from shadow_edge.bench.runner import prompt_ids
     from shadow_edge.runtime.session import session_options
 
     session_options(args.threads)  # size the process-wide onnxruntime pool before anything loads
     started, groups, bandwidth, load = time.perf_counter(), [], [], [os.getloadavg()[0]]
+    result = lambda: _result(args, argv, groups, bandwidth, load, started)  # noqa: E731
     args.out.mkdir(parents=True, exist_ok=True)
     for preset in presets:
         base, adapter = build_preset(preset, args.cache_dir / "presets")
@@ -197,9 +215,17 @@ def main(argv: list[str] | None = None) -> int:
         ids = prompt_ids(vocab, 1, args.prompt_len, 0)
         for precision in precisions:
             groups.append(run_group(preset, precision, *inputs[precision], ids, args))
+            write_outputs(result(), args.out, None)  # after every group: a partial table survives an abort
     bandwidth.append(read_bandwidth_gbs.__wrapped__(args.threads, 1024))
     load.append(os.getloadavg()[0])
-    result = {
+    write_outputs(result(), args.out, args.results_md)
+    return 0
+
+
+def _result(args, argv, groups: list[dict], bandwidth: list[float], load: list[float], started: float) -> dict:
+    from shadow_edge.bench.machine import machine_info, versions
+
+    return {
         "schema": "shadow-edge-precision-table/1",
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "python benchmarks/precision_table.py " + " ".join(
@@ -210,8 +236,6 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1min": load,  # at the start and the end: other users' jobs share the cores
         "groups": groups, "elapsed_s": time.perf_counter() - started,
     }
-    write_outputs(result, args.out, args.results_md)
-    return 0
 
 
 if __name__ == "__main__":

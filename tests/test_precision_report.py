@@ -5,9 +5,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import precision_report as pr  # noqa: E402
+import precision_table  # noqa: E402
 
 
 def _group(preset: str, precision: str, tok: dict[str, float], graph_overhead: float | None, ttft: float = 400.0):
@@ -25,7 +28,8 @@ def _result(groups):
 
 
 def test_targets_say_met_or_by_how_much():
-    groups = [_group("small", "int4", {"shadow_only": 500, "base_plain": 100, "base_shadow": 96, "ort-genai": 80}, 0.02),
+    groups = [_group("small", "int4", {"shadow_only": 500, "base_plain": 100, "base_shadow": 96, "ort-genai": 80},
+                     0.02),
               _group("qwen3-0.6b-shape", "int4@128",
                      {"shadow_only": 150, "base_plain": 45, "base_shadow": 40, "ort-genai": 50}, 0.05)]
     rows = {(t["where"], t["target"]): t for t in pr.targets(groups)}
@@ -47,10 +51,22 @@ def test_markdown_block_keeps_hand_written_text(tmp_path):
     md = tmp_path / "RESULTS.md"
     md.write_text("# results\n\nhand-written text stays\n")
     text = pr.markdown(_result(groups))
-    assert "| qwen3-0.6b-shape | fp32 | 40.0 | 10.0 | **9.5** | 10.5 | 0.90x | 0.95x | - / - | +5.3% / - | 650 |" in text
+    assert ("| qwen3-0.6b-shape | fp32 | 40.0 | 10.0 | **9.5** | 10.5 | 0.90x | 0.95x | - / - | +5.3% / - | 650 |"
+            in text)
     assert "| qwen3-0.6b-shape fp32 | combined fp32 prefill of the prompt (TTFT), ms | <= 500 | 650.0 | missed by 30%" \
         in text
     pr.update_block(md, text)
     pr.update_block(md, text)  # refreshing replaces the block, never appends a second one
     out = md.read_text()
     assert out.startswith("# results\n\nhand-written text stays\n") and out.count(pr.BEGIN) == 1
+
+
+def test_runs_merge_into_one_table_and_different_workloads_are_refused():
+    small = _result([_group("small", "fp32", {"base_plain": 10, "base_shadow": 9, "ort-genai": 10}, None)])
+    w1 = _result([_group("qwen3-0.6b-shape", "int8", {"base_plain": 30, "base_shadow": 29, "ort-genai": 31}, None)])
+    merged = precision_table.merge([small, w1])
+    assert [g["preset"] for g in merged["groups"]] == ["small", "qwen3-0.6b-shape"]
+    assert merged["load_average_1min"] == [8.0, 9.0, 8.0, 9.0] and " ; " in merged["command"]
+    w1["workload"] = {**w1["workload"], "new_tokens": 32}
+    with pytest.raises(SystemExit, match="different workloads"):
+        precision_table.merge([small, w1])
