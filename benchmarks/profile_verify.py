@@ -30,12 +30,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import shadow_edge.runtime.session as session_mod  # noqa: E402
 from shadow_edge.bench.runner import prompt_ids  # noqa: E402
 from shadow_edge.io_spec import MODE_BASE_SHADOW, SHADOW_HIDDEN  # noqa: E402
 from shadow_edge.runtime import ShadowRuntime  # noqa: E402
 from shadow_edge.runtime.generate import prefill  # noqa: E402
 from shadow_edge.runtime.session import GraphSession, ov  # noqa: E402
+from profile_ops import _load as load_profiled  # noqa: E402  (benchmarks/, the script's folder)
 
 
 def say(message: str) -> None:
@@ -113,21 +113,8 @@ def wall_times(bench: Bench, positions: list[int], reps: int, packed: GraphSessi
 
 def op_profile(art: Path, threads: int, prompt_len: int, positions: list[int], reps: int) -> dict:
     """Backbone kernel ms per call by op type, per n (onnxruntime profiler)."""
-    tmp = tempfile.mkdtemp(prefix="se-profile-verify-")
-    plain = session_mod.session_options
-
-    def profiled(n, prepack=True):
-        so = plain(n, prepack)
-        so.enable_profiling = True
-        so.profile_file_prefix = f"{tmp}/ort"
-        return so
-
-    session_mod.session_options = profiled
-    try:
-        rt = ShadowRuntime.load(art, threads=threads, verify=False, modes=(MODE_BASE_SHADOW,))
-        bench = Bench(rt, prompt_len, max(positions))
-    finally:
-        session_mod.session_options = plain
+    rt = load_profiled(art, MODE_BASE_SHADOW, threads, tempfile.mkdtemp(prefix="se-profile-verify-"))
+    bench = Bench(rt, prompt_len, max(positions))
     order = []
     for _ in range(reps):
         for n in positions:
