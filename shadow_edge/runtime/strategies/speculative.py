@@ -174,9 +174,9 @@ def packed_head(rt, pipe):
     """The vocabulary head for verify passes: a session that prepacks its weights.
 
     A float32 head runs unpacked by default (fastest for decode's one position, no packed
-    copy), but over the k + 1 positions of a verify pass the unpacked Gemm cost 1.9x (k = 1)
-    to 2.9x (k = 8) its one-position time on W1, the prepacked one 1.1x-1.7x
-    (benchmarks/profile_verify.py). Costs one packed copy of the head's weights.
+    copy), but over the k + 1 positions of a verify pass the unpacked product costs 1.7-2.9x its
+    one-position time (W1's Gemm head; 2.4-2.6x for the MatMul head on the `small` preset), the
+    prepacked one 1.0-1.4x (benchmarks/profile_verify.py). Costs one packed copy of the head's weights.
     """
     return rt.graph(pipe.head.name, prepack=True)
 
