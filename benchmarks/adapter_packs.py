@@ -6,9 +6,10 @@ Builds (or reuses) the preset's base model and N randomized adapters of the same
 exports the base artifact (--as-base, from adapter 0), one pack per adapter and adapter 0 as
 a plain full artifact. Then, each in a fresh process (RSS after loading and one generation):
 the full artifact, the base + 1 pack, the base + N packs. In one process, side by side and
-interleaved rep by rep: decode tok/s of the full artifact vs the base with a pack active, and
-the prefill latency of a request that switches adapter vs one that keeps it. Medians printed
-as a markdown table.
+interleaved rep by rep: decode tok/s of the full artifact, the base artifact with its own
+adapter and the base with a pack active (same adapter as the full artifact); then the switch
+cost: the latency of a 1-token request that switches adapter minus that of one that keeps it,
+paired rep by rep (alternating order). Medians printed as a markdown table.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--tokens", type=int, default=32)
+    p.add_argument("--switch-reps", type=int, default=30, help="paired same/switched requests for the switch cost")
     p.add_argument("--build-only", action="store_true",
                    help="only export (run it under `flock /work/bigmem.lock` for W1), measure in a later call")
     args = p.parse_args()
@@ -112,26 +114,18 @@ def main() -> None:
     rt = ShadowRuntime.load(paths["base"], threads=args.threads, adapters=packs)
     prompt = [[5 + i for i in range(16)]]
     names = list(packs)
-    tok_s = {m: {"full": [], "pack": []} for m in ("shadow_only", "base_shadow")}
-    prefill = {"same adapter": [], "switched adapter": []}
-    for r in range(args.reps + 1):
+    variants = {"full artifact": (full, None), "base, own adapter": (rt, None), "base + pack": (rt, names[0])}
+    tok_s = {m: {k: [] for k in variants} for m in ("shadow_only", "base_shadow")}
+    for r in range(args.reps + 1):  # rep 0 warms up; variants interleaved rep by rep
         for mode in tok_s:
-            for key, run in (("full", lambda: full.generate(prompt, mode=mode, max_new_tokens=args.tokens)),
-                             ("pack", lambda: rt.generate(prompt, mode=mode, adapter=names[0],
-                                                          max_new_tokens=args.tokens))):
-                res = run()
+            for key, (runtime, adapter) in variants.items():
+                res = runtime.generate(prompt, mode=mode, adapter=adapter, max_new_tokens=args.tokens)
                 if r:
                     tok_s[mode][key].append(res.timings.tokens_per_s)
-        for key, a in (("same adapter", names[0]), ("switched adapter", names[(r % (len(names) - 1)) + 1]
-                                                    if len(names) > 1 else names[0])):
-            rt.generate(prompt, mode="base_shadow", adapter=names[0], max_new_tokens=1)
-            t0 = time.perf_counter()
-            rt.generate(prompt, mode="base_shadow", adapter=a, max_new_tokens=1)
-            if r:
-                prefill[key].append((time.perf_counter() - t0) * 1e3)
+    switch = switch_cost(rt, prompt, names, args.switch_reps)
     med = lambda xs: float(np.median(xs))  # noqa: E731
     print(f"preset {args.preset}, quantize {args.quantize}, {len(packs)} packs, threads {args.threads}, "
-          f"reps {args.reps}, {args.tokens} new tokens")
+          f"reps {args.reps}, {args.tokens} new tokens, switch reps {args.switch_reps}")
     print("\n| measure | value |\n|---|---|")
     for k, v in mem.items():
         print(f"| RSS {k} | {v:.0f} MiB |")
@@ -140,12 +134,37 @@ def main() -> None:
     print(f"| RSS base + N packs vs base + 1 pack + other packs' bytes | {mem[f'base + {len(packs)} packs']:.0f} vs "
           f"{budget:.0f} MiB (+10% = {budget * 1.1:.0f}) |")
     for mode, d in tok_s.items():
-        f, pk = med(d["full"]), med(d["pack"])
-        print(f"| {mode} decode tok/s: full artifact / base + pack | {f:.1f} / {pk:.1f} ({100 * (pk / f - 1):+.1f}%) |")
-    s, w = med(prefill["same adapter"]), med(prefill["switched adapter"])
-    print(f"| 1-token request (16-token prompt), same / switched adapter | {s:.2f} / {w:.2f} ms "
-          f"(switch cost {w - s:+.2f} ms) |")
+        f = med(d["full artifact"])
+        cells = " / ".join(f"{med(v):.2f}" + ("" if k == "full artifact" else f" ({100 * (med(v) / f - 1):+.1f}%)")
+                           for k, v in d.items())
+        print(f"| {mode} decode tok/s: {' / '.join(variants)} | {cells} |")
+    print(f"| 1-token request (16-token prompt): same adapter / switched adapter, medians | "
+          f"{med(switch['same']):.2f} / {med(switch['switched']):.2f} ms |")
+    print(f"| switch cost: median of paired (switched - same) differences [p25, p75] | "
+          f"{med(switch['diff']):+.2f} ms [{np.percentile(switch['diff'], 25):+.2f}, "
+          f"{np.percentile(switch['diff'], 75):+.2f}] |")
 
+
+def switch_cost(rt, prompt, names: list[str], reps: int) -> dict[str, list[float]]:
+    """Per rep, after a request with adapter A: one more request with A (same) and one with another adapter B
+    (switched), in alternating order, each preceded by its own A request; the paired difference is the switch cost."""
+    def timed(adapter: str) -> float:
+        t0 = time.perf_counter()
+        rt.generate(prompt, mode="base_shadow", adapter=adapter, max_new_tokens=1)
+        return (time.perf_counter() - t0) * 1e3
+
+    out: dict[str, list[float]] = {"same": [], "switched": [], "diff": []}
+    for r in range(reps + 1):
+        a, b = names[0], names[1 + r % (len(names) - 1)] if len(names) > 1 else names[0]
+        got = {}
+        for key in (("same", "switched") if r % 2 else ("switched", "same")):
+            rt.generate(prompt, mode="base_shadow", adapter=a, max_new_tokens=1)
+            got[key] = timed(a if key == "same" else b)
+        if r:  # rep 0 warms every adapter's pipeline
+            out["same"].append(got["same"])
+            out["switched"].append(got["switched"])
+            out["diff"].append(got["switched"] - got["same"])
+    return out
 
 if __name__ == "__main__":
     main()

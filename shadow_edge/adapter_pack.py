@@ -21,7 +21,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from shadow_edge.errors import ArtifactError
+from shadow_edge.errors import ArtifactError, InputError
 from shadow_edge.manifest import MANIFEST_NAME, Manifest, read_manifest_json
 
 PACK_FORMAT = "shadow-edge-adapter-pack"
@@ -33,6 +33,19 @@ ADAPTER_PREFIXES = ("shadow.", "adapter.")  # weight keys owned by the adapter (
 def is_adapter_weight(key: str) -> bool:
     """Whether a graph weight belongs to the adapter (shadow network, injection, update), not the base."""
     return key.startswith(ADAPTER_PREFIXES)
+
+
+def adapter_pairs(value) -> tuple[tuple[str, str], ...]:
+    """`adapters` of an options object ((name, PACK) pairs, as `--adapter NAME=PACK` gives them) as strings;
+    InputError for another shape or a repeated name."""
+    try:
+        pairs = tuple((str(n), str(p)) for n, p in (value or ()))
+    except (TypeError, ValueError):
+        raise InputError(f"adapters is {value!r}; it must be a list of (name, adapter pack directory) pairs") from None
+    names = [n for n, _ in pairs]
+    if len(set(names)) != len(names):
+        raise InputError(f"adapter names {names} repeat; give each adapter pack its own name")
+    return pairs
 
 
 def base_identity(manifest: Manifest) -> str:

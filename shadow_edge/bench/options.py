@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shadow_edge import io_spec
+from shadow_edge.adapter_pack import adapter_pairs
 from shadow_edge.errors import InputError
 
 SPECULATIVE = "speculative"  # shadow drafts, base_shadow verifies (needs both graph modes)
@@ -61,11 +62,4 @@ class BenchOptions:
             raise InputError(f"draft_tokens is {self.draft_tokens!r}; it must be an integer >= 1 (or None: adaptive)")
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise InputError(f"threads is {self.threads!r}; it must be an integer >= 1 (or None for all cores)")
-        try:
-            object.__setattr__(self, "adapters", tuple((str(n), str(p)) for n, p in (self.adapters or ())))
-        except (TypeError, ValueError):
-            raise InputError(f"adapters is {self.adapters!r}; it must be a list of (name, adapter pack directory) "
-                             "pairs") from None
-        names = [n for n, _ in self.adapters]
-        if len(set(names)) != len(names):
-            raise InputError(f"adapter names {names} repeat; give each adapter pack its own name")
+        object.__setattr__(self, "adapters", adapter_pairs(self.adapters))

@@ -2,8 +2,10 @@
 
 Mechanism: a base artifact's adapter weights are overridable initializers of its shadow and
 backbone graphs (adapter_pack.py). A pack's file is onnxruntime's adapter format, read with
-`onnxruntime.AdapterFormat.read_adapter` into one OrtValue per weight; a request with
-`adapter=NAME` binds those OrtValues as inputs of the base's own sessions (IOBinding, no copy),
+`onnxruntime.AdapterFormat.read_adapter`, and each weight copied once into an array of its own
+(the adapter file's buffers are not aligned for the MatMul kernels: ~6% slower shadow steps,
+benchmarks/adapter_pack_profile.py); a request with `adapter=NAME` binds those as inputs of the
+base's own sessions (IOBinding, no copy per request),
 so every pack shares the base's sessions, backbone weights, vocabulary matrix and heads.
 (`RunOptions.add_active_adapter` is not used: onnxruntime ignores active adapters in
 `run_with_iobinding`, which the in-place KV cache needs.)
@@ -21,12 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import onnxruntime as ort
 
 from shadow_edge.adapter_pack import PARAMS_FILE, PackManifest, check_pack_fits, read_pack_manifest
 from shadow_edge.errors import ArtifactError, InputError
 from shadow_edge.manifest import Manifest, member_path, verify_files
 from shadow_edge.runtime.inputs import artifact_dir
+from shadow_edge.runtime.session import ov
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ORT_DTYPES = {"float32": 1, "uint8": 2, "int64": 7}  # ONNX element types of the weights a pack may hold
@@ -79,8 +83,17 @@ def read_pack(name, pack_dir, base: Manifest, base_dir: Path, verify: bool = Tru
                 found = None if value is None else list(value.shape())
                 raise ArtifactError(f"{path}: weight {key!r} is {found}, the manifest says {dtype} {shape}; export "
                                     "the pack again")
-            feeds[graph][key] = value
+            feeds[graph][key] = ov(aligned_copy(value.numpy()))  # the file's buffer is dropped after the loop
     return LoadedPack(name, pack_dir, manifest, feeds)
+
+
+def aligned_copy(array: np.ndarray, align: int = 64) -> np.ndarray:
+    """A copy of `array` whose data starts on an `align`-byte boundary (it keeps its buffer alive)."""
+    buf = np.empty(array.nbytes + align, dtype=np.uint8)
+    start = -buf.ctypes.data % align
+    out = buf[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out[...] = array
+    return out
 
 
 class AdapterSet:

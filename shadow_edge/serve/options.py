@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shadow_edge.adapter_pack import adapter_pairs
 from shadow_edge.errors import InputError
 
 
@@ -61,14 +62,7 @@ class ServeOptions:
                                  "(set one with --served-name)")
         if len(set(self.names)) != len(self.names):
             raise InputError(f"model names {list(self.names)} repeat; give distinct names with --served-name")
-        try:
-            object.__setattr__(self, "adapters", tuple((str(n), str(p)) for n, p in (self.adapters or ())))
-        except (TypeError, ValueError):
-            raise InputError(f"adapters is {self.adapters!r}; it must be a list of (name, adapter pack directory) "
-                             "pairs") from None
-        names = [n for n, _ in self.adapters]
-        if len(set(names)) != len(names):
-            raise InputError(f"adapter names {names} repeat; give each adapter pack its own name")
+        object.__setattr__(self, "adapters", adapter_pairs(self.adapters))
         for name, pack in self.adapters:
             if not name or ":" in name or "/" in name or name in self.names:
                 raise InputError(f"adapter name {name!r} is not usable; adapter names are model names: non-empty, "
