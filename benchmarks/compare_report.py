@@ -242,12 +242,12 @@ def plot_sweep(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def update_block(md_path: Path, block: str) -> None:
+def update_block(md_path: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
     """Replace the text between the markers in `md_path` (append the block if the markers are missing)."""
     text = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
-    new = f"{BEGIN}\n{block}{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + new + text[text.index(END) + len(END):]
+    new = f"{begin}\n{block}{end}"
+    if begin in text and end in text:
+        text = text[:text.index(begin)] + new + text[text.index(end) + len(end):]
     else:
         text = text + ("\n" if text and not text.endswith("\n") else "") + new + "\n"
     md_path.write_text(text, encoding="utf-8")

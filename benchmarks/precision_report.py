@@ -132,13 +132,9 @@ def markdown(result: dict) -> str:
 
 def update_block(md_path: Path, block: str) -> None:
     """Replace the text between this script's markers in `md_path` (append the block if they are missing)."""
-    text = md_path.read_text(encoding="utf-8") if md_path.is_file() else ""
-    new = f"{BEGIN}\n{block}{END}"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + new + text[text.index(END) + len(END):]
-    else:
-        text = text + ("\n" if text and not text.endswith("\n") else "") + new + "\n"
-    md_path.write_text(text, encoding="utf-8")
+    from compare_report import update_block as replace_between
+
+    replace_between(md_path, block, BEGIN, END)
 
 
 def write_outputs(result: dict, out: Path, results_md: Path | None) -> None:

@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Q4_0/Q8_0; 128 decodes faster with more int4 drift: benchmarks/RESULTS.md, issue 14)")
     p.add_argument("--quant-compute", choices=("int8", "float32"), default="int8",
                    help="quantized matmul arithmetic: int8 activations (default, fast) or float32 (exact to the "
-                        "dequantized model; onnxruntime 1.32's CPU kernels are slower with it: int4 2-4x, int8 "
+                        "dequantized model; onnxruntime 1.32's CPU kernels are slower with it: int4 about 2-3x, int8 "
                         "weights tens of times slower than float32 weights)")
     p.add_argument("--no-validate", action="store_true", help="skip validating the graphs against PyTorch")
     p.add_argument("--validation", choices=("auto", "full", "streamed"), default="auto",
