@@ -3,7 +3,7 @@
 Mechanism: a base artifact's adapter weights are overridable initializers of its shadow and
 backbone graphs (adapter_pack.py). A pack's file is onnxruntime's adapter format, read with
 `onnxruntime.AdapterFormat.read_adapter`, and each weight copied once into an array of its own
-(the adapter file's buffers are not aligned for the MatMul kernels: ~6% slower shadow steps,
+(the adapter file's buffers are not aligned for the MatMul kernels: 5-8% slower shadow steps,
 benchmarks/adapter_pack_profile.py); a request with `adapter=NAME` binds those as inputs of the
 base's own sessions (IOBinding, no copy per request),
 so every pack shares the base's sessions, backbone weights, vocabulary matrix and heads.
