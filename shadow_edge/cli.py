@@ -48,6 +48,11 @@ HF PEFT Shadow adapter directory (adapter_config.json with peft_type SHADOW, ada
 Every graph is validated against PyTorch unless --no-validate; --validation streamed (chosen by
 itself when the model does not fit in memory twice) checks block by block, one layer at a time,
 and names a wrong layer.
+Checkpoints (one file or sharded model-0000x-of-0000y.safetensors + index; float32, bf16, fp16)
+are read lazily and each weight is converted or quantized as it is written, so memory stays
+within a few times the largest tensor (plus validation); --quantize int4|int8 writes the packed
+weights directly. Progress (steps, and weights with bytes and ETA) goes to stderr only on a
+terminal. Too little free space fails before writing; a full or unwritable disk is one error.
 The artifact is written beside --out as .NAME.partial-PID and moved into place at the end
 (Ctrl-C, kill -TERM or an error remove it; a later export removes those of dead processes);
 one export per --out at a time (.NAME.lock). Input files must not be symlinks out of their

@@ -14,6 +14,7 @@ import torch
 
 from peft_factories import PEFT_CASE_NAMES
 from shadow_edge.core import StepInputs
+from shadow_edge.core.lazy_tensor import dense
 from shadow_edge.core.model import position_ids_from_mask
 from shadow_edge.export import ExportOptions, export_artifact
 from shadow_edge.runtime import ShadowRuntime
@@ -128,7 +129,7 @@ def test_spec_reads_what_peft_built(peft_cases):
     assert facts["qwen3_mirror1"].shadow.embed is None and facts["qwen3_mirror1"].projection is None
     own = facts["llama_mirror2_own_embed"]
     assert own.shadow.embed is not None and own.shadow.config.num_layers == 2 and own.alpha == pytest.approx(0.3)
-    assert own.lm_head is own.shadow_lm_head and not torch.equal(own.lm_head, own.base.embed)
+    assert own.lm_head is own.shadow_lm_head and not torch.equal(dense(own.lm_head), dense(own.base.embed))
     for name in ("qwen3_narrow", "qwen3_pretrained", "qwen3_projected"):
         assert facts[name].shadow.config.hidden_size == 32 and tuple(facts[name].projection.shape) == (64, 32)
     assert facts["qwen3_narrow"].gate_in.shape[1] == 5 and facts["qwen3_narrow"].injection_down.shape[-1] == 8

@@ -19,7 +19,8 @@ from shadow_edge.runtime import ShadowRuntime
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantize_rows_round_trip_and_packing(bits):
     w = torch.randn(6, 64, generator=torch.Generator().manual_seed(0))
-    q, deq = quantize_rows(w, bits, 32)
+    q = quantize_rows(w, bits, 32)
+    deq = q.dequantize()
     assert q.packed.shape == (6, 2, 32 * bits // 8) and q.scales.shape == (6, 2)
     step = torch.from_numpy(q.scales).repeat_interleave(32, dim=1)
     assert ((w - deq).abs() <= step / 2 + 1e-7).all()  # rounding error at most half a step
@@ -48,7 +49,7 @@ def quantized(cases, tmp_path_factory):
 
 def _forward_error(case, art, scheme, block: int = 32) -> tuple[float, float]:
     """Max |runtime logits - dequantized PyTorch logits| on real positions, and max |reference|."""
-    spec, _ = quantize_spec(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir), scheme, block)
+    spec = quantize_spec(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir), scheme, block)
     ids = torch.randint(0, spec.vocab_size, (2, 6), generator=torch.Generator().manual_seed(4))
     mask = torch.ones_like(ids)
     mask[1, :2] = 0
@@ -130,7 +131,7 @@ def test_larger_blocks_validate_and_generate(cases, tmp_path, scheme, compute):
     if compute == "float32":
         from shadow_edge.core.greedy import greedy_generate
 
-        spec, _ = quantize_spec(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir), scheme, 64)
+        spec = quantize_spec(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir), scheme, 64)
         prompt = [3, 1, 4, 1, 5]
         ours = ShadowRuntime.load(art, threads=1).generate(prompt, mode="base_shadow", max_new_tokens=8)
         ref = greedy_generate(ShadowModel(spec), torch.tensor([prompt]), None, "base_shadow", 8)

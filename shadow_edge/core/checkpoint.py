@@ -16,6 +16,7 @@ import torch
 
 from shadow_edge.core.arch import DecoderConfig, decoder_config_from_hf
 from shadow_edge.core.classifier import HEAD_NAMES, ClassifierHeads, label_names
+from shadow_edge.core.lazy_tensor import LazyTensor, dense, same_values
 from shadow_edge.core.safetensors_io import load_hf_weights, read_json, refuse_pickles
 from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec, layer_tensor_names
 from shadow_edge.errors import CheckpointError, MismatchError
@@ -70,8 +71,8 @@ def reject_leftovers(tensors: dict[str, torch.Tensor], file: Path) -> None:
 class BaseModel:
     config: DecoderConfig
     raw_config: dict
-    weights: DecoderWeights
-    lm_head: torch.Tensor | None  # [vocab, hidden]; None for a sequence-classification base
+    weights: DecoderWeights  # unread (`LazyTensor`s): values are mapped from the files on use
+    lm_head: LazyTensor | torch.Tensor | None  # [vocab, hidden]; None for a sequence-classification base
     files: list[Path]
     score: dict[str, torch.Tensor] | None = None  # *ForSequenceClassification head: {"weight", "bias"?}
 
@@ -86,9 +87,9 @@ def read_base(base_dir: Path) -> BaseModel:
     weights = read_decoder(tensors, "model.", cfg, files[0], with_embed=True)
     score = None  # a *ForSequenceClassification base: its label head instead of lm_head
     for name in (n for n in HEAD_NAMES if f"{n}.weight" in tensors):
-        score = {"weight": tensors.pop(f"{name}.weight")}
+        score = {"weight": dense(tensors.pop(f"{name}.weight"))}  # [labels, hidden]: small, read now
         if f"{name}.bias" in tensors:
-            score["bias"] = tensors.pop(f"{name}.bias")
+            score["bias"] = dense(tensors.pop(f"{name}.bias"))
         break
     if "lm_head.weight" in tensors:
         lm_head = tensors.pop("lm_head.weight")
@@ -102,7 +103,7 @@ def read_base(base_dir: Path) -> BaseModel:
     if tuple(weights.embed.shape) != (cfg.vocab_size, cfg.hidden_size):
         raise CheckpointError(f"{files[0]}: model.embed_tokens.weight has shape {tuple(weights.embed.shape)}, "
                               f"config says ({cfg.vocab_size}, {cfg.hidden_size})")
-    if lm_head is not None and torch.equal(lm_head, weights.embed):
+    if lm_head is not None and same_values(lm_head, weights.embed):
         lm_head = weights.embed  # store equal tensors once
     return BaseModel(cfg, raw, weights, lm_head, files, score)
 

@@ -1,7 +1,8 @@
 """The reference PyTorch model: ShadowPEFT math with explicit KV tensors, masks and positions.
 
 This is what every exported graph is validated against, and what is validated against
-`shadow_peft`. It reads only a `ShadowModelSpec`. Two entry points mirror the deployed
+`shadow_peft`. It reads only a `ShadowModelSpec`, one layer's weights at a time (a checkpoint's `LazyTensor`s are
+read on use and let go, so the model is never held whole in float32). Two entry points mirror the deployed
 graphs: `shadow_state` (shadow backbone -> projection; no vocabulary projection) and
 `backbone` (base layers with injection/update); `logits`/`forward` add the heads.
 
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 
 from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.classifier import pool_last_real
+from shadow_edge.core.lazy_tensor import dense
 from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec
 from shadow_edge.io_spec import GRAPH_MODES, MODE_SHADOW_ONLY
 
@@ -63,6 +65,7 @@ def decoder_layer(cfg: DecoderConfig, layer: dict[str, torch.Tensor], h: torch.T
                   sin: torch.Tensor, bias: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None,
                   ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     b, t, _ = h.shape
+    layer = {name: dense(w) for name, w in layer.items()}  # this layer's float32 weights (lazy ones read now)
     x = rms_norm(h, layer["input_norm.weight"], cfg.rms_norm_eps)
     q = _linear(x, layer, "q").view(b, t, cfg.num_heads, cfg.head_dim)
     k = _linear(x, layer, "k").view(b, t, cfg.num_kv_heads, cfg.head_dim)
@@ -131,9 +134,9 @@ class ShadowModel:
     def shadow_state(self, step: StepInputs, past: KV | None = None) -> tuple[torch.Tensor, KV]:
         """Shadow backbone (incl. final norm) -> projection: shadow_hidden_states [b, t, hidden]."""
         s = self.spec
-        h = F.embedding(step.input_ids, s.shadow_embed)
+        h = F.embedding(step.input_ids, dense(s.shadow_embed))
         h, present = self._stack(s.shadow, h, step, past)
-        h = rms_norm(h, s.shadow.norm, s.shadow.config.rms_norm_eps)
+        h = rms_norm(h, dense(s.shadow.norm), s.shadow.config.rms_norm_eps)
         if s.projection is not None:
             h = F.linear(h, s.projection)
         return h, present
@@ -146,10 +149,10 @@ class ShadowModel:
         `shadow_hidden=None` runs the plain backbone (no adapter), for overhead comparisons.
         """
         s = self.spec
-        h = F.embedding(step.input_ids, s.base.embed)
+        h = F.embedding(step.input_ids, dense(s.base.embed))
         hook = None if shadow_hidden is None else _AdapterHook(s, shadow_hidden)
         h, present = self._stack(s.base, h, step, past, hook)
-        return rms_norm(h, s.base.norm, s.base.config.rms_norm_eps), present
+        return rms_norm(h, dense(s.base.norm), s.base.config.rms_norm_eps), present
 
     @torch.no_grad()
     def forward(self, step: StepInputs, mode: str, past: dict[str, KV] | None = None, last_only: bool = False,
@@ -173,7 +176,7 @@ class ShadowModel:
         s = self.spec
         if s.classifier is not None:
             return s.classifier.for_mode(mode)
-        return (s.shadow_lm_head if mode == MODE_SHADOW_ONLY else s.lm_head), None
+        return dense(s.shadow_lm_head if mode == MODE_SHADOW_ONLY else s.lm_head), None
 
     @torch.no_grad()
     def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str) -> torch.Tensor:

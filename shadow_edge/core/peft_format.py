@@ -40,6 +40,7 @@ from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, classifier
                                          register_format, reject_leftovers, shadow_model_config)
 from shadow_edge.core.classifier import HEAD_NAMES, ClassifierHeads
 from shadow_edge.core.config_values import get_bool, get_float, get_optional_int
+from shadow_edge.core.lazy_tensor import same_values
 from shadow_edge.core.safetensors_io import load_safetensors, read_json, refuse_pickles
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.core.variants import AdapterVariant, register_variant
@@ -228,7 +229,7 @@ def _lm_head(base: BaseModel, t: dict[str, torch.Tensor], file: Path) -> torch.T
                             f"{bc.hidden_size}); found {None if lm_head is None else tuple(lm_head.shape)}; pass the "
                             "*ForCausalLM base it was trained on")
     for ref in (base.weights.embed, base.lm_head):  # store equal tensors once
-        lm_head = ref if torch.equal(lm_head, ref) else lm_head
+        lm_head = ref if same_values(lm_head, ref) else lm_head
     return lm_head
 
 

@@ -1,5 +1,8 @@
 """Reading checkpoint files safely: safetensors only (pickles are refused, never opened) and JSON.
 
+Model weights are opened lazily (`open_safetensors`, `load_hf_weights`: headers only, values memory-mapped
+on use, core/lazy_tensor.py); small files (adapters) are loaded whole as float32 (`load_safetensors`).
+
 Every file is read only if it resolves inside the directory it was given in; the one symlink
 layout that may point elsewhere is the Hugging Face cache's (`snapshots/<rev>/f ->
 ../../blobs/<sha>`). Weights must be floating point and finite.
@@ -13,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from shadow_edge.core.lazy_tensor import LazyTensor
 from shadow_edge.errors import CheckpointError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
@@ -54,54 +58,44 @@ def refuse_pickles(directory: Path, stem: str) -> None:
             f"'{stem}.safetensors')` in a trusted environment")
 
 
-def load_safetensors(path: Path, what: str, root: Path | None = None) -> dict[str, torch.Tensor]:
-    """All tensors of one .safetensors file as float32; integer/bool or non-finite tensors are refused."""
+def open_safetensors(path: Path, what: str, root: Path | None = None) -> dict[str, LazyTensor]:
+    """The tensors of one .safetensors file, unread: names, shapes and dtypes from its header (see
+    core/lazy_tensor.py); integer/bool tensors are refused here, non-finite values when they are loaded."""
     if not path.is_file():
         refuse_pickles(path.parent, path.stem)
         raise CheckpointError(f"{path}: {what} is missing; expected a .safetensors file there")
     contained_file(path, root)
-    out: dict[str, torch.Tensor] = {}
     try:
-        with safe_open(str(path), framework="pt") as f:  # memory-mapped: one tensor read and converted at a time
-            for key in f.keys():
-                out[key] = _checked_float(f.get_tensor(key), key, path)
+        with safe_open(str(path), framework="pt") as f:  # the header only
+            header = {key: f.get_slice(key) for key in f.keys()}
+            return {key: LazyTensor(path, key, tuple(s.get_shape()), s.get_dtype()) for key, s in header.items()}
     except CheckpointError:
         raise
     except Exception as e:  # safetensors raises its own error types for corrupt headers
         raise CheckpointError(f"{path}: cannot read {what} ({e}); the file is corrupt or not safetensors") from None
-    return out
 
 
-def _checked_float(t: torch.Tensor, key: str, path: Path) -> torch.Tensor:
-    """`t` as float32 (bf16/fp16 converted here, so only one half-precision tensor is held at a time)."""
-    if not t.is_floating_point():
-        raise CheckpointError(f"{path}: tensor {key!r} has dtype {t.dtype}; expected floating-point weights "
-                              "(float32/float16/bfloat16); quantized or integer checkpoints are not supported, "
-                              "re-save the model in float")
-    t = t.float()
-    if not torch.isfinite(t).all():
-        bad = int((~torch.isfinite(t)).sum())
-        raise CheckpointError(f"{path}: tensor {key!r} holds {bad} NaN/Inf value(s) of {t.numel()}; the "
-                              "checkpoint is corrupt or training diverged; use a finite checkpoint")
-    return t
+def load_safetensors(path: Path, what: str, root: Path | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of one .safetensors file as float32 (small files: adapters); integer/bool or non-finite
+    tensors are refused."""
+    return {key: t.load() for key, t in open_safetensors(path, what, root).items()}
 
 
-def load_hf_weights(directory: Path) -> tuple[dict[str, torch.Tensor], list[Path]]:
-    """Weights of a HF model directory (single file or sharded index); returns tensors and files read."""
+def load_hf_weights(directory: Path) -> tuple[dict[str, LazyTensor], list[Path]]:
+    """Weights of a HF model directory (single file or sharded index), unread; returns tensors and files."""
     single = directory / "model.safetensors"
     index = directory / "model.safetensors.index.json"
     if single.is_file():
-        return load_safetensors(single, "model weights"), [single]
+        return open_safetensors(single, "model weights"), [single]
     if index.is_file():
-        tensors: dict[str, torch.Tensor] = {}
+        tensors: dict[str, LazyTensor] = {}
         shards = _index_shards(index)
         for shard in shards:
-            tensors.update(load_safetensors(directory / shard, "weights shard", root=directory))
+            tensors.update(open_safetensors(directory / shard, "weights shard", root=directory))
         return tensors, [directory / s for s in shards]
     refuse_pickles(directory, "pytorch_model")
     raise CheckpointError(f"{directory}: no model.safetensors (or sharded index) found; "
                           "save the model with `save_pretrained(..., safe_serialization=True)`")
-
 
 
 def _index_shards(index: Path) -> list[str]:

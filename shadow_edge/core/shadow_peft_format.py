@@ -19,6 +19,7 @@ from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, _take, classifier_heads, read_decoder,
                                          register_format, reject_leftovers, shadow_model_config)
 from shadow_edge.core.config_values import get_float, get_int, get_optional_int
+from shadow_edge.core.lazy_tensor import dense, same_values
 from shadow_edge.core.safetensors_io import load_hf_weights, load_safetensors, read_json
 from shadow_edge.core.classifier import ClassifierHeads
 from shadow_edge.core.spec import ShadowModelSpec
@@ -57,7 +58,7 @@ def _projection_from_shadow_dir(shadow_dir: Path | None) -> torch.Tensor | None:
         tensors, _ = load_hf_weights(shadow_dir)
     except CheckpointError:
         return None
-    return tensors.get("shadow_hidden_projection.weight")
+    return dense(tensors.get("shadow_hidden_projection.weight"))
 
 
 def _check_base_match(base: DecoderConfig, down: torch.Tensor, file: Path) -> None:
@@ -156,9 +157,9 @@ def _lm_heads(base: BaseModel, modules_file: Path) -> tuple[torch.Tensor, torch.
                                 f"the base expects ({base.config.vocab_size}, {base.config.hidden_size})")
     # Store equal tensors once: reuse the base objects wherever values agree.
     for ref in (base.weights.embed, base.lm_head):
-        lm_head = ref if torch.equal(lm_head, ref) else lm_head
-        shadow_lm_head = ref if torch.equal(shadow_lm_head, ref) else shadow_lm_head
-    if torch.equal(shadow_lm_head, lm_head):
+        lm_head = ref if same_values(lm_head, ref) else lm_head
+        shadow_lm_head = ref if same_values(shadow_lm_head, ref) else shadow_lm_head
+    if same_values(shadow_lm_head, lm_head):
         shadow_lm_head = lm_head
     return lm_head, shadow_lm_head
 

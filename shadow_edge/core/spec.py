@@ -3,17 +3,20 @@
 Every checkpoint reader (shadow-peft, HF PEFT) produces a `ShadowModelSpec`; its `variant`
 says what injection and update compute (core/variants.py);
 the PyTorch model, the ONNX builder and the validator consume only this.
-Weights are float32 torch tensors in the PyTorch `nn.Linear` layout [out, in].
+Weights are in the PyTorch `nn.Linear` layout [out, in]: float32 torch tensors, or `LazyTensor`s
+(core/lazy_tensor.py: a checkpoint tensor read on use; `dense(t)` gives its float32 values) for the base
+model's weights, so that the whole model is never held in memory. Shape checks read headers only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.classifier import ClassifierHeads
+from shadow_edge.core.lazy_tensor import LazyValues
 from shadow_edge.core.variants import SHADOW_PEFT, AdapterVariant
 from shadow_edge.errors import MismatchError
 
@@ -109,6 +112,24 @@ class ShadowModelSpec:
     @property
     def shadow_embed(self) -> torch.Tensor:
         return self.base.embed if self.shadow.embed is None else self.shadow.embed
+
+    def loaded(self) -> "ShadowModelSpec":
+        """This spec with every lazy weight read once into float32 (what full validation holds beside its
+        sessions, rather than reading or dequantizing each weight again on every forward); shared tensors stay
+        shared."""
+        done: dict[int, torch.Tensor] = {}
+
+        def load(t):
+            if isinstance(t, LazyValues) and id(t) not in done:
+                done[id(t)] = t.load()
+            return done.get(id(t), t) if isinstance(t, LazyValues) else t
+
+        def stack(w: DecoderWeights) -> DecoderWeights:
+            return replace(w, layers=[{k: load(v) for k, v in layer.items()} for layer in w.layers],
+                           norm=load(w.norm), embed=load(w.embed))
+
+        return replace(self, base=stack(self.base), shadow=stack(self.shadow), lm_head=load(self.lm_head),
+                       shadow_lm_head=load(self.shadow_lm_head), projection=load(self.projection))
 
     def validate(self) -> None:
         """Check every cross-tensor shape once, so no consumer meets a silent broadcast."""

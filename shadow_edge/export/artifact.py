@@ -9,7 +9,6 @@ SIGINT or SIGTERM removes the temporary directory.
 
 from __future__ import annotations
 
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,10 +30,12 @@ from shadow_edge.export.options import QUANT_COMPUTE, ExportOptions
 from shadow_edge.export.out_dir import (PARTIAL_MARKER, check_out, clean_stale_partials, signals_clean_up,
                                         write_partial_then_publish, writer_lock)
 from shadow_edge.export.ort_format import write_ort_format
+from shadow_edge.export.progress import WeightsMeter, estimate_weight_bytes, gb, stderr_progress
 from shadow_edge.export.quantize import quantize_spec
 from shadow_edge.export.tokenizer_files import TokenizerFiles, read_tokenizer_files
 from shadow_edge.export.validation_plan import VALIDATORS, plan_validation
 from shadow_edge.manifest import GraphEntry, Manifest, file_table, write_manifest
+from shadow_edge.manifest_schema import METHOD_FULL
 
 GRAPH_ORDER = [io_spec.GRAPH_SHADOW, io_spec.GRAPH_LM_HEAD, io_spec.GRAPH_SHADOW_LM_HEAD,  # owners of shared
                io_spec.GRAPH_CLASSIFIER, io_spec.GRAPH_SHADOW_CLASSIFIER,  # weights: the detached shadow first
@@ -55,10 +56,6 @@ def _heads(spec: ShadowModelSpec) -> dict[str, tuple[torch.Tensor, torch.Tensor 
     if shadow_w is base_w and shadow_b is base_b:
         heads.pop(list(heads)[1])
     return heads
-
-
-def stderr_progress(message: str) -> None:
-    print(f"[shadow-edge] {message}", file=sys.stderr, flush=True)
 
 
 def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shadow_model: str | Path | None = None,
@@ -82,8 +79,11 @@ def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shad
         progress(f"reading checkpoint: base {base}, adapter {adapter}")
         spec = load_spec(base, adapter, shadow_model, adapter_name)
         tokenizer = read_tokenizer_files(Path(base), spec.vocab_size)
+        needs = estimate_weight_bytes(quantize_spec(spec, options.quantize, options.block_size)
+                                      if options.quantize != "none" else spec)
         manifest = write_partial_then_publish(out, options.force, inputs,
-                                              lambda tmp: _write(spec, tokenizer, tmp, options, progress))
+                                              lambda tmp: _write(spec, tokenizer, tmp, options, progress, needs),
+                                              needs=needs)
     progress(f"done in {time.perf_counter() - started:.1f}s: {out}")
     return manifest
 
@@ -91,11 +91,10 @@ def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shad
 def build_graphs(spec: ShadowModelSpec, options: ExportOptions, progress: Callable[[str], None],
                  ) -> tuple[ShadowModelSpec, bool, WeightStore, dict[str, io_spec.GraphContract], list[GraphBuilder]]:
     """Every graph of the artifact, in memory: (spec as quantized, whether quantized, weights, contracts, builders)."""
-    quantized = {}
-    if options.quantize != "none":
-        progress(f"quantizing decoder and vocabulary weights to {options.quantize} (blocks of {options.block_size})")
-        spec, quantized = quantize_spec(spec, options.quantize, options.block_size)  # spec: dequantized values
-    store, names = WeightStore(), Tensors(quantized, QUANT_COMPUTE[options.quant_compute])
+    quantized = options.quantize != "none"
+    if quantized:  # each weight is quantized as the store writes it
+        spec = quantize_spec(spec, options.quantize, options.block_size)  # spec: Dequantized weights
+    store, names = WeightStore(), Tensors(QUANT_COMPUTE[options.quant_compute])
     contracts = graph_contracts(spec, options)
     builders: list[GraphBuilder] = []
     for name, c in contracts.items():
@@ -107,15 +106,18 @@ def build_graphs(spec: ShadowModelSpec, options: ExportOptions, progress: Callab
         else:
             weight, bias, key = _heads(spec)[name]
             builders.append(build_head(c, weight, key, spec, store, names, bias))
-    return spec, bool(quantized), store, contracts, builders
+    return spec, quantized, store, contracts, builders
 
 
 def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options: ExportOptions,
-           progress: Callable[[str], None]) -> Manifest:
+           progress: Callable[[str], None], weight_bytes: int) -> Manifest:
     spec, quantized, store, contracts, builders = build_graphs(spec, options, progress)
-    progress(f"writing weights ({store.nbytes() / 1e6:.1f} MB, each tensor once)")
-    slots = adapter_slots(builders, store) if options.as_base else {}  # before the write releases the arrays
-    store.write(tmp, GRAPH_ORDER)
+    making = f"read+quantize ({options.quantize})" if quantized else "read+convert"
+    progress(f"writing weights (~{gb(weight_bytes)}; each tensor {making} as it is written)")
+    slots = adapter_slots(builders, store) if options.as_base else {}
+    meter = WeightsMeter(progress, weight_bytes, making)
+    store.write(tmp, GRAPH_ORDER, meter)
+    meter.finish()
     graphs: dict[str, GraphEntry] = {}
     for b in builders:
         onnx.save_model(b.to_model(slots.get("params", {}).get(b.name)), str(tmp / f"{b.name}.onnx"))
@@ -127,7 +129,8 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
     if options.validate:
         plan = plan_validation(options.validation, spec, store.nbytes())
         progress(f"validation method: {plan.method} ({plan.reason()})")
-        validation = VALIDATORS[plan.method](tmp, ShadowModel(spec), graphs, modes, options.quantize,
+        reference = ShadowModel(spec.loaded() if plan.method == METHOD_FULL else spec)  # streamed: a layer at a time
+        validation = VALIDATORS[plan.method](tmp, reference, graphs, modes, options.quantize,
                                              atol=options.validation_atol, progress=progress)
         validation["memory"] = plan.to_dict()
         worst = max(r["max_abs_err"] for r in validation["outputs"].values())

@@ -11,31 +11,33 @@ up-projection. Attention is a kind chosen per graph (export/attention.py) and re
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
 from shadow_edge import io_spec
 from shadow_edge.core.arch import DecoderConfig
+from shadow_edge.core.lazy_tensor import dense
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.export.attention import ATTENTION, AttnInputs
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
-from shadow_edge.export.quantize import Quantized
+from shadow_edge.export.quantize import Dequantized, Quantized
 
 NEG = float(np.finfo(np.float32).min)  # finite: fully masked (padding) rows stay finite
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float32).cpu().numpy()
+    return dense(t).detach().to(torch.float32).cpu().numpy()
 
 
 class Tensors:
-    """Names shared tensors by object identity (the same torch tensor is one ONNX initializer), and
-    emits the ops that read weights: float32 MatMul / Gather / Gemm, or their block-quantized forms
-    for tensors in `quantized` (id(tensor) -> packed form, see export/quantize.py)."""
+    """Names shared tensors by object identity (the same tensor is one ONNX initializer), and emits the
+    ops that read weights: float32 MatMul / Gather, or their block-quantized forms for the spec's
+    `Dequantized` weights (export/quantize.py), quantized when the store writes them."""
 
-    def __init__(self, quantized: dict[int, Quantized] | None = None, accuracy_level: int = 1) -> None:
+    def __init__(self, accuracy_level: int = 1) -> None:
         self._names: dict[int, str] = {}
-        self.quantized = quantized or {}
         self.accuracy_level = accuracy_level  # MatMulNBits compute: 1 = float32, 4 = int8 activations
 
     def raw(self, b: GraphBuilder, t: torch.Tensor, name: str) -> str:
@@ -47,48 +49,74 @@ class Tensors:
         Gemm(transB) repacks the whole matrix on every call (measured 1.4-2x slower for one position). A tied
         embedding keeps its own [vocab, d] rows: gathering columns of [d, vocab] touches d pages per token."""
         name = self._names.setdefault(id(t), name)
-        return b.weight(f"{name}.T", lambda: _np(t.T))
+        return b.weight(f"{name}.T", lambda: _np(dense(t).T))
 
     def linear(self, b: GraphBuilder, x: str, key: str, parts: list[torch.Tensor], tag: str) -> str:
         """x @ concat(parts).T for weights [out, in] stacked along out (q|k|v, gate|up)."""
-        packed = [self.quantized.get(id(t)) for t in parts]
-        if all(packed):
-            qw = packed[0] if len(packed) == 1 else Quantized.concat(packed)
-            return self._matmul_nbits(b, x, key, qw, tag, self.accuracy_level)
+        if all(isinstance(t, Dequantized) for t in parts):
+            quantize = (parts[0].quantized if len(parts) == 1 else
+                        lambda: Quantized.concat([p.quantized() for p in parts]))
+            shape = (sum(p.shape[0] for p in parts), parts[0].shape[1])
+            return self._matmul_nbits(b, x, key, _Once(quantize), shape, parts[0], tag, self.accuracy_level)
         # [in, sum(out)]: the transposed parts concatenated straight into one contiguous copy
-        fused = b.weight(key, lambda: _np(torch.cat([p.T for p in parts], dim=1)))
+        fused = b.weight(key, lambda: _np(torch.cat([dense(p).T for p in parts], dim=1)))
         return b.op("MatMul", [x, fused], tag=f"{tag}/MatMul")
 
     def embed(self, b: GraphBuilder, t: torch.Tensor, name: str, ids: str) -> str:
         """Rows of the [vocab, d] table for `ids` [b, s] -> [b, s, d]."""
-        qw = self.quantized.get(id(t))
-        if qw is None:
+        if not isinstance(t, Dequantized):
             return b.op("Gather", [self.raw(b, t, name), ids], axis=0, tag="embed/Gather")
         name = self._names.setdefault(id(t), name)
-        data = b.weight(f"{name}.quantized_rows", lambda: qw.packed.reshape(qw.packed.shape[0], -1))
-        scales = b.weight(f"{name}.row_scales", lambda: qw.scales)  # same bytes as the head's scales
-        return b.op("GatherBlockQuantized", [data, ids, scales], domain="com.microsoft", bits=qw.bits,
-                    block_size=qw.block, gather_axis=0, quantize_axis=1, tag="embed/GatherBlockQuantized")
+        qw = _Once(t.quantized)
+        data = b.weight(f"{name}.quantized_rows", lambda: qw.packed().reshape(t.shape[0], -1))
+        scales = b.weight(f"{name}.row_scales", qw.scales)  # same bytes as the head's scales
+        return b.op("GatherBlockQuantized", [data, ids, scales], domain="com.microsoft", bits=t.bits,
+                    block_size=t.block, gather_axis=0, quantize_axis=1, tag="embed/GatherBlockQuantized")
 
     def head(self, b: GraphBuilder, hidden: str, t: torch.Tensor, name: str, bias: torch.Tensor | None = None) -> str:
         """hidden [b, n, d] -> logits [b, n, vocab] against the [vocab, d] matrix `t` (+ bias [vocab]: label heads,
         which are never quantized)."""
-        qw = self.quantized.get(id(t))
-        if qw is not None:
+        if isinstance(t, Dequantized):
             name = self._names.setdefault(id(t), name)
-            return self._matmul_nbits(b, hidden, name, qw, "lm_head", self.accuracy_level)
+            return self._matmul_nbits(b, hidden, name, _Once(t.quantized), tuple(t.shape), t, "lm_head",
+                                      self.accuracy_level)
         logits = b.op("MatMul", [hidden, self._transposed(b, t, name)], tag="lm_head/MatMul")  # [b, n, vocab]
         if bias is None:
             return logits
         return b.op("Add", [logits, self.raw(b, bias, f"{name}.bias")], tag="lm_head/Add")
 
     @staticmethod
-    def _matmul_nbits(b: GraphBuilder, x: str, key: str, qw: Quantized, tag: str, accuracy_level: int) -> str:
-        n, k = qw.shape
-        data = b.weight(f"{key}.quantized", lambda: qw.packed)
-        scales = b.weight(f"{key}.scales", lambda: qw.scales.reshape(-1))
-        return b.op("MatMulNBits", [x, data, scales], domain="com.microsoft", K=k, N=n, bits=qw.bits,
-                    block_size=qw.block, accuracy_level=accuracy_level, tag=f"{tag}/MatMulNBits")
+    def _matmul_nbits(b: GraphBuilder, x: str, key: str, qw: "_Once", shape: tuple[int, int], how: Dequantized,
+                      tag: str, accuracy_level: int) -> str:
+        """x @ W.T for W [N, K] = `shape`, quantized as `how` says (`qw` makes the packed form when written)."""
+        n, k = shape
+        data = b.weight(f"{key}.quantized", qw.packed)
+        scales = b.weight(f"{key}.scales", lambda: qw.scales().reshape(-1))
+        return b.op("MatMulNBits", [x, data, scales], domain="com.microsoft", K=k, N=n, bits=how.bits,
+                    block_size=how.block, accuracy_level=accuracy_level, tag=f"{tag}/MatMulNBits")
+
+
+class _Once:
+    """One weight's quantization, shared by its packed bytes and its scales: made for whichever of the two
+    is written first and let go once both were served (the store writes them one after the other)."""
+
+    def __init__(self, make: Callable[[], Quantized]) -> None:
+        self.make, self.value, self.served = make, None, set()
+
+    def packed(self) -> np.ndarray:
+        return self._part("packed")
+
+    def scales(self) -> np.ndarray:
+        return self._part("scales")
+
+    def _part(self, part: str) -> np.ndarray:
+        if self.value is None:
+            self.value = self.make()
+        out = getattr(self.value, part)
+        self.served.add(part)
+        if len(self.served) == 2:
+            self.value, self.served = None, set()
+        return out
 
 
 def _rms(b: GraphBuilder, x: str, w: str, eps: float) -> str:
@@ -167,7 +195,7 @@ def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: 
             qkv = names.linear(b, x, f"{key}.qkv", [lw["q.weight"], lw["k.weight"], lw["v.weight"]], "qkv")
             if cfg.qkv_bias:
                 qkv = b.op("Add", [qkv, b.weight(f"{key}.qkv_bias", lambda: _np(
-                    torch.cat([lw["q.bias"], lw["k.bias"], lw["v.bias"]])))], tag="qkv/Add")
+                    torch.cat([dense(lw[n]) for n in ("q.bias", "k.bias", "v.bias")])))], tag="qkv/Add")
             # q and k as one tensor of H + KV heads through their norms and RoPE: fewer, larger kernels
             qk, v = b.op("Split", [qkv, b.const([(H + KV) * hd, KV * hd])], n_out=2, axis=-1)  # [b, s, (H+KV)*hd]
             if cfg.qk_norm:
@@ -183,7 +211,7 @@ def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: 
             gu = names.linear(b, x, f"{key}.gate_up", [lw["gate.weight"], lw["up.weight"]], "gate_up")
             if cfg.mlp_bias:
                 gu = b.op("Add", [gu, b.weight(f"{key}.gate_up_bias", lambda: _np(
-                    torch.cat([lw["gate.bias"], lw["up.bias"]])))], tag="gate_up/Add")
+                    torch.cat([dense(lw["gate.bias"]), dense(lw["up.bias"])])))], tag="gate_up/Add")
             g, u = b.op("Split", [gu, b.const([cfg.intermediate_size] * 2)], n_out=2, axis=-1)
             m = b.op("Mul", [_silu(b, g), u])
             down = names.linear(b, m, f"{key}.down", [lw["down.weight"]], "down")
@@ -198,8 +226,8 @@ def _qk_norm(b: GraphBuilder, qk: str, key: str, lw: dict[str, torch.Tensor], cf
     H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     heads = b.op("Reshape", [qk, b.const([0, 0, H + KV, hd])])  # [b, s, H+KV, hd]
     normed = _rms(b, heads, b.const(np.ones(hd), np.float32), cfg.rms_norm_eps)
-    scale = b.weight(f"{key}.qk_norm", lambda: _np(torch.cat([lw["q_norm.weight"].expand(H, hd),
-                                                              lw["k_norm.weight"].expand(KV, hd)])))  # [H+KV, hd]
+    scale = b.weight(f"{key}.qk_norm", lambda: _np(torch.cat([dense(lw["q_norm.weight"]).expand(H, hd),
+                                                              dense(lw["k_norm.weight"]).expand(KV, hd)])))  # [H+KV, hd]
     return b.op("Reshape", [b.op("Mul", [normed, scale]), b.const([0, 0, (H + KV) * hd])])
 
 

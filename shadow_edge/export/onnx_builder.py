@@ -8,6 +8,7 @@ weights are fused (qkv, gate|up) and node names are stable (`/layers.3/attn/qkv/
 from __future__ import annotations
 
 import hashlib
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
@@ -26,15 +27,17 @@ ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64, "bool": Tensor
 
 
 class WeightStore:
-    """Every weight once, by key; records which graphs use it; writes the external data files.
+    """Every weight once, by key; records which graphs use it; streams the external data files.
 
-    Once `write` has put the large weights on disk it drops its references to them (only dtype and
-    shape stay), so validation and the rest of the export do not hold a second copy of the model.
+    `add` records how to make a weight (a function), not its values. `write` makes the weights one at
+    a time in the order they were added, writes each large one to its owner's data file at once and lets
+    it go; so at most one weight (plus what making it takes) is in memory. Small ones stay, inline.
     """
 
     def __init__(self) -> None:
-        self.arrays: dict[str, np.ndarray] = {}  # inline (small) ones, and large ones until written
-        self.meta: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}  # key -> (dtype, shape), every weight
+        self.makers: dict[str, Callable[[], np.ndarray]] = {}  # key -> makes its values (float32 or packed uint8)
+        self.arrays: dict[str, np.ndarray] = {}  # inline (small) weights, once written
+        self.meta: dict[str, tuple[np.dtype, tuple[int, ...]]] = {}  # key -> (dtype, shape), once written
         self.users: dict[str, list[str]] = {}
         self.location: dict[str, tuple[str, int, int]] = {}  # key -> (file, offset, length)
         self.written = False
@@ -42,44 +45,59 @@ class WeightStore:
     def add(self, key: str, graph: str, make: Callable[[], np.ndarray]) -> None:
         if self.written:
             raise ValueError(f"weight {key!r} added after the weights were written; exporter bug")
-        if key not in self.meta:
-            arr = np.ascontiguousarray(make())  # float32 weights, uint8 packed ones
-            self.arrays[key], self.meta[key] = arr, (arr.dtype, arr.shape)
+        self.makers.setdefault(key, make)
         users = self.users.setdefault(key, [])
         if graph not in users:
             users.append(graph)
 
+    def array(self, key: str) -> np.ndarray:
+        """The values of one weight: the inline copy once written, else made now (and not kept)."""
+        return self.arrays[key] if key in self.arrays else np.ascontiguousarray(self.makers[key]())
+
     def nbytes(self) -> int:
+        """Bytes of every weight (known once written)."""
         return sum(dtype.itemsize * int(np.prod(shape)) for dtype, shape in self.meta.values())
 
-    def write(self, out_dir: Path, graph_order: list[str]) -> None:
-        """Write each large weight to `<owner>.onnx.data`; the owner is its first user in `graph_order`.
+    def write(self, out_dir: Path, graph_order: list[str],
+              on_weight: Callable[[int, float, float], None] = lambda nbytes, make_s, write_s: None) -> None:
+        """Make each weight and write the large ones to `<owner>.onnx.data`, the owner being its first user in
+        `graph_order`; `on_weight(bytes, seconds making, seconds writing)` after each.
 
-        Arrays with identical bytes (e.g. the packed vocabulary seen as embedding rows and as
-        head blocks) are written once and share one location. Written arrays are released.
+        Arrays with identical bytes (e.g. the packed vocabulary seen as embedding rows and as head
+        blocks) are written once and share one location.
         """
         self.written = True
         handles: dict[str, object] = {}
         written: dict[tuple, tuple[str, int, int]] = {}
         try:
-            for key in [k for k, a in self.arrays.items() if a.nbytes >= INLINE_LIMIT]:
-                arr = self.arrays.pop(key)
-                view = memoryview(arr).cast("B")  # [nbytes], no copy
-                digest = (arr.dtype.str, hashlib.blake2b(view, digest_size=16).digest())
-                if digest in written:
-                    self.location[key] = written[digest]
-                    continue
-                owner = min(self.users[key], key=graph_order.index)
-                fname = f"{owner}.onnx.data"
-                if fname not in handles:
-                    handles[fname] = open(out_dir / fname, "wb")
-                f = handles[fname]
-                f.write(b"\0" * ((-f.tell()) % PAGE))
-                self.location[key] = written[digest] = (fname, f.tell(), arr.nbytes)
-                f.write(view)
+            for key, make in self.makers.items():
+                started = time.perf_counter()
+                arr = np.ascontiguousarray(make())
+                made = time.perf_counter()
+                self.meta[key] = (arr.dtype, arr.shape)
+                if arr.nbytes < INLINE_LIMIT:
+                    self.arrays[key] = arr
+                else:
+                    self._write_one(out_dir, key, arr, min(self.users[key], key=graph_order.index), handles, written)
+                on_weight(arr.nbytes, made - started, time.perf_counter() - made)
+                del arr
         finally:
             for f in handles.values():
                 f.close()
+
+    def _write_one(self, out_dir: Path, key: str, arr: np.ndarray, owner: str, handles: dict, written: dict) -> None:
+        view = memoryview(arr).cast("B")  # [nbytes], no copy
+        digest = (arr.dtype.str, hashlib.blake2b(view, digest_size=16).digest())
+        if digest in written:
+            self.location[key] = written[digest]
+            return
+        fname = f"{owner}.onnx.data"
+        if fname not in handles:
+            handles[fname] = open(out_dir / fname, "wb")
+        f = handles[fname]
+        f.write(b"\0" * ((-f.tell()) % PAGE))
+        self.location[key] = written[digest] = (fname, f.tell(), arr.nbytes)
+        f.write(view)
 
     def data_files(self, graph: str) -> list[str]:
         return sorted({self.location[k][0] for k, users in self.users.items() if graph in users and k in self.location})

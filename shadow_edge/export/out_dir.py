@@ -195,23 +195,48 @@ def remove_partial(tmp: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _free_bytes(out: Path) -> int | None:
+    try:
+        return shutil.disk_usage(out.parent).free
+    except OSError:
+        return None
+
+
+def _space(needs: int | None, out: Path) -> str:
+    """`needs about X GB, Y GB free there` (what is known of it), for errors about writing."""
+    free = _free_bytes(out)
+    parts = ([f"needs about {needs / 1e9:.2f} GB"] if needs else []) + \
+        ([f"{free / 1e9:.2f} GB free there"] if free is not None else [])
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def write_partial_then_publish(out: Path, force: bool, inputs: dict[str, Path], write: Callable[[Path], T],
-                               what: str = "artifact") -> T:
+                               what: str = "artifact", needs: int | None = None) -> T:
     """Run `write(tmp)` into this process's partial directory, then publish it onto `out`; returns what
-    `write` returned. Call under `signals_clean_up()` and `writer_lock(out)`. Any failure removes the partial."""
+    `write` returned. Call under `signals_clean_up()` and `writer_lock(out)`. Any failure removes the partial.
+
+    `needs`: about the bytes `write` puts on disk; less free space than that fails before anything is written,
+    and an error while writing says both numbers.
+    """
     tmp = partial_path(out)
     if tmp.exists() or tmp.is_symlink():  # not ours: clean_stale_partials removed ours
         raise ExportError(f"{tmp}: exists and is not a partial export of this tool; remove it or choose another "
                           "--out")
+    free = _free_bytes(out)
+    if needs and free is not None and needs > free:
+        raise ExportError(f"{out.parent}: not enough free space for the {what}: it needs about {needs / 1e9:.2f} GB, "
+                          f"{free / 1e9:.2f} GB are free; free some space or choose an --out on a larger disk")
     try:
         new_partial(tmp)  # inside the try: a signal right after it still cleans up
         result = write(tmp)
+        reraise_received_signal()
         check_out(out, force, inputs)  # nothing of the user's appeared there meanwhile
         publish(tmp, out)
     except OSError as e:
         remove_partial(tmp)
-        raise ExportError(f"{e.filename or tmp}: cannot write the {what} ({e.strerror or e}); check the free "
-                          f"space, file size limit (ulimit -f) and permissions where --out {out} lives") from None
+        raise ExportError(f"{e.filename or tmp}: cannot write the {what} ({e.strerror or e}){_space(needs, out)}; "
+                          f"check the free space, file size limit (ulimit -f) and permissions where --out {out} "
+                          "lives; nothing was left behind") from None
     except BaseException:
         remove_partial(tmp)
         raise
@@ -259,6 +284,7 @@ class _SignalState:
     installed = False
     deferring = False
     pending: int | None = None
+    received: int | None = None  # the signal that ended this export, even if native code swallowed its exception
 
 
 def _raise_for(signum: int) -> None:
@@ -270,10 +296,18 @@ def _raise_for(signum: int) -> None:
 
 
 def _handler(signum, frame) -> None:
+    _SignalState.received = signum
     if _SignalState.deferring:
         _SignalState.pending = signum
         return
     _raise_for(signum)
+
+
+def reraise_received_signal() -> None:
+    """End as the signal that arrived, if one did: native code (e.g. torch converting a mapped tensor) may have
+    swallowed its exception or turned it into another error, or carried on."""
+    if _SignalState.received is not None:
+        _raise_for(_SignalState.received)
 
 
 @contextmanager
@@ -301,10 +335,13 @@ def signals_clean_up() -> Iterator[None]:
         return
     for s in defaults:
         signal.signal(s, _handler)
-    _SignalState.installed = True
+    _SignalState.installed, _SignalState.received = True, None
     try:
         yield
+    except BaseException:
+        reraise_received_signal()  # whatever error native code made of the signal's exception
+        raise
     finally:
-        _SignalState.installed = False
+        _SignalState.installed, _SignalState.received = False, None
         for s, d in defaults.items():
             signal.signal(s, d)

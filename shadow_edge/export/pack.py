@@ -104,7 +104,7 @@ def _pack_params(spec, base: Manifest, against: Path, options: ExportOptions, pr
         raise ExportError(f"--adapter: its shadow/injection/update weights do not fit the base artifact {against}'s "
                           f"adapter slots ({diff}); a pack needs the same shadow architecture, adapted layers, "
                           "injection rank and gate size as the adapter the base was exported with")
-    return spec, {g: {k: store.arrays[k] for k in p} for g, p in slots["params"].items()}
+    return spec, {g: {k: store.array(k) for k in p} for g, p in slots["params"].items()}
 
 
 def _first_difference(have: dict, want: dict) -> str:

@@ -22,7 +22,7 @@ LABEL_HEADS = (GRAPH_CLASSIFIER, GRAPH_SHADOW_CLASSIFIER)  # [labels, d] (+ bias
 
 
 def adapter_slots(builders: list[GraphBuilder], store: WeightStore) -> dict:
-    """The slots of `builders`' graphs; needs the store's arrays (call before `store.write` releases them)."""
+    """The slots of `builders`' graphs; makes the weights it reads from the store (one at a time)."""
     params: dict[str, dict[str, list]] = {}
     heads: dict[str, str] = {}
     for b in builders:
@@ -32,10 +32,10 @@ def adapter_slots(builders: list[GraphBuilder], store: WeightStore) -> dict:
         if b.contract.role == ROLE_HEAD:
             h = hashlib.sha256()
             for key in b.weights:
-                h.update(np.ascontiguousarray(store.arrays[key]).tobytes())
+                h.update(memoryview(store.array(key)).cast("B"))
             heads[b.name] = h.hexdigest()
             continue
-        own = {k: [str(store.meta[k][0]), list(store.meta[k][1])] for k in b.weights if is_adapter_weight(k)}
+        own = {k: [str(a.dtype), list(a.shape)] for k in b.weights if is_adapter_weight(k) for a in [store.array(k)]}
         if own:
             params[b.name] = own
     return {"params": params, "heads": heads}

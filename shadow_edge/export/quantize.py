@@ -5,9 +5,10 @@ stored unsigned with the ops' default zero point 2^(bits-1), 4-bit values packed
 (low nibble first). The same bytes serve MatMulNBits ([N, K/block, block*bits/8]) and
 GatherBlockQuantized ([N, K*bits/8]), so a tied embedding / head is stored once.
 
-`quantize_spec` returns a spec whose quantized weights are replaced by their dequantized
-values (exactly what the kernels compute with), so the PyTorch reference used for
-validation is the quantized model itself.
+`quantize_spec` returns a spec whose quantized weights are `Dequantized` (lazy): the exporter
+writes their packed form as each streams by (`Dequantized.quantized`), and the PyTorch reference
+used for validation reads their dequantized values (exactly what the kernels compute with), so the
+reference is the quantized model itself. Neither is ever held for the whole model.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from shadow_edge.core.lazy_tensor import LazyValues, dense
 from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec
 
 QUANTIZED_LAYER_WEIGHTS = ("q.weight", "k.weight", "v.weight", "o.weight", "gate.weight", "up.weight", "down.weight")
 BITS = {"int4": 4, "int8": 8}
+ROWS_PER_CHUNK = 4096  # rows quantized together: bounds the float temporaries to a few of these rows
 
 
 @dataclass(frozen=True)
@@ -42,44 +45,72 @@ class Quantized:
         return Quantized(np.concatenate([p.packed for p in parts]), np.concatenate([p.scales for p in parts]),
                          parts[0].bits, parts[0].block)
 
+    def dequantize(self) -> torch.Tensor:
+        """The float32 values [N, K] the kernels compute with."""
+        u = torch.from_numpy(self.packed)  # [N, K / block, block * bits / 8]
+        if self.bits == 4:
+            u = torch.stack((u & 0xF, u >> 4), dim=-1).flatten(-2)  # low nibble first
+        q = u.to(torch.float32) - 2 ** (self.bits - 1)  # [N, K / block, block]
+        return (q * torch.from_numpy(self.scales)[..., None]).reshape(self.shape)
 
-def quantize_rows(w: torch.Tensor, bits: int, block: int) -> tuple[Quantized, torch.Tensor]:
-    """Quantize w [N, K] (K % block == 0); returns the packed form and the dequantized float32 tensor."""
+
+def quantize_rows(w: torch.Tensor, bits: int, block: int) -> Quantized:
+    """Quantize w [N, K] (K % block == 0) in chunks of rows (float temporaries stay a few chunks large)."""
     n, k = w.shape
-    blocks = w.detach().float().reshape(n, k // block, block)
     qmax = 2 ** (bits - 1) - 1
-    scale = blocks.abs().amax(-1) / qmax  # [N, K / block]
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    q = torch.clamp(torch.round(blocks / scale[..., None]), -qmax - 1, qmax)
-    dequantized = (q * scale[..., None]).reshape(n, k)
-    u = (q + 2 ** (bits - 1)).to(torch.uint8)
-    if bits == 4:
-        u = u[..., 0::2] | (u[..., 1::2] << 4)
-    return Quantized(u.numpy(), scale.numpy().astype(np.float32), bits, block), dequantized
+    packed = np.empty((n, k // block, block * bits // 8), np.uint8)
+    scales = np.empty((n, k // block), np.float32)
+    for start in range(0, n, ROWS_PER_CHUNK):
+        rows = slice(start, min(n, start + ROWS_PER_CHUNK))
+        blocks = w[rows].detach().float().reshape(-1, k // block, block)
+        scale = blocks.abs().amax(-1) / qmax  # [rows, K / block]
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        q = torch.clamp(torch.round(blocks / scale[..., None]), -qmax - 1, qmax)
+        u = (q + 2 ** (bits - 1)).to(torch.uint8)
+        if bits == 4:
+            u = u[..., 0::2] | (u[..., 1::2] << 4)
+        packed[rows], scales[rows] = u.numpy(), scale.numpy()
+    return Quantized(packed, scales, bits, block)
 
 
-def quantize_spec(spec: ShadowModelSpec, scheme: str, block: int) -> tuple[ShadowModelSpec, dict[int, Quantized]]:
-    """The spec with decoder linears and vocabulary matrices dequantized, and id(tensor) -> packed form.
+class Dequantized(LazyValues):
+    """A weight [N, K] as quantized: `quantized()` its packed form, `load()` the float32 values the kernels
+    compute with. Both are computed from the (possibly lazy) source on each call and kept by nobody."""
+
+    __slots__ = ("source", "bits", "block")
+
+    def __init__(self, source, bits: int, block: int):
+        self.source, self.bits, self.block = source, bits, block
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size(self.source.shape)
+
+    def quantized(self) -> Quantized:
+        return quantize_rows(dense(self.source), self.bits, self.block)
+
+    def load(self) -> torch.Tensor:
+        return self.quantized().dequantize()
+
+
+def quantize_spec(spec: ShadowModelSpec, scheme: str, block: int) -> ShadowModelSpec:
+    """The spec with decoder linears and vocabulary matrices replaced by their `Dequantized` forms.
 
     Weights whose input size is not a multiple of `block` stay float32. Adapter weights, norms
     and the explicit shadow's projection stay float32 (small, and the adapter's math stays exact).
+    Tied tensors stay one object.
     """
     bits = BITS[scheme]
-    done: dict[int, torch.Tensor] = {}  # id(original) -> dequantized, so tied tensors stay one object
-    packed: dict[int, Quantized] = {}
+    done: dict[int, Dequantized] = {}  # id(original) -> its quantized form
 
-    def q(t: torch.Tensor | None) -> torch.Tensor | None:
+    def q(t):
         if t is None or t.shape[-1] % block:
             return t
-        if id(t) not in done:
-            qt, deq = quantize_rows(t, bits, block)
-            done[id(t)], packed[id(deq)] = deq, qt
-        return done[id(t)]
+        return done.setdefault(id(t), Dequantized(t, bits, block))
 
     def stack(w: DecoderWeights) -> DecoderWeights:
         layers = [{k: (q(v) if k in QUANTIZED_LAYER_WEIGHTS else v) for k, v in layer.items()} for layer in w.layers]
         return replace(w, layers=layers, embed=q(w.embed))
 
-    out = replace(spec, base=stack(spec.base), shadow=stack(spec.shadow), lm_head=q(spec.lm_head),
-                  shadow_lm_head=q(spec.shadow_lm_head))
-    return out, packed
+    return replace(spec, base=stack(spec.base), shadow=stack(spec.shadow), lm_head=q(spec.lm_head),
+                   shadow_lm_head=q(spec.shadow_lm_head))

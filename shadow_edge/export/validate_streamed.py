@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from shadow_edge import io_spec
 from shadow_edge.core.model import (ShadowModel, StepInputs, _AdapterHook, attention_bias, decoder_layer, rms_norm,
                                     rope_tables)
+from shadow_edge.core.lazy_tensor import dense
 from shadow_edge.core.spec import DecoderWeights
 from shadow_edge.export.graph_taps import TapSession
 from shadow_edge.export.validate import (SCENARIOS, Reference, Scenario, Worst, checked_report,
@@ -143,7 +144,7 @@ def _decoder_blocks(art_dir: Path, spec, name: str, entry: GraphEntry, role: str
     worst: dict[str, Worst] = {}
     nonfinite: list[str] = []
     t = torch.from_numpy
-    embed = F.embedding(step.input_ids, spec.shadow_embed if shadow else w.embed)  # [b, T, d]
+    embed = F.embedding(step.input_ids, dense(spec.shadow_embed if shadow else w.embed))  # [b, T, d]
     compare(f"{name} embed", acts[taps.embed], embed.numpy(), real, worst, nonfinite)
     cos, sin = rope_tables(w.config, step.position_ids)
     bias = attention_bias(step.attention_mask, step.input_ids.shape[1])
@@ -163,7 +164,7 @@ def _decoder_blocks(art_dir: Path, spec, name: str, entry: GraphEntry, role: str
         if i in adapted and j + 1 in taps.states:  # the update after the last adapted block feeds nothing
             hook.after(i, h)
             compare(block, acts[taps.states[j + 1]], hook.state.numpy(), real, worst, nonfinite)
-    h = rms_norm(t(acts[taps.layers[-1]]), w.norm, w.config.rms_norm_eps)
+    h = rms_norm(t(acts[taps.layers[-1]]), dense(w.norm), w.config.rms_norm_eps)
     if shadow and spec.projection is not None:
         h = F.linear(h, spec.projection)
     compare(f"{name} norm", main, h.numpy(), real, worst, nonfinite)

@@ -1,0 +1,104 @@
+"""Checkpoint tensors read on use: shape and dtype from the safetensors header, values memory-mapped.
+
+A `LazyTensor` stands for one tensor of a .safetensors file. `load()` maps it (safetensors' `safe_open`
+returns a copy-on-write view of the mapped file, no copy) and converts it to float32: free for float32
+files, one float32 copy of this tensor for bf16/fp16 ones. Nothing keeps the result, so a whole model is
+never held in float32; consumers call `dense(t)` where they need values and let them go.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from shadow_edge.errors import CheckpointError
+
+# safetensors dtype codes of floating-point tensors and their sizes in bytes
+FLOAT_CODES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
+OTHER_CODES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "I16": "int16", "U16": "uint16", "I32": "int32",
+               "U32": "uint32", "I64": "int64", "U64": "uint64", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+class LazyValues(ABC):
+    """Values computed on use: `shape` is known, `load()` gives float32 values that nobody keeps."""
+
+    __slots__ = ()
+    shape: torch.Size
+
+    def dim(self) -> int:
+        return len(self.shape)
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @abstractmethod
+    def load(self) -> torch.Tensor:
+        """float32 values [shape], computed now."""
+
+
+class LazyTensor(LazyValues):
+    """Tensor `key` of the safetensors file `path`: `shape` and `stored_dtype` known, values read by `load()`."""
+
+    __slots__ = ("path", "key", "shape", "stored_dtype", "_checked")
+
+    def __init__(self, path: Path, key: str, shape: tuple[int, ...], stored_dtype: str):
+        if stored_dtype not in FLOAT_CODES:
+            raise CheckpointError(f"{path}: tensor {key!r} has dtype torch.{OTHER_CODES.get(stored_dtype, stored_dtype)}; "
+                                  "expected floating-point weights (float32/float16/bfloat16); quantized or integer checkpoints are not supported, re-save the "
+                                  "model in float")
+        self.path, self.key, self.shape, self.stored_dtype = path, key, torch.Size(shape), stored_dtype
+        self._checked = False  # finiteness is checked on the first load
+
+    @property
+    def stored_nbytes(self) -> int:
+        return self.numel() * FLOAT_CODES[self.stored_dtype]
+
+    def raw(self) -> torch.Tensor:
+        """The tensor as stored (bf16/fp16/fp32), a view of the mapped file."""
+        try:
+            with safe_open(str(self.path), framework="pt") as f:
+                t = f.get_tensor(self.key)
+        except Exception as e:  # the file changed or vanished since its header was read
+            raise CheckpointError(f"{self.path}: cannot read tensor {self.key!r} ({e}); the checkpoint changed "
+                                  "while exporting or is corrupt") from None
+        if tuple(t.shape) != tuple(self.shape):
+            raise CheckpointError(f"{self.path}: tensor {self.key!r} has shape {tuple(t.shape)}, its header said "
+                                  f"{tuple(self.shape)}; the checkpoint changed while exporting")
+        return t
+
+    def load(self) -> torch.Tensor:
+        """float32 values [shape]; non-finite values are refused (checked once)."""
+        t = self.raw().float()
+        if not self._checked:
+            finite = torch.isfinite(t)
+            if not finite.all():
+                raise CheckpointError(f"{self.path}: tensor {self.key!r} holds {int((~finite).sum())} NaN/Inf "
+                                      f"value(s) of {t.numel()}; the checkpoint is corrupt or training diverged; "
+                                      "use a finite checkpoint")
+            self._checked = True
+        return t
+
+    def __repr__(self) -> str:
+        return f"LazyTensor({self.path.name}:{self.key}, {tuple(self.shape)}, {self.stored_dtype})"
+
+
+def dense(t):
+    """float32 values of a tensor that may be lazy (torch tensors and None pass through)."""
+    return t.load() if isinstance(t, LazyValues) else t
+
+
+def same_values(a, b) -> bool:
+    """Whether two (possibly lazy) tensors hold equal values; lazy ones of one stored dtype compare as stored,
+    so nothing is converted."""
+    if a is b:
+        return True
+    if tuple(a.shape) != tuple(b.shape):
+        return False
+    if isinstance(a, LazyTensor) and isinstance(b, LazyTensor) and a.stored_dtype == b.stored_dtype:
+        ra, rb = a.raw(), b.raw()  # mapped, not copied; an untied head differs in its first row already
+        return (ra.dim() == 0 or torch.equal(ra[:1], rb[:1])) and torch.equal(ra, rb)
+    return torch.equal(dense(a), dense(b))
