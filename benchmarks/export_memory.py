@@ -35,7 +35,8 @@ class AnonSampler:
         self.period, self.peak_kb, self._stop = period, status_kb("RssAnon"), threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.phases: dict[str, int] = {}  # phase -> highest RssAnon (kB) while it ran
-        self._phase, self._phase_kb = "start", self.peak_kb
+        self.seconds: dict[str, float] = {}  # phase -> seconds it ran
+        self._phase, self._phase_kb, self._phase_t = "start", self.peak_kb, time.perf_counter()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -45,7 +46,9 @@ class AnonSampler:
 
     def phase(self, name: str) -> None:
         self.phases[self._phase] = max(self.phases.get(self._phase, 0), self._phase_kb, status_kb("RssAnon"))
-        self._phase, self._phase_kb = name, status_kb("RssAnon")
+        now = time.perf_counter()
+        self.seconds[self._phase] = self.seconds.get(self._phase, 0.0) + now - self._phase_t
+        self._phase, self._phase_kb, self._phase_t = name, status_kb("RssAnon"), now
 
     def __enter__(self) -> "AnonSampler":
         self._thread.start()
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
               "anon_above_baseline_mb": (sampler.peak_kb - base_kb) / 1024,
               "peak_rss_mb": status_kb("VmHWM") / 1024,
               "phases_peak_anon_mb": {k: round(v / 1024) for k, v in sampler.phases.items()},
+              "phases_s": {k: round(v, 1) for k, v in sampler.seconds.items()},
               "largest_tensor_mb": largest_tensor_bytes(args.base) / 2 ** 20,
               "artifact_mb": sum(f.stat().st_size for f in args.out.iterdir()) / 2 ** 20}
     print(json.dumps(record))

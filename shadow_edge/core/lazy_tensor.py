@@ -74,16 +74,23 @@ class LazyTensor(LazyValues):
         """float32 values [shape]; non-finite values are refused (checked once)."""
         t = self.raw().float()
         if not self._checked:
-            finite = torch.isfinite(t)
-            if not finite.all():
-                raise CheckpointError(f"{self.path}: tensor {self.key!r} holds {int((~finite).sum())} NaN/Inf "
-                                      f"value(s) of {t.numel()}; the checkpoint is corrupt or training diverged; "
-                                      "use a finite checkpoint")
+            bad = _count_nonfinite(t)
+            if bad:
+                raise CheckpointError(f"{self.path}: tensor {self.key!r} holds {bad} NaN/Inf value(s) of "
+                                      f"{t.numel()}; the checkpoint is corrupt or training diverged; use a finite "
+                                      "checkpoint")
             self._checked = True
         return t
 
     def __repr__(self) -> str:
         return f"LazyTensor({self.path.name}:{self.key}, {tuple(self.shape)}, {self.stored_dtype})"
+
+
+def _count_nonfinite(t: torch.Tensor, chunk: int = 1 << 22) -> int:
+    """NaN/Inf values of `t`, counted in chunks: isfinite's temporaries (an abs copy, masks) stay small rather
+    than 1.25x the tensor (measured: 1.0 GB above the mapped 0.6 GB Qwen3-0.6B embedding when done whole)."""
+    flat = t.reshape(-1)  # a view: checkpoint tensors are contiguous
+    return sum(int(part.numel() - torch.isfinite(part).sum()) for part in flat.split(chunk))
 
 
 def dense(t):
