@@ -27,7 +27,7 @@ def adapter_slots(builders: list[GraphBuilder], store: WeightStore) -> dict:
     heads: dict[str, str] = {}
     for b in builders:
         if b.name in LABEL_HEADS:
-            params[b.name] = {k: [str(store.meta[k][0]), list(store.meta[k][1])] for k in b.weights}
+            params[b.name] = {k: [str(a.dtype), list(a.shape)] for k in b.weights for a in [store.array(k)]}
             continue
         if b.contract.role == ROLE_HEAD:
             h = hashlib.sha256()
