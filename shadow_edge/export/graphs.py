@@ -46,7 +46,7 @@ class Tensors:
 
     def _transposed(self, b: GraphBuilder, t: torch.Tensor, name: str) -> str:
         """A float32 head matrix [out, d] stored as [d, out] (key `<name>.T`): MatMul reads it as it lies, where
-        Gemm(transB) repacks the whole matrix on every call (measured 1.4-2x slower for one position). A tied
+        Gemm(transB) repacks the whole matrix on every call (one position: 1.5x slower at W1, 6x at `small`). A tied
         embedding keeps its own [vocab, d] rows: gathering columns of [d, vocab] touches d pages per token."""
         name = self._names.setdefault(id(t), name)
         return b.weight(f"{name}.T", lambda: _np(dense(t).T))
