@@ -137,3 +137,15 @@ def test_manifest_records_method_and_stays_compatible(cases, tmp_path):
         else:
             with pytest.raises(ArtifactError, match="validation.(method|blocks)"):
                 read_manifest(art)
+
+
+def test_taps_missing_from_a_graph_are_named(cases, tmp_path):
+    from shadow_edge.export.graph_taps import find_taps
+
+    m = _export(cases("qwen3_implicit"), tmp_path / "art", validate=False)
+    model = onnx.load(str(tmp_path / "art" / m.graphs["backbone"].file), load_external_data=False)
+    taps = find_taps(model, "backbone", 4, 3)
+    assert len(taps.layers) == 4 and sorted(taps.states) == [0, 1, 2] and taps.states[0] == "shadow_hidden_states"
+    next(n for n in model.graph.node if n.name == "/layers.2/mlp_residual").name = "/layers.2/renamed"
+    with pytest.raises(ExportError, match=r"graph 'backbone' has no node /layers\.2/mlp_residual.*exporter bug"):
+        find_taps(model, "backbone", 4, 3)

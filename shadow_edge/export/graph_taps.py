@@ -5,7 +5,7 @@ loads the changed graph from memory with its external data read from the artifac
 is written into the artifact; weights stay where they are). Taps are found by the builder's stable node
 names (export/onnx_builder.py, export/graphs.py):
 
-  `/embed/*`                  the embedding rows                               [b, t, d]
+  `/embed/*` (its last node)  the embedding rows                               [b, t, d]
   `/layers.{i}/mlp_residual`  the residual stream after decoder layer i        [b, t, d]
   `/adapter.{j}/inject/Sub`   its second input: the shadow state entering adapted block j  [b, t, d]
 """

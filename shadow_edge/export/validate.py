@@ -38,6 +38,15 @@ class Scenario:
     decode_steps: int
     spare: int  # cache capacity beyond the prompt; < decode_steps makes the runtime grow the buffers
 
+    def inputs(self, vocab: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random ids [b, prompt + decode_steps] and their left-padding mask [b, prompt + decode_steps]."""
+        longest = max(self.prompt_lengths)
+        ids = torch.randint(0, vocab, (len(self.prompt_lengths), longest + self.decode_steps), generator=gen)
+        mask = torch.ones_like(ids)
+        for r, n in enumerate(self.prompt_lengths):
+            mask[r, : longest - n] = 0
+        return ids, mask
+
     def to_dict(self) -> dict:
         return {"prompt_lengths": list(self.prompt_lengths), "decode_steps": self.decode_steps,
                 "cache_capacity": max(self.prompt_lengths) + self.spare}
@@ -123,12 +132,8 @@ def raise_misses(report: dict, nonfinite: list[str], where: str = "") -> None:
 
 def _run_scenario(model: ShadowModel, mode: str, roles: dict[str, str], pipe: Pipeline, sc: Scenario,
                   gen: torch.Generator, worst: dict, nonfinite: list) -> None:
-    longest = max(sc.prompt_lengths)
-    total = longest + sc.decode_steps
-    ids = torch.randint(0, model.spec.vocab_size, (len(sc.prompt_lengths), total), generator=gen)
-    mask = torch.ones_like(ids)
-    for r, n in enumerate(sc.prompt_lengths):
-        mask[r, : longest - n] = 0
+    ids, mask = sc.inputs(model.spec.vocab_size, gen)
+    longest, total = max(sc.prompt_lengths), ids.shape[1]
     full = StepInputs.full(ids, mask)
     ref = Reference(model, mode, roles)
     caches = pipe.empty_caches(ids.shape[0], longest + sc.spare)

@@ -48,7 +48,7 @@ def validate_streamed(art_dir: Path, model: ShadowModel, graphs: dict[str, Graph
                       threads: int = 2, progress: Callable[[str], None] = lambda s: None,
                       scenario: Scenario = STREAM_SCENARIO) -> dict:
     """Validate every mode of `modes` end to end and every graph block by block; raise ExportError on a miss."""
-    ids, mask = _inputs(model.spec.vocab_size, scenario)
+    ids, mask = scenario.inputs(model.spec.vocab_size, torch.Generator().manual_seed(0))
     with torch.no_grad():
         outputs = _end_to_end(art_dir, model, graphs, modes, quantization, threads, scenario, ids, mask, progress)
         blocks = _blocks(art_dir, model, graphs, modes, threads, ids, mask, progress)
@@ -58,17 +58,6 @@ def validate_streamed(art_dir: Path, model: ShadowModel, graphs: dict[str, Graph
                  [n for _, nonfinite in blocks.values() for n in nonfinite], " (blocks)")
     return {"method": METHOD_STREAMED, "atol": atol, "path": "runtime", "scenarios": [scenario.to_dict()],
             "outputs": checked_report(outputs[0], outputs[1], atol), "blocks": block_report, "passed": True}
-
-
-def _inputs(vocab: int, sc: Scenario) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random ids [b, total] and the left-padding mask [b, total] of the scenario."""
-    longest = max(sc.prompt_lengths)
-    total = longest + sc.decode_steps
-    ids = torch.randint(0, vocab, (len(sc.prompt_lengths), total), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(ids)
-    for r, n in enumerate(sc.prompt_lengths):
-        mask[r, : longest - n] = 0
-    return ids, mask
 
 
 def _end_to_end(art_dir: Path, model: ShadowModel, graphs: dict[str, GraphEntry], modes: dict[str, dict[str, str]],
