@@ -58,11 +58,17 @@ def write_interop(art_dir: Path, graphs: dict[str, GraphEntry], modes: dict[str,
     """Write the interop files into `art_dir`; return the manifest's `interop` section."""
     detached = Chain.of_mode(modes[io_spec.MODE_SHADOW_ONLY])
     combined = Chain.of_mode(modes[io_spec.MODE_BASE_SHADOW])
-    split: dict[str, GraphSession] = {}  # the split graphs' sessions, opened once for both checks
-    section = {
-        "detached": _single(art_dir, graphs, detached, DETACHED_FILE, io_spec.MODE_SHADOW_ONLY, validate, split),
-        "combined": _single(art_dir, graphs, combined, COMBINED_FILE, io_spec.MODE_BASE_SHADOW, validate, split),
-        "configs": {GENAI_CONFIG: TOOLS[GENAI_CONFIG]}}
+    section = {"detached": _single(art_dir, graphs, detached, DETACHED_FILE, io_spec.MODE_SHADOW_ONLY),
+               "combined": _single(art_dir, graphs, combined, COMBINED_FILE, io_spec.MODE_BASE_SHADOW),
+               "configs": {GENAI_CONFIG: TOOLS[GENAI_CONFIG]}}
+    written = [(section[k], chain) for k, chain in (("detached", detached), ("combined", combined))
+               if section[k]["file"]]
+    if validate:  # the split graphs' outputs first (their sessions opened once, then freed), then each joined
+        split: dict[str, GraphSession] = {}  # graph alone: at most one copy of the weights mapped at a time
+        references = [split_reference(art_dir, graphs, chain, split) for _, chain in written]
+        split.clear()
+        for (entry, chain), reference in zip(written, references):
+            entry["validation"] = check_joined(art_dir, graphs, chain, entry["file"], reference=reference)
     decoder = _decoder(model, graphs, detached)
     _write_json(art_dir / GENAI_CONFIG, genai_config(decoder, model, tokenizer, _read_json(
         art_dir / "generation_config.json")))
@@ -72,9 +78,8 @@ def write_interop(art_dir: Path, graphs: dict[str, GraphEntry], modes: dict[str,
     return section
 
 
-def _single(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, mode: str, validate: bool,
-            split: dict[str, GraphSession]) -> dict:
-    """Join one mode's chain into `file` where the tools can run it; its manifest entry (tools, limits, check)."""
+def _single(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, mode: str) -> dict:
+    """Join one mode's chain into `file` where the tools can run it; its manifest entry (tools, limits)."""
     entry = {"file": None, "mode": mode, "graphs": list(chain.graphs), "kv_layers": kv_layers(chain, graphs),
              "tools": [], "limits": {}}
     if len(kv_shapes(chain, graphs)) != 1:
@@ -92,8 +97,6 @@ def _single(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: st
         entry["limits"][TOOL_OPTIMUM] = (f"attention {', '.join(kinds)} writes into a preallocated KV buffer; "
                                          "optimum feeds exactly sized pasts and concatenates, which only "
                                          "GroupQueryAttention graphs accept")
-    if validate:
-        entry["validation"] = check_joined(art_dir, graphs, chain, file, split=split)
     return entry
 
 
@@ -171,33 +174,48 @@ def joined_entry(graphs: dict[str, GraphEntry], chain: Chain, file: str) -> Grap
                       kv_layers=layers, kv_heads=kv_heads, head_dim=head_dim, attention=attention)
 
 
-def check_joined(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, atol: float = 1e-4,
-                 split: dict[str, GraphSession] | None = None) -> dict:
-    """The joined graph against the runtime's own pipeline over the split graphs (in-place KV, as both
-    run): a left-padded batch of 2, a 5-token prefill, then one decode step. Raises ExportError on a miss.
-    `split`: the split graphs' sessions by name, reused and filled in (one session per graph across checks)."""
+# The check's inputs: a left-padded batch of 2, a 5-token prefill, then one decode step.
+_CHECK_IDS_SEED, _CHECK_STEPS = 0, ((0, 5), (5, 6))
+_CHECK_MASK = np.array([[1] * 6, [0, 0] + [1] * 4], np.int64)  # [2, 6]: row 1 left-padded
+
+
+def _check_steps(vocab: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(input_ids, attention_mask, position_ids) of each step of the check."""
+    ids = np.random.default_rng(_CHECK_IDS_SEED).integers(0, vocab, (2, 6))  # [2, 6]
+    pos = position_ids(_CHECK_MASK)
+    return [(ids[:, lo:hi], _CHECK_MASK[:, :hi], pos[:, lo:hi]) for lo, hi in _CHECK_STEPS]
+
+
+def split_reference(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain,
+                    split: dict[str, GraphSession] | None = None) -> list[np.ndarray]:
+    """The runtime's own pipeline over the split graphs (in-place KV) on the check's steps: logits per step
+    [2, t, vocab]. `split`: the split graphs' sessions by name, reused and filled in."""
     split = {} if split is None else split
     for g in chain.graphs:
         if g not in split:  # prepack=False: weights stay in the (page-aligned, mapped) data files
             split[g] = GraphSession(g, graphs[g], art_dir, prepack=False)
-    sessions = [split[g] for g in chain.graphs]
-    pipe = Pipeline(sessions[-1], *sessions[:-1])  # head, shadow[, backbone]
+    pipe = Pipeline(split[chain.graphs[-1]], *(split[g] for g in chain.graphs[:-1]))  # head, shadow[, backbone]
+    caches = pipe.empty_caches(2, 6)
+    vocab = int(graphs[chain.graphs[-1]].outputs[0].shape[-1])
+    return [pipe.step(*step, caches, last_only=False) for step in _check_steps(vocab)]
+
+
+def check_joined(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, atol: float = 1e-4,
+                 reference: list[np.ndarray] | None = None) -> dict:
+    """The joined graph against the runtime's own pipeline over the split graphs (in-place KV, as both
+    run; `split_reference`, computed here unless given, its sessions freed before the joined one opens):
+    a left-padded batch of 2, a 5-token prefill, then one decode step. Raises ExportError on a miss."""
+    if reference is None:
+        reference = split_reference(art_dir, graphs, chain)
     entry = joined_entry(graphs, chain, file)
     joined = GraphSession(file, entry, art_dir, prepack=False)
-    vocab = int(entry.outputs[0].shape[-1])
-    ids = np.random.default_rng(0).integers(0, vocab, (2, 6))  # [2, 6]
-    mask = np.array([[1] * 6, [0, 0] + [1] * 4], np.int64)  # [2, 6]: row 1 left-padded
-    pos = position_ids(mask)
-    caches = pipe.empty_caches(2, 6)
     cache = KVCache.empty(2, entry.kv_layers, entry.kv_heads, entry.head_dim, 6)
     worst = 0.0
-    for lo, hi in ((0, 5), (5, 6)):
-        step = (ids[:, lo:hi], mask[:, :hi], pos[:, lo:hi])
-        ref = pipe.step(*step, caches, last_only=False)  # [2, t, vocab]
+    for (lo, hi), step, ref in zip(_CHECK_STEPS, _check_steps(int(entry.outputs[0].shape[-1])), reference):
         ours = joined.run_in_place({io_spec.INPUT_IDS: ov(step[0]), io_spec.ATTENTION_MASK: ov(step[1]),
-                                    io_spec.POSITION_IDS: ov(step[2])}, cache.tensors).numpy()
+                                    io_spec.POSITION_IDS: ov(step[2])}, cache.tensors).numpy()  # [2, t, vocab]
         cache.length += hi - lo
-        real = mask[:, lo:hi].astype(bool)
+        real = _CHECK_MASK[:, lo:hi].astype(bool)
         err = float(np.abs(ours[real] - ref[real]).max(initial=0.0))
         if not err <= atol * max(1.0, float(np.abs(ref[real]).max(initial=0.0))):
             raise ExportError(f"{art_dir / file}: logits differ from the split graphs {list(chain.graphs)} by "
