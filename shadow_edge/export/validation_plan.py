@@ -1,12 +1,14 @@
 """Which validation an export runs: full (the PyTorch reference beside the sessions) or streamed (block-wise).
 
 `--validation auto` (the default) picks full validation when the float32 reference and the
-artifact's weights (what the onnxruntime sessions hold) fit together in the memory available,
-else streamed validation (export/validate_streamed.py: one decoder layer of the reference at a
-time). Available = the kernel's MemAvailable plus what this process already holds of the
-reference (its anonymous memory, at most the reference's size): an export that read the whole
-checkpoint reuses it. `full` / `streamed` force a method. The choice and its figures go into
-the manifest's `validation.memory`.
+artifact's weights (what the onnxruntime sessions hold) fit together in half the memory
+available (the kernel's MemAvailable), else streamed validation (export/validate_streamed.py:
+one decoder layer of the reference at a time). The half is headroom for activations, kernel
+layouts and other processes: the checkpoint is read lazily, so the export holds none of the
+reference before validation, and full validation of Qwen3-1.7B/4B shapes chosen without that
+headroom either ran past 10 minutes or took 17 GB on a 24 GB machine (benchmarks/RESULTS.md,
+issue 16). `full` / `streamed` force a method. The choice and its figures go into the
+manifest's `validation.memory`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from shadow_edge.manifest_schema import METHOD_FULL, METHOD_STREAMED
 METHOD_AUTO = "auto"
 VALIDATORS: dict[str, Callable[..., dict]] = {METHOD_FULL: validate_graphs, METHOD_STREAMED: validate_streamed}
 METHODS = (METHOD_AUTO, *VALIDATORS)
+FULL_SHARE = 0.5  # auto: full validation only when reference + sessions fit in this share of the memory available
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class ValidationPlan:
         if self.requested != METHOD_AUTO:
             return f"requested; {need}"
         have = "unknown" if self.available_bytes is None else f"{self.available_bytes / 1e9:.2f} GB"
-        return f"{need} {'fit in' if self.method == METHOD_FULL else 'exceed'} {have} available"
+        return (f"{need} {'fit in' if self.method == METHOD_FULL else 'exceed'} {FULL_SHARE:.0%} of {have} "
+                "available")
 
     def to_dict(self) -> dict:
         return {"requested": self.requested, "reference_bytes": self.reference_bytes,
@@ -55,10 +59,10 @@ class ValidationPlan:
 
 def plan_validation(requested: str, spec: ShadowModelSpec, session_bytes: int) -> ValidationPlan:
     ref = reference_bytes(spec)
-    available = available_bytes(ref)
+    available = available_bytes()
     method = requested
     if requested == METHOD_AUTO:
-        fits = available is None or ref + session_bytes <= available
+        fits = available is None or ref + session_bytes <= FULL_SHARE * available
         method = METHOD_FULL if fits else METHOD_STREAMED
     return ValidationPlan(method, requested, ref, session_bytes, available)
 
@@ -80,13 +84,9 @@ def reference_bytes(spec: ShadowModelSpec) -> int:
     return 4 * total
 
 
-def available_bytes(reference: int) -> int | None:
-    """MemAvailable plus this process's anonymous memory (at most `reference`); None where /proc is absent."""
-    meminfo = _kib_fields(Path("/proc/meminfo"))
-    if "MemAvailable" not in meminfo:
-        return None
-    own = _kib_fields(Path("/proc/self/status")).get("RssAnon", 0)
-    return meminfo["MemAvailable"] + min(own, reference)
+def available_bytes() -> int | None:
+    """The kernel's MemAvailable; None where /proc is absent."""
+    return _kib_fields(Path("/proc/meminfo")).get("MemAvailable")
 
 
 def _kib_fields(path: Path) -> dict[str, int]:
