@@ -46,7 +46,7 @@ class Pipeline:
             bound: dict | None = None) -> ort.OrtValue:
         """One KV-cached graph of this chain in place (with this pipeline's extra inputs for it); `bound`: see
         `GraphSession.run_in_place`."""
-        return graph.run_in_place({**feed, **self.params.get(graph.name, {})}, kv, bound)
+        return graph.run_in_place(feed, kv, bound, self.params.get(graph.name))
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              caches: list[KVCache], last_only: bool, shadow_states: np.ndarray | None = None,

@@ -22,7 +22,7 @@ class KVCache:
     arrays: list[np.ndarray]  # each [batch, kv_heads, capacity, head_dim]; the OrtValues share this memory
     tensors: list[ort.OrtValue]
     length: int  # valid positions (past_seq), including left padding
-    bindings: dict = field(default_factory=dict)  # GraphSession -> its onnxruntime IOBinding with these buffers bound
+    bindings: dict = field(default_factory=dict)  # GraphSession -> (its IOBinding with these buffers bound, its fixed inputs)
 
     @classmethod
     def empty(cls, batch: int, layers: int, kv_heads: int, head_dim: int, capacity: int) -> "KVCache":

@@ -141,23 +141,26 @@ class GraphSession:
             raise self._run_error(e) from None
 
     def run_in_place(self, feed: dict[str, ort.OrtValue], kv: list[ort.OrtValue], bound: dict | None = None,
-                     ) -> ort.OrtValue:
+                     fixed: dict[str, ort.OrtValue] | None = None) -> ort.OrtValue:
         """Run a KV-cached graph with each past_key_values.* and its present.* bound to one buffer.
 
         The graph writes the new keys/values inside the buffers (io_spec.KV_BINDING; no concat copy).
+        `fixed`: inputs that do not change between steps (an adapter pack's weights), bound with the KV pairs.
         `bound`: a dict owned with the buffers (`KVCache.bindings`, emptied when they change) that keeps this
-        graph's binding between steps, so only `feed` is bound again (the KV pairs once per cache).
+        graph's binding between steps, so only `feed` is bound again (the KV pairs and `fixed` once per cache).
         Returns the main output (hidden states) [b, t, d].
         """
-        io = None if bound is None else bound.get(self)
-        if io is None:
+        io, made_for = (None, None) if bound is None else bound.get(self, (None, None))
+        if io is None or made_for is not fixed:
             io = self.session.io_binding()
             io.bind_output(self.main_output, "cpu")  # first: get_outputs() follows binding order
             for (past, present), buf in zip(self.kv_pairs, kv, strict=True):
                 io.bind_ortvalue_input(past, buf)
                 io.bind_ortvalue_output(present, buf)
+            for name, value in (fixed or {}).items():
+                io.bind_ortvalue_input(name, value)
             if bound is not None:
-                bound[self] = io
+                bound[self] = (io, fixed)
         else:  # a fresh output each run (onnxruntime would write the last one's buffer again, or refuse its shape)
             io.bind_output(self.main_output, "cpu")
         for name, value in feed.items():

@@ -155,7 +155,7 @@ def draft(pipe, head, s_cache: KVCache, mask: np.ndarray, pos: np.ndarray, x: np
         feed = {"input_ids": ov(fed[:, j:j + 1]),  # [b, 1]
                 "attention_mask": ov(np.concatenate([mask, np.ones((b, j + 1), np.int64)], axis=1)),
                 "position_ids": ov((pos + j)[:, None])}  # [b, 1]
-        s = pipe.run(pipe.shadow, feed, s_cache.tensors)  # [b, 1, d]
+        s = pipe.run(pipe.shadow, feed, s_cache.tensors, s_cache.bindings)  # [b, 1, d]
         s_cache.length += 1
         hidden.append(s.numpy().copy())
         if j < k:
@@ -201,7 +201,7 @@ def verify(pipe, head, b_cache: KVCache, mask: np.ndarray, pos: np.ndarray, fed:
         h = ov(np.concatenate(out, axis=0))  # [b, k + 1, d]
     else:
         h = pipe.run(pipe.backbone, {"input_ids": ov(fed), "attention_mask": ov(v_mask), "position_ids": ov(v_pos),
-                                     SHADOW_HIDDEN: ov(hidden)}, b_cache.tensors)
+                                     SHADOW_HIDDEN: ov(hidden)}, b_cache.tensors, b_cache.bindings)
     return head.run({pipe.head_input: h})[0].numpy()
 
 
