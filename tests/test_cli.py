@@ -163,3 +163,10 @@ def test_demo_builds_once_and_reports_latency(capsys, tmp_path):
     assert "tok/s" in out and "prefill ms" in out
     rc, out, err = cli(capsys, "demo", "--cache-dir", tmp_path, "--max-new-tokens", "3", "--threads", "1")
     assert rc == 0 and "exporting" not in err  # reused the cached artifact
+
+
+@pytest.mark.parametrize("command", [("bench", "--reps", "1"), ("run", "--prompt", "hi")])
+def test_a_missing_adapter_pack_is_refused_before_any_work(capsys, tiny_artifact, tmp_path, command):
+    rc, out, err = cli(capsys, command[0], tiny_artifact, "--adapter", f"x={tmp_path / 'gone'}", *command[1:])
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and "no such adapter pack directory" in err  # no bandwidth probe or load first

@@ -23,7 +23,10 @@ def parse_ids(text: str) -> list[int]:
 
 
 def parse_adapters(items: list[str] | None) -> dict[str, str]:
-    """`--adapter NAME=PACK` (repeatable) -> {NAME: PACK}; a name given twice is refused."""
+    """`--adapter NAME=PACK` (repeatable) -> {NAME: PACK}; a name given twice, or a PACK that is not an adapter
+    pack, is refused here, before any model is loaded or timed."""
+    from shadow_edge.runtime.adapters import open_pack
+
     out: dict[str, str] = {}
     for item in items or []:
         name, sep, path = item.partition("=")
@@ -32,6 +35,7 @@ def parse_adapters(items: list[str] | None) -> dict[str, str]:
         if name in out:
             raise InputError(f"--adapter {item!r}: the name {name!r} is already given ({out[name]}); each pack needs "
                              "its own name")
+        open_pack(path)
         out[name] = path
     return out
 

@@ -56,15 +56,20 @@ class LoadedPack:
         return sum(v.numpy().nbytes for f in self.feeds.values() for v in f.values())
 
 
-def read_pack(name, pack_dir, base: Manifest, base_dir: Path, verify: bool = True) -> LoadedPack:
-    """Check a pack against the base artifact (identity, slots, sha256) and read its weights."""
-    if not isinstance(name, str):
-        raise InputError(f"adapter name is {name!r}; it must be a string such as 'support'")
+def open_pack(pack_dir) -> tuple[Path, PackManifest]:
+    """The pack directory and its manifest; ArtifactError when it is missing or not a pack (cheap: no weights)."""
     pack_dir = artifact_dir(pack_dir)
     if not pack_dir.is_dir():
         raise ArtifactError(f"{pack_dir}: no such adapter pack directory; create one with `shadow-edge export "
                             "--base B --adapter A --out PACK --against BASE_ART`")
-    manifest = read_pack_manifest(pack_dir)
+    return pack_dir, read_pack_manifest(pack_dir)
+
+
+def read_pack(name, pack_dir, base: Manifest, base_dir: Path, verify: bool = True) -> LoadedPack:
+    """Check a pack against the base artifact (identity, slots, sha256) and read its weights."""
+    if not isinstance(name, str):
+        raise InputError(f"adapter name is {name!r}; it must be a string such as 'support'")
+    pack_dir, manifest = open_pack(pack_dir)
     check_pack_fits(manifest, base, pack_dir, base_dir)
     if verify:
         verify_files(pack_dir, manifest)  # duck-typed: reads .files
