@@ -245,6 +245,23 @@ def test_signal_mid_export_cleans_up(inputs, tmp_path, sig, code):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".art.lock", "models"]
 
 
+def _background_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # what `cmd &` in a script gives a job
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_sigterm_cleans_up_a_background_export_that_ignores_sigint(inputs, tmp_path):
+    base, adapter = inputs
+    out = tmp_path / "art"
+    proc = subprocess.Popen(_export_cmd(base, adapter, out), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_background_signals)
+    _wait_for(partial_path(out, proc.pid), proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".art.lock", "models"]
+
+
 def test_rerun_cleans_partials_of_dead_processes_only(inputs, tmp_path):
     base, adapter = inputs
     out = tmp_path / "art"

@@ -285,10 +285,11 @@ class _SignalState:
     deferring = False
     pending: int | None = None
     received: int | None = None  # the signal that ended this export, even if native code swallowed its exception
+    ours: tuple[int, ...] = ()  # the signals whose handler is _handler now (they had their default disposition)
 
 
 def _raise_for(signum: int) -> None:
-    for s in (signal.SIGINT, signal.SIGTERM):
+    for s in _SignalState.ours:
         signal.signal(s, signal.SIG_IGN)  # cleanup runs once, undisturbed by a second signal
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
@@ -327,21 +328,22 @@ def _signals_deferred() -> Iterator[None]:
 def signals_clean_up() -> Iterator[None]:
     """While exporting, SIGTERM raises SystemExit(143) and SIGINT KeyboardInterrupt, so cleanup runs as on
     any error (and never in the middle of the final swap). Only the main thread can install handlers,
-    and handlers the application installed itself are left alone."""
+    and each signal is taken over only where it has its default disposition: a handler the application
+    installed, or an ignored SIGINT (a job started in the background), is left as it is."""
     defaults = {signal.SIGTERM: signal.SIG_DFL, signal.SIGINT: signal.default_int_handler}
-    if threading.current_thread() is not threading.main_thread() or any(
-            signal.getsignal(s) is not d for s, d in defaults.items()):
+    ours = tuple(s for s, d in defaults.items() if signal.getsignal(s) is d)
+    if threading.current_thread() is not threading.main_thread() or not ours:
         yield
         return
-    for s in defaults:
+    for s in ours:
         signal.signal(s, _handler)
-    _SignalState.installed, _SignalState.received = True, None
+    _SignalState.installed, _SignalState.received, _SignalState.ours = True, None, ours
     try:
         yield
     except BaseException:
         reraise_received_signal()  # whatever error native code made of the signal's exception
         raise
     finally:
-        _SignalState.installed, _SignalState.received = False, None
-        for s, d in defaults.items():
-            signal.signal(s, d)
+        _SignalState.installed, _SignalState.received, _SignalState.ours = False, None, ()
+        for s in ours:
+            signal.signal(s, defaults[s])
