@@ -73,12 +73,24 @@ def test_packs_share_the_base_sessions_and_hold_only_their_own_bytes(families):
     sessions = dict(rt._graphs)
     one = rt.load_adapter("two", fam.packs["two"])
     two = rt.load_adapter("three", fam.packs["three"])
+    twin = rt.manifest.adapter_slots["constant_graphs"]["shadow"]
     for mode in GRAPH_MODES:
         rt.generate(PROMPTS, mode=mode, adapter="three", max_new_tokens=2)
         pipes = [rt.pipeline(mode, a) for a in (None, "two", "three")]
-        for role in ("head", "shadow", "backbone"):
-            assert len({id(getattr(p, role)) for p in pipes}) == 1  # one session per graph, whatever the adapter
-    assert rt._graphs == sessions  # loading packs opened no session
+        for role in ("head", "backbone"):
+            assert len({id(getattr(p, role)) for p in pipes}) == 1  # one session whatever the adapter
+        assert len({id(p.shadow) for p in pipes}) == 3  # the shadow: one session per pack (and the base's own)
+        for pipe, pack in zip(pipes, (None, one, two)):
+            assert pipe.shadow.path.name == twin  # the twin graph: slots are constant, onnxruntime prepacks them
+            assert not {o.name for o in pipe.shadow.session.get_overridable_initializers()} & \
+                set(rt.manifest.adapter_slots["params"]["shadow"])
+            assert "shadow" not in pipe.params  # not fed: the pack's weights are its session's initializers
+            if pack is not None:
+                assert all(pipe.shadow.initializers[k] is v for k, v in pack.feeds["shadow"].items())  # no copy
+                assert pipe.params["backbone"] is pack.feeds["backbone"]  # the backbone's slots: fed
+    assert rt._graphs == sessions  # loading packs opened no shared session
+    # a pack's session reads only the shadow graph's data file (embedding rows memory-mapped), never the backbone's
+    assert rt.twins["shadow"].data_files == rt.manifest.graphs["shadow"].data_files == ["shadow.onnx.data"]
     slots = rt.manifest.adapter_slots["params"]
     slot_bytes = sum(np.dtype(dt).itemsize * int(np.prod(shape)) for p in slots.values() for dt, shape in p.values())
     assert one.nbytes == two.nbytes == slot_bytes  # a pack holds exactly the adapter's own weights ...
@@ -184,3 +196,30 @@ def test_cli_runs_a_pack(families, capsys):
         assert main(["run", str(fam.base_art), *bad, *args]) == 2
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1
+
+
+def test_base_without_constant_twin_falls_back_to_fed_weights(families, tmp_path):
+    """A base artifact written before the twin graph (no adapter_slots.constant_graphs) still runs its packs,
+    fed to its shared sessions, with a warning; a malformed entry is one clear error."""
+    fam = families("qwen3_implicit")
+    old = shutil.copytree(fam.base_art, tmp_path / "old_base")
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["adapter_slots"]["constant_graphs"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    rt = ShadowRuntime.load(old, threads=1)
+    with pytest.warns(UserWarning, match="predates per-pack sessions.*export the base artifact and its packs again"):
+        rt.load_adapter("two", fam.packs["two"])
+    pipe = rt.pipeline("shadow_only", "two")
+    assert pipe.shadow is rt.graph("shadow") and "shadow" in pipe.params  # the shared session, fed
+    ids = [[5, 6, 7, 8, 9]]
+    full = ShadowRuntime.load(fam.fulls["two"], threads=1)
+    for mode in GRAPH_MODES:
+        np.testing.assert_allclose(rt.forward(ids, mode=mode, adapter="two"), full.forward(ids, mode=mode),
+                                   rtol=0, atol=1e-5)
+    for bad, message in (({"lm_head": "shadow_constant.onnx"}, "names graph 'lm_head', which has no adapter slots"),
+                         ({"shadow": "gone.onnx"}, r"constant_graphs`.shadow is 'gone.onnx', which is not a file"),
+                         (["shadow"], "expected an object graph -> file")):
+        manifest["adapter_slots"]["constant_graphs"] = bad
+        (old / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ArtifactError, match=message + ".*re-export the artifact"):
+            ShadowRuntime.load(old, threads=1, verify=False)

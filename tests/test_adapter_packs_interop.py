@@ -1,7 +1,12 @@
 """A base artifact (`--as-base`) is still an ordinary artifact for onnxruntime-genai and optimum: its single graphs,
 whose adapter weights are overridable initializers (extra optional graph inputs), give the base adapter's greedy
 tokens there. And a pack's file is onnxruntime's adapter format keyed by those inputs, so genai's own multi-LoRA
-API (`og.Adapters`, `set_active_adapter`) runs packs on the single graphs with shadow-edge's tokens."""
+API (`og.Adapters`, `set_active_adapter`) runs packs on the single graphs with shadow-edge's tokens.
+
+The int4 case is exported with `--quant-compute float32`: the tools feed (or leave at their default) the
+overridable weights, which onnxruntime does not prepack, while shadow-edge runs the shadow with its
+weights constant (runtime/pack_sessions.py), as a full artifact does; the int4 kernels compute alike
+only with float32 compute (int8 compute: prepacked kernels quantize the activations, within tolerance)."""
 
 from __future__ import annotations
 
@@ -53,7 +58,8 @@ def base_artifact_and_pack(tiny_default, root, quantize: str):
     """(base artifact, its runtime with the pack "other" loaded, the prompts' ids)."""
     art, pack = root / "base_art", root / "pack"
     export_artifact(tiny_default.base_dir, tiny_default.adapter_dir, art,
-                    options=ExportOptions(as_base=True, quantize=quantize, validate=False), progress=lambda m: None)
+                    options=ExportOptions(as_base=True, quantize=quantize, validate=False, quant_compute="float32"),
+                    progress=lambda m: None)
     m = read_manifest(art)
     assert m.adapter_slots["params"] and all(m.interop[k]["file"] for k in ("detached", "combined"))
     other = random_adapter(tiny_default.base_dir, root / "other", 9, ShadowConfig(**SHADOW_CONFIG))

@@ -25,7 +25,7 @@ from shadow_edge.export.attention import choose_attention
 from shadow_edge.export.graphs import Tensors, build_backbone, build_head, build_shadow
 from shadow_edge.export.interop import DETACHED_FILE, write_interop
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
-from shadow_edge.export.pack_tensors import adapter_slots
+from shadow_edge.export.pack_tensors import adapter_slots, write_constant_twins
 from shadow_edge.export.options import QUANT_COMPUTE, ExportOptions
 from shadow_edge.export.out_dir import (PARTIAL_MARKER, check_out, clean_stale_partials, signals_clean_up,
                                         write_partial_then_publish, writer_lock)
@@ -122,6 +122,8 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
     for b in builders:
         onnx.save_model(b.to_model(slots.get("params", {}).get(b.name)), str(tmp / f"{b.name}.onnx"))
         graphs[b.name] = GraphEntry.from_contract(contracts[b.name], f"{b.name}.onnx", store.data_files(b.name))
+    if slots:  # packs run these graphs with their weights constant (prepacked): runtime/pack_sessions.py
+        slots["constant_graphs"] = write_constant_twins(builders, slots["params"], tmp)
     head_graphs = list(_heads(spec))
     tokenizer.copy_to(tmp)
     modes = io_spec.mode_map(head_graphs[-1], options.plain_backbone, head_graphs[0])

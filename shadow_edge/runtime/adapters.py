@@ -4,11 +4,14 @@ Mechanism: a base artifact's adapter weights are overridable initializers of its
 backbone graphs (adapter_pack.py). A pack's file is onnxruntime's adapter format, read with
 `onnxruntime.AdapterFormat.read_adapter`, and each weight copied once into an array of its own
 (the adapter file's buffers are not aligned for the MatMul kernels: 5-8% slower shadow steps,
-benchmarks/adapter_pack_profile.py); a request with `adapter=NAME` binds those as inputs of the
-base's own sessions (IOBinding, no copy per request),
-so every pack shares the base's sessions, backbone weights, vocabulary matrix and heads.
+benchmarks/adapter_pack_profile.py). The shadow graph's weights become constant initializers
+of a session of its own per pack (onnxruntime's shared initializers, `SessionOptions.add_initializer`,
+so they are prepacked: runtime/pack_sessions.py); the backbone's small injection/update weights are
+bound as inputs of the base's one backbone session per request (IOBinding, no copy per request).
+Every pack shares the base's backbone session, vocabulary matrix and heads.
 (`RunOptions.add_active_adapter` is not used: onnxruntime ignores active adapters in
-`run_with_iobinding`, which the in-place KV cache needs.)
+`run_with_iobinding`, which the in-place KV cache needs, and active adapters are fed inputs too,
+which onnxruntime does not prepack.)
 
 Unloading a pack that a running generation uses is refused (InputError) rather than deferred:
 the caller sees why and retries when the generation is done.
@@ -19,9 +22,9 @@ from __future__ import annotations
 import re
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import onnxruntime as ort
@@ -30,7 +33,7 @@ from shadow_edge.adapter_pack import PARAMS_FILE, PackManifest, check_pack_fits,
 from shadow_edge.errors import ArtifactError, InputError
 from shadow_edge.manifest import Manifest, member_path, verify_files
 from shadow_edge.runtime.inputs import artifact_dir
-from shadow_edge.runtime.session import ov
+from shadow_edge.runtime.session import GraphSession, ov
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ORT_DTYPES = {"float32": 1, "uint8": 2, "int64": 7}  # ONNX element types of the weights a pack may hold
@@ -38,17 +41,24 @@ ORT_DTYPES = {"float32": 1, "uint8": 2, "int64": 7}  # ONNX element types of the
 
 @dataclass(frozen=True)
 class LoadedPack:
-    """One pack in memory: graph -> weight key -> OrtValue (bound as inputs of that graph's session)."""
+    """One pack in memory: graph -> weight key -> OrtValue, and the pack's own sessions (graph -> session whose
+    constant initializers are this pack's weights of that graph); the other graphs' weights are fed per run."""
 
     name: str
     path: Path
     manifest: PackManifest
     feeds: dict[str, dict[str, ort.OrtValue]]
+    sessions: dict[str, GraphSession] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not NAME.fullmatch(self.name):
             raise InputError(f"adapter name {self.name!r}: use 1-64 letters, digits, '.', '_' or '-' (starting with "
                              "a letter or digit)")
+
+    @property
+    def fed(self) -> dict[str, dict[str, ort.OrtValue]]:
+        """graph -> weights bound as inputs of the base's shared session of that graph (no session of its own)."""
+        return {g: f for g, f in self.feeds.items() if g not in self.sessions}
 
     @property
     def nbytes(self) -> int:
@@ -115,10 +125,13 @@ class AdapterSet:
         with self._lock:
             return tuple(self._packs)
 
-    def load(self, name, pack_dir, verify: bool = True) -> LoadedPack:
+    def load(self, name, pack_dir, verify: bool = True,
+             open_sessions: Callable[[dict], dict[str, GraphSession]] = lambda feeds: {}) -> LoadedPack:
+        """Read pack `name`; `open_sessions(feeds)` opens its own sessions (graph -> session, pack_sessions.py)."""
         with self._lock:
             self._refuse_taken(name)
         pack = read_pack(name, pack_dir, self.base, self.base_dir, verify)  # outside the lock: hashing takes time
+        pack = replace(pack, sessions=open_sessions(pack.feeds))
         with self._lock:
             self._refuse_taken(name)
             self._packs[name] = pack

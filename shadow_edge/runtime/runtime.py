@@ -8,6 +8,7 @@ and hands generation to the strategy registered under the mode's name
 from __future__ import annotations
 
 import threading
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from shadow_edge.runtime import inputs
 from shadow_edge.runtime.classify import ClassificationResult, check_task, classify
 from shadow_edge.runtime.generate import Pipeline, position_ids
 from shadow_edge.runtime.options import GRAPH_MODES, GenerationOptions
+from shadow_edge.runtime.pack_sessions import STALE_BASE, constant_twins
 from shadow_edge.runtime.prompts import PromptBatch, build_batch, check_ids
 from shadow_edge.runtime.result import GenerationResult, GenerationStream
 from shadow_edge.runtime.session import GraphSession, prepack_weights
@@ -51,6 +53,7 @@ class ShadowRuntime:
         self._graphs: dict[str, GraphSession] = {}
         self._pipes: dict[tuple[str, str | None], Pipeline] = {}  # (mode, adapter) -> its graph chain
         self.adapters = AdapterSet(manifest, art_dir)  # packs sharing this base's sessions (runtime/adapters.py)
+        self.twins = constant_twins(manifest)  # graph -> entry of its file with constant slots (pack_sessions.py)
         self._lock = threading.RLock()  # guards the lazy creation of sessions and pipelines
         self._local = threading.local()  # last_result, per thread
         tok = manifest.tokenizer
@@ -82,8 +85,15 @@ class ShadowRuntime:
         return rt
 
     def load_adapter(self, name: str, pack_dir, verify: bool = True) -> LoadedPack:
-        """Load an adapter pack as `name`; requests pick it with `adapter=name`. The base's sessions are shared."""
-        return self.adapters.load(name, pack_dir, verify)
+        """Load an adapter pack as `name`; requests pick it with `adapter=name`. The pack gets its own session of
+        the shadow graph (its weights constant, prepacked); the backbone session and the heads are the base's
+        (runtime/pack_sessions.py)."""
+        pack = self.adapters.load(name, pack_dir, verify, lambda feeds: {
+            g: self._open(g, entry, prepack_weights(entry, self.manifest.quantization), initializers=feeds[g])
+            for g, entry in self.twins.items()})
+        if not self.twins:
+            warnings.warn(STALE_BASE.format(art=self.art_dir), stacklevel=2)
+        return pack
 
     def unload_adapter(self, name: str) -> None:
         """Forget pack `name`; refused (InputError) while a generation uses it."""
@@ -121,18 +131,22 @@ class ShadowRuntime:
             if name not in self.manifest.graphs:
                 raise InputError(f"graph {name!r} is not in this artifact; it has "
                                  f"{', '.join(self.manifest.graphs)}")
-            entry = self.manifest.graphs[name]
+            entry = self.twins.get(name, self.manifest.graphs[name])  # the base's own adapter: constant slots
             default = prepack_weights(entry, self.manifest.quantization)
             prepack = default if prepack is None else prepack
             key = name if prepack == default else f"{name}:{'prepacked' if prepack else 'unpacked'}"
             if key not in self._graphs:
-                with artifact_lock.shared(self.art_dir):  # files of the directory this runtime loaded, or none
-                    if artifact_lock.directory_identity(self.art_dir) != self.dir_identity:
-                        raise ArtifactError(f"{self.art_dir}: was replaced (export --force) after this runtime "
-                                            f"loaded it; load it again to use graph {name!r}")
-                    self._graphs[key] = GraphSession(name, entry, self.art_dir, self.providers, self.threads,
-                                                     prepack, contract=self.manifest.contract(name))
+                self._graphs[key] = self._open(name, entry, prepack)
             return self._graphs[key]
+
+    def _open(self, name: str, entry, prepack: bool, initializers: dict | None = None) -> GraphSession:
+        """A new session of graph `name` from `entry`'s file (`initializers`: see GraphSession)."""
+        with artifact_lock.shared(self.art_dir):  # files of the directory this runtime loaded, or none
+            if artifact_lock.directory_identity(self.art_dir) != self.dir_identity:
+                raise ArtifactError(f"{self.art_dir}: was replaced (export --force) after this runtime loaded it; "
+                                    f"load it again to use graph {name!r}")
+            return GraphSession(name, entry, self.art_dir, self.providers, self.threads, prepack,
+                                contract=self.manifest.contract(name), initializers=initializers)
 
     def pipeline(self, mode: str, adapter: str | None = None) -> Pipeline:
         """The graph chain of a manifest mode (shadow_only, base_shadow, ...), built on first use; with
@@ -140,10 +154,13 @@ class ShadowRuntime:
         self._check_graph_mode(mode)
         with self._lock:
             if (mode, adapter) not in self._pipes:
-                params = {} if adapter is None else self.adapters.get(adapter).feeds
+                pack = None if adapter is None else self.adapters.get(adapter)
+                own = {} if pack is None else pack.sessions  # the pack's shadow session; the rest is shared
                 roles = self.manifest.modes[mode]  # role -> graph, checked at load (manifest_schema)
-                stacks = (self.graph(roles[r]) if r in roles else None for r in KV_ROLES)  # shadow, backbone
-                self._pipes[(mode, adapter)] = Pipeline(self.graph(roles[ROLE_HEAD]), *stacks, params=params)
+                stacks = (own.get(roles[r]) or self.graph(roles[r]) if r in roles else None
+                          for r in KV_ROLES)  # shadow, backbone
+                self._pipes[(mode, adapter)] = Pipeline(own.get(roles[ROLE_HEAD]) or self.graph(roles[ROLE_HEAD]),
+                                                        *stacks, params={} if pack is None else pack.fed)
             return self._pipes[(mode, adapter)]
 
     def using(self, adapter: str | None):

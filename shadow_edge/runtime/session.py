@@ -107,9 +107,12 @@ class GraphSession:
     """One ONNX graph loaded in onnxruntime, with its feed/fetch names from its contract (io_spec)."""
 
     def __init__(self, name: str, entry: GraphEntry, art_dir: Path, providers=None, threads: int | None = None,
-                 prepack: bool = True, contract: GraphContract | None = None):
+                 prepack: bool = True, contract: GraphContract | None = None,
+                 initializers: dict[str, ort.OrtValue] | None = None):
         """`contract`: the graph's contract (`Manifest.contract(name)`), which the entry must match; default:
-        the entry as it is."""
+        the entry as it is. `initializers`: values that replace the graph's initializers of those names
+        (`SessionOptions.add_initializer`: onnxruntime uses the given buffers, no copy, as constants it may
+        prepack; an adapter pack's weights, runtime/pack_sessions.py); the session keeps them alive."""
         self.name, self.entry = name, entry
         self.contract = contract or entry.as_contract(name)
         self.path = path = member_path(art_dir, entry.file)
@@ -117,6 +120,9 @@ class GraphSession:
             member_path(art_dir, data)
         try:
             options = session_options(threads, prepack)
+            self.initializers = dict(initializers or {})
+            for key, value in self.initializers.items():
+                options.add_initializer(key, value)
             self.session = ort.InferenceSession(str(path), sess_options=options,
                                                 providers=list(providers or DEFAULT_PROVIDERS))
         except Exception as e:  # onnxruntime raises its own exception types
