@@ -6,10 +6,11 @@
 `--out` is a directory written by `benchmarks/adapter_packs.py` (full/, base_art/, pack0/).
 Default: one process, threads 1, the shadow graph's decode step alone, variants interleaved
 step by step: the full artifact (adapter weights are constant initializers, which onnxruntime
-prepacks), the base artifact with its own adapter (overridable initializers, not fed), the
-base fed the pack's weights as the runtime holds them (aligned copies), and the base fed the
-adapter file's own OrtValues (what the runtime held before: slower).
-`--ort-profile N`: each variant (full / base / pack) in its own process under onnxruntime's
+prepacks), the base artifact with its own adapter (its twin graph, slots constant), the base
+with the pack (the pack's own session: its weights given with SessionOptions.add_initializer,
+prepacked; runtime/pack_sessions.py), and the old mechanism: the base's shadow graph (slots
+overridable) fed the pack's weights per run, which onnxruntime does not prepack.
+`--ort-profile N`: each variant (full / base / pack / fed) in its own process under onnxruntime's
 profiler for N shadow_only generations of 16 tokens; prints the median kernel time per step of
 each MatMul of the shadow graph.
 """
@@ -42,17 +43,24 @@ def profiled(threads, prepack=True):
 S.session_options = profiled
 from shadow_edge.runtime import ShadowRuntime
 art = f"{root}/full" if variant == "full" else f"{root}/base_art"
-rt = ShadowRuntime.load(art, threads=1, modes=("shadow_only",), adapters={} if variant == "full" else {"a0": f"{root}/pack0"})
+rt = ShadowRuntime.load(art, threads=1, modes=("shadow_only",))
+if variant == "fed":  # the fallback for base artifacts without the twin graph: the shared session, fed
+    rt.twins = {}
+    rt._graphs.clear()
+    rt._pipes.clear()
+if variant != "full":
+    rt.load_adapter("a0", f"{root}/pack0")
 for _ in range(n):
-    rt.generate(%r, mode="shadow_only", adapter="a0" if variant == "pack" else None, max_new_tokens=16)
-for g in rt._graphs.values():
+    rt.generate(%r, mode="shadow_only", adapter=None if variant in ("full", "base") else "a0", max_new_tokens=16)
+sessions = list(rt._graphs.values()) + (list(rt.adapters.get("a0").sessions.values()) if variant != "full" else [])
+for g in sessions:
     g.session.end_profiling()
 """ % (PROMPT,)
 
 
 def ort_profile(root: Path, n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in ("full", "base", "pack"):
+        for variant in ("full", "base", "pack", "fed"):
             prefix = f"{tmp}/{variant}"
             subprocess.run([sys.executable, "-c", PROFILE_CHILD, str(root), variant, str(n), prefix], check=True)
             per_node = collections.defaultdict(list)
@@ -70,34 +78,34 @@ def ort_profile(root: Path, n: int) -> None:
 
 
 def step_times(root: Path, steps: int) -> None:
-    import onnxruntime as ort
-
-    from shadow_edge.adapter_pack import PARAMS_FILE
     from shadow_edge.runtime import ShadowRuntime
-    from shadow_edge.runtime.generate import prefill
-    from shadow_edge.runtime.session import ov
+    from shadow_edge.runtime.generate import Pipeline, prefill
+    from shadow_edge.runtime.session import GraphSession, ov
 
     full = ShadowRuntime.load(root / "full", threads=1, modes=("shadow_only",))
     rt = ShadowRuntime.load(root / "base_art", threads=1, modes=("shadow_only",), adapters={"a0": root / "pack0"})
-    feeds = rt.adapters.get("a0").feeds["shadow"]  # as the runtime holds them: aligned copies
-    raw = ort.AdapterFormat.read_adapter(str(root / "pack0" / PARAMS_FILE)).get_parameters()
-    in_file = {k: raw[k] for k in feeds}  # the adapter file's own OrtValues
+    pack = rt.adapters.get("a0")
+    head = rt.pipeline("shadow_only").head
+    overridable = GraphSession("shadow", rt.manifest.graphs["shadow"], rt.art_dir, threads=1,
+                               contract=rt.manifest.contract("shadow"))  # shadow.onnx: slots are graph inputs
+    variants = {"full artifact (constant, prepacked)": full.pipeline("shadow_only"),
+                "base, own adapter (twin graph, constant)": rt.pipeline("shadow_only"),
+                "base + pack (its own session, add_initializer)": rt.pipeline("shadow_only", "a0"),
+                "base + pack fed per run (overridable, old)": Pipeline(head, overridable,
+                                                                       params={"shadow": pack.feeds["shadow"]})}
     ids = np.array(PROMPT, dtype=np.int64)  # [1, 16]
-    variants = {"full artifact (constant, prepacked)": (full, {}), "base, own adapter (overridable)": (rt, {}),
-                "base + pack (the runtime's copies)": (rt, feeds), "base + pack (adapter-file OrtValues)": (rt, in_file)}
     state = {}
-    for key, (r, _) in variants.items():
-        pipe = r.pipeline("shadow_only")
+    for key, pipe in variants.items():
         _, caches, pos = prefill(pipe, ids, np.ones_like(ids), capacity=64)
         state[key] = pipe, caches[0], {"input_ids": ov(np.array([[7]])), "attention_mask": ov(np.ones((1, 17), np.int64)),
                                        "position_ids": ov(pos[:, None])}
     times = {k: [] for k in variants}
     for _ in range(steps):
-        for key, (_, extra) in variants.items():
+        for key in variants:
             pipe, cache, feed = state[key]
             cache.length = 16  # the same decode position every time
             t0 = time.perf_counter()
-            pipe.shadow.run_in_place({**feed, **extra}, cache.tensors)
+            pipe.run(pipe.shadow, feed, cache.tensors)
             times[key].append((time.perf_counter() - t0) * 1e6)
     for key, v in times.items():
         print(f"| {key} | {np.median(v):.0f} us | {np.percentile(v, 25):.0f} us |")
