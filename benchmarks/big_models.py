@@ -103,6 +103,8 @@ def dir_bytes(path: Path) -> int:
 def export(model: str, precision: str, base: Path, adapter: Path, out: Path, args) -> dict:
     cmd = [sys.executable, "-m", "shadow_edge.cli", "export", "--base", str(base), "--adapter", str(adapter),
            "--out", str(out), "--force", "--quantize", PRECISIONS[precision], "--validation", args.validation]
+    if precision != "fp32":
+        cmd += ["--block-size", str(args.block_size)]
     say(f"{model} {precision}: {' '.join(cmd[1:])}")
     r = measured(cmd, args.timeout, env={**os.environ, "PYTHONPATH": str(REPO)})
     rec = {k: v for k, v in r.items() if k != "stdout"}
@@ -142,6 +144,11 @@ def genai_build(model: str, base: Path, out: Path, args) -> dict:
     return rec
 
 
+def key(precision: str, args) -> str:
+    """The results key of a precision: int4, or int4-b128 for another quantization block size."""
+    return precision if precision == "fp32" or args.block_size == 32 else f"{precision}-b{args.block_size}"
+
+
 def bench_model(model: str, args, results: dict, save) -> None:
     rec = results.setdefault(model, {})
     t0 = time.perf_counter()
@@ -149,16 +156,18 @@ def bench_model(model: str, args, results: dict, save) -> None:
     rec.setdefault("checkpoint", {"build_s": round(time.perf_counter() - t0, 1), "bytes": dir_bytes(base),
                                   "files": sorted(p.name for p in base.glob("*.safetensors*"))})
     for precision in args.precisions:
-        out = args.scratch / f"{model}-{precision}"
+        out = args.scratch / f"{model}-{precision}" if args.block_size == 32 or precision == "fp32" else \
+            args.scratch / f"{model}-{precision}-b{args.block_size}"
         with locked(args.lock):
-            rec[precision] = {"export": export(model, precision, base, adapter, out, args)}
+            rec[key(precision, args)] = {"export": export(model, precision, base, adapter, out, args)}
             save()
-            if rec[precision]["export"]["rc"] == 0:
+            if rec[key(precision, args)]["export"]["rc"] == 0:
                 for mode in MODES:
                     say(f"{model} {precision}: run {mode}")
-                    rec[precision][mode] = run(out, mode, args)
+                    rec[key(precision, args)][mode] = run(out, mode, args)
                     save()
-        shutil.rmtree(out, ignore_errors=True)
+        if not args.keep_artifacts:
+            shutil.rmtree(out, ignore_errors=True)
     if args.genai:
         out = args.scratch / f"{model}-genai-int4"
         with locked(args.lock):
@@ -180,7 +189,7 @@ def table(results: dict) -> str:
     rows = ["| model | precision | export wall s | export peak RSS GB (anon) | size GB | validation (worst err) | "
             "shadow_only tok/s | base_shadow tok/s | run peak RSS GB / 1.1xW+KV |", "|" + "---|" * 9]
     for model, rec in results.items():
-        for precision in [p for p in PRECISIONS if p in rec]:
+        for precision in [p for p in rec if p.split("-")[0] in PRECISIONS]:
             e = rec[precision]["export"]
             if e["rc"] != 0:
                 rows.append(f"| {model} | {precision} | {e['wall_s']} | {gb(e['peak_rss'])} | - | FAILED "
@@ -210,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scratch", type=Path, default=Path("/work/scratch/big_models"),
                    help="where checkpoints and artifacts are written (deleted after measuring)")
     p.add_argument("--keep-checkpoints", action="store_true")
+    p.add_argument("--keep-artifacts", action="store_true", help="keep the exported artifacts (default: deleted)")
+    p.add_argument("--block-size", type=int, default=32, help="quantization block size of int4/int8 (default 32)")
     p.add_argument("--lock", type=Path, default=Path("/work/bigmem.lock"), help="flock file for heavy steps")
     p.add_argument("--timeout", type=float, default=600, help="seconds per export / run / build (default 600)")
     p.add_argument("--new-tokens", type=int, default=32)

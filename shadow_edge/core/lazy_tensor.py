@@ -39,6 +39,10 @@ class LazyValues(ABC):
     def load(self) -> torch.Tensor:
         """float32 values [shape], computed now."""
 
+    def rows(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """float32 values of the rows `index` (indices [n] or a slice) of a [N, ...] tensor."""
+        return self.load()[index]
+
 
 class LazyTensor(LazyValues):
     """Tensor `key` of the safetensors file `path`: `shape` and `stored_dtype` known, values read by `load()`."""
@@ -74,13 +78,23 @@ class LazyTensor(LazyValues):
         """float32 values [shape]; non-finite values are refused (checked once)."""
         t = self.raw().float()
         if not self._checked:
-            bad = _count_nonfinite(t)
-            if bad:
-                raise CheckpointError(f"{self.path}: tensor {self.key!r} holds {bad} NaN/Inf value(s) of "
-                                      f"{t.numel()}; the checkpoint is corrupt or training diverged; use a finite "
-                                      "checkpoint")
+            self._refuse_nonfinite(t)
             self._checked = True
         return t
+
+    def rows(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """float32 values of the rows `index` only: the other rows are not read or converted."""
+        t = self.raw()[index].float()
+        if not self._checked:
+            self._refuse_nonfinite(t)
+        return t
+
+    def _refuse_nonfinite(self, t: torch.Tensor) -> None:
+        bad = _count_nonfinite(t)
+        if bad:
+            raise CheckpointError(f"{self.path}: tensor {self.key!r} holds {bad} NaN/Inf value(s) of "
+                                  f"{t.numel()}; the checkpoint is corrupt or training diverged; use a finite "
+                                  "checkpoint")
 
     def __repr__(self) -> str:
         return f"LazyTensor({self.path.name}:{self.key}, {tuple(self.shape)}, {self.stored_dtype})"
@@ -88,14 +102,42 @@ class LazyTensor(LazyValues):
 
 def _count_nonfinite(t: torch.Tensor, chunk: int = 1 << 22) -> int:
     """NaN/Inf values of `t`, counted in chunks: isfinite's temporaries (an abs copy, masks) stay small rather
-    than 1.25x the tensor (measured: 1.0 GB above the mapped 0.6 GB Qwen3-0.6B embedding when done whole)."""
+    than 1.25x the tensor (measured: 1.0 GB above the mapped 0.6 GB Qwen3-0.6B embedding when done whole).
+    A chunk whose sum is finite holds no NaN/Inf (they propagate), so only a chunk with a non-finite sum
+    (a NaN/Inf, or finite values overflowing) is counted exactly: one pass instead of three (7x faster)."""
     flat = t.reshape(-1)  # a view: checkpoint tensors are contiguous
-    return sum(int(part.numel() - torch.isfinite(part).sum()) for part in flat.split(chunk))
+    return sum(int(part.numel() - torch.isfinite(part).sum()) for part in flat.split(chunk)
+               if not torch.isfinite(part.sum()))
 
 
 def dense(t):
     """float32 values of a tensor that may be lazy (torch tensors and None pass through)."""
     return t.load() if isinstance(t, LazyValues) else t
+
+
+def rows(t, index: torch.Tensor | slice) -> torch.Tensor:
+    """float32 rows `index` of a [N, ...] tensor that may be lazy (a lazy one reads those rows only)."""
+    return t.rows(index) if isinstance(t, LazyValues) else t[index]
+
+
+def embedding(ids: torch.Tensor, table) -> torch.Tensor:
+    """`F.embedding(ids, table)` [*ids.shape, d] for a table [V, d] that may be lazy: only the rows `ids` names
+    are read (a streamed reference never holds the vocabulary matrix)."""
+    if not isinstance(table, LazyValues):
+        return torch.nn.functional.embedding(ids, table)
+    used, where = torch.unique(ids, return_inverse=True)
+    return table.rows(used)[where]
+
+
+def linear(x: torch.Tensor, weight, bias: torch.Tensor | None = None, chunk: int = 8192) -> torch.Tensor:
+    """`F.linear(x, weight, bias)` [..., out] for a weight [out, in] that may be lazy: read `chunk` output rows
+    at a time (the vocabulary head: 8192 x 2560 float32 = 84 MB at a time, never the 1.6 GB matrix)."""
+    if not isinstance(weight, LazyValues):
+        return torch.nn.functional.linear(x, weight, bias)
+    n = weight.shape[0]
+    out = torch.cat([torch.nn.functional.linear(x, weight.rows(slice(i, min(n, i + chunk))))
+                     for i in range(0, n, chunk)], dim=-1)
+    return out if bias is None else out + bias
 
 
 def same_values(a, b) -> bool:

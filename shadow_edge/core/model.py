@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.classifier import pool_last_real
-from shadow_edge.core.lazy_tensor import dense
+from shadow_edge.core.lazy_tensor import dense, embedding, linear
 from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec
 from shadow_edge.io_spec import GRAPH_MODES, MODE_SHADOW_ONLY
 
@@ -134,7 +134,7 @@ class ShadowModel:
     def shadow_state(self, step: StepInputs, past: KV | None = None) -> tuple[torch.Tensor, KV]:
         """Shadow backbone (incl. final norm) -> projection: shadow_hidden_states [b, t, hidden]."""
         s = self.spec
-        h = F.embedding(step.input_ids, dense(s.shadow_embed))
+        h = embedding(step.input_ids, s.shadow_embed)  # the rows used, read from a lazy table
         h, present = self._stack(s.shadow, h, step, past)
         h = rms_norm(h, dense(s.shadow.norm), s.shadow.config.rms_norm_eps)
         if s.projection is not None:
@@ -149,7 +149,7 @@ class ShadowModel:
         `shadow_hidden=None` runs the plain backbone (no adapter), for overhead comparisons.
         """
         s = self.spec
-        h = F.embedding(step.input_ids, dense(s.base.embed))
+        h = embedding(step.input_ids, s.base.embed)
         hook = None if shadow_hidden is None else _AdapterHook(s, shadow_hidden)
         h, present = self._stack(s.base, h, step, past, hook)
         return rms_norm(h, dense(s.base.norm), s.base.config.rms_norm_eps), present
@@ -169,14 +169,19 @@ class ShadowModel:
             present = {"shadow": shadow_kv, "base": base_kv}
         if last_only:
             hidden = hidden[:, -1:]
-        return F.linear(hidden, *self.head(mode)), present
+        return self.logits(hidden, mode), present
 
-    def head(self, mode: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(weight [out, hidden], bias [out] or None) of the mode's head: vocabulary or label head."""
+    def head(self, mode: str) -> tuple:
+        """(weight [out, hidden], bias [out] or None) of the mode's head (vocabulary or label head); the
+        vocabulary weight as the spec holds it (lazy in a streamed reference: `logits` reads it in blocks)."""
         s = self.spec
         if s.classifier is not None:
             return s.classifier.for_mode(mode)
-        return dense(s.shadow_lm_head if mode == MODE_SHADOW_ONLY else s.lm_head), None
+        return (s.shadow_lm_head if mode == MODE_SHADOW_ONLY else s.lm_head), None
+
+    def logits(self, hidden: torch.Tensor, mode: str) -> torch.Tensor:
+        """The mode's head on hidden states [b, t, hidden] -> [b, t, vocab or labels]."""
+        return linear(hidden, *self.head(mode))
 
     @torch.no_grad()
     def classify(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, mode: str) -> torch.Tensor:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from shadow_edge.core.lazy_tensor import LazyValues, dense
+from shadow_edge.core.lazy_tensor import LazyValues, dense, rows
 from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec
 
 QUANTIZED_LAYER_WEIGHTS = ("q.weight", "k.weight", "v.weight", "o.weight", "gate.weight", "up.weight", "down.weight")
@@ -91,6 +91,10 @@ class Dequantized(LazyValues):
 
     def load(self) -> torch.Tensor:
         return self.quantized().dequantize()
+
+    def rows(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """The dequantized rows `index` only (rows are quantized independently: equal to `load()[index]`)."""
+        return quantize_rows(rows(self.source, index), self.bits, self.block).dequantize()
 
 
 def quantize_spec(spec: ShadowModelSpec, scheme: str, block: int) -> ShadowModelSpec:

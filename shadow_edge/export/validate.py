@@ -70,7 +70,7 @@ class Reference:
 
     def __init__(self, model: ShadowModel, mode: str, roles: dict[str, str]):
         self.model, self.roles = model, roles
-        self.head = model.head(mode)  # (weight, bias): vocabulary or label head
+        self.mode = mode
         self.kv: dict[str, KV | None] = {r: None for r in io_spec.KV_ROLES if r in roles}
 
     def step(self, step: StepInputs) -> torch.Tensor:
@@ -79,7 +79,7 @@ class Reference:
             hidden, self.kv[io_spec.ROLE_SHADOW] = self.model.shadow_state(step, self.kv[io_spec.ROLE_SHADOW])
         if io_spec.ROLE_BACKBONE in self.roles:
             hidden, self.kv[io_spec.ROLE_BACKBONE] = self.model.backbone(step, hidden, self.kv[io_spec.ROLE_BACKBONE])
-        return torch.nn.functional.linear(hidden, *self.head)  # [b, t, V or labels]
+        return self.model.logits(hidden, self.mode)  # [b, t, V or labels]
 
 
 def validate_graphs(art_dir: Path, model: ShadowModel, graphs: dict[str, GraphEntry],

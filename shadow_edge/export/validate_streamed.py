@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from shadow_edge import io_spec
 from shadow_edge.core.model import (ShadowModel, StepInputs, _AdapterHook, attention_bias, decoder_layer, rms_norm,
                                     rope_tables)
-from shadow_edge.core.lazy_tensor import dense
+from shadow_edge.core.lazy_tensor import dense, embedding
 from shadow_edge.core.spec import DecoderWeights
 from shadow_edge.export.graph_taps import TapSession
 from shadow_edge.export.validate import (SCENARIOS, Reference, Scenario, Worst, checked_report,
@@ -133,7 +133,7 @@ def _decoder_blocks(art_dir: Path, spec, name: str, entry: GraphEntry, role: str
     worst: dict[str, Worst] = {}
     nonfinite: list[str] = []
     t = torch.from_numpy
-    embed = F.embedding(step.input_ids, dense(spec.shadow_embed if shadow else w.embed))  # [b, T, d]
+    embed = embedding(step.input_ids, spec.shadow_embed if shadow else w.embed)  # [b, T, d]: the rows used
     compare(f"{name} embed", acts[taps.embed], embed.numpy(), real, worst, nonfinite)
     cos, sin = rope_tables(w.config, step.position_ids)
     bias = attention_bias(step.attention_mask, step.input_ids.shape[1])
@@ -166,7 +166,7 @@ def _head_block(art_dir: Path, model: ShadowModel, mode: str, name: str, entry: 
     session = GraphSession(name, entry, art_dir, threads=threads, prepack=False)
     (logits,) = [o.numpy() for o in session.run({session.input_names[0]: ov(hidden)})[:1]]  # [b, T, V]
     del session
-    ref = F.linear(torch.from_numpy(hidden), *model.head(mode)).numpy()
+    ref = model.logits(torch.from_numpy(hidden), mode).numpy()  # the vocabulary read in row blocks
     worst: dict[str, Worst] = {}
     nonfinite: list[str] = []
     compare(f"{name} head", logits, ref, real, worst, nonfinite)

@@ -17,6 +17,7 @@ import onnxruntime as ort
 from shadow_edge.errors import ArtifactError
 from shadow_edge.io_spec import GraphContract, TensorSpec
 from shadow_edge.manifest import GraphEntry, member_path
+from shadow_edge.runtime.mapped_pages import release_mapped
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16",
              "tensor(int32)": "int32", "tensor(bool)": "bool"}
@@ -116,8 +117,7 @@ class GraphSession:
         self.name, self.entry = name, entry
         self.contract = contract or entry.as_contract(name)
         self.path = path = member_path(art_dir, entry.file)
-        for data in entry.data_files:
-            member_path(art_dir, data)
+        data_files = [member_path(art_dir, data) for data in entry.data_files]
         try:
             options = session_options(threads, prepack)
             self.initializers = dict(initializers or {})
@@ -128,6 +128,7 @@ class GraphSession:
         except Exception as e:  # onnxruntime raises its own exception types
             raise ArtifactError(f"{path}: onnxruntime cannot load graph {name!r} ({_first_line(e)}); "
                                 "re-export the artifact") from None
+        release_mapped(data_files)  # pages read while loading (prepacked originals, scales): not resident
         diff = io_diff("input", self.session.get_inputs(), entry.inputs) + \
             io_diff("output", self.session.get_outputs(), entry.outputs)
         if diff:
