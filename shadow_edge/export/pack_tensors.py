@@ -16,15 +16,13 @@ artifact's manifest lists them under `adapter_slots.constant_graphs` (graph -> t
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
+import onnx
 
 from shadow_edge.adapter_pack import is_adapter_weight
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
-from pathlib import Path
-
-import onnx
-
 from shadow_edge.io_spec import GRAPH_CLASSIFIER, GRAPH_SHADOW, GRAPH_SHADOW_CLASSIFIER, ROLE_HEAD
 
 LABEL_HEADS = (GRAPH_CLASSIFIER, GRAPH_SHADOW_CLASSIFIER)  # [labels, d] (+ bias): slots, not shared

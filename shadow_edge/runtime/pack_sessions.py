@@ -4,8 +4,8 @@ Why: onnxruntime prepacks only *constant* initializers (MatMul's packed B matrix
 MatMulNBits' int4 blocks). A base artifact's slots are overridable initializers (graph inputs
 with defaults) so that one session serves every pack, but a weight fed per run, or even an
 overridable one left at its default, is used as given: the int4 kernels dequantize the
-whole weight on every call (small preset: 21-25 ms against 232 us per step), float32 MatMuls
-run ~30% slower. So a base artifact also holds, for each graph listed in
+whole weight on every call (small preset, int4: 19 ms against 0.34 ms per shadow step), float32
+shadow steps run ~20% slower (benchmarks/adapter_pack_profile.py). So a base artifact also holds, for each graph listed in
 `adapter_slots.constant_graphs` (the shadow graph, export/pack_tensors.py), a twin file whose
 slots are plain initializers (same nodes, same external data file):
 

@@ -150,7 +150,7 @@ class ShadowRuntime:
 
     def pipeline(self, mode: str, adapter: str | None = None) -> Pipeline:
         """The graph chain of a manifest mode (shadow_only, base_shadow, ...), built on first use; with
-        `adapter`, the same sessions fed that pack's weights."""
+        `adapter`, that pack's own shadow session and the base's other sessions, fed the pack's other weights."""
         self._check_graph_mode(mode)
         with self._lock:
             if (mode, adapter) not in self._pipes:
