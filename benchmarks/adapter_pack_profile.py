@@ -8,8 +8,9 @@ Default: one process, threads 1, the shadow graph's decode step alone, variants 
 step by step: the full artifact (adapter weights are constant initializers, which onnxruntime
 prepacks), the base artifact with its own adapter (its twin graph, slots constant), the base
 with the pack (the pack's own session: its weights given with SessionOptions.add_initializer,
-prepacked; runtime/pack_sessions.py), and the old mechanism: the base's shadow graph (slots
-overridable) fed the pack's weights per run, which onnxruntime does not prepack.
+prepacked; runtime/pack_sessions.py), the same session with prepacking off, and the old
+mechanism: the base's shadow graph (slots overridable) fed the pack's weights per run, which
+onnxruntime does not prepack.
 `--ort-profile N`: each variant (full / base / pack / fed) in its own process under onnxruntime's
 profiler for N shadow_only generations of 16 tokens; prints the median kernel time per step of
 each MatMul of the shadow graph.
@@ -33,6 +34,7 @@ PROMPT = [[5 + i for i in range(16)]]
 
 PROFILE_CHILD = """
 import sys
+import warnings
 import shadow_edge.runtime.session as S
 root, variant, n, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 plain = S.session_options
@@ -45,6 +47,7 @@ from shadow_edge.runtime import ShadowRuntime
 art = f"{root}/full" if variant == "full" else f"{root}/base_art"
 rt = ShadowRuntime.load(art, threads=1, modes=("shadow_only",))
 if variant == "fed":  # the fallback for base artifacts without the twin graph: the shared session, fed
+    warnings.simplefilter("ignore")  # its "export the base again" warning
     rt.twins = {}
     rt._graphs.clear()
     rt._pipes.clear()
@@ -88,9 +91,12 @@ def step_times(root: Path, steps: int) -> None:
     head = rt.pipeline("shadow_only").head
     overridable = GraphSession("shadow", rt.manifest.graphs["shadow"], rt.art_dir, threads=1,
                                contract=rt.manifest.contract("shadow"))  # shadow.onnx: slots are graph inputs
+    unpacked = GraphSession("shadow", rt.twins["shadow"], rt.art_dir, threads=1, prepack=False,
+                            contract=rt.manifest.contract("shadow"), initializers=pack.feeds["shadow"])
     variants = {"full artifact (constant, prepacked)": full.pipeline("shadow_only"),
                 "base, own adapter (twin graph, constant)": rt.pipeline("shadow_only"),
                 "base + pack (its own session, add_initializer)": rt.pipeline("shadow_only", "a0"),
+                "base + pack, its own session not prepacked": Pipeline(head, unpacked),
                 "base + pack fed per run (overridable, old)": Pipeline(head, overridable,
                                                                        params={"shadow": pack.feeds["shadow"]})}
     ids = np.array(PROMPT, dtype=np.int64)  # [1, 16]

@@ -6,7 +6,7 @@ Builds (or reuses) the preset's base model and N randomized adapters of the same
 exports the base artifact (--as-base, from adapter 0), one pack per adapter and adapter 0 as
 a plain full artifact. Then, each in a fresh process (RSS after loading and one generation):
 the full artifact, the base + 1 pack, the base + N packs. In one process, side by side and
-interleaved rep by rep: decode tok/s of the full artifact, the base artifact with its own
+interleaved rep by rep (their order rotated): decode tok/s of the full artifact, the base artifact with its own
 adapter and the base with a pack active (same adapter as the full artifact), with the median
 and interquartile range of the per-rep ratio pack / full artifact (paired: the same rep); then
 the switch cost: the latency of a 1-token request that switches adapter minus that of one that
@@ -119,9 +119,11 @@ def main() -> None:
     names = list(packs)
     variants = {"full artifact": (full, None), "base, own adapter": (rt, None), "base + pack": (rt, names[0])}
     tok_s = {m: {k: [] for k in variants} for m in ("shadow_only", "base_shadow")}
-    for r in range(args.reps + 1):  # rep 0 warms up; variants interleaved rep by rep
+    order = list(variants)
+    for r in range(args.reps + 1):  # rep 0 warms up; variants interleaved rep by rep, their order rotated
         for mode in tok_s:
-            for key, (runtime, adapter) in variants.items():
+            for key in order[r % len(order):] + order[:r % len(order)]:
+                runtime, adapter = variants[key]
                 res = runtime.generate(prompt, mode=mode, adapter=adapter, max_new_tokens=args.tokens)
                 if r:
                     tok_s[mode][key].append(res.timings.tokens_per_s)
@@ -163,6 +165,8 @@ def switch_cost(rt, prompt, names: list[str], reps: int) -> dict[str, list[float
         return (time.perf_counter() - t0) * 1e3
 
     out: dict[str, list[float]] = {"same": [], "switched": [], "diff": []}
+    for name in names:  # each pack's pipeline and first runs at these shapes, before any timing
+        rt.generate(prompt, mode="base_shadow", adapter=name, max_new_tokens=1)
     for r in range(reps + 1):
         a, b = names[0], names[1 + r % (len(names) - 1)] if len(names) > 1 else names[0]
         got = {}
