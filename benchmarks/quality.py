@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/quality.py          # rewrites benchmarks/QUALITY.md + benchmarks/results/quality*
 
 Exports `shadow_edge/demo_model` (base + adapter, with the plain backbone) at fp32, int8 and
-int4 (each validated against PyTorch) into --cache-dir, then runs `shadow_edge.runtime.evaluate`
-on the committed held-out samples of both domains: the base's (KJV) and the adapter's
-(fortunes). Quantized artifacts are compared with fp32 on the same windows (drift).
+int4 with the exporter's default block (32), and int4 with --block-size 16 (each validated
+against PyTorch) into --cache-dir, then runs `shadow_edge.runtime.evaluate` on the committed
+held-out samples (`shadow_edge.demo_model.HELDOUT`): the base's corpora (KJV, WordNet) and the
+adapter's (fortunes). Quantized artifacts are compared with fp32 on the same windows (drift).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from shadow_edge.demo_model import DEMO_MODEL, HELDOUT  # noqa: E402
 from shadow_edge.runtime import ShadowRuntime  # noqa: E402
 from shadow_edge.runtime.evaluate import EvalOptions, evaluate  # noqa: E402
 
-PRECISIONS = ("none", "int8", "int4")
+# Quantized variants compared with fp32: label -> (--quantize, --block-size; None = the exporter's default).
+QUANTIZED = {"int8": ("int8", None), "int4": ("int4", None), "int4 b16": ("int4", 16)}
 MODES = ("base_plain", "base_shadow", "shadow_only")
 TARGETS = {"int8": 0.01, "int4": 0.05}  # relative perplexity increase allowed (issue 9)
 THRESHOLDS = tuple(round(0.02 * i, 2) for i in range(21))  # the small pair's confidences lie below 0.4
@@ -37,13 +39,13 @@ def say(msg: str) -> None:
     print(f"[quality] {msg}", file=sys.stderr, flush=True)
 
 
-def export(cache: Path, quantize: str) -> Path:
+def export(cache: Path, quantize: str, block_size: int | None = None) -> Path:
     """The demo pair's artifact (with backbone_plain), re-exported when the checkpoint or the exporter changes."""
     h = hashlib.sha256()
     for f in ("base/model.safetensors", "adapter/shadow_adapter.safetensors"):
         h.update((DEMO_MODEL / f).read_bytes())
     return ensure_artifact("demo-pair", DEMO_MODEL / "base", DEMO_MODEL / "adapter", cache / h.hexdigest()[:12],
-                           quantize=quantize)
+                           quantize=quantize, block_size=block_size)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    rts = {q: ShadowRuntime.load(export(args.cache_dir, q), threads=args.threads) for q in PRECISIONS}
+    variants = {"none": ("none", None), **QUANTIZED}
+    rts = {q: ShadowRuntime.load(export(args.cache_dir, *how), threads=args.threads) for q, how in variants.items()}
     export_s = time.perf_counter() - t0
     results: dict = {}
     for domain, path in HELDOUT.items():
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                         EvalOptions(modes=MODES + ("cascade",), prompts=32, thresholds=THRESHOLDS))
         results[domain] = {"fp32": fp32.to_dict()}
         plot_curve(fp32, str(args.out / f"quality_cascade_{domain}.png"))
-        for q in ("int8", "int4"):
+        for q in QUANTIZED:
             say(f"{domain}: {q} vs fp32")
             results[domain][q] = evaluate(rts["none"], text, EvalOptions(modes=MODES), compare=rts[q]).to_dict()
     recipe = json.loads((DEMO_MODEL / "recipe.json").read_text(encoding="utf-8"))
@@ -80,44 +83,48 @@ def main(argv: list[str] | None = None) -> int:
 def render(results: dict, recipe: dict, seconds: float, export_s: float) -> str:
     lines = [
         "# Quality of the shipped demo pair", "",
-        "Regenerate (from the repository root; exports the three artifacts once into `.cache/quality`):", "",
+        f"Regenerate (from the repository root; exports the {len(QUANTIZED) + 1} artifacts once into "
+        "`.cache/quality`):", "",
         "    .venv/bin/python benchmarks/quality.py", "",
         "The pair is `shadow_edge/demo_model/` (README, \"The demo model\"): a Qwen3-architecture base trained "
-        "from scratch on the King James Bible, and a shadow-peft adapter trained on Debian's fortunes. The "
-        "texts are the committed held-out samples `shadow_edge/demo_model/heldout/{kjv,fortunes}.txt` "
+        "from scratch on the King James Bible and WordNet's glosses and examples, and a shadow-peft adapter "
+        "trained on Debian's fortunes. The texts are the committed held-out samples "
+        f"`shadow_edge/demo_model/heldout/{{{','.join(results)}}}.txt` "
         "(never trained on). Perplexity: token-level, windows of the model's context "
         f"({recipe['recipe']['context']} tokens) every half context, each position scored once "
         "(`shadow-edge eval`). `base_plain` is the base alone (the `backbone_plain` graph), `base_shadow` "
         "the combined model, `shadow_only` the detached shadow. int8/int4: block-wise weight quantization "
-        "(blocks of 32, int8 activation arithmetic, the export default), each artifact validated against "
-        "PyTorch at export.", "",
+        "(blocks of 32, int8 activation arithmetic, the export default); `int4 b16`: the same with "
+        "`--block-size 16`. Each artifact is validated against PyTorch at export.", "",
         f"Last run took {seconds:.0f}s on the shared 2-core machine ({export_s:.0f}s of it exporting and "
-        "validating the three artifacts, skipped when they are cached; other jobs were running; timings "
-        "do not matter here).", "",
+        f"validating the {len(QUANTIZED) + 1} artifacts, skipped when they are cached; other jobs were running; "
+        "timings do not matter here).", "",
         "## Perplexity", "",
-        "| text | tokens | mode | fp32 | int8 | int8 vs fp32 | int4 | int4 vs fp32 |",
-        "|---|---:|---|---:|---:|---:|---:|---:|"]
+        "| text | tokens | mode | fp32 | " + " | ".join(f"{q} | {q} vs fp32" for q in QUANTIZED) + " |",
+        "|---|---:|---|---:|" + "---:|---:|" * len(QUANTIZED)]
     for domain, res in results.items():
         for mode in MODES:
             f = res["fp32"]["modes"][mode]["perplexity"]
-            d8, d4 = res["int8"]["drift"][mode], res["int4"]["drift"][mode]
-            lines.append(f"| {domain} | {res['fp32']['tokens']} | {mode} | {f:.2f} | {d8['perplexity']:.2f} | "
-                         f"{100 * d8['perplexity_rel']:+.2f}% | {d4['perplexity']:.2f} | "
-                         f"{100 * d4['perplexity_rel']:+.2f}% |")
+            drift = {q: res[q]["drift"][mode] for q in QUANTIZED}
+            cells = [f"{d['perplexity']:.2f} | {100 * d['perplexity_rel']:+.2f}%" for d in drift.values()]
+            lines.append(f"| {domain} | {res['fp32']['tokens']} | {mode} | {f:.2f} | " + " | ".join(cells) + " |")
     lines += ["", "Uniform over the vocabulary would be "
               f"{recipe['recipe']['vocab_size']}.", "",
               "## Quantization targets (int8 within 1%, int4 within 5% of fp32 perplexity)", "",
-              "| text | mode | int8 | target met | int4 | target met |", "|---|---|---:|---|---:|---|"]
+              "| text | mode | " + " | ".join(f"{q} | target met" for q in QUANTIZED) + " |",
+              "|---|---|" + "---:|---|" * len(QUANTIZED)]
     for domain, res in results.items():
         for mode in MODES:
-            r8, r4 = (res[q]["drift"][mode]["perplexity_rel"] for q in ("int8", "int4"))
-            lines.append(f"| {domain} | {mode} | {100 * r8:+.2f}% | {'yes' if r8 <= TARGETS['int8'] else 'NO'} | "
-                         f"{100 * r4:+.2f}% | {'yes' if r4 <= TARGETS['int4'] else 'NO'} |")
+            cells = []
+            for q, (scheme, _) in QUANTIZED.items():
+                rel = res[q]["drift"][mode]["perplexity_rel"]
+                cells.append(f"{100 * rel:+.2f}% | {'yes' if rel <= TARGETS[scheme] else 'NO'}")
+            lines.append(f"| {domain} | {mode} | " + " | ".join(cells) + " |")
     lines += ["", "## Drift against fp32 (same windows)", "",
               "| text | precision | mode | mean logits cosine | mean KL (nats) | top-1 agreement |",
               "|---|---|---|---:|---:|---:|"]
     for domain, res in results.items():
-        for q in ("int8", "int4"):
+        for q in QUANTIZED:
             for mode in MODES:
                 d = res[q]["drift"][mode]
                 lines.append(f"| {domain} | {q} | {mode} | {d['logits_cosine']:.5f} | {d['kl']:.5f} | "

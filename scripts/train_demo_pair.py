@@ -1,20 +1,23 @@
-"""Train the demo pair: a small Qwen3 base on the King James Bible + a shadow-peft adapter on fortunes.
+"""Train the demo pair: a small Qwen3 base on the KJV + WordNet's English + a shadow-peft adapter on fortunes.
 
 The recipe behind `shadow_edge/demo_model/` (see README, "The demo model"). One script, fixed
 seeds, CPU only:
 
-  1. corpora: the KJV text of Debian's `bible-kjv-text` (dumped with the `bible` program of
-     `bible-kjv`) and the cookie files of Debian's `fortunes`; or any two UTF-8 text files
-     (`--base-text`, `--adapter-text`). Each is split into train / held-out deterministically;
-  2. a byte-level BPE tokenizer (`tokenizers`) trained on the base corpus;
-  3. a Qwen3ForCausalLM base trained from scratch on the base corpus (plain AdamW loop);
+  1. corpora: for the base, the KJV text of Debian's `bible-kjv-text` (dumped with the `bible`
+     program of `bible-kjv`) and the glosses and example sentences of Debian's `wordnet-base`
+     (modern English); for the adapter, the cookie files of Debian's `fortunes`. Or UTF-8 text
+     files instead (`--base-text`, repeatable, and `--adapter-text`). Each corpus is split into
+     train / held-out deterministically;
+  2. a byte-level BPE tokenizer (`tokenizers`) trained on the base corpora;
+  3. a Qwen3ForCausalLM base trained from scratch on the base corpora (plain AdamW loop; each
+     window comes from one corpus picked uniformly, so the corpora weigh equally whatever their size);
   4. a ShadowPEFT adapter trained with shadow-peft itself (`get_shadow_model` +
      `ShadowForCausalLM`) on the adapter corpus, backbone frozen;
   5. both saved as users get them: HF base dir (config, model.safetensors, tokenizer files)
      and a shadow-peft adapter dir; held-out samples written next to them.
 
-    apt-get install -y bible-kjv fortunes
-    nice python scripts/train_demo_pair.py --out shadow_edge/demo_model
+    apt-get install -y bible-kjv wordnet-base fortunes
+    nice python scripts/train_demo_pair.py --out shadow_edge/demo_model --force
 
 `--base DIR` skips steps 2-3 and reuses a base this script trained (tokenizer and weights copied
 unchanged); the adapter is seeded on its own, so it comes out the same as in the full run.
@@ -27,7 +30,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -41,14 +46,17 @@ import torch
 from shadow_edge.core.tiny import CHAT_TEMPLATE, train_bpe
 
 FORTUNE_DIR = Path("/usr/share/games/fortunes")
+WORDNET_DIR = Path("/usr/share/wordnet")
+WORDNET_PER_DOC = 8  # WordNet entries per document (neighbouring synsets share a topic)
 # Cookie files of `fortunes` used for the adapter: prose and one-liners (no ascii art, code or edgy files).
 FORTUNE_FILES = ("computers", "cookie", "definitions", "education", "food", "fortunes", "goedel", "humorists",
                  "kids", "law", "linux", "literature", "love", "magic", "medicine", "miscellaneous", "news",
                  "paradoxum", "people", "pets", "platitudes", "riddles", "science", "songs-poems", "sports",
                  "startrek", "tao", "wisdom", "work", "zippy")
-HELDOUT_EVERY = 20  # every 20th document (KJV: chapter, fortunes: cookie) is held out
+HELDOUT_EVERY = 20  # every 20th document (KJV: chapter, WordNet: WORDNET_PER_DOC entries, fortunes: cookie) is held out
 SAMPLE_CHARS = 12_000  # size of each committed held-out sample
 OUTPUTS = ("base", "adapter", "heldout", "recipe.json")  # what the script writes into --out
+BASE_CORPORA = ("kjv", "wordnet")  # default base corpora (see BASE_CORPUS_READERS)
 KNOBS = ("vocab_size", "hidden_size", "num_layers", "intermediate_size", "context", "base_steps", "base_batch",
          "base_lr", "adapter_steps", "adapter_batch", "adapter_lr", "num_shadow_layers", "injection_hidden_size",
          "gate_hidden_size", "threads")  # Recipe fields settable on the command line
@@ -67,12 +75,12 @@ class Recipe:
     head_dim: int = 32
     intermediate_size: int = 384
     context: int = 256
-    base_steps: int = 600
+    base_steps: int = 1300
     base_batch: int = 12
     base_lr: float = 3e-3
-    adapter_steps: int = 1500
+    adapter_steps: int = 900
     adapter_batch: int = 8
-    adapter_lr: float = 2e-3
+    adapter_lr: float = 3e-3
     num_shadow_layers: int = 2
     injection_hidden_size: int = 64
     gate_hidden_size: int = 64
@@ -127,6 +135,32 @@ def fortune_cookies() -> list[str]:
     return docs
 
 
+def wordnet_docs() -> list[str]:
+    """Debian's WordNet 3.0 (`wordnet-base`) as English prose: per synset "word: gloss. Example sentences."
+
+    One entry per synset of data.{noun,verb,adj,adv} in file order; WORDNET_PER_DOC neighbouring
+    entries (same lexicographer file, so one topic) make one document."""
+    if not (WORDNET_DIR / "data.noun").is_file():
+        sys.exit(f"error: {WORDNET_DIR}/data.noun is missing; apt-get install -y wordnet-base "
+                 "(or pass --base-text FILE)")
+    entries = []
+    for pos in ("noun", "verb", "adj", "adv"):
+        for line in (WORDNET_DIR / f"data.{pos}").read_text(encoding="utf-8", errors="replace").splitlines():
+            head, sep, gloss = line.partition(" | ")
+            if line.startswith("  ") or not sep:  # the license header, or a synset without a gloss
+                continue
+            word = re.sub(r"\(.*\)$", "", head.split()[4]).replace("_", " ")  # "dog", "big(a)" -> "big"
+            parts = [part.strip() for part in gloss.strip().split(";") if part.strip()]
+            definition = "; ".join(part for part in parts if not part.startswith('"'))
+            examples = [part.strip('"').strip() for part in parts if part.startswith('"')]
+            sentences = [e[0].upper() + e[1:] + ("" if e[-1] in ".!?" else ".") for e in examples if e]
+            entries.append(" ".join([f"{word}: {definition}.", *sentences]))
+    return ["\n".join(entries[i:i + WORDNET_PER_DOC]) for i in range(0, len(entries), WORDNET_PER_DOC)]
+
+
+BASE_CORPUS_READERS = {"kjv": kjv_chapters, "wordnet": wordnet_docs}  # --base-corpora NAME -> documents
+
+
 def text_file_docs(path: str) -> list[str]:
     """Documents of a UTF-8 text file: paragraphs separated by blank lines."""
     return [d.strip("\n") for d in Path(path).read_text(encoding="utf-8").split("\n\n") if d.strip()]
@@ -151,16 +185,20 @@ def token_stream(tok, docs: list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def batches(stream: torch.Tensor, batch: int, context: int, gen: torch.Generator):
+def batches(streams: list[torch.Tensor], batch: int, context: int, gen: torch.Generator):
     """Random windows of `context` tokens: yields (input_ids [b, ctx], labels [b, ctx]) forever.
 
-    Labels equal the inputs: transformers and shadow-peft shift them inside their losses."""
+    Each window comes from one stream picked uniformly (corpora weigh equally, whatever their
+    size). Labels equal the inputs: transformers and shadow-peft shift them inside their losses."""
     span = context
-    if len(stream) <= span:
-        stream = stream.repeat(span // len(stream) + 2)
+    streams = [s.repeat(span // len(s) + 2) if len(s) <= span else s for s in streams]
     while True:
-        starts = torch.randint(0, len(stream) - span, (batch,), generator=gen)
-        win = torch.stack([stream[s:s + span] for s in starts.tolist()])  # [b, ctx]
+        picks = torch.randint(0, len(streams), (batch,), generator=gen).tolist()
+        wins = []
+        for k in picks:
+            start = int(torch.randint(0, len(streams[k]) - span, (1,), generator=gen))
+            wins.append(streams[k][start:start + span])
+        win = torch.stack(wins)  # [b, ctx]
         yield win, win
 
 
@@ -174,7 +212,9 @@ def lr_at(step: int, steps: int, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm))))
 
 
-def train_loop(name: str, params, loss_fn, data, steps: int, peak_lr: float, log) -> float:
+def train_loop(name: str, params, loss_fn, data, steps: int, peak_lr: float, log, loads: list[float]) -> float:
+    """AdamW with warmup + cosine decay; returns the seconds it took and appends the 1-minute load
+    average every 25 steps to `loads` (the machine may be shared: recipe.json reports it)."""
     opt = torch.optim.AdamW(params, lr=peak_lr, betas=(0.9, 0.95), weight_decay=0.1)
     t0, loss = time.perf_counter(), float("nan")
     for step in range(steps):
@@ -188,6 +228,7 @@ def train_loop(name: str, params, loss_fn, data, steps: int, peak_lr: float, log
         opt.step()
         loss = out.item()
         if step % 25 == 0 or step == steps - 1:
+            loads.append(os.getloadavg()[0])
             log(f"{name} step {step + 1}/{steps} loss {loss:.3f} ({time.perf_counter() - t0:.0f}s)")
     return time.perf_counter() - t0
 
@@ -232,7 +273,8 @@ def load_base(path: Path, recipe: Recipe):
                      "gate_hidden_size", "alpha", "shadow_loss_weight", "threads"}
     knobs = {k: v for k, v in prev["recipe"].items() if k not in adapter_knobs}
     record = {"recipe": Recipe(**{**asdict(recipe), **knobs}), "base_reused_from": str(path),
-              **{k: prev[k] for k in ("base_train_seconds", "torch") if k in prev}}
+              **{k: prev[k] for k in ("tokenizer_seconds", "base_train_seconds", "base_steps_per_second", "torch")
+                 if k in prev}}
     if "torch" in record:
         record["base_torch"] = record.pop("torch")
     model = Qwen3ForCausalLM.from_pretrained(path)
@@ -240,7 +282,7 @@ def load_base(path: Path, recipe: Recipe):
     return model, Tokenizer.from_file(str(path / "tokenizer.json")), record
 
 
-def train_adapter(recipe: Recipe, base, stream: torch.Tensor, gen: torch.Generator, log):
+def train_adapter(recipe: Recipe, base, stream: torch.Tensor, gen: torch.Generator, log, loads: list[float]):
     """shadow-peft's own adapter: implicit shadow initialized from the base's first layers, backbone frozen."""
     from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
 
@@ -263,8 +305,8 @@ def train_adapter(recipe: Recipe, base, stream: torch.Tensor, gen: torch.Generat
     def loss_fn(x, labels):
         return model(input_ids=x, labels=labels).loss
 
-    seconds = train_loop("adapter", params, loss_fn, batches(stream, recipe.adapter_batch, recipe.context, gen),
-                         recipe.adapter_steps, recipe.adapter_lr, log)
+    seconds = train_loop("adapter", params, loss_fn, batches([stream], recipe.adapter_batch, recipe.context, gen),
+                         recipe.adapter_steps, recipe.adapter_lr, log, loads)
     model.eval()
     return model, seconds
 
@@ -284,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example: python scripts/train_demo_pair.py --out shadow_edge/demo_model --force")
     p.add_argument("--out", required=True, help="directory for base/, adapter/, heldout/ and recipe.json")
-    p.add_argument("--base-text", help="UTF-8 text for the base (default: the KJV from bible-kjv)")
+    p.add_argument("--base-corpora", default=",".join(BASE_CORPORA),
+                   help=f"comma-separated base corpora, of {', '.join(BASE_CORPUS_READERS)} (default %(default)s)")
+    p.add_argument("--base-text", action="append", metavar="FILE",
+                   help="UTF-8 text for the base instead of --base-corpora; repeat for several corpora (each "
+                        "weighs equally; its held-out sample is heldout/<file stem>.txt)")
     p.add_argument("--adapter-text", help="UTF-8 text for the adapter (default: Debian fortunes)")
     for f in KNOBS:
         default = getattr(Recipe, f)
@@ -310,31 +356,50 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(recipe.seed)
     gen = torch.Generator().manual_seed(recipe.seed)
     t_start = time.perf_counter()
-    base_docs = text_file_docs(args.base_text) if args.base_text else kjv_chapters()
+    if args.base_text:
+        base_docs = {Path(f).stem: text_file_docs(f) for f in args.base_text}
+        if len(base_docs) < len(args.base_text):
+            sys.exit(f"error: --base-text files {args.base_text} share a file stem; their held-out samples "
+                     "(heldout/<stem>.txt) would collide: rename one")
+    else:
+        names = [n for n in args.base_corpora.split(",") if n]
+        unknown = [n for n in names if n not in BASE_CORPUS_READERS]
+        if unknown or not names:
+            sys.exit(f"error: --base-corpora {args.base_corpora!r}: expected comma-separated names of "
+                     f"{', '.join(BASE_CORPUS_READERS)}")
+        base_docs = {n: BASE_CORPUS_READERS[n]() for n in names}
+    adapter_name = "adapter" if args.adapter_text else "fortunes"
+    if adapter_name in base_docs:
+        sys.exit(f"error: a base corpus is named {adapter_name!r} like the adapter's held-out sample: rename it")
     adapter_docs = text_file_docs(args.adapter_text) if args.adapter_text else fortune_cookies()
     random.Random(recipe.seed).shuffle(adapter_docs)
-    base_train, base_held = split_docs(base_docs)
+    base_split = {n: split_docs(docs) for n, docs in base_docs.items()}  # name -> (train, held-out)
     adapter_train, adapter_held = split_docs(adapter_docs)
+    loads: list[float] = []  # 1-minute load averages sampled while training
 
     if args.base:  # reuse a trained base: its tokenizer and weights, copied byte for byte
         base, tok, base_record = load_base(Path(args.base), recipe)
         recipe = base_record.pop("recipe")
-        base_s = 0.0
-        base_stream = token_stream(tok, base_train)
+        base_s = tok_s = 0.0
+        base_streams = [token_stream(tok, train) for train, _ in base_split.values()]
     else:
-        tok = train_bpe(base_train, recipe.vocab_size)
-        base_stream = token_stream(tok, base_train)
+        t_tok = time.perf_counter()
+        tok = train_bpe([d for train, _ in base_split.values() for d in train], recipe.vocab_size)
+        tok_s = time.perf_counter() - t_tok
+        base_streams = [token_stream(tok, train) for train, _ in base_split.values()]
         base = build_base(recipe, tok)
         base.train()
         log(f"base: {sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters")
         base_params = [p for p in base.parameters() if p.requires_grad]
         base_s = train_loop("base", base_params, lambda x, labels: base(input_ids=x, labels=labels).loss,
-                            batches(base_stream, recipe.base_batch, recipe.context, gen), recipe.base_steps,
-                            recipe.base_lr, log)
+                            batches(base_streams, recipe.base_batch, recipe.context, gen), recipe.base_steps,
+                            recipe.base_lr, log, loads)
         base.eval()
-        base_record = {"base_train_seconds": round(base_s, 1)}
+        base_record = {"tokenizer_seconds": round(tok_s, 1), "base_train_seconds": round(base_s, 1),
+                       "base_steps_per_second": round(recipe.base_steps / base_s, 3)}
     adapter_stream = token_stream(tok, adapter_train)
-    log(f"tokens: base train {len(base_stream)}, adapter train {len(adapter_stream)}, vocab {tok.get_vocab_size()}")
+    base_tokens = {n: len(s_) for n, s_ in zip(base_split, base_streams)}
+    log(f"tokens: base train {base_tokens}, adapter train {len(adapter_stream)}, vocab {tok.get_vocab_size()}")
 
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".train-", dir=out))
@@ -348,15 +413,21 @@ def main(argv: list[str] | None = None) -> int:
         # The adapter's own seed: the same adapter whether the base was just trained or reused (--base).
         torch.manual_seed(recipe.seed + 1)
         adapter_gen = torch.Generator().manual_seed(recipe.seed + 1)
-        shadow_model, adapter_s = train_adapter(recipe, base, adapter_stream, adapter_gen, log)
+        shadow_model, adapter_s = train_adapter(recipe, base, adapter_stream, adapter_gen, log, loads)
         shadow_model.save_pretrained(tmp / "adapter")
         (tmp / "heldout").mkdir()
-        write_sample(base_held, tmp / "heldout" / ("base.txt" if args.base_text else "kjv.txt"))
-        write_sample(adapter_held, tmp / "heldout" / ("adapter.txt" if args.adapter_text else "fortunes.txt"))
+        for name, (_, held) in base_split.items():
+            write_sample(held, tmp / "heldout" / f"{name}.txt")
+        write_sample(adapter_held, tmp / "heldout" / f"{adapter_name}.txt")
         total = time.perf_counter() - t_start
-        record = {"recipe": asdict(recipe), **base_record,
-                  "adapter_train_seconds": round(adapter_s, 1), "total_seconds": round(total, 1),
-                  "base_train_tokens": len(base_stream), "adapter_train_tokens": len(adapter_stream),
+        loads.sort()
+        record = {"recipe": asdict(recipe), "base_corpora": list(base_split), **base_record,
+                  "adapter_train_seconds": round(adapter_s, 1),
+                  "adapter_steps_per_second": round(recipe.adapter_steps / adapter_s, 3),
+                  "total_seconds": round(total, 1),
+                  "load_average_while_training": {k: round(v, 2) for k, v in (
+                      ("min", loads[0]), ("median", loads[len(loads) // 2]), ("max", loads[-1]))},
+                  "base_train_tokens": base_tokens, "adapter_train_tokens": len(adapter_stream),
                   "torch": torch.__version__}
         (tmp / "recipe.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         for name in OUTPUTS:  # replace only what this script writes (e.g. not the package's __init__.py)

@@ -74,7 +74,7 @@ examples:
 """
 DEMO_EPILOG = """\
 The demo exports the shipped demo pair once into the cache directory (a small Qwen3 base
-trained on the King James Bible + a shadow-peft adapter trained on Debian's fortunes;
+trained on the King James Bible and WordNet + a shadow-peft adapter trained on Debian's fortunes;
 README, "The demo model"), then answers a prompt in shadow_only, base_shadow and speculative
 mode and two prompts in cascade mode (one the shadow answers, one it escalates), with a
 latency table.
@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", default="Never trust a", metavar="TEXT", help="demo prompt")
     p.add_argument("--max-new-tokens", type=int, default=24, metavar="N", help="tokens per mode (default 24)")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
-    p.add_argument("--cascade-threshold", type=float, default=0.12, metavar="X",
-                   help="cascade: escalate when the shadow's confidence is below X (default 0.12, set for the "
+    p.add_argument("--cascade-threshold", type=float, default=0.15, metavar="X",
+                   help="cascade: escalate when the shadow's confidence is below X (default 0.15, set for the "
                         "demo pair)")
     p.add_argument("--force", action="store_true", help="re-export even if cached")
     p.set_defaults(handler=cmd_demo)

@@ -3,6 +3,7 @@ both domains; the adapter helps on its domain; and the recipe that trained it st
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -53,8 +54,9 @@ def test_recipe_runs_a_few_steps(tmp_path):
     out = tmp_path / "pair"
     out.mkdir()
     (out / "__init__.py").write_text("# not the script's\n")  # --force replaces only what the script writes
-    recipe(out, "--vocab-size", "300", "--hidden-size", "32", "--num-layers", "2", "--intermediate-size", "64",
-           "--context", "32", "--base-steps", "3", "--base-batch", "2", "--num-shadow-layers", "1", "--force")
+    recipe(out, "--base-text", str(HELDOUT["wordnet"]), "--vocab-size", "300", "--hidden-size", "32", "--num-layers",
+           "2", "--intermediate-size", "64", "--context", "32", "--base-steps", "3", "--base-batch", "2",
+           "--num-shadow-layers", "1", "--force")
     from shadow_edge.core.checkpoint import load_spec
 
     spec = load_spec(out / "base", out / "adapter")
@@ -63,7 +65,9 @@ def test_recipe_runs_a_few_steps(tmp_path):
     assert abs(ups).max() > 0  # shadow-peft zero-initializes them: nonzero means the adapter was trained
     record = json.loads((out / "recipe.json").read_text())
     assert record["recipe"]["base_steps"] == 3 and record["total_seconds"] > 0
-    assert (out / "heldout" / "base.txt").read_text().strip()
+    for name in ("kjv", "wordnet", "adapter"):  # one held-out sample per corpus, named after its --base-text file
+        assert (out / "heldout" / f"{name}.txt").read_text().strip()
+    assert record["base_corpora"] == ["kjv", "wordnet"] and set(record["base_train_tokens"]) == {"kjv", "wordnet"}
     assert (out / "__init__.py").read_text() == "# not the script's\n" and sorted(p.name for p in out.iterdir()) == [
         "__init__.py", "adapter", "base", "heldout", "recipe.json"]
 
@@ -82,3 +86,23 @@ def test_recipe_reuses_a_base_and_trains_the_same_adapter(tmp_path):
     rec_full, rec = (json.loads((d / "recipe.json").read_text()) for d in (full, reused))
     assert rec["recipe"] == rec_full["recipe"]  # the base's knobs come from the base's recipe.json
     assert rec["base_reused_from"] == str(full / "base") and rec["base_train_seconds"] == rec_full["base_train_seconds"]
+
+
+def test_wordnet_reader(tmp_path, monkeypatch):
+    """WordNet's data files become "word: gloss. Example." entries, WORDNET_PER_DOC per document."""
+    spec = importlib.util.spec_from_file_location("train_demo_pair", REPO / "scripts" / "train_demo_pair.py")
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "train_demo_pair", script)  # dataclasses look their module up there
+    spec.loader.exec_module(script)
+    header = "  1 This software and database is being provided to you | not a synset\n"
+    synsets = {"noun": ['02084071 05 n 02 dog 0 domestic_dog 0 000 | a domesticated canid; "the dog barked all night"',
+                        "02085374 05 n 01 toy_dog 0 000 | any of several breeds of very small dogs"],
+               "verb": ['02539334 34 v 01 oversee 0 000 | watch and direct; "Who is overseeing this project?"'],
+               "adj": ["01382086 00 a 01 big(a) 0 000 | above average in size"], "adv": []}
+    for pos, lines in synsets.items():
+        (tmp_path / f"data.{pos}").write_text(header + "".join(line + "  \n" for line in lines), encoding="utf-8")
+    monkeypatch.setattr(script, "WORDNET_DIR", tmp_path)
+    monkeypatch.setattr(script, "WORDNET_PER_DOC", 3)
+    assert script.wordnet_docs() == [
+        "dog: a domesticated canid. The dog barked all night.\ntoy dog: any of several breeds of very small dogs.\n"
+        "oversee: watch and direct. Who is overseeing this project?", "big: above average in size."]

@@ -1,7 +1,7 @@
 """`shadow-edge demo`: export the shipped demo pair once into a cache dir, run every mode on real prompts, time it.
 
 The pair (`shadow_edge/demo_model`) is a small Qwen3 base trained on the King James Bible and
-a shadow-peft adapter trained on Debian's fortunes: both modes answer in the adapter's
+WordNet's English, and a shadow-peft adapter trained on Debian's fortunes: both modes answer in the adapter's
 domain; the cascade shows one prompt the shadow answers itself and one it escalates.
 """
 
@@ -21,9 +21,9 @@ from shadow_edge.runtime.options import CASCADE
 
 SPECULATIVE = "speculative"
 # The cascade's two prompts: the shadow is confident on the first and escalates the second
-# at the default --cascade-threshold 0.12 (the pair is small: its 24-token confidences lie in about 0.07-0.3;
-# these two: 0.145 and 0.099).
-CASCADE_PROMPTS = ("Love is", "You will")
+# at the default --cascade-threshold 0.15 (the pair is small: its 24-token confidences lie in about 0.08-0.5;
+# these two: 0.265 and 0.108).
+CASCADE_PROMPTS = ("The best way to", "You will")
 
 
 def cache_dir(override: str | None) -> Path:
@@ -64,7 +64,7 @@ def demo(args) -> int:
     rt = ShadowRuntime.load(art, threads=args.threads)
     m = rt.manifest
     print(f"artifact: {art}\nmodel: Qwen3 base (hidden {m.model['hidden_size']}, vocab {m.model['vocab_size']}) "
-          "trained on the King James Bible + a shadow-peft adapter trained on Debian's fortunes "
+          "trained on the King James Bible and WordNet + a shadow-peft adapter trained on Debian's fortunes "
           f"({DEMO_MODEL}); greedy decoding.\n")
     rows = []
     for mode in GRAPH_MODES + ((SPECULATIVE,) if SPECULATIVE in rt.modes else ()):
