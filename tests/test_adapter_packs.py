@@ -223,3 +223,16 @@ def test_base_without_constant_twin_falls_back_to_fed_weights(families, tmp_path
         (old / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(ArtifactError, match=message + ".*re-export the artifact"):
             ShadowRuntime.load(old, threads=1, verify=False)
+
+
+def test_base_export_validates_the_graphs_the_runtime_opens(cases, tmp_path, monkeypatch):
+    """A base artifact's own adapter runs the shadow graph's constant twin: export validates that file."""
+    import shadow_edge.export.validate as validate
+
+    case, opened = cases("qwen3_implicit"), []
+    real = validate.GraphSession
+    monkeypatch.setattr(validate, "GraphSession", lambda name, entry, *a, **kw: opened.append(entry.file)
+                        or real(name, entry, *a, **kw))
+    manifest = export_artifact(case.base_dir, case.adapter_dir, tmp_path / "base", options=ExportOptions(
+        as_base=True, validation="full"), **QUIET)
+    assert manifest.validation["passed"] and "shadow_constant.onnx" in opened and "shadow.onnx" not in opened

@@ -10,6 +10,7 @@ SIGINT or SIGTERM removes the temporary directory.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -132,7 +133,9 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         plan = plan_validation(options.validation, spec, store.nbytes())
         progress(f"validation method: {plan.method} ({plan.reason()})")
         reference = ShadowModel(spec.loaded() if plan.method == METHOD_FULL else spec)  # streamed: a layer at a time
-        validation = VALIDATORS[plan.method](tmp, reference, graphs, modes, options.quantize,
+        # the files the runtime opens: a base artifact's own adapter runs the shadow graph's constant twin
+        runs = {**graphs, **{g: replace(graphs[g], file=f) for g, f in slots.get("constant_graphs", {}).items()}}
+        validation = VALIDATORS[plan.method](tmp, reference, runs, modes, options.quantize,
                                              atol=options.validation_atol, progress=progress)
         validation["memory"] = plan.to_dict()
         worst = max(r["max_abs_err"] for r in validation["outputs"].values())
