@@ -7,6 +7,7 @@ from pathlib import Path
 
 BEGIN, END = "<!-- BEGIN precision_table.py results -->", "<!-- END precision_table.py results -->"
 W1 = "qwen3-0.6b-shape"
+GENAI = "ort-genai"
 OVERHEAD_GOAL = 0.03
 # issue 14's absolute targets at the Qwen3-0.6B shape: (precision, system, metric, op, goal, label)
 ABSOLUTE = (("int4", "base_shadow", "decode_tok_s", ">=", 50.0, "combined int4 decode tok/s"),
@@ -36,6 +37,12 @@ def graph_overhead(g: dict) -> float | None:
     return o.get("overhead")
 
 
+def byte_ratio(g: dict, a: str, b: str) -> float | None:
+    """Weight bytes one decode step of system `a` reads over those of `b` (None for runs recorded before they were)."""
+    w = g.get("weight_bytes_per_token") or {}
+    return w[a] / w[b] if w.get(a) and w.get(b) else None
+
+
 def _status(value: float | None, op: str, goal: float, unit: str = "") -> str:
     if value is None:
         return "not measured"
@@ -53,20 +60,23 @@ def targets(groups: list[dict]) -> list[dict]:
     rows = []
     for g in groups:
         where = f"{g['preset']} {g['precision']}"
-        genai = _tok(g, "ort-genai")
+        genai = _tok(g, GENAI)
         for system, label in (("base_shadow", "base_shadow"), ("base_plain", "own backbone_plain")):
-            r = _ratio(_tok(g, system), genai)
+            r, bound = _ratio(_tok(g, system), genai), byte_ratio(g, GENAI, system)
             rows.append({"where": where, "target": f"{label} vs onnxruntime-genai plain", "goal": ">= 1.00x",
-                         "measured": None if r is None else f"{r:.2f}x", "status": _status(r, ">=", 1.0)})
+                         "measured": None if r is None else f"{r:.2f}x", "status": _status(r, ">=", 1.0),
+                         "bytes_bound": None if bound is None else f"{bound:.2f}x"})
+        extra = byte_ratio(g, "base_shadow", "base_plain")
         for name, value in (("per mode p50s", mode_overhead(g)), ("per graph, interleaved", graph_overhead(g))):
             rows.append({"where": where, "target": f"adapter overhead ({name})", "goal": "<= 3.0%",
                          "measured": None if value is None else f"{value * 100:+.1f}%",
-                         "status": _status(value, "<=", OVERHEAD_GOAL, "%")})
+                         "status": _status(value, "<=", OVERHEAD_GOAL, "%"),
+                         "bytes_bound": None if extra is None else f"{(extra - 1) * 100:+.1f}%"})
         if g["preset"] == W1:
             for precision, system, metric, op, goal, label in ABSOLUTE:
                 if precision == g["precision"].partition("@")[0]:
                     v = (g["systems"].get(system) or {}).get(metric)
-                    rows.append({"where": where, "target": label, "goal": f"{op} {goal:g}",
+                    rows.append({"where": where, "target": label, "goal": f"{op} {goal:g}", "bytes_bound": None,
                                  "measured": None if v is None else f"{v:.1f}", "status": _status(v, op, goal)})
     return rows
 
@@ -77,7 +87,7 @@ def _n(x, spec=".1f") -> str:
 
 def _p10_ratios(g: dict) -> str:
     """base_shadow and backbone_plain over onnxruntime-genai at the p10 step (the least contended steps)."""
-    genai = _tok(g, "ort-genai", "decode_tok_s_p10")
+    genai = _tok(g, GENAI, "decode_tok_s_p10")
     r = [_ratio(_tok(g, s, "decode_tok_s_p10"), genai) for s in ("base_shadow", "base_plain")]
     return " / ".join("-" if x is None else f"{x:.2f}x" for x in r)
 
@@ -108,7 +118,7 @@ def markdown(result: dict) -> str:
          "interleaved | base_shadow TTFT ms |",
          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for g in result["groups"]:
-        genai = _tok(g, "ort-genai")
+        genai = _tok(g, GENAI)
         mo, go = mode_overhead(g), graph_overhead(g)
         L.append(f"| {g['preset']} | {_quant(g)} | {_n(_tok(g, 'shadow_only'))} | {_n(_tok(g, 'base_plain'))} | "
                  f"**{_n(_tok(g, 'base_shadow'))}** | {_n(genai)} | "
@@ -123,11 +133,35 @@ def markdown(result: dict) -> str:
           "tied embedding with the head, int8 keeps a float32 embedding). *graphs interleaved*: "
           "`benchmarks/adapter_overhead.py` (one decode step of backbone, backbone_plain, shadow and head back to "
           "back), (backbone - backbone_plain + shadow) / (backbone_plain + head).",
-          "", "**Targets** (issue 14):", "", "| preset, precision | target | goal | measured | status |",
-          "|---|---|---:|---:|---|"]
+          ""] + bytes_table(result)
+    L += ["", "**Targets** (issue 14). *Bound on bytes*: what the target's measure would be if both sides read "
+          "their weights at the same GB/s (a decode step is bound by the weight bytes it reads): the ratio of "
+          "weight bytes per token for the speed targets, the adapter's extra bytes for the overhead targets.", "",
+          "| preset, precision | target | goal | measured | bound on bytes | status |", "|---|---|---:|---:|---:|---|"]
     for t in targets(result["groups"]):
-        L.append(f"| {t['where']} | {t['target']} | {t['goal']} | {t['measured'] or '-'} | {t['status']} |")
+        L.append(f"| {t['where']} | {t['target']} | {t['goal']} | {t['measured'] or '-'} | "
+                 f"{t.get('bytes_bound') or '-'} | {t['status']} |")
     return "\n".join(L) + "\n"
+
+
+def bytes_table(result: dict) -> list[str]:
+    """Weight MB each system reads per decoded token and the GB/s its p50 step reaches (`bench/weights.py`)."""
+    groups = [g for g in result["groups"] if g.get("weight_bytes_per_token")]
+    if not groups:
+        return []
+    systems = ("shadow_only", "base_plain", "base_shadow", GENAI)
+    probes = ", ".join(f"{x:.1f}" for x in result["read_bandwidth_samples_gbs"])
+    L = ["Weights read per decoded token (MB, `shadow_edge/bench/weights.py`) and the rate each system's p50 step "
+         f"reads them at (GB/s; the memory-read probes gave {probes} GB/s):", "",
+         "| preset | precision | " + " | ".join(f"{s} MB, GB/s" for s in systems) + " | adapter's extra bytes |",
+         "|---|---|" + "---:|" * (len(systems) + 1)]
+    for g in groups:
+        w = g["weight_bytes_per_token"]
+        cells = [f"{w[s] / 2**20:.1f}, {w[s] * _tok(g, s) / 1e9:.1f}" if w.get(s) and _tok(g, s) else "-"
+                 for s in systems]
+        extra = byte_ratio(g, "base_shadow", "base_plain")
+        L.append(f"| {g['preset']} | {_quant(g)} | " + " | ".join(cells) + f" | {(extra - 1) * 100:+.1f}% |")
+    return L
 
 
 def update_block(md_path: Path, block: str) -> None:

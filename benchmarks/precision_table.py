@@ -155,7 +155,17 @@ def run_group(preset: str, token: str, art: Path, genai_dir: Path, ids, args) ->
     q = read_manifest(art).model.get("quantization") or {}
     return {"preset": preset, "precision": token, "artifact": str(art), "genai": str(genai_dir),
             "quantization": {k: q.get(k) for k in ("scheme", "block_size", "compute")} if q else None,
-            "systems": systems_out, "graph_overhead": overhead}
+            "systems": systems_out, "graph_overhead": overhead, "weight_bytes_per_token": bytes_per_token(art, genai_dir)}
+
+
+def bytes_per_token(art: Path, genai_dir: Path) -> dict[str, int]:
+    """Weight bytes one decode step reads, per shadow-edge mode and for onnxruntime-genai's graph."""
+    from shadow_edge.bench.weights import weight_bytes, weight_bytes_per_token
+    from shadow_edge.manifest import read_manifest
+
+    manifest = read_manifest(art)
+    return {**{mode: weight_bytes_per_token(art, manifest, mode) for mode in MODES},
+            GENAI: weight_bytes([Path(genai_dir) / "model.onnx"])}
 
 
 def merge(results: list[dict]) -> dict:
@@ -165,6 +175,10 @@ def merge(results: list[dict]) -> dict:
         raise SystemExit("error: --from-json: the runs used different workloads; render them separately")
     out = dict(results[0])
     out["groups"] = [g for r in results for g in r["groups"]]
+    for g in out["groups"]:  # runs recorded before the bytes were: read them from the artifacts if still there
+        art, genai = Path(g.get("artifact") or "-"), Path(g.get("genai") or "-")
+        if "weight_bytes_per_token" not in g and art.is_dir() and genai.is_dir():
+            g["weight_bytes_per_token"] = bytes_per_token(art, genai)
     out["command"] = " ; ".join(r["command"] for r in results)
     out["created_utc"] = max(r["created_utc"] for r in results)
     out["elapsed_s"] = sum(r["elapsed_s"] for r in results)

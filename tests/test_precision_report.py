@@ -53,8 +53,9 @@ def test_markdown_block_keeps_hand_written_text(tmp_path):
     text = pr.markdown(_result(groups))
     assert ("| qwen3-0.6b-shape | fp32 | 40.0 | 10.0 | **9.5** | 10.5 | 0.90x | 0.95x | - / - | +5.3% / - | 650 |"
             in text)
-    assert "| qwen3-0.6b-shape fp32 | combined fp32 prefill of the prompt (TTFT), ms | <= 500 | 650.0 | missed by 30%" \
-        in text
+    assert ("| qwen3-0.6b-shape fp32 | combined fp32 prefill of the prompt (TTFT), ms | <= 500 | 650.0 | - | missed by "
+            "30%" in text)
+    assert "Weights read per decoded token" not in text  # a run recorded without the bytes has no bytes table
     pr.update_block(md, text)
     pr.update_block(md, text)  # refreshing replaces the block, never appends a second one
     out = md.read_text()
@@ -70,3 +71,15 @@ def test_runs_merge_into_one_table_and_different_workloads_are_refused():
     w1["workload"] = {**w1["workload"], "new_tokens": 32}
     with pytest.raises(SystemExit, match="different workloads"):
         precision_table.merge([small, w1])
+
+
+def test_bytes_bound_the_targets_and_give_each_systems_rate():
+    g = _group("small", "int4", {"shadow_only": 400, "base_plain": 100, "base_shadow": 80, "ort-genai": 110}, None)
+    g["weight_bytes_per_token"] = {"shadow_only": 10e6, "base_plain": 40e6, "base_shadow": 50e6, "ort-genai": 40e6}
+    rows = {t["target"]: t for t in pr.targets([g])}
+    assert rows["base_shadow vs onnxruntime-genai plain"]["bytes_bound"] == "0.80x"  # 40 MB / 50 MB
+    assert rows["own backbone_plain vs onnxruntime-genai plain"]["bytes_bound"] == "1.00x"
+    assert rows["adapter overhead (per mode p50s)"]["bytes_bound"] == "+25.0%"
+    text = pr.markdown(_result([g]))
+    # MB per token and GB/s = bytes x tok/s: base_shadow 50e6 x 80 = 4.0 GB/s, genai 40e6 x 110 = 4.4 GB/s
+    assert "| small | int4 (block 32, int8 compute) | 9.5, 4.0 | 38.1, 4.0 | 47.7, 4.0 | 38.1, 4.4 | +25.0% |" in text
