@@ -54,3 +54,17 @@ def test_a_non_finite_row_read_is_refused_and_named(tmp_path):
     assert torch.equal(lazy.rows(torch.tensor([1, 2])), torch.zeros(2, 32))
     with pytest.raises(CheckpointError, match="'w' holds 1 NaN/Inf"):
         linear(torch.ones(1, 32), lazy, chunk=16)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_dequantized_rows_equal_the_packed_round_trip_to_the_bit(bits, monkeypatch):
+    """The reference's fast path (no packing) computes exactly what the kernels read back from the artifact."""
+    from shadow_edge.export.quantize import dequantized_rows, quantize_rows
+
+    w = 3 * torch.randn(45, 96, generator=torch.Generator().manual_seed(2))  # [45, 96]
+    w[7, :32] = 0  # an all-zero block (scale 1)
+    w[8, 40] = 1e4  # one outlier dominating its block
+    monkeypatch.setattr("shadow_edge.export.quantize.ROWS_PER_CHUNK", 16)  # 3 chunks, the last one short
+    assert torch.equal(dequantized_rows(w, bits, 32), quantize_rows(w, bits, 32).dequantize())
+    assert torch.equal(Dequantized(w, bits, 32).rows(torch.tensor([8, 7, 44])),
+                       quantize_rows(w, bits, 32).dequantize()[[8, 7, 44]])

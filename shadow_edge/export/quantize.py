@@ -54,23 +54,43 @@ class Quantized:
         return (q * torch.from_numpy(self.scales)[..., None]).reshape(self.shape)
 
 
+def _codes(w: torch.Tensor, bits: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Integer codes q (as float32, [rows, K / block, block]) and scales [rows, K / block] of rows w [rows, K]."""
+    qmax = 2 ** (bits - 1) - 1
+    blocks = w.detach().float().reshape(w.shape[0], -1, block)
+    scale = blocks.abs().amax(-1) / qmax  # [rows, K / block]
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    q = (blocks / scale[..., None]).round_().clamp_(-qmax - 1, qmax)  # in place: one float temporary
+    return q, scale
+
+
+def _row_chunks(n: int):
+    return (slice(start, min(n, start + ROWS_PER_CHUNK)) for start in range(0, n, ROWS_PER_CHUNK))
+
+
 def quantize_rows(w: torch.Tensor, bits: int, block: int) -> Quantized:
     """Quantize w [N, K] (K % block == 0) in chunks of rows (float temporaries stay a few chunks large)."""
     n, k = w.shape
-    qmax = 2 ** (bits - 1) - 1
     packed = np.empty((n, k // block, block * bits // 8), np.uint8)
     scales = np.empty((n, k // block), np.float32)
-    for start in range(0, n, ROWS_PER_CHUNK):
-        rows = slice(start, min(n, start + ROWS_PER_CHUNK))
-        blocks = w[rows].detach().float().reshape(-1, k // block, block)
-        scale = blocks.abs().amax(-1) / qmax  # [rows, K / block]
-        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-        q = torch.clamp(torch.round(blocks / scale[..., None]), -qmax - 1, qmax)
+    for rows_ in _row_chunks(n):
+        q, scale = _codes(w[rows_], bits, block)
         u = (q + 2 ** (bits - 1)).to(torch.uint8)
         if bits == 4:
             u = u[..., 0::2] | (u[..., 1::2] << 4)
-        packed[rows], scales[rows] = u.numpy(), scale.numpy()
+        packed[rows_], scales[rows_] = u.numpy(), scale.numpy()
     return Quantized(packed, scales, bits, block)
+
+
+def dequantized_rows(w: torch.Tensor, bits: int, block: int) -> torch.Tensor:
+    """`quantize_rows(w).dequantize()` [N, K], equal to the last bit, without packing and unpacking the codes
+    (q * scale of the same float32 q and scale): what the validation reference computes with, ~2x faster."""
+    n, k = w.shape
+    out = torch.empty((n, k), dtype=torch.float32)
+    for rows_ in _row_chunks(n):
+        q, scale = _codes(w[rows_], bits, block)
+        out[rows_] = q.mul_(scale[..., None]).reshape(-1, k)
+    return out
 
 
 class Dequantized(LazyValues):
@@ -90,11 +110,11 @@ class Dequantized(LazyValues):
         return quantize_rows(dense(self.source), self.bits, self.block)
 
     def load(self) -> torch.Tensor:
-        return self.quantized().dequantize()
+        return dequantized_rows(dense(self.source), self.bits, self.block)
 
     def rows(self, index: torch.Tensor | slice) -> torch.Tensor:
         """The dequantized rows `index` only (rows are quantized independently: equal to `load()[index]`)."""
-        return quantize_rows(rows(self.source, index), self.bits, self.block).dequantize()
+        return dequantized_rows(rows(self.source, index), self.bits, self.block)
 
 
 def quantize_spec(spec: ShadowModelSpec, scheme: str, block: int) -> ShadowModelSpec:
