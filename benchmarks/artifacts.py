@@ -9,11 +9,13 @@ Everything lives under one cache directory (default: <repo>/.cache, gitignored):
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,6 +27,23 @@ EXPORT_SOURCES = ("shadow_edge/core", "shadow_edge/export", "shadow_edge/io_spec
 
 def say(message: str) -> None:
     print(f"[compare] {message}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def locked(path: Path | None, waiting=None):
+    """Hold an exclusive flock on `path` (the shared big-memory lock: one heavy job at a time on a shared machine)
+    for the block; no-op without one. `waiting(message)`, if given, is told before blocking."""
+    if path is None:
+        yield
+        return
+    with open(path, "a+") as f:
+        if waiting is not None:
+            waiting(f"waiting for {path}")
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def exporter_fingerprint() -> str:

@@ -20,7 +20,6 @@ examples:
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import platform
@@ -29,10 +28,10 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from artifacts import locked  # noqa: E402
 from big_checkpoints import QWEN3, build_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,20 +41,6 @@ MODES = ("shadow_only", "base_shadow")
 
 def say(msg: str) -> None:
     print(f"[big_models] {msg}", file=sys.stderr, flush=True)
-
-
-@contextmanager
-def locked(path: Path | None):
-    """Hold an exclusive flock on `path` (one heavy job at a time on a shared machine)."""
-    if path is None:
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def measured(cmd: list[str], timeout: float, env: dict | None = None) -> dict:

@@ -21,19 +21,18 @@ script's markers. Needs the `export` and `dev` extras and onnxruntime-genai.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shlex
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from artifacts import DEFAULT_CACHE, ensure_artifact, ensure_ort_genai_model, say  # noqa: E402
+from artifacts import DEFAULT_CACHE, ensure_artifact, ensure_ort_genai_model, locked, say  # noqa: E402
 
 PRECISIONS = ("fp32", "int8", "int4")
 QUANTIZE = {"fp32": "none", "int8": "int8", "int4": "int4"}  # precision -> export --quantize
@@ -62,21 +61,6 @@ def artifact_overrides(items: list[str]) -> dict[tuple[str, str], Path]:
             raise SystemExit(f"error: --artifact {item!r}: expected PRESET:PRECISION=DIR with an existing directory")
         out[preset, precision] = Path(path)
     return out
-
-
-@contextmanager
-def locked(path: Path | None):
-    """Hold an exclusive flock on `path` (the shared big-memory lock) for the block; no-op without one."""
-    if path is None:
-        yield
-        return
-    with open(path, "a+") as f:
-        say(f"waiting for {path}")
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         base, adapter = build_preset(preset, args.cache_dir / "presets")
         inputs = {}
         big = preset in BIG_PRESETS and any((preset, p) not in overrides for p in precisions)
-        with locked(args.bigmem_lock) if big else nullcontext():
+        with locked(args.bigmem_lock, say) if big else nullcontext():
             for token in precisions:  # exports and builds first, under the lock
                 precision, block = parse_precision(token)
                 art = overrides.get((preset, token)) or ensure_artifact(
