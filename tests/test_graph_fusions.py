@@ -15,7 +15,7 @@ import pytest
 
 from runtime_fixtures import artifact_of, runtime_once  # noqa: F401  (fixtures)
 from shadow_edge.manifest import read_manifest
-from shadow_edge.runtime.generate import decode_one, position_ids, prefill
+from shadow_edge.runtime.generate import Decoder, prefill
 
 
 def op_counts(art, graph: str) -> Counter:
@@ -56,7 +56,10 @@ def test_graphs_use_the_fused_forms(artifact_of, name):
             assert kind == "SkipSimplifiedLayerNormalization"
         if i >= first:  # the injection's delta is added inside the layer's input norm
             assert by_name[f"/layers.{i}/input_norm"].op_type == "SkipSimplifiedLayerNormalization"
-    assert not [n for n in by_name if "/update/" in n and by_name[n].op_type == "Split"]
+    backbone = onnx.load(str(art / "backbone.onnx"), load_external_data=False).graph
+    outs = {t.name: list(t.dims) for t in backbone.initializer if t.name.endswith(("gate_out", "transform_out"))}
+    assert outs and all(dims == [m.model["gate_size"], m.model["hidden_size"]] for dims in outs.values()), \
+        "G's and T's output layers read their half of the activation (no zero-padded [2g, d] weights)"
     head = onnx.load(str(art / "lm_head.onnx"), load_external_data=False)
     assert [n.op_type for n in head.graph.node] == ["MatMul"]
     (w,) = [t for t in head.graph.initializer if t.name == head.graph.node[0].input[1]]
@@ -64,7 +67,7 @@ def test_graphs_use_the_fused_forms(artifact_of, name):
 
 
 @pytest.mark.parametrize("mode", ["shadow_only", "base_shadow"])
-def test_bindings_are_kept_per_cache_and_rebuilt_when_it_grows(artifact_of, mode):
+def test_decoder_binds_once_and_rebinds_a_grown_cache(artifact_of, mode):
     case, art = artifact_of("qwen3_implicit")
     rt = runtime_once("qwen3_implicit", art)
     rng = np.random.default_rng(4)
@@ -72,14 +75,13 @@ def test_bindings_are_kept_per_cache_and_rebuilt_when_it_grows(artifact_of, mode
     mask = np.ones_like(ids)
     ids[1, :5], mask[1, :5] = 0, 0  # row 1 left-padded
     full = rt.forward(ids, mask, mode=mode)  # [b, t, V]
-    pipe, pos, k = rt.pipeline(mode), position_ids(mask), 6
-    logits, caches, _ = prefill(pipe, ids[:, :k], mask[:, :k], capacity=k + 2)  # room for 2 steps, then growth
-    kept = [dict(c.bindings) for c in caches]
+    pipe, k = rt.pipeline(mode), 6
+    _, caches, positions = prefill(pipe, ids[:, :k], mask[:, :k], capacity=k + 2)  # room for 2 steps, then growth
+    decoder = Decoder(pipe, caches, mask[:, :k], positions)
+    ios, capacity = [entry[2] for entry in decoder.stacks], caches[0].capacity
     for t in range(k, ids.shape[1]):
-        capacity = caches[0].capacity
-        logits, caches = decode_one(pipe, ids[:, t], mask[:, : t + 1], pos[:, t], caches)
-        grew = caches[0].capacity != capacity
-        for c, before in zip(caches, kept):
-            assert len(c.bindings) == 1 and (next(iter(c.bindings.values())) is next(iter(before.values()))) != grew
-        kept = [dict(c.bindings) for c in caches]
+        logits = decoder.step(ids[:, t])
+        assert [entry[2] for entry in decoder.stacks] == ios, "one IOBinding per graph for the whole loop"
+        assert all(entry[3] is c.tensors for entry, c in zip(decoder.stacks, caches)), "bound to the live buffers"
         np.testing.assert_allclose(logits, full[:, t], atol=1e-4, rtol=0)
+    assert caches[0].capacity > capacity, "the caches grew during the loop"

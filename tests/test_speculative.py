@@ -247,20 +247,26 @@ def test_cascade_escalation_reuses_the_shadow_prompt_pass(agreeing_rt, monkeypat
     """Escalated rows equal base_shadow's answers, and the shadow graph runs over the prompt once (not twice)."""
     rt = agreeing_rt
     shadow_graph = rt.pipeline("base_shadow").shadow
-    widths = []
-    run_in_place = shadow_graph.run_in_place
+    widths, runs = [], []
+    run_in_place, run_bound = shadow_graph.run_in_place, shadow_graph.run_bound
 
-    def counting(feed, kv, *bound):
+    def counting(feed, kv, *bound):  # the multi-token passes (prompts)
         widths.append(feed["input_ids"].shape()[1])
         return run_in_place(feed, kv, *bound)
 
+    def counting_runs(io):  # every run of the graph: those passes and a decode loop's steps (generate.Decoder)
+        runs.append(io)
+        return run_bound(io)
+
     monkeypatch.setattr(shadow_graph, "run_in_place", counting)
+    monkeypatch.setattr(shadow_graph, "run_bound", counting_runs)
     base = rt.generate(BATCH, mode="base_shadow", max_new_tokens=6, eos=[])
     shadow = rt.generate(BATCH, mode="shadow_only", max_new_tokens=6, eos=[])
     widths.clear()
+    runs.clear()
     out = rt.generate(BATCH, mode="cascade", max_new_tokens=6, eos=[], cascade_threshold=1.0)
     assert out.answered_by == ["base_shadow"] * 3 and out.token_ids == base.token_ids
-    assert widths.count(max(map(len, BATCH))) == 1 and len(widths) == 1 + 5 + 5  # prompt once, 5 + 5 decode steps
+    assert widths == [max(map(len, BATCH))] and len(runs) == 1 + 5 + 5  # prompt once, 5 + 5 decode steps
     conf = rt.generate(BATCH, mode="cascade", max_new_tokens=6, eos=[], cascade_threshold=0.0).confidence
     mid = sorted(conf)[1]  # escalate the rows below the middle confidence only
     out = rt.generate(BATCH, mode="cascade", max_new_tokens=6, eos=[], cascade_threshold=mid)

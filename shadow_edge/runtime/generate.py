@@ -4,7 +4,8 @@ A `Pipeline` is one mode: `shadow` [-> `backbone`] -> head. base_shadow advances
 caches together (shadow stack, base stack); shadow_only one. Prefill runs the whole prompt
 once and projects only the last position to the vocabulary; each decode step feeds one
 token per row plus the caches (a step may also feed several tokens per row: `Pipeline.step`).
-Positions and cache lengths are explicit arguments. The loops that use these verbs are
+Positions and cache lengths are explicit arguments. A decode loop runs its steps through a
+`Decoder`, whose buffers and bindings are made once. The loops that use these verbs are
 the generation strategies in `runtime/strategies/`.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from shadow_edge.io_spec import SHADOW_HIDDEN
+from shadow_edge.io_spec import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, SHADOW_HIDDEN
 from shadow_edge.runtime.kv_cache import KVCache
 from shadow_edge.runtime.session import GraphSession, ov
 
@@ -93,8 +94,66 @@ def prefill(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, c
     return logits[:, -1], caches, pos[:, -1] + 1  # with left padding the last column is real
 
 
+class Decoder:
+    """Decode steps of one token per row through buffers allocated and bound once: a decode loop's steps.
+
+    The step inputs (input_ids, position_ids [b, 1]), the attention mask (a [b, capacity] buffer whose
+    first columns are fed), the hidden state passed between graphs [b, 1, d] and the logits [b, 1, V]
+    are numpy arrays that onnxruntime reads and writes in place. Each graph's IOBinding is made once
+    (its KV pairs again when a cache grows), so a step binds only the mask, whose length changes, and
+    allocates nothing. (Binding fresh values every step cost 0.2 ms per token at the `small` preset:
+    benchmarks/RESULTS.md, "Decode loop".)
+    """
+
+    def __init__(self, pipe: Pipeline, caches: list[KVCache], attention_mask: np.ndarray, positions: np.ndarray):
+        """attention_mask: [b, past], the positions the caches hold; positions: [b], the next token's positions."""
+        b, past = attention_mask.shape
+        self.pipe, self.caches = pipe, caches
+        self.tokens = np.zeros((b, 1), np.int64)
+        self.positions = np.array(positions, dtype=np.int64).reshape(b, 1)
+        self.mask = np.ones((b, max([past + 1] + [c.capacity for c in caches])), np.int64)
+        self.mask[:, :past] = attention_mask
+        self.length = past
+        step = {INPUT_IDS: ov(self.tokens), POSITION_IDS: ov(self.positions)}
+        self.stacks, previous = [], {}  # [graph, cache, IOBinding, the KV tensors it has bound]
+        for graph, cache in zip(pipe.stacks, caches):
+            out = np.zeros((b, 1, graph.contract.outputs[0].shape[-1]), np.float32)
+            io = graph.bind({**step, **previous, **pipe.params.get(graph.name, {})}, {graph.main_output: ov(out)})
+            self.stacks.append([graph, cache, io, None])
+            previous = {SHADOW_HIDDEN: ov(out)}  # the backbone after the shadow reads its output
+        head = pipe.head
+        self.logits = np.zeros((b, 1, head.contract.outputs[0].shape[-1]), np.float32)
+        self.head_io = head.bind({pipe.head_input: ov(out), **pipe.params.get(head.name, {})},
+                                 {head.output_names[0]: ov(self.logits)})
+
+    def step(self, tokens: np.ndarray, new_mask: np.ndarray | int = 1) -> np.ndarray:
+        """Feed tokens [b] at the next positions, with attention-mask column `new_mask` (default 1); the caches
+        advance in place. Returns logits [b, V]: a view of a buffer that the next step overwrites."""
+        self.tokens[:, 0] = tokens
+        if self.length == self.mask.shape[1]:
+            self.mask = np.concatenate([self.mask, np.ones_like(self.mask)], axis=1)
+        self.mask[:, self.length] = new_mask
+        self.length += 1
+        mask = ov(self.mask[:, : self.length])  # no copy for one row; a [b, length] copy otherwise
+        for entry in self.stacks:
+            graph, cache, io, bound = entry
+            cache.reserve(cache.length + 1)
+            if bound is not cache.tensors:  # first step, or the cache grew: (re)bind its buffers
+                for (past, present), buf in zip(graph.kv_pairs, cache.tensors, strict=True):
+                    io.bind_ortvalue_input(past, buf)
+                    io.bind_ortvalue_output(present, buf)
+                entry[3] = cache.tensors
+            io.bind_ortvalue_input(ATTENTION_MASK, mask)
+            graph.run_bound(io)
+            cache.length += 1
+        self.pipe.head.run_bound(self.head_io)
+        self.positions += 1
+        return self.logits[:, 0]
+
+
 def decode_one(pipe: Pipeline, tokens: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray,
                caches: list[KVCache]) -> tuple[np.ndarray, list[KVCache]]:
-    """Feed one token per row. tokens, positions: [b]; attention_mask: [b, past + 1]. Returns logits [b, V]."""
-    logits = pipe.step(tokens[:, None], attention_mask, positions[:, None], caches, True)
-    return logits[:, -1], caches
+    """Feed one token per row. tokens, positions: [b]; attention_mask: [b, past + 1]. Returns logits [b, V]
+    (a copy; a loop of steps keeps one `Decoder` instead)."""
+    logits = Decoder(pipe, caches, attention_mask[:, :-1], positions).step(tokens, attention_mask[:, -1])
+    return logits.copy(), caches

@@ -172,11 +172,25 @@ class GraphSession:
             io.bind_output(self.main_output, "cpu")
         for name, value in feed.items():
             io.bind_ortvalue_input(name, value)
+        self.run_bound(io)
+        return io.get_outputs()[0]
+
+    def bind(self, inputs: dict[str, ort.OrtValue], outputs: dict[str, ort.OrtValue]) -> ort.IOBinding:
+        """An IOBinding of these inputs and preallocated outputs, kept by the caller across runs (a decode loop's
+        buffers: `generate.Decoder`); a KV pair is one buffer bound as both its past input and present output."""
+        io = self.session.io_binding()
+        for name, value in inputs.items():
+            io.bind_ortvalue_input(name, value)
+        for name, value in outputs.items():
+            io.bind_ortvalue_output(name, value)
+        return io
+
+    def run_bound(self, io: ort.IOBinding) -> None:
+        """Run with an IOBinding: the bound outputs are written in place."""
         try:
             self.session.run_with_iobinding(io)
         except Exception as e:
             raise self._run_error(e) from None
-        return io.get_outputs()[0]
 
     def _run_error(self, e: Exception) -> ArtifactError:
         return ArtifactError(f"{self.path}: onnxruntime failed running graph {self.name!r} ({_first_line(e)}); the "

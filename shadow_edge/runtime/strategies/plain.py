@@ -8,7 +8,7 @@ from typing import Iterator
 import numpy as np
 
 from shadow_edge import io_spec
-from shadow_edge.runtime.generate import Pipeline, decode_one, prefill
+from shadow_edge.runtime.generate import Decoder, Pipeline, prefill
 from shadow_edge.runtime.sampling import chosen_logprobs
 from shadow_edge.runtime.strategies.base import LoopState, StepRecord, StepStrategy, register
 
@@ -24,10 +24,10 @@ def decode_n(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, 
     """
     b = input_ids.shape[0]
     mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
-    ones = np.ones((b, 1), dtype=np.int64)
     t0 = time.perf_counter() if t0 is None else t0
     logits, caches, positions = start if start is not None else prefill(
         pipe, np.ascontiguousarray(input_ids, dtype=np.int64), mask, capacity=mask.shape[1] + max_new_tokens)
+    decoder = Decoder(pipe, caches, mask, positions)
     for i in range(max_new_tokens):
         tokens = np.where(state.done, pad_id, choose(logits)).astype(np.int64)  # [b]
         lp = chosen_logprobs(logits, tokens) if want_logprobs else None  # [b]
@@ -36,9 +36,7 @@ def decode_n(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, 
         if state.done.all() or i == max_new_tokens - 1:  # the consumer may have marked rows done
             return
         t0 = time.perf_counter()
-        mask = np.concatenate([mask, ones], axis=1)
-        logits, caches = decode_one(pipe, tokens, mask, positions, caches)
-        positions = positions + 1
+        logits = decoder.step(tokens)
 
 
 class Plain(StepStrategy):
