@@ -310,8 +310,9 @@ def _update_norm(b: GraphBuilder, spec: ShadowModelSpec) -> list[str] | None:
 
 def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, u: str, s: str) -> str:
     """s + sigmoid(G(u)) * (T(u) - s), u = LayerNorm(h) or h (the caller's, see `_update_norm`), in the form
-    `spec.variant` declares. G and T read the whole [b, s, 2g] activation through weights zero-padded to
-    [2g, d], so no Split kernel separates their halves."""
+    `spec.variant` declares. G's and T's input layers are one MatMul (they read the same u); a Split hands
+    each output layer its half of the activation. (Output weights zero-padded to [2g, d] reading the whole
+    activation, instead of the Split, read twice the bytes: 0.3 ms more per W1 step, benchmarks/RESULTS.md.)"""
     variant = spec.variant
     with b.scope(f"adapter.{j}/update"):
         w_in = b.weight(f"adapter.{j}.gate_transform_in", lambda: _np(
@@ -321,10 +322,11 @@ def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, u: str, s: str) -> s
             x = b.op("Add", [x, b.weight(f"adapter.{j}.gate_transform_in_bias", lambda: _np(
                 torch.cat([spec.gate_in_bias[j], spec.transform_in_bias[j]])))])
         act = ACTIVATIONS[variant.update_activation](b, x)  # [b, s, 2g]: gate half, then transform half
-        gate = b.op("MatMul", [act, b.weight(f"adapter.{j}.gate_out", lambda: _np(
-            torch.cat([spec.gate_out[j].T, torch.zeros_like(spec.gate_out[j].T)])))])  # [2g, d]
-        target = b.op("MatMul", [act, b.weight(f"adapter.{j}.transform_out", lambda: _np(
-            torch.cat([torch.zeros_like(spec.transform_out[j].T), spec.transform_out[j].T])))])  # [2g, d]
+        halves = [spec.gate_in[j].shape[0], spec.transform_in[j].shape[0]]
+        act_gate, act_target = b.op("Split", [act, b.const(halves)], n_out=2, axis=-1)
+        gate = b.op("MatMul", [act_gate, b.weight(f"adapter.{j}.gate_out", lambda: _np(spec.gate_out[j].T))])  # [g, d]
+        target = b.op("MatMul", [act_target, b.weight(f"adapter.{j}.transform_out",
+                                                      lambda: _np(spec.transform_out[j].T))])  # [g, d]
         if variant.update_bias:
             gate = b.op("Add", [gate, b.weight(f"adapter.{j}.gate_out_bias", lambda: _np(spec.gate_out_bias[j]))])
             target = b.op("Add", [target, b.weight(f"adapter.{j}.transform_out_bias",

@@ -103,7 +103,8 @@ def _pack_params(spec, base: Manifest, against: Path, options: ExportOptions, pr
         diff = _first_difference(slots["params"], want.get("params") or {})
         raise ExportError(f"--adapter: its shadow/injection/update weights do not fit the base artifact {against}'s "
                           f"adapter slots ({diff}); a pack needs the same shadow architecture, adapted layers, "
-                          "injection rank and gate size as the adapter the base was exported with")
+                          "injection rank and gate size as the adapter the base was exported with (a base exported by "
+                          "an older shadow-edge, whose slots have other shapes, needs exporting again)")
     return spec, {g: {k: store.array(k) for k in p} for g, p in slots["params"].items()}
 
 
