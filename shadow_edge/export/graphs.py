@@ -127,7 +127,7 @@ def _add_norm(b: GraphBuilder, x: str, skip: str, norm: list[str], eps: float, t
     """(Norm(x + skip), x + skip): onnxruntime's fused SkipSimplifiedLayerNormalization for `norm` = [weight]
     (RMSNorm); Add then LayerNormalization for [weight, bias] (LayerNorm), the Add named `tag`. onnxruntime's
     fused SkipLayerNormalization takes 5.4 us per call at d 1024 against 1.5 for the pair, so the runtime
-    turns off the optimizer that would fuse them (`session.UNFUSED`; benchmarks/RESULTS.md, "Decode loop")."""
+    turns off the optimizer that would fuse them (`session.UNFUSED`; benchmarks/RESULTS.md, "Precision table")."""
     if len(norm) == 2:
         total = b.op("Add", [x, skip], tag=tag)
         return b.op("LayerNormalization", [total, *norm], axis=-1, epsilon=eps, tag=f"{tag}_norm"), total
@@ -316,7 +316,7 @@ def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, u: str, s: str) -> s
     """s + sigmoid(G(u)) * (T(u) - s), u = LayerNorm(h) or h (the caller's, see `_update_norm`), in the form
     `spec.variant` declares. G's and T's input layers are one MatMul (they read the same u); a Split hands
     each output layer its half of the activation. (Output weights zero-padded to [2g, d] reading the whole
-    activation, instead of the Split, read twice the bytes: 0.3 ms more per W1 step, benchmarks/RESULTS.md.)"""
+    activation, instead of the Split, read twice the bytes: W1 int4 base_shadow 1.03x slower, benchmarks/RESULTS.md.)"""
     variant = spec.variant
     with b.scope(f"adapter.{j}/update"):
         w_in = b.weight(f"adapter.{j}.gate_transform_in", lambda: _np(
