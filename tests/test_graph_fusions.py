@@ -1,8 +1,8 @@
-"""The exported graphs use the fused forms (issue 14), and the runtime keeps a KV binding per cache.
+"""The exported graphs use the fused forms (issue 14), and the decode loop's `Decoder` binds its buffers once.
 
 The numbers these fusions produce are checked against shadow_peft by test_runtime_parity.py (every
 case, both modes, left-padded batches, prefill + decode steps, greedy tokens); here: that those are the
-fused graphs, and that reusing a binding across steps (and rebuilding it when a cache grows) stays exact.
+fused graphs, and that reusing the bindings across steps (and rebinding a cache that grew) stays exact.
 """
 
 from __future__ import annotations

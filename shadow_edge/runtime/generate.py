@@ -114,17 +114,22 @@ class Decoder:
         self.mask = np.ones((b, max([past + 1] + [c.capacity for c in caches])), np.int64)
         self.mask[:, :past] = attention_mask
         self.length = past
+        # The bound OrtValues (each keeps its array alive) are kept here for as long as the bindings: a binding
+        # itself holds a view of the buffer (onnxruntime 1.32's IOBinding also keeps them; this does not rely on it).
         step = {INPUT_IDS: ov(self.tokens), POSITION_IDS: ov(self.positions)}
+        self.buffers = list(step.values())
         self.stacks, previous = [], {}  # [graph, cache, IOBinding, the KV tensors it has bound]
         for graph, cache in zip(pipe.stacks, caches):
-            out = np.zeros((b, 1, graph.contract.outputs[0].shape[-1]), np.float32)
-            io = graph.bind({**step, **previous, **pipe.params.get(graph.name, {})}, {graph.main_output: ov(out)})
+            out = ov(np.zeros((b, 1, graph.contract.outputs[0].shape[-1]), np.float32))
+            io = graph.bind({**step, **previous, **pipe.params.get(graph.name, {})}, {graph.main_output: out})
             self.stacks.append([graph, cache, io, None])
-            previous = {SHADOW_HIDDEN: ov(out)}  # the backbone after the shadow reads its output
+            self.buffers.append(out)
+            previous = {SHADOW_HIDDEN: out}  # the backbone after the shadow reads its output
         head = pipe.head
         self.logits = np.zeros((b, 1, head.contract.outputs[0].shape[-1]), np.float32)
-        self.head_io = head.bind({pipe.head_input: ov(out), **pipe.params.get(head.name, {})},
-                                 {head.output_names[0]: ov(self.logits)})
+        self.buffers.append(ov(self.logits))
+        self.head_io = head.bind({pipe.head_input: out, **pipe.params.get(head.name, {})},
+                                 {head.output_names[0]: self.buffers[-1]})
 
     def step(self, tokens: np.ndarray, new_mask: np.ndarray | int = 1) -> np.ndarray:
         """Feed tokens [b] at the next positions, with attention-mask column `new_mask` (default 1); the caches

@@ -181,7 +181,7 @@ class GraphSession:
 
     def bind(self, inputs: dict[str, ort.OrtValue], outputs: dict[str, ort.OrtValue]) -> ort.IOBinding:
         """An IOBinding of these inputs and preallocated outputs, kept by the caller across runs (a decode loop's
-        buffers: `generate.Decoder`); a KV pair is one buffer bound as both its past input and present output."""
+        buffers: `generate.Decoder`), who keeps the OrtValues alive as long as the binding."""
         io = self.session.io_binding()
         for name, value in inputs.items():
             io.bind_ortvalue_input(name, value)
