@@ -14,6 +14,7 @@ import onnx
 import pytest
 
 from runtime_fixtures import artifact_of, runtime_once  # noqa: F401  (fixtures)
+import shadow_edge.runtime.session as session_mod
 from shadow_edge.manifest import read_manifest
 from shadow_edge.runtime.generate import Decoder, prefill
 
@@ -86,3 +87,21 @@ def test_decoder_binds_once_and_rebinds_a_grown_cache(artifact_of, mode):
         assert all(entry[3] is c.tensors for entry, c in zip(decoder.stacks, caches)), "bound to the live buffers"
         np.testing.assert_allclose(logits, full[:, t], atol=1e-4, rtol=0)
     assert caches[0].capacity > capacity, "the caches grew during the loop"
+
+
+def test_runtime_sessions_keep_the_update_layernorm_unfused(artifact_of, tmp_path, monkeypatch):
+    """The update's Add + LayerNormalization stays two kernels in the session onnxruntime optimizes (its fused
+    SkipLayerNormalization is 3.7x slower per call at one position: export/graphs.py `_add_norm`)."""
+    _, art = artifact_of("qwen3_implicit")
+    optimized = tmp_path / "backbone.optimized.onnx"
+    plain = session_mod.session_options
+
+    def dumping(*args, **kwargs):
+        so = plain(*args, **kwargs)
+        so.optimized_model_filepath = str(optimized)
+        return so
+
+    monkeypatch.setattr(session_mod, "session_options", dumping)
+    session_mod.GraphSession("backbone", read_manifest(art).graphs["backbone"], art)
+    ops = Counter(n.op_type for n in onnx.load(str(optimized), load_external_data=False).graph.node)
+    assert ops["LayerNormalization"] > 0 and ops["SkipLayerNormalization"] == 0

@@ -125,9 +125,9 @@ def _rms(b: GraphBuilder, x: str, w: str, eps: float) -> str:
 
 def _add_norm(b: GraphBuilder, x: str, skip: str, norm: list[str], eps: float, tag: str) -> tuple[str, str]:
     """(Norm(x + skip), x + skip): onnxruntime's fused SkipSimplifiedLayerNormalization for `norm` = [weight]
-    (RMSNorm); Add then LayerNormalization for [weight, bias] (LayerNorm), the Add named `tag`. onnxruntime's
-    fused SkipLayerNormalization takes 5.4 us per call at d 1024 against 1.5 for the pair, so the runtime
-    turns off the optimizer that would fuse them (`session.UNFUSED`; benchmarks/RESULTS.md, "Precision table")."""
+    (RMSNorm); Add then LayerNormalization for [weight, bias] (LayerNorm), the Add named `tag`: onnxruntime's
+    fused SkipLayerNormalization takes 5.4 us per call at d 1024 against 1.5 for the pair (benchmarks/RESULTS.md,
+    "Precision table"), and onnxruntime does not fuse the pair back (the sum also feeds the stream)."""
     if len(norm) == 2:
         total = b.op("Add", [x, skip], tag=tag)
         return b.op("LayerNormalization", [total, *norm], axis=-1, epsilon=eps, tag=f"{tag}_norm"), total

@@ -22,9 +22,6 @@ from shadow_edge.runtime.mapped_pages import release_mapped
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16",
              "tensor(int32)": "int32", "tensor(bool)": "bool"}
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
-# onnxruntime optimizers every session turns off: SkipLayerNormFusion would fuse the update's Add + LayerNormalization
-# into SkipLayerNormalization, 3.7x slower per call at d 1024 (export/graphs.py `_add_norm`).
-UNFUSED = ("SkipLayerNormFusion",)
 
 
 def ov(array: np.ndarray) -> ort.OrtValue:
@@ -127,8 +124,7 @@ class GraphSession:
             for key, value in self.initializers.items():
                 options.add_initializer(key, value)
             self.session = ort.InferenceSession(str(path), sess_options=options,
-                                                providers=list(providers or DEFAULT_PROVIDERS),
-                                                disabled_optimizers=list(UNFUSED))
+                                                providers=list(providers or DEFAULT_PROVIDERS))
         except Exception as e:  # onnxruntime raises its own exception types
             raise ArtifactError(f"{path}: onnxruntime cannot load graph {name!r} ({_first_line(e)}); "
                                 "re-export the artifact") from None
