@@ -8,8 +8,8 @@ Per artifact and mode, interleaved rounds of three greedy loops over the same pr
   decode loop before `Decoder`);
 - `decoder`: `generate.Decoder`, whose step writes the token into a bound buffer and binds only the mask;
 - `generate`: the whole `ShadowRuntime.generate` (the decoder plus sampling and bookkeeping).
-Prints the median over rounds of each loop's p50 ms per token and the speed-up of `decoder` over
-`per_step`; the tokens of all three must agree. Torch-free.
+The first two alternate their order every round. Prints the median over rounds of each loop's p50 ms
+per token and the speed-up of `decoder` over `per_step`; the tokens of all three must agree. Torch-free.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def main(argv=None) -> int:
     for rnd in range(args.rounds + 1):  # round 0 is untimed
         for label, rt, mode in runs:
             pipe, got = rt.pipeline(mode), {}
-            for loop, fn in (("per_step", per_step), ("decoder", decoder)):
+            loops = (("per_step", per_step), ("decoder", decoder))
+            for loop, fn in loops[::-1] if rnd % 2 else loops:  # alternate which loop runs first
                 ms, got[loop] = fn(pipe, ids, args.new_tokens)
                 if rnd:
                     times.setdefault((label, loop), []).append(statistics.median(ms))

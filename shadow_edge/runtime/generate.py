@@ -101,7 +101,7 @@ class Decoder:
     first columns are fed), the hidden state passed between graphs [b, 1, d] and the logits [b, 1, V]
     are numpy arrays that onnxruntime reads and writes in place. Each graph's IOBinding is made once
     (its KV pairs again when a cache grows), so a step binds only the mask, whose length changes, and
-    allocates nothing. (Binding fresh values every step cost 0.1-0.35 ms per token at the `small` preset:
+    allocates nothing. (Binding fresh values every step cost 0.13-0.25 ms per token at the `small` preset:
     benchmarks/RESULTS.md, "Precision table", "Third pass".)
     """
 
