@@ -4,7 +4,10 @@
         [--rounds 7] [--new-tokens 64] [--prompt-len 64] [--threads 2]
 
 Every round generates once per (artifact, mode), round-robin, so machine noise hits all of them
-alike; one untimed round first. Prints per mode and artifact the median over rounds of each run's
+alike, and each round starts at the next artifact; one untimed round first. Caveat: the artifact
+loaded first in the process measured up to ~10% slower at W1 in every order tried (the same artifact
+0.89-0.91x the others' speed when loaded first, 1.01-1.11x when loaded last): confirm a difference under ~15% across fresh processes
+(`shadow-edge bench ART` per artifact, alternating). Prints per mode and artifact the median over rounds of each run's
 p50 decode ms/token, the speed-up against the first artifact, the median prefill (TTFT) and whether
 the greedy tokens equal the first artifact's. Torch-free.
 """
@@ -36,7 +39,9 @@ def main(argv=None) -> int:
     ttft: dict[tuple, list[float]] = {}
     tokens: dict[tuple, list[int]] = {}
     for r in range(args.rounds + 1):
-        for a, rt in enumerate(rts):
+        start = r % len(rts)  # each round starts at the next artifact: runs late in a round were measured faster
+        for a in list(range(start, len(rts))) + list(range(start)):
+            rt = rts[a]
             for m in modes:
                 out = rt.generate(ids, mode=m, max_new_tokens=args.new_tokens, eos=())
                 tokens[(a, m)] = list(out.token_ids)

@@ -97,12 +97,20 @@ def _quant(g: dict) -> str:
     return "fp32" if not q else f"{q['scheme']} (block {q['block_size']}, {q['compute']} compute)"
 
 
+def _load_orders(w: dict) -> str:
+    if w.get("load_orders", 1) < 2:  # runs recorded before load orders were measured: one pass
+        return ""
+    return (", in each of two passes (the systems loaded in one order, then freshly in the reverse order: in one "
+            "process a system loaded later decoded faster), the rounds of both pooled")
+
+
 def markdown(result: dict) -> str:
     w, m, v = result["workload"], result["machine"], result["versions"]
     bw = result["read_bandwidth_samples_gbs"]
     L = [f"Prompt {w['prompt_len']} random token ids, {w['new_tokens']} new tokens, greedy, batch 1, {w['threads']} "
          f"threads; per (preset, precision) the four systems loaded together and run round-robin, 1 warm-up run "
-         f"each, then {w['reps']} timed rounds; decode tok/s = 1000 / p50 of every decode step. Generated "
+         f"each, then {w['reps']} timed rounds{_load_orders(w)}; decode tok/s = 1000 / p50 of every decode step. "
+         f"Generated "
          f"{result['created_utc']} in {result['elapsed_s']:.0f} s; 1-minute load average "
          f"{', '.join(f'{x:.1f}' for x in result['load_average_1min'])} (start and end of each run): other "
          "engineers' jobs shared the 2 cores, so absolute figures are samples and the ratios within a group are the "
