@@ -155,6 +155,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if args.rounds < 1 or args.threads < 1:
+        p.error("--rounds and --threads must be >= 1")
     ort.set_global_thread_pool_sizes(args.threads, 1)
     print("| node (d 1024, one position) | µs per node |\n|---|---:|")
     for label, us in per_node(args.rounds):

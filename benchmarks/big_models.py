@@ -141,15 +141,15 @@ def bench_model(model: str, args, results: dict, save) -> None:
     rec.setdefault("checkpoint", {"build_s": round(time.perf_counter() - t0, 1), "bytes": dir_bytes(base),
                                   "files": sorted(p.name for p in base.glob("*.safetensors*"))})
     for precision in args.precisions:
-        out = args.scratch / f"{model}-{precision}" if args.block_size == 32 or precision == "fp32" else \
-            args.scratch / f"{model}-{precision}-b{args.block_size}"
+        name = key(precision, args)
+        out = args.scratch / f"{model}-{name}"
         with locked(args.lock):
-            rec[key(precision, args)] = {"export": export(model, precision, base, adapter, out, args)}
+            rec[name] = {"export": export(model, precision, base, adapter, out, args)}
             save()
-            if rec[key(precision, args)]["export"]["rc"] == 0:
+            if rec[name]["export"]["rc"] == 0:
                 for mode in MODES:
                     say(f"{model} {precision}: run {mode}")
-                    rec[key(precision, args)][mode] = run(out, mode, args)
+                    rec[name][mode] = run(out, mode, args)
                     save()
         if not args.keep_artifacts:
             shutil.rmtree(out, ignore_errors=True)

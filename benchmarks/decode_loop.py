@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from shadow_edge.bench.runner import prompt_ids
+from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.generate import Decoder, Pipeline, prefill
 
@@ -62,11 +63,16 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
+    if args.rounds < 1 or args.new_tokens < 2 or args.prompt_len < 1:
+        p.error("--rounds >= 1, --new-tokens >= 2 and --prompt-len >= 1")
     modes = args.modes.split(",")
     runs = []  # (label, runtime, mode)
-    for art in args.artifacts:
-        rt = ShadowRuntime.load(art, threads=args.threads, verify=False, modes=tuple(modes))
-        runs += [(f"{art.name} {mode}", rt, mode) for mode in modes]
+    try:
+        for art in args.artifacts:
+            rt = ShadowRuntime.load(art, threads=args.threads, verify=False, modes=tuple(modes))
+            runs += [(f"{art.name} {mode}", rt, mode) for mode in modes]
+    except ShadowEdgeError as e:
+        p.error(str(e))
     vocab = runs[0][1].manifest.model["vocab_size"]
     ids = prompt_ids(int(vocab), 1, args.prompt_len, 0)
     times: dict[tuple[str, str], list[float]] = {}

@@ -24,7 +24,7 @@ from shadow_edge import io_spec
 from shadow_edge.errors import ExportError
 from shadow_edge.manifest import GraphEntry
 from shadow_edge.runtime.kv_cache import KVCache
-from shadow_edge.runtime.session import DEFAULT_PROVIDERS, ov, session_options
+from shadow_edge.runtime.session import DEFAULT_PROVIDERS, bind_kv, ov, session_options
 
 EXTERNAL_DIR = "session.model_external_initializers_file_folder_path"  # onnxruntime: where a model from bytes
 # finds its external data files
@@ -95,9 +95,7 @@ class TapSession:
             io.bind_output(name, "cpu")
         for name, value in feed.items():
             io.bind_ortvalue_input(name, ov(value))
-        for (past, present), buf in zip(self.kv_pairs, cache.tensors, strict=True):
-            io.bind_ortvalue_input(past, buf)
-            io.bind_ortvalue_output(present, buf)
+        bind_kv(io, self.kv_pairs, cache.tensors)
         try:
             self.session.run_with_iobinding(io)
         except Exception as e:

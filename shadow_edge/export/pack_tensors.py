@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from shadow_edge.adapter_pack import is_adapter_weight

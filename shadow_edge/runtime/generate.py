@@ -16,7 +16,7 @@ import onnxruntime as ort
 
 from shadow_edge.io_spec import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, SHADOW_HIDDEN
 from shadow_edge.runtime.kv_cache import KVCache
-from shadow_edge.runtime.session import GraphSession, ov
+from shadow_edge.runtime.session import GraphSession, bind_kv, ov
 
 
 def position_ids(mask: np.ndarray) -> np.ndarray:
@@ -108,7 +108,7 @@ class Decoder:
     def __init__(self, pipe: Pipeline, caches: list[KVCache], attention_mask: np.ndarray, positions: np.ndarray):
         """attention_mask: [b, past], the positions the caches hold; positions: [b], the next token's positions."""
         b, past = attention_mask.shape
-        self.pipe, self.caches = pipe, caches
+        self.pipe = pipe
         self.tokens = np.zeros((b, 1), np.int64)
         self.positions = np.array(positions, dtype=np.int64).reshape(b, 1)
         self.mask = np.ones((b, max([past + 1] + [c.capacity for c in caches])), np.int64)
@@ -144,9 +144,7 @@ class Decoder:
             graph, cache, io, bound = entry
             cache.reserve(cache.length + 1)
             if bound is not cache.tensors:  # first step, or the cache grew: (re)bind its buffers
-                for (past, present), buf in zip(graph.kv_pairs, cache.tensors, strict=True):
-                    io.bind_ortvalue_input(past, buf)
-                    io.bind_ortvalue_output(present, buf)
+                bind_kv(io, graph.kv_pairs, cache.tensors)
                 entry[3] = cache.tensors
             io.bind_ortvalue_input(ATTENTION_MASK, mask)
             graph.run_bound(io)

@@ -29,6 +29,14 @@ def ov(array: np.ndarray) -> ort.OrtValue:
     return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
 
 
+def bind_kv(io: ort.IOBinding, pairs: list[tuple[str, str]], buffers: list[ort.OrtValue]) -> None:
+    """Bind each KV pair's past input and present output to one buffer: the graph writes the new positions inside
+    it (io_spec.KV_BINDING; no concat copy). `pairs`: (past, present) names in KV cache order."""
+    for (past, present), buf in zip(pairs, buffers, strict=True):
+        io.bind_ortvalue_input(past, buf)
+        io.bind_ortvalue_output(present, buf)
+
+
 _pool_threads: int | None = None  # the process-wide pool's size once set; 0 = unavailable
 _pool_lock = threading.Lock()  # runtimes loaded by concurrent threads create the pool once
 
@@ -161,9 +169,7 @@ class GraphSession:
         if io is None or made_for is not fixed:
             io = self.session.io_binding()
             io.bind_output(self.main_output, "cpu")  # first: get_outputs() follows binding order
-            for (past, present), buf in zip(self.kv_pairs, kv, strict=True):
-                io.bind_ortvalue_input(past, buf)
-                io.bind_ortvalue_output(present, buf)
+            bind_kv(io, self.kv_pairs, kv)
             for name, value in (fixed or {}).items():
                 io.bind_ortvalue_input(name, value)
             if bound is not None:
