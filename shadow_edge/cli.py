@@ -168,23 +168,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 check of the artifact's files (faster start for big artifacts)")
-    p.add_argument("--cascade-threshold", type=float, default=0.5, metavar="X",
-                   help="cascade: escalate when the shadow's confidence (geometric mean token probability) < X")
-    p.add_argument("--draft-tokens", type=int, metavar="K",
-                   help="speculative: tokens the shadow drafts per verify pass (default: adaptive, 0..8 from the "
-                        "running acceptance rate)")
     p.add_argument("--adapter", action="append", metavar="NAME=PACK",
                    help="load an adapter pack exported --against ART under NAME (repeatable)")
     p.add_argument("--use-adapter", metavar="NAME", help="generate with the pack loaded as NAME")
-    net = p.add_argument_group("edge-cloud cascade over the network (--mode cascade)")
-    net.add_argument("--escalate-to", metavar="URL",
-                     help="escalate unsure answers to this OpenAI-compatible server (e.g. http://host:8000/v1, a "
-                          "`shadow-edge serve`); the artifact may hold only the shadow graphs")
-    net.add_argument("--api-key", metavar="KEY", help="the server's API key")
-    net.add_argument("--escalate-model", metavar="NAME",
-                     help="the server's model id (default: its first NAME:base_shadow)")
-    net.add_argument("--escalate-timeout", type=float, default=10.0, metavar="S",
-                     help="give up on the server after S seconds and keep the shadow's answer (default 10)")
+    from shadow_edge.commands.strategy_flags import add_flags
+
+    add_flags(p)  # each mode's own options (cascade's --cascade-threshold, --escalate-to, speculative's --draft-tokens)
     p.set_defaults(handler=cmd_run)
 
     add_classify_parser(sub, fmt)

@@ -72,7 +72,7 @@ valid_kwargs = st.fixed_dictionaries({}, optional={
     "stop": st.one_of(valid_text, st.lists(valid_text, max_size=2)),
     "eos": st.one_of(st.none(), st.integers(0, VOCAB - 1), st.lists(st.integers(0, VOCAB - 1), max_size=2)),
     "cascade_threshold": st.floats(0, 1),
-})
+}).filter(lambda kw: "cascade_threshold" not in kw or kw.get("mode") == "cascade")  # a mode's own option
 
 
 @fuzz(80)

@@ -91,4 +91,4 @@ def test_chosen_logprobs():
 ])
 def test_bad_options_name_the_field(field, value, needle):
     with pytest.raises(InputError, match=needle):
-        GenerationOptions(**{field: value})
+        GenerationOptions.of(**{field: value})

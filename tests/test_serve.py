@@ -61,8 +61,8 @@ def test_completions_greedy_equal_runtime(server, tiny_rt, mode):
             {k: want.speculative.to_dict()[k] for k in counts}
         assert server.metric("shadow_edge_speculative_drafted_tokens_total", model="tiny") >= want.speculative.drafted
     if mode == "cascade":
-        assert got.shadow_edge["answered_by"] == want.answered_by
-        assert got.shadow_edge["confidence"] == pytest.approx(want.confidence)
+        assert got.shadow_edge["cascade"]["answered_by"] == want.answered_by
+        assert got.shadow_edge["cascade"]["confidence"] == pytest.approx(want.confidence)
     stream = c.completions.create(model=f"tiny:{mode}", prompt="The river runs", max_tokens=12, temperature=0,
                                   stream=True, stream_options={"include_usage": True})
     chunks = list(stream)

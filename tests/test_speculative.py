@@ -62,7 +62,7 @@ def test_greedy_equals_base_shadow_when_drafts_are_accepted(agreeing_rt, k):
 
 def _rounds(rt, prompt, k, **sampling):
     """The tokens of each step of a speculative generation (eos off), read from the strategy's steps."""
-    opts = GenerationOptions("speculative", 40, draft_tokens=k, eos=(), **sampling)
+    opts = GenerationOptions.of(mode="speculative", max_new_tokens=40, draft_tokens=k, eos=(), **sampling)
     state = LoopState(np.zeros(1, dtype=bool))
     sampler = Sampler(opts.do_sample, opts.temperature, opts.top_k, opts.top_p, opts.seed)
     steps = strategy("speculative").steps(rt, np.array([prompt]), np.ones((1, len(prompt)), np.int64), opts, sampler,
@@ -117,7 +117,7 @@ def test_caches_roll_back_exactly(agreeing_rt):
     t = max(map(len, BATCH))
     ids = np.array([[rt.pad_id] * (t - len(p)) + p for p in BATCH])
     mask = np.array([[0] * (t - len(p)) + [1] * len(p) for p in BATCH])
-    opts = GenerationOptions("speculative", 30, draft_tokens=3, eos=())
+    opts = GenerationOptions.of(mode="speculative", max_new_tokens=30, draft_tokens=3, eos=())
     gen = strategy("speculative").run(rt, ids, mask, opts, False, want_logprobs=True)
     while True:
         try:
@@ -125,7 +125,7 @@ def test_caches_roll_back_exactly(agreeing_rt):
         except StopIteration as done:
             rows = done.value
             break
-    s = rows.stats["speculative"]
+    s = rows.stats
     assert 0 < s.accepted < s.drafted
     for r, prompt in enumerate(BATCH):
         full = np.array(prompt + rows.ids[r][:-1])
@@ -282,7 +282,8 @@ def test_bench_speculative_record(tiny_artifact):
     from shadow_edge.bench.runner import run_bench
 
     records = run_bench(tiny_artifact, BenchOptions(modes=("base_shadow", "speculative"), prompt_len=8, new_tokens=6,
-                                                    reps=1, warmup=0, threads=1, bandwidth_mib=0, draft_tokens=2),
+                                                    reps=1, warmup=0, threads=1, bandwidth_mib=0,
+                                                    strategy_options=(("draft_tokens", 2),)),
                         progress=lambda msg: None)
     assert [r["mode"] for r in records] == ["base_shadow", "speculative"]
     assert all(set(RECORD_KEYS) <= set(r) for r in records) and records[0]["speculative"] is None
@@ -290,4 +291,4 @@ def test_bench_speculative_record(tiny_artifact):
     assert spec["draft_tokens"] == 2 and spec["rounds"] >= 1 and 0 <= spec["acceptance_rate"] <= 1
     assert records[1]["artifact_bytes"] >= records[0]["artifact_bytes"] and "speculative" in format_table(records)
     with pytest.raises(InputError, match="draft_tokens"):
-        BenchOptions(draft_tokens=0)
+        BenchOptions(modes=("speculative",), strategy_options=(("draft_tokens", 0),))

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from shadow_edge.bench.options import BENCH_MODES, DEFAULT_MODES, BenchOptions
+from shadow_edge.runtime.strategies import mode_names
 
 EPILOG = """\
 examples:
@@ -47,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed runs before them (default %(default)s)")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime intra-op threads (default: all cores)")
     p.add_argument("--seed", type=int, default=d.seed, metavar="S", help="seed of the prompt ids (default 0)")
-    p.add_argument("--draft-tokens", type=int, metavar="K",
-                   help="speculative: tokens drafted per verify pass (default: adaptive)")
+    from shadow_edge.commands.strategy_flags import add_flags
+
+    add_flags(p, modes=[m for m in BENCH_MODES if m in mode_names()])  # the benchmarkable modes' own options
     p.add_argument("--bandwidth-mib", type=int, default=d.bandwidth_mib, metavar="MIB",
                    help="size of the read-bandwidth probe in MiB; 0 skips it (default %(default)s)")
     p.add_argument("--adapter", action="append", metavar="NAME=PACK",
@@ -70,11 +72,13 @@ def main(argv: list[str]) -> int:
     from shadow_edge.bench.report import format_table, plot, write_json
     from shadow_edge.bench.runner import run_bench
     from shadow_edge.commands.run import parse_adapters
+    from shadow_edge.commands.strategy_flags import given
 
     options = BenchOptions(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
                            prompt_len=args.prompt_len, new_tokens=args.new_tokens, batch=args.batch,
                            reps=args.reps, warmup=args.warmup, threads=args.threads, seed=args.seed,
-                           bandwidth_mib=args.bandwidth_mib, draft_tokens=args.draft_tokens, verify=args.verify,
+                           bandwidth_mib=args.bandwidth_mib, strategy_options=tuple(given(args).items()),
+                           verify=args.verify,
                            adapters=tuple(parse_adapters(args.adapter).items()))
     if _is_classifier(args.artifact):  # sequences/s and latency per sequence instead of decoding
         from shadow_edge.bench.classify_bench import format_classify_table, run_classify_bench

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from shadow_edge import io_spec
 from shadow_edge.adapter_pack import adapter_pairs
 from shadow_edge.errors import InputError
+from shadow_edge.runtime.strategies import strategy
+from shadow_edge.runtime.strategies.base import option_owners
 
 SPECULATIVE = "speculative"  # shadow drafts, base_shadow verifies (needs both graph modes)
 BENCH_MODES = io_spec.GRAPH_MODES + io_spec.BENCH_MODES + (SPECULATIVE,)  # cascade's cost depends on its threshold
@@ -24,8 +26,9 @@ class BenchOptions:
     modes: tuple[str, ...] = field(default=DEFAULT_MODES, metadata={
         "help": "modes to benchmark, in order: shadow_only, base_shadow, base_plain (the backbone without the "
                 "adapter; artifacts exported with plain_backbone only), speculative"})
-    draft_tokens: int | None = field(default=None, metadata={
-        "help": "speculative: tokens drafted per verify pass (None = adaptive)"})
+    strategy_options: tuple[tuple[str, object], ...] = field(default=(), metadata={
+        "help": "(public name, value) options of the benchmarked modes' strategies (e.g. ('draft_tokens', 4)); "
+                "each applies to the mode that owns it"})
     prompt_len: int = field(default=64, metadata={"help": "prompt length in tokens (random ids), >= 1"})
     new_tokens: int = field(default=32, metadata={
         "help": "tokens generated per repetition (greedy, eos ignored), >= 2 so that decoding is timed"})
@@ -58,8 +61,24 @@ class BenchOptions:
             value = getattr(self, name)
             if not _is_int(value) or value < low:
                 raise InputError(f"{name} is {value!r}; it must be an integer >= {low}")
-        if self.draft_tokens is not None and (not _is_int(self.draft_tokens) or self.draft_tokens < 1):
-            raise InputError(f"draft_tokens is {self.draft_tokens!r}; it must be an integer >= 1 (or None: adaptive)")
+        object.__setattr__(self, "strategy_options", tuple(dict(self.strategy_options).items()))
+        for mode, values in self.options_by_mode().items():
+            if mode not in modes:
+                name = next(iter(values))
+                raise InputError(f"{name} applies to mode {mode!r}, which is not benchmarked; add it to modes or "
+                                 "drop the option")
+            strategy(mode).make_options(values)  # its own checks
         if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
             raise InputError(f"threads is {self.threads!r}; it must be an integer >= 1 (or None for all cores)")
         object.__setattr__(self, "adapters", adapter_pairs(self.adapters))
+
+    def options_by_mode(self) -> dict[str, dict]:
+        """{mode: {public name: value}} of `strategy_options`; an unknown name is refused."""
+        owners = option_owners()
+        out: dict[str, dict] = {}
+        for name, value in self.strategy_options:
+            if name not in owners:
+                raise InputError(f"{name} is not an option of any generation mode; strategy options are: "
+                                 f"{', '.join(sorted(owners)) or 'none'}")
+            out.setdefault(owners[name].name, {})[name] = value
+        return out

@@ -106,7 +106,7 @@ def bench_mode(art: Path, manifest: Manifest, mode: str, ids: np.ndarray, option
     progress(f"{mode}: loading")
     t0 = time.perf_counter()
     rt = ShadowRuntime.load(art, threads=threads, verify=False, modes=(mode,), adapters=dict(options.adapters))
-    extra = {"draft_tokens": options.draft_tokens} if mode == SPECULATIVE else {}
+    extra = options.options_by_mode().get(mode, {})  # the mode's own options (e.g. draft_tokens)
     load_ms = (time.perf_counter() - t0) * 1e3
     provider = rt.pipeline(needed_modes(mode)[-1]).head.session.get_providers()[0]
     prompt = ids[0].tolist() if ids.shape[0] == 1 else ids.tolist()
@@ -147,7 +147,8 @@ def _record(art: Path, manifest: Manifest, mode: str, options: BenchOptions, run
         total = {k: sum(getattr(d, k) for d in drafting) for k in ("rounds", "drafted", "accepted", "draft_ms",
                                                                    "verify_ms")}  # over the timed runs
         rounds = total["rounds"] or None
-        speculative = {"draft_tokens": options.draft_tokens, "rounds": total["rounds"],
+        own = options.options_by_mode().get(mode, {})
+        speculative = {"draft_tokens": own.get("draft_tokens"), "rounds": total["rounds"],
                        "acceptance_rate": total["accepted"] / total["drafted"] if total["drafted"] else None,
                        "mean_accepted_length": total["accepted"] / rounds if rounds else None,
                        "draft_ms_per_round": total["draft_ms"] / rounds if rounds else None,

@@ -8,7 +8,7 @@ from pathlib import Path
 from shadow_edge.commands.interop_info import interop_lines
 from shadow_edge.io_spec import ROLES, is_kv
 from shadow_edge.manifest import Manifest, read_manifest, verify_files
-from shadow_edge.runtime.options import CASCADE, GRAPH_MODES
+from shadow_edge.runtime.strategies.base import option_specs, registry
 
 
 def mb(n: int) -> str:
@@ -53,8 +53,15 @@ def describe(m: Manifest, art: Path, verified: bool) -> list[str]:
     for mode, roles in m.modes.items():
         chain = " -> ".join(roles[r] for r in ROLES if r in roles)
         out.append(f"  {mode:<12} {chain}  ({mb(m.mode_bytes(mode))})")
-    if set(GRAPH_MODES) <= set(m.modes) and mi.get("task") != "seq_cls":
-        out.append(f"  {CASCADE:<12} shadow_only, escalating to base_shadow")
+    if mi.get("task") != "seq_cls":  # the strategies this artifact's graphs run, with their own options
+        for name, s in registry().items():
+            if name in m.modes or not s.listed or not s.available(m.modes):
+                continue
+            line = f"  {name:<12} runs {', '.join(s.uses)}"
+            specs = option_specs((name,))
+            if specs:
+                line += "; options: " + ", ".join(f"{o.flag} ({o.name}, default {o.default!r})" for o in specs)
+            out.append(line)
     out.append("graphs")
     for name, g in m.graphs.items():
         kv = f", KV {g.kv_layers} layers x {g.kv_heads} heads x {g.head_dim}, {g.attention}" if g.kv_layers else ""

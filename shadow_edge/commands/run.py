@@ -54,7 +54,12 @@ def timing_line(mode: str, result: GenerationResult) -> str:
             + (f"decode {median:.2f} ms/token (median), {t.tokens_per_s:.1f} tok/s" if median is not None
                else "no decode steps"))
     if result.answered_by is not None:
-        line += f"; answered by {result.answered_by} (shadow confidence {result.confidence:.3f})"
+        reason = result.stats.reason[0]
+        remote = result.stats.remote[0]
+        line += (f"; answered by {result.answered_by} ({reason}; shadow confidence {result.confidence:.3f} vs "
+                 f"threshold {result.stats.threshold:g})")
+        if remote:
+            line += f"; server {remote['ms']:.1f} ms, {remote['bytes_sent']}+{remote['bytes_received']} bytes"
     s = result.speculative
     if s is not None and s.drafted:
         line += (f"; speculative: {s.accepted}/{s.drafted} drafted tokens accepted ({s.acceptance_rate:.0%}), "
@@ -63,14 +68,16 @@ def timing_line(mode: str, result: GenerationResult) -> str:
 
 
 def run(args) -> int:
+    from shadow_edge.commands.strategy_flags import given
+
     prompt = args.prompt if args.input_ids is None else parse_ids(args.input_ids)
-    if args.escalate_to is not None:
-        return run_remote_cascade(args, prompt)
-    rt = ShadowRuntime.load(args.artifact, threads=args.threads, verify=not args.no_verify,
+    options = given(args)
+    # a cascade escalating over the network runs only the shadow here: the artifact may hold only its graphs
+    modes = ("shadow_only",) if options.get("escalate_to") is not None and args.mode == "cascade" else None
+    rt = ShadowRuntime.load(args.artifact, threads=args.threads, verify=not args.no_verify, modes=modes,
                             adapters=parse_adapters(args.adapter))
     kwargs = dict(mode=args.mode, max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat,
-                  cascade_threshold=args.cascade_threshold, draft_tokens=args.draft_tokens,
-                  adapter=args.use_adapter, **sampling_kwargs(args))
+                  adapter=args.use_adapter, **options, **sampling_kwargs(args))
     if args.stream and not args.json:
         pieces = rt.stream(prompt, **kwargs)
         for piece in pieces:
@@ -85,26 +92,4 @@ def run(args) -> int:
         else:
             print(result.text if rt.has_tokenizer else " ".join(map(str, result.token_ids)))
     print(timing_line(args.mode, result), file=sys.stderr)
-    return 0
-
-
-def run_remote_cascade(args, prompt) -> int:
-    """--escalate-to: the shadow answers on this device; unsure answers go to the server."""
-    from shadow_edge.runtime.remote import Escalation, remote_cascade
-
-    if args.mode != "cascade":
-        raise InputError(f"--escalate-to needs --mode cascade (got --mode {args.mode}); the device runs the shadow "
-                         "and escalates unsure answers")
-    escalation = Escalation(args.escalate_to, args.api_key, args.escalate_model, args.escalate_timeout)
-    rt = ShadowRuntime.load(args.artifact, threads=args.threads, verify=not args.no_verify, modes=("shadow_only",))
-    out = remote_cascade(rt, prompt, escalation, max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat,
-                         cascade_threshold=args.cascade_threshold, **sampling_kwargs(args))
-    if args.json:
-        print(json.dumps(out.to_dict(), ensure_ascii=False))
-    else:
-        print(out.text if rt.has_tokenizer else " ".join(map(str, out.shadow_token_ids)))
-    remote = f", server {out.remote_ms:.1f} ms, {out.bytes_sent}+{out.bytes_received} bytes" \
-        if out.remote_ms is not None else ""
-    print(f"cascade: answered by {out.answered_by} ({out.reason}); shadow confidence {out.confidence:.3f} vs "
-          f"threshold {out.threshold:g}; shadow {out.shadow_ms:.1f} ms{remote}", file=sys.stderr)
     return 0

@@ -1,11 +1,16 @@
 """Generation options: one frozen dataclass, validated in `__post_init__` (runtime-only, never stored).
 
+`GenerationOptions` holds what every strategy shares (mode, limits, sampling, stop strings, eos,
+chat, adapter); a strategy's own options (cascade's threshold, speculative's draft_tokens, ...) live
+in the options dataclass registered with it (`Strategy.Options`, runtime/strategies/) and are
+passed by their public names (`cascade_threshold=0.4`, `draft_tokens=4`): `strategy_options`
+finds their owner, validates them and refuses one that belongs to another mode.
 Every check names the field, what was given, what is allowed and how to fix it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 
 import numpy as np
@@ -40,15 +45,13 @@ class GenerationOptions:
     eos: tuple[int, ...] | None = field(default=None, metadata={
         "help": "end-of-sequence token ids (default: the artifact's `tokenizer.eos_token_ids`)"})
     chat: bool = field(default=False, metadata={"help": "wrap the prompt in the artifact's chat template"})
-    cascade_threshold: float = field(default=0.5, metadata={
-        "help": "cascade only: escalate to base_shadow when the shadow's confidence (geometric mean of "
-                "its chosen tokens' probabilities) is below this, in [0, 1]"})
-    draft_tokens: int | None = field(default=None, metadata={
-        "help": "speculative only: tokens the shadow drafts per verify pass (>= 1); None = adaptive (0..8, "
-                "from the running acceptance rate)"})
-
     adapter: str | None = field(default=None, metadata={
         "help": "name of a loaded adapter pack to run with (default: the artifact's own adapter)"})
+    strategy: object = field(default=None, metadata={
+        "help": "the mode's own options: its registered Options dataclass, or a dict of them by public name "
+                "(e.g. {'cascade_threshold': 0.4}); None = its defaults"})
+    control: object = field(default=None, compare=False, metadata={
+        "help": "a token_loop.Control (deadline, cancellation) that the token loop checks between steps"})
 
     def __post_init__(self) -> None:
         from shadow_edge.runtime.strategies import mode_names  # the registry imports this module's users
@@ -82,17 +85,66 @@ class GenerationOptions:
             if not isinstance(eos, (list, tuple, np.ndarray)) or not all(is_int(t) and t >= 0 for t in eos):
                 raise InputError(f"eos is {self.eos!r}; it must be a token id or a list of non-negative token ids")
             fix("eos", tuple(int(t) for t in eos))
-        fix("cascade_threshold", as_float(self.cascade_threshold, "cascade_threshold", "in [0, 1]"))
-        if not 0.0 <= self.cascade_threshold <= 1.0:
-            raise InputError(f"cascade_threshold is {self.cascade_threshold!r}; it must be in [0, 1]")
-        if self.draft_tokens is not None:
-            fix("draft_tokens", as_int(self.draft_tokens, "draft_tokens", 1, " (or None for adaptive)"))
-            if self.mode != "speculative":
-                raise InputError(f"draft_tokens is {self.draft_tokens}, but mode is {self.mode!r}; draft_tokens "
-                                 "applies to mode 'speculative' only: drop it or use that mode")
         if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter):
             raise InputError(f"adapter is {self.adapter!r}; it must be the name of a loaded adapter pack (or None)")
+        fix("strategy", strategy_options(self.mode, self.strategy))
+
+    @classmethod
+    def of(cls, **kwargs) -> "GenerationOptions":
+        """Generic fields by name plus any strategy's options by public name:
+        `GenerationOptions.of(mode="speculative", max_new_tokens=8, draft_tokens=3)`."""
+        own = {f.name for f in fields(cls)}
+        generic = {k: v for k, v in kwargs.items() if k in own}
+        extra = {k: v for k, v in kwargs.items() if k not in own}
+        if extra and generic.get("strategy") is not None:
+            raise InputError(f"give the mode's options either as strategy= or by name ({', '.join(extra)}), not both")
+        return cls(**generic, **({"strategy": extra} if extra else {}))
+
+    def __getattr__(self, name: str):
+        """A strategy option by its public name (`opts.cascade_threshold` when mode is cascade)."""
+        if name.startswith("_") or name in ("strategy", "mode"):
+            raise AttributeError(name)
+        from shadow_edge.runtime.strategies.base import public_names
+
+        options = self.__dict__.get("strategy")
+        field_name = public_names(type(options)).get(name) if options is not None else None
+        if field_name is None:
+            raise AttributeError(f"GenerationOptions has no field or {self.mode} option {name!r}")
+        return getattr(options, field_name)
 
     @property
     def greedy(self) -> bool:
         return not self.do_sample or self.temperature == 0
+
+
+def strategy_options(mode: str, given) -> object:
+    """The Options instance of `mode`'s strategy from `given` (None, that instance, or {public name: value}).
+
+    An option of another strategy is validated by its owner, then refused naming the mode it applies to;
+    an unknown name is refused with the valid ones.
+    """
+    from shadow_edge.runtime.strategies import strategy
+    from shadow_edge.runtime.strategies.base import option_owners
+
+    own = strategy(mode)
+    if isinstance(given, own.Options):
+        return given
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise InputError(f"strategy options are {given!r}; give {own.Options.__name__} or a dict of {mode}'s options")
+    owners = option_owners()
+    by_owner: dict[str, dict] = {}
+    for name, value in given.items():
+        if name not in owners:
+            valid = ", ".join(sorted(owners)) or "none"
+            raise InputError(f"{name} is not an option of any generation mode; strategy options are: {valid}")
+        by_owner.setdefault(owners[name].name, {})[name] = value
+    for owner_name, values in by_owner.items():
+        owner = strategy(owner_name)
+        owner.make_options(values)  # its own checks first: a bad value is named as such
+        if owner_name != mode:
+            name, value = next(iter(values.items()))
+            raise InputError(f"{name} is {value!r}, but mode is {mode!r}; {name} applies to mode {owner_name!r} "
+                             "only: drop it or use that mode")
+    return own.make_options(by_owner.get(mode, {}))

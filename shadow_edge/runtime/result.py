@@ -1,4 +1,4 @@
-"""What `ShadowRuntime.generate` returns: new tokens, text, timings, and the cascade decision.
+"""What `ShadowRuntime.generate` returns: new tokens, text, timings, and the strategy's stats.
 
 Shape convention: a single prompt (a string, or one flat list of ids) gives flat fields
 (`token_ids: list[int]`, `text: str`, ...); a batch (a list of prompts) gives one entry per
@@ -83,6 +83,10 @@ class SpeculativeStats:
         return {**asdict(self), "acceptance_rate": self.acceptance_rate,
                 "mean_accepted_length": self.mean_accepted_length}
 
+    def counters(self) -> dict[str, int]:
+        """Events a server counts (metrics)."""
+        return {"drafted": self.drafted, "accepted": self.accepted}
+
 
 @dataclass(frozen=True)
 class GenerationResult:
@@ -90,11 +94,11 @@ class GenerationResult:
 
     token_ids include the eos token when a row ended on one (like HF generate); `text`
     skips special tokens and ends before the first stop string. finish_reason per row:
-    "eos", "stop" (a stop string appeared) or "length" (max_new_tokens reached).
-    cascade only: `answered_by` ("shadow_only" or "base_shadow") and `confidence` (geometric
-    mean of the shadow's probabilities of its chosen tokens, in [0, 1]); `stages` holds
-    each stage's timings while `timings` adds them up. speculative only: `speculative`, the
-    drafting and acceptance figures (`SpeculativeStats`).
+    "eos", "stop" (a stop string appeared) or "length" (max_new_tokens reached); with a
+    `Control` (the server): also "timeout", "cancelled" or "shutdown".
+    `stats`: what the mode's strategy reports (its registered Stats: `SpeculativeStats`,
+    `CascadeStats`, ...; None for plain modes). Shortcuts: cascade's `answered_by`, `confidence`
+    and `stages` (each stage's timings; `timings` adds them up), speculative's `speculative`.
     """
 
     mode: str
@@ -103,10 +107,32 @@ class GenerationResult:
     finish_reason: str | list[str]
     prompt_tokens: int | list[int]
     timings: Timings
-    answered_by: str | list[str] | None = None
-    confidence: float | list[float] | None = None
-    stages: dict[str, Timings] = field(default_factory=dict)
-    speculative: SpeculativeStats | None = None
+    stats: object | None = None
+
+    def _row_field(self, name: str):
+        value = getattr(self.stats, name, None)
+        if value is None or not isinstance(value, list):
+            return value
+        return value[0] if isinstance(self.text, str) else list(value)
+
+    @property
+    def answered_by(self):
+        """cascade: who answered each row ("shadow_only", "base_shadow" or "remote"); else None."""
+        return self._row_field("answered_by")
+
+    @property
+    def confidence(self):
+        """cascade: the shadow's confidence per row (geometric mean of its tokens' probabilities); else None."""
+        return self._row_field("confidence")
+
+    @property
+    def stages(self) -> dict[str, Timings]:
+        return getattr(self.stats, "stages", None) or {}
+
+    @property
+    def speculative(self):
+        """speculative: its drafting and acceptance figures (`SpeculativeStats`); else None."""
+        return self.stats if isinstance(self.stats, SpeculativeStats) else None
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in ("mode", "token_ids", "text", "finish_reason", "prompt_tokens",
@@ -114,8 +140,8 @@ class GenerationResult:
         d["timings"] = self.timings.to_dict()
         if self.stages:
             d["stages"] = {k: v.to_dict() for k, v in self.stages.items()}
-        if self.speculative is not None:
-            d["speculative"] = self.speculative.to_dict()
+        if self.stats is not None:
+            d[self.mode] = self.stats.to_dict()
         return d
 
 
@@ -138,9 +164,11 @@ class GenerationStream:
         with self._lock:
             if self.result is not None:
                 raise StopIteration
-            try:
-                _, piece = next(self._steps)
-            except StopIteration as done:
-                self.result = self._finish(done.value)
-                raise StopIteration from None
-            return piece
+            while True:
+                try:
+                    row, piece = next(self._steps)
+                except StopIteration as done:
+                    self.result = self._finish(done.value)
+                    raise StopIteration from None
+                if row >= 0:  # not a step boundary (TICK)
+                    return piece

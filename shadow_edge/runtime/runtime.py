@@ -183,9 +183,13 @@ class ShadowRuntime:
         return graph_modes + tuple(m for m in mode_names() if m not in graph_modes
                                    and strategy(m).available(graph_modes))
 
-    def _check_mode(self, mode: str) -> None:
+    def _check_mode(self, mode: str, opts: GenerationOptions | None = None) -> None:
+        if isinstance(mode, str) and mode not in self.modes and mode in mode_names() and opts is not None \
+                and self.manifest.model.get("task") != "seq_cls" \
+                and strategy(mode).available(self.manifest.modes, opts):
+            return  # available with these options (a cascade escalating over the network needs only the shadow)
         if not isinstance(mode, str) or mode not in self.modes:
-            needs = f" ({mode} needs {strategy(mode).needs})" if mode in mode_names() else ""
+            needs = f" ({mode} needs {strategy(mode).needs(opts)})" if mode in mode_names() else ""
             raise InputError(f"mode {mode!r} is not available{needs}; valid modes for this artifact: "
                              f"{', '.join(self.modes)}")
 
@@ -223,12 +227,14 @@ class ShadowRuntime:
     # ---- generate / stream ---------------------------------------------------------------------
     def options(self, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                 temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5,
-                draft_tokens: int | None = None, adapter: str | None = None) -> GenerationOptions:
+                stop=None, eos=None, chat: bool = False, adapter: str | None = None, control=None,
+                **strategy_options) -> GenerationOptions:
+        """Checked options; `strategy_options`: the mode's own options by public name (cascade_threshold,
+        draft_tokens, ...: each strategy's registered Options)."""
         check_task(self.manifest, "causal_lm")
         opts = GenerationOptions(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
-                                 cascade_threshold, draft_tokens, adapter)
-        self._check_mode(opts.mode)
+                                 adapter, strategy_options, control)
+        self._check_mode(opts.mode, opts)
         if opts.adapter is not None:
             self.adapters.check(opts.adapter)
         if opts.stop and not self.has_tokenizer:
@@ -263,28 +269,34 @@ class ShadowRuntime:
 
     def generate(self, prompt_or_ids, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                 stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5,
-                 draft_tokens: int | None = None, adapter: str | None = None) -> GenerationResult:
+                 stop=None, eos=None, chat: bool = False, adapter: str | None = None,
+                 **strategy_options) -> GenerationResult:
         """Generate new tokens for one prompt (flat result) or a list of prompts (one left-padded batch);
-        `adapter`: the name of a loaded adapter pack (default: the artifact's own adapter)."""
+        `adapter`: the name of a loaded adapter pack (default: the artifact's own adapter);
+        `strategy_options`: the mode's own options (e.g. cascade_threshold=0.4, draft_tokens=4)."""
         opts = self.options(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
-                            cascade_threshold, draft_tokens, adapter)
+                            adapter, **strategy_options)
+        return self.generate_with(prompt_or_ids, opts)
+
+    def generate_with(self, prompt_or_ids, opts: GenerationOptions) -> GenerationResult:
+        """`generate` with options made by `options()` (or `GenerationOptions.of`; checked here again)."""
+        self._check_mode(opts.mode, opts)
         batch = self.encode(prompt_or_ids, opts.chat, opts.max_new_tokens)
         strategy(opts.mode).check(self, opts, max(batch.lengths))
         return _result(silent(self._run(batch, opts, False)), batch, opts)
 
     def stream(self, prompt_or_ids, mode: str = "base_shadow", max_new_tokens: int = 32, do_sample: bool = False,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-               stop=None, eos=None, chat: bool = False, cascade_threshold: float = 0.5,
-               draft_tokens: int | None = None, adapter: str | None = None) -> GenerationStream:
+               stop=None, eos=None, chat: bool = False, adapter: str | None = None,
+               **strategy_options) -> GenerationStream:
         """Iterate the returned stream for text pieces as they are produced (one prompt); they join to
         `generate(...).text`. After the loop, `stream.result` holds this call's `GenerationResult`.
 
         cascade: the shadow's answer is held until its confidence is known; an escalated
-        answer streams from base_shadow.
+        answer streams from the second stage.
         """
         opts = self.options(mode, max_new_tokens, do_sample, temperature, top_k, top_p, seed, stop, eos, chat,
-                            cascade_threshold, draft_tokens, adapter)
+                            adapter, **strategy_options)
         batch = self.encode(prompt_or_ids, opts.chat, opts.max_new_tokens)
         if not batch.single:
             raise InputError("stream() takes one prompt; use generate() for a batch")
@@ -305,10 +317,6 @@ class ShadowRuntime:
 
 def _result(rows: Rows, batch: PromptBatch, opts: GenerationOptions) -> GenerationResult:
     one = (lambda x: x[0]) if batch.single else (lambda x: list(x))
-    cascade = bool(rows.answered_by)
-    return GenerationResult(
-        mode=opts.mode, token_ids=one(rows.ids), text=one(rows.text), finish_reason=one(rows.finish),
-        prompt_tokens=one(batch.lengths), timings=rows.timings,
-        answered_by=one(rows.answered_by) if cascade else None,
-        confidence=one(rows.conf) if cascade else None,
-        stages=rows.stages if cascade else {}, speculative=rows.stats.get("speculative"))
+    return GenerationResult(mode=opts.mode, token_ids=one(rows.ids), text=one(rows.text),
+                            finish_reason=one(rows.finish), prompt_tokens=one(batch.lengths), timings=rows.timings,
+                            stats=rows.stats)

@@ -97,6 +97,14 @@ class ServerState:
         own = [(f"{name}:{mode}", None) for name, e in self.engines.items() for mode in e.rt.modes]
         return own + [(f"{a}:{mode}", base) for a, base in self.parents.items() for mode in self.engines[base].rt.modes]
 
+    def identity(self, model: str) -> dict:
+        """What a model's token ids mean: its vocabulary size and the sha256 of its tokenizer.json (a cascade
+        client sends token ids only to a model whose identity equals its own: runtime/remote.py)."""
+        name = model.partition(":")[0]
+        rt = self.engines[self.parents.get(name, name)].rt
+        return {"vocab_size": rt.vocab_size, "tokenizer_sha256": rt.manifest.files.get("tokenizer.json", {}).get(
+            "sha256")}
+
     def model_ids(self) -> list[str]:
         return [m for m, _ in self.models()]
 
@@ -149,7 +157,8 @@ def build_app(options: ServeOptions, shutdown_grace_s: float = 30.0) -> FastAPI:
         authorize(request)
         state.require_ready()
         return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "shadow-edge",
-                                            **({"parent": f"{parent}:{m.partition(':')[2]}"} if parent else {})}
+                                            **({"parent": f"{parent}:{m.partition(':')[2]}"} if parent else {}),
+                                            "shadow_edge": state.identity(m)}
                                            for m, parent in state.models()]}
 
     async def generate(request: Request, chat: bool):
@@ -192,8 +201,14 @@ def _job(engine: Engine, mode: str, ids: list[int], req, limit: int | None, opti
                                       f"context {engine.rt.max_positions}: at most {room} fit")
     sampling = Sampling(1.0 if req.temperature is None else req.temperature, 1.0 if req.top_p is None else req.top_p,
                         req.top_k or 0, req.seed)
+    given = req.strategy_options
+    try:  # the mode's own options: validated by its registered options dataclass
+        engine.rt.options(mode, **given)
+    except ShadowEdgeError as e:
+        param = next((k for k in given if k in str(e)), next(iter(given)))
+        raise bad_param(param, str(e)) from None
     return Job(ids, mode, limit or min(room, options.default_max_tokens), sampling, req.stops, req.ignore_eos,
-               0.5 if req.cascade_threshold is None else req.cascade_threshold, options.request_timeout_s)
+               dict(given), options.request_timeout_s)
 
 
 def _usage(job: Job) -> dict:
@@ -203,10 +218,8 @@ def _usage(job: Job) -> dict:
 
 def _extra(job: Job) -> dict:
     extra = {"mode": job.mode, "token_ids": job.token_ids}
-    if job.answered_by is not None:
-        extra.update(answered_by=job.answered_by, confidence=job.confidence)
-    if job.speculative is not None:
-        extra["speculative"] = job.speculative
+    if job.stats is not None:  # the mode's strategy's stats (e.g. speculative acceptance, the cascade's decision)
+        extra[job.mode] = job.stats
     return extra
 
 

@@ -21,17 +21,26 @@ then, from any OpenAI client:
   client.chat.completions.create(model="art:base_shadow", messages=[{"role": "user", "content": "Hi"}])
 
 Models are listed as NAME:MODE (GET /v1/models); a bare NAME means --default-mode. Extra body
-fields: mode, ignore_eos, top_k, cascade_threshold. GET /health and GET /metrics (Prometheus).
+fields: mode, ignore_eos, top_k, and each mode's own options (see below). GET /health and GET
+/metrics (Prometheus).
 Each --adapter pack is one more model, NAME:MODE for every mode of its base artifact (the served
 artifact it was exported --against; its /v1/models entry names it as `parent`): a request picks
 the adapter with `model="support:base_shadow"`, and all packs share the base's sessions and weights.
 """
 
 
+def epilog() -> str:
+    """EPILOG plus the body fields of the modes' own options (from the strategies' registrations)."""
+    from shadow_edge.runtime.strategies.base import option_specs
+
+    fields = [f"  {s.name} ({s.strategy}): {s.help}" for s in option_specs() if s.server]
+    return EPILOG + ("\nbody fields of a mode's own options:\n" + "\n".join(fields) + "\n" if fields else "")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="shadow-edge serve", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Serve artifacts over the OpenAI API (chat, completions, streaming), "
-                                            "batching concurrent requests.", epilog=EPILOG)
+                                            "batching concurrent requests.", epilog=epilog())
     p.add_argument("artifacts", nargs="+", metavar="ART", help="artifact directories")
     p.add_argument("--served-name", action="append", default=[], metavar="NAME",
                    help="model name of each artifact, in order (default: the directory name)")

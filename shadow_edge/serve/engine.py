@@ -68,7 +68,7 @@ class Job:
     sampling: Sampling
     stops: tuple[str, ...] = ()
     ignore_eos: bool = False
-    cascade_threshold: float = 0.5
+    options: dict = field(default_factory=dict)  # the mode's own options by public name (cascade_threshold, ...)
     timeout_s: float = 600.0
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
@@ -78,9 +78,7 @@ class Job:
     text: str = ""
     finish_reason: str | None = None
     first_token_at: float | None = None
-    answered_by: str | None = None
-    confidence: float | None = None
-    speculative: dict | None = None  # speculative mode: drafted / accepted / acceptance_rate ...
+    stats: dict | None = None  # the strategy's stats of this request (speculative acceptance, cascade decision)
     cancelled: bool = False  # set by the caller when its client went away
     adapter: str | None = None  # the runtime's adapter pack to run with (serve/adapters.py), None: the artifact's own
     model: str | None = None  # served model name for the metrics (default: the engine's artifact name)
@@ -298,22 +296,17 @@ class Engine:
         s = job.sampling
         result = self.rt.generate(job.ids, mode=job.mode, max_new_tokens=job.max_tokens, do_sample=not s.greedy,
                                   temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed,
-                                  stop=job.stops or None, eos=() if job.ignore_eos else None,
-                                  cascade_threshold=job.cascade_threshold, adapter=job.adapter)
+                                  stop=job.stops or None, eos=() if job.ignore_eos else None, adapter=job.adapter,
+                                  **job.options)
         job.first_token_at = time.monotonic()
         job.token_ids, job.text = list(result.token_ids), result.text
         job.finish_reason = FINISH.get(result.finish_reason, result.finish_reason)
-        job.answered_by, job.confidence = result.answered_by, result.confidence
-        stats = getattr(result, "speculative", None)
-        if stats is not None:
-            job.speculative = stats.to_dict()
-            self.metrics.drafted.labels(self.model(job)).inc(stats.drafted)
-            self.metrics.accepted.labels(self.model(job)).inc(stats.accepted)
         model = self.model(job)
+        if result.stats is not None:
+            job.stats = result.stats.row(0) if hasattr(result.stats, "row") else result.stats.to_dict()
+            self.metrics.count_stats(model, job.mode, result.stats)
         self.metrics.batch_size.labels(model, job.mode).observe(1)
         self.metrics.tokens.labels(model, job.mode).inc(len(job.token_ids))
-        if job.answered_by == "base_shadow":
-            self.metrics.escalations.labels(model).inc()
         if job.cancelled:
             job.finish_reason = "cancelled"
             return

@@ -32,5 +32,18 @@ class Metrics:
         self.accepted = Counter("shadow_edge_speculative_accepted_tokens", "drafted tokens the combined model "
                                 "accepted (acceptance = accepted / drafted)", ["model"], registry=r)
 
+        self.strategy_events = Counter("shadow_edge_strategy_events", "what a mode's strategy counted (its stats' "
+                                       "counters(): e.g. speculative drafted/accepted, cascade escalations)",
+                                       ["model", "mode", "event"], registry=r)
+        self._named = {("speculative", "drafted"): self.drafted, ("speculative", "accepted"): self.accepted,
+                       ("cascade", "escalations"): self.escalations}
+
+    def count_stats(self, model: str, mode: str, stats) -> None:
+        """Count a request's strategy stats (their `counters()`, if any)."""
+        for event, n in (stats.counters() if hasattr(stats, "counters") else {}).items():
+            self.strategy_events.labels(model, mode, event).inc(n)
+            if (mode, event) in self._named:
+                self._named[(mode, event)].labels(model).inc(n)
+
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

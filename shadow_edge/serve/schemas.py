@@ -3,14 +3,16 @@
 Validation errors become one 400 naming the field (`param`). Parameters we do not
 implement are refused by name rather than silently ignored (n != 1, logprobs, penalties,
 logit_bias, echo, suffix, best_of). Extensions beyond OpenAI: `mode` (also as the
-`NAME:MODE` model suffix), `ignore_eos`, `top_k` and `cascade_threshold`.
+`NAME:MODE` model suffix), `ignore_eos`, `top_k`, and each generation mode's own options
+(`cascade_threshold`, `draft_tokens`, ...: generated from the strategies' registrations,
+`strategy_fields()`; validated by the mode's options dataclass).
 """
 
 from __future__ import annotations
 
 from typing import Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from shadow_edge.serve.api_errors import APIError, bad_param
 
@@ -55,7 +57,11 @@ class _Common(BaseModel):
     user: str | None = None
     mode: str | None = None
     ignore_eos: bool = False
-    cascade_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    _strategy_options: dict = PrivateAttr(default_factory=dict)  # the mode's own options, by public name
+
+    @property
+    def strategy_options(self) -> dict:
+        return self._strategy_options
 
     def refuse_unsupported(self) -> None:
         if self.n != 1:
@@ -135,12 +141,20 @@ class CompletionRequest(_Common):
         return p
 
 
+def strategy_fields() -> tuple[str, ...]:
+    """Body fields that are a generation mode's own options (those its registration exposes to servers)."""
+    from shadow_edge.runtime.strategies.base import option_specs
+
+    return tuple(s.name for s in option_specs() if s.server)
+
+
 def parse(model: type[BaseModel], body) -> BaseModel:
     """Validate a JSON body; the first problem becomes a 400 naming its field."""
     if not isinstance(body, dict):
         raise APIError(400, f"the request body is {type(body).__name__}; expected a JSON object")
+    options = {k: body[k] for k in strategy_fields() if k in body and body[k] is not None}
     try:
-        req = model.model_validate(body)
+        req = model.model_validate({k: v for k, v in body.items() if k not in options})
     except ValidationError as e:
         err = e.errors()[0]
         loc = [str(x) for x in err.get("loc", ()) if not str(x).startswith(("str", "list[", "int", "function"))]
@@ -148,4 +162,5 @@ def parse(model: type[BaseModel], body) -> BaseModel:
         shown = repr(err.get("input"))[:80]
         raise bad_param(param, f"{param or 'body'}: {err.get('msg', 'invalid')} (got {shown})") from None
     req.refuse_unsupported()
+    req._strategy_options = options
     return req

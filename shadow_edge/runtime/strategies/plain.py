@@ -42,6 +42,8 @@ def decode_n(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, 
 class Plain(StepStrategy):
     """Prefill the prompt, then feed one token per row per step through one mode's graph chain."""
 
+    batchable = True
+
     def __init__(self, mode: str, order: int, listed: bool = True):
         self.name, self.uses, self.order, self.listed = mode, (mode,), order, listed
 

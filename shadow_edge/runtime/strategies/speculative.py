@@ -25,6 +25,7 @@ with batch > 1 on such a backbone the verify pass runs row by row on views of th
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -32,6 +33,7 @@ from shadow_edge.errors import InputError
 from shadow_edge.io_spec import ATTENTION_GQA, MODE_BASE_SHADOW, MODE_SHADOW_ONLY, SHADOW_HIDDEN
 from shadow_edge.runtime.acceptance import AdaptiveDraft, accept_greedy, accept_sampled, draw
 from shadow_edge.runtime.generate import prefill
+from shadow_edge.runtime.inputs import as_int
 from shadow_edge.runtime.kv_cache import KVCache
 from shadow_edge.runtime.result import SpeculativeStats
 from shadow_edge.runtime.sampling import chosen_logprobs, shaped_probs
@@ -46,9 +48,24 @@ def _row_views(cache: KVCache, r: int) -> list:
     return [ov(a[r:r + 1]) for a in cache.arrays]
 
 
+@dataclass(frozen=True)
+class SpeculativeOptions:
+    """Speculative decoding's own option."""
+
+    draft_tokens: int | None = field(default=None, metadata={
+        "help": "speculative: tokens the shadow drafts per verify pass (>= 1); default: adaptive (0..8, from the "
+                "running acceptance rate)", "type": int})
+
+    def __post_init__(self) -> None:
+        if self.draft_tokens is not None:
+            object.__setattr__(self, "draft_tokens", as_int(self.draft_tokens, "draft_tokens", 1,
+                                                            " (or None for adaptive)"))
+
+
 class Speculative(StepStrategy):
     name, order = "speculative", 3
     uses = (MODE_SHADOW_ONLY, MODE_BASE_SHADOW)
+    Options, Stats = SpeculativeOptions, SpeculativeStats
 
     def check(self, rt, opts, prompt_len: int) -> None:
         draft, verify = (rt.manifest.modes[m].get("shadow") for m in self.uses)
@@ -56,8 +73,9 @@ class Speculative(StepStrategy):
             raise InputError(f"{rt.art_dir}: speculative needs one shadow graph shared by shadow_only and "
                              f"base_shadow; this artifact uses {draft!r} and {verify!r}; use base_shadow")
         room = rt.max_positions - prompt_len
-        if opts.draft_tokens is not None and opts.draft_tokens > room:
-            raise InputError(f"draft_tokens is {opts.draft_tokens}, but only {room} positions remain after the "
+        k = opts.strategy.draft_tokens
+        if k is not None and k > room:
+            raise InputError(f"draft_tokens is {k}, but only {room} positions remain after the "
                              f"{prompt_len}-token prompt (model.max_positions {rt.max_positions}); use at most "
                              f"{room} or leave it unset (adaptive)")
 
@@ -67,13 +85,13 @@ class Speculative(StepStrategy):
         b = ids.shape[0]
         rows_apart = b > 1 and pipe.backbone.entry.attention == ATTENTION_GQA
         policy = None
-        if opts.draft_tokens is None:
+        if opts.strategy.draft_tokens is None:
             m = rt.manifest
             policy = AdaptiveDraft(m.mode_bytes(MODE_SHADOW_ONLY) / m.mode_bytes(MODE_BASE_SHADOW), ADAPTIVE_MAX)
         shape = (opts.temperature, opts.top_k, opts.top_p)
         totals = dict(rounds=0, drafted=0, accepted=0, draft_ms=0.0, verify_ms=0.0)
         lengths: list[int] = []
-        stats["speculative"] = SpeculativeStats(0, 0, 0, 0.0, 0.0, [])
+        stats.update(draft_lengths=[], **totals)
 
         t0 = time.perf_counter()
         mask = np.ascontiguousarray(mask, dtype=np.int64)  # [b, slots]; 0 on padding and holes
@@ -90,7 +108,7 @@ class Speculative(StepStrategy):
                 break
             t0 = time.perf_counter()
             left = int((opts.max_new_tokens - made[active]).max())
-            k = min(policy.next_k() if policy else opts.draft_tokens, left - 1)
+            k = min(policy.next_k() if policy else opts.strategy.draft_tokens, left - 1)
             x = np.where(active, x, rt.pad_id).astype(np.int64)  # finished rows are fed pad (as in plain)
             slots = mask.shape[1]
             fed, hidden, q = draft(pipe, draft_head, s_cache, mask, pos, x, k, sampler, shape)
@@ -134,7 +152,7 @@ class Speculative(StepStrategy):
             t3 = time.perf_counter()
             totals["draft_ms"] += (t1 - t0) * 1e3
             totals["verify_ms"] += (t2 - t1) * 1e3
-            stats["speculative"] = SpeculativeStats(draft_lengths=list(lengths), **totals)
+            stats.update(draft_lengths=list(lengths), **totals)
             yield StepRecord(tokens, logprobs, (t3 - t0) * 1e3)
 
 
