@@ -37,10 +37,12 @@ examples:
   shadow-edge export --base Qwen3-0.6B/ --adapter peft-out/ --adapter-name sql --out art/
   shadow-edge export --base base/ --adapter adapter/ --out art/ --quantize int4 --ort-format
   shadow-edge export --base Qwen3-4B/ --adapter adapter/ --out art/ --quantize int4 --validation streamed
+  shadow-edge export --base SmolLM2-135M-Instruct.Q4_1.gguf --adapter adapter/ --out art/  # a llama.cpp file
   shadow-edge export --base base/ --adapter a1/ --out base_art/ --as-base      # a base for adapter packs
   shadow-edge export --base base/ --adapter a2/ --out pack2/ --against base_art/   # a pack: a2's own weights
 
---base is a Hugging Face model directory (config.json, *.safetensors, tokenizer files);
+--base is a Hugging Face model directory (config.json, *.safetensors, tokenizer files) or a llama.cpp
+GGUF file (llama/qwen2/qwen3; F32/F16/BF16, Q4_0..Q8_0, k-quants; dequantized to float32 as transformers does);
 --adapter a shadow-peft adapter directory (shadow_config.json, shadow_adapter.safetensors) or a
 HF PEFT Shadow adapter directory (adapter_config.json with peft_type SHADOW, adapter_model.safetensors);
 --adapter-name picks one adapter when a PEFT directory holds several;
@@ -106,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export base + adapter to an ONNX artifact (needs shadow-edge[export])",
                        description="Export a ShadowPEFT checkpoint to a validated ONNX artifact directory.",
                        epilog=EXPORT_EPILOG, formatter_class=fmt)
-    p.add_argument("--base", required=True, metavar="DIR", help="Hugging Face base model directory")
+    p.add_argument("--base", required=True, metavar="DIR|FILE.gguf",
+                   help="Hugging Face base model directory, or a llama.cpp .gguf file")
     p.add_argument("--adapter", required=True, metavar="DIR", help="shadow-peft or PEFT Shadow adapter directory")
     p.add_argument("--adapter-name", metavar="NAME",
                    help="which adapter of a PEFT directory that holds several (default: the only one)")

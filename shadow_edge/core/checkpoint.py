@@ -16,6 +16,7 @@ import torch
 
 from shadow_edge.core.arch import DecoderConfig, decoder_config_from_hf
 from shadow_edge.core.classifier import HEAD_NAMES, ClassifierHeads, label_names
+from shadow_edge.core.gguf_reader import is_gguf, read_gguf
 from shadow_edge.core.lazy_tensor import LazyTensor, dense, same_values
 from shadow_edge.core.safetensors_io import load_hf_weights, read_json, refuse_pickles
 from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec, layer_tensor_names
@@ -78,12 +79,21 @@ class BaseModel:
 
 
 def read_base(base_dir: Path) -> BaseModel:
+    """A HF model directory, or a llama.cpp GGUF file (core/gguf_reader.py: mapped as transformers maps it)."""
     base_dir = Path(base_dir)
-    if not base_dir.is_dir():
-        raise CheckpointError(f"{base_dir}: base model directory does not exist; pass --base DIR of a HF model")
-    raw = read_json(base_dir / "config.json", "base model config")
-    cfg = decoder_config_from_hf(raw, str(base_dir / "config.json"))
-    tensors, files = load_hf_weights(base_dir)
+    if is_gguf(base_dir):
+        gguf = read_gguf(base_dir)
+        raw, tensors, files = gguf.raw_config, dict(gguf.tensors), [gguf.path]
+        cfg = decoder_config_from_hf(raw, f"{base_dir} (GGUF metadata)")
+        gguf.require([f"model.layers.{i}.{CANONICAL_TO_HF[n]}" for i in range(cfg.num_layers)
+                      for n in layer_tensor_names(cfg)] + ["model.embed_tokens.weight", "model.norm.weight"])
+    elif not base_dir.is_dir():
+        raise CheckpointError(f"{base_dir}: base model directory does not exist; pass --base DIR of a HF model "
+                              "(or a .gguf file)")
+    else:
+        raw = read_json(base_dir / "config.json", "base model config")
+        cfg = decoder_config_from_hf(raw, str(base_dir / "config.json"))
+        tensors, files = load_hf_weights(base_dir)
     weights = read_decoder(tensors, "model.", cfg, files[0], with_embed=True)
     score = None  # a *ForSequenceClassification base: its label head instead of lm_head
     for name in (n for n in HEAD_NAMES if f"{n}.weight" in tensors):

@@ -20,9 +20,11 @@ import torch
 
 from shadow_edge import __version__, io_spec
 from shadow_edge.core.checkpoint import load_spec
+from shadow_edge.core.gguf_reader import is_gguf
 from shadow_edge.core.model import ShadowModel
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.export.attention import choose_attention
+from shadow_edge.export.gguf_tokenizer import read_gguf_tokenizer_files
 from shadow_edge.export.graphs import Tensors, build_backbone, build_head, build_shadow
 from shadow_edge.export.interop import DETACHED_FILE, write_interop
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
@@ -79,7 +81,8 @@ def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shad
         check_out(out, options.force, inputs)  # again: another export may have finished meanwhile
         progress(f"reading checkpoint: base {base}, adapter {adapter}")
         spec = load_spec(base, adapter, shadow_model, adapter_name)
-        tokenizer = read_tokenizer_files(Path(base), spec.vocab_size)
+        read_tokenizer = read_gguf_tokenizer_files if is_gguf(base) else read_tokenizer_files
+        tokenizer = read_tokenizer(Path(base), spec.vocab_size)
         needs = estimate_weight_bytes(quantize_spec(spec, options.quantize, options.block_size)
                                       if options.quantize != "none" else spec)
         manifest = write_partial_then_publish(out, options.force, inputs,
