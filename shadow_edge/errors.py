@@ -31,3 +31,11 @@ class ArtifactError(ShadowEdgeError):
 
 class InputError(ShadowEdgeError):
     """Bad runtime input: prompt, token ids, generation or benchmark options."""
+
+
+class ContextLengthError(InputError):
+    """A prompt (plus the tokens to generate) does not fit the model's context (the server answers 413)."""
+
+    def __init__(self, message: str, tokens: int, limit: int):
+        super().__init__(message)
+        self.tokens, self.limit = tokens, limit

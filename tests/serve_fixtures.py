@@ -1,4 +1,5 @@
-"""A live `shadow-edge serve` app under uvicorn on 127.0.0.1 (a free port), started and stopped by the test."""
+"""A live `shadow-edge serve` app on 127.0.0.1 (a free port), run by the production `ShadowServer`, started and
+stopped by the test."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import threading
 import time
 
 import httpx
-import uvicorn
 
 from shadow_edge.serve import ServeOptions, build_app
+from shadow_edge.serve.server import ShadowServer, bind
 
 
 def free_port() -> int:
@@ -23,13 +24,14 @@ class LiveServer:
     """`with LiveServer(art, served_names=("tiny",), ...) as srv:` -> srv.url ("http://127.0.0.1:PORT")."""
 
     def __init__(self, *artifacts, grace_s: float = 5.0, **options):
-        self.port = free_port()
-        self.options = ServeOptions(tuple(str(a) for a in artifacts), port=self.port, **{"threads": 1, **options})
-        self.app = build_app(self.options, shutdown_grace_s=grace_s)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    timeout_graceful_shutdown=int(grace_s)))
+        self.sock = bind("127.0.0.1", 0)
+        self.port = self.sock.getsockname()[1]
+        self.options = ServeOptions(tuple(str(a) for a in artifacts), port=self.port,
+                                    **{"threads": 1, "shutdown_grace_s": grace_s, **options})
+        self.app = build_app(self.options)
+        self.server = ShadowServer(self.app, self.options.shutdown_grace_s)
         self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> "LiveServer":
         self.thread.start()

@@ -150,3 +150,15 @@ def test_batch_rows_stop_on_their_own_eos(tiny_rt, monkeypatch):
     out = tiny_rt.generate(["a b c", "d"], mode="base_shadow", max_new_tokens=4)
     assert out.token_ids == [[5, eos], [7, 8, 9, 10]] and out.finish_reason == ["eos", "length"]
     assert out.text == [tiny_rt.codec.decode([5]), tiny_rt.codec.decode([7, 8, 9, 10])]
+
+
+@pytest.mark.parametrize("special", [True, False])
+def test_codec_encode_equals_the_tokenizers_own_encode(tiny_rt, special):
+    """TextCodec.encode goes through the batch entry point (it releases the GIL, so a long prompt does not freeze
+    the server's event loop); the ids must be those of `Tokenizer.encode`."""
+    texts = ["Hello", " the river runs\n\n", MULTIBYTE, "<|im_start|>user\nhi<|im_end|>", "a  b\tc " * 200]
+    rng = np.random.default_rng(0)
+    texts += ["".join(chr(c) for c in rng.integers(32, 0x2FFF, size=200)) for _ in range(5)]
+    for text in texts:
+        assert tiny_rt.codec.encode(text, add_special_tokens=special) == \
+            tiny_rt.codec.tokenizer.encode(text, add_special_tokens=special).ids, text[:20]

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from shadow_edge import artifact_lock
-from shadow_edge.errors import ArtifactError, InputError
+from shadow_edge.errors import ArtifactError, ContextLengthError, InputError
 from shadow_edge.io_spec import KV_ROLES, ROLE_HEAD
 from shadow_edge.manifest import Manifest, read_manifest, verify_files
 from shadow_edge.runtime.adapters import AdapterSet, LoadedPack
@@ -247,9 +247,9 @@ class ShadowRuntime:
                             lambda text: self.codec.encode(text, add_special_tokens=not chat))
         longest = max(batch.lengths)
         if longest + max_new_tokens > self.max_positions:
-            raise InputError(f"prompt has {longest} tokens + max_new_tokens {max_new_tokens} = "
-                             f"{longest + max_new_tokens} > model.max_positions {self.max_positions}; shorten the "
-                             "prompt or lower max_new_tokens")
+            raise ContextLengthError(f"prompt has {longest} tokens + max_new_tokens {max_new_tokens} = "
+                                     f"{longest + max_new_tokens} > model.max_positions {self.max_positions}; "
+                                     "shorten the prompt or lower max_new_tokens", longest, self.max_positions)
         return batch
 
     def chat_text(self, messages, add_generation_prompt: bool = True, **extra) -> str:

@@ -9,6 +9,7 @@ KINDS = {
     400: ("invalid_request_error", None),
     401: ("authentication_error", "invalid_api_key"),
     404: ("invalid_request_error", "model_not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
     413: ("invalid_request_error", "context_length_exceeded"),
     429: ("rate_limit_error", "queue_full"),
     500: ("server_error", None),

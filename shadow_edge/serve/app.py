@@ -2,7 +2,11 @@
 
 `build_app(options)` returns a FastAPI app whose lifespan loads one `ShadowRuntime` per
 artifact in a background thread (requests get 503 until it is done) and, on shutdown,
-lets running batches finish within the grace period and fails waiting requests with 503.
+lets running batches finish within the grace period and fails waiting requests with 503
+(`ServerState.stop_accepting`, called by serve/server.py as soon as the server begins to stop).
+Every error, unknown routes included, is OpenAI-shaped JSON (api_errors.py). Bodies are
+bounded (serve/limits.py); parsing and tokenizing run off the event loop, so a long prompt
+does not stall /health or other requests' streams.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
-from shadow_edge.errors import ShadowEdgeError
+from shadow_edge.errors import ContextLengthError, ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.serve.adapters import attach_packs
-from shadow_edge.serve.api_errors import APIError, bad_param
+from shadow_edge.serve.api_errors import KINDS, APIError, bad_param
 from shadow_edge.serve.engine import Engine, Job, Sampling
+from shadow_edge.serve.limits import BodyLimit, parse_json
 from shadow_edge.serve.metrics import Metrics
 from shadow_edge.serve.options import ServeOptions
 from shadow_edge.serve.schemas import ChatRequest, CompletionRequest, parse
@@ -58,6 +64,12 @@ class ServerState:
         except ShadowEdgeError as e:
             self.status, self.error = "error", str(e)
             print(f"error: {e}", file=sys.stderr, flush=True)
+
+    def stop_accepting(self) -> None:
+        """The server begins to stop: new and waiting requests get 503; running ones go on."""
+        self.status = "shutting_down"
+        for engine in list(self.engines.values()):
+            engine.stop_accepting()
 
     def close(self, grace_s: float) -> None:
         self.status = "shutting_down"
@@ -108,9 +120,26 @@ class ServerState:
     def model_ids(self) -> list[str]:
         return [m for m, _ in self.models()]
 
+    def model_card(self, model: str) -> dict:
+        """One model object of GET /v1/models and GET /v1/models/{model}: a listed id (NAME:MODE) or a bare NAME
+        (its default mode); anything else is a 404."""
+        self.resolve(model, None)
+        name, _, mode = model.partition(":")
+        card = {"id": model, "object": "model", "created": 0, "owned_by": "shadow-edge"}
+        if name in self.parents:  # an adapter pack: its base artifact's id
+            card["parent"] = f"{self.parents[name]}:{mode}" if mode else self.parents[name]
+        return card | {"shadow_edge": self.identity(model)}
 
-def build_app(options: ServeOptions, shutdown_grace_s: float = 30.0) -> FastAPI:
+
+ROUTES = "GET /health, GET /metrics, GET /v1/models, GET /v1/models/{model}, POST /v1/chat/completions, " \
+         "POST /v1/completions"
+
+
+def build_app(options: ServeOptions, shutdown_grace_s: float | None = None) -> FastAPI:
+    """The app; `shutdown_grace_s` overrides options.shutdown_grace_s (kept for callers that pass it)."""
     state = ServerState(options)
+    if shutdown_grace_s is None:
+        shutdown_grace_s = options.shutdown_grace_s
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -120,10 +149,27 @@ def build_app(options: ServeOptions, shutdown_grace_s: float = 30.0) -> FastAPI:
 
     app = FastAPI(title="shadow-edge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.shadow = state
+    app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError):
         return JSONResponse(e.body(), status_code=e.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):  # Starlette's own: unknown route, wrong method
+        where = f"{request.method} {request.url.path}"
+        if e.status_code == 404:
+            error = APIError(404, f"no route {where}; this server answers {ROUTES}", code="not_found")
+        elif e.status_code == 405:
+            error = APIError(405, f"{where}: method not allowed here; this server answers {ROUTES}")
+        else:
+            error = APIError(e.status_code if e.status_code in KINDS else 400, f"{where}: {e.detail}")
+        return JSONResponse(error.body(), status_code=error.status, headers=getattr(e, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception):  # a bug: still OpenAI-shaped (the log has the trace)
+        error = APIError(500, f"internal error: {type(e).__name__}: {e}")
+        return JSONResponse(error.body(), status_code=500)
 
     def authorize(request: Request) -> None:
         key = options.api_key
@@ -133,12 +179,6 @@ def build_app(options: ServeOptions, shutdown_grace_s: float = 30.0) -> FastAPI:
         if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
             raise APIError(401, "missing or wrong API key: send `Authorization: Bearer KEY` with the server's "
                                 "--api-key" if given else "no API key given: send `Authorization: Bearer KEY`")
-
-    async def read_body(request: Request):
-        try:
-            return json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(400, f"the request body is not valid JSON ({e})") from None
 
     @app.get("/health")
     async def health():
@@ -156,16 +196,23 @@ def build_app(options: ServeOptions, shutdown_grace_s: float = 30.0) -> FastAPI:
     async def models(request: Request):
         authorize(request)
         state.require_ready()
-        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "shadow-edge",
-                                            **({"parent": f"{parent}:{m.partition(':')[2]}"} if parent else {}),
-                                            "shadow_edge": state.identity(m)}
-                                           for m, parent in state.models()]}
+        return {"object": "list", "data": [state.model_card(m) for m in state.model_ids()]}
+
+    @app.get("/v1/models/{model}")
+    async def model_card(request: Request, model: str):
+        authorize(request)
+        return state.model_card(model)
+
+    def prepare(body: bytes, chat: bool):
+        """Parse, validate, resolve the model and tokenize (in a worker thread: a long prompt takes seconds)."""
+        req = parse(ChatRequest if chat else CompletionRequest, parse_json(body))
+        engine, mode, adapter = state.resolve(req.model, req.mode)
+        ids = _encode(engine, req.conversation() if chat else req.one_prompt(), chat, "messages" if chat else "prompt")
+        return req, engine, mode, adapter, ids
 
     async def generate(request: Request, chat: bool):
         authorize(request)
-        req = parse(ChatRequest if chat else CompletionRequest, await read_body(request))
-        engine, mode, adapter = state.resolve(req.model, req.mode)
-        ids = _encode(engine, req.conversation() if chat else req.one_prompt(), chat, "messages" if chat else "prompt")
+        req, engine, mode, adapter, ids = await asyncio.to_thread(prepare, await request.body(), chat)
         job = _job(engine, mode, ids, req, req.token_limit, options)
         job.adapter, job.model = adapter, adapter
         return await _respond(request, state, engine, mode, job, req, chat)
@@ -185,9 +232,11 @@ def _encode(engine: Engine, prompt, chat: bool, param: str) -> list[int]:
     rt = engine.rt
     try:
         batch = rt.encode(prompt, chat=chat)
+        n = batch.lengths[0]
+    except ContextLengthError as e:
+        n = e.tokens
     except ShadowEdgeError as e:
         raise bad_param(param, f"{param}: {e}") from None
-    n = batch.lengths[0]
     if n >= rt.max_positions:
         raise APIError(413, f"{param}: the prompt has {n} tokens; the model's context is {rt.max_positions} "
                             "tokens (prompt + completion); shorten it", param=param)

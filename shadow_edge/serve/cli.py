@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from shadow_edge.errors import InputError
+from shadow_edge.serve.options import DEFAULT_MAX_BODY_BYTES
 
 EPILOG = """\
 examples:
@@ -23,6 +24,8 @@ then, from any OpenAI client:
 Models are listed as NAME:MODE (GET /v1/models); a bare NAME means --default-mode. Extra body
 fields: mode, ignore_eos, top_k, and each mode's own options (see below). GET /health and GET
 /metrics (Prometheus).
+Request bodies over --max-body-bytes get 413 (request_too_large), prompts longer than the context
+413 (context_length_exceeded); every error is OpenAI-shaped JSON.
 Each --adapter pack is one more model, NAME:MODE for every mode of its base artifact (the served
 artifact it was exported --against; its /v1/models entry names it as `parent`): a request picks
 the adapter with `model="support:base_shadow"`, and all packs share the base's sessions and weights.
@@ -38,7 +41,9 @@ def epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="shadow-edge serve", formatter_class=argparse.RawDescriptionHelpFormatter,
+    from shadow_edge.cli import _Parser  # one-line errors, exit 2
+
+    p = _Parser(prog="shadow-edge serve", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 description="Serve artifacts over the OpenAI API (chat, completions, streaming), "
                                             "batching concurrent requests.", epilog=epilog())
     p.add_argument("artifacts", nargs="+", metavar="ART", help="artifact directories")
@@ -58,10 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-window-ms", type=float, default=5.0, metavar="MS",
                    help="wait this long for more requests before starting a batch (default 5)")
     p.add_argument("--shutdown-grace", type=float, default=30.0, metavar="S",
-                   help="on shutdown, let running requests finish for this long (default 30)")
+                   help="on shutdown, let running requests finish for this long; waiting ones get 503 at once "
+                        "(default 30)")
     p.add_argument("--default-max-tokens", type=int, default=256, metavar="N",
                    help="new tokens of a chat request that gives no max_tokens (default 256, capped by the context; "
                         "completions default to 16 as in OpenAI's API)")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+                   help=f"largest request body; larger ones get 413 before being read (default {DEFAULT_MAX_BODY_BYTES}"
+                        " = 2 MiB, room for a 128k-token prompt)")
     p.add_argument("--adapter", action="append", metavar="NAME=PACK",
                    help="serve an adapter pack (exported --against one of the artifacts) as model NAME (repeatable)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifacts' files")
@@ -84,15 +93,14 @@ def options_from(args):
     return ServeOptions(tuple(args.artifacts), tuple(args.served_name), args.host, args.port, args.api_key,
                         args.default_mode, args.max_batch, args.max_queue, args.threads, args.timeout,
                         args.batch_window_ms, not args.no_verify, args.default_max_tokens,
-                        tuple(parse_adapters(args.adapter).items()))
+                        tuple(parse_adapters(args.adapter).items()), args.max_body_bytes, args.shutdown_grace)
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     try:
-        import uvicorn
-
         from shadow_edge.serve.app import build_app
+        from shadow_edge.serve.server import ShadowServer, bind, host_port
     except ImportError as e:
         raise InputError(f"`shadow-edge serve` needs the serve extras ({e.name} is missing); install them with "
                          "pip install 'shadow-edge[serve]'") from None
@@ -101,10 +109,11 @@ def main(argv: list[str]) -> int:
         from shadow_edge.serve.ray_app import RayOptions, run_forever
 
         return run_forever(options, RayOptions(args.replicas, args.num_cpus_per_replica, args.autoscaling,
-                                               args.ray_address, args.shutdown_grace))
+                                               args.ray_address, options.shutdown_grace_s))
+    sock = bind(options.host, options.port)  # before loading anything: a busy port is one error line
     names = options.names + tuple(name for name, _ in options.adapters)
-    print(f"shadow-edge serve: loading {', '.join(names)}; OpenAI API at http://{options.host}:{options.port}/v1 "
+    where = host_port(options.host, sock.getsockname()[1])
+    print(f"shadow-edge serve: loading {', '.join(names)}; OpenAI API at http://{where}/v1 "
           "(GET /health says when ready)", file=sys.stderr, flush=True)
-    uvicorn.run(build_app(options, args.shutdown_grace), host=options.host, port=options.port, log_level="warning",
-                timeout_graceful_shutdown=max(1, int(args.shutdown_grace)))
+    ShadowServer(build_app(options), options.shutdown_grace_s).run(sockets=[sock])
     return 0

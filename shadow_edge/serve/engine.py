@@ -129,15 +129,20 @@ class Engine:
             self.metrics.queue_depth.labels(self.name).set(len(self._pending))
             self._cv.notify_all()
 
-    def close(self, grace_s: float = 0.0) -> None:
-        """Refuse new work, fail waiting jobs with 503, let the running batch finish for up to `grace_s`,
-        then cancel it, and stop the worker."""
+    def stop_accepting(self) -> None:
+        """Refuse new work (503) and fail waiting jobs with 503; the running batch goes on."""
         with self._cv:
             self._closing = True
             waiting, self._pending = list(self._pending), deque()
             self._cv.notify_all()
         for job in waiting:
-            job.report("error", APIError(503, "the server shut down before this request ran"))
+            job.report("error", APIError(503, "the server is shutting down and this request had not started; "
+                                              "retry on another instance"))
+
+    def close(self, grace_s: float = 0.0) -> None:
+        """Stop accepting (see above), let the running batch finish for up to `grace_s`, then cancel it, and stop
+        the worker."""
+        self.stop_accepting()
         self._thread.join(grace_s)
         with self._cv:
             for job in self._running:

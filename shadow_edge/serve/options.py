@@ -9,12 +9,21 @@ from pathlib import Path
 from shadow_edge.adapter_pack import adapter_pairs
 from shadow_edge.errors import InputError
 
+DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024  # a 128k-token prompt as JSON text or token ids fits with room to spare
+
 
 def _positive_int(name: str, value, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InputError(f"{name} is {value!r}; it must be an integer >= 1")
+
+
+def finite_seconds(name: str, value, allow_zero: bool = True) -> None:
+    """A duration: a finite number > 0 (>= 0 with allow_zero); nan, inf and negatives are refused."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0 \
+            or (value == 0 and not allow_zero):
+        raise InputError(f"{name} is {value!r}; it must be a finite number " + (">= 0" if allow_zero else "> 0"))
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,11 @@ class ServeOptions:
     adapters: tuple[tuple[str, str], ...] = field(default=(), metadata={
         "help": "(name, PACK) adapter packs, each served as one more model on the base artifact it was exported "
                 "against (serve/adapters.py)"})
+    max_body_bytes: int = field(default=DEFAULT_MAX_BODY_BYTES, metadata={
+        "help": "largest request body accepted; larger ones get 413 before they are read (Content-Length) or "
+                "as soon as the upload passes it"})
+    shutdown_grace_s: float = field(default=30.0, metadata={
+        "help": "on shutdown, running requests may finish for this long; waiting ones get 503 at once"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "artifacts", tuple(str(a) for a in self.artifacts))
@@ -78,12 +92,9 @@ class ServeOptions:
         _positive_int("max_queue", self.max_queue)
         _positive_int("threads", self.threads, allow_none=True)
         _positive_int("default_max_tokens", self.default_max_tokens)
-        for name in ("request_timeout_s", "batch_window_ms"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0 \
-                    or (name == "request_timeout_s" and v == 0):
-                raise InputError(f"{name} is {v!r}; it must be a finite number "
-                                 + ("> 0" if name == "request_timeout_s" else ">= 0"))
+        _positive_int("max_body_bytes", self.max_body_bytes)
+        for name in ("request_timeout_s", "batch_window_ms", "shutdown_grace_s"):
+            finite_seconds(name, getattr(self, name), allow_zero=name != "request_timeout_s")
 
     @property
     def names(self) -> tuple[str, ...]:

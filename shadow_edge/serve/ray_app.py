@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 
 from shadow_edge.errors import InputError
-from shadow_edge.serve.options import ServeOptions
+from shadow_edge.serve.options import ServeOptions, finite_seconds
 
 APP_NAME = "shadow-edge"
 
@@ -42,6 +42,7 @@ class RayOptions:
             raise InputError(f"replicas is {self.replicas!r}; it must be an integer >= 1")
         if not isinstance(self.num_cpus, (int, float)) or self.num_cpus < 0:
             raise InputError(f"num_cpus per replica is {self.num_cpus!r}; it must be a number >= 0")
+        finite_seconds("shutdown_grace_s", self.shutdown_grace_s)
         if isinstance(self.autoscaling, str):
             try:
                 object.__setattr__(self, "autoscaling", json.loads(self.autoscaling))
