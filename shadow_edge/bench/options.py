@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from shadow_edge import io_spec
 from shadow_edge.adapter_pack import adapter_pairs
 from shadow_edge.errors import InputError
+from shadow_edge.runtime.inputs import thread_count
 from shadow_edge.runtime.strategies import strategy
 from shadow_edge.runtime.strategies.base import option_owners
 
@@ -68,8 +69,7 @@ class BenchOptions:
                 raise InputError(f"{name} applies to mode {mode!r}, which is not benchmarked; add it to modes or "
                                  "drop the option")
             strategy(mode).make_options(values)  # its own checks
-        if self.threads is not None and (not _is_int(self.threads) or self.threads < 1):
-            raise InputError(f"threads is {self.threads!r}; it must be an integer >= 1 (or None for all cores)")
+        thread_count(self.threads)
         object.__setattr__(self, "adapters", adapter_pairs(self.adapters))
 
     def options_by_mode(self) -> dict[str, dict]:

@@ -32,6 +32,23 @@ def as_int(x, name: str, minimum: int | None = None, hint: str = "") -> int:
     return int(x)
 
 
+def max_threads() -> int:
+    """The most onnxruntime threads a runtime may ask for: 4x the CPUs (past the cores more threads only
+    contend; the slack covers CPU quotas that os.cpu_count() does not see). 100000 threads hung the process."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def thread_count(threads, name: str = "threads") -> int | None:
+    """None (all cores) or an integer in [1, max_threads()]."""
+    if threads is None:
+        return None
+    n = as_int(threads, name, 1, " (or None for all cores)")
+    if n > max_threads():
+        raise InputError(f"{name} is {n}; this machine has {os.cpu_count()} CPUs and at most {max_threads()} "
+                         f"threads are allowed (more only contend for the cores); use at most {os.cpu_count()}")
+    return n
+
+
 def as_float(x, name: str, allowed: str) -> float:
     """A finite number (Python or numpy) as a float; `allowed` describes the valid range for the message."""
     if not is_number(x) or not math.isfinite(float(x)):

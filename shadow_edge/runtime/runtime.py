@@ -106,8 +106,7 @@ class ShadowRuntime:
     def _load_unlocked(cls, art_dir: Path, providers, threads, verify, modes) -> "ShadowRuntime":
         if not art_dir.is_dir():
             raise ArtifactError(f"{art_dir}: no such artifact directory; create one with `shadow-edge export`")
-        if threads is not None:
-            threads = inputs.as_int(threads, "threads", 1, " (or None for all cores)")
+        threads = inputs.thread_count(threads)
         providers = inputs.providers(providers, ort.get_available_providers())
         verify = inputs.as_bool(verify, "verify")
         if modes is not None and (isinstance(modes, str) or not isinstance(modes, (list, tuple))):

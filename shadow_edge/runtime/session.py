@@ -18,6 +18,7 @@ from shadow_edge.errors import ArtifactError
 from shadow_edge.io_spec import GraphContract, TensorSpec
 from shadow_edge.manifest import GraphEntry, member_path
 from shadow_edge.runtime.mapped_pages import release_mapped
+from shadow_edge.runtime.inputs import thread_count
 
 ORT_TYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(float16)": "float16",
              "tensor(int32)": "int32", "tensor(bool)": "bool"}
@@ -53,7 +54,7 @@ def session_options(threads: int | None, prepack: bool = True) -> ort.SessionOpt
     stored [d, vocab] matrix as it lies (as fast for one position, and no 0.6 GB packed copy).
     """
     global _pool_threads
-    n = int(threads) if threads else (os.cpu_count() or 1)
+    n = thread_count(threads) or (os.cpu_count() or 1)
     with _pool_lock:
         if _pool_threads is None:
             try:

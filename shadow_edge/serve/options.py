@@ -8,13 +8,12 @@ from pathlib import Path
 
 from shadow_edge.adapter_pack import adapter_pairs
 from shadow_edge.errors import InputError
+from shadow_edge.runtime.inputs import thread_count
 
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024  # a 128k-token prompt as JSON text or token ids fits with room to spare
 
 
-def _positive_int(name: str, value, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
+def _positive_int(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise InputError(f"{name} is {value!r}; it must be an integer >= 1")
 
@@ -90,7 +89,7 @@ class ServeOptions:
             raise InputError("api_key is empty; give a non-empty key or leave --api-key out")
         _positive_int("max_batch", self.max_batch)
         _positive_int("max_queue", self.max_queue)
-        _positive_int("threads", self.threads, allow_none=True)
+        thread_count(self.threads)  # checked now, before the port is bound and the artifacts load
         _positive_int("default_max_tokens", self.default_max_tokens)
         _positive_int("max_body_bytes", self.max_body_bytes)
         for name in ("request_timeout_s", "batch_window_ms", "shutdown_grace_s"):
