@@ -140,29 +140,60 @@ def plot_curve(report, out: str) -> None:
     plt.close(fig)
 
 
+def writable(flag: str, out: str) -> Path:
+    """Check now, before the long work, that `out` can be written: a file in an existing folder that opens for
+    writing (a probe file this check creates is removed again; an existing file is left as it is)."""
+    path = Path(out)
+    if path.is_dir():
+        name = "cascade.png" if flag == "--plot" else "eval.json"
+        raise InputError(f"{flag} {out}: is a directory; give a file name, e.g. {path / name}")
+    if not path.parent.is_dir():
+        raise InputError(f"{flag} {out}: the folder {path.parent} does not exist; create it or choose another path")
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as e:
+        raise InputError(f"{flag} {out}: cannot be written ({e.strerror or e}); choose another path") from None
+    if not existed:
+        path.unlink()
+    return path
+
+
+def write_output(flag: str, path: Path, write) -> None:
+    try:
+        write(path)
+    except OSError as e:
+        raise InputError(f"{flag} {path}: writing it failed ({e.strerror or e}); choose another path") from None
+
+
 def run_eval(args) -> int:
     from shadow_edge.runtime import ShadowRuntime
-    from shadow_edge.runtime.evaluate import EvalOptions, evaluate, read_text
+    from shadow_edge.runtime.classify import check_task
+    from shadow_edge.runtime.evaluate import EvalOptions, evaluate
 
     options = EvalOptions(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()) if args.modes
                           else None, max_tokens=args.max_tokens, window=args.window, stride=args.stride,
                           batch=args.batch, prompts=args.prompts, draft_tokens=args.draft_tokens)
-    for flag, out in (("--json", args.json), ("--plot", args.plot)):
-        if out and not Path(out).parent.is_dir():
-            raise InputError(f"{flag} {out}: the folder {Path(out).parent} does not exist; create it or choose "
-                             "another path")
+    outs = {flag: writable(flag, out) for flag, out in (("--json", args.json), ("--plot", args.plot)) if out}
     if args.plot:
         _pyplot()
         if options.modes is not None and "cascade" not in options.modes:
             raise InputError("--plot draws the cascade curve; add cascade to --modes")
-    text = read_text(args.text)
     rt = ShadowRuntime.load(args.artifact, threads=args.threads)
     other = ShadowRuntime.load(args.compare, threads=args.threads) if args.compare else None
-    report = evaluate(rt, text, options, compare=other,
+    for runtime, what in ((rt, "ART"), (other, "--compare")):
+        if runtime is not None:
+            try:
+                check_task(runtime.manifest, "causal_lm")
+            except InputError as e:
+                raise InputError(f"{what} {runtime.art_dir}: eval scores next-token predictions, but {e}") from None
+    report = evaluate(rt, Path(args.text), options, compare=other,  # the file is tokenized in chunks
                       progress=ProgressBar(not args.quiet and sys.stderr.isatty()))
     print(format_report(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
-    if args.plot:
-        plot_curve(report, args.plot)
+    if "--json" in outs:
+        write_output("--json", outs["--json"], lambda p: p.write_text(json.dumps(report.to_dict(), indent=2) + "\n",
+                                                                      encoding="utf-8"))
+    if "--plot" in outs:
+        write_output("--plot", outs["--plot"], lambda p: plot_curve(report, str(p)))
     return 0

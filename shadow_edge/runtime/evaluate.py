@@ -16,7 +16,9 @@ Torch-free (numpy + the runtime). Teacher-forced over the text's tokens:
   base_shadow's (`speculative_eval.py`).
 
 The cascade curve (prompts cut from the text, generated) lives in `cascade_curve.py`;
-`evaluate()` runs both and returns one `EvalReport`.
+`evaluate()` runs both and returns one `EvalReport`. A text file is tokenized in chunks
+(`text_file.py`) and its ids kept as int32; agreement is counted window by window, so memory
+is the ids plus one batch of logits, whatever the text's size.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ import numpy as np
 
 from shadow_edge.errors import InputError
 from shadow_edge.runtime.cascade_curve import CurvePoint, cascade_curve
+from shadow_edge.runtime.classify import check_task
 from shadow_edge.runtime.options import CASCADE
 from shadow_edge.runtime.prompts import check_ids
 from shadow_edge.runtime.sampling import log_softmax
 from shadow_edge.runtime.speculative_eval import SpeculativeEval, scan, summarize
 from shadow_edge.runtime.strategies import strategy
 from shadow_edge.runtime.strategies.speculative import Speculative
+from shadow_edge.runtime.text_file import file_token_ids
 
 Progress = Callable[[int, int], None]  # (done, total)
 SPECULATIVE = Speculative.name
@@ -125,21 +129,6 @@ class EvalReport:
         return asdict(self)
 
 
-def read_text(path: str | Path) -> str:
-    """A UTF-8 text file's content; one clear error for a missing, empty or non-UTF-8 file."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--text {path}: no such file; give a UTF-8 text file to evaluate on")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"--text {path}: not UTF-8 text (byte {e.start} is {e.object[e.start]:#04x}); "
-                         "convert it, e.g. iconv -f latin1 -t utf-8") from None
-    if not text.strip():
-        raise InputError(f"--text {path}: the file is empty; give text with at least two tokens")
-    return text
-
-
 def window_batches(ids: np.ndarray, spans: list[tuple[int, int, int]], batch: int):
     """Yield (input_ids [b, t], mask [b, t], rows) per group of `batch` spans, left-padded to the longest.
 
@@ -174,18 +163,17 @@ class _Acc:
 
     def __init__(self):
         self.nll = self.correct = self.n = 0.0
-        self.argmax: list[np.ndarray] = []
         self.nll2 = self.cos = self.kl = self.agree = 0.0
 
-    def add(self, logits: np.ndarray, targets: np.ndarray, other: np.ndarray | None) -> None:
-        """logits [k, V] predicting targets [k]; other [k, V]: the compared artifact's logits."""
+    def add(self, logits: np.ndarray, targets: np.ndarray, other: np.ndarray | None) -> np.ndarray:
+        """logits [k, V] predicting targets [k]; other [k, V]: the compared artifact's logits. Returns the
+        argmax [k]."""
         lp = log_softmax(logits)  # [k, V]
         idx = np.arange(len(targets))
         top = logits.argmax(-1)  # [k]
         self.nll += float(-lp[idx, targets].sum())
         self.correct += float((top == targets).sum())
         self.n += len(targets)
-        self.argmax.append(top)
         if other is not None:
             lq = log_softmax(other)
             self.nll2 += float(-lq[idx, targets].sum())
@@ -194,6 +182,7 @@ class _Acc:
                                                      + 1e-30)).sum())
             self.kl += float((np.exp(lp) * (lp - lq)).sum())
             self.agree += float((top == other.argmax(-1)).sum())
+        return top
 
     def quality(self, mode: str) -> ModeQuality:
         nll = self.nll / self.n
@@ -206,12 +195,16 @@ class _Acc:
 
 
 def encode_text(rt, text, max_tokens: int | None) -> np.ndarray:
-    """Token ids [n] of `text` (a string, or token ids as-is), first max_tokens; at least two, else one clear error."""
-    if isinstance(text, str):
+    """Token ids [n] of `text` (a string, a UTF-8 file as a Path, or token ids as-is), first max_tokens; at least
+    two, else one clear error."""
+    if isinstance(text, (str, Path)):
         if not rt.has_tokenizer:
             raise InputError(f"artifact {rt.art_dir} has no tokenizer.json, so it cannot read text; re-export it "
                              "with its tokenizer or pass token ids")
-        ids = np.asarray(rt.codec.encode(text, add_special_tokens=False), dtype=np.int64)
+        if isinstance(text, Path):
+            ids = file_token_ids(rt.codec, text, max_tokens)
+        else:
+            ids = np.asarray(rt.codec.encode(text, add_special_tokens=False), dtype=np.int32)
     else:
         ids = np.asarray(check_ids([list(np.ravel(text))], rt.vocab_size)[0] if np.size(text) else [],
                          dtype=np.int64)
@@ -232,10 +225,13 @@ def _check_modes(rt, modes: tuple[str, ...], what: str) -> None:
 
 def evaluate(rt, text, options: EvalOptions = EvalOptions(), compare=None,
              progress: Progress | None = None) -> EvalReport:
-    """Measure `rt` (a loaded ShadowRuntime) on `text` (a string or token ids [n]).
+    """Measure `rt` (a loaded ShadowRuntime) on `text` (a string, a UTF-8 file as a Path, or token ids [n]).
 
     compare: a second runtime (same vocabulary) to measure drift against; progress(done, total)
     is called after each unit of work."""
+    for runtime in (rt, compare):
+        if runtime is not None:  # a classifier has label heads, no next-token logits to score
+            check_task(runtime.manifest, "causal_lm")
     graph = tuple(rt.manifest.modes)  # modes backed by graphs: the ones with logits to score
     modes = options.modes if options.modes is not None else tuple(m for m in rt.modes if m in graph + (CASCADE,))
     _check_modes(rt, modes, "artifact")
@@ -261,23 +257,26 @@ def evaluate(rt, text, options: EvalOptions = EvalOptions(), compare=None,
     spec_runs = len(spans) if SPECULATIVE in modes else 0
     total, done = len(spans) * len(graph_modes) * (2 if compare is not None else 1) + spec_runs + curve_runs, 0
     accs = {m: _Acc() for m in graph_modes}
+    agree = agree_n = 0  # shadow_only vs base_shadow, counted window by window
     batch = max(1, min(options.batch, LOGITS_BUDGET // (4 * window * rt.vocab_size)))
     for group, chunk, mask, rows in window_batches(ids, spans, batch):
+        tops = {}  # mode -> argmax of this group's scored positions
         for mode in graph_modes:
             logits = rt.forward(chunk, mask, mode=mode)  # [b, t, V]
             other = compare.forward(chunk, mask, mode=mode) if compare is not None else None
-            for r, (_, end, first) in enumerate(group):
+            tops[mode] = np.concatenate([
                 accs[mode].add(logits[r, rows[r]], ids[first:end], None if other is None else other[r, rows[r]])
+                for r, (_, end, first) in enumerate(group)])
             done += len(group) * (2 if compare is not None else 1)
             if progress:
                 progress(done, total)
-    agreement = None
-    if {"shadow_only", "base_shadow"} <= set(graph_modes):
-        a, b = (np.concatenate(accs[m].argmax) for m in ("shadow_only", "base_shadow"))
-        agreement = float((a == b).mean())
+        if "shadow_only" in tops and "base_shadow" in tops:
+            agree += int((tops["shadow_only"] == tops["base_shadow"]).sum())
+            agree_n += len(tops["shadow_only"])
+    agreement = agree / agree_n if agree_n else None
     speculative = None
     if SPECULATIVE in modes:
-        result = scan(rt, ids, spans, options.draft_tokens,
+        result = scan(rt, ids.astype(np.int64), spans, options.draft_tokens,
                       progress=(lambda w: progress(done + w, total)) if progress else None)
         done += len(spans)
         accs[SPECULATIVE], gap = _Acc(), 0.0
