@@ -7,6 +7,8 @@ baseline after imports, and the largest float32 tensor of the checkpoint for sca
 
     python benchmarks/export_memory.py --base B --adapter A --out ART [--quantize int4] [--no-validate]
 
+--base may be a HF directory or a GGUF file.
+
 Linux only (/proc). tests/test_export_bf16.py runs it on a model large enough to show the bound.
 """
 
@@ -71,11 +73,13 @@ def phase_of(message: str) -> str:
 
 
 def largest_tensor_bytes(base: Path) -> int:
-    """Bytes of the checkpoint's largest tensor in float32 (headers only)."""
-    from shadow_edge.core.safetensors_io import load_hf_weights
+    """Bytes of the checkpoint's largest tensor in float32 (headers only; a HF directory or a GGUF file)."""
+    from shadow_edge.core.checkpoint import read_base
 
-    tensors, _ = load_hf_weights(base)
-    return max(t.numel() for t in tensors.values()) * 4
+    model = read_base(base)
+    tensors = [t for layer in model.weights.layers for t in layer.values()]
+    tensors += [t for t in (model.weights.embed, model.weights.norm, model.lm_head) if t is not None]
+    return max(t.numel() for t in tensors) * 4
 
 
 def main(argv: list[str] | None = None) -> dict:

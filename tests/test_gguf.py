@@ -10,6 +10,7 @@ transformers' ids; bad files give one clear error and leave nothing behind.
 from __future__ import annotations
 
 import copy
+import sys
 import tempfile
 from pathlib import Path
 
@@ -163,7 +164,14 @@ def _truncate(at: float):
     return cut
 
 
+def _not_gguf(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[:4] = b"PK\x03\x04"
+    path.write_bytes(bytes(data))
+
+
 BAD = [  # name, how the file is made/spoiled, needles of the one error
+    ("not_gguf", dict(), _not_gguf, ["model.gguf", "not a GGUF file"]),
     ("truncated_data", dict(), _truncate(0.8), ["model.gguf", "truncated"]),
     ("truncated_header", dict(), _truncate(0.02), ["model.gguf", "truncated or corrupt"]),
     ("unsupported_arch", dict(arch="gpt2"), None, ["model.gguf", "architecture 'gpt2'", "supported: llama, qwen2, qwen3"]),
@@ -196,6 +204,13 @@ def test_bad_gguf_is_one_clear_error_and_leaves_nothing(ggufs, tmp_path, capsys,
     assert err.count("error: ") == 1 and err.splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
     assert not out.exists() and not list(tmp_path.glob(".art.partial-*"))
     assert set(Path(tempfile.gettempdir()).glob("shadow-edge-gguf-*")) == temps
+
+
+def test_gguf_package_missing_is_one_clear_error(ggufs, monkeypatch):
+    path = ggufs("llama_q4")
+    monkeypatch.setitem(sys.modules, "gguf", None)  # `import gguf` fails as on an install without the extra
+    with pytest.raises(ShadowEdgeError, match=r"needs the `gguf` package: pip install 'shadow-edge\[export\]'"):
+        read_base(path)
 
 
 def _real_smollm2() -> Path | None:
@@ -243,3 +258,15 @@ def test_real_smollm2_gguf_exports_and_matches_shadow_peft(tmp_path):
     tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     for text in TEXTS:
         assert rt.codec.encode(text) == tok(text).input_ids, text
+
+
+def test_check_gguf_script_reports_equal(ggufs, capsys):
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("check_gguf", Path(__file__).parent.parent / "scripts" / "check_gguf.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main([str(ggufs("llama_q5_bf16"))]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["equal"] and record["tensors"] == 4 * 9 + 3 and not record["tokenizer_texts_differ"]

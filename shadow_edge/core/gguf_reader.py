@@ -100,9 +100,7 @@ class GgufTensor(LazyValues):
         self._checked = False
 
     def _values(self, data: np.ndarray, rows: int | None = None) -> torch.Tensor:
-        from gguf.quants import dequantize
-
-        values = np.asarray(dequantize(data, self.ggml_type), dtype=np.float32)
+        values = np.asarray(_gguf().quants.dequantize(data, self.ggml_type), dtype=np.float32)
         shape = tuple(self.shape) if rows is None else (rows, *self.shape[1:])
         values = values.reshape(shape)
         if self._heads is not None:  # transformers' LlamaTensorProcessor._reverse_permute_weights
@@ -153,9 +151,18 @@ class GgufBase:
                                   "is incomplete or was written for another layer count or architecture")
 
 
-def _open(path: Path):
-    from gguf import GGUFReader
+def _gguf():
+    """The `gguf` package (export extra), or one error saying how to get it."""
+    try:
+        import gguf
+        import gguf.quants
+    except ImportError:
+        raise CheckpointError("reading a .gguf base needs the `gguf` package: pip install 'shadow-edge[export]' (or "
+                              "pip install gguf)") from None
+    return gguf
 
+
+def _open(path: Path):
     if not path.is_file():
         raise CheckpointError(f"{path}: GGUF file does not exist; pass --base FILE.gguf or a Hugging Face model "
                               "directory")
@@ -165,7 +172,7 @@ def _open(path: Path):
         raise CheckpointError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r}); pass a "
                               "llama.cpp .gguf model file or a Hugging Face model directory")
     try:
-        reader = GGUFReader(str(path), "r")
+        reader = _gguf().GGUFReader(str(path), "r")
     except Exception as e:  # the gguf package raises ValueError/IndexError/struct errors on short files
         raise CheckpointError(f"{path}: cannot read the GGUF file ({type(e).__name__}: {str(e)[:160]}); the file "
                               "is truncated or corrupt; download it again") from None
@@ -240,8 +247,6 @@ def read_gguf(path: str | Path) -> GgufBase:
     if arch is None:
         raise UnsupportedModelError(f"{path}: GGUF architecture {name!r} is not supported; supported: "
                                     f"{', '.join(sorted(GGUF_ARCHS))} (llama includes SmolLM2 and Llama 2/3.0)")
-    from gguf import GGMLQuantizationType
-
     for t in reader.tensors:
         if t.tensor_type.name not in SUPPORTED_TYPES:
             raise UnsupportedModelError(f"{path}: tensor {t.name!r} is stored as {t.tensor_type.name}, which shadow-edge "
@@ -258,6 +263,7 @@ def read_gguf(path: str | Path) -> GgufBase:
         m = _LAYER_RE.fullmatch(t.name)
         permuted = heads.get(m.group(2)) if (arch.permuted_qk and m) else None
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))
-        tensors[hf] = GgufTensor(path, t.name, shape, GGMLQuantizationType(t.tensor_type), t.data, permuted)
+        tensors[hf] = GgufTensor(path, t.name, shape, _gguf().GGMLQuantizationType(t.tensor_type), t.data,
+                                permuted)
         gguf_names[hf] = t.name
     return GgufBase(path, name, meta, cfg, tensors, gguf_names)
