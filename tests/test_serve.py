@@ -110,7 +110,9 @@ def test_stop_strings_and_seeded_sampling(server, tiny_rt):
 def test_16_concurrent_clients_get_their_own_answers(server, tiny_rt):
     want = [tiny_rt.generate(p, mode="base_shadow", max_new_tokens=8).text for p in PROMPTS]
     c = client(server)
-    before = server.metric("shadow_edge_batch_size_count", model="tiny", mode="base_shadow")
+    labels = dict(model="tiny", mode="base_shadow")
+    before = [server.metric("shadow_edge_batch_size_count", **labels),
+              server.metric("shadow_edge_batch_size_bucket", le="1.0", **labels)]
 
     def ask(prompt: str) -> str:
         return c.completions.create(model="tiny", prompt=prompt, max_tokens=8, temperature=0).choices[0].text
@@ -118,8 +120,9 @@ def test_16_concurrent_clients_get_their_own_answers(server, tiny_rt):
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(ask, PROMPTS))
     assert got == want
-    batches = server.metric("shadow_edge_batch_size_count", model="tiny", mode="base_shadow") - before
-    assert batches < len(PROMPTS)  # some requests shared a batch
+    steps = server.metric("shadow_edge_batch_size_count", **labels) - before[0]
+    single = server.metric("shadow_edge_batch_size_bucket", le="1.0", **labels) - before[1]
+    assert steps > single  # some decode steps ran several requests' rows together
 
 
 @pytest.mark.parametrize("body,param", [

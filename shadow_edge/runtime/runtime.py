@@ -305,6 +305,14 @@ class ShadowRuntime:
         return GenerationStream(self._run(batch, opts, True),
                                 lambda rows: self._finished(_result(rows, batch, opts)))  # checks ran eagerly
 
+    def pieces(self, prompt_ids: list[int], opts: GenerationOptions) -> Pieces:
+        """The piece generator of one prompt's generation (a server steps it): yields (row, piece) and a TICK
+        after each step, returns its `Rows` (see strategies/base.py). Checks run before the first step."""
+        self._check_mode(opts.mode, opts)
+        batch = self.encode(list(prompt_ids), False, opts.max_new_tokens)
+        strategy(opts.mode).check(self, opts, max(batch.lengths))
+        return self._run(batch, opts, True)
+
     def _finished(self, result: GenerationResult) -> GenerationResult:
         self._local.last_result = result
         return result

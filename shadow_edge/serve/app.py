@@ -27,8 +27,9 @@ from starlette.exceptions import HTTPException
 from shadow_edge.errors import ContextLengthError, ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.serve.adapters import attach_packs
+from shadow_edge.runtime.token_loop import Control
 from shadow_edge.serve.api_errors import KINDS, APIError, bad_param
-from shadow_edge.serve.engine import Engine, Job, Sampling
+from shadow_edge.serve.engine import Engine, Job
 from shadow_edge.serve.limits import BodyLimit, parse_json
 from shadow_edge.serve.metrics import Metrics
 from shadow_edge.serve.options import ServeOptions
@@ -40,8 +41,8 @@ DISCONNECT_POLL_S = 0.25
 class ServerState:
     """The engines (one per artifact), loading status and metrics of one app."""
 
-    def __init__(self, options: ServeOptions):
-        self.options, self.metrics = options, Metrics()
+    def __init__(self, options: ServeOptions, grace_s: float = 30.0):
+        self.options, self.metrics, self.grace_s = options, Metrics(), grace_s
         self.engines: dict[str, Engine] = {}
         self.default_modes: dict[str, str] = {}
         self.parents: dict[str, str] = {}  # adapter pack name -> the artifact name it runs on
@@ -58,7 +59,8 @@ class ServerState:
             for name, art in zip(o.names, o.artifacts):
                 rt = ShadowRuntime.load(art, threads=o.threads, verify=o.verify)
                 self.default_modes[name] = o.default_mode if o.default_mode in rt.modes else rt.modes[0]
-                self.engines[name] = Engine(name, rt, o.max_batch, o.max_queue, o.batch_window_ms, self.metrics)
+                self.engines[name] = Engine(name, rt, o.max_batch, o.max_queue, o.batch_window_ms, self.metrics,
+                                            grace_s=self.grace_s)
             self.parents = attach_packs({n: e.rt for n, e in self.engines.items()}, o.adapters, o.verify)
             self.status = "ok"
         except ShadowEdgeError as e:
@@ -66,7 +68,8 @@ class ServerState:
             print(f"error: {e}", file=sys.stderr, flush=True)
 
     def stop_accepting(self) -> None:
-        """The server begins to stop: new and waiting requests get 503; running ones go on."""
+        """The server begins to stop: new and waiting requests get 503; running ones get the grace period, then
+        end with 503 (a stream: an error chunk and [DONE]) within one step."""
         self.status = "shutting_down"
         for engine in list(self.engines.values()):
             engine.stop_accepting()
@@ -131,15 +134,16 @@ class ServerState:
         return card | {"shadow_edge": self.identity(model)}
 
 
+
 ROUTES = "GET /health, GET /metrics, GET /v1/models, GET /v1/models/{model}, POST /v1/chat/completions, " \
          "POST /v1/completions"
 
 
 def build_app(options: ServeOptions, shutdown_grace_s: float | None = None) -> FastAPI:
     """The app; `shutdown_grace_s` overrides options.shutdown_grace_s (kept for callers that pass it)."""
-    state = ServerState(options)
     if shutdown_grace_s is None:
         shutdown_grace_s = options.shutdown_grace_s
+    state = ServerState(options, shutdown_grace_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -213,8 +217,7 @@ def build_app(options: ServeOptions, shutdown_grace_s: float | None = None) -> F
     async def generate(request: Request, chat: bool):
         authorize(request)
         req, engine, mode, adapter, ids = await asyncio.to_thread(prepare, await request.body(), chat)
-        job = _job(engine, mode, ids, req, req.token_limit, options)
-        job.adapter, job.model = adapter, adapter
+        job = _job(engine, mode, ids, req, req.token_limit, options, adapter)
         return await _respond(request, state, engine, mode, job, req, chat)
 
     @app.post("/v1/chat/completions")
@@ -243,21 +246,25 @@ def _encode(engine: Engine, prompt, chat: bool, param: str) -> list[int]:
     return batch.input_ids[0, -n:].tolist()
 
 
-def _job(engine: Engine, mode: str, ids: list[int], req, limit: int | None, options: ServeOptions) -> Job:
+def _job(engine: Engine, mode: str, ids: list[int], req, limit: int | None, options: ServeOptions,
+         adapter: str | None = None) -> Job:
     room = engine.rt.max_positions - len(ids)
     if limit is not None and limit > room:
         raise bad_param("max_tokens", f"max_tokens is {limit}, but the prompt has {len(ids)} tokens and the "
                                       f"context {engine.rt.max_positions}: at most {room} fit")
-    sampling = Sampling(1.0 if req.temperature is None else req.temperature, 1.0 if req.top_p is None else req.top_p,
-                        req.top_k or 0, req.seed)
+    temperature = 1.0 if req.temperature is None else req.temperature  # OpenAI's default: sampling at 1
     given = req.strategy_options
-    try:  # the mode's own options: validated by its registered options dataclass
-        engine.rt.options(mode, **given)
+    arrived = time.monotonic()
+    try:  # the generic fields and the mode's own options, checked as the runtime checks them
+        opts = engine.rt.options(mode, limit or min(room, options.default_max_tokens), do_sample=temperature != 0,
+                                 temperature=temperature, top_k=req.top_k or 0,
+                                 top_p=1.0 if req.top_p is None else req.top_p, seed=req.seed,
+                                 stop=req.stops or None, eos=() if req.ignore_eos else None, adapter=adapter,
+                                 control=Control(arrived + options.request_timeout_s), **given)
     except ShadowEdgeError as e:
-        param = next((k for k in given if k in str(e)), next(iter(given)))
-        raise bad_param(param, str(e)) from None
-    return Job(ids, mode, limit or min(room, options.default_max_tokens), sampling, req.stops, req.ignore_eos,
-               dict(given), options.request_timeout_s)
+        param = next((k for k in given if k in str(e)), None)
+        raise (bad_param(param, str(e)) if param else APIError(400, str(e))) from None
+    return Job(ids, opts, arrived=arrived, model=adapter)
 
 
 def _usage(job: Job) -> dict:
@@ -285,15 +292,18 @@ async def _respond(request: Request, state: ServerState, engine: Engine, mode: s
     if req.stream:
         return StreamingResponse(_sse(state, engine, job, req, chat, rid, created, model),
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    checked = time.monotonic()
     while True:  # the answer is complete in `job` at "end"; text events matter only to streams
         try:
             kind, payload = await asyncio.wait_for(job.events.get(), DISCONNECT_POLL_S)
         except asyncio.TimeoutError:
+            kind = payload = None
+        if time.monotonic() - checked >= DISCONNECT_POLL_S:  # also while text events keep coming
+            checked = time.monotonic()
             if await request.is_disconnected():
                 job.cancelled = True
                 state.metrics.requests.labels(engine.model(job), mode, "cancelled").inc()
                 return Response(status_code=499)
-            continue
         if kind == "error":
             state.metrics.requests.labels(engine.model(job), mode, str(payload.status)).inc()
             raise payload

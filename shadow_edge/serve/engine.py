@@ -1,21 +1,18 @@
-"""The scheduler of one artifact: a bounded queue and one worker thread that runs requests in batches.
+"""The scheduler of one artifact: a bounded queue and one worker thread that steps every running request.
 
-What the batching does: requests for the same graph mode (shadow_only, base_shadow, ...)
-that are waiting when the worker becomes free, plus those arriving within `batch_window_ms`
-of the later of the oldest one's arrival and the end of the previous batch (so clients that
-got their answers and ask again join together), run as one left-padded batch of up to
-`max_batch` rows: one prefill and then one decode step per token for all rows, so the
-weights are read once per step for the whole batch. Each row keeps its own prompt, max_tokens, stop strings, eos
-handling, sampler (temperature / top_p / top_k / seed) and deadline; a row that finishes
-(eos, stop, length, timeout, client gone) answers at once and is fed padding until the
-batch ends.
-
-What it does not do: rows do not join a running batch (a request arriving mid-batch waits
-for the next one: no continuous batching), finished rows still cost compute until the
-longest row ends (no KV compaction), and modes without a single graph chain (cascade,
-speculative) run one request at a time through `ShadowRuntime.generate` (their responses
-carry the cascade decision or the speculative acceptance). One batch runs
-at a time per artifact; onnxruntime's thread pool does the parallel work inside it.
+Plain modes (one graph chain: shadow_only, base_shadow) batch continuously (serve/slots.py): a
+request joins its mode's running batch at the next decode step (its prompt prefilled alone
+between decode steps, in chunks, so running rows keep streaming) and leaves it when it
+finishes, its slot reused. Other strategies (cascade, speculative, and any registered one) run
+one request per stepper through `ShadowRuntime`'s own strategy code, advanced one step (a
+decode step, a verify round, a server call) per turn, interleaved with the batches: they are
+not batched across requests (speculative: rows accept different numbers of drafts per round,
+and onnxruntime's CPU GroupQueryAttention verifies seq > 1 with a past only at batch 1, so its
+verify runs row by row anyway; cascade: its second pass reuses its own first pass's prompt cache).
+Every row of every mode goes through the runtime's one token loop (`token_loop.RowLoop`): eos,
+stop strings, text, finish reasons, its deadline (`--timeout`), its client going away and
+shutdown end it within one step. One step runs at a time per artifact; onnxruntime's thread
+pool does the parallel work inside it.
 """
 
 from __future__ import annotations
@@ -26,35 +23,18 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
-from shadow_edge.runtime.sampling import Sampler, greedy
-from shadow_edge.runtime.strategies.base import LoopState
-from shadow_edge.runtime.strategies.plain import decode_n
-from shadow_edge.runtime.text import TextStream
+from shadow_edge.runtime.options import GenerationOptions
+from shadow_edge.runtime.sampling import Sampler
+from shadow_edge.runtime.strategies import strategy
+from shadow_edge.runtime.token_loop import Control, RowLoop
 from shadow_edge.serve.api_errors import APIError
 from shadow_edge.serve.metrics import Metrics
+from shadow_edge.serve.slots import SlotBatch
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # runtime -> OpenAI finish_reason
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """One request's token choice: greedy when temperature is 0."""
-
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def sampler(self) -> Sampler:
-        return Sampler(not self.greedy, self.temperature, self.top_k, self.top_p, self.seed)
+PREFILL_BUDGET = 512  # prompt tokens prefilled per turn (newcomers of all batches together)
 
 
 @dataclass(eq=False)
@@ -63,29 +43,42 @@ class Job:
     loop): ("text", piece) any number of times, then ("end", self) or ("error", APIError)."""
 
     ids: list[int]  # the prompt's token ids (chat template applied)
-    mode: str
-    max_tokens: int
-    sampling: Sampling
-    stops: tuple[str, ...] = ()
-    ignore_eos: bool = False
-    options: dict = field(default_factory=dict)  # the mode's own options by public name (cascade_threshold, ...)
-    timeout_s: float = 600.0
+    opts: GenerationOptions  # mode, limits, sampling, stop, eos, adapter, the mode's own options, control
     loop: asyncio.AbstractEventLoop | None = None
     events: asyncio.Queue | None = None
     arrived: float = field(default_factory=time.monotonic)
+    model: str | None = None  # served model name for the metrics (default: the engine's artifact name)
     # filled by the worker
     token_ids: list[int] = field(default_factory=list)
     text: str = ""
     finish_reason: str | None = None
     first_token_at: float | None = None
-    stats: dict | None = None  # the strategy's stats of this request (speculative acceptance, cascade decision)
-    cancelled: bool = False  # set by the caller when its client went away
-    adapter: str | None = None  # the runtime's adapter pack to run with (serve/adapters.py), None: the artifact's own
-    model: str | None = None  # served model name for the metrics (default: the engine's artifact name)
+    stats: dict | None = None  # the strategy's stats (to_dict), e.g. speculative acceptance, cascade decision
 
     @property
-    def deadline(self) -> float:
-        return self.arrived + self.timeout_s
+    def mode(self) -> str:
+        return self.opts.mode
+
+    @property
+    def adapter(self) -> str | None:
+        return self.opts.adapter
+
+    @property
+    def control(self) -> Control:
+        return self.opts.control
+
+    @property
+    def timeout_s(self) -> float:
+        return self.control.deadline - self.arrived
+
+    @property
+    def cancelled(self) -> bool:
+        return self.control.reason == "cancelled"
+
+    @cancelled.setter
+    def cancelled(self, value: bool) -> None:  # the caller's client went away
+        if value:
+            self.control.cancel("cancelled")
 
     def report(self, kind: str, payload) -> None:
         if self.loop is None or self.events is None:
@@ -96,19 +89,53 @@ class Job:
             pass
 
 
+class _Row:
+    """A job's row in a slot batch: its token loop and sampler."""
+
+    def __init__(self, rt: ShadowRuntime, job: Job):
+        o = job.opts
+        self.job, self.sampler = job, Sampler(o.do_sample, o.temperature, o.top_k, o.top_p, o.seed)
+        self.loop = RowLoop(rt.codec, o.max_new_tokens, o.stop, o.eos if o.eos is not None else rt.eos_ids,
+                            True, o.control)
+
+
+class _Solo:
+    """One request of a strategy that is not batched, stepped through the runtime's own code."""
+
+    def __init__(self, rt: ShadowRuntime, job: Job):
+        self.job = job
+        self.gen = rt.pieces(job.ids, job.opts)
+        self.rows = None
+
+    def step(self) -> bool:
+        """Advance to the next step boundary, reporting text; True when the request is over (`rows` set)."""
+        while True:
+            try:
+                r, piece = next(self.gen)
+            except StopIteration as done:
+                self.rows = done.value
+                return True
+            if r < 0:
+                return False
+            if self.job.first_token_at is None:
+                self.job.first_token_at = time.monotonic()
+            self.job.report("text", piece)
+
+
 class Engine:
-    """One artifact's runtime, its waiting queue and the worker thread that batches."""
+    """One artifact's runtime, its waiting queue and the worker thread that steps the running requests."""
 
     def __init__(self, name: str, rt: ShadowRuntime, max_batch: int, max_queue: int, batch_window_ms: float,
-                 metrics: Metrics):
-        self.name, self.rt, self.metrics = name, rt, metrics
+                 metrics: Metrics, prefill_chunk: int | None = None, grace_s: float = 30.0):
+        self.name, self.rt, self.metrics, self.grace_s = name, rt, metrics, grace_s
         self.max_batch, self.max_queue, self.window = max_batch, max_queue, batch_window_ms / 1e3
-        self.batch_modes = set(rt.manifest.modes)  # one graph chain each: batchable
+        self.prefill_chunk = prefill_chunk
         self._pending: deque[Job] = deque()
-        self._running: list[Job] = []
-        self._free_since = time.monotonic()  # when the last batch ended
+        self._batches: dict[tuple[str, str | None], SlotBatch] = {}
+        self._solos: list[_Solo] = []
         self._cv = threading.Condition()
         self._closing = False
+        self._cut_at: float | None = None  # shutdown: running requests end with 503 after this
         self._thread = threading.Thread(target=self._work, name=f"shadow-edge-engine-{name}", daemon=True)
         self._thread.start()
 
@@ -129,44 +156,199 @@ class Engine:
             self.metrics.queue_depth.labels(self.name).set(len(self._pending))
             self._cv.notify_all()
 
-    def stop_accepting(self) -> None:
-        """Refuse new work (503) and fail waiting jobs with 503; the running batch goes on."""
+    def stop_accepting(self, grace_s: float | None = None) -> None:
+        """The server begins to stop: `begin_close` with this engine's shutdown grace."""
+        self.begin_close(self.grace_s if grace_s is None else grace_s)
+
+    def begin_close(self, grace_s: float) -> None:
+        """Refuse new work, fail waiting jobs with 503, and end running ones with 503 after `grace_s`
+        (each within one step); returns at once."""
         with self._cv:
+            if self._closing:
+                return
             self._closing = True
+            self._cut_at = time.monotonic() + max(0.0, grace_s)
             waiting, self._pending = list(self._pending), deque()
+            self.metrics.queue_depth.labels(self.name).set(0)
             self._cv.notify_all()
         for job in waiting:
+            job.finish_reason = "error"
             job.report("error", APIError(503, "the server is shutting down and this request had not started; "
                                               "retry on another instance"))
 
     def close(self, grace_s: float = 0.0) -> None:
-        """Stop accepting (see above), let the running batch finish for up to `grace_s`, then cancel it, and stop
-        the worker."""
-        self.stop_accepting()
-        self._thread.join(grace_s)
-        with self._cv:
-            for job in self._running:
-                job.cancelled = True
-        self._thread.join()
+        """`begin_close`, then wait for the worker (running requests end within one step past the grace)."""
+        self.begin_close(grace_s)
+        self._thread.join(max(0.0, grace_s) + 30)
 
     # ---- worker side ---------------------------------------------------------------------------
     def _work(self) -> None:
         while True:
-            jobs = self._next_batch()
-            if jobs is None:
-                return
+            with self._cv:
+                self._admit()
+                if not self._busy():
+                    if self._closing:
+                        return
+                    self._cv.wait(self._next_admission())
+                    continue
+            if self._cut_at is not None and time.monotonic() >= self._cut_at:
+                for job in self._running_jobs():
+                    job.control.cancel("shutdown")
+            self._turn()
+
+    def _busy(self) -> bool:
+        return bool(self._solos) or any(not b.idle for b in self._batches.values())
+
+    def _running_jobs(self) -> list[Job]:
+        jobs = [s.job for s in self._solos]
+        for b in self._batches.values():
+            jobs += [r.job for _, r in b.running] + [n.row.job for n in b.joining]
+        return jobs
+
+    def _next_admission(self) -> float | None:
+        """Seconds until the oldest waiting job's batch window ends (None: nothing waits)."""
+        if not self._pending:
+            return None
+        return max(0.001, self._pending[0].arrived + self.window - time.monotonic())
+
+    def _admit(self) -> None:
+        """Move waiting jobs (FIFO) into a batch with a free slot or a solo stepper; drop cancelled/expired ones."""
+        now, keep = time.monotonic(), deque()
+        solos = len(self._solos)
+        for job in self._pending:
+            why = job.control.stopped(now)
+            if why is not None:
+                self._drop(job, why, now)
+                continue
+            if now < job.arrived + self.window:
+                keep.append(job)
+                continue
+            if strategy(job.mode).batchable:
+                key = (job.mode, job.adapter)
+                batch = self._batches.get(key)
+                if batch is None:
+                    batch = self._batches[key] = SlotBatch(self.rt.pipeline(job.mode, job.adapter), self.max_batch,
+                                                           self.rt.pad_id, *(() if self.prefill_chunk is None
+                                                                             else (self.prefill_chunk,)))
+                if batch.free > 0:
+                    batch.join(_Row(self.rt, job), job.ids)
+                    continue
+            elif solos < self.max_batch:
+                try:
+                    self._solos.append(_Solo(self.rt, job))
+                    solos += 1
+                except ShadowEdgeError as e:
+                    self._fail([job], APIError(400, str(e)))
+                continue
+            keep.append(job)
+        self._pending = keep
+        self.metrics.queue_depth.labels(self.name).set(len(self._pending))
+
+    def _drop(self, job: Job, why: str, now: float) -> None:
+        job.finish_reason = "cancelled" if why == "cancelled" else "error"
+        if why == "timeout":
+            job.report("error", APIError(504, f"the request waited {now - job.arrived:.1f} s in the queue, past its "
+                                              f"timeout of {job.timeout_s:g} s"))
+
+    def _turn(self) -> None:
+        """One round: prefill chunks of newcomers, one decode step of each batch, one step of each solo."""
+        for key, batch in list(self._batches.items()):
             try:
-                if jobs[0].mode in self.batch_modes:
-                    self._run_batch(jobs)
-                else:
-                    self._run_single(jobs[0])
-            except ShadowEdgeError as e:
-                self._fail(jobs, APIError(400, str(e)))
+                with self.rt.using(key[1]):
+                    self._step_batch(batch)
             except Exception as e:  # never let one bad batch kill the worker
-                self._fail(jobs, APIError(500, f"generation failed: {type(e).__name__}: {e}"))
-            finally:
-                with self._cv:
-                    self._running, self._free_since = [], time.monotonic()
+                self._fail_batch(batch, e)
+        for solo in list(self._solos):
+            try:
+                if solo.step():
+                    self._solos.remove(solo)
+                    self._finish_solo(solo)
+            except Exception as e:
+                self._solos.remove(solo)
+                self._fail([solo.job], _api_error(e))
+
+    def _step_batch(self, batch: SlotBatch) -> None:
+        for n in batch.prefill_some(PREFILL_BUDGET):
+            row = n.row
+            if row.loop.poll():
+                self._end_row(row)
+                continue
+            tok = int(row.sampler(n.logits)[0])
+            self._push(row, tok)
+            if row.loop.done:
+                self._end_row(row)
+            else:
+                batch.seat(n, tok)
+        for slot, row in batch.running:
+            if row.loop.poll():
+                batch.leave(slot)
+                self._end_row(row)
+        if not batch.running:
+            return
+        logits, occupied, ms = batch.step()
+        model, mode = self.model(batch.rows[occupied[0]].job), batch.rows[occupied[0]].job.mode
+        self.metrics.token_latency.labels(model, mode).observe(ms / 1e3)
+        self.metrics.batch_size.labels(model, mode).observe(len(occupied))
+        for slot in occupied:
+            row = batch.rows[slot]
+            tok = int(row.sampler(logits[slot:slot + 1])[0])
+            self._push(row, tok)
+            if row.loop.done:
+                batch.leave(slot)
+                self._end_row(row)
+            else:
+                batch.tokens[slot] = tok
+
+    def _push(self, row: _Row, tok: int) -> None:
+        job = row.job
+        if job.first_token_at is None:
+            job.first_token_at = time.monotonic()
+        piece = row.loop.push(tok)
+        if piece or (not self.rt.has_tokenizer and tok not in row.loop.eos):  # without a tokenizer: a chunk per token
+            job.report("text", piece)
+
+    def _end_row(self, row: _Row) -> None:
+        job, loop = row.job, row.loop
+        piece = loop.close() if loop.answered else ""
+        if piece:
+            job.report("text", piece)
+        job.token_ids, job.text = loop.ids, loop.text
+        self._end(job, loop.finish)
+
+    def _finish_solo(self, solo: _Solo) -> None:
+        job, rows = solo.job, solo.rows
+        job.token_ids, job.text = list(rows.ids[0]), rows.text[0]
+        if job.first_token_at is None:
+            job.first_token_at = time.monotonic()
+        if rows.stats is not None:
+            job.stats = rows.stats.row(0) if hasattr(rows.stats, "row") else rows.stats.to_dict()
+            self.metrics.count_stats(self.model(job), job.mode, rows.stats)
+        self.metrics.batch_size.labels(self.model(job), job.mode).observe(1)
+        self._end(job, rows.finish[0])
+
+    def _end(self, job: Job, reason: str) -> None:
+        """Report a finished job: its answer, or the error its control ended it with."""
+        self.metrics.tokens.labels(self.model(job), job.mode).inc(len(job.token_ids))
+        if reason == "timeout":
+            job.finish_reason = "error"
+            job.report("error", APIError(504, f"the request ran past its timeout of {job.timeout_s:g} s after "
+                                              f"{len(job.token_ids)} tokens"))
+        elif reason == "shutdown":
+            job.finish_reason = "error"
+            job.report("error", APIError(503, f"the server shut down while generating (after {len(job.token_ids)} "
+                                              "tokens); retry on another instance"))
+        elif reason == "cancelled":
+            job.finish_reason = "cancelled"
+        else:
+            job.finish_reason = FINISH.get(reason, reason)
+            job.report("end", job)
+
+    def _fail_batch(self, batch: SlotBatch, e: Exception) -> None:
+        jobs = [r.job for _, r in batch.running] + [n.row.job for n in batch.joining]
+        for slot, _ in batch.running:
+            batch.leave(slot)
+        batch.joining.clear()
+        self._fail(jobs, _api_error(e))
 
     def _fail(self, jobs: list[Job], error: APIError) -> None:
         for job in jobs:
@@ -174,147 +356,8 @@ class Engine:
                 job.finish_reason = "error"
                 job.report("error", error)
 
-    def _next_batch(self) -> list[Job] | None:
-        with self._cv:
-            while True:
-                while not self._pending and not self._closing:
-                    self._cv.wait()
-                if self._closing and not self._pending:
-                    return None
-                first = self._pending[0]
-                if first.mode in self.batch_modes:  # requests arriving within the window join the batch
-                    deadline = max(first.arrived, self._free_since) + self.window
-                    while len(self._pending) < self.max_batch and not self._closing \
-                            and (left := deadline - time.monotonic()) > 0:
-                        self._cv.wait(left)
-                    if not self._pending:
-                        continue
-                jobs = self._pick()
-                self.metrics.queue_depth.labels(self.name).set(len(self._pending))
-                if jobs:
-                    self._running = jobs
-                    return jobs
 
-    def _pick(self) -> list[Job]:
-        """Take the oldest live job and the waiting jobs of its mode that fit beside it (FIFO)."""
-        now, picked, keep = time.monotonic(), [], deque()
-        longest = new = 0
-        for job in self._pending:
-            if job.cancelled or now > job.deadline:
-                self._drop(job, now)
-                continue
-            fits = not picked or (job.mode == picked[0].mode and job.adapter == picked[0].adapter
-                                  and job.mode in self.batch_modes
-                                  and len(picked) < self.max_batch
-                                  and max(longest, len(job.ids)) + max(new, job.max_tokens) <= self.rt.max_positions)
-            if fits:
-                picked.append(job)
-                longest, new = max(longest, len(job.ids)), max(new, job.max_tokens)
-            else:
-                keep.append(job)
-        self._pending = keep
-        return picked
-
-    def _drop(self, job: Job, now: float) -> None:
-        if job.cancelled:
-            job.finish_reason = "cancelled"
-        else:
-            job.finish_reason = "error"
-            job.report("error", APIError(504, f"the request waited {now - job.arrived:.1f} s in the queue, past its "
-                                              f"timeout of {job.timeout_s:g} s"))
-
-    def _run_batch(self, jobs: list[Job]) -> None:
-        rt, mode, b, model = self.rt, jobs[0].mode, len(jobs), self.model(jobs[0])
-        self.metrics.batch_size.labels(model, mode).observe(b)
-        t = max(len(j.ids) for j in jobs)
-        ids = np.full((b, t), rt.pad_id, dtype=np.int64)  # [b, t] left-padded
-        mask = np.zeros((b, t), dtype=np.int64)  # [b, t] 0 on padding
-        for r, j in enumerate(jobs):
-            ids[r, t - len(j.ids):], mask[r, t - len(j.ids):] = j.ids, 1
-        samplers = [j.sampling.sampler() for j in jobs]
-        state = LoopState(np.zeros(b, dtype=bool))
-
-        def choose(logits: np.ndarray) -> np.ndarray:  # [b, V] -> [b]: each row with its own sampler
-            tokens = greedy(logits)
-            for r, s in enumerate(samplers):
-                if not s.greedy and not state.done[r]:
-                    tokens[r] = s(logits[r:r + 1])[0]
-            return tokens
-
-        with self.rt.using(jobs[0].adapter):
-            self._decode(jobs, rt.pipeline(mode, jobs[0].adapter), ids, mask, choose, state)
-
-    def _decode(self, jobs: list[Job], pipe, ids: np.ndarray, mask: np.ndarray, choose, state: LoopState) -> None:
-        rt = self.rt
-        streams = [TextStream(rt.codec, j.stops, incremental=True) for j in jobs]
-        eos = set(rt.eos_ids)
-        steps = decode_n(pipe, ids, mask, max(j.max_tokens for j in jobs), choose, rt.pad_id, False, state)
-        latency = self.metrics.token_latency.labels(self.model(jobs[0]), jobs[0].mode)  # one child per batch
-        for i, rec in enumerate(steps):
-            now = time.monotonic()
-            if i > 0:
-                latency.observe(rec.ms / 1e3)
-            for r, job in enumerate(jobs):
-                if state.done[r]:
-                    continue
-                tok = rec.tokens[r][0]  # plain decoding: one token per row and step
-                job.token_ids.append(tok)
-                if job.first_token_at is None:
-                    job.first_token_at = now
-                if tok in eos and not job.ignore_eos:
-                    reason = "stop"
-                else:
-                    piece = streams[r].push(tok)
-                    if piece or not rt.has_tokenizer:  # without a tokenizer, one (empty) chunk per token
-                        job.report("text", piece)
-                    reason = "stop" if streams[r].stopped else "length" if len(job.token_ids) >= job.max_tokens \
-                        else None
-                if job.cancelled:
-                    reason = "cancelled"
-                elif reason is None and now > job.deadline:
-                    reason = "timeout"
-                if reason is not None:
-                    state.done[r] = True
-                    self._finish(job, reason, streams[r])
-        for r, job in enumerate(jobs):  # the batch was closed early (all rows done) or cancelled
-            if not state.done[r]:
-                self._finish(job, "cancelled" if job.cancelled else "length", streams[r])
-
-    def _finish(self, job: Job, reason: str, stream: TextStream) -> None:
-        self.metrics.tokens.labels(self.model(job), job.mode).inc(len(job.token_ids))
-        if reason == "timeout":
-            job.finish_reason = "error"
-            job.report("error", APIError(504, f"the request ran past its timeout of {job.timeout_s:g} s after "
-                                              f"{len(job.token_ids)} tokens"))
-            return
-        job.finish_reason = reason
-        if reason == "cancelled":
-            return
-        piece = stream.finish()
-        if piece:
-            job.report("text", piece)
-        job.text = stream.emitted
-        job.report("end", job)
-
-    def _run_single(self, job: Job) -> None:
-        """A mode without one graph chain (cascade, speculative): one request through `ShadowRuntime.generate`."""
-        s = job.sampling
-        result = self.rt.generate(job.ids, mode=job.mode, max_new_tokens=job.max_tokens, do_sample=not s.greedy,
-                                  temperature=s.temperature, top_k=s.top_k, top_p=s.top_p, seed=s.seed,
-                                  stop=job.stops or None, eos=() if job.ignore_eos else None, adapter=job.adapter,
-                                  **job.options)
-        job.first_token_at = time.monotonic()
-        job.token_ids, job.text = list(result.token_ids), result.text
-        job.finish_reason = FINISH.get(result.finish_reason, result.finish_reason)
-        model = self.model(job)
-        if result.stats is not None:
-            job.stats = result.stats.row(0) if hasattr(result.stats, "row") else result.stats.to_dict()
-            self.metrics.count_stats(model, job.mode, result.stats)
-        self.metrics.batch_size.labels(model, job.mode).observe(1)
-        self.metrics.tokens.labels(model, job.mode).inc(len(job.token_ids))
-        if job.cancelled:
-            job.finish_reason = "cancelled"
-            return
-        if job.text:
-            job.report("text", job.text)
-        job.report("end", job)
+def _api_error(e: Exception) -> APIError:
+    if isinstance(e, ShadowEdgeError):
+        return APIError(400, str(e))
+    return APIError(500, f"generation failed: {type(e).__name__}: {e}")

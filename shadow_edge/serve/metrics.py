@@ -23,7 +23,8 @@ class Metrics:
                                        "batch (every row gets one token)", ["model", "mode"],
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("shadow_edge_queue_depth", "requests waiting for a batch", ["model"], registry=r)
-        self.batch_size = Histogram("shadow_edge_batch_size", "requests per batch", ["model", "mode"],
+        self.batch_size = Histogram("shadow_edge_batch_size", "rows per decode step of a continuous batch (1 per "
+                                    "request of a mode that is not batched)", ["model", "mode"],
                                     buckets=BATCH_BUCKETS, registry=r)
         self.escalations = Counter("shadow_edge_cascade_escalations", "cascade requests answered by base_shadow",
                                    ["model"], registry=r)

@@ -3,8 +3,9 @@
 `bind(host, port)` opens the listening socket before any model loads, so `shadow-edge serve`
 on a busy port prints `error: cannot listen on HOST:PORT: ...` and exits 2 (uvicorn alone
 logs its own line and exits 3). `ShadowServer.shutdown` first calls
-`ServerState.stop_accepting` (waiting requests get their 503 JSON at once), then lets uvicorn
-drain the running requests for the grace period.
+`ServerState.stop_accepting` (waiting requests get their 503 JSON at once; running ones get the
+grace period, then end with 503 within one step, a stream with an error chunk and `data: [DONE]`),
+then lets uvicorn drain the connections.
 """
 
 from __future__ import annotations
@@ -43,13 +44,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+DRAIN_S = 2  # uvicorn waits this long past the grace: the engines end running requests at the grace (503, a
+# stream's error chunk and [DONE]), and those last chunks go out before uvicorn closes the connections
+
+
 class ShadowServer(uvicorn.Server):
     """uvicorn's server for one `build_app` app, on a socket from `bind`."""
 
     def __init__(self, app, grace_s: float):
         self.state = app.state.shadow
         super().__init__(uvicorn.Config(app, log_level="warning",
-                                        timeout_graceful_shutdown=max(1, math.ceil(grace_s))))
+                                        timeout_graceful_shutdown=max(1, math.ceil(grace_s)) + DRAIN_S))
 
     async def shutdown(self, sockets=None) -> None:
         self.state.stop_accepting()  # before uvicorn waits for the open requests: queued ones get 503 now
