@@ -32,6 +32,17 @@ def tiny_tokenizer(vocab_size: int):
     return train_bpe(CORPUS.splitlines() * 4, vocab_size)
 
 
+def spm_vocab() -> tuple[list[str], list[float], list[int]]:
+    """A small sentencepiece-style vocabulary (llama.cpp's `llama` tokenizer model): tokens, scores, token types
+    (2 unknown, 3 control, 6 byte fallback, 1 normal); merges follow from the scores, as transformers derives them."""
+    words = ["\u2581the", "\u2581a", "\u2581and", "\u2581of", "\u2581to", "\u2581in", "\u2581is", "\u2581it", "th", "he",
+             "in", "an", "er", "on", "re", "at", "en", "nd", "\u2581t", "\u2581th", "\u2581an", "\u2581o", "\u2581i"]
+    pieces = ["\u2581"] + [chr(c) for c in range(ord("a"), ord("z") + 1)] + list("TWH.,?!")
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces + words
+    scores = [0.0] * 259 + [-1000.0 - i for i in range(len(pieces))] + [-10.0 - i for i in range(len(words))]
+    return tokens, scores, [2, 3, 3] + [6] * 256 + [1] * (len(pieces) + len(words))
+
+
 def gguf_name(hf: str) -> str:
     if hf == "model.embed_tokens.weight":
         return "token_embd.weight"
@@ -59,9 +70,10 @@ def encode(values: np.ndarray, qtype: GGMLQuantizationType, rng: np.random.Gener
 
 
 def write_gguf(model, tok, path: Path, types: tuple[str, ...], name: str = "tiny", arch: str | None = None,
-               skip: tuple[str, ...] = (), extra_meta: dict | None = None, seed: int = 0) -> Path:
+               skip: tuple[str, ...] = (), extra_meta: dict | None = None, seed: int = 0, spm: bool = False) -> Path:
     """Write `model` + `tok` to `path` as GGUF; `skip` leaves tensors (GGUF names) out; `arch` overrides the
-    file's general.architecture; `extra_meta` adds `{arch}.<key>` metadata (str/int/float)."""
+    file's general.architecture; `extra_meta` adds `{arch}.<key>` metadata (str/int/float); `spm` writes the
+    sentencepiece-style vocabulary of `spm_vocab` (tokenizer model "llama", BOS added) instead of `tok`'s BPE."""
     cfg = model.config
     arch = arch or GGUF_ARCH[cfg.model_type]
     w = GGUFWriter(str(path), arch)
@@ -84,19 +96,29 @@ def write_gguf(model, tok, path: Path, types: tuple[str, ...], name: str = "tiny
     for key, value in (extra_meta or {}).items():
         add = {str: w.add_string, int: w.add_uint32, float: w.add_float32}[type(value)]
         add(f"{arch}.{key}", value)
-    vocab = tok.get_vocab(with_added_tokens=True)
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    specials = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
-    merges = json.loads(tok.to_str())["model"]["merges"]
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(tokens)
-    w.add_token_types([3 if t in specials else 1 for t in tokens])
-    w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
-    w.add_bos_token_id(tok.token_to_id("<|endoftext|>"))
-    w.add_eos_token_id(tok.token_to_id("<|im_end|>"))
-    w.add_pad_token_id(tok.token_to_id("<|endoftext|>"))
-    w.add_add_bos_token(False)
+    if spm:
+        tokens, scores, token_types = spm_vocab()
+        w.add_tokenizer_model("llama")
+        w.add_token_list(tokens)
+        w.add_token_scores(scores)
+        w.add_token_types(token_types)
+        w.add_unk_token_id(0)
+        w.add_bos_token_id(1)
+        w.add_eos_token_id(2)
+    else:
+        vocab = tok.get_vocab(with_added_tokens=True)
+        tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+        specials = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+        merges = json.loads(tok.to_str())["model"]["merges"]
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("default")
+        w.add_token_list(tokens)
+        w.add_token_types([3 if t in specials else 1 for t in tokens])
+        w.add_token_merges([m if isinstance(m, str) else " ".join(m) for m in merges])
+        w.add_bos_token_id(tok.token_to_id("<|endoftext|>"))
+        w.add_eos_token_id(tok.token_to_id("<|im_end|>"))
+        w.add_pad_token_id(tok.token_to_id("<|endoftext|>"))
+        w.add_add_bos_token(False)
     w.add_chat_template(CHAT_TEMPLATE)
     rng, n = np.random.default_rng(seed), 0
     for hf, t in model.state_dict().items():

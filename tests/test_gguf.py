@@ -139,16 +139,18 @@ TEXTS = ["Hello world", "The river runs past the old mill.", "  two  spaces\nand
          "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n", "numbers 12345 and ünïcödé ✓"]
 
 
-def test_tokenizer_ids_equal_transformers_gguf_tokenizer(ggufs, tmp_path):
-    path = ggufs("llama_q4")
+@pytest.mark.parametrize("spm", [False, True], ids=["byte_level_bpe", "sentencepiece_bos"])
+def test_tokenizer_ids_equal_transformers_gguf_tokenizer(tmp_path, spm):
+    path = make_gguf(tmp_path, "llama_q4", spm=spm)
     art = tmp_path / "art"
     export_artifact(path, _adapter(path, tmp_path / "adapter", seed=1), art, options=ExportOptions(validate=False),
                     progress=lambda s: None)
     ref = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     ours = Tokenizer.from_file(str(art / "tokenizer.json"))
-    for text in TEXTS:
-        assert ours.encode(text).ids == ref(text).input_ids, text
     rt = ShadowRuntime.load(art, threads=1)
+    for text in TEXTS:
+        assert ours.encode(text).ids == ref(text).input_ids == rt.codec.encode(text), text
+    assert (ref(TEXTS[0]).input_ids[0] == 1) == spm  # sentencepiece files get BOS, byte-level ones do not
     chat = [{"role": "user", "content": "What is the capital of France?"}]
     text = ref.apply_chat_template(chat, add_generation_prompt=True, tokenize=False)
     assert rt.chat_text(chat) == text

@@ -106,7 +106,9 @@ class GgufTensor(LazyValues):
         if self._heads is not None:  # transformers' LlamaTensorProcessor._reverse_permute_weights
             values = values.reshape(self._heads, shape[0] // self._heads // 2, 2, *shape[1:]).swapaxes(2, 1)
             values = values.reshape(shape)
-        t = torch.from_numpy(np.array(values, dtype=np.float32, order="C"))  # a private, writable copy
+        if not (values.flags.writeable and values.flags.c_contiguous):  # F32: a view of the mapped file
+            values = np.array(values, dtype=np.float32, order="C")  # a private, writable copy
+        t = torch.from_numpy(values)
         bad = _count_nonfinite(t) if not self._checked else 0
         if bad:
             raise CheckpointError(f"{self.path}: tensor {self.name!r} ({self.ggml_type.name}) holds {bad} NaN/Inf "
