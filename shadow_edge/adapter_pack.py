@@ -23,6 +23,7 @@ from pathlib import Path
 
 from shadow_edge.errors import ArtifactError, InputError
 from shadow_edge.manifest import MANIFEST_NAME, Manifest, read_manifest_json
+from shadow_edge.manifest_schema import check_file_table
 
 PACK_FORMAT = "shadow-edge-adapter-pack"
 PACK_VERSION = 1
@@ -105,6 +106,7 @@ def read_pack_manifest(pack_dir: Path) -> PackManifest:
         wrong_format="an adapter pack is made by `shadow-edge export ... --against BASE_ART` (a full artifact is not "
                      "a pack)",
         upgrade="upgrade shadow-edge")
+    check_file_table(raw, path, "export the pack again")  # every entry {sha256, bytes}, a plain relative path
     try:
         return PackManifest(**raw)
     except TypeError as e:

@@ -23,12 +23,12 @@ METHOD_FULL, METHOD_STREAMED = "full", "streamed"  # validation.method (absent i
 
 
 class _Checker:
-    def __init__(self, path):
-        self.path = path
+    def __init__(self, path, redo: str = "re-export the artifact"):
+        self.path, self.redo = path, redo
 
     def fail(self, field: str, found, expected: str):
         shown = repr(found) if len(repr(found)) <= 80 else repr(found)[:77] + "..."
-        raise ArtifactError(f"{self.path}: field `{field}` is {shown}; expected {expected}; re-export the artifact "
+        raise ArtifactError(f"{self.path}: field `{field}` is {shown}; expected {expected}; {self.redo} "
                             "(or restore its original manifest.json)")
 
     def get(self, d: dict, key: str, where: str, kind, expected: str, optional: bool = False):
@@ -36,8 +36,7 @@ class _Checker:
         if key not in d:
             if optional:
                 return None
-            raise ArtifactError(f"{self.path}: field `{field}` is missing; expected {expected}; re-export the "
-                                "artifact")
+            raise ArtifactError(f"{self.path}: field `{field}` is missing; expected {expected}; {self.redo}")
         value = d[key]
         if optional and value is None:
             return None
@@ -71,15 +70,7 @@ def check_manifest(raw: dict, path) -> None:
     for key in ("source", "validation"):
         c.get(raw, key, "", dict, "an object")
     _check_validation(c, raw["validation"])
-    files = c.get(raw, "files", "", dict, "an object mapping file names to {sha256, bytes}")
-    for name, entry in files.items():
-        c.relpath(name, f"files.{name}")
-        if not isinstance(entry, dict):
-            c.fail(f"files.{name}", entry, "an object {sha256, bytes}")
-        digest = c.get(entry, "sha256", f"files.{name}", str, "a sha256 hex digest")
-        if not _HEX64.fullmatch(digest):
-            c.fail(f"files.{name}.sha256", digest, "64 lowercase hex digits")
-        c.count(entry, "bytes", f"files.{name}")
+    files = _check_files(c, raw)
     model = c.get(raw, "model", "", dict, "an object with vocab_size, max_positions, hidden_size, ...")
     vocab = c.count(model, "vocab_size", "model", 1)
     max_pos = c.count(model, "max_positions", "model", 1)
@@ -106,6 +97,24 @@ def check_manifest(raw: dict, path) -> None:
             c.fail("model.id2label", f"{len(names)} names", f"model.num_labels ({width}) names")
     for mode, roles in modes.items():
         _check_mode(c, mode, roles, graphs, width, field)
+
+
+def check_file_table(raw: dict, path, redo: str) -> dict:
+    """The `files` table of a manifest (an artifact's or an adapter pack's): {relative path: {sha256, bytes}}."""
+    return _check_files(_Checker(path, redo), raw)
+
+
+def _check_files(c: _Checker, raw: dict) -> dict:
+    files = c.get(raw, "files", "", dict, "an object mapping file names to {sha256, bytes}")
+    for name, entry in files.items():
+        c.relpath(name, f"files.{name}")
+        if not isinstance(entry, dict):
+            c.fail(f"files.{name}", entry, "an object {sha256, bytes}")
+        digest = c.get(entry, "sha256", f"files.{name}", str, "a sha256 hex digest")
+        if not _HEX64.fullmatch(digest):
+            c.fail(f"files.{name}.sha256", digest, "64 lowercase hex digits")
+        c.count(entry, "bytes", f"files.{name}")
+    return files
 
 
 def _check_validation(c: _Checker, v: dict) -> None:

@@ -127,6 +127,25 @@ def test_bad_inputs_are_clear_errors(families, tmp_path):
         rt.load_adapter("tampered", bad)
 
 
+@pytest.mark.parametrize("entry,field,expected", [
+    (5, "files.adapter.onnx_adapter", "an object {sha256, bytes}"),  # was a TypeError (issue 24)
+    ({"sha256": 7, "bytes": 1}, "files.adapter.onnx_adapter.sha256", "a sha256 hex digest"),
+    ({"sha256": "0" * 64, "bytes": "many"}, "files.adapter.onnx_adapter.bytes", "an integer >= 0"),
+])
+def test_malformed_pack_file_table_is_one_error_naming_the_field(families, tmp_path, capsys, entry, field, expected):
+    fam = families("qwen3_implicit")
+    bad = shutil.copytree(fam.packs["two"], tmp_path / "bad")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["files"][PARAMS_FILE] = entry
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=rf"field `{field}` is .*; expected {expected}; export the pack again"):
+        ShadowRuntime.load(fam.base_art, threads=1, adapters={"bad": bad})
+    assert main(["run", str(fam.base_art), "--adapter", f"bad={bad}", "--use-adapter", "bad", "--input-ids", "1,2",
+                 "--mode", "shadow_only", "--max-new-tokens", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and field in err and err.count("\n") == 1
+
+
 def test_unload_while_streaming_is_refused(tiny_default, tmp_path):
     base_art, pack = tmp_path / "base", tmp_path / "own"  # a pack of the base's own adapter is a valid pack
     export_artifact(tiny_default.base_dir, tiny_default.adapter_dir, base_art,
