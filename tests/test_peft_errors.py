@@ -164,3 +164,38 @@ def test_config_types_name_the_field(bases, shadow_adapter, tmp_path):
                          ("shadow_model", 3)):
         (adapter / "adapter_config.json").write_text(json.dumps({**cfg, field: value}))
         expect(CheckpointError, bases / "qwen3", adapter, "adapter_config.json", f"`{field}`", repr(value))
+
+
+@pytest.mark.parametrize("field,value,kind,needles", [
+    ("r", "four", CheckpointError, ("`r` is 'four'", "an integer >= 1")),
+    ("r", 0, CheckpointError, ("`r` is 0", "an integer >= 1")),
+    ("update_hidden_size", -1, CheckpointError, ("`update_hidden_size` is -1", "an integer >= 1")),
+    ("r", 5, MismatchError, ("`r` is 5", "width 4", "(4, 64)")),
+    ("update_hidden_size", 6, MismatchError, ("`update_hidden_size` is 6", "width 4")),
+])
+def test_rank_fields_are_checked_against_the_weights(bases, shadow_adapter, tmp_path, capsys, field, value, kind,
+                                                     needles):
+    """These exported with exit 0 before (issue 24): peft's config fields were never read."""
+    adapter = shutil.copytree(shadow_adapter, tmp_path / "sized")
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**cfg, field: value}))
+    expect(kind, bases / "qwen3", adapter, "adapter_config.json", *needles)
+    out = tmp_path / "art"
+    assert main(["export", "--base", str(bases / "qwen3"), "--adapter", str(adapter), "--out", str(out),
+                 "--no-validate"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"`{field}`" in err and not out.exists()
+
+
+def test_adapter_trained_on_a_base_of_another_vocabulary_is_refused(bases, tmp_path):
+    """A default adapter shares the base's embeddings (no tensor has the vocabulary's size): the base it was trained
+    on, recorded by peft as base_model_name_or_path, is compared with --base."""
+    from transformers import AutoModelForCausalLM
+
+    trained_on = AutoModelForCausalLM.from_pretrained(bases / "llama")  # name_or_path: that directory
+    _save(trained_on, ShadowConfig(task_type="CAUSAL_LM", r=4), tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+        str(bases / "llama")
+    expect(MismatchError, bases / "llama_vocab", tmp_path / "a", "adapter_config.json", "base_model_name_or_path",
+           "vocab_size 320 vs 400", str(bases / "llama"))
+    assert load_spec(bases / "llama", tmp_path / "a").base.embed.shape[0] == 320  # its own base is fine

@@ -39,7 +39,7 @@ from shadow_edge.core.arch import DecoderConfig
 from shadow_edge.core.checkpoint import (BaseModel, CheckpointFormat, classifier_heads, read_decoder,
                                          register_format, reject_leftovers, shadow_model_config)
 from shadow_edge.core.classifier import HEAD_NAMES, ClassifierHeads
-from shadow_edge.core.config_values import get_bool, get_float, get_optional_int
+from shadow_edge.core.config_values import get_bool, get_float, get_int, get_optional_int
 from shadow_edge.core.lazy_tensor import same_values
 from shadow_edge.core.safetensors_io import load_safetensors, read_json, refuse_pickles
 from shadow_edge.core.spec import ShadowModelSpec
@@ -185,6 +185,38 @@ def _shadow_config(base: DecoderConfig, pc: dict, cfg_file: Path, shadow_dir: Pa
                               f"{e}") from None
 
 
+def _check_sizes(pc: dict, cfg_file: Path, w: dict[str, torch.Tensor]) -> None:
+    """`r` and `update_hidden_size` must be integers >= 1 and agree with the tensors peft saved with them."""
+    where = str(cfg_file)
+    rank = get_int(pc, "r", where, default=8)  # peft's default
+    update = get_optional_int(pc, "update_hidden_size", where) or rank  # None: r, as peft builds it
+    for field, value, tensor, dim in (("r", rank, "shadow_down", "down"), ("update_hidden_size", update,
+                                                                          "shadow_update_gate.0", "gate_in")):
+        found = w[dim].shape[1]  # [blocks, width, d]
+        if value != found:
+            raise MismatchError(f"{cfg_file}: field `{field}` is {value}, but the adapter's {tensor} weights have "
+                                f"width {found} (shape {tuple(w[dim].shape[1:])}); the config and the weights do "
+                                f"not belong together; save the adapter again with peft's save_pretrained")
+
+
+def _check_recorded_base(pc: dict, cfg_file: Path, base: BaseModel) -> None:
+    """A default Shadow adapter shares the base's embeddings, so no tensor of it has the vocabulary's size; when
+    `base_model_name_or_path` names a local model directory, its vocabulary and shape must equal --base's."""
+    recorded = pc.get("base_model_name_or_path")
+    if not isinstance(recorded, str) or not recorded or not (Path(recorded) / "config.json").is_file():
+        return  # a hub id or a path of another machine: nothing to compare with here
+    trained = read_json(Path(recorded) / "config.json", "base model config")
+    trained = trained.get("text_config") if isinstance(trained.get("text_config"), dict) else trained
+    bc, given = base.config, base.files[0].parent if base.files else None
+    diffs = [f"{key} {trained[key]} vs {ours}" for key, ours in
+             (("vocab_size", bc.vocab_size), ("hidden_size", bc.hidden_size), ("num_hidden_layers", bc.num_layers))
+             if isinstance(trained.get(key), int) and trained[key] != ours]
+    if diffs:
+        raise MismatchError(f"{cfg_file}: the adapter was trained on {recorded} (field `base_model_name_or_path`), "
+                            f"whose config differs from the base given ({given}): {'; '.join(diffs)} (trained vs "
+                            "given); pass the base model the adapter was trained on")
+
+
 def read_peft_shadow(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None) -> ShadowModelSpec:
     cfg_file, file = adapter_dir / CONFIG_FILE, adapter_dir / WEIGHTS_FILE
     pc = read_json(cfg_file, "PEFT adapter config")
@@ -195,6 +227,8 @@ def read_peft_shadow(base: BaseModel, adapter_dir: Path, shadow_dir: Path | None
         raise MismatchError(f"{file}: the adapter was trained for hidden size {w['down'].shape[-1]} (shadow_down "
                             f"{tuple(w['down'].shape[1:])}), the base has hidden size {bc.hidden_size}; pass the base "
                             "model the adapter was trained on")
+    _check_sizes(pc, cfg_file, w)
+    _check_recorded_base(pc, cfg_file, base)
     scfg = _shadow_config(bc, pc, cfg_file, shadow_dir)
     mirror = _shadow_source(pc, cfg_file) == "mirror"
     share = mirror and get_bool(pc, "share_embeddings", str(cfg_file), True) and scfg.hidden_size == bc.hidden_size
