@@ -54,6 +54,32 @@ def shard(base: Path, weight_map) -> None:
                                                        else weight_map.decode())
 
 
+MOVED, NORM = "model.layers.0.mlp.up_proj.weight", "model.norm.weight"
+
+
+def two_shards(base: Path, second: dict, weight_map: dict | None = None) -> dict:
+    """Shard 1 holds every tensor but MOVED; shard 2 holds MOVED plus `second` (name -> tensor); the index maps
+    every tensor to its own shard unless `weight_map` overrides entries. Returns the original tensors."""
+    tensors = load_file(str(base / BASE_W))
+    (base / BASE_W).unlink()
+    one, two = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+    save_file({k: v for k, v in tensors.items() if k != MOVED}, str(base / one))
+    save_file({MOVED: tensors[MOVED], **second}, str(base / two))
+    index = {k: one for k in tensors} | {MOVED: two} | (weight_map or {})
+    (base / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": index}))
+    return tensors
+
+
+def unlisted_in_two_shards(base: Path) -> None:
+    """NORM in both shards (different values) and missing from weight_map: which copy is meant is unknowable."""
+    index = base / "model.safetensors.index.json"
+    norm = load_file(str(base / BASE_W))[NORM]
+    two_shards(base, {NORM: torch.zeros_like(norm)})
+    data = json.loads(index.read_text())
+    del data["weight_map"][NORM]
+    index.write_text(json.dumps(data))
+
+
 def big_eos_token(base: Path) -> None:
     """The eos comes from the tokenizer's own token string, whose id lies beyond the model's vocabulary."""
     tok = json.loads((base / "tokenizer.json").read_text())
@@ -157,6 +183,12 @@ CASES = [
      ["`weight_map['lm_head.weight']` is '../../../etc/passwd.safetensors'"]),
     ("index-missing-shard", lambda b, a, t: shard(b, {"x": "model-00002-of-00002.safetensors"}),
      ["model-00002-of-00002.safetensors", "missing"]),
+    ("index-maps-to-the-wrong-shard", lambda b, a, t: two_shards(b, {}, {MOVED: "model-00001-of-00002.safetensors"}),
+     ["model.safetensors.index.json", f"puts tensor {MOVED!r} in model-00001-of-00002.safetensors, which does not "
+      "hold it"]),
+    ("unlisted-tensor-in-two-shards", lambda b, a, t: unlisted_in_two_shards(b),
+     ["model.safetensors.index.json", f"tensor {NORM!r} is in 2 shards (model-00001-of-00002.safetensors, "
+      "model-00002-of-00002.safetensors) and `weight_map` does not say which"]),
     # tokenizer files: refused at export, not at run
     ("tokenizer-garbage", lambda b, a, t: (b / "tokenizer.json").write_text("{\"model\": 42}"),
      ["tokenizer.json", "not a tokenizer the runtime can load"]),
@@ -215,6 +247,24 @@ def test_bad_input_is_one_clear_error(inputs, tmp_path, capsys, name, mutate, ne
     assert err.count("error: ") == 1 and err.splitlines()[-1].startswith("error: ") and needles[0] in err, err
     assert "Traceback" not in err
     assert not out.exists() and not list(tmp_path.glob(".art.partial-*"))
+
+
+def test_a_stray_copy_in_another_shard_is_ignored_as_weight_map_says(inputs, tmp_path):
+    """Shard 2 also holds a zeroed NORM, but weight_map puts NORM in shard 1: the export uses shard 1's (it used
+    whichever shard came last, silently)."""
+    base, adapter = inputs
+    reference = tmp_path / "ref"
+    export_artifact(base, adapter, reference, options=ExportOptions(validate=False), progress=lambda s: None)
+    tensors = two_shards(base, {NORM: torch.zeros_like(load_file(str(base / BASE_W))[NORM])})
+    from shadow_edge.core.checkpoint import read_base
+
+    norm = read_base(base).weights.norm
+    assert norm.path.name == "model-00001-of-00002.safetensors" and torch.equal(norm.load(), tensors[NORM])
+    out = tmp_path / "art"
+    export_artifact(base, adapter, out, options=ExportOptions(validate=False), progress=lambda s: None)
+    graphs = [g.file for g in read_manifest(out).graphs.values()]
+    for name in graphs + [f for g in read_manifest(out).graphs.values() for f in g.data_files]:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name  # same weights as unsharded
 
 
 def _as_hf_cache(src: Path, repo: Path) -> Path:

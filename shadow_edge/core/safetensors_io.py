@@ -88,18 +88,43 @@ def load_hf_weights(directory: Path) -> tuple[dict[str, LazyTensor], list[Path]]
     if single.is_file():
         return open_safetensors(single, "model weights"), [single]
     if index.is_file():
-        tensors: dict[str, LazyTensor] = {}
-        shards = _index_shards(index)
-        for shard in shards:
-            tensors.update(open_safetensors(directory / shard, "weights shard", root=directory))
-        return tensors, [directory / s for s in shards]
+        weight_map = _index_map(index)
+        shards = sorted(set(weight_map.values()))
+        opened = {s: open_safetensors(directory / s, "weights shard", root=directory) for s in shards}
+        return _follow_weight_map(index, weight_map, opened), [directory / s for s in shards]
     refuse_pickles(directory, "pytorch_model")
     raise CheckpointError(f"{directory}: no model.safetensors (or sharded index) found; "
                           "save the model with `save_pretrained(..., safe_serialization=True)`")
 
 
-def _index_shards(index: Path) -> list[str]:
-    """The shard file names of `model.safetensors.index.json`, checked (plain names inside the directory)."""
+def _follow_weight_map(index: Path, weight_map: dict[str, str], opened: dict[str, dict]) -> dict[str, LazyTensor]:
+    """Each listed tensor from the shard `weight_map` names (as transformers reads it), so a stray copy of it in
+    another shard is never used; a tensor the map does not list is taken from the one shard holding it."""
+    tensors: dict[str, LazyTensor] = {}
+    for key, shard in weight_map.items():
+        if key not in opened[shard]:
+            holders = [s for s, t in opened.items() if key in t]
+            raise CheckpointError(f"{index}: `weight_map` puts tensor {key!r} in {shard}, which does not hold it"
+                                  + (f" ({', '.join(holders)} does)" if holders else "")
+                                  + "; the index and its shards disagree, re-save the model with save_pretrained")
+        tensors[key] = opened[shard][key]
+    unlisted: dict[str, list[str]] = {}
+    for shard, held in opened.items():
+        for key in held:
+            if key not in weight_map:
+                unlisted.setdefault(key, []).append(shard)
+    for key, holders in unlisted.items():
+        if len(holders) > 1:
+            raise CheckpointError(f"{index}: tensor {key!r} is in {len(holders)} shards ({', '.join(holders)}) and "
+                                  "`weight_map` does not say which copy is meant; re-save the model with "
+                                  "save_pretrained")
+        tensors[key] = opened[holders[0]][key]
+    return tensors
+
+
+def _index_map(index: Path) -> dict[str, str]:
+    """`weight_map` of `model.safetensors.index.json` (tensor -> shard file), checked (plain names inside the
+    directory)."""
     weight_map = read_json(index, "weights index").get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index}: field `weight_map` is {weight_map!r}; expected a non-empty object "
@@ -109,4 +134,4 @@ def _index_shards(index: Path) -> list[str]:
                 or ".." in Path(shard).parts:
             raise CheckpointError(f"{index}: `weight_map[{key!r}]` is {shard!r}; expected a .safetensors file name "
                                   "inside the model directory; re-save the model with save_pretrained")
-    return sorted(set(weight_map.values()))
+    return weight_map
