@@ -1,17 +1,23 @@
 """Load test of `shadow-edge serve`: a bounded load at several concurrency levels against a server it starts.
 
 Every level sends the same `--requests` requests (default 2 x the highest level); at level c, c
-clients send them back to back, c at a time (completions with token-id
-prompts of 8..24 tokens, `--max-tokens` new tokens with ignore_eos so every request does the
-same work, greedy; even requests stream, odd ones do not). Reported per level: aggregate
-generated tokens/s (all tokens / wall time), p50/p99 time to first token (streamed requests:
-first chunk) and request latency, errors (must be 0), and whether every greedy output
-(token ids, from the response's `shadow_edge.token_ids`) equals the serial run (level 1, always run) of the same prompt and mode. The server is a
-subprocess on 127.0.0.1.
+clients send them, each client its share back to back (completions with token-id prompts of
+8..24 tokens, `--max-tokens` new tokens with ignore_eos so every request does the same work,
+greedy; even requests stream, odd ones do not). Arrivals are staggered, not all at once: client
+i starts i x `--stagger-ms` after the first and waits a random 0..`--stagger-ms` (seeded) before
+each later request, so requests keep arriving while others decode (what continuous batching is
+for). Reported per level: aggregate generated tokens/s (all tokens / wall time), p50/p99 time to
+first token (streamed requests: first chunk) and request latency, errors (must be 0), and whether
+every greedy output (token ids, from the response's `shadow_edge.token_ids`) equals the serial
+run (level 1, always run) of the same prompt and mode; then the issue-24 targets: TTFT p50 at
+the highest level <= 2x the lone request's (level 1), aggregate tok/s >= 4x one client's, 0
+errors. The server is a subprocess on 127.0.0.1.
 
     python benchmarks/load.py --artifact /work/cache/artifacts/qwen3-0.6b-shape --concurrency 1,4,16 \\
         --requests 24 --max-tokens 32 --max-batch 16 --json benchmarks/results/load/w1-base_shadow.json
     python benchmarks/load.py --artifact ART --modes shadow_only,base_shadow   # mixed modes
+    python benchmarks/load.py --artifact /tmp/demo-art --concurrency 1,4,16 --requests 48 --max-tokens 48 \
+        --stagger-ms 50 --max-batch 16 --json benchmarks/results/load/demo-staggered.json
 
 Human lines to stderr, JSON (settings, CPU, load average) to --json and stdout.
 """
@@ -123,18 +129,23 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], mo
 
 
 async def run_level(url: str, prompts: list[list[int]], modes: list[str], concurrency: int, requests: int,
-                    max_tokens: int) -> tuple[dict, dict]:
-    """`requests` requests from c clients; request k uses prompt k % len(prompts) and mode k % len(modes)."""
+                    max_tokens: int, stagger_s: float = 0.0) -> tuple[dict, dict]:
+    """`requests` requests from c clients; request k uses prompt k % len(prompts) and mode k % len(modes);
+    client i starts at i x stagger_s and waits a random 0..stagger_s before each later request."""
     jobs = [(k, prompts[k % len(prompts)], modes[k % len(modes)]) for k in range(requests)]
     results: dict[int, dict] = {}
     async with httpx.AsyncClient(timeout=httpx.Timeout(3600.0), limits=httpx.Limits(max_connections=64)) as client:
-        async def worker(mine):
-            for k, prompt, mode in mine:
+        async def worker(i, mine):
+            rng = np.random.default_rng(i)
+            await asyncio.sleep(i * stagger_s)
+            for n, (k, prompt, mode) in enumerate(mine):
+                if n:
+                    await asyncio.sleep(float(rng.random()) * stagger_s)
                 results[k] = {**await one_request(client, url, prompt, mode, max_tokens, k % 2 == 0), "mode": mode,
                               "prompt": k % len(prompts)}
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(jobs[i::concurrency]) for i in range(concurrency)))
+        await asyncio.gather(*(worker(i, jobs[i::concurrency]) for i in range(concurrency)))
         wall = time.perf_counter() - t0
     ok = [r for r in results.values() if "error" not in r]
     errors = [r["error"] for r in results.values() if "error" in r]
@@ -146,6 +157,17 @@ async def run_level(url: str, prompts: list[list[int]], modes: list[str], concur
                "latency_p50_ms": _ms(percentile(lat, 50)), "latency_p99_ms": _ms(percentile(lat, 99))}
     texts = {(r["prompt"], r["mode"]): r["ids"] for r in ok}
     return summary, texts
+
+
+def server_ttft(url: str) -> tuple[float, float]:
+    """(sum of seconds, count) of the server's TTFT histogram (arrival to first token, measured in the server)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    got = {}
+    for line in text.splitlines():
+        for kind in ("sum", "count"):
+            if line.startswith(f"shadow_edge_time_to_first_token_seconds_{kind}{{"):
+                got[kind] = got.get(kind, 0.0) + float(line.rsplit(" ", 1)[1])
+    return got.get("sum", 0.0), got.get("count", 0.0)
 
 
 def _fmt(ms: float | None) -> str:
@@ -165,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="base_shadow", help="comma-separated modes, used round-robin")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server onnxruntime threads")
     p.add_argument("--max-batch", type=int, default=16, help="server --max-batch (default 16)")
-    p.add_argument("--batch-window-ms", type=float, default=50.0,
-                   help="server --batch-window-ms (default 50: on a busy machine answered clients take tens of ms "
-                        "to ask again)")
+    p.add_argument("--batch-window-ms", type=float, default=0.0,
+                   help="server --batch-window-ms (default 0: with continuous batching a request joins the running "
+                        "batch at the next step, waiting adds only to its TTFT)")
+    p.add_argument("--stagger-ms", type=float, default=50.0,
+                   help="client i starts i x this after the first; each waits up to this before its next request")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     levels = sorted({1, *(int(x) for x in args.concurrency.split(","))})  # level 1 is the serial reference
@@ -185,7 +209,12 @@ def main(argv: list[str] | None = None) -> int:
         serial: dict = {}
         rows = []
         for c in levels:
-            summary, texts = asyncio.run(run_level(server.url, prompts, modes, c, n_requests, args.max_tokens))
+            before = server_ttft(server.url)
+            summary, texts = asyncio.run(run_level(server.url, prompts, modes, c, n_requests, args.max_tokens,
+                                                   args.stagger_ms / 1e3))
+            after = server_ttft(server.url)
+            n = after[1] - before[1]  # the server's own view: arrival to first token, without HTTP or the client
+            summary["server_ttft_mean_ms"] = 1e3 * (after[0] - before[0]) / n if n else None
             serial = serial or texts
             mismatched = [k for k, t in texts.items() if serial.get(k) != t]
             summary["greedy_equal_serial"] = not mismatched
@@ -193,16 +222,27 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(summary)
             say(f"c={c:>3}: {summary['aggregate_tok_s']:7.1f} tok/s aggregate, TTFT p50/p99 "
                 f"{_fmt(summary['ttft_p50_ms'])}/{_fmt(summary['ttft_p99_ms'])} ms, latency p50/p99 "
-                f"{_fmt(summary['latency_p50_ms'])}/{_fmt(summary['latency_p99_ms'])} ms, errors {summary['errors']}, "
+                f"{_fmt(summary['latency_p50_ms'])}/{_fmt(summary['latency_p99_ms'])} ms, server-side TTFT mean "
+                f"{_fmt(summary['server_ttft_mean_ms'])} ms, errors {summary['errors']}, "
                 f"greedy = serial: {summary['greedy_equal_serial']}")
     finally:
         server.stop()
     for r in rows:
         r["speedup_vs_1"] = r["aggregate_tok_s"] / rows[0]["aggregate_tok_s"]
+        lone = rows[0]["ttft_p50_ms"]
+        r["ttft_p50_vs_lone"] = r["ttft_p50_ms"] / lone if lone and r["ttft_p50_ms"] is not None else None
+    top = rows[-1]
+    targets = {"ttft_p50_le_2x_lone": top["ttft_p50_vs_lone"] is not None and top["ttft_p50_vs_lone"] <= 2.0,
+               "aggregate_ge_4x_one_client": top["speedup_vs_1"] >= 4.0,
+               "zero_errors": all(r["errors"] == 0 for r in rows),
+               "outputs_equal_serial": all(r["greedy_equal_serial"] for r in rows)}
+    say(f"targets at c={top['concurrency']}: TTFT p50 {top['ttft_p50_vs_lone']:.2f}x lone, aggregate "
+        f"{top['speedup_vs_1']:.2f}x one client; " + ", ".join(f"{k}: {v}" for k, v in targets.items()))
     record = {"artifact": str(args.artifact), "modes": modes, "requests_per_level": n_requests,
               "max_tokens": args.max_tokens,
               "threads": args.threads, "max_batch": args.max_batch,
-              "batch_window_ms": args.batch_window_ms, "levels": rows, "cpu": platform.processor(),
+              "batch_window_ms": args.batch_window_ms, "stagger_ms": args.stagger_ms, "levels": rows,
+              "targets": targets, "cpu": platform.processor(),
               "cores": os.cpu_count(), "python": platform.python_version(),
               "load_avg_at_end": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     if args.json:

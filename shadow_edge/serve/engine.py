@@ -301,10 +301,14 @@ class Engine:
 
     def _push(self, row: _Row, tok: int) -> None:
         job = row.job
-        if job.first_token_at is None:
+        first = job.first_token_at is None
+        if first:
             job.first_token_at = time.monotonic()
         piece = row.loop.push(tok)
-        if piece or (not self.rt.has_tokenizer and tok not in row.loop.eos):  # without a tokenizer: a chunk per token
+        # the first token always sends a chunk (its text may be held back: part of a UTF-8 character, a special
+        # token, a stop string's prefix), so a stream's first chunk is its time to first token; without a
+        # tokenizer every token sends one (empty) chunk
+        if piece or first or (not self.rt.has_tokenizer and tok not in row.loop.eos):
             job.report("text", piece)
 
     def _end_row(self, row: _Row) -> None:

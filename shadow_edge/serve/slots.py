@@ -80,7 +80,8 @@ class SlotBatch:
         self.mask[slot] = 0
         self.tokens[slot] = self.pad_id
         if all(r is None for r in self.rows):
-            self.length = 0  # an empty batch starts its slot axis afresh
+            self.length = 0  # an empty batch starts its slot axis afresh, and gives its buffers back
+            self.kv, self.mask = None, np.zeros((self.max_rows, 0), np.int64)
 
     # ---- prefill ---------------------------------------------------------------------------------
     def prefill_some(self, budget: int) -> list[Newcomer]:
