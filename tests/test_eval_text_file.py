@@ -18,10 +18,11 @@ TEXT = "\n".join(LINES * 12) + "\n"
 
 
 @pytest.mark.parametrize("chunk_bytes", [37, 64, 101, 1000, 1 << 18])
-def test_chunked_ids_equal_tokenizing_the_whole_file(tiny_rt, tmp_path, chunk_bytes):
+@pytest.mark.parametrize("text", [TEXT, TEXT.replace("\n", " ")], ids=["lines", "one-line"])
+def test_chunked_ids_equal_tokenizing_the_whole_file(tiny_rt, tmp_path, chunk_bytes, text):
     path = tmp_path / "t.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    whole = tiny_rt.codec.encode(TEXT, add_special_tokens=False)
+    path.write_text(text, encoding="utf-8")
+    whole = tiny_rt.codec.encode(text, add_special_tokens=False)
     ids = file_token_ids(tiny_rt.codec, path, chunk_bytes=chunk_bytes)  # multibyte characters cross the reads
     assert ids.dtype == np.int32 and ids.tolist() == whole
     assert file_token_ids(tiny_rt.codec, path, max_tokens=25, chunk_bytes=chunk_bytes).tolist() == whole[:25]
@@ -45,6 +46,12 @@ def test_memory_holds_a_chunk_and_unclean_tokenizers_stay_exact(tmp_path):
     clean = Recorder(clean=True)
     assert file_token_ids(clean, path, chunk_bytes=200).tolist() == [ord(c) for c in TEXT * 10]
     assert clean.longest <= 2 * 200 + 2 * CONTEXT  # never the whole text (10 kB) at once
+    one_line = TEXT.replace("\n", " ") * 10  # no line breaks: cut between words
+    path.write_text(one_line, encoding="utf-8")
+    clean = Recorder(clean=True)
+    assert file_token_ids(clean, path, chunk_bytes=200).tolist() == [ord(c) for c in one_line]
+    assert clean.longest <= 2 * 200 + 2 * CONTEXT
+    path.write_text(TEXT * 10, encoding="utf-8")
     unclean = Recorder(clean=False)
     assert file_token_ids(unclean, path, chunk_bytes=200).tolist() == unclean.encode(TEXT * 10)  # one piece
 

@@ -2,7 +2,8 @@
 
 `file_token_ids(codec, path, max_tokens)` never holds more than about two chunks of text and
 the ids (4 bytes per token) — a 200 MB file tokenized in one call took 16.9 GB and was killed.
-Chunks are cut after a line break that is followed by a visible character, and a cut is kept
+Chunks are cut after a line break that is followed by a visible character (in a text without
+line breaks: before a space between words), and a cut is kept
 only where the tokenizer splits the same way with and without the cut (checked on the text
 around it); so the ids equal those of tokenizing the whole file at once. A tokenizer that
 never splits cleanly there (e.g. one that prepends a space marker to every input) simply gets
@@ -24,14 +25,16 @@ CANDIDATES = 16  # cuts tried per chunk before the chunk grows instead
 
 
 def _cuts(text: str, limit: int):
-    """Candidate cut positions, last first: after a line break, before a visible character."""
-    i = len(text) - 1
-    for _ in range(limit):
-        i = text.rfind("\n", 0, i)
-        if i < 0:
-            return
-        if i + 1 < len(text) and not text[i + 1].isspace():
-            yield i + 1
+    """Candidate cut positions, last first: after a line break before a visible character; then (a text without
+    line breaks) before a single space between two visible characters."""
+    for mark, start in (("\n", 1), (" ", 0)):
+        i = len(text) - 1
+        for _ in range(limit):
+            i = text.rfind(mark, 0, i)
+            if i < 1:
+                break
+            if i + 1 < len(text) and not text[i + 1].isspace() and (mark == "\n" or not text[i - 1].isspace()):
+                yield i + start
 
 
 def _splits_cleanly(encode, text: str, cut: int) -> bool:
