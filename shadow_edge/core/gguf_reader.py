@@ -52,6 +52,7 @@ LAYER_NAMES = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layer
                "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
                "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"}
+CHUNK_ROWS = 4096  # rows dequantized at once (the vocabulary matrix: 4096 x hidden floats per step)
 _LAYER_RE = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias)")
 
 
@@ -99,10 +100,22 @@ class GgufTensor(LazyValues):
         self._data, self._heads = data, heads  # data: the mapped bytes/values; heads: un-permute q/k rows
         self._checked = False
 
+    def _dequantize(self, data: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """float32 [shape] of `data` (its first axis is the rows), CHUNK_ROWS rows at a time into one array:
+        `gguf.quants.dequantize` holds its whole result twice (it concatenates groups of rows), a chunk does
+        so for 16 MB at most. The values are the same: a block never crosses rows."""
+        dequantize = _gguf().quants.dequantize
+        if len(shape) < 2 or shape[0] <= CHUNK_ROWS:
+            return np.asarray(dequantize(data, self.ggml_type), dtype=np.float32).reshape(shape)
+        out = np.empty(shape, dtype=np.float32)
+        for i in range(0, shape[0], CHUNK_ROWS):
+            part = out[i:i + CHUNK_ROWS]
+            part[...] = dequantize(data[i:i + CHUNK_ROWS], self.ggml_type).reshape(part.shape)
+        return out
+
     def _values(self, data: np.ndarray, rows: int | None = None) -> torch.Tensor:
-        values = np.asarray(_gguf().quants.dequantize(data, self.ggml_type), dtype=np.float32)
         shape = tuple(self.shape) if rows is None else (rows, *self.shape[1:])
-        values = values.reshape(shape)
+        values = self._dequantize(data, shape)
         if self._heads is not None:  # transformers' LlamaTensorProcessor._reverse_permute_weights
             values = values.reshape(self._heads, shape[0] // self._heads // 2, 2, *shape[1:]).swapaxes(2, 1)
             values = values.reshape(shape)
