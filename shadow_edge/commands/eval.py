@@ -15,6 +15,7 @@ examples:
   shadow-edge eval ART --text heldout.txt --plot cascade.png
   shadow-edge eval ART --text heldout.txt --compare ART_int8 --quiet     # int8 drift against ART
   shadow-edge eval ART --text heldout.txt --modes base_shadow,speculative --draft-tokens 8
+  shadow-edge eval ART --chat heldout.jsonl --compare ART_int4   # assistant turns only
 
 Perplexity: windows of the model's context (--window) every --stride tokens, each position
 scored once. agreement: shadow_only's next-token argmax equals base_shadow's (teacher-forced).
@@ -33,7 +34,12 @@ def add_parser(sub, fmt) -> None:
                        description="Measure an artifact's quality on a UTF-8 text with the torch-free runtime.",
                        epilog=EVAL_EPILOG, formatter_class=fmt)
     p.add_argument("artifact", metavar="ART", help="artifact directory written by `shadow-edge export`")
-    p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file to evaluate on")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", metavar="FILE", help="UTF-8 text file to evaluate on")
+    src.add_argument("--chat", metavar="FILE.jsonl",
+                     help='chat JSONL ({"messages": [...]} per line) rendered with the chat template; only the '
+                          "assistant turns are scored (perplexity, agreement, --compare drift)")
+    p.add_argument("--max-chats", type=int, metavar="N", help="--chat: score only the first N chats")
     p.add_argument("--modes", metavar="M,M", help="comma-separated modes (default: all of the artifact's; "
                                                    "cascade adds the cascade curve)")
     p.add_argument("--max-tokens", type=int, metavar="N", help="evaluate only the text's first N tokens")
@@ -188,8 +194,16 @@ def run_eval(args) -> int:
                 check_task(runtime.manifest, "causal_lm")
             except InputError as e:
                 raise InputError(f"{what} {runtime.art_dir}: eval scores next-token predictions, but {e}") from None
-    report = evaluate(rt, Path(args.text), options, compare=other,  # the file is tokenized in chunks
-                      progress=ProgressBar(not args.quiet and sys.stderr.isatty()))
+    progress = ProgressBar(not args.quiet and sys.stderr.isatty())
+    if args.chat:
+        from shadow_edge.runtime.chat_eval import evaluate_chats
+
+        if args.plot:
+            raise InputError("--plot draws the cascade curve, which eval measures on --text, not --chat")
+        report = evaluate_chats(rt, Path(args.chat), options.modes, compare=other, batch=args.batch,
+                                max_chats=args.max_chats, progress=progress)
+    else:  # the file is tokenized in chunks
+        report = evaluate(rt, Path(args.text), options, compare=other, progress=progress)
     print(format_report(report))
     if "--json" in outs:
         write_output("--json", outs["--json"], lambda p: p.write_text(json.dumps(report.to_dict(), indent=2) + "\n",

