@@ -138,8 +138,15 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         reference = ShadowModel(spec.loaded() if plan.method == METHOD_FULL else spec)  # streamed: a layer at a time
         # the files the runtime opens: a base artifact's own adapter runs the shadow graph's constant twin
         runs = {**graphs, **{g: replace(graphs[g], file=f) for g, f in slots.get("constant_graphs", {}).items()}}
-        validation = VALIDATORS[plan.method](tmp, reference, runs, modes, options.quantize,
-                                             atol=options.validation_atol, progress=progress)
+        try:
+            validation = VALIDATORS[plan.method](tmp, reference, runs, modes, options.quantize,
+                                                 atol=options.validation_atol, progress=progress)
+        except ExportError as e:
+            if options.quantize != "none" and options.quant_compute == "int8":
+                raise ExportError(f"{e}. This export computes with int8 activations (--quant-compute int8), which "
+                                  "loses precision on models with outlier activations: re-export with "
+                                  "--quant-compute float32 (exact, slower at int4)") from None
+            raise
         validation["memory"] = plan.to_dict()
         worst = max(r["max_abs_err"] for r in validation["outputs"].values())
         progress(f"validation passed (worst max |error| {worst:.2e})")
