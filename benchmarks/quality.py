@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/quality.py          # rewrites benchmarks/QUALITY.md + benchmarks/results/quality.json
 
-Exports the pair (with the plain backbone) at fp32, int8 and int4 (block 32, the defaults) and int4 with
---block-size 16 (each validated against PyTorch) into --cache-dir, then on the committed held-out chats
+Exports the pair (with the plain backbone) at fp32, int8 and int4 at the export defaults (int8: blocks of 16;
+int4: 32), int8 in blocks of 32 and int4 in blocks of 16 (each validated against PyTorch) into --cache-dir, then on the committed held-out chats
 (`shadow_edge/demo_model/heldout/wordnet-chat.jsonl`, never trained on):
   - perplexity per mode on the assistant turns only (`eval --chat`), quantized drift against fp32;
   - teacher-forced top-1 agreement of shadow_only with base_shadow;
@@ -31,7 +31,7 @@ from shadow_edge.demo_model import ADAPTER, HELDOUT_CHATS  # noqa: E402
 from shadow_edge.runtime import ShadowRuntime  # noqa: E402
 from shadow_edge.runtime.chat_eval import evaluate_chats  # noqa: E402
 
-QUANTIZED = {"int8": ("int8", None), "int4": ("int4", None), "int4 b16": ("int4", 16)}
+QUANTIZED = {"int8": ("int8", None), "int8 b32": ("int8", 32), "int4": ("int4", None), "int4 b16": ("int4", 16)}
 MODES = ("base_plain", "base_shadow", "shadow_only")
 TARGETS = {"int8": 0.01, "int4": 0.05}
 DRAFTS = (1, 2, 4, None)  # None: adaptive
@@ -115,8 +115,9 @@ def render(results: dict, args, seconds: float, export_s: float) -> str:
         f"first {args.chats} of the committed held-out chats `shadow_edge/demo_model/heldout/wordnet-chat.jsonl` "
         "(never trained on), rendered with the chat template, **only the assistant turns scored** "
         f"({fp32['tokens']} tokens). `base_plain` is SmolLM2 alone, `base_shadow` the combined model, "
-        "`shadow_only` the detached shadow. int8/int4: block-wise weight quantization (blocks of 32, the "
-        "export defaults); `int4 b16`: `--block-size 16`. Every artifact is validated against PyTorch at export.",
+        "`shadow_only` the detached shadow. int8/int4: block-wise weight quantization at the export "
+        "defaults (int8 in blocks of 16, int4 in blocks of 32, int8 activation arithmetic); `int8 b32`, `int4 b16`: "
+        "other `--block-size`. Every artifact is validated against PyTorch at export.",
         "", f"Last run: {seconds:.0f}s on the shared 2-core machine ({export_s:.0f}s exporting, skipped when "
         "cached).", "", "## Perplexity (assistant turns)", "",
         "| mode | fp32 | " + " | ".join(f"{q} | {q} vs fp32" for q in QUANTIZED) + " |",

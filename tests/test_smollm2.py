@@ -169,3 +169,32 @@ def test_package_that_cannot_be_had_is_one_clear_error(tmp_path, monkeypatch):
         smollm2.smollm2_checkpoint(tmp_path)
     leftovers = [p for p in (tmp_path / smollm2.CACHE_NAME).rglob("*")]
     assert leftovers == [], leftovers
+
+
+def test_real_smollm2_peft_shadow_greedy_equals_peft_uncached(tmp_path):
+    """PEFT's Shadow tuner on the real weights: our greedy tokens equal peft's own greedy decoding without its KV
+    cache. (peft 0.21's cached `generate` can pick other tokens on this model; README, "Fidelity", has the report.)"""
+    from peft import PeftModel, ShadowConfig as PeftShadowConfig, get_peft_model
+
+    from peft_factories import randomize_peft
+
+    ckpt = smollm2.smollm2_checkpoint()
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(ckpt), PeftShadowConfig(r=4))
+    randomize_peft(peft, 5)
+    with torch.no_grad():  # a real model's scale: the shadow's own decoder matrices small, like a trained one
+        for name, p in peft.named_parameters():
+            if "shadow_" in name and p.dim() == 2 and "shadow_down" not in name and "shadow_up" not in name:
+                p.mul_(0.1)
+    peft.save_pretrained(tmp_path / "adapter")
+    export_artifact(ckpt, tmp_path / "adapter", tmp_path / "art", options=ExportOptions(), progress=lambda m: None)
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    text = tok.apply_chat_template([{"role": "user", "content": PROMPTS[1]}], add_generation_prompt=True,
+                                   tokenize=False)
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    oracle = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(ckpt), tmp_path / "adapter").eval()
+    with torch.no_grad():
+        want = oracle.generate(input_ids=ids, max_new_tokens=12, do_sample=False, use_cache=False,
+                               eos_token_id=None, pad_token_id=0)[0, ids.shape[1]:].tolist()
+    ours = ShadowRuntime.load(tmp_path / "art", threads=1).generate(ids[0].tolist(), mode="base_shadow",
+                                                                     max_new_tokens=12, eos=[]).token_ids
+    assert ours == want

@@ -24,7 +24,7 @@ PROMPT = 'Define the word "lantern".'
 # The cascade's two prompts: the shadow is confident on the first and escalates the second at the default
 # --cascade-threshold (their confidences with the shipped adapter are printed by the demo).
 CASCADE_PROMPTS = ('What does "bicycle" mean?', 'Give me a short definition of "quixotic".')
-CASCADE_THRESHOLD = 0.5
+CASCADE_THRESHOLD = 0.12
 MODES = (("base_plain", "SmolLM2 alone, no adapter"), ("shadow_only", "the detached shadow alone"),
          ("base_shadow", "SmolLM2 + shadow"), (SPECULATIVE, "the shadow drafts, base_shadow verifies"))
 VARIANTS = (("fp32", {}), ("int4", {"quantize": "int4"}))
@@ -77,8 +77,10 @@ def demo(args) -> int:
         print(f"artifact: {art}" + ("" if name == "fp32" else f"  ({name})"))
     rts = {name: ShadowRuntime.load(art, threads=args.threads) for name, art in arts.items()}
     m = rts["fp32"].manifest
-    print(f"model: SmolLM2-135M-Instruct ({m.model['num_layers']} layers, hidden {m.model['hidden_size']}) + a "
-          f"shadow-peft adapter trained on WordNet definitions ({ADAPTER}); chat template, greedy decoding.\n")
+    base, shadow = m.model["base"], m.model["shadow"]
+    print(f"model: SmolLM2-135M-Instruct ({base['num_layers']} layers, hidden {base['hidden_size']}) + a "
+          f"{shadow['num_layers']}-layer shadow-peft shadow trained on WordNet definitions ({ADAPTER}); chat "
+          "template, greedy decoding.\n")
     rows = []
     for variant, rt in rts.items():
         print(f"[{variant}] {args.prompt!r}")

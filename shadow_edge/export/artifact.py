@@ -20,6 +20,7 @@ import torch
 
 from shadow_edge import __version__, io_spec
 from shadow_edge.core.checkpoint import load_spec
+from shadow_edge.errors import ExportError
 from shadow_edge.core.gguf_reader import is_gguf
 from shadow_edge.core.model import ShadowModel
 from shadow_edge.core.spec import ShadowModelSpec
