@@ -179,7 +179,7 @@ def test_real_smollm2_peft_shadow_greedy_equals_peft_uncached(tmp_path):
     from peft_factories import randomize_peft
 
     ckpt = smollm2.smollm2_checkpoint()
-    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(ckpt), PeftShadowConfig(r=4))
+    peft = get_peft_model(AutoModelForCausalLM.from_pretrained(ckpt), PeftShadowConfig(task_type="CAUSAL_LM", r=4))
     randomize_peft(peft, 5)
     with torch.no_grad():  # a real model's scale: the shadow's own decoder matrices small, like a trained one
         for name, p in peft.named_parameters():

@@ -145,8 +145,9 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         except ExportError as e:
             if options.quantize != "none" and options.quant_compute == "int8":
                 raise ExportError(f"{e}. This export computes with int8 activations (--quant-compute int8), which "
-                                  "loses precision on models with outlier activations: re-export with "
-                                  "--quant-compute float32 (exact, slower at int4)") from None
+                                  "loses precision on models with outlier activations: re-export with a smaller "
+                                  "--block-size (16), or --quant-compute float32 (exact; ~2.5x slower at int4, "
+                                  "far slower with int8 weights)") from None
             raise
         validation["memory"] = plan.to_dict()
         worst = max(r["max_abs_err"] for r in validation["outputs"].values())
