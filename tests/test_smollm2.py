@@ -181,9 +181,9 @@ def test_real_smollm2_peft_shadow_greedy_equals_peft_uncached(tmp_path):
     ckpt = smollm2.smollm2_checkpoint()
     peft = get_peft_model(AutoModelForCausalLM.from_pretrained(ckpt), PeftShadowConfig(task_type="CAUSAL_LM", r=4))
     randomize_peft(peft, 5)
-    with torch.no_grad():  # a real model's scale: the shadow's own decoder matrices small, like a trained one
+    with torch.no_grad():  # a trained adapter's scale (std 0.02): std 0.2 at width 576 blows activations up
         for name, p in peft.named_parameters():
-            if "shadow_" in name and p.dim() == 2 and "shadow_down" not in name and "shadow_up" not in name:
+            if "shadow_" in name and p.dim() == 2:
                 p.mul_(0.1)
     peft.save_pretrained(tmp_path / "adapter")
     export_artifact(ckpt, tmp_path / "adapter", tmp_path / "art", options=ExportOptions(), progress=lambda m: None)
