@@ -1,9 +1,9 @@
 """The scheduler of one artifact: a bounded queue and one worker thread that steps every running request.
 
 Plain modes (one graph chain: shadow_only, base_shadow) batch continuously (serve/slots.py): a
-request joins its mode's running batch at the next decode step (its prompt prefilled alone
-between decode steps, in chunks, so running rows keep streaming) and leaves it when it
-finishes, its slot reused. Other strategies (cascade, speculative, and any registered one) run
+request's prompt is prefilled alone by a second thread while the batch decodes (in chunks; its
+first token is sent at once), it joins its mode's running batch at the next decode step and
+leaves it when it finishes, its slot reused. Other strategies (cascade, speculative, and any registered one) run
 one request per stepper through `ShadowRuntime`'s own strategy code, advanced one step (a
 decode step, a verify round, a server call) per turn, interleaved with the batches: they are
 not batched across requests (speculative: rows accept different numbers of drafts per round,
@@ -34,7 +34,6 @@ from shadow_edge.serve.metrics import Metrics
 from shadow_edge.serve.slots import SlotBatch
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # runtime -> OpenAI finish_reason
-PREFILL_BUDGET = 512  # prompt tokens prefilled per turn (newcomers of all batches together)
 
 
 @dataclass(eq=False)
@@ -136,8 +135,12 @@ class Engine:
         self._cv = threading.Condition()
         self._closing = False
         self._cut_at: float | None = None  # shutdown: running requests end with 503 after this
+        self._to_prefill: deque = deque()  # (batch, newcomer) in arrival order, for the prefill thread
         self._thread = threading.Thread(target=self._work, name=f"shadow-edge-engine-{name}", daemon=True)
+        self._prefiller = threading.Thread(target=self._prefill_work, name=f"shadow-edge-prefill-{name}",
+                                           daemon=True)
         self._thread.start()
+        self._prefiller.start()
 
     def model(self, job: Job) -> str:
         """The served model name a job's metrics count under (its adapter's, or this artifact's)."""
@@ -180,24 +183,71 @@ class Engine:
         """`begin_close`, then wait for the worker (running requests end within one step past the grace)."""
         self.begin_close(grace_s)
         self._thread.join(max(0.0, grace_s) + 30)
+        self._prefiller.join(5)
 
     # ---- worker side ---------------------------------------------------------------------------
     def _work(self) -> None:
+        """The decode thread: seats prefilled newcomers, steps the batches and the solo requests."""
         while True:
             with self._cv:
                 self._admit()
+                self._cut()
                 if not self._busy():
-                    if self._closing:
+                    if self._closing and not self._pending and not any(b.joining for b in self._batches.values()):
                         return
-                    self._cv.wait(self._next_admission())
+                    self._cv.wait(0.05 if self._closing else self._next_admission())
                     continue
-            if self._cut_at is not None and time.monotonic() >= self._cut_at:
-                for job in self._running_jobs():
-                    job.control.cancel("shutdown")
             self._turn()
 
+    def _prefill_work(self) -> None:
+        """The prefill thread: runs each newcomer's prompt alone (onnxruntime runs sessions concurrently) while
+        the batch decodes, chooses and sends its first token, and marks it ready to be seated."""
+        while True:
+            with self._cv:
+                self._admit()
+                self._cut()
+                item = None
+                while self._to_prefill and item is None:
+                    batch, n = self._to_prefill.popleft()
+                    item = (batch, n) if n in batch.joining else None
+                if item is None:
+                    if self._closing and not self._pending:
+                        return
+                    self._cv.wait(0.05 if self._closing else self._next_admission())
+                    continue
+                n.state = "prefilling"
+            batch, n = item
+            row, error = n.row, None
+            try:
+                if not row.loop.poll():
+                    batch.prefill(n)
+                    n.first = int(row.sampler(n.logits)[0])
+                    self._push(row, n.first)
+            except Exception as e:  # this request fails; the others go on
+                error = e
+            with self._cv:
+                if n not in batch.joining:  # its batch failed meanwhile (and reported it)
+                    continue
+                if error is not None or row.loop.done:
+                    batch.joining.remove(n)
+                else:
+                    n.state = "ready"
+                self._cv.notify_all()
+            if error is not None:
+                self._fail([row.job], _api_error(error))
+            elif row.loop.done:
+                self._end_row(row)
+
+    def _cut(self) -> None:
+        """Past the shutdown grace: every running request ends (503) at its next step."""
+        if self._cut_at is not None and time.monotonic() >= self._cut_at:
+            for job in self._running_jobs():
+                job.control.cancel("shutdown")
+
     def _busy(self) -> bool:
-        return bool(self._solos) or any(not b.idle for b in self._batches.values())
+        """Work for the decode thread: solo requests, running rows, or newcomers ready to be seated."""
+        return bool(self._solos) or any(b.running or any(n.state == "ready" for n in b.joining)
+                                        for b in self._batches.values())
 
     def _running_jobs(self) -> list[Job]:
         jobs = [s.job for s in self._solos]
@@ -231,7 +281,8 @@ class Engine:
                                                            self.rt.pad_id, *(() if self.prefill_chunk is None
                                                                              else (self.prefill_chunk,)))
                 if batch.free > 0:
-                    batch.join(_Row(self.rt, job), job.ids)
+                    self._to_prefill.append((batch, batch.join(_Row(self.rt, job), job.ids)))
+                    self._cv.notify_all()
                     continue
             elif solos < self.max_batch:
                 try:
@@ -251,7 +302,7 @@ class Engine:
                                               f"timeout of {job.timeout_s:g} s"))
 
     def _turn(self) -> None:
-        """One round: prefill chunks of newcomers, one decode step of each batch, one step of each solo."""
+        """One round: seat prefilled newcomers and run one decode step of each batch, one step of each solo."""
         for key, batch in list(self._batches.items()):
             try:
                 with self.rt.using(key[1]):
@@ -268,17 +319,10 @@ class Engine:
                 self._fail([solo.job], _api_error(e))
 
     def _step_batch(self, batch: SlotBatch) -> None:
-        for n in batch.prefill_some(PREFILL_BUDGET):
-            row = n.row
-            if row.loop.poll():
-                self._end_row(row)
-                continue
-            tok = int(row.sampler(n.logits)[0])
-            self._push(row, tok)
-            if row.loop.done:
-                self._end_row(row)
-            else:
-                batch.seat(n, tok)
+        with self._cv:  # seat the newcomers the prefill thread finished (a slot was kept for each)
+            for n in [n for n in batch.joining if n.state == "ready"]:
+                batch.joining.remove(n)
+                batch.seat(n, n.first)
         for slot, row in batch.running:
             if row.loop.poll():
                 batch.leave(slot)
@@ -348,10 +392,11 @@ class Engine:
             job.report("end", job)
 
     def _fail_batch(self, batch: SlotBatch, e: Exception) -> None:
-        jobs = [r.job for _, r in batch.running] + [n.row.job for n in batch.joining]
-        for slot, _ in batch.running:
-            batch.leave(slot)
-        batch.joining.clear()
+        with self._cv:
+            jobs = [r.job for _, r in batch.running] + [n.row.job for n in batch.joining]
+            for slot, _ in batch.running:
+                batch.leave(slot)
+            batch.joining.clear()
         self._fail(jobs, _api_error(e))
 
     def _fail(self, jobs: list[Job], error: APIError) -> None:

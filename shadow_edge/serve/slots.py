@@ -8,9 +8,9 @@ lengths coexist as they do under left padding: the mask hides the slots before a
 gets seqlens_k = T - 1 for every row and the mask as its additive bias (export/attention.py);
 the ONNX Attention kind reads the same mask.
 
-A newcomer is prefilled alone (batch 1, in chunks of `chunk` tokens between decode steps, so
-running rows keep streaming), its first token chosen, and its cache copied into a free slot at
-[T - p, T) (the other rows shift right first when its prompt is longer than T). Each decode step
+A newcomer is prefilled alone (batch 1, in chunks of `chunk` tokens; the server does it in a
+second thread while the batch decodes, so running rows keep streaming and a newcomer does not
+wait for a step), its first token chosen, and its cache copied into a free slot at [T - p, T) (the other rows shift right first when its prompt is longer than T). Each decode step
 feeds one token per row through rows [0, hi) (hi: one past the highest occupied slot; free
 slots below it are fed a pad token that sees only itself). A finished row frees its slot at
 once. When T reaches the capacity, columns that no occupied row sees are dropped (a shift
@@ -40,6 +40,8 @@ class Newcomer:
     caches: list[KVCache]
     done: int = 0  # prompt tokens already in `caches`
     logits: np.ndarray | None = None  # [1, V] after the last chunk
+    state: str = "waiting"  # waiting -> prefilling -> ready (its first token chosen: `first`) -> seated
+    first: int | None = None
 
 
 class SlotBatch:
@@ -70,10 +72,12 @@ class SlotBatch:
     def idle(self) -> bool:
         return not self.joining and all(r is None for r in self.rows)
 
-    def join(self, row, ids: list[int]) -> None:
+    def join(self, row, ids: list[int]) -> Newcomer:
         """Queue a row for prefill; it takes a slot when its prompt is in."""
         p = np.asarray([ids], np.int64)  # [1, p]
-        self.joining.append(Newcomer(row, p, self.pipe.empty_caches(1, p.shape[1] + 1)))
+        n = Newcomer(row, p, self.pipe.empty_caches(1, p.shape[1] + 1))
+        self.joining.append(n)
+        return n
 
     def leave(self, slot: int) -> None:
         self.rows[slot] = None
@@ -84,6 +88,16 @@ class SlotBatch:
             self.kv, self.mask = None, np.zeros((self.max_rows, 0), np.int64)
 
     # ---- prefill ---------------------------------------------------------------------------------
+    def prefill(self, n: Newcomer) -> None:
+        """Run a newcomer's whole prompt into its own caches, `chunk` tokens per pass (its buffers only: another
+        thread may do this while the batch decodes)."""
+        while n.done < n.ids.shape[1]:
+            end = min(n.ids.shape[1], n.done + self.chunk)
+            pos = np.arange(n.done, end, dtype=np.int64)[None, :]  # [1, chunk]
+            n.logits = self.pipe.step(n.ids[:, n.done:end], np.ones((1, end), np.int64), pos, n.caches,
+                                      last_only=True)[:, -1]
+            n.done = end
+
     def prefill_some(self, budget: int) -> list[Newcomer]:
         """Run prefill chunks of waiting newcomers, oldest first, up to `budget` tokens (at least one chunk);
         returns the newcomers whose prompt is complete (their `logits` hold the first token's)."""
