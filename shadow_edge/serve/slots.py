@@ -10,8 +10,9 @@ the ONNX Attention kind reads the same mask.
 
 A newcomer is prefilled alone (batch 1, in chunks of `chunk` tokens; the server does it in a
 second thread while the batch decodes, so running rows keep streaming and a newcomer does not
-wait for a step), its first token chosen, and its cache copied into a free slot at [T - p, T) (the other rows shift right first when its prompt is longer than T). Each decode step
-feeds one token per row through rows [0, hi) (hi: one past the highest occupied slot; free
+wait for a step), its first token chosen, and its cache copied into a free slot at [T - p, T)
+(the other rows shift right first when its prompt is longer than T). Each decode step feeds
+one token per row through rows [0, hi) (hi: one past the highest occupied slot; free
 slots below it are fed a pad token that sees only itself). A finished row frees its slot at
 once. When T reaches the capacity, columns that no occupied row sees are dropped (a shift
 left) before the buffers grow. Every row's tokens go through its own `RowLoop` and sampler.
