@@ -1,4 +1,4 @@
-"""`shadow-edge` command line: export, run, inspect, demo, bench, serve, eval.
+"""`shadow-edge` command line: export, run, inspect, demo, bench, serve, eval, web.
 
 `run`, `inspect` and `demo`'s generation use only the torch-free runtime; `export` (and
 the export step of `demo`) import the torch side lazily, inside their handlers.
@@ -219,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_serve)
 
     from shadow_edge.commands.eval import add_parser as add_eval_parser
+    from shadow_edge.commands.web import add_parser as add_web_parser
 
     add_eval_parser(sub, fmt)
+    add_web_parser(sub, fmt)
     return parser
 
 

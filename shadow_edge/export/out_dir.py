@@ -66,14 +66,19 @@ def _overlap(out: Path, inputs: dict[str, Path]) -> str | None:
     return None
 
 
-def _not_an_artifact(out: Path) -> str | None:
-    """Why `out` is not a shadow-edge artifact we may replace, or None when it is one."""
+# What `--force` may replace: directories whose manifest.json has one of these formats (artifacts and
+# adapter packs for export; `shadow-edge web` passes its own).
+ARTIFACT_FORMATS = (FORMAT_NAME, PACK_FORMAT)
+
+
+def _not_an_artifact(out: Path, formats: tuple[str, ...] = ARTIFACT_FORMATS) -> str | None:
+    """Why `out` is not a shadow-edge directory of `formats` we may replace, or None when it is one."""
     try:
         raw = json.loads((out / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return f"it has no readable {MANIFEST_NAME}, so it is not a shadow-edge artifact"
-    if not isinstance(raw, dict) or raw.get("format") not in (FORMAT_NAME, PACK_FORMAT) or not isinstance(raw.get("files"), dict):
-        return f"its {MANIFEST_NAME} is not a shadow-edge manifest"
+    if not isinstance(raw, dict) or raw.get("format") not in formats or not isinstance(raw.get("files"), dict):
+        return f"its {MANIFEST_NAME} is not a shadow-edge manifest of {' or '.join(formats)}"
     listed = set(raw["files"]) | {MANIFEST_NAME}
     listed_dirs = {p for name in listed for p in map(str, Path(name).parents) if p != "."}
     extra = []
@@ -89,16 +94,16 @@ def _not_an_artifact(out: Path) -> str | None:
     return None
 
 
-def check_out(out: Path, force: bool, inputs: dict[str, Path]) -> None:
+def check_out(out: Path, force: bool, inputs: dict[str, Path], formats: tuple[str, ...] = ARTIFACT_FORMATS) -> None:
     """Refuse an `--out` we must not write to or replace, before any work is done."""
     try:
-        _check_out(out, force, inputs)
+        _check_out(out, force, inputs, formats)
     except OSError as e:  # e.g. a directory on the way we may not read
         raise ExportError(f"--out {out}: cannot inspect {e.filename or out} ({e.strerror}); choose an --out you may "
                           "read and write") from None
 
 
-def _check_out(out: Path, force: bool, inputs: dict[str, Path]) -> None:
+def _check_out(out: Path, force: bool, inputs: dict[str, Path], formats: tuple[str, ...]) -> None:
     for parent in out.parents:
         if parent.exists() or parent.is_symlink():
             if not parent.is_dir():
@@ -119,9 +124,10 @@ def _check_out(out: Path, force: bool, inputs: dict[str, Path]) -> None:
                           "inside its inputs; choose another --out")
     if not force:
         raise ExportError(f"--out {out}: already exists; choose another --out or pass --force to replace it")
-    problem = _not_an_artifact(out)
+    problem = _not_an_artifact(out, formats)
     if problem:
-        raise ExportError(f"--out {out}: --force only replaces a shadow-edge artifact, and {problem}; move your "
+        what = "artifact" if formats == ARTIFACT_FORMATS else "output"
+        raise ExportError(f"--out {out}: --force only replaces a shadow-edge {what}, and {problem}; move your "
                           "files away or choose another --out")
 
 
@@ -211,7 +217,8 @@ def _space(needs: int | None, out: Path) -> str:
 
 
 def write_partial_then_publish(out: Path, force: bool, inputs: dict[str, Path], write: Callable[[Path], T],
-                               what: str = "artifact", needs: int | None = None) -> T:
+                               what: str = "artifact", needs: int | None = None,
+                               formats: tuple[str, ...] = ARTIFACT_FORMATS) -> T:
     """Run `write(tmp)` into this process's partial directory, then publish it onto `out`; returns what
     `write` returned. Call under `signals_clean_up()` and `writer_lock(out)`. Any failure removes the partial.
 
@@ -230,7 +237,7 @@ def write_partial_then_publish(out: Path, force: bool, inputs: dict[str, Path], 
         new_partial(tmp)  # inside the try: a signal right after it still cleans up
         result = write(tmp)
         reraise_received_signal()
-        check_out(out, force, inputs)  # nothing of the user's appeared there meanwhile
+        check_out(out, force, inputs, formats)  # nothing of the user's appeared there meanwhile
         publish(tmp, out)
     except OSError as e:
         remove_partial(tmp)

@@ -154,6 +154,11 @@ def build_app(options: ServeOptions, shutdown_grace_s: float | None = None) -> F
     app = FastAPI(title="shadow-edge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.shadow = state
     app.add_middleware(BodyLimit, max_bytes=options.max_body_bytes)
+    if options.cors_origins:  # outermost: pages of `shadow-edge web` escalating here from their own origin
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, e: APIError):

@@ -15,6 +15,7 @@ examples:
   shadow-edge serve a/ b/ --served-name small --served-name big --default-mode shadow_only
   shadow-edge serve art/ --ray --replicas 2 --num-cpus-per-replica 1 --threads 1
   shadow-edge serve base_art/ --adapter support=packs/support --adapter sql=packs/sql   # adapter packs
+  shadow-edge serve art/ --cors-origin http://127.0.0.1:8080   # the escalation target of `shadow-edge web`'s page
 
 then, from any OpenAI client:
   from openai import OpenAI
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", action="append", metavar="NAME=PACK",
                    help="serve an adapter pack (exported --against one of the artifacts) as model NAME (repeatable)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifacts' files")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let pages from this origin call the API from a browser, e.g. http://127.0.0.1:8080 for "
+                        "the page of `shadow-edge web` (repeatable; '*' = any origin)")
     ray = p.add_argument_group("Ray Serve (needs shadow-edge[ray])")
     ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve instead of one uvicorn process")
     ray.add_argument("--replicas", type=int, default=1, metavar="N", help="replicas, each with its own runtimes")
@@ -93,7 +97,8 @@ def options_from(args):
     return ServeOptions(tuple(args.artifacts), tuple(args.served_name), args.host, args.port, args.api_key,
                         args.default_mode, args.max_batch, args.max_queue, args.threads, args.timeout,
                         args.batch_window_ms, not args.no_verify, args.default_max_tokens,
-                        tuple(parse_adapters(args.adapter).items()), args.max_body_bytes, args.shutdown_grace)
+                        tuple(parse_adapters(args.adapter).items()), args.max_body_bytes, args.shutdown_grace,
+                        tuple(args.cors_origin))
 
 
 def main(argv: list[str]) -> int:

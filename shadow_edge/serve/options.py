@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from shadow_edge.adapter_pack import adapter_pairs
 from shadow_edge.errors import InputError
@@ -57,6 +58,9 @@ class ServeOptions:
                 "as soon as the upload passes it"})
     shutdown_grace_s: float = field(default=30.0, metadata={
         "help": "on shutdown, running requests may finish for this long; waiting ones get 503 at once"})
+    cors_origins: tuple[str, ...] = field(default=(), metadata={
+        "help": "browser origins (scheme://host[:port]) whose pages may call the API, e.g. the page of "
+                "`shadow-edge web`; '*' allows any origin; none: no CORS headers"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "artifacts", tuple(str(a) for a in self.artifacts))
@@ -87,6 +91,13 @@ class ServeOptions:
             raise InputError(f"port is {self.port!r}; it must be an integer in [0, 65535]")
         if self.api_key is not None and not self.api_key.strip():
             raise InputError("api_key is empty; give a non-empty key or leave --api-key out")
+        object.__setattr__(self, "cors_origins", tuple(self.cors_origins or ()))
+        for origin in self.cors_origins:
+            parts = urlsplit(origin) if isinstance(origin, str) else None
+            if origin != "*" and (parts is None or parts.scheme not in ("http", "https") or not parts.netloc
+                                  or parts.path or parts.query or parts.fragment):
+                raise InputError(f"cors_origin {origin!r} is not an origin; give scheme://host[:port] as the browser "
+                                 "shows the page's, e.g. http://127.0.0.1:8080 (no path or trailing /), or '*'")
         _positive_int("max_batch", self.max_batch)
         _positive_int("max_queue", self.max_queue)
         thread_count(self.threads)  # checked now, before the port is bound and the artifacts load

@@ -1,0 +1,68 @@
+"""Helpers of the browser and Node tests: the tools they need, sites of tiny artifacts, and the JS drivers.
+
+The tools (Node.js, Debian's Chromium, web/node_modules) come from `bash scripts/setup-web.sh`, which CI runs.
+A missing tool fails the test with the command that installs it; only SHADOW_EDGE_WEB_TESTS=0 skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from shadow_edge.web.vendor import default_node_modules
+
+WEB = Path(__file__).resolve().parents[1] / "web"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+PROMPTS = ("The river runs past", "A tokenizer turns text into numbers", "hello")
+MAX_NEW = 12
+# Console errors Chromium itself logs for a failed request (a 404, a refused connection, a CORS refusal): the
+# browser's network log, not something the page threw. Anything else in the console fails the test.
+BROWSER_NETWORK_LOG = ("Failed to load resource", "has been blocked by CORS policy")
+
+
+def require_web_tools(node: bool = True, browser: bool = False) -> None:
+    """Fail (not skip) when a tool is missing, naming the fix; skip only when SHADOW_EDGE_WEB_TESTS=0."""
+    if os.environ.get("SHADOW_EDGE_WEB_TESTS") == "0":
+        pytest.skip("SHADOW_EDGE_WEB_TESTS=0: the web page, browser and Node tests are disabled")
+    missing = []
+    if node and shutil.which("node") is None:
+        missing.append("node (Node.js >= 20)")
+    if not (default_node_modules() / "@huggingface" / "transformers" / "package.json").is_file():
+        missing.append(f"the npm packages in {default_node_modules()}")
+    if browser and not os.access(CHROMIUM, os.X_OK):
+        missing.append(f"Chromium at {CHROMIUM}")
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: run `bash scripts/setup-web.sh` (or set SHADOW_EDGE_WEB_TESTS=0 "
+                    "to skip the browser and Node tests)", pytrace=False)
+
+
+def node(script: str, payload: dict, timeout: float = 600) -> list | dict:
+    """Run web/SCRIPT with one JSON argument; its stdout's last line is JSON."""
+    proc = subprocess.run(["node", str(WEB / script), json.dumps(payload)], capture_output=True, text=True,
+                          timeout=timeout, cwd=WEB, env={**os.environ, "CHROMIUM": CHROMIUM})
+    assert proc.returncode == 0, f"node {script} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def drive(urls: list[str], timeout_ms: int = 120_000) -> list[dict]:
+    """What each page ended with in headless Chromium (web/drive.mjs)."""
+    return node("drive.mjs", {"urls": urls, "timeout_ms": timeout_ms})
+
+
+def page_console_errors(page: dict) -> list[str]:
+    """The console errors of a page that are not Chromium's own network log."""
+    return [e for e in page["console_errors"] if not any(s in e for s in BROWSER_NETWORK_LOG)]
+
+
+def export_tiny(base: Path, adapter: Path, out: Path, **options) -> Path:
+    """The tiny default pair exported with `options` (ExportOptions fields; validation off as in the runtime tests)."""
+    from shadow_edge.export import ExportOptions, export_artifact
+
+    if not out.exists():
+        export_artifact(base, adapter, out, options=ExportOptions(validate=False, **options), progress=lambda m: None)
+    return out
