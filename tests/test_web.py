@@ -73,17 +73,26 @@ def test_layout_is_a_transformers_js_model(site, tiny_artifact):  # noqa: F811
     assert len(refs) == 4 and all(r.startswith("./") for r in refs), refs  # no CDN: every script is the site's own
 
 
-@pytest.mark.parametrize("which", ["gqa", "attention"])
+@pytest.fixture(scope="module")
+def int4_artifact(tiny_default, tmp_path_factory) -> Path:
+    return export_tiny(tiny_default.base_dir, tiny_default.adapter_dir, tmp_path_factory.mktemp("web_int4") / "art",
+                       quantize="int4")
+
+
+@pytest.mark.parametrize("which", ["gqa", "attention", "int4"])
 def test_graph_with_concatenated_pasts_equals_the_runtime(which, tiny_artifact, attention_artifact,  # noqa: F811
-                                                          tmp_path):
+                                                          int4_artifact, tmp_path):
     """transformers.js feeds exactly sized pasts and keeps present = concat(past, new): a prefill and three
     decode steps fed that way give the runtime's shadow_only logits (the ONNX-Attention graph's TensorScatter
-    becomes a Concat for it)."""
-    art = tiny_artifact if which == "gqa" else attention_artifact
+    becomes a Concat for it; int4's packed vocabulary matrix is stored once for its two readers)."""
+    art = {"gqa": tiny_artifact, "attention": attention_artifact, "int4": int4_artifact}[which]
     write_site(art, tmp_path / "site", **QUIET)
-    path = tmp_path / "site/model/onnx/model.onnx"
-    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    path = next((tmp_path / "site/model/onnx").glob("model*.onnx"))
+    graph = onnx.load(str(path))
+    ops = {n.op_type for n in graph.graph.node}
     assert "TensorScatter" not in ops and ("Attention" in ops) == (which == "attention")
+    big = [t.raw_data for t in graph.graph.initializer if len(t.raw_data) > 1024]
+    assert len(big) == len(set(big)), "a weight is stored twice in the page's graph"
     sess = ort.InferenceSession(str(path), session_options(1), providers=["CPUExecutionProvider"])
     config = json.loads((tmp_path / "site/model/config.json").read_text())
     layers, kv, hd = config["num_hidden_layers"], config["num_key_value_heads"], config["head_dim"]

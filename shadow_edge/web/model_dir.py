@@ -24,6 +24,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from shadow_edge.errors import ExportError
 from shadow_edge.manifest import Manifest, member_path, verify_files
 
@@ -87,7 +89,9 @@ def write_model_dir(art_dir: Path, m: Manifest, dest: Path, verify: bool = True)
     needed = [graph_file, *sorted({f for g in graphs for f in g.data_files}), *m.tokenizer.get("files", [])]
     if verify:
         verify_files(art_dir, m, needed)
-    model = onnx.load(str(member_path(art_dir, graph_file)), load_external_data=True)
+    model = onnx.load(str(member_path(art_dir, graph_file)), load_external_data=False)
+    _share_aliases(model)
+    onnx.external_data_helper.load_external_data_for_model(model, str(art_dir))
     _concat_kv(model)
     _check_ops(art_dir / graph_file, model)
     for value in [*model.graph.input, *model.graph.output]:
@@ -107,6 +111,38 @@ def write_model_dir(art_dir: Path, m: Manifest, dest: Path, verify: bool = True)
     for name in m.tokenizer.get("files", []):
         shutil.copyfile(member_path(art_dir, name), dest / Path(name).name)
     return WebModel(dtype, graph, len(blob), config)
+
+
+def _share_aliases(model) -> None:
+    """Quantized graphs read the packed vocabulary matrix twice (the embedding's GatherBlockQuantized and the
+    head's MatMulNBits want different shapes of the same bytes): two initializers over one range of the data
+    file. Inlined naively, the page would download it twice; keep one and Reshape it for the other reader."""
+    import onnx
+    from onnx import numpy_helper
+
+    first: dict[tuple, onnx.TensorProto] = {}
+    aliases: list[tuple[onnx.TensorProto, onnx.TensorProto]] = []
+    for t in model.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        ext = {e.key: e.value for e in t.external_data}
+        key = (ext.get("location"), ext.get("offset", "0"), ext.get("length"), t.data_type)
+        if key in first:
+            aliases.append((t, first[key]))
+        else:
+            first[key] = t
+    if not aliases:
+        return
+    nodes = []
+    for alias, kept in aliases:
+        shape = numpy_helper.from_array(np.array(alias.dims, np.int64), f"{alias.name}.shape")
+        model.graph.initializer.append(shape)
+        nodes.append(onnx.helper.make_node("Reshape", [kept.name, shape.name], [alias.name],
+                                           name=f"/web/alias/{alias.name}"))
+        model.graph.initializer.remove(alias)
+    nodes.extend(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
 
 
 def _concat_kv(model) -> None:

@@ -39,7 +39,7 @@ class WebOptions:
         "help": "escalate when the shadow's confidence (geometric mean of its tokens' probabilities) is below"})
     max_new_tokens: int = field(default=32, metadata={"help": "the page's default number of new tokens"})
     escalate_to: str | None = field(default=None, metadata={
-        "help": "default `shadow-edge serve` URL (http://host:port/v1); None: the page runs offline"})
+        "help": "default `shadow-edge serve` URL (http://host:port/v1); unset: the page runs offline"})
     escalate_timeout_s: float = field(default=30.0, metadata={"help": "seconds the page waits for the server"})
     force: bool = field(default=False, metadata={"help": "replace a directory this command wrote before"})
     verify: bool = field(default=True, metadata={"help": "check the artifact files' sha256 before reading them"})
