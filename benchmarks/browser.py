@@ -5,9 +5,11 @@ shadow_only on the same artifact, and the page weight (bytes the browser downloa
     python benchmarks/browser.py --preset smollm2-135m-shape   # random weights at SmolLM2-135M's dims
     python benchmarks/browser.py --art fp32=ART1 --art int4=ART2   # given artifacts (e.g. a real SmolLM2 export)
 
-Each page load is one generation of --new-tokens greedy tokens (the page's URL parameters); tokens/s is the
-page's own decode rate (tokens after the first / time after the first, prefill excluded), median of --repeats
-page loads; Python's is `ShadowRuntime.generate`'s decode timings, median of the same number of runs. Quantized
+One page load per precision and thread count: a warm-up generation of --new-tokens greedy tokens (the page's
+URL parameters), then --repeats more (the form resubmitted); tokens/s is the page's own decode rate (tokens
+after the first / time after the first, prefill excluded), median of the repeats; Python's is
+`ShadowRuntime.generate`'s decode timings in a fresh process, warm-up excluded, median of as many runs.
+Page weight: the bytes the loopback server sent for that page load. Quantized
 artifacts are exported with --quant-compute float32 (what the page computes). Needs scripts/setup-web.sh.
 The machine's cores are shared: read the figures as a comparison made at one time, not as absolutes.
 """
@@ -97,15 +99,14 @@ def browser_runs(site_dir: Path, threads: int, new_tokens: int, repeats: int) ->
 
     from shadow_edge.web.static_server import StaticServer
 
-    with StaticServer(site_dir) as site:
-        urls = [f"{site.url}/?{urlencode(dict(prompt=PROMPT, max_new_tokens=new_tokens, threads=threads))}"
-                for _ in range(repeats + 1)]  # the first load is a warm-up (the WASM compile cache)
-        pages = drive(urls, timeout_ms=600_000)
-        weight = site.bytes_sent / len(urls)
+    with StaticServer(site_dir) as site:  # one page load; its first generation is the warm-up
+        pages = drive([f"{site.url}/?{urlencode(dict(prompt=PROMPT, max_new_tokens=new_tokens, threads=threads))}"],
+                      timeout_ms=600_000, again=repeats)
+        weight = site.bytes_sent
     bad = [p for p in pages if not p["last_result"] or p["page_errors"] or page_console_errors(p)]
     if bad:
         raise SystemExit(f"a page failed: {bad[0]}")
-    results = [p["last_result"] for p in pages[1:]]
+    results = pages[0]["again"]
     return {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in results),
             "prefill_ms": statistics.median(r["prefill_ms"] for r in results),
             "tokens": len(results[0]["token_ids"]), "isolated": pages[0]["cross_origin_isolated"],

@@ -49,9 +49,10 @@ def node(script: str, payload: dict, timeout: float = 600) -> list | dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def drive(urls: list[str], timeout_ms: int = 120_000) -> list[dict]:
-    """What each page ended with in headless Chromium (web/drive.mjs)."""
-    return node("drive.mjs", {"urls": urls, "timeout_ms": timeout_ms})
+def drive(urls: list[str], timeout_ms: int = 120_000, again: int = 0) -> list[dict]:
+    """What each page ended with in headless Chromium (web/drive.mjs); `again`: more generations per page
+    (the form resubmitted), their results in each page's "again"."""
+    return node("drive.mjs", {"urls": urls, "timeout_ms": timeout_ms, "again": again})
 
 
 def page_console_errors(page: dict) -> list[str]:

@@ -21,7 +21,7 @@ threshold. URL parameters start a generation on load: ?prompt=...&max_new_tokens
 
 
 def add_parser(sub, fmt) -> None:
-    from shadow_edge.web.site import WebOptions
+    from shadow_edge.web.options import WebOptions
 
     help_of = {f: WebOptions.__dataclass_fields__[f].metadata["help"] for f in WebOptions.__dataclass_fields__}
     p = sub.add_parser("web", help="a static web page running the detached shadow in the browser",
@@ -48,7 +48,7 @@ def run(args) -> int:
     except ImportError:
         raise InputError("`shadow-edge web` needs the export extras (onnx is missing); install them with "
                          "pip install 'shadow-edge[export]'") from None
-    from shadow_edge.web.site import WebOptions, write_site
+    from shadow_edge.web import WebOptions, write_site
 
     options = WebOptions(args.threshold, args.max_new_tokens, args.escalate_to, args.escalate_timeout, args.force,
                          not args.no_verify, Path(args.node_modules) if args.node_modules else None)

@@ -13,16 +13,12 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from shadow_edge import __version__
-from shadow_edge.errors import InputError
-from shadow_edge.export.out_dir import (check_out, clean_stale_partials, signals_clean_up, write_partial_then_publish,
-                                        writer_lock)
 from shadow_edge.manifest import MANIFEST_NAME, file_table, read_manifest, sha256_file
 from shadow_edge.web.model_dir import MODEL_DIR, write_model_dir
+from shadow_edge.web.options import WebOptions
 from shadow_edge.web.vendor import VENDOR_DIR, copy_vendor, default_node_modules
 
 SITE_FORMAT = "shadow-edge-web"
@@ -31,41 +27,13 @@ ASSETS = Path(__file__).parent / "assets"
 PAGE_FILES = ("index.html", "shadow-edge.js")
 
 
-@dataclass(frozen=True)
-class WebOptions:
-    """How the page behaves; every field has a `shadow-edge web` flag of the same name."""
-
-    threshold: float = field(default=0.5, metadata={
-        "help": "escalate when the shadow's confidence (geometric mean of its tokens' probabilities) is below"})
-    max_new_tokens: int = field(default=32, metadata={"help": "the page's default number of new tokens"})
-    escalate_to: str | None = field(default=None, metadata={
-        "help": "default `shadow-edge serve` URL (http://host:port/v1); unset: the page runs offline"})
-    escalate_timeout_s: float = field(default=30.0, metadata={"help": "seconds the page waits for the server"})
-    force: bool = field(default=False, metadata={"help": "replace a directory this command wrote before"})
-    verify: bool = field(default=True, metadata={"help": "check the artifact files' sha256 before reading them"})
-    node_modules: Path | None = field(default=None, metadata={
-        "help": "npm node_modules holding the page's JavaScript (default: web/node_modules of the checkout)"})
-
-    def __post_init__(self) -> None:
-        t = self.threshold
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0.0 <= t <= 1.0:
-            raise InputError(f"--threshold is {t!r}; it must be a number in [0, 1] (0: never escalate)")
-        m = self.max_new_tokens
-        if not isinstance(m, int) or isinstance(m, bool) or m < 1:
-            raise InputError(f"--max-new-tokens is {m!r}; it must be an integer >= 1")
-        s = self.escalate_timeout_s
-        if not isinstance(s, (int, float)) or isinstance(s, bool) or not s > 0:
-            raise InputError(f"--escalate-timeout is {s!r}; it must be a number of seconds > 0")
-        if self.escalate_to is not None:
-            parts = urlsplit(self.escalate_to)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise InputError(f"--escalate-to {self.escalate_to!r} is not an http(s) URL; give the server's base "
-                                 "URL, e.g. http://127.0.0.1:8000/v1")
-
-
 def write_site(art: str | Path, out: str | Path, options: WebOptions = WebOptions(),
                progress=lambda msg: print(msg, file=sys.stderr)) -> dict:
     """Write the page for artifact `art` into `out`; returns the site's manifest."""
+    # out_dir lives in the export package, whose import loads torch: only when a site is written, not for --help
+    from shadow_edge.export.out_dir import (check_out, clean_stale_partials, signals_clean_up,
+                                            write_partial_then_publish, writer_lock)
+
     art, out = Path(art), Path(out)
     inputs = {"artifact": art}
     node_modules = options.node_modules or default_node_modules()
