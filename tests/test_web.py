@@ -70,7 +70,7 @@ def test_layout_is_a_transformers_js_model(site, tiny_artifact):  # noqa: F811
     html, module = (site / "index.html").read_text(), (site / "shadow-edge.js").read_text()
     refs = re.findall(r'src="([^"]*)"', html) + re.findall(r'": "([^"]*\.m?js)"', html) + \
         re.findall(r'^import .* from "([^"]*)"', module, re.M)
-    assert len(refs) == 4 and all(r.startswith("./") for r in refs), refs  # no CDN: every script is the site's own
+    assert len(refs) == 5 and all(r.startswith("./") for r in refs), refs  # no CDN: every script is the site's own
 
 
 @pytest.fixture(scope="module")

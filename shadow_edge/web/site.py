@@ -65,7 +65,8 @@ def _write(art: Path, manifest, node_modules: Path, tmp: Path, options: WebOptio
         shutil.copyfile(ASSETS / name, tmp / name)
     cfg = model.config
     page = {"model_dir": MODEL_DIR, "dtype": model.dtype, "model_type": cfg["model_type"],
-            "num_layers": cfg["num_hidden_layers"], "model_mb": model.graph_bytes / 1e6,
+            "num_layers": cfg["num_hidden_layers"], "kv_heads": cfg["num_key_value_heads"], "head_dim": cfg["head_dim"],
+            "model_mb": model.graph_bytes / 1e6,
             "context": int(manifest.model["max_positions"]),
             "eos_token_ids": [int(t) for t in manifest.tokenizer.get("eos_token_ids") or []],
             "threshold": options.threshold, "max_new_tokens": options.max_new_tokens,

@@ -6,7 +6,8 @@
 // window.shadowEdge.lastResult = {token_ids, text, answered_by, ...}; an error is shown on the page and
 // kept in window.shadowEdge.lastError, never thrown. Confidence is the Python runtime's: the geometric
 // mean of the chosen tokens' probabilities under the unshaped distribution.
-import { AutoModelForCausalLM, AutoTokenizer, Tensor, env } from "./vendor/transformers.web.min.js";
+import { AutoModelForCausalLM, AutoTokenizer, env } from "./vendor/transformers.web.min.js";
+import { Tensor } from "./vendor/ort.wasm.bundle.min.mjs"; // the onnxruntime-web transformers.js runs on
 
 const SHADOW = "shadow_only", REMOTE = "remote"; // answered_by, named as shadow_edge.runtime.remote names them
 const $ = (id) => document.getElementById(id);
@@ -73,7 +74,11 @@ async function loadModel(site, threads) {
 }
 
 // The shadow's answer, streamed to onText: {ids, text, finish_reason, confidence, prefill_ms, decode_ms}.
+// Steps run the onnxruntime session transformers.js created, fed as transformers.js feeds it (exactly sized
+// pasts, present = concat(past, new)): its model() wrapper cost 20-30 ms per decode step in Chromium here,
+// the session run 0.3 ms (benchmarks/RESULTS.md, "Browser").
 async function shadowAnswer({ tokenizer, model }, site, prompt, maxNew, temperature, onText) {
+  const session = model.sessions.model;
   const promptIds = tokenizer.encode(prompt);
   if (promptIds.length === 0) throw new Error("the prompt is empty; type some text");
   if (promptIds.length + maxNew > site.context) {
@@ -82,16 +87,22 @@ async function shadowAnswer({ tokenizer, model }, site, prompt, maxNew, temperat
   }
   const eos = new Set(site.eos_token_ids);
   const ids = [], logprobs = [];
-  let feed = promptIds, past = null, total = 0, finish = "length", text = ""; // null: transformers.js makes empty KV
+  let feed = promptIds, total = 0, finish = "length", text = "";
+  let past = {}; // [1, kv_heads, past, head_dim] per layer, empty before the prompt
+  for (let i = 0; i < site.num_layers; i++) {
+    for (const kind of ["key", "value"]) {
+      past[`past_key_values.${i}.${kind}`] = new Tensor("float32", new Float32Array(0), [1, site.kv_heads, 0, site.head_dim]);
+    }
+  }
   const t0 = performance.now();
   let tFirst = t0;
   for (let step = 0; step < maxNew; step++) {
     const n = feed.length;
-    const out = await model({
+    const out = await session.run({
       input_ids: int64(feed, [1, n]),
       attention_mask: int64(new Array(total + n).fill(1), [1, total + n]),
       position_ids: int64(Array.from({ length: n }, (_, i) => total + i), [1, n]),
-      past_key_values: past,
+      ...past,
     });
     past = {};
     for (const [name, value] of Object.entries(out)) {
