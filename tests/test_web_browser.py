@@ -71,9 +71,10 @@ def test_cascade_escalates_to_serve(tiny_artifact, tmp_path):  # noqa: F811
     with StaticServer(tmp_path / "site") as site, \
             LiveServer(tiny_artifact, served_names=("tiny",), cors_origins=(site.url,)) as srv:
         pages = drive([url(site.url, prompt=prompt, max_new_tokens=MAX_NEW, escalate_to=f"{srv.url}/v1", threshold=1),
-                       url(site.url, prompt=prompt, max_new_tokens=MAX_NEW, escalate_to=f"{srv.url}/v1", threshold=0)])
+                       url(site.url, prompt=prompt, max_new_tokens=MAX_NEW, escalate_to=f"{srv.url}/v1", threshold=0),
+                       url(site.url, prompt=prompt, max_new_tokens=MAX_NEW, temperature=5)])
         asked = srv.metric("shadow_edge_requests_total", model="tiny", mode="base_shadow", status="200")
-    escalated, confident = pages
+    escalated, confident, sampled = pages
     for page in pages:
         assert_clean(page)
     combined = rt.generate(prompt, mode="base_shadow", max_new_tokens=MAX_NEW)
@@ -87,6 +88,11 @@ def test_cascade_escalates_to_serve(tiny_artifact, tmp_path):  # noqa: F811
     assert confident["last_result"]["token_ids"] == list(shadow.token_ids)
     assert "answered by the shadow" in confident["shown_answered_by"]
     assert asked == 1  # only the escalated page asked
+    got = sampled["last_result"]  # temperature 5: sampled, offline; its text is its own tokens decoded
+    assert got["answered_by"] == "shadow_only" and got["reason"].startswith("unsure, but no server")
+    ids = got["token_ids"]
+    assert len(ids) == MAX_NEW or ids[-1] in rt.eos_ids
+    assert ids != list(shadow.token_ids) and got["text"] == rt.codec.decode([t for t in ids if t not in rt.eos_ids])
 
 
 def test_errors_are_shown_not_thrown(tiny_artifact, tmp_path):  # noqa: F811
