@@ -59,7 +59,7 @@ def _write_model(root: Path, arch: str, extra: dict) -> tuple[Path, Path]:
 def test_config_read_as_transformers_reads_it(name, arch, extra):
     raw = {"model_type": arch, **BASE, **extra}
     theirs = AutoConfig.for_model(arch, **{k: v for k, v in raw.items() if k != "model_type"}).rope_parameters
-    theta, ours = read_rope(json.loads(json.dumps(raw)), "config.json")
+    theta, ours, _ = read_rope(json.loads(json.dumps(raw)), "config.json")
     assert theta == pytest.approx(theirs["rope_theta"])
     assert ours.get("rope_type", "default") == theirs["rope_type"]
     for key in ("factor", "original_max_position_embeddings", "low_freq_factor", "mscale"):

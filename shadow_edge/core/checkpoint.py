@@ -14,27 +14,15 @@ from typing import Callable
 
 import torch
 
-from shadow_edge.core.arch import DecoderConfig, decoder_config_from_hf
+from shadow_edge.core.arch import DecoderConfig, architecture, decoder_config_from_hf
 from shadow_edge.core.classifier import HEAD_NAMES, ClassifierHeads, label_names
 from shadow_edge.core.gguf_reader import is_gguf, read_gguf
-from shadow_edge.core.lazy_tensor import LazyTensor, dense, same_values
+from shadow_edge.core.lazy_tensor import LazyTensor, dense, row_blocks, same_values
 from shadow_edge.core.safetensors_io import load_hf_weights, read_json, refuse_pickles
-from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec, layer_tensor_names
+from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec, expected_layer_shapes, layer_tensor_names
 from shadow_edge.errors import CheckpointError, MismatchError
 from shadow_edge.manifest import sha256_file
 
-# HF decoder-layer parameter names -> canonical names in `spec.LAYER_TENSORS`.
-HF_LAYER_NAMES = {
-    "self_attn.q_proj.weight": "q.weight", "self_attn.k_proj.weight": "k.weight",
-    "self_attn.v_proj.weight": "v.weight", "self_attn.o_proj.weight": "o.weight",
-    "self_attn.q_proj.bias": "q.bias", "self_attn.k_proj.bias": "k.bias",
-    "self_attn.v_proj.bias": "v.bias", "self_attn.o_proj.bias": "o.bias",
-    "self_attn.q_norm.weight": "q_norm.weight", "self_attn.k_norm.weight": "k_norm.weight",
-    "mlp.gate_proj.weight": "gate.weight", "mlp.up_proj.weight": "up.weight", "mlp.down_proj.weight": "down.weight",
-    "mlp.gate_proj.bias": "gate.bias", "mlp.up_proj.bias": "up.bias", "mlp.down_proj.bias": "down.bias",
-    "input_layernorm.weight": "input_norm.weight", "post_attention_layernorm.weight": "post_norm.weight",
-}
-CANONICAL_TO_HF = {v: k for k, v in HF_LAYER_NAMES.items()}
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 PROJECTED_TYPE = "causal_lm_with_hidden_projection"  # shadow-peft's wrapper of a narrower shadow + projection  # non-persistent buffers some old checkpoints carry
 
@@ -49,11 +37,24 @@ def _take(tensors: dict[str, torch.Tensor], key: str, file: Path) -> torch.Tenso
 
 def read_decoder(tensors: dict[str, torch.Tensor], prefix: str, cfg: DecoderConfig, file: Path,
                  with_embed: bool) -> DecoderWeights:
-    """Pop one decoder stack (`{prefix}layers.{i}.*`, `{prefix}norm.weight`) out of `tensors`."""
+    """Pop one decoder stack (`{prefix}layers.{i}.*`, `{prefix}norm.weight`) out of `tensors`, named as its
+    family's registration says (core/families.py); fused weights are split into their canonical parts."""
+    arch = architecture(cfg.model_type)
     layers = []
     for i in range(cfg.num_layers):
-        layers.append({name: _take(tensors, f"{prefix}layers.{i}.{CANONICAL_TO_HF[name]}", file)
-                       for name in layer_tensor_names(cfg)})
+        layer: dict[str, torch.Tensor] = {}
+        for hf, parts in arch.fused.items():
+            fused = _take(tensors, f"{prefix}layers.{i}.{hf}", file)
+            sizes = [expected_layer_shapes(cfg)[p][0] for p in parts]
+            if fused.dim() != 2 or fused.shape[0] != sum(sizes):
+                raise CheckpointError(f"{file}: tensor '{prefix}layers.{i}.{hf}' has shape {tuple(fused.shape)}; "
+                                      f"expected {sum(sizes)} rows ({' + '.join(map(str, sizes))} for "
+                                      f"{', '.join(parts)}) from the config")
+            layer.update(zip(parts, row_blocks(fused, sizes)))
+        for name in layer_tensor_names(cfg):
+            if name not in layer:
+                layer[name] = _take(tensors, f"{prefix}layers.{i}.{arch.hf_name(name)}", file)
+        layers.append(layer)
     norm = _take(tensors, f"{prefix}norm.weight", file)
     embed = _take(tensors, f"{prefix}embed_tokens.weight", file) if with_embed else None
     return DecoderWeights(cfg, layers, norm, embed)
@@ -85,7 +86,7 @@ def read_base(base_dir: Path) -> BaseModel:
         gguf = read_gguf(base_dir)
         raw, tensors, files = gguf.raw_config, dict(gguf.tensors), [gguf.path]
         cfg = decoder_config_from_hf(raw, f"{base_dir} (GGUF metadata)")
-        gguf.require([f"model.layers.{i}.{CANONICAL_TO_HF[n]}" for i in range(cfg.num_layers)
+        gguf.require([f"model.layers.{i}.{architecture(cfg.model_type).hf_name(n)}" for i in range(cfg.num_layers)
                       for n in layer_tensor_names(cfg)] + ["model.embed_tokens.weight", "model.norm.weight"])
     elif not base_dir.is_dir():
         raise CheckpointError(f"{base_dir}: base model directory does not exist; pass --base DIR of a HF model "

@@ -110,6 +110,31 @@ def _count_nonfinite(t: torch.Tensor, chunk: int = 1 << 22) -> int:
                if not torch.isfinite(part.sum()))
 
 
+class RowBlock(LazyValues):
+    """Rows [start, stop) of a (possibly lazy) [N, ...] tensor: one part of a fused checkpoint weight (Phi-3's
+    qkv_proj), read on use."""
+
+    __slots__ = ("source", "start", "stop", "shape")
+
+    def __init__(self, source, start: int, stop: int):
+        self.source, self.start, self.stop = source, start, stop
+        self.shape = torch.Size((stop - start, *source.shape[1:]))
+
+    def load(self) -> torch.Tensor:
+        return rows(self.source, slice(self.start, self.stop))
+
+    def rows(self, index: torch.Tensor | slice) -> torch.Tensor:
+        return self.load()[index]
+
+
+def row_blocks(t, sizes: list[int]) -> list:
+    """`t` [sum(sizes), ...] split into consecutive row blocks (lazy when `t` is)."""
+    bounds = [sum(sizes[:i]) for i in range(len(sizes) + 1)]
+    if not isinstance(t, LazyValues):
+        return [t[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [RowBlock(t, a, b) for a, b in zip(bounds, bounds[1:])]
+
+
 def dense(t):
     """float32 values of a tensor that may be lazy (torch tensors and None pass through)."""
     return t.load() if isinstance(t, LazyValues) else t

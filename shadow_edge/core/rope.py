@@ -117,8 +117,9 @@ register(RopeType("llama3", _llama3))
 register(RopeType("yarn", _yarn))
 
 
-def read_rope(cfg: dict, where: str) -> tuple[float, dict[str, Any]]:
-    """(rope_theta, standardized parameters incl. `rope_type`) from a HF config dict, as transformers reads it."""
+def read_rope(cfg: dict, where: str, partial_ok: bool = False) -> tuple[float, dict[str, Any], float]:
+    """(rope_theta, standardized parameters incl. `rope_type`, partial rotary factor) from a HF config dict, as
+    transformers reads it. A partial factor != 1 is refused unless the family rotates part of head_dim."""
     field = "rope_scaling" if cfg.get("rope_scaling") else "rope_parameters"
     params = cfg.get(field) or {}
     if not isinstance(params, dict):
@@ -132,7 +133,12 @@ def read_rope(cfg: dict, where: str) -> tuple[float, dict[str, Any]]:
     theta = get_float(theta_source, "rope_theta", where, default=DEFAULT_THETA, positive=True)
     rope_type = params["rope_type"] if "rope_type" in params else params.get("type", "default")
     partial = params.get("partial_rotary_factor", cfg.get("partial_rotary_factor"))
-    if partial is not None and partial != 1:
+    if partial is not None and partial != 1 and partial_ok:
+        source = params if "partial_rotary_factor" in params else cfg
+        partial = get_float(source, "partial_rotary_factor", where, positive=True)
+        if partial > 1:
+            raise UnsupportedModelError(f"{where}: `partial_rotary_factor` {partial!r} must be at most 1")
+    elif partial is not None and partial != 1:
         raise UnsupportedModelError(f"{where}: `partial_rotary_factor` {partial!r} is not supported (RoPE over part "
                                     "of head_dim); shadow-edge rotates the whole head_dim")
     if not isinstance(rope_type, str) or rope_type not in ROPE_TYPES:
@@ -147,10 +153,12 @@ def read_rope(cfg: dict, where: str) -> tuple[float, dict[str, Any]]:
     params["max_position_embeddings"] = cfg.get("max_position_embeddings")
     params.pop("type", None)
     params.pop("rope_theta", None)
+    params.pop("partial_rotary_factor", None)
     params["rope_type"] = rope_type
+    partial = 1.0 if partial is None else float(partial)
     if rope_type == "default":
-        return theta, {}
-    return theta, params
+        return theta, {}, partial
+    return theta, params, partial
 
 
 def rope_tables_spec(theta: float, params: dict, head_dim: int, where: str = "config") -> tuple[list[float], float]:

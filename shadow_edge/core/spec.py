@@ -20,16 +20,23 @@ from shadow_edge.core.lazy_tensor import LazyValues
 from shadow_edge.core.variants import SHADOW_PEFT, AdapterVariant
 from shadow_edge.errors import MismatchError
 
-# Per-layer tensor names of a Llama-style decoder layer (canonical, reader-independent).
-LAYER_TENSORS = ("q.weight", "k.weight", "v.weight", "o.weight", "gate.weight", "up.weight", "down.weight",
-                 "input_norm.weight", "post_norm.weight")
+# Per-layer tensor names of a decoder layer (canonical, reader-independent); which ones a layer has is its recipe's.
+ATTN_TENSORS = ("q.weight", "k.weight", "v.weight", "o.weight")
+MLP_TENSORS = ("gate.weight", "up.weight", "down.weight")
+INPUT_NORM_TENSORS = ("input_norm.weight", "post_norm.weight")  # before attention, before the MLP
+OUTPUT_NORM_TENSORS = ("attn_out_norm.weight", "mlp_out_norm.weight")  # on the attention output, on the MLP output
+LAYER_TENSORS = ATTN_TENSORS + MLP_TENSORS + INPUT_NORM_TENSORS  # a Llama layer
 QK_NORM_TENSORS = ("q_norm.weight", "k_norm.weight")
 QKV_BIAS_TENSORS = ("q.bias", "k.bias", "v.bias")
 MLP_BIAS_TENSORS = ("gate.bias", "up.bias", "down.bias")
 
 
 def layer_tensor_names(cfg: DecoderConfig) -> tuple[str, ...]:
-    names = LAYER_TENSORS
+    names = ATTN_TENSORS + MLP_TENSORS
+    if cfg.has_input_norm:
+        names += INPUT_NORM_TENSORS
+    if cfg.has_output_norms:
+        names += OUTPUT_NORM_TENSORS
     if cfg.qk_norm:
         names += QK_NORM_TENSORS
     if cfg.qkv_bias:
@@ -43,11 +50,12 @@ def layer_tensor_names(cfg: DecoderConfig) -> tuple[str, ...]:
 
 def expected_layer_shapes(cfg: DecoderConfig) -> dict[str, tuple[int, ...]]:
     d, q, kv, i = cfg.hidden_size, cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
+    per_head = cfg.qk_norm_span == "head"
     shapes = {
         "q.weight": (q, d), "k.weight": (kv, d), "v.weight": (kv, d), "o.weight": (d, q),
         "gate.weight": (i, d), "up.weight": (i, d), "down.weight": (d, i),
-        "input_norm.weight": (d,), "post_norm.weight": (d,),
-        "q_norm.weight": (cfg.head_dim,), "k_norm.weight": (cfg.head_dim,),
+        "input_norm.weight": (d,), "post_norm.weight": (d,), "attn_out_norm.weight": (d,), "mlp_out_norm.weight": (d,),
+        "q_norm.weight": (cfg.head_dim,) if per_head else (q,), "k_norm.weight": (cfg.head_dim,) if per_head else (kv,),
         "q.bias": (q,), "k.bias": (kv,), "v.bias": (kv,), "o.bias": (d,),
         "gate.bias": (i,), "up.bias": (i,), "down.bias": (d,),
     }

@@ -57,9 +57,18 @@ def _heads(spec: ShadowModelSpec) -> dict[str, tuple[torch.Tensor, torch.Tensor 
         heads = {io_spec.GRAPH_CLASSIFIER: (c.weight, c.bias, "classifier.weight"),
                  io_spec.GRAPH_SHADOW_CLASSIFIER: (c.shadow_weight, c.shadow_bias, "shadow_classifier.weight")}
     (base_w, base_b, _), (shadow_w, shadow_b, _) = heads.values()
-    if shadow_w is base_w and shadow_b is base_b:
+    if shadow_w is base_w and shadow_b is base_b and _base_head_transform(spec) is None:
         heads.pop(list(heads)[1])
     return heads
+
+
+def _base_head_transform(spec: ShadowModelSpec):
+    """The base config when its vocabulary head transforms the logits (Granite's divisor, Gemma's soft-cap): the
+    shadow's head (raw, as both trainers compute it) is then its own graph over the same stored weights."""
+    cfg = spec.base.config
+    if spec.classifier is None and (cfg.logits_divisor != 1 or cfg.final_softcap):
+        return cfg
+    return None
 
 
 def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shadow_model: str | Path | None = None,
@@ -110,7 +119,8 @@ def build_graphs(spec: ShadowModelSpec, options: ExportOptions, progress: Callab
             builders.append(build_backbone(spec, store, names, c, adapter=name == io_spec.GRAPH_BACKBONE))
         else:
             weight, bias, key = _heads(spec)[name]
-            builders.append(build_head(c, weight, key, spec, store, names, bias))
+            transform = _base_head_transform(spec) if name == io_spec.GRAPH_LM_HEAD else None
+            builders.append(build_head(c, weight, key, spec, store, names, bias, transform))
     return spec, quantized, store, contracts, builders
 
 

@@ -30,8 +30,8 @@ OPSET_ONNX_ATTENTION = 24  # TensorScatter and Attention with GQA heads
 class AttnInputs:
     """What one layer's attention reads. q: [b, s, H*hd]; k, v: [b, s, KV*hd] (RoPE applied to q, k).
 
-    bias: [b, 1, s, T] additive mask (padding; and causal for kinds that are not causal themselves:
-    GroupQueryAttention is); total: int64 scalar T = attention_mask
+    bias: [b, 1, s, T] additive mask (padding; and causal and layer i's sliding window for kinds that do not
+    apply them themselves: GroupQueryAttention does); total: int64 scalar T = attention_mask
     length; seq: int64 scalar s.
     """
 
@@ -58,9 +58,14 @@ def group_query_attention(b: GraphBuilder, cfg: DecoderConfig, i: int, a: AttnIn
     past_k, past_v, present_k, present_v = _kv_names(i)
     # Every row keeps all T cache slots (padding is masked by the bias): seqlens_k = T - 1 per row.
     total32, seqlens = b.shared("gqa_lengths", lambda: _gqa_lengths(b, a))
+    recipe = {}  # the kernel's own sliding window (the last local_window_size keys) and soft-cap (before the bias)
+    if cfg.layer_window(i):
+        recipe["local_window_size"] = cfg.layer_window(i)
+    if cfg.attn_softcap:
+        recipe["softcap"] = cfg.attn_softcap
     out = b.op("GroupQueryAttention", [a.q, a.k, a.v, past_k, past_v, seqlens, total32, "", "", "", a.bias],
                domain="com.microsoft", n_out=3, num_heads=cfg.num_heads, kv_num_heads=cfg.num_kv_heads,
-               scale=cfg.head_dim ** -0.5, outputs=[None, present_k, present_v])
+               scale=cfg.attention_scale, outputs=[None, present_k, present_v], **recipe)
     return out[0]
 
 
@@ -86,7 +91,9 @@ def onnx_attention(b: GraphBuilder, cfg: DecoderConfig, i: int, a: AttnInputs) -
         b.op("TensorScatter", [past, heads(new, cfg.num_kv_heads), write_at], axis=2, mode="linear",
              outputs=[present])  # [b, KV, capacity, hd], new entries at [T - s, T)
         cached.append(b.op("Slice", [present, b.const([0]), upto, b.const([2])]))  # [b, KV, T, hd]
-    y = b.op("Attention", [heads(a.q, cfg.num_heads), cached[0], cached[1], a.bias], scale=cfg.head_dim ** -0.5)
+    softcap = {"softcap": cfg.attn_softcap} if cfg.attn_softcap else {}  # applied before the bias (window in it)
+    y = b.op("Attention", [heads(a.q, cfg.num_heads), cached[0], cached[1], a.bias], scale=cfg.attention_scale,
+             **softcap)
     return b.op("Reshape", [b.op("Transpose", [y], perm=[0, 2, 1, 3]),
                             b.const([0, 0, cfg.num_heads * cfg.head_dim])])  # [b, s, H*hd]
 

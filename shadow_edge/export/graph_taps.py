@@ -49,7 +49,7 @@ class Taps:
 def find_taps(model: onnx.ModelProto, graph: str, num_layers: int, adapted: int) -> Taps:
     """The taps of a decoder graph with `num_layers` layers and `adapted` adapted blocks (0: no adapter)."""
     nodes = {n.name: n for n in model.graph.node}
-    embed = next((n.output[0] for n in model.graph.node if n.name.startswith("/embed/")), None)
+    embed = next((n.output[0] for n in reversed(model.graph.node) if n.name.startswith("/embed/")), None)
     layers = [nodes.get(f"/layers.{i}/mlp_residual") for i in range(num_layers)]
     injects = [nodes.get(f"/adapter.{j}/inject/Sub") for j in range(adapted)]
     missing = ([] if embed else ["/embed/*"]) + [f"/layers.{i}/mlp_residual" for i, n in enumerate(layers) if n is None]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from shadow_edge import io_spec
-from shadow_edge.core.arch import DecoderConfig
+from shadow_edge.core.arch import FULL, SLIDING, DecoderConfig
 from shadow_edge.core.lazy_tensor import dense
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.export.attention import ATTENTION, AttnInputs
@@ -123,11 +123,15 @@ def _rms(b: GraphBuilder, x: str, w: str, eps: float) -> str:
     return b.op("SimplifiedLayerNormalization", [x, w], axis=-1, epsilon=eps, stash_type=1)
 
 
-def _add_norm(b: GraphBuilder, x: str, skip: str, norm: list[str], eps: float, tag: str) -> tuple[str, str]:
+def _add_norm(b: GraphBuilder, x: str, skip: str, norm: list[str] | None, eps: float, tag: str) -> tuple[str, str]:
     """(Norm(x + skip), x + skip): onnxruntime's fused SkipSimplifiedLayerNormalization for `norm` = [weight]
     (RMSNorm); Add then LayerNormalization for [weight, bias] (LayerNorm), the Add named `tag`: onnxruntime's
     fused SkipLayerNormalization takes 5.4 us per call at d 1024 against 1.5 for the pair (benchmarks/RESULTS.md,
-    "Precision table"), and onnxruntime does not fuse the pair back (the sum also feeds the stream)."""
+    "Precision table"), and onnxruntime does not fuse the pair back (the sum also feeds the stream).
+    `norm` None (a recipe without that norm): (x + skip, x + skip)."""
+    if norm is None:
+        total = b.op("Add", [x, skip], tag=tag)
+        return total, total
     if len(norm) == 2:
         total = b.op("Add", [x, skip], tag=tag)
         return b.op("LayerNormalization", [total, *norm], axis=-1, epsilon=eps, tag=f"{tag}_norm"), total
@@ -149,49 +153,105 @@ def _silu(b: GraphBuilder, x: str) -> str:
     return b.op("Mul", [x, b.op("Sigmoid", [x])])
 
 
+def _gelu(b: GraphBuilder, x: str) -> str:
+    return b.op("Gelu", [x], domain="com.microsoft")  # exact (erf) GELU, torch.nn.GELU()'s default
+
+
+def _gelu_tanh(b: GraphBuilder, x: str) -> str:
+    return b.op("FastGelu", [x], domain="com.microsoft")  # the tanh approximation (gelu_pytorch_tanh)
+
+
+# Activations by `DecoderConfig.activation` and `AdapterVariant.update_activation` (core/model.py has the torch twins).
+ACTIVATIONS = {"silu": _silu, "gelu": _gelu, "gelu_pytorch_tanh": _gelu_tanh}
+
+
+def _norm_weight(b: GraphBuilder, cfg: DecoderConfig, key: str, t: torch.Tensor) -> str:
+    """An RMSNorm's scale as the recipe applies it: offset + weight (Gemma's 1 + w, in float32 as transformers)."""
+    if not cfg.norm_offset:
+        return b.weight(key, lambda: _np(t))
+    return b.weight(key, lambda: _np(t) + np.float32(cfg.norm_offset))
+
+
+def _embed(b: GraphBuilder, names: "Tensors", cfg: DecoderConfig, table: torch.Tensor, key: str) -> str:
+    """The stack's input [b, s, d]: embedding rows times the recipe's scale (Gemma's sqrt(d), Granite's multiplier)."""
+    h = names.embed(b, table, key, io_spec.INPUT_IDS)
+    if cfg.embed_scale == 1:
+        return h
+    return b.op("Mul", [h, b.const(cfg.embed_scale, np.float32)], tag="embed/Mul")
+
+
 class _Context:
-    """Per-graph tensors every layer shares: RoPE caches, the attention bias, the chosen attention kind."""
+    """Per-graph tensors every layer shares: RoPE caches (per RoPE kind), attention biases (per window), the
+    chosen attention kind."""
 
     def __init__(self, b: GraphBuilder, cfg: DecoderConfig, attention: str):
-        self.attention = attention
-        key = f"rope.{cfg.head_dim}.{cfg.rope_theta}.{cfg.max_positions}.{sorted(cfg.rope_scaling.items())}"
-        inv = np.array(cfg.rope_inv_freq(), np.float32)
-        freqs = np.arange(cfg.max_positions, dtype=np.float32)[:, None] * inv[None, :]  # [max_pos, hd/2]
-        scale = np.float32(cfg.rope_attention_factor())  # yarn scales cos and sin
-        self.cos = b.weight(f"{key}.cos", lambda: np.cos(freqs) * scale)
-        self.sin = b.weight(f"{key}.sin", lambda: np.sin(freqs) * scale)
+        self.attention, self.cfg, self.b = attention, cfg, b
+        self.rope = {FULL: self._rope_cache(FULL)}
+        if any(cfg.layer_rope(i) == SLIDING for i in range(cfg.num_layers)):
+            self.rope[SLIDING] = self._rope_cache(SLIDING)
+        self._bias: dict[int, str] = {}
         with b.scope("mask"):
             self.total = b.op("Gather", [b.op("Shape", [io_spec.ATTENTION_MASK]), b.const(1)], axis=0)  # T
             self.seq = b.op("Gather", [b.op("Shape", [io_spec.INPUT_IDS]), b.const(1)], axis=0)  # s
-            real = b.op("Unsqueeze", [b.op("Cast", [io_spec.ATTENTION_MASK], to=9), b.const([1, 2])])  # [b, 1, 1, T]
-            if attention == io_spec.ATTENTION_GQA:  # the kernel is causal itself: the bias only masks padding
-                padding = b.op("Where", [real, b.const(0.0, np.float32), b.const(NEG, np.float32)])  # [b, 1, 1, T]
+            self.real = b.op("Unsqueeze", [b.op("Cast", [io_spec.ATTENTION_MASK], to=9), b.const([1, 2])])  # [b,1,1,T]
+            if attention == io_spec.ATTENTION_GQA:  # the kernel is causal (and windowed) itself: padding only
+                padding = b.op("Where", [self.real, b.const(0.0, np.float32), b.const(NEG, np.float32)])  # [b,1,1,T]
                 rows = b.op("Concat", [b.const([1, 1]), b.op("Unsqueeze", [self.seq, b.const([0])]), b.const([1])],
                             axis=0)  # [1, 1, s, 1]
-                self.bias = b.op("Expand", [padding, rows])  # [b, 1, s, T]: the kernel wants s rows
+                self._bias[0] = b.op("Expand", [padding, rows])  # [b, 1, s, T]: the kernel wants s rows
                 return
-            k_pos = b.op("Range", [b.const(0), self.total, b.const(1)])  # [T]
-            q_pos = b.op("Range", [b.op("Sub", [self.total, self.seq]), self.total, b.const(1)])  # [s]
-            causal = b.op("LessOrEqual", [b.op("Unsqueeze", [k_pos, b.const([0])]),
-                                          b.op("Unsqueeze", [q_pos, b.const([1])])])  # [s, T]
-            allowed = b.op("And", [causal, real])  # [b, 1, s, T]
-            self.bias = b.op("Where", [allowed, b.const(0.0, np.float32), b.const(NEG, np.float32)])
+            self.k_pos = b.op("Range", [b.const(0), self.total, b.const(1)])  # [T]
+            self.q_pos = b.op("Range", [b.op("Sub", [self.total, self.seq]), self.total, b.const(1)])  # [s]
+            causal = b.op("LessOrEqual", [b.op("Unsqueeze", [self.k_pos, b.const([0])]),
+                                          b.op("Unsqueeze", [self.q_pos, b.const([1])])])  # [s, T]
+            self.allowed = b.op("And", [causal, self.real])  # [b, 1, s, T]
+            self._bias[0] = b.op("Where", [self.allowed, b.const(0.0, np.float32), b.const(NEG, np.float32)])
+
+    def _rope_cache(self, kind: str) -> tuple[str, str]:
+        cfg = self.cfg
+        theta, scaling = cfg.rope_spec(kind)
+        rotary = "" if cfg.rotary == cfg.head_dim else f".r{cfg.rotary}"
+        key = f"rope.{cfg.head_dim}{rotary}.{theta}.{cfg.max_positions}.{sorted(scaling.items())}"
+        inv = np.array(cfg.rope_inv_freq(kind), np.float32)
+        freqs = np.arange(cfg.max_positions, dtype=np.float32)[:, None] * inv[None, :]  # [max_pos, rotary/2]
+        scale = np.float32(cfg.rope_attention_factor(kind))  # yarn scales cos and sin
+        return (self.b.weight(f"{key}.cos", lambda: np.cos(freqs) * scale),
+                self.b.weight(f"{key}.sin", lambda: np.sin(freqs) * scale))
+
+    def bias(self, i: int) -> str:
+        """Layer i's additive bias [b, 1, s, T]: padding (GroupQueryAttention applies causality and its window
+        itself), or padding, causality and layer i's sliding window (the other kinds)."""
+        window = 0 if self.attention == io_spec.ATTENTION_GQA else self.cfg.layer_window(i)
+        if window not in self._bias:
+            b = self.b
+            with b.scope(f"mask.window{window}"):
+                near = b.op("Greater", [b.op("Unsqueeze", [self.k_pos, b.const([0])]), b.op("Unsqueeze", [
+                    b.op("Sub", [self.q_pos, b.const(window)]), b.const([1])])])  # [s, T]: the last `window` keys
+                self._bias[window] = b.op("Where", [b.op("And", [self.allowed, near]), b.const(0.0, np.float32),
+                                                    b.const(NEG, np.float32)])
+        return self._bias[window]
 
 
-def _rotary(b: GraphBuilder, x: str, ctx: _Context, heads: int) -> str:
-    return b.op("RotaryEmbedding", [x, io_spec.POSITION_IDS, ctx.cos, ctx.sin], domain="com.microsoft",
-                num_heads=heads, interleaved=0)
+def _rotary(b: GraphBuilder, x: str, ctx: _Context, heads: int, kind: str) -> str:
+    cos, sin = ctx.rope[kind]
+    partial = {} if ctx.cfg.rotary == ctx.cfg.head_dim else {"rotary_embedding_dim": ctx.cfg.rotary}
+    return b.op("RotaryEmbedding", [x, io_spec.POSITION_IDS, cos, sin], domain="com.microsoft",
+                num_heads=heads, interleaved=0, **partial)
 
 
-def _input_norm(b: GraphBuilder, prefix: str, i: int, lw: dict[str, torch.Tensor]) -> list[str]:
-    return [b.weight(f"{prefix}.layers.{i}.input_norm", lambda: _np(lw["input_norm.weight"]))]
+def _input_norm(b: GraphBuilder, cfg: DecoderConfig, prefix: str, i: int, lw: dict[str, torch.Tensor],
+                ) -> list[str] | None:
+    """[layer i's input norm weight], or None when the recipe has no norm before attention (OLMo 2)."""
+    if not cfg.has_input_norm:
+        return None
+    return [_norm_weight(b, cfg, f"{prefix}.layers.{i}.input_norm", lw["input_norm.weight"])]
 
 
 def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: int, lw: dict[str, torch.Tensor],
            x: str, h: str, ctx: _Context) -> tuple[str, str]:
     """One decoder layer (reads/writes layer i's KV pair of the contract) on the residual stream h [b, s, d]
-    whose input norm x the caller computed. Returns (h', down): the layer's output is h' + down, added by
-    the caller (`_layer_output`), where the next norm can share its kernel."""
+    whose input norm x the caller computed (x is h without one). Returns (h', down): the layer's output is
+    h' + down, added by the caller (`_layer_output`), where the next norm can share its kernel."""
     H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     key = f"{prefix}.layers.{i}"
     with b.scope(f"layers.{i}"):
@@ -201,38 +261,67 @@ def _layer(b: GraphBuilder, names: Tensors, cfg: DecoderConfig, prefix: str, i: 
                 qkv = b.op("Add", [qkv, b.weight(f"{key}.qkv_bias", lambda: _np(
                     torch.cat([dense(lw[n]) for n in ("q.bias", "k.bias", "v.bias")])))], tag="qkv/Add")
             # q and k as one tensor of H + KV heads through their norms and RoPE: fewer, larger kernels
-            qk, v = b.op("Split", [qkv, b.const([(H + KV) * hd, KV * hd])], n_out=2, axis=-1)  # [b, s, (H+KV)*hd]
-            if cfg.qk_norm:
-                qk = _qk_norm(b, qk, key, lw, cfg)
-            q, k = b.op("Split", [_rotary(b, qk, ctx, H + KV), b.const([H * hd, KV * hd])], n_out=2, axis=-1)
-            attn = ATTENTION[ctx.attention](b, cfg, i, AttnInputs(q, k, v, ctx.bias, ctx.total, ctx.seq))
+            if cfg.qk_norm and cfg.qk_norm_span == "proj":
+                qk, v = _proj_qk_norm(b, qkv, key, lw, cfg)
+            else:
+                qk, v = b.op("Split", [qkv, b.const([(H + KV) * hd, KV * hd])], n_out=2, axis=-1)  # [b,s,(H+KV)*hd]
+                if cfg.qk_norm:
+                    qk = _qk_norm(b, qk, key, lw, cfg)
+            kind = cfg.layer_rope(i)
+            if kind is not None:
+                qk = _rotary(b, qk, ctx, H + KV, kind)
+            q, k = b.op("Split", [qk, b.const([H * hd, KV * hd])], n_out=2, axis=-1)
+            attn = ATTENTION[ctx.attention](b, cfg, i, AttnInputs(q, k, v, ctx.bias(i), ctx.total, ctx.seq))
             o = names.linear(b, attn, f"{key}.o", [lw["o.weight"]], "o")
             if cfg.o_bias:
                 o = b.op("Add", [o, b.weight(f"{key}.o_bias", lambda: _np(lw["o.bias"]))], tag="o/Add")
-        x, h = _add_norm(b, h, o, [b.weight(f"{key}.post_norm", lambda: _np(lw["post_norm.weight"]))],
-                         cfg.rms_norm_eps, "attn_residual")
+            o = _sublayer_output(b, cfg, key, lw, o, "attn_out_norm")
+        pre_mlp = [_norm_weight(b, cfg, f"{key}.post_norm", lw["post_norm.weight"])] if cfg.has_input_norm else None
+        x, h = _add_norm(b, h, o, pre_mlp, cfg.rms_norm_eps, "attn_residual")
         with b.scope("mlp"):
             gu = names.linear(b, x, f"{key}.gate_up", [lw["gate.weight"], lw["up.weight"]], "gate_up")
             if cfg.mlp_bias:
                 gu = b.op("Add", [gu, b.weight(f"{key}.gate_up_bias", lambda: _np(
                     torch.cat([dense(lw["gate.bias"]), dense(lw["up.bias"])])))], tag="gate_up/Add")
             g, u = b.op("Split", [gu, b.const([cfg.intermediate_size] * 2)], n_out=2, axis=-1)
-            m = b.op("Mul", [_silu(b, g), u])
+            m = b.op("Mul", [ACTIVATIONS[cfg.activation](b, g), u])
             down = names.linear(b, m, f"{key}.down", [lw["down.weight"]], "down")
             if cfg.mlp_bias:
                 down = b.op("Add", [down, b.weight(f"{key}.down_bias", lambda: _np(lw["down.bias"]))], tag="down/Add")
+            down = _sublayer_output(b, cfg, key, lw, down, "mlp_out_norm")
         return h, down
 
 
+def _sublayer_output(b: GraphBuilder, cfg: DecoderConfig, key: str, lw: dict[str, torch.Tensor], out: str,
+                     norm: str) -> str:
+    """What attention or the MLP adds to the stream: normed (post / sandwich placements), scaled (Granite)."""
+    if cfg.has_output_norms:
+        out = _rms(b, out, _norm_weight(b, cfg, f"{key}.{norm}", lw[f"{norm}.weight"]), cfg.rms_norm_eps)
+    if cfg.residual_scale != 1:
+        out = b.op("Mul", [out, b.const(cfg.residual_scale, np.float32)])
+    return out
+
+
 def _qk_norm(b: GraphBuilder, qk: str, key: str, lw: dict[str, torch.Tensor], cfg: DecoderConfig) -> str:
-    """Qwen3 q/k norms on [b, s, (H + KV) * hd]: RMSNorm over head_dim of every head, then each head's weight
-    (q_norm on the H query heads, k_norm on the KV key heads) as one [H + KV, hd] scale."""
+    """Per-head q/k norms on [b, s, (H + KV) * hd]: RMSNorm over head_dim of every head, then each head's weight
+    (q_norm on the H query heads, k_norm on the KV key heads) as one [H + KV, hd] scale (+ the recipe's offset)."""
     H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     heads = b.op("Reshape", [qk, b.const([0, 0, H + KV, hd])])  # [b, s, H+KV, hd]
     normed = _rms(b, heads, b.const(np.ones(hd), np.float32), cfg.rms_norm_eps)
     scale = b.weight(f"{key}.qk_norm", lambda: _np(torch.cat([dense(lw["q_norm.weight"]).expand(H, hd),
-                                                              dense(lw["k_norm.weight"]).expand(KV, hd)])))  # [H+KV, hd]
+                                                              dense(lw["k_norm.weight"]).expand(KV, hd)]))
+                     + np.float32(cfg.norm_offset))  # [H+KV, hd]
     return b.op("Reshape", [b.op("Mul", [normed, scale]), b.const([0, 0, (H + KV) * hd])])
+
+
+def _proj_qk_norm(b: GraphBuilder, qkv: str, key: str, lw: dict[str, torch.Tensor], cfg: DecoderConfig,
+                  ) -> tuple[str, str]:
+    """OLMo 2's q/k norms over the whole projections: (norm(q) | norm(k) [b, s, (H+KV)*hd], v [b, s, KV*hd])."""
+    H, KV, hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    q, k, v = b.op("Split", [qkv, b.const([H * hd, KV * hd, KV * hd])], n_out=3, axis=-1)
+    q = _rms(b, q, _norm_weight(b, cfg, f"{key}.q_norm", lw["q_norm.weight"]), cfg.rms_norm_eps)
+    k = _rms(b, k, _norm_weight(b, cfg, f"{key}.k_norm", lw["k_norm.weight"]), cfg.rms_norm_eps)
+    return b.op("Concat", [q, k], axis=-1), v
 
 
 def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors, contract: io_spec.GraphContract,
@@ -240,16 +329,18 @@ def build_shadow(spec: ShadowModelSpec, store: WeightStore, names: Tensors, cont
     """The detached shadow: embeddings -> shadow layers -> norm -> projection, I/O as `contract` declares."""
     b = GraphBuilder(contract, store)
     cfg = spec.shadow.config
-    h = names.embed(b, spec.shadow_embed, "model.embed_tokens.weight" if spec.shadow.embed is None
-                    else "shadow.embed_tokens.weight", io_spec.INPUT_IDS)
+    h = _embed(b, names, cfg, spec.shadow_embed, "model.embed_tokens.weight" if spec.shadow.embed is None
+               else "shadow.embed_tokens.weight")
     ctx = _Context(b, cfg, contract.attention)
     layers = spec.shadow.layers
-    x = _rms(b, h, _input_norm(b, "shadow", 0, layers[0])[0], cfg.rms_norm_eps)
+    norm = _input_norm(b, cfg, "shadow", 0, layers[0])
+    x = h if norm is None else _rms(b, h, norm[0], cfg.rms_norm_eps)
     for i, lw in enumerate(layers):
         h, down = _layer(b, names, cfg, "shadow", i, lw, x, h, ctx)
-        following = (_input_norm(b, "shadow", i + 1, layers[i + 1]) if i + 1 < len(layers)
-                     else [b.weight("shadow.norm", lambda: _np(spec.shadow.norm))])  # the next norm, fused
+        following = (_input_norm(b, cfg, "shadow", i + 1, layers[i + 1]) if i + 1 < len(layers)
+                     else [_norm_weight(b, cfg, "shadow.norm", spec.shadow.norm)])  # the next norm, fused
         x, h = _layer_output(b, i, h, down, following, cfg.rms_norm_eps)
+        x = h if x is None else x
     h = x  # final-normed
     if spec.projection is not None:
         h = b.op("MatMul", [h, b.weight("shadow.projection", lambda: _np(spec.projection.T))], tag="projection/MatMul")
@@ -263,17 +354,18 @@ def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, co
     b = GraphBuilder(contract, store)
     cfg = spec.base.config
     s = io_spec.SHADOW_HIDDEN if adapter else None
-    h = names.embed(b, spec.base.embed, "model.embed_tokens.weight", io_spec.INPUT_IDS)
+    h = _embed(b, names, cfg, spec.base.embed, "model.embed_tokens.weight")
     ctx = _Context(b, cfg, contract.attention)
     adapted = spec.adapted_range if adapter else range(0)
     layers, eps = spec.base.layers, cfg.rms_norm_eps
     x = None  # the next layer's normed input, when the previous output's kernel computed it
     for i, lw in enumerate(layers):
         if i in adapted:  # the injection's delta is added inside the layer's input norm
-            x, h = _add_norm(b, h, _inject(b, spec, i - adapted.start, h, s), _input_norm(b, "base", i, lw), eps,
-                             f"layers.{i}/input_norm")
+            x, h = _add_norm(b, h, _inject(b, spec, i - adapted.start, h, s), _input_norm(b, cfg, "base", i, lw),
+                             eps, f"layers.{i}/input_norm")
         elif x is None:
-            x = _rms(b, h, _input_norm(b, "base", i, lw)[0], eps)
+            norm = _input_norm(b, cfg, "base", i, lw)
+            x = h if norm is None else _rms(b, h, norm[0], eps)
         h, down = _layer(b, names, cfg, "base", i, lw, x, h, ctx)
         if i in adapted and i != adapted[-1]:  # the last update feeds nothing: skipped
             u, h = _layer_output(b, i, h, down, _update_norm(b, spec), spec.update_norm_eps)
@@ -281,9 +373,9 @@ def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, co
         elif i + 1 in adapted:  # the injection reads the stream itself
             x, h = _layer_output(b, i, h, down)
         else:
-            following = (_input_norm(b, "base", i + 1, layers[i + 1]) if i + 1 < len(layers)
-                         else [b.weight("base.norm", lambda: _np(spec.base.norm))])
-            x, h = _layer_output(b, i, h, down, following, eps)
+            following = (_input_norm(b, cfg, "base", i + 1, layers[i + 1]) if i + 1 < len(layers)
+                         else [_norm_weight(b, cfg, "base.norm", spec.base.norm)])
+            x, h = _layer_output(b, i, h, down, following, eps)  # x None: the next layer has no input norm
     b.output(x, io_spec.HIDDEN)  # final-normed
     return b
 
@@ -294,14 +386,6 @@ def _inject(b: GraphBuilder, spec: ShadowModelSpec, j: int, h: str, s: str) -> s
         down = b.weight(f"adapter.{j}.inject_down", lambda: _np(spec.injection_down[j]))
         up = b.weight(f"adapter.{j}.inject_up", lambda: _np(spec.injection_up[j] * spec.alpha))
         return b.op("MatMul", [b.op("MatMul", [b.op("Sub", [h, s]), down]), up])
-
-
-def _gelu(b: GraphBuilder, x: str) -> str:
-    return b.op("Gelu", [x], domain="com.microsoft")  # exact (erf) GELU, torch.nn.GELU()'s default
-
-
-# Update-MLP activations by `AdapterVariant.update_activation` (core/model.py has the torch twins).
-ACTIVATIONS = {"silu": _silu, "gelu": _gelu}
 
 
 def _update_norm(b: GraphBuilder, spec: ShadowModelSpec) -> list[str] | None:
@@ -339,11 +423,18 @@ def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, u: str, s: str) -> s
 
 
 def build_head(contract: io_spec.GraphContract, head: torch.Tensor, default_key: str, spec: ShadowModelSpec,
-               store: WeightStore, names: Tensors, bias: torch.Tensor | None = None) -> GraphBuilder:
+               store: WeightStore, names: Tensors, bias: torch.Tensor | None = None,
+               transform: DecoderConfig | None = None) -> GraphBuilder:
     """hidden_states [b, n, d] -> logits [b, n, out] against the stored [out, d] matrix: the vocabulary
-    (lm heads) or the labels (classifier heads, with their bias)."""
+    (lm heads) or the labels (classifier heads, with their bias); `transform`: the base family's logits
+    divisor and soft-cap (core/model.head_transform), for the base's vocabulary head."""
     b = GraphBuilder(contract, store)
     (inp,), (out,) = contract.inputs, contract.outputs
     logits = names.head(b, inp.name, head, default_key, bias)
+    if transform is not None and transform.logits_divisor != 1:
+        logits = b.op("Div", [logits, b.const(transform.logits_divisor, np.float32)], tag="lm_head/Div")
+    if transform is not None and transform.final_softcap:
+        cap = b.const(transform.final_softcap, np.float32)
+        logits = b.op("Mul", [b.op("Tanh", [b.op("Div", [logits, cap])]), cap], tag="lm_head/softcap")
     b.output(logits, out.name)
     return b

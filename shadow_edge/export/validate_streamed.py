@@ -28,9 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from shadow_edge import io_spec
-from shadow_edge.core.model import (ShadowModel, StepInputs, _AdapterHook, attention_bias, decoder_layer, rms_norm,
-                                    rope_tables)
-from shadow_edge.core.lazy_tensor import dense, embedding
+from shadow_edge.core.model import LayerInputs, ShadowModel, StepInputs, _AdapterHook, decoder_layer, embed, norm
 from shadow_edge.core.spec import DecoderWeights
 from shadow_edge.export.graph_taps import TapSession
 from shadow_edge.export.validate import (SCENARIOS, Reference, Scenario, Worst, checked_report,
@@ -133,10 +131,9 @@ def _decoder_blocks(art_dir: Path, spec, name: str, entry: GraphEntry, role: str
     worst: dict[str, Worst] = {}
     nonfinite: list[str] = []
     t = torch.from_numpy
-    embed = embedding(step.input_ids, spec.shadow_embed if shadow else w.embed)  # [b, T, d]: the rows used
-    compare(f"{name} embed", acts[taps.embed], embed.numpy(), real, worst, nonfinite)
-    cos, sin = rope_tables(w.config, step.position_ids)
-    bias = attention_bias(step.attention_mask, step.input_ids.shape[1])
+    rows = embed(w.config, step.input_ids, spec.shadow_embed if shadow else w.embed)  # [b, T, d]: the rows used
+    compare(f"{name} embed", acts[taps.embed], rows.numpy(), real, worst, nonfinite)
+    inputs = LayerInputs(w.config, step, step.input_ids.shape[1])
     hook = _AdapterHook(spec, None) if adapter else None
     kv_real = step.attention_mask.bool().numpy()
     for i in range(w.config.num_layers):
@@ -145,7 +142,7 @@ def _decoder_blocks(art_dir: Path, spec, name: str, entry: GraphEntry, role: str
         if i in adapted:
             hook.state = t(acts[taps.states[i - adapted.start]])
             h = hook.before(i, h)
-        h, (k, v) = decoder_layer(w.config, w.layers[i], h, cos, sin, bias, None)  # reads layer i only
+        h, (k, v) = decoder_layer(w.config, w.layers[i], h, inputs, i, None)  # reads layer i only
         compare(block, acts[taps.layers[i]], h.numpy(), real, worst, nonfinite)
         for ours, ref in zip(presents[2 * i: 2 * i + 2], (k, v)):  # [b, kv, T, hd] -> [b, T, kv, hd]
             compare(block, ours.transpose(0, 2, 1, 3), ref.numpy().transpose(0, 2, 1, 3), kv_real, worst, nonfinite)
@@ -153,7 +150,7 @@ def _decoder_blocks(art_dir: Path, spec, name: str, entry: GraphEntry, role: str
         if i in adapted and j + 1 in taps.states:  # the update after the last adapted block feeds nothing
             hook.after(i, h)
             compare(block, acts[taps.states[j + 1]], hook.state.numpy(), real, worst, nonfinite)
-    h = rms_norm(t(acts[taps.layers[-1]]), dense(w.norm), w.config.rms_norm_eps)
+    h = norm(w.config, t(acts[taps.layers[-1]]), w.norm)
     if shadow and spec.projection is not None:
         h = F.linear(h, spec.projection)
     compare(f"{name} norm", main, h.numpy(), real, worst, nonfinite)
