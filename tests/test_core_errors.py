@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from factories import RECIPES, make_base_model
 from shadow_edge.core import load_spec
+from shadow_edge.core.arch import supported_model_types
 from shadow_edge.errors import CheckpointError, MismatchError, ShadowEdgeError, UnsupportedModelError
 
 ADAPTER = "shadow_adapter.safetensors"
@@ -126,7 +127,7 @@ def test_unsupported_architecture(implicit):
     base, adapter = implicit
     cfg = json.loads((base / "config.json").read_text())
     (base / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
-    expect_error(UnsupportedModelError, str(base / "config.json"), "'gpt2'", "llama, mistral, qwen2, qwen3",
+    expect_error(UnsupportedModelError, str(base / "config.json"), "'gpt2'", ", ".join(supported_model_types()),
                  base=base, adapter=adapter)
 
 

@@ -120,8 +120,10 @@ def _gemma2(cfg: dict, where: str, head_dim: int) -> dict:
 
 
 def _gemma3_text(cfg: dict, where: str, head_dim: int) -> dict:
+    """Gemma 3: Gemma 2's recipe with per-head q/k norms and local/global RoPE (read generically); transformers'
+    Gemma 3 attention does not apply `attn_logit_softcapping`, so neither do we."""
     pattern = get_int(cfg, "sliding_window_pattern", where, default=6)
-    return dict(_gemma(cfg, where, pattern), qk_norm=True)
+    return dict(_gemma(cfg, where, pattern), qk_norm=True, attn_softcap=0.0)
 
 
 register(Architecture("llama", _llama))
