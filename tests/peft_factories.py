@@ -18,7 +18,7 @@ import torch
 from peft import PeftModel, ShadowConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
-from factories import make_base_model, randomize_adapter
+from factories import FAMILY_RECIPES, make_base_model, randomize_adapter
 from shadow_edge.core import ShadowModel, load_spec
 
 QWEN3 = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=384,
@@ -47,6 +47,10 @@ PEFT_RECIPES = {
     "qwen3_pretrained": PeftRecipe("qwen3", QWEN3, dict(r=4), pretrained="plain"),
     "qwen3_projected": PeftRecipe("qwen3", QWEN3, dict(r=4), pretrained="projected"),
 }
+# PEFT's mirror over the families beyond Llama's shape (windows, soft-caps, partial rotary, logit divisor).
+PEFT_RECIPES.update({f"{name}_mirror": PeftRecipe(FAMILY_RECIPES[name].arch, FAMILY_RECIPES[name].base,
+                                                  dict(r=4, shadow_num_hidden_layers=2, update_hidden_size=6))
+                     for name in ("gemma2_gqa", "phi3_partial_explicit_gemma3", "granite_multipliers")})
 PEFT_CASE_NAMES = tuple(PEFT_RECIPES)
 
 

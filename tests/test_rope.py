@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from factories import make_base_model
-from shadow_edge.core.arch import decoder_config_from_hf
+from shadow_edge.core.arch import architecture, decoder_config_from_hf
 from shadow_edge.core.rope import read_rope
 from shadow_edge.core.tiny import SHADOW_CONFIG, adapter_tensors
 from shadow_edge.export import ExportOptions, export_artifact
@@ -37,6 +37,11 @@ VARIANTS = [
     ("yarn_mscale", "llama", {"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 300.0,
                                                   "mscale": 0.8, "mscale_all_dim": 0.5, "beta_fast": 16,
                                                   "original_max_position_embeddings": 16}}),
+    # Phi-3 / Phi-4-mini: short factors within original_max_position_embeddings (the 60-token test fits), partial
+    ("longrope_partial", "phi3", {"rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.5, 2.0, 3.0, 5.0, 8.0],
+                                                   "long_factor": [9.0] * 6},
+                                  "partial_rotary_factor": 0.75, "original_max_position_embeddings": 64,
+                                  "max_position_embeddings": 256}),
 ]
 
 
@@ -59,7 +64,7 @@ def _write_model(root: Path, arch: str, extra: dict) -> tuple[Path, Path]:
 def test_config_read_as_transformers_reads_it(name, arch, extra):
     raw = {"model_type": arch, **BASE, **extra}
     theirs = AutoConfig.for_model(arch, **{k: v for k, v in raw.items() if k != "model_type"}).rope_parameters
-    theta, ours, _ = read_rope(json.loads(json.dumps(raw)), "config.json")
+    theta, ours, _ = read_rope(json.loads(json.dumps(raw)), "config.json", architecture(arch).partial_rotary)
     assert theta == pytest.approx(theirs["rope_theta"])
     assert ours.get("rope_type", "default") == theirs["rope_type"]
     for key in ("factor", "original_max_position_embeddings", "low_freq_factor", "mscale"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from shadow_edge.core.config_values import get_bool, get_float, get_int, get_optional_int
-from shadow_edge.core.rope import read_rope, rope_tables_spec
+from shadow_edge.core.rope import read_rope, rope_context_limit, rope_tables_spec
 from shadow_edge.errors import UnsupportedModelError
 
 NORM_PLACEMENTS = ("pre", "post", "sandwich")  # pre: before attn/MLP; post: on their outputs; sandwich: both
@@ -232,6 +232,10 @@ def decoder_config_from_hf(cfg: dict, where: str) -> DecoderConfig:
     if window is not None:
         max_pos = min(max_pos, window)  # every layer slides: exact without a sliding mask up to the window
     rotary = int(head_dim * partial) if partial != 1 else 0
+    for rope in ((theta, scaling), local):  # each variant's own fields checked now, naming the file
+        if rope[0]:
+            rope_tables_spec(*rope, rotary or head_dim, where)
+            max_pos = min(max_pos, rope_context_limit(rope[1]) or max_pos)  # longrope: within the original length
     try:
         config = DecoderConfig(
             model_type=cfg["model_type"],
@@ -254,8 +258,6 @@ def decoder_config_from_hf(cfg: dict, where: str) -> DecoderConfig:
         )
     except UnsupportedModelError as e:
         raise UnsupportedModelError(f"{where}: {e}") from None
-    for kind in (FULL, SLIDING):  # checks each variant's own fields now, naming the file
-        rope_tables_spec(*config.rope_spec(kind), config.rotary, where)
     return config
 
 

@@ -4,8 +4,8 @@ transformers (`RotaryEmbeddingConfigMixin.convert_rope_params_to_dict` / `standa
 takes a legacy `rope_scaling` over `rope_parameters` when it is set, takes `rope_theta` from
 that dict, else from the config's top level, else 10000, and accepts `type` for `rope_type`.
 Each registered type gives the inverse frequencies and the factor its cos/sin tables are
-scaled by; any other type (longrope, proportional, ...) or a partial rotary factor is
-refused with the field that asked for it.
+scaled by; any other type (proportional, ...) is refused with the field that asked for it, and so is a
+partial rotary factor unless the family rotates part of head_dim (Phi-3).
 """
 
 from __future__ import annotations
@@ -92,11 +92,33 @@ def _yarn(p: dict, theta: float, head_dim: int, where: str) -> tuple[list[float]
     return out, float(attention)
 
 
+def _longrope(p: dict, theta: float, head_dim: int, where: str) -> tuple[list[float], float]:
+    """transformers' `_compute_longrope_parameters` with the short factors: what it applies while the sequence
+    stays within original_max_position_embeddings (beyond, it switches every position to the long factors, so
+    `context_limit` caps the context there and the cached keys stay exact)."""
+    original = get_int(p, "original_max_position_embeddings", where)
+    short = p.get("short_factor")
+    if (not isinstance(short, list) or len(short) != head_dim // 2
+            or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 0 for f in short)):
+        raise UnsupportedModelError(f"{where}: longrope `short_factor` must be a list of {head_dim // 2} positive "
+                                    f"numbers (one per rotary frequency), got {short!r}")
+    if p.get("factor") is None:
+        factor = get_int(p, "max_position_embeddings", where) / original
+    else:
+        factor = get_float(p, "factor", where, positive=True)
+    if p.get("attention_factor") is not None:
+        attention = get_float(p, "attention_factor", where, positive=True)
+    else:
+        attention = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return [f / s for f, s in zip(_base_inv(theta, head_dim), short)], attention
+
+
 @dataclass(frozen=True)
 class RopeType:
     name: str
     compute: Callable[[dict, float, int, str], tuple[list[float], float]]  # -> inv_freq [head_dim/2], cos/sin scale
     note: str = ""
+    context_limit: Callable[[dict], int] | None = None  # the longest context computed exactly (else the config's)
 
 
 ROPE_TYPES: dict[str, RopeType] = {}
@@ -115,6 +137,8 @@ register(RopeType("linear", _linear))
 register(RopeType("dynamic", _default, "exact up to max_position_embeddings"))
 register(RopeType("llama3", _llama3))
 register(RopeType("yarn", _yarn))
+register(RopeType("longrope", _longrope, "exact up to original_max_position_embeddings, which caps the context",
+                  context_limit=lambda p: int(p["original_max_position_embeddings"])))
 
 
 def read_rope(cfg: dict, where: str, partial_ok: bool = False) -> tuple[float, dict[str, Any], float]:
@@ -159,6 +183,12 @@ def read_rope(cfg: dict, where: str, partial_ok: bool = False) -> tuple[float, d
     if rope_type == "default":
         return theta, {}, partial
     return theta, params, partial
+
+
+def rope_context_limit(params: dict) -> int | None:
+    """The context length within which the RoPE variant of `params` is computed exactly, if it caps it."""
+    limit = ROPE_TYPES[params.get("rope_type", "default")].context_limit
+    return None if limit is None else limit(params)
 
 
 def rope_tables_spec(theta: float, params: dict, head_dim: int, where: str = "config") -> tuple[list[float], float]:
