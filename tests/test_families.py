@@ -155,3 +155,25 @@ BASE = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, interm
 def test_unsupported_variants_refused_naming_the_field(cfg, field):
     with pytest.raises(UnsupportedModelError, match=f"config.json: .*`{field}`"):
         decoder_config_from_hf(json.loads(json.dumps(cfg)), "config.json")
+
+
+@pytest.mark.parametrize("name", FAMILY_NAMES)
+def test_genai_runs_the_single_graphs(family, name):
+    """onnxruntime-genai runs every single graph written (one prompt; a batch of one length) with shadow-edge's
+    tokens; sliding-window models say in the manifest that right-padded batches of mixed lengths differ."""
+    from test_interop import genai_greedy, reference
+
+    case, rt, art = family(name)
+    m = read_manifest(art)
+    prompts = [[5, 17, 99, 3, 7, 8, 9, 10], [42, 8, 1, 2, 3, 4, 5, 6]]
+    for key, mode in (("detached", "shadow_only"), ("combined", "base_shadow")):
+        entry = m.interop[key]
+        if entry["file"] is None:
+            assert "KV shapes differ" in entry["limits"]["all"]
+            continue
+        slides = any("sliding" in (m.model[p].get("layer_types") or ()) for p in ("shadow", "base")[:1 + (key == "combined")])
+        assert ("onnxruntime-genai" in entry["limits"]) == slides
+        for batch_ in (prompts[:1], prompts):
+            want = [row[:row.index(0) + 1] if 0 in row else row for row in reference(rt, batch_, mode)]
+            got = genai_greedy(art, entry["file"], batch_, rt.eos_ids)  # genai ends a row at id 0 (its pad id)
+            assert [g[:len(w)] for g, w in zip(got, want)] == want

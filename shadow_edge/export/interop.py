@@ -48,6 +48,12 @@ CONCAT_ATTENTION = {io_spec.ATTENTION_GQA}
 SEARCH_KEYS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "num_beams",
                "num_return_sequences", "min_length", "max_length", "length_penalty", "no_repeat_ngram_size",
                "diversity_penalty", "early_stopping")
+# onnxruntime-genai's `type` picks its decoder-only pipeline (the math is in the graph); types it does not know by
+# this name get the nearest one it does.
+GENAI_TYPES = {"olmo2": "olmo"}
+GENAI_SLIDING_LIMIT = ("batches of prompts of different lengths: onnxruntime-genai pads on the right, which puts "
+                       "padding inside this model's sliding windows (tokens then differ from shadow-edge's left-padded "
+                       "batches); single prompts and prompts of one length match")
 OPTIMUM_WORKAROUND = ("hidden_size is num_attention_heads * head_dim: optimum-onnx 0.1.0 sizes its first empty KV "
                       "cache as hidden_size // num_attention_heads and ignores head_dim; the graph does not read "
                       "hidden_size. The true width is shadow_edge.hidden_size.")
@@ -61,6 +67,9 @@ def write_interop(art_dir: Path, graphs: dict[str, GraphEntry], modes: dict[str,
     section = {"detached": _single(art_dir, graphs, detached, DETACHED_FILE, io_spec.MODE_SHADOW_ONLY),
                "combined": _single(art_dir, graphs, combined, COMBINED_FILE, io_spec.MODE_BASE_SHADOW),
                "configs": {GENAI_CONFIG: TOOLS[GENAI_CONFIG]}}
+    for key, parts in (("detached", ("shadow",)), ("combined", ("shadow", "base"))):
+        if section[key]["file"] and any("sliding" in (model[p].get("layer_types") or ()) for p in parts):
+            section[key]["limits"][TOOL_GENAI] = GENAI_SLIDING_LIMIT
     written = [(section[k], chain) for k, chain in (("detached", detached), ("combined", combined))
                if section[k]["file"]]
     if validate:  # the split graphs' outputs first (their sessions opened once, then freed), then each joined
@@ -116,7 +125,7 @@ def genai_config(decoder: dict, model: dict, tokenizer: dict, generation: dict) 
     special = {"bos_token_id": tokenizer.get("bos_token_id"),
                "eos_token_id": list(tokenizer.get("eos_token_ids") or []), "pad_token_id": tokenizer.get("pad_token_id")}
     return {"model": {
-        "type": decoder["model_type"],
+        "type": GENAI_TYPES.get(decoder["model_type"], decoder["model_type"]),
         "context_length": context,
         "vocab_size": int(model["vocab_size"]),
         **{k: v for k, v in special.items() if v not in (None, [])},  # genai rejects null
