@@ -173,6 +173,7 @@ def test_genai_runs_the_single_graphs(family, name):
             continue
         slides = any("sliding" in (m.model[p].get("layer_types") or ()) for p in ("shadow", "base")[:1 + (key == "combined")])
         assert ("onnxruntime-genai" in entry["limits"]) == slides
+        assert ("optimum" in entry["tools"]) == (m.model["shadow"]["model_type"] in ("phi3", "smollm3"))
         for batch_ in (prompts[:1], prompts):
             want = [row[:row.index(0) + 1] if 0 in row else row for row in reference(rt, batch_, mode)]
             got = genai_greedy(art, entry["file"], batch_, rt.eos_ids)  # genai ends a row at id 0 (its pad id)

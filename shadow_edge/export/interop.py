@@ -51,6 +51,9 @@ SEARCH_KEYS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty
 # onnxruntime-genai's `type` picks its decoder-only pipeline (the math is in the graph); types it does not know by
 # this name get the nearest one it does.
 GENAI_TYPES = {"olmo2": "olmo"}
+# Model types optimum-onnx 0.1.0's ORTModelForCausalLM loads from config.json (tested: tests/test_interop.py and
+# the family checks of issue 25); gemma2, granite and olmo2 configs it refuses or looks up on the Hub.
+OPTIMUM_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3"}
 GENAI_SLIDING_LIMIT = ("batches of prompts of different lengths: onnxruntime-genai pads on the right, which puts "
                        "padding inside this model's sliding windows (tokens then differ from shadow-edge's left-padded "
                        "batches); single prompts and prompts of one length match")
@@ -67,6 +70,11 @@ def write_interop(art_dir: Path, graphs: dict[str, GraphEntry], modes: dict[str,
     section = {"detached": _single(art_dir, graphs, detached, DETACHED_FILE, io_spec.MODE_SHADOW_ONLY),
                "combined": _single(art_dir, graphs, combined, COMBINED_FILE, io_spec.MODE_BASE_SHADOW),
                "configs": {GENAI_CONFIG: TOOLS[GENAI_CONFIG]}}
+    shadow_type = model["shadow"]["model_type"]
+    for key in ("detached", "combined"):  # one config.json serves both files: the shadow's model_type
+        if TOOL_OPTIMUM in section[key]["tools"] and shadow_type not in OPTIMUM_TYPES:
+            section[key]["tools"].remove(TOOL_OPTIMUM)
+            section[key]["limits"][TOOL_OPTIMUM] = f"optimum-onnx 0.1.0 does not load model_type {shadow_type!r}"
     for key, parts in (("detached", ("shadow",)), ("combined", ("shadow", "base"))):
         if section[key]["file"] and any("sliding" in (model[p].get("layer_types") or ()) for p in parts):
             section[key]["limits"][TOOL_GENAI] = GENAI_SLIDING_LIMIT
