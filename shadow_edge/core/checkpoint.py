@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from shadow_edge.core.arch import DecoderConfig, architecture, decoder_config_from_hf
+from shadow_edge.core.arch import LLAMA_NAMES, DecoderConfig, architecture, decoder_config_from_hf
 from shadow_edge.core.classifier import HEAD_NAMES, ClassifierHeads, label_names
 from shadow_edge.core.gguf_reader import is_gguf, read_gguf
 from shadow_edge.core.lazy_tensor import LazyTensor, dense, row_blocks, same_values
@@ -23,6 +23,9 @@ from shadow_edge.core.spec import DecoderWeights, ShadowModelSpec, expected_laye
 from shadow_edge.errors import CheckpointError, MismatchError
 from shadow_edge.manifest import sha256_file
 
+# canonical -> HF names of the Llama-shaped families (GGUF bases map onto these; each family's own map is
+# its registration in core/families.py)
+CANONICAL_TO_HF = {v: k for k, v in LLAMA_NAMES.items()}
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 PROJECTED_TYPE = "causal_lm_with_hidden_projection"  # shadow-peft's wrapper of a narrower shadow + projection  # non-persistent buffers some old checkpoints carry
 
