@@ -196,30 +196,6 @@ class SlotBatch:
 
     def _ensure_raw(self, total: int) -> None:
         """Grow the buffers to `total` slots without dropping columns (a right shift needs the room)."""
-        self._ensure_raw(total)
-
-    def _shift(self, d: int) -> None:
-        """Move every row's slots by d (> 0: right, making room for a longer newcomer; < 0: drop the first -d)."""
-        t = self.length
-        if d > 0:
-            self._ensure_raw(t + d + 1)
-            for stack in self.kv:
-                for a in stack:
-                    a[:, :, d:d + t] = a[:, :, :t].copy()
-            self.mask[:, d:d + t] = self.mask[:, :t].copy()
-            self.mask[:, :d] = 0
-        else:
-            k = -d
-            for stack in self.kv:
-                for a in stack:
-                    a[:, :, :t - k] = a[:, :, k:t].copy()
-            self.mask[:, :t - k] = self.mask[:, k:t].copy()
-            self.mask[:, t - k:] = 0
-        self.start += d
-        self.length = t + d
-
-    def _ensure_raw(self, total: int) -> None:
-        """Grow the buffers to `total` slots without dropping columns (a right shift needs the room)."""
         if total <= self.capacity:
             return
         grown = max(total, 2 * self.capacity)
