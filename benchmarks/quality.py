@@ -15,7 +15,6 @@ int4: 32), int8 in blocks of 32 and int4 in blocks of 16 (each validated against
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 import time
@@ -24,9 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from artifacts import ensure_artifact  # noqa: E402
+from artifacts import demo_pair_artifact  # noqa: E402
 
-from shadow_edge.core.smollm2 import smollm2_checkpoint  # noqa: E402
 from shadow_edge.demo_model import ADAPTER, HELDOUT_CHATS  # noqa: E402
 from shadow_edge.runtime import ShadowRuntime  # noqa: E402
 from shadow_edge.runtime.chat_eval import evaluate_chats  # noqa: E402
@@ -83,9 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    base = smollm2_checkpoint(log=say)
-    key = hashlib.sha256((ADAPTER / "shadow_adapter.safetensors").read_bytes()).hexdigest()[:12]
-    arts = {q: ensure_artifact("smollm2-demo", base, ADAPTER, args.cache_dir / key, quantize=s, block_size=b)
+    arts = {q: demo_pair_artifact(args.cache_dir, quantize=s, block_size=b)
             for q, (s, b) in {"fp32": ("none", None), **QUANTIZED}.items()}
     export_s = time.perf_counter() - t0
     rts = {q: ShadowRuntime.load(a, threads=args.threads) for q, a in arts.items()}

@@ -29,11 +29,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from artifacts import ensure_artifact, ensure_ort_genai_model  # noqa: E402
+from artifacts import demo_pair_artifact, ensure_ort_genai_model  # noqa: E402
 from systems import OrtGenai  # noqa: E402
 
 from shadow_edge.core.smollm2 import smollm2_checkpoint, smollm2_gguf  # noqa: E402
-from shadow_edge.demo_model import ADAPTER  # noqa: E402
 from shadow_edge.runtime import ShadowRuntime  # noqa: E402
 
 PRECISIONS = {"fp32": ("none", "F32"), "int8": ("int8", "Q8_0"), "int4": ("int4", "Q4_0")}
@@ -103,13 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     base = smollm2_checkpoint(log=say)
-    import hashlib
-
-    key = hashlib.sha256((ADAPTER / "shadow_adapter.safetensors").read_bytes()).hexdigest()[:12]
     precisions = [q.strip() for q in args.precisions.split(",")]
     systems = []
     for q in precisions:
-        art = ensure_artifact("smollm2-demo", base, ADAPTER, args.cache_dir / key, quantize=PRECISIONS[q][0])
+        art = demo_pair_artifact(args.cache_dir, quantize=PRECISIONS[q][0])
         systems += [Ours(art, mode, q, args.threads) for mode in MODES]
         systems.append(Genai(ensure_ort_genai_model("smollm2", base, q, args.cache_dir), q, args.threads))
     from transformers import AutoTokenizer
