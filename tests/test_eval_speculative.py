@@ -99,3 +99,16 @@ def test_speculative_needs_both_halves(tiny_artifact, tmp_path):
     rt = ShadowRuntime.load(art, threads=1, modes=())
     with pytest.raises(InputError, match="no mode 'speculative'"):
         evaluate(rt, [1, 2, 3, 4], EvalOptions(modes=("speculative",)))
+
+
+def test_eval_flag_is_speculatives_own_option(capsys):
+    """eval's --draft-tokens is generated from speculative's registration, not written a second time."""
+    from dataclasses import fields
+
+    from shadow_edge.runtime.strategies.speculative import SpeculativeOptions
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    (f,) = fields(SpeculativeOptions)
+    assert " ".join(f.metadata["help"].split()) in help_text

@@ -23,7 +23,8 @@ Cascade curve: prompts cut from the text, answered greedily; per threshold, the 
 shadow answers and how often the cascade's answer equals base_shadow's. --compare: the
 second artifact's perplexity delta, mean logits cosine, mean KL and top-1 agreement per mode.
 speculative (only when listed in --modes; one draft/verify round per scored position):
-teacher-forced acceptance of the shadow's greedy drafts for every k up to --draft-tokens,
+teacher-forced acceptance of the shadow's greedy drafts for every k up to --draft-tokens
+(left out: 8, the most the adaptive policy drafts),
 the accepted-length histogram, acceptance by the shadow's confidence in its draft, and
 speculative's own perplexity (scored through its verify pass; equals base_shadow's).
 """
@@ -48,13 +49,16 @@ def add_parser(sub, fmt) -> None:
     p.add_argument("--batch", type=int, default=8, metavar="N",
                    help="windows per forward pass (default 8; fewer when their logits would pass 256 MiB)")
     p.add_argument("--prompts", type=int, default=16, metavar="N", help="cascade curve prompts (default 16)")
-    p.add_argument("--draft-tokens", type=int, default=8, metavar="K",
-                   help="speculative: tokens drafted per position; acceptance for every k <= K (default 8)")
     p.add_argument("--compare", metavar="ART2", help="second artifact (e.g. int8): drift against ART")
     p.add_argument("--json", metavar="OUT", help="write every figure as JSON")
     p.add_argument("--plot", metavar="OUT.png", help="plot the cascade curve (needs matplotlib)")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    from shadow_edge.commands.strategy_flags import add_flags
+
+    # speculative's own option, from its registration: eval drafts K tokens per position (adaptive: the most
+    # the adaptive policy drafts) and reports acceptance for every k <= K
+    add_flags(p, modes=("speculative",), title="speculative (in --modes): acceptance for every k up to its option")
     p.set_defaults(handler=run_eval)
 
 
@@ -173,6 +177,16 @@ def write_output(flag: str, path: Path, write) -> None:
         raise InputError(f"{flag} {path}: writing it failed ({e.strerror or e}); choose another path") from None
 
 
+def eval_draft_tokens(args) -> int:
+    """K of the speculative section: speculative's own `draft_tokens` option (checked by its Options), or the
+    adaptive policy's maximum when it is left out."""
+    from shadow_edge.commands.strategy_flags import given
+    from shadow_edge.runtime.strategies.speculative import ADAPTIVE_MAX, SpeculativeOptions
+
+    k = SpeculativeOptions(**given(args)).draft_tokens
+    return ADAPTIVE_MAX if k is None else k
+
+
 def run_eval(args) -> int:
     from shadow_edge.runtime import ShadowRuntime
     from shadow_edge.runtime.classify import check_task
@@ -180,7 +194,7 @@ def run_eval(args) -> int:
 
     options = EvalOptions(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()) if args.modes
                           else None, max_tokens=args.max_tokens, window=args.window, stride=args.stride,
-                          batch=args.batch, prompts=args.prompts, draft_tokens=args.draft_tokens)
+                          batch=args.batch, prompts=args.prompts, draft_tokens=eval_draft_tokens(args))
     outs = {flag: writable(flag, out) for flag, out in (("--json", args.json), ("--plot", args.plot)) if out}
     if args.plot:
         _pyplot()

@@ -23,7 +23,8 @@ def add_flags(parser, modes=None, title: str = "options of a mode (given only wi
         return
     group = parser.add_argument_group(title)
     for spec in specs:
-        kw = dict(dest=DEST + spec.name, default=None, help=f"{spec.help} (default {spec.default!r})")
+        shown = "" if spec.default is None else f" (default {spec.default!r})"  # None: the help says what happens
+        kw = dict(dest=DEST + spec.name, default=None, help=spec.help + shown)
         if spec.type is bool:
             group.add_argument(spec.flag, action=argparse.BooleanOptionalAction, **kw)
         else:
