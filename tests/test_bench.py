@@ -1,4 +1,4 @@
-"""`shadow-edge bench` and benchmarks/compare.py: every JSON field present, plots written headless. No timings."""
+"""`shadow-edge bench` and benchmarks/suites/compare.py: every JSON field present, plots written headless. No timings."""
 
 from __future__ import annotations
 
@@ -140,11 +140,11 @@ def test_weight_bytes_match_onnx(artifact_of, name):
 def test_compare_tiny_preset(tmp_path):
     out, md = tmp_path / "out", tmp_path / "RESULTS.md"
     md.write_text("# results\n\nhand-written text stays\n")
-    cmd = [sys.executable, str(REPO / "benchmarks" / "compare.py"), "--preset", "tiny", "--prompt-len", "8",
+    cmd = [sys.executable, "-m", "benchmarks.suites.compare", "--preset", "tiny", "--prompt-len", "8",
            "--new-tokens", "4", "--reps", "1", "--reference-reps", "1", "--warmup", "1", "--warmup-tokens", "2",
            "--threads", "1", "--bandwidth-mib", "16", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
            "--sweep", "--sweep-prompts", "4,8", "--sweep-new", "2,3", "--results-md", str(md)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
     assert COMPARE_TOP_KEYS <= set(result), COMPARE_TOP_KEYS - set(result)

@@ -130,10 +130,10 @@ def test_export_memory_is_bounded_by_the_largest_tensor(tiny_default, tmp_path, 
     twice). Validation is off: its sessions are measured on their own (i16-validate)."""
     base, adapter, fp32_bytes = _wide_checkpoint(tiny_default.base_dir, tmp_path)
     out = tmp_path / f"art_{quantize}"
-    probe = Path(__file__).resolve().parents[1] / "benchmarks" / "export_memory.py"
-    done = subprocess.run([sys.executable, str(probe), "--base", str(base), "--adapter", str(adapter), "--out",
+    done = subprocess.run([sys.executable, "-m", "benchmarks.suites.export_memory", "--base", str(base), "--adapter", str(adapter), "--out",
                            str(out), "--quantize", quantize, "--no-validate"], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          timeout=300, cwd=Path(__file__).resolve().parents[1],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(done.stdout.splitlines()[-1])
     largest_mb = record["largest_tensor_mb"]  # 4 MiB: gate/up/down (the fused gate|up is 8 MiB)

@@ -1,16 +1,11 @@
-"""benchmarks/precision_report.py: issue 14's target verdicts and the RESULTS.md block, from a synthetic result."""
+"""benchmarks/lib/precision_report.py: issue 14's target verdicts and the RESULTS.md block, from a synthetic result."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-
-import precision_report as pr  # noqa: E402
-import precision_table  # noqa: E402
+from benchmarks.lib import precision_report as pr
+from benchmarks.suites import precision_table
 
 
 def _group(preset: str, precision: str, tok: dict[str, float], graph_overhead: float | None, ttft: float = 400.0):
@@ -24,7 +19,7 @@ def _result(groups):
     return {"workload": {"prompt_len": 64, "new_tokens": 128, "threads": 2, "reps": 3}, "created_utc": "T",
             "elapsed_s": 1.0, "load_average_1min": [8.0, 9.0], "read_bandwidth_samples_gbs": [20.0, 21.0],
             "machine": {"cpu_model": "cpu", "usable_cores": 2, "cpu_flags": ["avx2"]}, "versions": {"onnxruntime": "1"},
-            "command": "python benchmarks/precision_table.py", "groups": groups}
+            "command": "python -m benchmarks.suites.precision_table", "groups": groups}
 
 
 def test_targets_say_met_or_by_how_much():

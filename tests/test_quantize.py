@@ -123,7 +123,7 @@ def test_default_block_per_scheme():
 
 @pytest.mark.parametrize("scheme, compute", [("int8", "int8"), ("int4", "float32")])
 def test_larger_blocks_validate_and_generate(cases, tmp_path, scheme, compute):
-    """--block-size 64 (fewer scales, faster kernels: benchmarks/matmulnbits_kernels.py): every quantized op carries
+    """--block-size 64 (fewer scales, faster kernels: benchmarks/profile/matmulnbits_kernels.py): every quantized op carries
     it, the artifact matches the model dequantized in blocks of 64 within its compute's tolerance, and greedy
     generation equals the dequantized reference's."""
     case = cases("qwen3_implicit")

@@ -1,4 +1,4 @@
-"""Timing records and their summaries, shared by `shadow-edge bench` and benchmarks/compare.py.
+"""Timing records and their summaries, shared by `shadow-edge bench` and benchmarks/suites/compare.py.
 
 One `RunTiming` is one generate call: ttft_ms from the call to the first new token
 (prompt pass + first token), decode_ms one entry per later token step, wall_ms the

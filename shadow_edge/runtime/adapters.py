@@ -4,7 +4,7 @@ Mechanism: a base artifact's adapter weights are overridable initializers of its
 backbone graphs (adapter_pack.py). A pack's file is onnxruntime's adapter format, read with
 `onnxruntime.AdapterFormat.read_adapter`, and each weight copied once into an array of its own
 (the adapter file's buffers are not aligned for the MatMul kernels: 5-8% slower shadow steps,
-benchmarks/adapter_pack_profile.py). The shadow graph's weights become constant initializers
+benchmarks/profile/adapter_pack_profile.py). The shadow graph's weights become constant initializers
 of a session of its own per pack (onnxruntime's shared initializers, `SessionOptions.add_initializer`,
 so they are prepacked: runtime/pack_sessions.py); the backbone's small injection/update weights are
 bound as inputs of the base's one backbone session per request (IOBinding, no copy per request).

@@ -5,7 +5,7 @@ MatMulNBits' int4 blocks). A base artifact's slots are overridable initializers 
 with defaults) so that one session serves every pack, but a weight fed per run, or even an
 overridable one left at its default, is used as given: the int4 kernels dequantize the
 whole weight on every call (small preset, int4: 19 ms against 0.34 ms per shadow step), float32
-shadow steps run ~20% slower (benchmarks/adapter_pack_profile.py). So a base artifact also holds, for each graph listed in
+shadow steps run ~20% slower (benchmarks/profile/adapter_pack_profile.py). So a base artifact also holds, for each graph listed in
 `adapter_slots.constant_graphs` (the shadow graph, export/pack_tensors.py), a twin file whose
 slots are plain initializers (same nodes, same external data file):
 
@@ -14,7 +14,7 @@ slots are plain initializers (same nodes, same external data file):
   `SessionOptions.add_initializer` (onnxruntime's shared initializers: the session uses the
   pack's buffers without a copy and prepacks them); a pack's session adds its prepacked copy;
 - the twin's other weights (an implicit shadow's embedding rows) are memory-mapped from the
-  one data file, so every session reads the same pages (measured in benchmarks/adapter_packs.py).
+  one data file, so every session reads the same pages (measured in benchmarks/suites/adapter_packs.py).
 
 The backbone's slots (injection and update: small float32 matrices) stay fed per run to the
 one backbone session: a backbone session per pack would hold its own prepacked copy of

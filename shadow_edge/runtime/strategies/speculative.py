@@ -194,7 +194,7 @@ def packed_head(rt, pipe):
     A float32 head runs unpacked by default (fastest for decode's one position, no packed
     copy), but over the k + 1 positions of a verify pass the unpacked product costs 1.7-2.9x its
     one-position time (W1's Gemm head; 2.4-2.6x for the MatMul head on the `small` preset), the
-    prepacked one 1.0-1.4x (benchmarks/profile_verify.py). Costs one packed copy of the head's weights.
+    prepacked one 1.0-1.4x (benchmarks/profile/profile_verify.py). Costs one packed copy of the head's weights.
     """
     return rt.graph(pipe.head.name, prepack=True)
 

@@ -1,0 +1,89 @@
+"""What onnxruntime's CPU MatMulNBits kernels offer on this machine: one decode-step matmul per configuration.
+
+    python -m benchmarks.profile.matmulnbits_kernels --shapes w1          # Qwen3-0.6B shape's five matmuls
+    python -m benchmarks.profile.matmulnbits_kernels --shapes small --bits 8 --blocks 32,128 --levels 4
+
+Each configuration is a one-node graph: float32 MatMul ([K, N] weights, prepacked) or
+MatMulNBits (bits 4/8, block size, accuracy_level 1 = float32 arithmetic / 4 = int8
+activations), x [1, K] -> [1, N], random weights. All sessions of one shape run interleaved
+(one call each per round, so machine noise hits them alike) on onnxruntime's process-wide pool of
+--threads threads; medians in microseconds and as a ratio to float32. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+SHAPES = {  # name: [(matmul, N, K)] as the exporter emits them (q|k|v and gate|up fused)
+    "small": [("qkv", 1024, 512), ("gate|up", 3072, 512), ("down", 512, 1536), ("head", 32000, 512)],
+    "w1": [("qkv", 4096, 1024), ("o", 1024, 2048), ("gate|up", 6144, 1024), ("down", 1024, 3072),
+           ("head", 151936, 1024)],
+}
+
+
+def session(n: int, k: int, bits: int | None, block: int, level: int) -> ort.InferenceSession:
+    """One-node graph x [1, K] -> y [1, N]: float32 MatMul when bits is None, else MatMulNBits."""
+    rng = np.random.default_rng(0)
+    if bits is None:
+        inits = [numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")]  # [K, N]
+        node = helper.make_node("MatMul", ["x", "w"], ["y"])
+    else:
+        packed = rng.integers(0, 256, (n, k // block, block * bits // 8), dtype=np.uint8)  # [N, K/block, bytes]
+        scales = rng.random(n * k // block).astype(np.float32) * 0.01  # [N * K/block]
+        inits = [numpy_helper.from_array(packed, "q"), numpy_helper.from_array(scales, "s")]
+        node = helper.make_node("MatMulNBits", ["x", "q", "s"], ["y"], domain="com.microsoft", K=k, N=n, bits=bits,
+                                block_size=block, accuracy_level=level)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.microsoft", 1)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.use_per_session_threads = False
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def int_list(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shapes", choices=list(SHAPES), default="w1", help="matmul shapes (default %(default)s)")
+    p.add_argument("--bits", type=int_list, default=[4, 8], help="comma-separated (default 4,8)")
+    p.add_argument("--blocks", type=int_list, default=[32, 64, 128], help="block sizes (default 32,64,128)")
+    p.add_argument("--levels", type=int_list, default=[1, 4], help="accuracy levels (default 1,4)")
+    p.add_argument("--rounds", type=int, default=100, help="interleaved rounds; the head gets a fifth (default 100)")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default %(default)s)")
+    args = p.parse_args(argv)
+    ort.set_global_thread_pool_sizes(args.threads, 1)
+    configs = [("fp32", None, 0, 0)] + [(f"int{b} b{blk} acc{lv}", b, blk, lv) for b in args.bits
+                                          for blk in args.blocks for lv in args.levels]
+    print(f"onnxruntime {ort.__version__}, {args.threads} threads; median us per call (ratio to float32)",
+          file=sys.stderr)
+    print("| matmul (N x K) | " + " | ".join(c[0] for c in configs) + " |")
+    print("|---|" + "---:|" * len(configs))
+    for name, n, k in SHAPES[args.shapes]:
+        sessions = {c[0]: session(n, k, c[1], c[2], c[3]) for c in configs if c[1] is None or k % c[2] == 0}
+        x = {"x": np.random.default_rng(1).standard_normal((1, k)).astype(np.float32)}
+        times: dict[str, list[float]] = {c: [] for c in sessions}
+        for _ in range(max(5, args.rounds // 5 if n > 100_000 else args.rounds)):
+            for c, s in sessions.items():
+                t0 = time.perf_counter()
+                s.run(None, x)
+                times[c].append(time.perf_counter() - t0)
+        med = {c: float(np.median(t)) * 1e6 for c, t in times.items()}
+        print(f"| {name} ({n} x {k}) | " + " | ".join(
+            f"{med[c[0]]:.0f} ({med[c[0]] / med['fp32']:.2f})" if c[0] in med else "-" for c in configs) + " |",
+            flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmark suites a user runs: `python -m benchmarks.suites.NAME --help`."""
