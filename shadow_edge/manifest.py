@@ -12,6 +12,7 @@ from pathlib import Path
 
 from shadow_edge.errors import ArtifactError
 from shadow_edge.io_spec import ATTENTION_GQA, GRAPH_ROLES, GraphContract, TensorSpec, graph_contract
+from shadow_edge.manifest_contract import check_contracts
 from shadow_edge.manifest_schema import check_manifest
 
 MANIFEST_NAME = "manifest.json"
@@ -56,19 +57,6 @@ class GraphEntry:
         return GraphContract(name, GRAPH_ROLES.get(name, ""), tuple(self.inputs), tuple(self.outputs),
                              self.kv_layers, self.kv_heads, self.head_dim, self.attention)
 
-    def check_against(self, want: GraphContract) -> None:
-        """The entry's I/O table must equal its contract's: the manifest's dims agree with its graphs."""
-        have = self.as_contract(want.name)
-        for kind, got, exp in (("input", have.inputs, want.inputs), ("output", have.outputs, want.outputs)):
-            if got != exp:
-                diff = next((f"{g.name} {g.dtype} {list(g.shape)} where the contract has {e.name} {e.dtype} "
-                             f"{list(e.shape)}" for g, e in zip(got, exp) if g != e),
-                            f"{len(got)} {kind}s where the contract has {len(exp)}")
-                raise ArtifactError(f"{MANIFEST_NAME}: graph {want.name!r}: {kind} table disagrees with the graph "
-                                    "contract for model.hidden_size, model.vocab_size and its KV layout "
-                                    f"({self.kv_layers} layers x {self.kv_heads} heads x {self.head_dim}): {diff}; "
-                                    "re-export the artifact")
-
     @classmethod
     def from_dict(cls, d: dict) -> "GraphEntry":
         return cls(**{**d, "inputs": [TensorSpec.from_dict(t) for t in d["inputs"]],
@@ -109,7 +97,7 @@ class Manifest:
 
     def contract(self, name: str) -> GraphContract:
         """Graph `name`'s contract, regenerated from the model dims and the entry's KV layout and attention
-        (`GraphEntry.check_against` then holds the entry's I/O table to it)."""
+        (manifest_contract.check_contracts holds the entry's I/O table to it when the manifest is read)."""
         entry = self.graphs[name]
         try:
             return graph_contract(name, self.model["hidden_size"], self.model["vocab_size"], entry.kv_layers,
@@ -168,11 +156,13 @@ def read_manifest(art_dir: str | Path) -> Manifest:
                                        "(create one with `shadow-edge export`)",
                              redo="re-export the artifact", wrong_format="re-export the artifact",
                              upgrade="upgrade shadow-edge (pip install -U shadow-edge)")
-    check_manifest(raw, path)
+    check_manifest(raw, path)  # JSON types
     try:
-        return Manifest.from_dict(raw)
+        manifest = Manifest.from_dict(raw)
     except (KeyError, TypeError, AttributeError) as e:
         raise ArtifactError(f"{path}: malformed manifest ({e}); re-export the artifact") from None
+    check_contracts(manifest, path)  # structure: the graph contract regenerated from the manifest's dims
+    return manifest
 
 
 def member_path(art_dir: str | Path, name: str) -> Path:

@@ -1,13 +1,12 @@
-"""Checks of a parsed manifest.json before it is trusted: types, required keys, safe paths, roles, dims.
+"""JSON checks of a parsed manifest.json before it is trusted: types, required keys, safe paths, token ids.
 
 Standard library only. `check_manifest(raw, path)` raises one `ArtifactError` naming the
-field (`graphs.backbone.kv_heads`), what was found and what was expected. Beyond types it
-checks that the manifest agrees with itself and with its graphs' I/O tables: every file
-entry is a plain relative path inside the artifact, every mode's roles name graphs whose
-I/O fits the role, the KV tables match kv_layers / kv_heads / head_dim, the heads' logits
-match `model.vocab_size` (a classifier's: `model.num_labels`), and the special token ids lie inside the vocabulary. (The runtime
-then checks each onnxruntime session against its I/O table, which closes the chain.)
-Unknown keys are left to `Manifest.from_dict`.
+field (`graphs.backbone.kv_heads`), what was found and what was expected: every field has its
+JSON type, every file entry is a plain relative path inside the artifact, the special token
+ids lie inside the vocabulary. The structure — each graph's I/O table, KV layout and role, each
+mode's roles — is then held to the graph contract regenerated from these dims, in one place
+(manifest_contract.py); the runtime checks each onnxruntime session against its I/O table,
+which closes the chain. Unknown keys are left to `Manifest.from_dict`.
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import re
 from pathlib import PurePosixPath, PureWindowsPath
 
 from shadow_edge.errors import ArtifactError
-from shadow_edge.io_spec import (HIDDEN, KV_ROLES, LOGITS, PAST, PRESENT, ROLE_BACKBONE, ROLE_HEAD, ROLE_SHADOW, ROLES,
-                                 SHADOW_HIDDEN)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 METHOD_FULL, METHOD_STREAMED = "full", "streamed"  # validation.method (absent in artifacts written before it)
 
@@ -89,14 +86,16 @@ def check_manifest(raw: dict, path) -> None:
     modes = c.get(raw, "modes", "", dict, "an object mapping modes to {role: graph}")
     if not modes:
         c.fail("modes", modes, "at least one mode")
-    width, field = vocab, "model.vocab_size"  # the heads' logits: the vocabulary, or a classifier's labels
-    if model.get("task") == "seq_cls":
-        width, field = c.count(model, "num_labels", "model", 1), "model.num_labels"
+    if model.get("task") == "seq_cls":  # the heads' logits are the labels
+        width = c.count(model, "num_labels", "model", 1)
         names = c.get(model, "id2label", "model", list, "a list of label names")
         if len(names) != width:
             c.fail("model.id2label", f"{len(names)} names", f"model.num_labels ({width}) names")
     for mode, roles in modes.items():
-        _check_mode(c, mode, roles, graphs, width, field)
+        if not isinstance(roles, dict):
+            c.fail(f"modes.{mode}", roles, "an object mapping roles (shadow, backbone, head) to graph names")
+        for role in roles:
+            c.get(roles, role, f"modes.{mode}", str, "a graph name")
 
 
 def check_file_table(raw: dict, path, redo: str) -> dict:
@@ -168,71 +167,10 @@ def _check_graph(c: _Checker, name: str, g, files: dict) -> None:
     for f in listed:
         if f not in files:
             raise ArtifactError(f"{c.path}: graph {name!r} file {f} has no entry in `files`; re-export the artifact")
-    inputs = _check_tensors(c, f"{where}.inputs", c.get(g, "inputs", where, list, "a list of tensors"))
+    _check_tensors(c, f"{where}.inputs", c.get(g, "inputs", where, list, "a list of tensors"))
     outputs = _check_tensors(c, f"{where}.outputs", c.get(g, "outputs", where, list, "a list of tensors"))
     if not outputs:
         c.fail(f"{where}.outputs", outputs, "at least one output")
-    layers = c.count(g, "kv_layers", where, 0, optional=True) or 0
-    heads = c.count(g, "kv_heads", where, 0, optional=True) or 0
-    head_dim = c.count(g, "head_dim", where, 0, optional=True) or 0
-    past = [t for t in inputs if t["name"].startswith(f"{PAST}.")]
-    present = [t for t in outputs if t["name"].startswith(f"{PRESENT}.")]
-    if len(past) != 2 * layers or len(present) != 2 * layers:
-        c.fail(f"{where}.kv_layers", layers, f"half the number of its past_key_values inputs ({len(past)}) and "
-                                             f"present outputs ({len(present)})")
-    if layers and (heads < 1 or head_dim < 1):
-        c.fail(f"{where}.kv_heads", heads, "kv_heads >= 1 and head_dim >= 1 for a graph with a KV cache")
-    for t in past + present:
-        dims = t["shape"]
-        if len(dims) != 4:
-            c.fail(f"{where} tensor {t['name']} shape", dims, "[batch, kv_heads, seq, head_dim]")
-        for axis, (want, label) in ((1, (heads, "kv_heads")), (3, (head_dim, "head_dim"))):
-            if isinstance(dims[axis], int) and dims[axis] != want:
-                c.fail(f"{where}.{label}", want, f"{dims[axis]}, axis {axis} of {t['name']} in its I/O table")
-
-
-def _names(tensors: list[dict]) -> list[str]:
-    return [t["name"] for t in tensors]
-
-
-def _last_dim(tensors: list[dict], name: str):
-    dims = next(t["shape"] for t in tensors if t["name"] == name)
-    return dims[-1] if dims else None
-
-
-def _check_mode(c: _Checker, mode: str, roles, graphs: dict, width: int, field: str) -> None:
-    where = f"modes.{mode}"
-    if not isinstance(roles, dict):
-        c.fail(where, roles, "an object mapping roles (shadow, backbone, head) to graph names")
-    for role, graph in roles.items():
-        if role not in ROLES:
-            c.fail(f"{where}.{role}", graph, f"roles {', '.join(ROLES)} only")
-        if not isinstance(graph, str) or graph not in graphs:
-            raise ArtifactError(f"{c.path}: mode {mode!r} role {role!r} names graph {graph!r}, which is not in "
-                                "`graphs`; re-export the artifact")
-    if ROLE_HEAD not in roles or not (set(KV_ROLES) & set(roles)):
-        c.fail(where, roles, "a `head` graph and a `shadow` and/or `backbone` graph")
-    expect = {  # role -> (needs a KV cache, input it must take or None, first output)
-        ROLE_SHADOW: (True, None, SHADOW_HIDDEN),
-        ROLE_BACKBONE: (True, SHADOW_HIDDEN if ROLE_SHADOW in roles else None, HIDDEN),
-        ROLE_HEAD: (False, HIDDEN, LOGITS),
-    }
-    for role, graph in roles.items():
-        g, (kv, needs, first) = graphs[graph], expect[role]
-        ins, outs = _names(g["inputs"]), _names(g["outputs"])
-        if bool(g.get("kv_layers")) != kv or outs[0] != first or (needs is not None and needs not in ins):
-            c.fail(f"{where}.{role}", graph, f"a {role} graph (" + ("KV-cached, " if kv else "no KV cache, ")
-                   + (f"input {needs}, " if needs else "") + f"first output {first}); graph {graph!r} has inputs "
-                   f"{ins[:4]}, outputs {outs[:1]}")
-    head = graphs[roles[ROLE_HEAD]]
-    logits = _last_dim(head["outputs"], LOGITS)
-    if isinstance(logits, int) and logits != width:
-        c.fail(field, width, f"{logits}, the logits width of graph {roles[ROLE_HEAD]!r}")
-    chain = [graphs[roles[r]] for r in KV_ROLES if r in roles] + [head]
-    for producer, consumer in zip(chain, chain[1:]):  # each graph's state width = the next one's input width
-        out = producer["outputs"][0]
-        made = out["shape"][-1] if out["shape"] else None
-        taken = _last_dim(consumer["inputs"], out["name"] if out["name"] in _names(consumer["inputs"]) else HIDDEN)
-        if isinstance(made, int) and isinstance(taken, int) and made != taken:
-            c.fail(where, roles, f"graphs whose widths chain: {out['name']} has width {made}, the next graph takes "
-                                 f"{taken}")
+    for key in ("kv_layers", "kv_heads", "head_dim"):
+        c.count(g, key, where, 0, optional=True)
+    c.get(g, "attention", where, str, "an attention kind (empty for head graphs)", optional=True)

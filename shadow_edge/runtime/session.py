@@ -119,8 +119,8 @@ class GraphSession:
     def __init__(self, name: str, entry: GraphEntry, art_dir: Path, providers=None, threads: int | None = None,
                  prepack: bool = True, contract: GraphContract | None = None,
                  initializers: dict[str, ort.OrtValue] | None = None):
-        """`contract`: the graph's contract (`Manifest.contract(name)`), which the entry must match; default:
-        the entry as it is. `initializers`: values that replace the graph's initializers of those names
+        """`contract`: the graph's contract (`Manifest.contract(name)`; `read_manifest` has held the entry to it);
+        default: the entry as it is. `initializers`: values that replace the graph's initializers of those names
         (`SessionOptions.add_initializer`: onnxruntime uses the given buffers, no copy, as constants it may
         prepack; an adapter pack's weights, runtime/pack_sessions.py); the session keeps them alive."""
         self.name, self.entry = name, entry
@@ -143,7 +143,6 @@ class GraphSession:
         if diff:
             raise ArtifactError(f"{path}: graph {name!r} does not match its I/O table in manifest.json: "
                                 + "; ".join(diff) + "; re-export the artifact")
-        entry.check_against(self.contract)
         self.input_names = [t.name for t in self.contract.inputs]
         self.output_names = [t.name for t in self.contract.outputs]
         self.kv_pairs = self.contract.kv_pairs  # (past input, present output): one buffer each
