@@ -1,4 +1,4 @@
-"""The exported graphs use the fused forms (issue 14), and the decode loop's `Decoder` binds its buffers once.
+"""The exported graphs use the fused forms (issue 14), and the decode loop's `DecodeState` binds its buffers once.
 
 The numbers these fusions produce are checked against shadow_peft by test_runtime_parity.py (every
 case, both modes, left-padded batches, prefill + decode steps, greedy tokens); here: that those are the
@@ -16,7 +16,7 @@ import pytest
 from runtime_fixtures import artifact_of, runtime_once  # noqa: F401  (fixtures)
 import shadow_edge.runtime.session as session_mod
 from shadow_edge.manifest import read_manifest
-from shadow_edge.runtime.generate import Decoder, prefill
+from shadow_edge.runtime.decode_state import DecodeState
 
 
 def op_counts(art, graph: str) -> Counter:
@@ -69,7 +69,7 @@ def test_graphs_use_the_fused_forms(artifact_of, name):
 
 
 @pytest.mark.parametrize("mode", ["shadow_only", "base_shadow"])
-def test_decoder_binds_once_and_rebinds_a_grown_cache(artifact_of, mode):
+def test_decode_state_binds_once_and_rebinds_a_grown_cache(artifact_of, mode):
     case, art = artifact_of("qwen3_implicit")
     rt = runtime_once("qwen3_implicit", art)
     rng = np.random.default_rng(4)
@@ -77,16 +77,18 @@ def test_decoder_binds_once_and_rebinds_a_grown_cache(artifact_of, mode):
     mask = np.ones_like(ids)
     ids[1, :5], mask[1, :5] = 0, 0  # row 1 left-padded
     full = rt.forward(ids, mask, mode=mode)  # [b, t, V]
-    pipe, k = rt.pipeline(mode), 6
-    _, caches, positions = prefill(pipe, ids[:, :k], mask[:, :k], capacity=k + 2)  # room for 2 steps, then growth
-    decoder = Decoder(pipe, caches, mask[:, :k], positions)
-    ios, capacity = [entry[2] for entry in decoder.stacks], caches[0].capacity
-    for t in range(k, ids.shape[1]):
-        logits = decoder.step(ids[:, t])
-        assert [entry[2] for entry in decoder.stacks] == ios, "one IOBinding per graph for the whole loop"
-        assert all(entry[3] is c.tensors for entry, c in zip(decoder.stacks, caches)), "bound to the live buffers"
+    k = 6
+    state = DecodeState(rt.pipeline(mode), 2, k + 2)  # room for 2 steps, then growth
+    state.prefill(ids[:, :k], mask[:, :k])
+    capacity = state.caches[0].capacity
+    state.step(ids[:, k])
+    ios = [entry[2] for entry in state._step.stacks]
+    for t in range(k + 1, ids.shape[1]):
+        logits = state.step(ids[:, t])
+        assert [entry[2] for entry in state._step.stacks] == ios, "one IOBinding per graph for the whole loop"
+        assert all(entry[3] is c.tensors for entry, c in zip(state._step.stacks, state.caches)), "bound to live buffers"
         np.testing.assert_allclose(logits, full[:, t], atol=1e-4, rtol=0)
-    assert caches[0].capacity > capacity, "the caches grew during the loop"
+    assert state.caches[0].capacity > capacity, "the caches grew during the loop"
 
 
 def test_runtime_sessions_keep_the_update_layernorm_unfused(artifact_of, tmp_path, monkeypatch):

@@ -254,7 +254,7 @@ def test_cascade_escalation_reuses_the_shadow_prompt_pass(agreeing_rt, monkeypat
         widths.append(feed["input_ids"].shape()[1])
         return run_in_place(feed, kv, *bound)
 
-    def counting_runs(io):  # every run of the graph: those passes and a decode loop's steps (generate.Decoder)
+    def counting_runs(io):  # every run of the graph: those passes and a decode loop's steps (decode_state.DecodeState)
         runs.append(io)
         return run_bound(io)
 

@@ -1,12 +1,12 @@
-"""The decode step's own cost: a `Decoder` (buffers and bindings made once) against binding fresh values per step.
+"""The decode step's own cost: a `DecodeState` (buffers and bindings made once) against binding fresh values per step.
 
     python -m benchmarks.experiments.decode_loop ART [ART ...] [--modes base_shadow,base_plain] [--rounds 9] [--new-tokens 128]
 
 Per artifact and mode, interleaved rounds of three greedy loops over the same prompt (prompt 64, batch 1):
 - `per_step`: each step wraps new input OrtValues, binds them, lets onnxruntime allocate the
   hidden states and logits, and runs the head through `run_with_ort_values` (`Pipeline.step`: the
-  decode loop before `Decoder`);
-- `decoder`: `generate.Decoder`, whose step writes the token into a bound buffer and binds only the mask;
+  decode loop before `DecodeState`);
+- `decoder`: `decode_state.DecodeState`, whose step writes the token into a bound buffer and binds only the mask;
 - `generate`: the whole `ShadowRuntime.generate` (the decoder plus sampling and bookkeeping).
 The first two alternate their order every round. Prints the median over rounds of each loop's p50 ms
 per token and the speed-up of `decoder` over `per_step`; the tokens of all three must agree. Torch-free.
@@ -24,7 +24,8 @@ import numpy as np
 from shadow_edge.bench.runner import prompt_ids
 from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
-from shadow_edge.runtime.generate import Decoder, Pipeline, prefill
+from shadow_edge.runtime.decode_state import DecodeState
+from shadow_edge.runtime.generate import Pipeline, prefill
 
 
 def per_step(pipe: Pipeline, ids: np.ndarray, n: int) -> tuple[list[float], list[int]]:
@@ -42,9 +43,8 @@ def per_step(pipe: Pipeline, ids: np.ndarray, n: int) -> tuple[list[float], list
 
 
 def decoder(pipe: Pipeline, ids: np.ndarray, n: int) -> tuple[list[float], list[int]]:
-    mask = np.ones_like(ids)
-    logits, caches, positions = prefill(pipe, ids, mask, capacity=ids.shape[1] + n)
-    dec = Decoder(pipe, caches, mask, positions)
+    dec = DecodeState(pipe, ids.shape[0], ids.shape[1] + n)
+    logits = dec.prefill(ids)
     tokens, ms = [int(np.argmax(logits[0]))], []
     for _ in range(n - 1):
         t0 = time.perf_counter()

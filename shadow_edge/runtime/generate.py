@@ -4,9 +4,9 @@ A `Pipeline` is one mode: `shadow` [-> `backbone`] -> head. base_shadow advances
 caches together (shadow stack, base stack); shadow_only one. Prefill runs the whole prompt
 once and projects only the last position to the vocabulary; each decode step feeds one
 token per row plus the caches (a step may also feed several tokens per row: `Pipeline.step`).
-Positions and cache lengths are explicit arguments. A decode loop runs its steps through a
-`Decoder`, whose buffers and bindings are made once. The loops that use these verbs are
-the generation strategies in `runtime/strategies/`.
+Positions and cache lengths are explicit arguments. A generation keeps one `DecodeState`
+(runtime/decode_state.py: prefill, step, verify, rewind, copy rows; buffers and bindings made once);
+`prefill` and `decode_one` here are its one-call forms.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from shadow_edge.io_spec import ATTENTION_MASK, INPUT_IDS, POSITION_IDS, SHADOW_HIDDEN
+from shadow_edge.io_spec import SHADOW_HIDDEN
 from shadow_edge.runtime.kv_cache import KVCache
-from shadow_edge.runtime.session import GraphSession, bind_kv, ov
+from shadow_edge.runtime.session import GraphSession, ov
 
 
 def position_ids(mask: np.ndarray) -> np.ndarray:
@@ -81,82 +81,24 @@ class Pipeline:
 
 def prefill(pipe: Pipeline, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int = 0,
             caches: list[KVCache] | None = None, **step_options) -> tuple[np.ndarray, list[KVCache], np.ndarray]:
-    """Run the prompt once into caches sized for `capacity` positions (grown on demand).
+    """Run the prompt once into caches sized for `capacity` positions (grown on demand), through a `DecodeState`.
 
     `caches`: start from these (e.g. a shadow cache that already holds the prompt, with
     `shadow_states=`); `step_options` go to `Pipeline.step`. Returns last-position logits
-    [b, V], the caches and the next positions [b].
+    [b, V], the caches and the next positions [b]. (A loop keeps the `DecodeState` itself.)
     """
-    pos = position_ids(attention_mask)
-    if caches is None:
-        caches = pipe.empty_caches(input_ids.shape[0], max(capacity, attention_mask.shape[1]))
-    logits = pipe.step(input_ids, attention_mask, pos, caches, True, **step_options)
-    return logits[:, -1], caches, pos[:, -1] + 1  # with left padding the last column is real
+    from shadow_edge.runtime.decode_state import DecodeState
 
-
-class Decoder:
-    """Decode steps of one token per row through buffers allocated and bound once: a decode loop's steps.
-
-    The step inputs (input_ids, position_ids [b, 1]), the attention mask (a [b, capacity] buffer whose
-    first columns are fed), the hidden state passed between graphs [b, 1, d] and the logits [b, 1, V]
-    are numpy arrays that onnxruntime reads and writes in place. Each graph's IOBinding is made once
-    (its KV pairs again when a cache grows), so a step binds only the mask, whose length changes, and
-    allocates nothing. (Binding fresh values every step cost 0.13-0.25 ms per token at the `small` preset:
-    benchmarks/RESULTS.md, "Precision table", "Third pass".)
-    """
-
-    def __init__(self, pipe: Pipeline, caches: list[KVCache], attention_mask: np.ndarray, positions: np.ndarray):
-        """attention_mask: [b, past], the positions the caches hold; positions: [b], the next token's positions."""
-        b, past = attention_mask.shape
-        self.pipe = pipe
-        self.tokens = np.zeros((b, 1), np.int64)
-        self.positions = np.array(positions, dtype=np.int64).reshape(b, 1)
-        self.mask = np.ones((b, max([past + 1] + [c.capacity for c in caches])), np.int64)
-        self.mask[:, :past] = attention_mask
-        self.length = past
-        # The bound OrtValues (each keeps its array alive) are kept here for as long as the bindings: a binding
-        # itself holds a view of the buffer (onnxruntime 1.32's IOBinding also keeps them; this does not rely on it).
-        step = {INPUT_IDS: ov(self.tokens), POSITION_IDS: ov(self.positions)}
-        self.buffers = list(step.values())
-        self.stacks, previous = [], {}  # [graph, cache, IOBinding, the KV tensors it has bound]
-        for graph, cache in zip(pipe.stacks, caches):
-            out = ov(np.zeros((b, 1, graph.contract.outputs[0].shape[-1]), np.float32))
-            io = graph.bind({**step, **previous, **pipe.params.get(graph.name, {})}, {graph.main_output: out})
-            self.stacks.append([graph, cache, io, None])
-            self.buffers.append(out)
-            previous = {SHADOW_HIDDEN: out}  # the backbone after the shadow reads its output
-        head = pipe.head
-        self.logits = np.zeros((b, 1, head.contract.outputs[0].shape[-1]), np.float32)
-        self.buffers.append(ov(self.logits))
-        self.head_io = head.bind({pipe.head_input: out, **pipe.params.get(head.name, {})},
-                                 {head.output_names[0]: self.buffers[-1]})
-
-    def step(self, tokens: np.ndarray, new_mask: np.ndarray | int = 1) -> np.ndarray:
-        """Feed tokens [b] at the next positions, with attention-mask column `new_mask` (default 1); the caches
-        advance in place. Returns logits [b, V]: a view of a buffer that the next step overwrites."""
-        self.tokens[:, 0] = tokens
-        if self.length == self.mask.shape[1]:
-            self.mask = np.concatenate([self.mask, np.ones_like(self.mask)], axis=1)
-        self.mask[:, self.length] = new_mask
-        self.length += 1
-        mask = ov(self.mask[:, : self.length])  # no copy for one row; a [b, length] copy otherwise
-        for entry in self.stacks:
-            graph, cache, io, bound = entry
-            cache.reserve(cache.length + 1)
-            if bound is not cache.tensors:  # first step, or the cache grew: (re)bind its buffers
-                bind_kv(io, graph.kv_pairs, cache.tensors)
-                entry[3] = cache.tensors
-            io.bind_ortvalue_input(ATTENTION_MASK, mask)
-            graph.run_bound(io)
-            cache.length += 1
-        self.pipe.head.run_bound(self.head_io)
-        self.positions += 1
-        return self.logits[:, 0]
+    state = DecodeState(pipe, input_ids.shape[0], max(capacity, attention_mask.shape[1]), caches=caches)
+    logits = state.prefill(input_ids, attention_mask, **step_options)
+    return logits, state.caches, state.next_pos
 
 
 def decode_one(pipe: Pipeline, tokens: np.ndarray, attention_mask: np.ndarray, positions: np.ndarray,
                caches: list[KVCache]) -> tuple[np.ndarray, list[KVCache]]:
     """Feed one token per row. tokens, positions: [b]; attention_mask: [b, past + 1]. Returns logits [b, V]
-    (a copy; a loop of steps keeps one `Decoder` instead)."""
-    logits = Decoder(pipe, caches, attention_mask[:, :-1], positions).step(tokens, attention_mask[:, -1])
-    return logits.copy(), caches
+    (a copy; a loop of steps keeps one `DecodeState` instead)."""
+    from shadow_edge.runtime.decode_state import DecodeState
+
+    state = DecodeState.resume(pipe, caches, attention_mask[:, :-1], positions)
+    return state.step(tokens, attention_mask[:, -1]).copy(), caches

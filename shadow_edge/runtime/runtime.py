@@ -18,11 +18,12 @@ import onnxruntime as ort
 from shadow_edge import artifact_lock
 from shadow_edge.errors import ArtifactError, ContextLengthError, InputError
 from shadow_edge.io_spec import KV_ROLES, ROLE_HEAD
-from shadow_edge.manifest import Manifest, read_manifest, verify_files
+from shadow_edge.manifest import GraphEntry, Manifest, read_manifest, verify_files
 from shadow_edge.runtime.adapters import AdapterSet, LoadedPack
 from shadow_edge.runtime.chat import render_chat
 from shadow_edge.runtime import inputs
 from shadow_edge.runtime.classify import ClassificationResult, check_task, classify
+from shadow_edge.runtime.decode_state import DecodeState
 from shadow_edge.runtime.generate import Pipeline, position_ids
 from shadow_edge.runtime.options import GRAPH_MODES, GenerationOptions
 from shadow_edge.runtime.pack_sessions import STALE_BASE, constant_twins
@@ -33,6 +34,9 @@ from shadow_edge.runtime.strategies import mode_names, strategy
 from shadow_edge.runtime.strategies.base import Pieces, Rows
 from shadow_edge.runtime.strategies.cascade import silent
 from shadow_edge.runtime.text import NoTokenizer, TextCodec
+
+
+DECODE_STEPS = ("auto", "split")
 
 
 class ShadowRuntime:
@@ -51,6 +55,7 @@ class ShadowRuntime:
         self.codec = codec if codec is not None else NoTokenizer()
         self.providers, self.threads = providers, threads
         self._graphs: dict[str, GraphSession] = {}
+        self.decode_step = "auto"  # see load()
         self._pipes: dict[tuple[str, str | None], Pipeline] = {}  # (mode, adapter) -> its graph chain
         self.adapters = AdapterSet(manifest, art_dir)  # packs sharing this base's sessions (runtime/adapters.py)
         self.twins = constant_twins(manifest)  # graph -> entry of its file with constant slots (pack_sessions.py)
@@ -66,7 +71,8 @@ class ShadowRuntime:
     # ---- loading -------------------------------------------------------------------------------
     @classmethod
     def load(cls, art_dir, providers=None, threads: int | None = None, verify: bool = True,
-             modes: tuple[str, ...] | None = None, adapters: dict | None = None) -> "ShadowRuntime":
+             modes: tuple[str, ...] | None = None, adapters: dict | None = None,
+             decode_step: str = "auto") -> "ShadowRuntime":
         """Read manifest.json, check every file's sha256 (verify=False skips it), open the mode graphs.
 
         Graphs used by `modes` (generation modes; default: shadow_only and base_shadow) are loaded
@@ -74,12 +80,17 @@ class ShadowRuntime:
         (default: all cores). Loading holds a shared lock on the directory, so `export --force`
         never replaces it mid-load.
         adapters: {name: PACK directory} of adapter packs exported against this base artifact (`load_adapter`).
+        decode_step: "auto" (a mode's merged single-session step graph where the artifact has one, else its
+        split graphs) or "split" (always the split graphs: one session per graph per step).
         """
         art_dir = inputs.artifact_dir(art_dir)
+        if decode_step not in DECODE_STEPS:
+            raise InputError(f"decode_step is {decode_step!r}; it must be one of {', '.join(DECODE_STEPS)}")
         if adapters is not None and not isinstance(adapters, dict):
             raise InputError(f"adapters is {adapters!r}; it must be a dict {{name: adapter pack directory}}")
         with artifact_lock.shared(art_dir):
             rt = cls._load_unlocked(art_dir, providers, threads, verify, modes)
+        rt.decode_step = decode_step
         for name, pack_dir in (adapters or {}).items():
             rt.load_adapter(name, pack_dir, verify)
         return rt
@@ -161,6 +172,28 @@ class ShadowRuntime:
                 self._pipes[(mode, adapter)] = Pipeline(own.get(roles[ROLE_HEAD]) or self.graph(roles[ROLE_HEAD]),
                                                         *stacks, params={} if pack is None else pack.fed)
             return self._pipes[(mode, adapter)]
+
+    def step_graph(self, mode: str) -> GraphSession | None:
+        """The merged single-session step graph of a mode (shadow + backbone + head + ArgMax: `step_combined.onnx`),
+        or None where the artifact has none (older exports, explicit shadows whose KV shapes differ) or this
+        runtime steps the split graphs (`decode_step="split"`)."""
+        entry = (self.manifest.interop.get("step") or {}).get(mode)
+        if entry is None or self.decode_step == "split":
+            return None
+        key = f"step:{mode}"
+        with self._lock:
+            if key not in self._graphs:
+                graph = GraphEntry.from_dict(entry["graph"])
+                with artifact_lock.shared(self.art_dir):
+                    self._graphs[key] = GraphSession(key, graph, self.art_dir, self.providers, self.threads,
+                                                     prepack=prepack_weights(graph, self.manifest.quantization))
+            return self._graphs[key]
+
+    def decode_state(self, mode: str, batch: int, capacity: int, adapter: str | None = None) -> DecodeState:
+        """A fresh decode state of one generation in a graph mode (runtime/decode_state.py): the mode's split
+        graphs, and its merged step graph where there is one (the artifact's own adapter only)."""
+        merged = self.step_graph(mode) if adapter is None else None
+        return DecodeState(self.pipeline(mode, adapter), batch, capacity, merged)
 
     def using(self, adapter: str | None):
         """Marks pack `adapter` busy for one call (no-op without one): `unload_adapter` waits for no one, it

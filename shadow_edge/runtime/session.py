@@ -183,7 +183,7 @@ class GraphSession:
 
     def bind(self, inputs: dict[str, ort.OrtValue], outputs: dict[str, ort.OrtValue]) -> ort.IOBinding:
         """An IOBinding of these inputs and preallocated outputs, kept by the caller across runs (a decode loop's
-        buffers: `generate.Decoder`), who keeps the OrtValues alive as long as the binding."""
+        buffers: `decode_state.DecodeState`), who keeps the OrtValues alive as long as the binding."""
         io = self.session.io_binding()
         for name, value in inputs.items():
             io.bind_ortvalue_input(name, value)

@@ -25,7 +25,6 @@ import numpy as np
 
 from shadow_edge import io_spec
 from shadow_edge.errors import InputError
-from shadow_edge.runtime.generate import Pipeline, prefill
 from shadow_edge.runtime.inputs import as_float
 from shadow_edge.runtime.result import Timings
 from shadow_edge.runtime.strategies.base import Pieces, Strategy, drive, register, ticks
@@ -144,25 +143,20 @@ class LocalStage:
 
     name = COMBINED
 
-    def answer(self, rt, ids, mask, low: list[int], opts, incremental: bool, shadow_pipe: Pipeline, start,
-               prompt_states, capacity: int) -> Pieces:
+    def answer(self, rt, ids, mask, low: list[int], opts, incremental: bool, shadow_state, prompt_states,
+               capacity: int) -> Pieces:
         """Re-answer rows `low`; yields their pieces (full-batch rows); returns {row: (loop-like rows entry)}."""
-        combined = rt.pipeline(COMBINED, opts.adapter)
         keep = int(np.argmax(mask[low].any(axis=0)))  # drop columns that are padding in every kept row
         sub_ids, sub_mask = ids[low, keep:], mask[low, keep:]  # [n, t']
         t0 = time.perf_counter()
-        caches, reuse = None, {}
-        if shadow_pipe.shadow is combined.shadow:  # one shadow graph: its prompt slots carry over
-            caches = combined.empty_caches(len(low), capacity)
-            t = ids.shape[1]
-            for dst, src in zip(caches[0].arrays, start[1][0].arrays):  # [n, kv, cap, hd] <- prompt slots
-                dst[:, :, :t - keep] = src[low, :, keep:t]
-            caches[0].length = t - keep
+        combined = rt.decode_state(COMBINED, len(low), capacity, opts.adapter)
+        reuse = {}
+        if shadow_state.pipe.shadow is combined.pipe.shadow:  # one shadow graph: its prompt slots carry over
+            combined.copy_rows(shadow_state, low, stacks=1, columns=slice(keep, ids.shape[1]))
             reuse = {"shadow_states": prompt_states[0][low, keep:]}  # [n, t', d]
-        begun = prefill(combined, sub_ids, sub_mask, capacity, caches=caches, **reuse)
+        first = combined.prefill(sub_ids, sub_mask, **reuse)
         base = yield from remap(drive(rt, len(low), opts, incremental, lambda sampler, eos, state, stats: decode_n(
-            combined, sub_ids, sub_mask, opts.max_new_tokens, sampler, rt.pad_id, False, state, start=begun, t0=t0)),
-            low)
+            combined, sub_ids, sub_mask, opts.max_new_tokens, sampler, rt.pad_id, False, state, first, t0)), low)
         return {r: (base.ids[i], base.text[i], base.finish[i], None) for i, r in enumerate(low)}, base.timings
 
 
@@ -178,15 +172,15 @@ class Cascade(Strategy):
 
     def run(self, rt, ids, mask, opts, incremental, want_logprobs=False) -> Pieces:
         o = opts.strategy
-        shadow_pipe = rt.pipeline(self.first, opts.adapter)
         ids, mask = (np.ascontiguousarray(a, dtype=np.int64) for a in (ids, mask))  # [b, t]
         b = ids.shape[0]
         capacity = ids.shape[1] + opts.max_new_tokens
         t0 = time.perf_counter()
         prompt_states: list[np.ndarray] = []  # the shadow's [b, t, d] states of the prompt
-        start = prefill(shadow_pipe, ids, mask, capacity, keep_shadow=prompt_states)
+        shadow_state = rt.decode_state(self.first, b, capacity, opts.adapter)
+        first = shadow_state.prefill(ids, mask, keep_shadow=prompt_states)
         shadow = yield from ticks(drive(rt, b, opts, False, lambda sampler, eos, state, stats: decode_n(
-            shadow_pipe, ids, mask, opts.max_new_tokens, sampler, rt.pad_id, True, state, start=start, t0=t0)))
+            shadow_state, ids, mask, opts.max_new_tokens, sampler, rt.pad_id, True, state, first, t0)))
         conf = [shadow.confidence(r) for r in range(b)]
         answered = [shadow.finish[r] not in ENDED_BY_CONTROL for r in range(b)]
         low = [r for r in range(b) if answered[r] and conf[r] < o.threshold]
@@ -199,7 +193,7 @@ class Cascade(Strategy):
         if low:
             if o.escalation is None:
                 stage = LocalStage()
-                answers, timings = yield from stage.answer(rt, ids, mask, low, opts, incremental, shadow_pipe, start,
+                answers, timings = yield from stage.answer(rt, ids, mask, low, opts, incremental, shadow_state,
                                                            prompt_states, capacity)
             else:
                 from shadow_edge.runtime.remote import RemoteStage

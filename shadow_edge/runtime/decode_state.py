@@ -1,0 +1,247 @@
+"""One generation's decode state over a mode's graphs: prefill, step, verify, rewind, copy rows.
+
+A `DecodeState` owns everything a generation feeds and fetches (cf. onnxruntime-genai's
+`DecoderOnly_State`): the KV caches of the mode's stacks (`KVCache`, in-place), the attention
+mask buffer [b, capacity] and its used length, the next position of every row, and the
+preallocated step inputs/outputs with their IOBindings, made once and rebound only when a cache
+grows. Every loop that decodes steps through it: plain decoding (shadow_only, base_shadow,
+base_plain), speculative drafting and verification, the cascade's two passes, the server's
+continuous batches, `eval` and export validation.
+
+Verbs (positions and lengths explicit, nothing hidden):
+  advance(ids, mask)   several positions per row through the split graphs (prefill, chunked
+                       prefill, a verify pass): logits of the last or of every position
+  step(tokens)         one token per row through bound buffers: the split chain, or (base_shadow)
+                       the merged single-session graph, which also returns the greedy token
+                       (`next_token`, ArgMax inside the graph) so the logits need not be fetched
+  rewind(length)       forget the positions past `length` (a pointer move; stale entries are
+                       overwritten later), positions recomputed from the mask
+  copy_rows(...)       copy rows' KV entries and mask between states (cascade reuse, server seats)
+
+The merged graph (`step_combined.onnx`, written by the export next to the interop graphs) reads the
+shadow and backbone caches as one KV list (shadow layers first), bound to the same buffers as the
+split graphs, so a state may prefill and verify through the split graphs and decode through the merged one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from shadow_edge.io_spec import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, SHADOW_HIDDEN
+from shadow_edge.runtime.kv_cache import KVCache
+from shadow_edge.runtime.session import GraphSession, bind_kv, ov
+
+NEXT_TOKEN = "next_token"  # the merged step graph's greedy output: ArgMax of the logits, int64 [b, seq]
+
+STEP_CALLS: dict[str, int] = {}  # step path -> calls since import (tests count the paths in use)
+
+
+def _count(path: str) -> None:
+    STEP_CALLS[path] = STEP_CALLS.get(path, 0) + 1
+
+
+def first_positions(start: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[b, t] positions of new columns `mask` [b, t] after `start` [b] real tokens; 1 on padding (HF convention)."""
+    pos = start[:, None] + np.cumsum(mask, axis=-1) - 1
+    return np.where(mask == 0, 1, pos).astype(np.int64)
+
+
+class DecodeState:
+    """The decode state of one generation (see the module docstring)."""
+
+    def __init__(self, pipe, batch: int, capacity: int, merged: GraphSession | None = None,
+                 fetch_logits: bool = True, caches: list[KVCache] | None = None):
+        """pipe: the mode's `generate.Pipeline`; capacity: positions to allocate (grown on demand).
+        merged: the mode's single-session step graph (base_shadow), used by `step`; fetch_logits=False (greedy
+        without logprobs, merged graph only): `step` fetches only `next_token`. caches: adopt these (length 0..n)."""
+        self.pipe, self.batch = pipe, batch
+        capacity = max(capacity, 1)
+        self.caches = caches if caches is not None else pipe.empty_caches(batch, capacity)
+        self.mask = np.zeros((batch, max([capacity] + [c.capacity for c in self.caches])), np.int64)  # [b, cap]
+        self.length = 0  # columns of `mask` in use (= every cache's length)
+        self.next_pos = np.zeros(batch, np.int64)  # [b] the next token's position per row
+        self.merged = merged
+        self.fetch_logits = fetch_logits or merged is None
+        self._step = None  # the bound step (made on the first `step`)
+
+    @classmethod
+    def resume(cls, pipe, caches: list[KVCache], attention_mask: np.ndarray, next_pos: np.ndarray,
+               merged: GraphSession | None = None, fetch_logits: bool = True) -> "DecodeState":
+        """A state over caches that already hold attention_mask [b, past]'s columns; next_pos [b]."""
+        b, past = attention_mask.shape
+        state = cls(pipe, b, past + 1, merged, fetch_logits, caches)
+        state.mask[:, :past] = attention_mask
+        state.length = past
+        state.next_pos = np.array(next_pos, np.int64).reshape(b)
+        return state
+
+    # ---- several positions ---------------------------------------------------------------------
+    def advance(self, ids: np.ndarray, mask: np.ndarray | None = None, last_only: bool = True,
+                positions: np.ndarray | None = None, **step_options) -> np.ndarray:
+        """Feed ids [b, t] (mask [b, t], default all 1) at the next columns through the split graphs.
+
+        positions [b, t]: explicit (default: counted from each row's real tokens). `step_options` go to
+        `Pipeline.step` (shadow_states=, keep_shadow=). Returns logits [b, 1 if last_only else t, V].
+        """
+        b, t = ids.shape
+        mask = np.ones((b, t), np.int64) if mask is None else np.asarray(mask, np.int64)
+        pos = first_positions(self.next_pos, mask) if positions is None else positions
+        self._reserve(self.length + t)
+        self.mask[:, self.length:self.length + t] = mask
+        for c in self.caches:
+            c.length = self.length  # a shadow cache adopted with its prompt keeps its own length (cascade)
+        skip = step_options.get("shadow_states") is not None
+        if skip:  # the shadow cache already holds these positions
+            self.caches[0].length = self.length + t
+        _count("advance")
+        logits = self.pipe.step(np.ascontiguousarray(ids, np.int64), self.mask[:, :self.length + t].copy(),
+                                np.ascontiguousarray(pos, np.int64), self.caches, last_only, **step_options)
+        self.length += t
+        last = np.where(mask == 1, pos, -1).max(axis=1, initial=-1)  # [b] the last real position fed, or -1
+        self.next_pos = np.where(last >= 0, last + 1, self.next_pos)
+        return logits
+
+    def prefill(self, ids: np.ndarray, mask: np.ndarray | None = None, **step_options) -> np.ndarray:
+        """The prompt (left-padded ids, mask [b, t]) into the caches; returns the last position's logits [b, V]."""
+        return self.advance(ids, mask, True, **step_options)[:, -1]
+
+    def verify(self, ids: np.ndarray, **step_options) -> np.ndarray:
+        """Several positions per row (ids [b, n], mask 1) in one pass; returns the logits of all [b, n, V]."""
+        return self.advance(ids, None, False, **step_options)
+
+    # ---- one position, bound ---------------------------------------------------------------------
+    def step(self, tokens: np.ndarray, new_mask: np.ndarray | int = 1) -> np.ndarray | None:
+        """Feed tokens [b] at the next positions with attention-mask column `new_mask` (default 1); the caches
+        advance in place. Returns logits [b, V] (a view of a buffer the next step overwrites), or None when
+        the state does not fetch logits (then `next_token` holds the graph's greedy choice)."""
+        if self._step is None:
+            self._step = _MergedStep(self) if self.merged is not None else _SplitStep(self)
+        s = self._step
+        s.tokens[:, 0] = tokens
+        s.positions[:, 0] = self.next_pos
+        self._reserve(self.length + 1)
+        self.mask[:, self.length] = new_mask
+        self.length += 1
+        mask = ov(self.mask[:, :self.length])  # no copy for one row; a [b, length] copy otherwise
+        s.run(mask)
+        for c in self.caches:
+            c.length = self.length
+        self.next_pos += 1
+        return s.logits[:, 0] if self.fetch_logits else None
+
+    @property
+    def next_token(self) -> np.ndarray:
+        """[b] the greedy token the merged graph chose at the last step (ArgMax inside the graph)."""
+        if not isinstance(self._step, _MergedStep):
+            raise RuntimeError("next_token comes from the merged step graph; this state steps the split graphs")
+        return self._step.next_token[:, 0]
+
+    # ---- positions and rows ----------------------------------------------------------------------
+    def rewind(self, length: int, keep: np.ndarray | None = None) -> None:
+        """Keep the first `length` columns (stale entries past it are overwritten later). keep [b, n]: mask
+        values of the last n kept columns (0 = a hole a row did not keep). Positions follow the mask."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"rewind to {length}: the state holds {self.length} positions")
+        if keep is not None:
+            self.mask[:, length - keep.shape[1]:length] = keep
+        self.length = length
+        for c in self.caches:
+            c.length = length
+        self.next_pos = self.mask[:, :length].sum(axis=1).astype(np.int64)
+
+    def copy_rows(self, src: "DecodeState", rows, to_rows=None, stacks: int | None = None, columns=None) -> None:
+        """Append src's rows `rows` (columns `columns`, a slice; default all it holds) as this state's rows
+        `to_rows` (default 0..n-1) at its next columns. With `stacks` (the first n caches only: a shared shadow
+        cache) only those keys/values are written and the length stays (`advance(..., shadow_states=)` then
+        feeds those columns); otherwise the mask is copied too and the state advances by the width."""
+        cols = columns if columns is not None else slice(0, src.length)
+        lo, hi, _ = cols.indices(src.length)
+        width, at = hi - lo, self.length
+        to = list(range(len(rows))) if to_rows is None else list(to_rows)
+        self._reserve(at + width)
+        for dst, s in zip(self.caches[:stacks], src.caches[:stacks]):
+            for a, b in zip(dst.arrays, s.arrays):  # [b, kv_heads, cap, head_dim]
+                a[to, :, at:at + width] = b[rows, :, lo:hi]
+        if stacks is not None:
+            return
+        self.mask[to, at:at + width] = src.mask[rows, lo:hi]
+        self.length = at + width
+        for c in self.caches:
+            c.length = self.length
+        self.next_pos[to] = self.mask[to, :self.length].sum(axis=1)
+
+    def _reserve(self, total: int) -> None:
+        """Room for `total` columns in the mask and in every cache (doubling)."""
+        for c in self.caches:
+            c.reserve(total)
+        if total > self.mask.shape[1]:
+            grown = np.zeros((self.batch, max(total, 2 * self.mask.shape[1])), np.int64)
+            grown[:, :self.length] = self.mask[:, :self.length]
+            self.mask = grown
+
+
+class _SplitStep:
+    """The bound decode step over the split graphs: each stack, then the head (buffers made once)."""
+
+    def __init__(self, state: DecodeState):
+        pipe, b = state.pipe, state.batch
+        self.state = state
+        self.tokens = np.zeros((b, 1), np.int64)
+        self.positions = np.zeros((b, 1), np.int64)
+        # The bound OrtValues (each keeps its array alive) live as long as the bindings.
+        step = {INPUT_IDS: ov(self.tokens), POSITION_IDS: ov(self.positions)}
+        self.buffers = list(step.values())
+        self.stacks, previous = [], {}  # [graph, cache index, IOBinding, the KV tensors it has bound]
+        out = None
+        for i, graph in enumerate(pipe.stacks):
+            out = ov(np.zeros((b, 1, graph.contract.outputs[0].shape[-1]), np.float32))
+            io = graph.bind({**step, **previous, **pipe.params.get(graph.name, {})}, {graph.main_output: out})
+            self.stacks.append([graph, i, io, None])
+            self.buffers.append(out)
+            previous = {SHADOW_HIDDEN: out}  # the backbone after the shadow reads its output
+        head = pipe.head
+        self.logits = np.zeros((b, 1, head.contract.outputs[0].shape[-1]), np.float32)
+        self.buffers.append(ov(self.logits))
+        self.head_io = head.bind({pipe.head_input: out, **pipe.params.get(head.name, {})},
+                                 {head.output_names[0]: self.buffers[-1]})
+
+    def run(self, mask: ort.OrtValue) -> None:
+        _count("step")
+        for entry in self.stacks:
+            graph, i, io, bound = entry
+            cache = self.state.caches[i]
+            if bound is not cache.tensors:  # first step, or the cache grew: (re)bind its buffers
+                bind_kv(io, graph.kv_pairs, cache.tensors)
+                entry[3] = cache.tensors
+            io.bind_ortvalue_input(ATTENTION_MASK, mask)
+            graph.run_bound(io)
+        self.state.pipe.head.run_bound(self.head_io)
+
+
+class _MergedStep:
+    """The bound decode step through the merged graph: one session call; `next_token` always, logits if asked."""
+
+    def __init__(self, state: DecodeState):
+        b, graph = state.batch, state.merged
+        self.state, self.graph = state, graph
+        self.tokens = np.zeros((b, 1), np.int64)
+        self.positions = np.zeros((b, 1), np.int64)
+        self.next_token = np.zeros((b, 1), np.int64)
+        self.logits = np.zeros((b, 1, state.pipe.head.contract.outputs[0].shape[-1]), np.float32)
+        outputs = {NEXT_TOKEN: ov(self.next_token)}
+        if state.fetch_logits:
+            outputs[LOGITS] = ov(self.logits)
+        inputs = {INPUT_IDS: ov(self.tokens), POSITION_IDS: ov(self.positions)}
+        self.buffers = [*inputs.values(), *outputs.values()]
+        self.io = graph.bind(inputs, outputs)
+        self.bound: list | None = None
+
+    def run(self, mask: ort.OrtValue) -> None:
+        _count("step")
+        tensors = [t for c in self.state.caches for t in c.tensors]  # shadow layers, then backbone layers
+        if self.bound is None or any(a is not b for a, b in zip(tensors, self.bound)):
+            bind_kv(self.io, self.graph.kv_pairs, tensors)
+            self.bound = tensors
+        self.io.bind_ortvalue_input(ATTENTION_MASK, mask)
+        self.graph.run_bound(self.io)

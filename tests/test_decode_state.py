@@ -1,0 +1,126 @@
+"""The decode state (runtime/decode_state.py): prefill, step, verify, rewind and copy_rows against the full forward pass.
+
+The full forward (`ShadowRuntime.forward`, an empty past) is itself checked against shadow_peft in
+test_runtime_parity.py; here every verb of the state must reproduce its logits at 1e-4 on left-padded
+batches whose caches grow past their first capacity.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from runtime_fixtures import artifact_of, runtime_once  # noqa: F401  (fixtures)
+from shadow_edge.runtime.decode_state import DecodeState
+
+MODES = ("shadow_only", "base_shadow")
+CASES = ("qwen3_implicit", "qwen3_explicit")
+TOL = 1e-4
+
+
+@pytest.fixture(params=CASES)
+def loaded(request, artifact_of):
+    case, art = artifact_of(request.param)
+    return case, runtime_once(request.param, art)
+
+
+def batch(vocab: int, seed: int, lengths=(12, 7)) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded ids, mask [len(lengths), max(lengths)]."""
+    t = max(lengths)
+    ids = np.random.default_rng(seed).integers(0, vocab, (len(lengths), t), dtype=np.int64)
+    mask = np.ones_like(ids)
+    for r, n in enumerate(lengths):
+        ids[r, :t - n], mask[r, :t - n] = 0, 0
+    return ids, mask
+
+
+def close(got: np.ndarray, want: np.ndarray, real: np.ndarray | None = None) -> None:
+    real = np.ones(got.shape[0], bool) if real is None else real.astype(bool)
+    np.testing.assert_allclose(got[real], want[real], atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_prefill_then_steps_equal_full_forward_while_caches_grow(loaded, mode):
+    case, rt = loaded
+    ids, mask = batch(case.vocab_size, 1)
+    full = rt.forward(ids, mask, mode=mode)  # [b, t, V]
+    k = 6  # row 1's prompt starts at column 5: its first real token is in the prefill
+    state = DecodeState(rt.pipeline(mode), 2, k + 1)  # one step of room, then the buffers double
+    close(state.prefill(ids[:, :k], mask[:, :k]), full[:, k - 1])
+    for t in range(k, ids.shape[1]):
+        close(state.step(ids[:, t]), full[:, t])
+        assert state.length == t + 1 and all(c.length == t + 1 for c in state.caches)
+    assert state.caches[0].capacity > k + 1 and state.mask.shape[1] >= ids.shape[1], "the caches grew"
+    np.testing.assert_array_equal(state.next_pos, mask.sum(axis=1))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_chunked_prefill_and_verify_equal_full_forward(loaded, mode):
+    """Several positions per call after a past: chunks of a prompt, then a verify pass of 4 positions (batch 1:
+    onnxruntime's CPU GroupQueryAttention takes seq > 1 with a past at batch 1 only)."""
+    case, rt = loaded
+    ids, _ = batch(case.vocab_size, 2, lengths=(12,))
+    full = rt.forward(ids, mode=mode)[0]  # [t, V]
+    state = DecodeState(rt.pipeline(mode), 1, 4)
+    close(state.advance(ids[:, :3], last_only=False)[0], full[:3])
+    close(state.advance(ids[:, 3:6])[0], full[5:6])
+    close(state.verify(ids[:, 6:10])[0], full[6:10])
+    close(state.step(ids[:, 10]), full[10:11])
+    np.testing.assert_array_equal(state.next_pos, [11])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_rewind_forgets_positions(loaded, mode):
+    """Steps fed wrong tokens, then rewound, leave no trace: the right tokens after the rewind give the full
+    forward's logits (stale entries are overwritten), and a row's hole (mask 0) is skipped by its positions."""
+    case, rt = loaded
+    ids, mask = batch(case.vocab_size, 3)
+    full = rt.forward(ids, mask, mode=mode)
+    k = 8
+    state = DecodeState(rt.pipeline(mode), 2, k)
+    state.prefill(ids[:, :k], mask[:, :k])
+    for j in range(3):
+        state.step((ids[:, k + j] + 1) % case.vocab_size)
+    state.rewind(k)
+    np.testing.assert_array_equal(state.next_pos, mask[:, :k].sum(axis=1))
+    for t in range(k, ids.shape[1]):
+        close(state.step(ids[:, t]), full[:, t])
+    # a hole: row 1 keeps column k + 4 unseen (mask 0); its next position does not count it
+    state.rewind(k + 4, keep=np.array([[1], [0]]))
+    assert state.next_pos.tolist() == [k + 4 - 0, int(mask[1, :k].sum()) + 3]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_copy_rows_carries_a_row_to_another_state(loaded, mode):
+    """A row of a prefilled batch copied into a batch-1 state decodes on as the row would alone."""
+    case, rt = loaded
+    ids, mask = batch(case.vocab_size, 4)
+    full = rt.forward(ids, mask, mode=mode)
+    k = 7
+    src = DecodeState(rt.pipeline(mode), 2, k)
+    src.prefill(ids[:, :k], mask[:, :k])
+    dst = DecodeState(rt.pipeline(mode), 1, 2)  # smaller than the copy: grows
+    pad = int((mask[1] == 0).sum())
+    dst.copy_rows(src, [1], columns=slice(pad, k))  # drop the row's padding columns
+    assert dst.length == k - pad and dst.next_pos.tolist() == [k - pad]
+    for t in range(k, ids.shape[1]):
+        close(dst.step(ids[1:, t]), full[1:, t])
+
+
+def test_shadow_cache_rows_reused_by_base_shadow(loaded):
+    """The cascade's reuse: the shadow cache's prompt rows copied from a shadow_only state, base_shadow prefilled
+    from the prompt's shadow states (the shadow graph is not run again), equals base_shadow from scratch."""
+    case, rt = loaded
+    ids, mask = batch(case.vocab_size, 5)
+    full = rt.forward(ids, mask, mode="base_shadow")
+    shadow = DecodeState(rt.pipeline("shadow_only"), 2, 12)
+    states: list = []
+    shadow.prefill(ids, mask, keep_shadow=states)
+    if rt.pipeline("shadow_only").shadow is not rt.pipeline("base_shadow").shadow:
+        pytest.skip("the modes run different shadow graphs")
+    combined = DecodeState(rt.pipeline("base_shadow"), 1, 4)
+    pad = int((mask[1] == 0).sum())
+    combined.copy_rows(shadow, [1], stacks=1, columns=slice(pad, ids.shape[1]))
+    assert combined.length == 0
+    logits = combined.prefill(ids[1:, pad:], shadow_states=states[0][1:, pad:])
+    close(logits, full[1:, -1])
