@@ -158,9 +158,14 @@ class Case:
         return self._model
 
 
+def recipe_of(name: str) -> CaseRecipe:
+    """The recipe of case `name`, from any of the tables (RECIPES, HEAD_DIM_RECIPES, FAMILY_RECIPES)."""
+    return {**RECIPES, **HEAD_DIM_RECIPES, **FAMILY_RECIPES}[name]
+
+
 def make_case(root: Path, name: str) -> Case:
     """Build case `name` (in RECIPES, HEAD_DIM_RECIPES or FAMILY_RECIPES) under `root/name` with shadow_peft and return it."""
-    recipe, seed = {**RECIPES, **HEAD_DIM_RECIPES, **FAMILY_RECIPES}[name], zlib.crc32(name.encode())
+    recipe, seed = recipe_of(name), zlib.crc32(name.encode())
     out = Path(root) / name
     base = make_base_model(recipe.arch, seed, **recipe.base)
     base.save_pretrained(out / "base")

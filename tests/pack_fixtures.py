@@ -10,7 +10,7 @@ import pytest
 from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
 from transformers import AutoModelForCausalLM
 
-from factories import Case, randomize_adapter, RECIPES
+from factories import Case, randomize_adapter, recipe_of
 from shadow_edge.export import ExportOptions, export_artifact, export_pack
 
 QUIET = dict(progress=lambda msg: None)
@@ -27,7 +27,7 @@ class Family:
 
 def make_adapter(case: Case, out: Path, seed: int, shadow: ShadowConfig | None = None) -> Path:
     """Another randomized adapter for the case's base (and explicit shadow model)."""
-    return random_adapter(case.base_dir, out, seed, shadow or RECIPES[case.name].shadow, case.shadow_model_dir)
+    return random_adapter(case.base_dir, out, seed, shadow or recipe_of(case.name).shadow, case.shadow_model_dir)
 
 
 def random_adapter(base_dir: Path, out: Path, seed: int, shadow: ShadowConfig,
