@@ -124,3 +124,57 @@ def test_shadow_cache_rows_reused_by_base_shadow(loaded):
     assert combined.length == 0
     logits = combined.prefill(ids[1:, pad:], shadow_states=states[0][1:, pad:])
     close(logits, full[1:, -1])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_merged_step_graph_equals_split_graphs(loaded, mode):
+    """The merged single-session step (shadow + backbone + head + ArgMax) gives the split chain's logits, and its
+    `next_token` is their argmax; without logits fetched it still chooses the same tokens."""
+    case, rt = loaded
+    merged = rt.step_graph(mode)
+    if merged is None:
+        assert case.shadow_model_dir is not None and mode == "base_shadow", "only explicit shadows lack one"
+        assert rt.decode_state(mode, 1, 4).merged is None
+        return
+    ids, mask = batch(case.vocab_size, 6)
+    full = rt.forward(ids, mask, mode=mode)
+    k = 6
+    split, joined, greedy = (DecodeState(rt.pipeline(mode), 2, k + 1, m, f)
+                             for m, f in ((None, True), (merged, True), (merged, False)))
+    for s in (split, joined, greedy):
+        s.prefill(ids[:, :k], mask[:, :k])
+    for t in range(k, ids.shape[1]):
+        want = split.step(ids[:, t]).copy()
+        close(want, full[:, t])
+        np.testing.assert_allclose(joined.step(ids[:, t]), want, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(joined.next_token, np.argmax(want, axis=-1))
+        assert greedy.step(ids[:, t]) is None
+        np.testing.assert_array_equal(greedy.next_token, joined.next_token)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_generation_identical_with_merged_and_split_steps(loaded, mode, tmp_path):
+    """Greedy tokens (left-padded batch, logprobs on and off) and seeded samples are the same whichever graphs
+    step the decode."""
+    from shadow_edge.runtime import ShadowRuntime
+
+    case, rt = loaded
+    split = ShadowRuntime.load(rt.art_dir, threads=1, decode_step="split")
+    assert split.step_graph(mode) is None
+    prompts = [[3, 9, 4, 1, 7, 2], [5, 8]]
+    for kw in (dict(), dict(do_sample=True, temperature=0.9, top_k=20, seed=3)):
+        a, b = (r.generate(prompts, mode=mode, max_new_tokens=9, eos=(), **kw) for r in (rt, split))
+        assert a.token_ids == b.token_ids
+    for r in (rt, split):  # logprobs ride on the logits: a cascade's shadow pass fetches them
+        out = r.generate(prompts, mode="cascade", max_new_tokens=6, eos=(), cascade_threshold=1.0)
+        assert out.token_ids == split.generate(prompts, mode="cascade", max_new_tokens=6, eos=(),
+                                               cascade_threshold=1.0).token_ids
+
+
+def test_decode_step_option_is_checked(loaded):
+    from shadow_edge.errors import InputError
+    from shadow_edge.runtime import ShadowRuntime
+
+    _, rt = loaded
+    with pytest.raises(InputError, match="decode_step is 'fast'; it must be one of auto, split"):
+        ShadowRuntime.load(rt.art_dir, decode_step="fast")

@@ -39,6 +39,11 @@ def interop_lines(m: Manifest) -> list[str]:
                 out.append(f"  {'':<28} matches the split graphs (max |err| {check['max_abs_err']:.2e})")
         for tool, why in e.get("limits", {}).items():
             out.append(f"  {what} {'not for ' + tool if tool != 'all' else 'single graph'}: {why}")
+    for mode, e in (ix.get("step") or {}).items():
+        check = e.get("validation")
+        err = f"; matches the split graphs, max |err| {check['max_abs_err']:.2e}" if isinstance(check, dict) \
+            and "max_abs_err" in check else ""
+        out.append(f"  {e['file']:<28} {mode} decode step, one session (+ next_token = ArgMax; {size(e['file'])}{err})")
     for name, tool in ix.get("configs", {}).items():
         out.append(f"  {name:<28} {tool} ({size(name)})")
     ort = ix.get("ort")

@@ -8,6 +8,9 @@ weight byte is added), next to the split graphs the shadow-edge runtime uses:
                         layers renumbered: shadow layers 0..S-1, then backbone layers S..S+L-1.
                         Only where every layer has one KV shape (implicit shadows): both tools
                         allocate a single (kv_heads, head_dim) for all layers.
+  step_<mode>.onnx      the shadow-edge runtime's own single-session decode step of each mode (the same
+                        joined graph plus `next_token` = ArgMax of the logits, so a greedy step
+                        need not fetch the logits); manifest `interop.step.<mode>` (runtime/decode_state.py)
   genai_config.json     onnxruntime-genai: `og.Model(ART)` loads model.onnx
   config.json           optimum: `ORTModelForCausalLM.from_pretrained(ART)` loads model.onnx; only for
                         GroupQueryAttention graphs (optimum grows its cache by concatenation; the ONNX
@@ -37,6 +40,8 @@ from shadow_edge.runtime.session import GraphSession, ov
 
 DETACHED_FILE = "model.onnx"
 COMBINED_FILE = "model_combined.onnx"
+STEP_FILE = "step_{mode}.onnx"  # the runtime's merged decode step of a mode
+NEXT_TOKEN = "next_token"  # = runtime.decode_state.NEXT_TOKEN
 GENAI_CONFIG = "genai_config.json"
 HF_CONFIG = "config.json"
 TOOL_GENAI, TOOL_OPTIMUM = "onnxruntime-genai", "optimum"
@@ -78,14 +83,24 @@ def write_interop(art_dir: Path, graphs: dict[str, GraphEntry], modes: dict[str,
     for key, parts in (("detached", ("shadow",)), ("combined", ("shadow", "base"))):
         if section[key]["file"] and any("sliding" in (model[p].get("layer_types") or ()) for p in parts):
             section[key]["limits"][TOOL_GENAI] = GENAI_SLIDING_LIMIT
+    section["step"] = {}
+    for key, chain in (("detached", detached), ("combined", combined)):
+        if section[key]["file"]:
+            mode = section[key]["mode"]
+            section["step"][mode] = _step(art_dir, graphs, chain, mode)
     written = [(section[k], chain) for k, chain in (("detached", detached), ("combined", combined))
                if section[k]["file"]]
+    written += [(section["step"][m], chain) for m, chain in ((io_spec.MODE_SHADOW_ONLY, detached),
+                                                             (io_spec.MODE_BASE_SHADOW, combined))
+                if m in section["step"]]
     if validate:  # the split graphs' outputs first (their sessions opened once, then freed), then each joined
         split: dict[str, GraphSession] = {}  # graph alone: at most one copy of the weights mapped at a time
         references = [split_reference(art_dir, graphs, chain, split) for _, chain in written]
         split.clear()
         for (entry, chain), reference in zip(written, references):
-            entry["validation"] = check_joined(art_dir, graphs, chain, entry["file"], reference=reference)
+            graph = GraphEntry.from_dict(entry["graph"]) if "graph" in entry else None
+            entry["validation"] = check_joined(art_dir, graphs, chain, entry["file"], reference=reference,
+                                               entry=graph)
     decoder = _decoder(model, graphs, detached)
     _write_json(art_dir / GENAI_CONFIG, genai_config(decoder, model, tokenizer, _read_json(
         art_dir / "generation_config.json")))
@@ -115,6 +130,27 @@ def _single(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: st
                                          "optimum feeds exactly sized pasts and concatenates, which only "
                                          "GroupQueryAttention graphs accept")
     return entry
+
+
+def step_entry(graphs: dict[str, GraphEntry], chain: Chain, file: str) -> GraphEntry:
+    """The I/O table of a mode's step graph: the joined graph's, plus `next_token` int64 [batch, seq]."""
+    entry = joined_entry(graphs, chain, file)
+    entry.outputs.insert(1, io_spec.TensorSpec(NEXT_TOKEN, "int64", ("batch", "seq")))
+    return entry
+
+
+def _step(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, mode: str) -> dict:
+    """Write a mode's step graph (the joined chain + ArgMax over the vocabulary: `next_token`, the first index on
+    ties like numpy's argmax); its manifest entry (file, graphs, I/O table)."""
+    file = STEP_FILE.format(mode=mode)
+    model = join(art_dir, graphs, chain, f"{mode}_step")
+    g = model.graph
+    g.node.append(onnx.helper.make_node("ArgMax", [io_spec.LOGITS], [NEXT_TOKEN], name="/step/ArgMax", axis=-1,
+                                        keepdims=0, select_last_index=0))
+    g.output.insert(1, onnx.helper.make_tensor_value_info(NEXT_TOKEN, onnx.TensorProto.INT64, ["batch", "seq"]))
+    onnx.save_model(model, str(art_dir / file))
+    return {"file": file, "mode": mode, "graphs": list(chain.graphs),
+            "graph": step_entry(graphs, chain, file).to_dict()}
 
 
 def _decoder(model: dict, graphs: dict[str, GraphEntry], chain: Chain) -> dict:
@@ -218,13 +254,13 @@ def split_reference(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain,
 
 
 def check_joined(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, atol: float = 1e-4,
-                 reference: list[np.ndarray] | None = None) -> dict:
+                 reference: list[np.ndarray] | None = None, entry: GraphEntry | None = None) -> dict:
     """The joined graph against the runtime's own pipeline over the split graphs (in-place KV, as both
     run; `split_reference`, computed here unless given, its sessions freed before the joined one opens):
     a left-padded batch of 2, a 5-token prefill, then one decode step. Raises ExportError on a miss."""
     if reference is None:
         reference = split_reference(art_dir, graphs, chain)
-    entry = joined_entry(graphs, chain, file)
+    entry = entry or joined_entry(graphs, chain, file)
     joined = GraphSession(file, entry, art_dir, prepack=False)
     cache = KVCache.empty(2, entry.kv_layers, entry.kv_heads, entry.head_dim, 6)
     worst = 0.0
