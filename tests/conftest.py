@@ -63,3 +63,19 @@ def cls_cases(tmp_path_factory, tiny_default):
         return built[name]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact_pair(tiny_default, tmp_path_factory):
+    """Two tiny artifacts of one model to compare (`shadow-edge bench A B`): float32 (with base_plain) and int8.
+    Validation off, as for the runtime tests' artifacts."""
+    from shadow_edge.export import ExportOptions, export_artifact
+
+    root = tmp_path_factory.mktemp("pair")
+    arts = []
+    for name, options in (("fp32", ExportOptions(validate=False, plain_backbone=True)),
+                          ("int8", ExportOptions(validate=False, quantize="int8"))):
+        export_artifact(tiny_default.base_dir, tiny_default.adapter_dir, root / name, options=options,
+                        progress=lambda m: None)
+        arts.append(root / name)
+    return tuple(arts)

@@ -64,11 +64,13 @@ def format_table(records: list[dict]) -> str:
     return "\n".join([head, line(cols), *(line(r) for r in rows), *notes])
 
 
-def write_json(records: list[dict], path: str | Path) -> None:
+def write_json(records: list[dict] | dict, path: str | Path) -> None:
+    """{"records": records} (or a whole document, a dict) as indented JSON at `path`."""
     path = Path(path)
+    doc = records if isinstance(records, dict) else {"records": records}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"records": records}, indent=2) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     except OSError as e:
         raise InputError(f"--json {path}: cannot write ({e.strerror}); choose a writable path") from None
 

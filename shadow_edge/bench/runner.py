@@ -64,11 +64,8 @@ def needed_modes(mode: str) -> tuple[str, ...]:
     return io_spec.GRAPH_MODES if mode == SPECULATIVE else (mode,)
 
 
-def run_bench(art_dir: str | Path, options: BenchOptions = BenchOptions(),
-              progress: Callable[[str], None] = stderr_progress) -> list[dict]:
-    """One record per mode in `options.modes` (see `report.RECORD_KEYS` for the fields)."""
-    art = Path(art_dir)
-    manifest = read_manifest(art)
+def check_artifact(art: Path, manifest: Manifest, options: BenchOptions, progress: Callable[[str], None]) -> None:
+    """Refuse an artifact that lacks a benchmarked mode or whose context is too short; verify files if asked."""
     missing = [m for m in options.modes if not set(needed_modes(m)) <= set(manifest.modes)]
     if missing:
         hint = " (base_plain needs an artifact exported with plain_backbone=True)" if "base_plain" in missing else ""
@@ -76,17 +73,31 @@ def run_bench(art_dir: str | Path, options: BenchOptions = BenchOptions(),
                          f"{', '.join(manifest.modes)}{hint}")
     limit = int(manifest.model["max_positions"])
     if options.prompt_len + options.new_tokens > limit:
-        raise InputError(f"prompt_len {options.prompt_len} + new_tokens {options.new_tokens} > the model's "
+        raise InputError(f"{art}: prompt_len {options.prompt_len} + new_tokens {options.new_tokens} > the model's "
                          f"max_positions {limit}; lower one of them")
     if options.verify:
-        progress("verifying artifact files (sha256)")
+        progress(f"verifying {art}'s files (sha256)")
         verify_files(art, manifest)
+
+
+def probe_bandwidth(options: BenchOptions, threads: int, progress: Callable[[str], None]) -> float | None:
+    """The machine's measured read bandwidth in GB/s (None when options.bandwidth_mib is 0)."""
+    if not options.bandwidth_mib:
+        return None
+    progress(f"measuring memory read bandwidth ({options.bandwidth_mib} MiB, {threads} threads)")
+    bandwidth = read_bandwidth_gbs(threads, options.bandwidth_mib)
+    progress(f"read bandwidth {bandwidth:.1f} GB/s")
+    return bandwidth
+
+
+def run_bench(art_dir: str | Path, options: BenchOptions = BenchOptions(),
+              progress: Callable[[str], None] = stderr_progress) -> list[dict]:
+    """One record per mode in `options.modes` (see `report.RECORD_KEYS` for the fields)."""
+    art = Path(art_dir)
+    manifest = read_manifest(art)
+    check_artifact(art, manifest, options, progress)
     threads = options.threads or os.cpu_count() or 1
-    bandwidth = None
-    if options.bandwidth_mib:
-        progress(f"measuring memory read bandwidth ({options.bandwidth_mib} MiB, {threads} threads)")
-        bandwidth = read_bandwidth_gbs(threads, options.bandwidth_mib)
-        progress(f"read bandwidth {bandwidth:.1f} GB/s")
+    bandwidth = probe_bandwidth(options, threads, progress)
     common = {"schema": SCHEMA, "tool": "shadow-edge bench", "versions": versions(), "machine": machine_info(),
               "threads": threads, "read_bandwidth_gbs": bandwidth, "bandwidth_method": BANDWIDTH_METHOD,
               "artifact": artifact_info(art, manifest)}
