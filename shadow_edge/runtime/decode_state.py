@@ -78,29 +78,50 @@ class DecodeState:
 
     # ---- several positions ---------------------------------------------------------------------
     def advance(self, ids: np.ndarray, mask: np.ndarray | None = None, last_only: bool = True,
-                positions: np.ndarray | None = None, **step_options) -> np.ndarray:
+                positions: np.ndarray | None = None, one_row_at_a_time: np.ndarray | None = None,
+                **step_options) -> np.ndarray:
         """Feed ids [b, t] (mask [b, t], default all 1) at the next columns through the split graphs.
 
         positions [b, t]: explicit (default: counted from each row's real tokens). `step_options` go to
-        `Pipeline.step` (shadow_states=, keep_shadow=). Returns logits [b, 1 if last_only else t, V].
+        `Pipeline.step` (shadow_states=, keep_shadow=). one_row_at_a_time [b] bool: run each such row alone on
+        views of the caches (onnxruntime's CPU GroupQueryAttention takes seq > 1 with a past at batch 1 only;
+        the other rows' logits are 0). Returns logits [b, 1 if last_only else t, V].
         """
         b, t = ids.shape
         mask = np.ones((b, t), np.int64) if mask is None else np.asarray(mask, np.int64)
         pos = first_positions(self.next_pos, mask) if positions is None else positions
+        ids, pos = np.ascontiguousarray(ids, np.int64), np.ascontiguousarray(pos, np.int64)
         self._reserve(self.length + t)
         self.mask[:, self.length:self.length + t] = mask
-        for c in self.caches:
-            c.length = self.length  # a shadow cache adopted with its prompt keeps its own length (cascade)
-        skip = step_options.get("shadow_states") is not None
-        if skip:  # the shadow cache already holds these positions
-            self.caches[0].length = self.length + t
+        states = step_options.get("shadow_states")
         _count("advance")
-        logits = self.pipe.step(np.ascontiguousarray(ids, np.int64), self.mask[:, :self.length + t].copy(),
-                                np.ascontiguousarray(pos, np.int64), self.caches, last_only, **step_options)
+        if one_row_at_a_time is None:
+            logits = self.pipe.step(ids, self.mask[:, :self.length + t].copy(), pos, self._at(self.caches, states),
+                                    last_only, **step_options)
+        else:
+            logits = None
+            for r in np.flatnonzero(one_row_at_a_time):
+                rows = [KVCache([a[r:r + 1] for a in c.arrays], [ov(a[r:r + 1]) for a in c.arrays], 0)
+                        for c in self.caches]  # [1, kv_heads, cap, head_dim] views of the same memory
+                opts = {**step_options, **({} if states is None else {"shadow_states": states[r:r + 1]})}
+                out = self.pipe.step(ids[r:r + 1], self.mask[r:r + 1, :self.length + t].copy(), pos[r:r + 1],
+                                     self._at(rows, states), last_only, **opts)
+                logits = np.zeros((b,) + out.shape[1:], np.float32) if logits is None else logits
+                logits[r] = out[0]
         self.length += t
+        for c in self.caches:
+            c.length = self.length
         last = np.where(mask == 1, pos, -1).max(axis=1, initial=-1)  # [b] the last real position fed, or -1
         self.next_pos = np.where(last >= 0, last + 1, self.next_pos)
         return logits
+
+    def _at(self, caches: list[KVCache], shadow_states) -> list[KVCache]:
+        """The caches at this state's length (a shadow cache fed already, with `shadow_states`: past it)."""
+        for c in caches:
+            c.length = self.length
+        if shadow_states is not None:  # the shadow cache already holds these positions
+            caches[0].length = self.length + shadow_states.shape[1]
+        return caches
 
     def prefill(self, ids: np.ndarray, mask: np.ndarray | None = None, **step_options) -> np.ndarray:
         """The prompt (left-padded ids, mask [b, t]) into the caches; returns the last position's logits [b, V]."""
@@ -111,10 +132,11 @@ class DecodeState:
         return self.advance(ids, None, False, **step_options)
 
     # ---- one position, bound ---------------------------------------------------------------------
-    def step(self, tokens: np.ndarray, new_mask: np.ndarray | int = 1) -> np.ndarray | None:
+    def step(self, tokens: np.ndarray, new_mask: np.ndarray | int = 1, head: bool = True) -> np.ndarray | None:
         """Feed tokens [b] at the next positions with attention-mask column `new_mask` (default 1); the caches
         advance in place. Returns logits [b, V] (a view of a buffer the next step overwrites), or None when
-        the state does not fetch logits (then `next_token` holds the graph's greedy choice)."""
+        the state does not fetch logits (then `next_token` holds the graph's greedy choice) or `head` is False
+        (split graphs: the stacks only; `stack_output` holds their states)."""
         if self._step is None:
             self._step = _MergedStep(self) if self.merged is not None else _SplitStep(self)
         s = self._step
@@ -124,11 +146,25 @@ class DecodeState:
         self.mask[:, self.length] = new_mask
         self.length += 1
         mask = ov(self.mask[:, :self.length])  # no copy for one row; a [b, length] copy otherwise
-        s.run(mask)
+        s.run(mask, head)
         for c in self.caches:
             c.length = self.length
         self.next_pos += 1
-        return s.logits[:, 0] if self.fetch_logits else None
+        return s.logits[:, 0] if self.fetch_logits and head else None
+
+    def stack_output(self, i: int) -> np.ndarray:
+        """[b, 1, d] the state stack i (split graphs) passed on at the last step (the shadow's: its
+        shadow_hidden_states); a buffer the next step overwrites."""
+        return self._step.hidden[i]
+
+    def follow(self, other: "DecodeState") -> None:
+        """Take `other`'s columns, length and positions (a drafter sharing its shadow cache, before a round)."""
+        self._reserve(other.length + 1)
+        self.mask[:, :other.length] = other.mask[:, :other.length]
+        self.length = other.length
+        self.next_pos[:] = other.next_pos
+        for c in self.caches:
+            c.length = self.length
 
     @property
     def next_token(self) -> np.ndarray:
@@ -193,9 +229,11 @@ class _SplitStep:
         step = {INPUT_IDS: ov(self.tokens), POSITION_IDS: ov(self.positions)}
         self.buffers = list(step.values())
         self.stacks, previous = [], {}  # [graph, cache index, IOBinding, the KV tensors it has bound]
+        self.hidden: list[np.ndarray] = []  # per stack, its output [b, 1, d]
         out = None
         for i, graph in enumerate(pipe.stacks):
-            out = ov(np.zeros((b, 1, graph.contract.outputs[0].shape[-1]), np.float32))
+            self.hidden.append(np.zeros((b, 1, graph.contract.outputs[0].shape[-1]), np.float32))
+            out = ov(self.hidden[-1])
             io = graph.bind({**step, **previous, **pipe.params.get(graph.name, {})}, {graph.main_output: out})
             self.stacks.append([graph, i, io, None])
             self.buffers.append(out)
@@ -206,7 +244,7 @@ class _SplitStep:
         self.head_io = head.bind({pipe.head_input: out, **pipe.params.get(head.name, {})},
                                  {head.output_names[0]: self.buffers[-1]})
 
-    def run(self, mask: ort.OrtValue) -> None:
+    def run(self, mask: ort.OrtValue, head: bool = True) -> None:
         _count("step")
         for entry in self.stacks:
             graph, i, io, bound = entry
@@ -216,7 +254,8 @@ class _SplitStep:
                 entry[3] = cache.tensors
             io.bind_ortvalue_input(ATTENTION_MASK, mask)
             graph.run_bound(io)
-        self.state.pipe.head.run_bound(self.head_io)
+        if head:
+            self.state.pipe.head.run_bound(self.head_io)
 
 
 class _MergedStep:
@@ -237,7 +276,7 @@ class _MergedStep:
         self.io = graph.bind(inputs, outputs)
         self.bound: list | None = None
 
-    def run(self, mask: ort.OrtValue) -> None:
+    def run(self, mask: ort.OrtValue, head: bool = True) -> None:
         _count("step")
         tensors = [t for c in self.state.caches for t in c.tensors]  # shadow layers, then backbone layers
         if self.bound is None or any(a is not b for a, b in zip(tensors, self.bound)):

@@ -26,11 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shadow_edge.io_spec import MODE_BASE_SHADOW, MODE_SHADOW_ONLY
 from shadow_edge.runtime.acceptance import accept_greedy
-from shadow_edge.runtime.generate import prefill
 from shadow_edge.runtime.sampling import Sampler
-from shadow_edge.runtime.strategies.speculative import draft, packed_head, verify
+from shadow_edge.runtime.strategies.speculative import Rounds, draft, verify
 
 CONFIDENCE_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
@@ -79,22 +77,19 @@ class Scan:
 
 def scan(rt, ids: np.ndarray, spans: list[tuple[int, int, int]], k_max: int, progress=None) -> Scan:
     """One k_max draft/verify round per scored position of `spans` ((begin, end, first), as in evaluate.windows)."""
-    pipe, head = rt.pipeline(MODE_BASE_SHADOW), rt.pipeline(MODE_SHADOW_ONLY).head
-    verify_head = packed_head(rt, pipe)
     greedy = Sampler(False)
     out = Scan([], [], [], [], [])
     for w, (begin, end, first) in enumerate(spans):
         context = ids[None, begin:first]  # [1, c]
-        mask = np.ones_like(context)
-        logits, (s_cache, b_cache), pos = prefill(pipe, context, mask, capacity=end - begin + k_max + 1)
+        rounds = Rounds(rt, None, 1, end - begin + k_max + 1)
+        logits = rounds.state.prefill(context)
         rows = [logits[0]]  # predicts ids[first]
         for s in range(first, end - 1):
             k = min(k_max, rt.max_positions - (s - begin) - 1)  # the drafts' positions stay in the context
-            slots = mask.shape[1]
+            slots = rounds.state.length
             conf: list[np.ndarray] = []
-            fed, hidden, _ = draft(pipe, head, s_cache, mask, pos, ids[s:s + 1], k, greedy, (), confidence=conf)
-            p_logits = verify(pipe, verify_head, b_cache, mask, pos, fed, hidden, np.ones(1, bool), False)[0]
-            # p_logits: [k + 1, V]
+            fed, hidden, _ = draft(rounds, ids[s:s + 1], k, greedy, (), confidence=conf)
+            p_logits = verify(rounds, fed, hidden, None)[0]  # [k + 1, V]
             n, _ = accept_greedy(fed[0, 1:], p_logits)
             out.accepted.append(n)
             out.room.append(k)
@@ -102,9 +97,7 @@ def scan(rt, ids: np.ndarray, spans: list[tuple[int, int, int]], k_max: int, pro
                 out.confidence.append(float(conf[j][0]))
                 out.verdict.append(j < n)
             rows.append(p_logits[0])  # predicts ids[s + 1]
-            mask = np.ones((1, slots + 1), np.int64)
-            s_cache.length = b_cache.length = slots + 1  # roll back to the text: keep ids[s]
-            pos = pos + 1
+            rounds.state.rewind(slots + 1)  # back to the text: keep ids[s]
         out.logits.append(np.stack(rows))
         if progress:
             progress(w + 1)

@@ -30,22 +30,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from shadow_edge.errors import InputError
-from shadow_edge.io_spec import ATTENTION_GQA, MODE_BASE_SHADOW, MODE_SHADOW_ONLY, SHADOW_HIDDEN
+from shadow_edge.io_spec import ATTENTION_GQA, MODE_BASE_SHADOW, MODE_SHADOW_ONLY
 from shadow_edge.runtime.acceptance import AdaptiveDraft, accept_greedy, accept_sampled, draw
-from shadow_edge.runtime.generate import prefill
+from shadow_edge.runtime.decode_state import DecodeState
+from shadow_edge.runtime.generate import Pipeline
 from shadow_edge.runtime.inputs import as_int
-from shadow_edge.runtime.kv_cache import KVCache
 from shadow_edge.runtime.result import SpeculativeStats
 from shadow_edge.runtime.sampling import chosen_logprobs, shaped_probs
-from shadow_edge.runtime.session import ov
 from shadow_edge.runtime.strategies.base import StepRecord, StepStrategy, register
 
 ADAPTIVE_MAX = 8  # adaptive k ranges over 0..ADAPTIVE_MAX
-
-
-def _row_views(cache: KVCache, r: int) -> list:
-    """OrtValues over row r of every KV buffer ([1, kv_heads, capacity, head_dim] views, same memory)."""
-    return [ov(a[r:r + 1]) for a in cache.arrays]
 
 
 @dataclass(frozen=True)
@@ -80,10 +74,9 @@ class Speculative(StepStrategy):
                              f"{room} or leave it unset (adaptive)")
 
     def steps(self, rt, ids, mask, opts, sampler, eos_ids, want_logprobs, state, stats):
-        pipe, draft_head = rt.pipeline(MODE_BASE_SHADOW, opts.adapter), rt.pipeline(MODE_SHADOW_ONLY).head
-        verify_head = packed_head(rt, pipe)
         b = ids.shape[0]
-        rows_apart = b > 1 and pipe.backbone.entry.attention == ATTENTION_GQA
+        rounds = Rounds(rt, opts.adapter, b, ids.shape[1] + opts.max_new_tokens + ADAPTIVE_MAX + 1)
+        rows_apart = b > 1 and rounds.state.pipe.backbone.entry.attention == ATTENTION_GQA
         policy = None
         if opts.strategy.draft_tokens is None:
             m = rt.manifest
@@ -94,9 +87,8 @@ class Speculative(StepStrategy):
         stats.update(draft_lengths=[], **totals)
 
         t0 = time.perf_counter()
-        mask = np.ascontiguousarray(mask, dtype=np.int64)  # [b, slots]; 0 on padding and holes
-        logits, (s_cache, b_cache), pos = prefill(pipe, np.ascontiguousarray(ids, dtype=np.int64), mask,
-                                                  capacity=mask.shape[1] + opts.max_new_tokens + ADAPTIVE_MAX + 1)
+        logits = rounds.state.prefill(np.ascontiguousarray(ids, dtype=np.int64),
+                                      np.ascontiguousarray(mask, dtype=np.int64))
         x = sampler(logits)  # [b] the first token, exactly as base_shadow chooses it
         lp = chosen_logprobs(logits, x) if want_logprobs else None
         made = np.ones(b, dtype=np.int64)  # tokens emitted per row
@@ -110,10 +102,10 @@ class Speculative(StepStrategy):
             left = int((opts.max_new_tokens - made[active]).max())
             k = min(policy.next_k() if policy else opts.strategy.draft_tokens, left - 1)
             x = np.where(active, x, rt.pad_id).astype(np.int64)  # finished rows are fed pad (as in plain)
-            slots = mask.shape[1]
-            fed, hidden, q = draft(pipe, draft_head, s_cache, mask, pos, x, k, sampler, shape)
+            slots = rounds.state.length
+            fed, hidden, q = draft(rounds, x, k, sampler, shape)
             t1 = time.perf_counter()
-            p_logits = verify(pipe, verify_head, b_cache, mask, pos, fed, hidden, active, rows_apart)  # [b, k + 1, V]
+            p_logits = verify(rounds, fed, hidden, active if rows_apart else None)  # [b, k + 1, V]
             t2 = time.perf_counter()
 
             # accept per row, then roll both caches back to the widest row's kept slots
@@ -146,9 +138,8 @@ class Speculative(StepStrategy):
                 policy.update(accepted_now, trials_now)
             width = int(kept[active].max())
             kept[~active] = width
-            mask = np.concatenate([mask, (np.arange(width)[None, :] < kept[:, None]).astype(np.int64)], axis=1)
-            s_cache.length = b_cache.length = slots + width  # roll back: later slots are stale, then overwritten
-            pos = pos + kept
+            # roll back: later slots are stale, then overwritten; a row's unkept slots become holes (mask 0)
+            rounds.state.rewind(slots + width, keep=(np.arange(width)[None, :] < kept[:, None]).astype(np.int64))
             t3 = time.perf_counter()
             totals["draft_ms"] += (t1 - t0) * 1e3
             totals["verify_ms"] += (t2 - t1) * 1e3
@@ -156,28 +147,42 @@ class Speculative(StepStrategy):
             yield StepRecord(tokens, logprobs, (t3 - t0) * 1e3)
 
 
-def draft(pipe, head, s_cache: KVCache, mask: np.ndarray, pos: np.ndarray, x: np.ndarray, k: int, sampler,
-          shape: tuple, confidence: list | None = None) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
-    """k + 1 shadow steps from x [b] at positions pos [b]; the shadow head on the first k proposes d1..dk.
+class Rounds:
+    """The decode states of one speculative generation: `state` (base_shadow, with the prepacked verify head) and
+    `drafter` (the shadow and the shadow's head), which shares `state`'s shadow cache."""
+
+    def __init__(self, rt, adapter: str | None, batch: int, capacity: int, draft_head=None):
+        """draft_head: the head session that proposes drafts (default: shadow_only's head)."""
+        pipe = rt.pipeline(MODE_BASE_SHADOW, adapter)
+        head = draft_head if draft_head is not None else rt.pipeline(MODE_SHADOW_ONLY).head
+        self.state = DecodeState(Pipeline(packed_head(rt, pipe), pipe.shadow, pipe.backbone, pipe.params), batch,
+                                 capacity)
+        self.drafter = DecodeState(Pipeline(head, pipe.shadow, params=pipe.params), batch, capacity,
+                                   caches=self.state.caches[:1])
+
+
+def draft(rounds: Rounds, x: np.ndarray, k: int, sampler, shape: tuple,
+          confidence: list | None = None) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """k + 1 shadow steps from x [b] at the state's next positions; the draft head on the first k proposes d1..dk.
 
     Returns fed [b, k + 1] (x, d1..dk), their shadow_hidden_states [b, k + 1, d] and, when
-    sampling, the k shaped draft distributions [b, V]. The shadow cache advances by k + 1.
+    sampling, the k shaped draft distributions [b, V]. The shadow cache advances by k + 1 (the
+    drafter's bound step: no per-step allocation).
     confidence (greedy): a list that receives, per draft token, the shadow's probability of it [b].
     """
-    b, slots = mask.shape
+    drafter = rounds.drafter
+    drafter.follow(rounds.state)
+    b = x.shape[0]
     fed = np.empty((b, k + 1), dtype=np.int64)
     fed[:, 0] = x
-    hidden, q = [], []  # k + 1 of [b, 1, d]; k of [b, V]
-    s_cache.reserve(slots + k + 1)
+    hidden, q = None, []  # [b, k + 1, d]; k of [b, V]
     for j in range(k + 1):
-        feed = {"input_ids": ov(fed[:, j:j + 1]),  # [b, 1]
-                "attention_mask": ov(np.concatenate([mask, np.ones((b, j + 1), np.int64)], axis=1)),
-                "position_ids": ov((pos + j)[:, None])}  # [b, 1]
-        s = pipe.run(pipe.shadow, feed, s_cache.tensors, s_cache.bindings)  # [b, 1, d]
-        s_cache.length += 1
-        hidden.append(s.numpy().copy())
+        q_logits = drafter.step(fed[:, j], head=j < k)  # [b, V] or None
+        s = drafter.stack_output(0)  # [b, 1, d]
+        if hidden is None:
+            hidden = np.empty((b, k + 1, s.shape[-1]), np.float32)
+        hidden[:, j] = s[:, 0]
         if j < k:
-            q_logits = head.run({head.input_names[0]: s})[0].numpy()[:, -1]  # [b, V]
             if sampler.greedy:
                 fed[:, j + 1] = np.argmax(q_logits, axis=-1)
                 if confidence is not None:  # max softmax probability: 1 / sum(exp(l - max l))
@@ -185,7 +190,7 @@ def draft(pipe, head, s_cache: KVCache, mask: np.ndarray, pos: np.ndarray, x: np
             else:
                 q.append(shaped_probs(q_logits, *shape))
                 fed[:, j + 1] = [draw(q[-1][r], sampler.rng) for r in range(b)]
-    return fed, np.concatenate(hidden, axis=1), q
+    return fed, hidden, q
 
 
 def packed_head(rt, pipe):
@@ -194,33 +199,17 @@ def packed_head(rt, pipe):
     A float32 head runs unpacked by default (fastest for decode's one position, no packed
     copy), but over the k + 1 positions of a verify pass the unpacked product costs 1.7-2.9x its
     one-position time (W1's Gemm head; 2.4-2.6x for the MatMul head on the `small` preset), the
-    prepacked one 1.0-1.4x (benchmarks/profile/profile_verify.py). Costs one packed copy of the head's weights.
+    prepacked one 1.0-1.4x (benchmarks/profile_verify.py). Costs one packed copy of the head's weights.
     """
     return rt.graph(pipe.head.name, prepack=True)
 
 
-def verify(pipe, head, b_cache: KVCache, mask: np.ndarray, pos: np.ndarray, fed: np.ndarray, hidden: np.ndarray,
-           active: np.ndarray, rows_apart: bool) -> np.ndarray:
-    """One backbone pass over the fed positions [b, k + 1] with their shadow states, then `head` on all of them.
-
-    The backbone cache gets the k + 1 positions after its first mask.shape[1] slots (the caller
-    sets its length). rows_apart: one batch-1 pass per active row on views of the cache.
-    Returns logits [b, k + 1, V].
-    """
-    b, n = fed.shape
-    v_mask = np.concatenate([mask, np.ones((b, n), np.int64)], axis=1)  # [b, slots + k + 1]
-    v_pos = pos[:, None] + np.arange(n)  # [b, k + 1]
-    b_cache.reserve(mask.shape[1] + n)
-    if rows_apart:
-        out = [pipe.run(pipe.backbone, {"input_ids": ov(fed[r:r + 1]), "attention_mask": ov(v_mask[r:r + 1]),
-                                        "position_ids": ov(v_pos[r:r + 1]), SHADOW_HIDDEN: ov(hidden[r:r + 1])},
-                        _row_views(b_cache, r)).numpy()
-               if active[r] else np.zeros_like(hidden[r:r + 1]) for r in range(b)]
-        h = ov(np.concatenate(out, axis=0))  # [b, k + 1, d]
-    else:
-        h = pipe.run(pipe.backbone, {"input_ids": ov(fed), "attention_mask": ov(v_mask), "position_ids": ov(v_pos),
-                                     SHADOW_HIDDEN: ov(hidden)}, b_cache.tensors, b_cache.bindings)
-    return head.run({pipe.head_input: h})[0].numpy()
+def verify(rounds: Rounds, fed: np.ndarray, hidden: np.ndarray, rows_apart: np.ndarray | None) -> np.ndarray:
+    """One backbone pass over the fed positions [b, k + 1] with their shadow states [b, k + 1, d], then the verify
+    head on all of them (the state's multi-position step). rows_apart [b] bool: one batch-1 pass per such row
+    (GroupQueryAttention). The caches hold the k + 1 positions afterwards (the caller rewinds).
+    Returns logits [b, k + 1, V]."""
+    return rounds.state.verify(fed, one_row_at_a_time=rows_apart, shadow_states=hidden)
 
 
 register(Speculative())
