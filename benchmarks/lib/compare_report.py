@@ -1,4 +1,4 @@
-"""compare.py's outputs: results.json, summary.md (tables, ratios, targets), PNG plots, the RESULTS.md block."""
+"""compare.py's outputs: results.json, summary.md (tables, ratios, targets), PNG plots, the block of benchmarks/results/speed.md."""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def markdown(result: dict, out: Path, md_dir: Path) -> str:
         L += ["", f"**Adapter overhead** per decoded token (base_shadow vs backbone_plain, p50 ms): "
                   f"{ov * 100:+.1f}%."]
     if result["preset"]["name"] == TARGETS_PRESET:
-        L += ["", "**Targets** (issue 5; fp32, this workload):", "", "| target | goal | measured | status |",
+        L += ["", "**Targets** (fp32, this workload):", "", "| target | goal | measured | status |",
               "|---|---:|---:|---|"]
         for t in targets(recs):
             goal = f"{t['op']} {_fmt_target(t['goal'], t['unit'])}"

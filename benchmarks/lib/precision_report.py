@@ -1,4 +1,4 @@
-"""precision_table.py's outputs: results.json, summary.md (the table, issue 14's targets) and the RESULTS.md block."""
+"""precision_table.py's outputs: results.json, summary.md (the table, the precision targets) and the block of benchmarks/results/precision.md."""
 
 from __future__ import annotations
 
@@ -142,7 +142,7 @@ def markdown(result: dict) -> str:
           "`benchmarks/profile/adapter_overhead.py` (one decode step of backbone, backbone_plain, shadow and head back to "
           "back), (backbone - backbone_plain + shadow) / (backbone_plain + head).",
           ""] + bytes_table(result)
-    L += ["", "**Targets** (issue 14). *Bound on bytes*: what the target's measure would be if both sides read "
+    L += ["", "**Targets**. *Bound on bytes*: what the target's measure would be if both sides read "
           "their weights at the same GB/s (a decode step is bound by the weight bytes it reads): the ratio of "
           "weight bytes per token for the speed targets, the adapter's extra bytes for the overhead targets.", "",
           "| preset, precision | target | goal | measured | bound on bytes | status |", "|---|---|---:|---:|---:|---|"]

@@ -4,7 +4,7 @@ One process, one machine, one workload (greedy, batch 1, random prompt ids, exac
 tokens, the same thread count everywhere, warm-up excluded, medians over repetitions):
 
     python -m benchmarks.suites.compare --preset qwen3-0.6b-shape --out benchmarks/results \\
-        --results-md benchmarks/RESULTS.md            # the recorded results (minutes)
+        --results-md benchmarks/results/speed.md      # the recorded results (minutes)
     python -m benchmarks.suites.compare --preset tiny --out bench-out/tiny     # smoke run (seconds)
     python -m benchmarks.suites.compare --preset small --sweep                 # + scaling sweep
 
@@ -12,7 +12,7 @@ Systems (--systems picks some, by key or family): shadow-edge/{shadow_only,base_
 base_plain}, shadow-peft/{shadow_only,base_shadow}, transformers/plain, ort-genai/{fp32,int4}
 (skipped with a note when onnxruntime_genai is not importable). Writes results.json,
 summary.md and PNG plots into --out; --results-md refreshes the generated block of a
-markdown file (RESULTS.md). Needs the `export` and `dev` extras.
+markdown file (benchmarks/results/speed.md). Needs the `export` and `dev` extras.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Issue 14's table: shadow-edge's three modes beside onnxruntime-genai's plain backbone, per preset and precision.
 
     python -m benchmarks.suites.precision_table --cache-dir /work/cache --bigmem-lock /work/bigmem.lock \\
-        --out benchmarks/results/precision --results-md benchmarks/RESULTS.md      # the recorded table
+        --out benchmarks/results/precision --results-md benchmarks/results/precision.md      # the recorded table
     python -m benchmarks.suites.precision_table --presets tiny --precisions fp32,int4 --reps 1 --new-tokens 8  # smoke
 
 For every (preset, precision) group: the preset's shadow-edge artifact at that precision
