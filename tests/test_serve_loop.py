@@ -99,10 +99,13 @@ def test_staggered_requests_of_every_mode_equal_the_lone_generate(server, tiny_r
         assert ids == tiny_rt.generate(prompt, mode=mode, max_new_tokens=kw["max_tokens"], **sampling).token_ids
 
 
-def test_slot_batch_joins_shifts_compacts_and_chunks(tiny_rt):
+@pytest.mark.parametrize("merged", [False, True], ids=["split", "merged"])
+def test_slot_batch_joins_shifts_compacts_and_chunks(tiny_rt, merged):
     """Rows join mid-run with prompts longer and shorter than the shared slot axis, prefill in chunks of 3, the
-    buffers compact and grow: every row's greedy tokens equal its lone generate."""
-    batch = SlotBatch(tiny_rt.pipeline("base_shadow"), max_rows=3, pad_id=tiny_rt.pad_id, chunk=3)
+    buffers compact and grow: every row's greedy tokens equal its lone generate (split or merged step graphs)."""
+    step_graph = tiny_rt.step_graph("base_shadow") if merged else None
+    assert step_graph is not None or not merged
+    batch = SlotBatch(tiny_rt.pipeline("base_shadow"), max_rows=3, pad_id=tiny_rt.pad_id, chunk=3, merged=step_graph)
     prompts = [tiny_rt.codec.encode(p) for p in ("Trains", PROMPTS[3], "The river", PROMPTS[5], "Memory")]
     limits = [30, 12, 40, 9, 20]
     got: dict[int, list[int]] = {}

@@ -63,7 +63,9 @@ class DecodeState:
         self.next_pos = np.zeros(batch, np.int64)  # [b] the next token's position per row
         self.merged = merged
         self.fetch_logits = fetch_logits or merged is None
-        self._step = None  # the bound step (made on the first `step`)
+        self._steps: dict = {}  # rows fed -> its bound step (made on first use)
+        self._step = None  # the last bound step run
+        self._views: dict = {}  # (cache, rows) -> (the cache's tensors, OrtValues over their first rows)
 
     @classmethod
     def resume(cls, pipe, caches: list[KVCache], attention_mask: np.ndarray, next_pos: np.ndarray,
@@ -133,27 +135,30 @@ class DecodeState:
 
     # ---- one position, bound ---------------------------------------------------------------------
     def step(self, tokens: np.ndarray, new_mask: np.ndarray | int = 1, head: bool = True) -> np.ndarray | None:
-        """Feed tokens [b] at the next positions with attention-mask column `new_mask` (default 1); the caches
-        advance in place. Returns logits [b, V] (a view of a buffer the next step overwrites), or None when
-        the state does not fetch logits (then `next_token` holds the graph's greedy choice) or `head` is False
-        (split graphs: the stacks only; `stack_output` holds their states)."""
-        if self._step is None:
-            self._step = _MergedStep(self) if self.merged is not None else _SplitStep(self)
-        s = self._step
+        """Feed tokens [n] to the first n rows (n <= batch; the others are not run) at their next positions, with
+        attention-mask column `new_mask` (default 1); the caches advance in place. Returns logits [n, V] (a view
+        of a buffer the next step overwrites), or None when the state does not fetch logits (then `next_token`
+        holds the graph's greedy choice) or `head` is False (split graphs: the stacks only; `stack_output`
+        holds their states)."""
+        n = len(tokens)
+        s = self._steps.get(n)
+        if s is None:
+            s = self._steps[n] = _MergedStep(self, n) if self.merged is not None else _SplitStep(self, n)
+        self._step = s
         s.tokens[:, 0] = tokens
-        s.positions[:, 0] = self.next_pos
+        s.positions[:, 0] = self.next_pos[:n]
         self._reserve(self.length + 1)
-        self.mask[:, self.length] = new_mask
+        self.mask[:n, self.length] = new_mask
         self.length += 1
-        mask = ov(self.mask[:, :self.length])  # no copy for one row; a [b, length] copy otherwise
+        mask = ov(self.mask[:n, :self.length])  # no copy for one row; a [n, length] copy otherwise
         s.run(mask, head)
         for c in self.caches:
             c.length = self.length
-        self.next_pos += 1
+        self.next_pos[:n] += 1
         return s.logits[:, 0] if self.fetch_logits and head else None
 
     def stack_output(self, i: int) -> np.ndarray:
-        """[b, 1, d] the state stack i (split graphs) passed on at the last step (the shadow's: its
+        """[n, 1, d] the state stack i (split graphs) passed on at the last step (the shadow's: its
         shadow_hidden_states); a buffer the next step overwrites."""
         return self._step.hidden[i]
 
@@ -165,6 +170,17 @@ class DecodeState:
         self.next_pos[:] = other.next_pos
         for c in self.caches:
             c.length = self.length
+
+    def kv(self, i: int, n: int) -> list[ort.OrtValue]:
+        """Cache i's KV tensors over its first n rows (views of the same memory; the cache's own at n = batch)."""
+        cache = self.caches[i]
+        if n == self.batch:
+            return cache.tensors
+        key = (i, n)
+        views = self._views.get(key)
+        if views is None or views[0] is not cache.tensors:
+            views = self._views[key] = (cache.tensors, [ov(a[:n]) for a in cache.arrays])
+        return views[1]
 
     @property
     def next_token(self) -> np.ndarray:
@@ -220,9 +236,9 @@ class DecodeState:
 class _SplitStep:
     """The bound decode step over the split graphs: each stack, then the head (buffers made once)."""
 
-    def __init__(self, state: DecodeState):
-        pipe, b = state.pipe, state.batch
-        self.state = state
+    def __init__(self, state: DecodeState, b: int):
+        pipe = state.pipe
+        self.state, self.rows = state, b
         self.tokens = np.zeros((b, 1), np.int64)
         self.positions = np.zeros((b, 1), np.int64)
         # The bound OrtValues (each keeps its array alive) live as long as the bindings.
@@ -248,10 +264,10 @@ class _SplitStep:
         _count("step")
         for entry in self.stacks:
             graph, i, io, bound = entry
-            cache = self.state.caches[i]
-            if bound is not cache.tensors:  # first step, or the cache grew: (re)bind its buffers
-                bind_kv(io, graph.kv_pairs, cache.tensors)
-                entry[3] = cache.tensors
+            tensors = self.state.kv(i, self.rows)
+            if bound is not tensors:  # first step, or the cache grew: (re)bind its buffers
+                bind_kv(io, graph.kv_pairs, tensors)
+                entry[3] = tensors
             io.bind_ortvalue_input(ATTENTION_MASK, mask)
             graph.run_bound(io)
         if head:
@@ -261,9 +277,9 @@ class _SplitStep:
 class _MergedStep:
     """The bound decode step through the merged graph: one session call; `next_token` always, logits if asked."""
 
-    def __init__(self, state: DecodeState):
-        b, graph = state.batch, state.merged
-        self.state, self.graph = state, graph
+    def __init__(self, state: DecodeState, b: int):
+        graph = state.merged
+        self.state, self.graph, self.rows = state, graph, b
         self.tokens = np.zeros((b, 1), np.int64)
         self.positions = np.zeros((b, 1), np.int64)
         self.next_token = np.zeros((b, 1), np.int64)
@@ -278,7 +294,7 @@ class _MergedStep:
 
     def run(self, mask: ort.OrtValue, head: bool = True) -> None:
         _count("step")
-        tensors = [t for c in self.state.caches for t in c.tensors]  # shadow layers, then backbone layers
+        tensors = [t for i in range(len(self.state.caches)) for t in self.state.kv(i, self.rows)]  # shadow, backbone
         if self.bound is None or any(a is not b for a, b in zip(tensors, self.bound)):
             bind_kv(self.io, self.graph.kv_pairs, tensors)
             self.bound = tensors

@@ -31,7 +31,7 @@ from shadow_edge.runtime.strategies import strategy
 from shadow_edge.runtime.token_loop import Control, RowLoop
 from shadow_edge.serve.api_errors import APIError
 from shadow_edge.serve.metrics import Metrics
-from shadow_edge.serve.slots import SlotBatch
+from shadow_edge.serve.slots import PREFILL_CHUNK, SlotBatch
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # runtime -> OpenAI finish_reason
 
@@ -215,7 +215,7 @@ class Engine:
                         return
                     self._cv.wait(0.05 if self._closing else self._next_admission())
                     continue
-                n.state = "prefilling"
+                n.status = "prefilling"
             batch, n = item
             row, error = n.row, None
             try:
@@ -231,7 +231,7 @@ class Engine:
                 if error is not None or row.loop.done:
                     batch.joining.remove(n)
                 else:
-                    n.state = "ready"
+                    n.status = "ready"
                 self._cv.notify_all()
             if error is not None:
                 self._fail([row.job], _api_error(error))
@@ -246,7 +246,7 @@ class Engine:
 
     def _busy(self) -> bool:
         """Work for the decode thread: solo requests, running rows, or newcomers ready to be seated."""
-        return bool(self._solos) or any(b.running or any(n.state == "ready" for n in b.joining)
+        return bool(self._solos) or any(b.running or any(n.status == "ready" for n in b.joining)
                                         for b in self._batches.values())
 
     def _running_jobs(self) -> list[Job]:
@@ -277,9 +277,10 @@ class Engine:
                 key = (job.mode, job.adapter)
                 batch = self._batches.get(key)
                 if batch is None:
+                    chunk = PREFILL_CHUNK if self.prefill_chunk is None else self.prefill_chunk
+                    merged = self.rt.step_graph(job.mode) if job.adapter is None else None
                     batch = self._batches[key] = SlotBatch(self.rt.pipeline(job.mode, job.adapter), self.max_batch,
-                                                           self.rt.pad_id, *(() if self.prefill_chunk is None
-                                                                             else (self.prefill_chunk,)))
+                                                           self.rt.pad_id, chunk, merged)
                 if batch.free > 0:
                     self._to_prefill.append((batch, batch.join(_Row(self.rt, job), job.ids)))
                     self._cv.notify_all()
@@ -320,7 +321,7 @@ class Engine:
 
     def _step_batch(self, batch: SlotBatch) -> None:
         with self._cv:  # seat the newcomers the prefill thread finished (a slot was kept for each)
-            for n in [n for n in batch.joining if n.state == "ready"]:
+            for n in [n for n in batch.joining if n.status == "ready"]:
                 batch.joining.remove(n)
                 batch.seat(n, n.first)
         for slot, row in batch.running:

@@ -16,6 +16,10 @@ one token per row through rows [0, hi) (hi: one past the highest occupied slot; 
 slots below it are fed a pad token that sees only itself). A finished row frees its slot at
 once. When T reaches the capacity, columns that no occupied row sees are dropped (a shift
 left) before the buffers grow. Every row's tokens go through its own `RowLoop` and sampler.
+
+The batch's buffers are one `DecodeState` of `max_rows` rows (runtime/decode_state.py): its caches,
+mask and positions; a decode step is its bound `step` over the first hi rows (the merged single-session
+graph where the artifact has one). A newcomer's prefill is a batch-1 `DecodeState` of its own.
 """
 
 from __future__ import annotations
@@ -25,39 +29,64 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shadow_edge.runtime.decode_state import DecodeState
 from shadow_edge.runtime.generate import Pipeline
-from shadow_edge.runtime.kv_cache import KVCache
-from shadow_edge.runtime.session import ov
+from shadow_edge.runtime.session import GraphSession
 
 PREFILL_CHUNK = 256  # prompt tokens per prefill pass between decode steps
 
 
 @dataclass(eq=False)
 class Newcomer:
-    """A row being prefilled alone: its prompt, its own caches and how far the prefill got."""
+    """A row being prefilled alone: its prompt, its own decode state and how far the prefill got."""
 
     row: object  # the engine's row handle (job + RowLoop + sampler)
     ids: np.ndarray  # [1, p]
-    caches: list[KVCache]
-    done: int = 0  # prompt tokens already in `caches`
+    state: DecodeState  # batch 1: its caches hold the prompt's first `done` tokens
+    done: int = 0  # prompt tokens already in its caches
     logits: np.ndarray | None = None  # [1, V] after the last chunk
-    state: str = "waiting"  # waiting -> prefilling -> ready (its first token chosen: `first`) -> seated
+    status: str = "waiting"  # waiting -> prefilling -> ready (its first token chosen: `first`) -> seated
     first: int | None = None
 
 
 class SlotBatch:
     """Rows of one (graph mode, adapter) that decode together; see the module docstring."""
 
-    def __init__(self, pipe: Pipeline, max_rows: int, pad_id: int, chunk: int = PREFILL_CHUNK):
-        self.pipe, self.max_rows, self.pad_id, self.chunk = pipe, max_rows, pad_id, chunk
+    def __init__(self, pipe: Pipeline, max_rows: int, pad_id: int, chunk: int = PREFILL_CHUNK,
+                 merged: GraphSession | None = None):
+        """merged: the mode's single-session step graph (`ShadowRuntime.step_graph`), or None for the split graphs."""
+        self.pipe, self.max_rows, self.pad_id, self.chunk, self.merged = pipe, max_rows, pad_id, chunk, merged
         self.rows: list[object | None] = [None] * max_rows
         self.joining: list[Newcomer] = []
-        self.kv: list[list[np.ndarray]] | None = None  # per stack, per layer key/value: [max_rows, kv, cap, hd]
-        self.mask = np.zeros((max_rows, 0), np.int64)  # [max_rows, cap]
+        self.state: DecodeState | None = None  # the batch's caches [max_rows, kv, cap, hd], mask, positions
         self.start = np.zeros(max_rows, np.int64)  # first slot each occupied row sees
-        self.positions = np.zeros(max_rows, np.int64)  # next position per row
         self.tokens = np.full(max_rows, pad_id, np.int64)  # next token to feed per row
-        self.length = 0  # T: slots in use on the shared axis
+
+    # ---- the state's buffers ---------------------------------------------------------------------
+    @property
+    def length(self) -> int:
+        """T: slots in use on the shared axis."""
+        return 0 if self.state is None else self.state.length
+
+    @property
+    def mask(self) -> np.ndarray:
+        """[max_rows, capacity]"""
+        return np.zeros((self.max_rows, 0), np.int64) if self.state is None else self.state.mask
+
+    @property
+    def kv(self) -> list[list[np.ndarray]] | None:
+        """Per stack, per layer key/value [max_rows, kv, cap, hd] (None before the first row is seated)."""
+        return None if self.state is None else [c.arrays for c in self.state.caches]
+
+    @property
+    def positions(self) -> np.ndarray:
+        """[max_rows] next position per row."""
+        return np.zeros(self.max_rows, np.int64) if self.state is None else self.state.next_pos
+
+    def _set_length(self, t: int) -> None:
+        self.state.length = t
+        for c in self.state.caches:
+            c.length = t
 
     # ---- membership ------------------------------------------------------------------------------
     @property
@@ -76,28 +105,31 @@ class SlotBatch:
     def join(self, row, ids: list[int]) -> Newcomer:
         """Queue a row for prefill; it takes a slot when its prompt is in."""
         p = np.asarray([ids], np.int64)  # [1, p]
-        n = Newcomer(row, p, self.pipe.empty_caches(1, p.shape[1] + 1))
+        n = Newcomer(row, p, DecodeState(self.pipe, 1, p.shape[1] + 1))
         self.joining.append(n)
         return n
 
     def leave(self, slot: int) -> None:
         self.rows[slot] = None
-        self.mask[slot] = 0
         self.tokens[slot] = self.pad_id
         if all(r is None for r in self.rows):
-            self.length = 0  # an empty batch starts its slot axis afresh, and gives its buffers back
-            self.kv, self.mask = None, np.zeros((self.max_rows, 0), np.int64)
+            self.state = None  # an empty batch starts its slot axis afresh, and gives its buffers back
+        else:
+            self.state.mask[slot] = 0
 
     # ---- prefill ---------------------------------------------------------------------------------
+    def _chunk(self, n: Newcomer) -> int:
+        """Run the newcomer's next prompt chunk (its own state only); returns the tokens it ran."""
+        end = min(n.ids.shape[1], n.done + self.chunk)
+        n.logits = n.state.prefill(n.ids[:, n.done:end])  # [1, V]
+        ran, n.done = end - n.done, end
+        return ran
+
     def prefill(self, n: Newcomer) -> None:
         """Run a newcomer's whole prompt into its own caches, `chunk` tokens per pass (its buffers only: another
         thread may do this while the batch decodes)."""
         while n.done < n.ids.shape[1]:
-            end = min(n.ids.shape[1], n.done + self.chunk)
-            pos = np.arange(n.done, end, dtype=np.int64)[None, :]  # [1, chunk]
-            n.logits = self.pipe.step(n.ids[:, n.done:end], np.ones((1, end), np.int64), pos, n.caches,
-                                      last_only=True)[:, -1]
-            n.done = end
+            self._chunk(n)
 
     def prefill_some(self, budget: int) -> list[Newcomer]:
         """Run prefill chunks of waiting newcomers, oldest first, up to `budget` tokens (at least one chunk);
@@ -105,12 +137,7 @@ class SlotBatch:
         ready, spent = [], 0
         for n in list(self.joining):
             while n.done < n.ids.shape[1] and (spent == 0 or spent < budget):
-                end = min(n.ids.shape[1], n.done + self.chunk)
-                mask = np.ones((1, end), np.int64)
-                pos = np.arange(n.done, end, dtype=np.int64)[None, :]  # [1, chunk]
-                n.logits = self.pipe.step(n.ids[:, n.done:end], mask, pos, n.caches, last_only=True)[:, -1]
-                spent += end - n.done
-                n.done = end
+                spent += self._chunk(n)
             if n.done == n.ids.shape[1]:
                 ready.append(n)
                 self.joining.remove(n)
@@ -122,13 +149,13 @@ class SlotBatch:
         """Copy a prefilled newcomer's cache into a free slot, its next token `first_token`; returns the slot."""
         p = n.ids.shape[1]
         slot = self.rows.index(None)
-        if self.kv is None:
-            self._allocate(max(64, 2 * p))
+        if self.state is None:
+            self.state = DecodeState(self.pipe, self.max_rows, max(64, 2 * p), self.merged)
         if p > self.length:
             self._shift(p - self.length)
         self._ensure(self.length + 1)
         t = self.length
-        for stack, cache in zip(self.kv, n.caches):
+        for stack, cache in zip(self.kv, n.state.caches):
             for dst, src in zip(stack, cache.arrays):
                 dst[slot, :, t - p:t] = src[0, :, :p]
         self.mask[slot] = 0
@@ -145,20 +172,10 @@ class SlotBatch:
         occupied = [s for s, _ in self.running]
         hi = occupied[-1] + 1
         self._ensure(self.length + 1)
-        t = self.length
-        self.mask[:hi, t] = 1  # every row sees its new slot (free slots: only that)
-        caches = [KVCache([a[:hi] for a in stack], [ov(a[:hi]) for a in stack], t) for stack in self.kv]
-        logits = self.pipe.step(self.tokens[:hi, None].copy(), np.ascontiguousarray(self.mask[:hi, :t + 1]),
-                                self.positions[:hi, None].copy(), caches, last_only=True)[:, -1]  # [hi, V]
-        self.length = t + 1
-        self.positions[:hi] += 1
+        logits = self.state.step(self.tokens[:hi])  # [hi, V]; every row < hi sees its new slot (free slots: only that)
         return logits, occupied, (time.perf_counter() - t0) * 1e3
 
     # ---- buffers ---------------------------------------------------------------------------------
-    def _allocate(self, capacity: int) -> None:
-        self.kv = [c.arrays for c in self.pipe.empty_caches(self.max_rows, capacity)]
-        self.mask = np.zeros((self.max_rows, capacity), np.int64)
-
     @property
     def capacity(self) -> int:
         return self.mask.shape[1]
@@ -172,13 +189,13 @@ class SlotBatch:
         if drop > 0:
             self._shift(-drop)
             total -= drop
-        self._ensure_raw(total)
+        self.state._reserve(total)
 
     def _shift(self, d: int) -> None:
         """Move every row's slots by d (> 0: right, making room for a longer newcomer; < 0: drop the first -d)."""
         t = self.length
         if d > 0:
-            self._ensure_raw(t + d + 1)
+            self.state._reserve(t + d + 1)
             for stack in self.kv:
                 for a in stack:
                     a[:, :, d:d + t] = a[:, :, :t].copy()
@@ -192,19 +209,4 @@ class SlotBatch:
             self.mask[:, :t - k] = self.mask[:, k:t].copy()
             self.mask[:, t - k:] = 0
         self.start += d
-        self.length = t + d
-
-    def _ensure_raw(self, total: int) -> None:
-        """Grow the buffers to `total` slots without dropping columns (a right shift needs the room)."""
-        if total <= self.capacity:
-            return
-        grown = max(total, 2 * self.capacity)
-        for stack in self.kv:
-            for i, a in enumerate(stack):
-                b = np.zeros(a.shape[:2] + (grown,) + a.shape[3:], np.float32)
-                b[:, :, :self.length] = a[:, :, :self.length]
-                stack[i] = b
-        mask = np.zeros((self.max_rows, grown), np.int64)
-        mask[:, :self.length] = self.mask[:, :self.length]
-        self.mask = mask
-
+        self._set_length(t + d)
