@@ -126,8 +126,8 @@ def _rms(b: GraphBuilder, x: str, w: str, eps: float) -> str:
 def _add_norm(b: GraphBuilder, x: str, skip: str, norm: list[str] | None, eps: float, tag: str) -> tuple[str, str]:
     """(Norm(x + skip), x + skip): onnxruntime's fused SkipSimplifiedLayerNormalization for `norm` = [weight]
     (RMSNorm); Add then LayerNormalization for [weight, bias] (LayerNorm), the Add named `tag`: onnxruntime's
-    fused SkipLayerNormalization takes 5.4 us per call at d 1024 against 1.5 for the pair (benchmarks/RESULTS.md,
-    "Precision table"), and onnxruntime does not fuse the pair back (the sum also feeds the stream).
+    fused SkipLayerNormalization takes 5.4 us per call at d 1024 against 1.5 for the pair (benchmarks/results/precision.md,
+    "Where the rest of the gap is"), and onnxruntime does not fuse the pair back (the sum also feeds the stream).
     `norm` None (a recipe without that norm): (x + skip, x + skip)."""
     if norm is None:
         total = b.op("Add", [x, skip], tag=tag)
@@ -400,7 +400,7 @@ def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, u: str, s: str) -> s
     """s + sigmoid(G(u)) * (T(u) - s), u = LayerNorm(h) or h (the caller's, see `_update_norm`), in the form
     `spec.variant` declares. G's and T's input layers are one MatMul (they read the same u); a Split hands
     each output layer its half of the activation. (Output weights zero-padded to [2g, d] reading the whole
-    activation, instead of the Split, read twice the bytes: W1 int4 base_shadow 1.03x slower, benchmarks/RESULTS.md.)"""
+    activation, instead of the Split, read twice the bytes: W1 int4 base_shadow 1.03x slower, benchmarks/results/decode-profile.md.)"""
     variant = spec.variant
     with b.scope(f"adapter.{j}/update"):
         w_in = b.weight(f"adapter.{j}.gate_transform_in", lambda: _np(

@@ -6,8 +6,7 @@ available (the kernel's MemAvailable), else streamed validation (export/validate
 one decoder layer of the reference at a time). The half is headroom for activations, kernel
 layouts and other processes: the checkpoint is read lazily, so the export holds none of the
 reference before validation, and full validation of Qwen3-1.7B/4B shapes chosen without that
-headroom either ran past 10 minutes or took 17 GB on a 24 GB machine (benchmarks/RESULTS.md,
-issue 16). `full` / `streamed` force a method. The choice and its figures go into the
+headroom either ran past 10 minutes or took 17 GB on a 24 GB machine (benchmarks/results/big-models.md). `full` / `streamed` force a method. The choice and its figures go into the
 manifest's `validation.memory`.
 """
 

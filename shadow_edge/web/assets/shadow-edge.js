@@ -76,7 +76,7 @@ async function loadModel(site, threads) {
 // The shadow's answer, streamed to onText: {ids, text, finish_reason, confidence, prefill_ms, decode_ms}.
 // Steps run the onnxruntime session transformers.js created, fed as transformers.js feeds it (exactly sized
 // pasts, present = concat(past, new)): its model() wrapper cost 20-30 ms per decode step in Chromium here,
-// the session run 0.3 ms (benchmarks/RESULTS.md, "Browser").
+// the session run 0.3 ms (benchmarks/results/interop.md, "The browser").
 async function shadowAnswer({ tokenizer, model }, site, prompt, maxNew, temperature, onText) {
   const session = model.sessions.model;
   const promptIds = tokenizer.encode(prompt);
