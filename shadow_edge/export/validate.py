@@ -1,8 +1,9 @@
 """Validation of exported graphs against the reference PyTorch model, through the runtime's own path.
 
 Each mode of the manifest's mode map runs as the runtime runs it: the runtime's
-`GraphSession`s (same session options, prepacking, I/O checks), its `Pipeline.step` and its
-in-place `KVCache` (past and present bound to one preallocated buffer, grown on demand).
+`GraphSession`s (same session options, prepacking, I/O checks), its `DecodeState` (the prompt
+through `advance`, each new token through the bound `step` a generation runs) and its in-place
+`KVCache` (past and present bound to one preallocated buffer, grown on demand).
 Scenarios cover batch 1 and 2 (left padding), prompt lengths 1 and > 1, a prefill followed
 by decode steps, and caches that are exactly full, roomier than needed, or must grow.
 
@@ -25,6 +26,7 @@ from shadow_edge.core.model import KV, ShadowModel, StepInputs
 from shadow_edge.errors import ExportError
 from shadow_edge.manifest import GraphEntry
 from shadow_edge.manifest_schema import METHOD_FULL
+from shadow_edge.runtime.decode_state import DecodeState
 from shadow_edge.runtime.generate import Pipeline
 from shadow_edge.runtime.kv_cache import KVCache
 from shadow_edge.runtime.session import GraphSession, prepack_weights
@@ -136,20 +138,28 @@ def _run_scenario(model: ShadowModel, mode: str, roles: dict[str, str], pipe: Pi
     longest, total = max(sc.prompt_lengths), ids.shape[1]
     full = StepInputs.full(ids, mask)
     ref = Reference(model, mode, roles)
-    caches = pipe.empty_caches(ids.shape[0], longest + sc.spare)
+    state = DecodeState(pipe, ids.shape[0], longest + sc.spare)  # the decode state users run: advance, then steps
     kv_graphs = [roles[r] for r in io_spec.KV_ROLES if r in roles]  # the order of pipe.stacks / caches
     start = 0
     for end in [longest] + list(range(longest + 1, total + 1)):
         step = StepInputs(full.input_ids[:, start:end], full.attention_mask[:, :end], full.position_ids[:, start:end])
-        logits = pipe.step(step.input_ids.numpy(), step.attention_mask.numpy(), step.position_ids.numpy(), caches,
-                           last_only=False)  # [b, t, V]
+        logits = run_step(state, step, start, end)  # [b, t, V]
         ref_logits = ref.step(step).numpy()
         compare(f"{mode}.logits", logits, ref_logits, step.attention_mask[:, start:end].bool().numpy(),
                  worst, nonfinite)
         kv_real = step.attention_mask.bool().numpy()  # [b, T]
-        for graph, cache, role in zip(kv_graphs, caches, (r for r in io_spec.KV_ROLES if r in roles)):
+        for graph, cache, role in zip(kv_graphs, state.caches, (r for r in io_spec.KV_ROLES if r in roles)):
             compare_cache(f"{mode}.{graph}.present", cache, ref.kv[role], kv_real, worst, nonfinite)
         start = end
+
+
+def run_step(state: DecodeState, step: StepInputs, start: int, end: int) -> np.ndarray:
+    """The runtime's logits [b, end - start, V] of one scenario step: the prompt through `advance` (every
+    position), one new token per row through the bound `step` (copied: its buffer is reused)."""
+    mask = step.attention_mask[:, start:end].numpy()
+    if end - start > 1 or state.length == 0:
+        return state.advance(step.input_ids.numpy(), mask, last_only=False, positions=step.position_ids.numpy())
+    return state.step(step.input_ids[:, 0].numpy(), mask[:, 0])[:, None].copy()
 
 
 def compare_cache(name: str, cache: KVCache, ref_kv: KV, kv_real: np.ndarray, worst: dict,

@@ -5,7 +5,7 @@ sessions). The reference reads each decoder layer's weights only when it compute
 (`spec.<stack>.layers[i]`: a lazily loaded spec reads them from the checkpoint then) and keeps
 no layer after it. Two checks, on one scenario (batch 2, left padding, prefill then decode steps):
 
-1. End to end, as the runtime runs (its sessions, `Pipeline.step`, in-place KV): each mode's
+1. End to end, as the runtime runs (its sessions, `DecodeState`, in-place KV): each mode's
    logits on the real positions and each stack's cache, against one full-sequence forward of the
    reference (which visits every layer once). The sessions are freed before the next check.
 2. Block by block on real activations: each decoder graph runs the whole sequence once with its
@@ -32,9 +32,10 @@ from shadow_edge.core.model import LayerInputs, ShadowModel, StepInputs, _Adapte
 from shadow_edge.core.spec import DecoderWeights
 from shadow_edge.export.graph_taps import TapSession
 from shadow_edge.export.validate import (SCENARIOS, Reference, Scenario, Worst, checked_report,
-                                         compare, compare_cache, make_report, raise_misses)
+                                         compare, compare_cache, make_report, raise_misses, run_step)
 from shadow_edge.manifest import GraphEntry
 from shadow_edge.manifest_schema import METHOD_STREAMED
+from shadow_edge.runtime.decode_state import DecodeState
 from shadow_edge.runtime.generate import Pipeline
 from shadow_edge.runtime.session import GraphSession, ov, prepack_weights
 
@@ -74,12 +75,14 @@ def _end_to_end(art_dir: Path, model: ShadowModel, graphs: dict[str, GraphEntry]
                  "steps (streamed reference, one layer at a time)")
         pipe = Pipeline(sessions[roles[io_spec.ROLE_HEAD]], *(sessions[roles[r]] if r in roles else None
                                                              for r in io_spec.KV_ROLES))
-        caches = pipe.empty_caches(ids.shape[0], longest + sc.spare)
+        state = DecodeState(pipe, ids.shape[0], longest + sc.spare)  # the decode state users run
         logits, start = [], 0
         for end in [longest] + list(range(longest + 1, total + 1)):
-            logits.append(pipe.step(full.input_ids[:, start:end].numpy(), full.attention_mask[:, :end].numpy(),
-                                    full.position_ids[:, start:end].numpy(), caches, last_only=False))  # [b, t, V]
+            step = StepInputs(full.input_ids[:, start:end], full.attention_mask[:, :end],
+                              full.position_ids[:, start:end])
+            logits.append(run_step(state, step, start, end))  # [b, t, V]
             start = end
+        caches = state.caches
         ref = Reference(model, mode, roles)
         ref_logits = ref.step(full).numpy()  # [b, total, V]: every layer visited once
         compare(f"{mode}.logits", np.concatenate(logits, axis=1), ref_logits, mask.bool().numpy(), worst, nonfinite)
