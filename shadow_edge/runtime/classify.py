@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shadow_edge.errors import InputError
-from shadow_edge.runtime.generate import position_ids
+from shadow_edge.runtime.decode_state import DecodeState
 
 TASK = "seq_cls"  # manifest model.task of classifier artifacts
 
@@ -63,8 +63,8 @@ def classify(rt, texts_or_ids, mode: str = "base_shadow", batch_size: int = 16,
             ids, mask = batch.input_ids[lo:lo + batch_size], batch.attention_mask[lo:lo + batch_size]
             width = int(mask.sum(1).max())  # drop columns that are padding in every row of this chunk
             ids, mask = ids[:, -width:], mask[:, -width:]
-            out = pipe.step(ids, mask, position_ids(mask), pipe.empty_caches(ids.shape[0], width), last_only=True)
-            logits.append(out[:, -1])  # [chunk, labels]: the last column is every row's last real token
+            state = DecodeState(pipe, ids.shape[0], width)
+            logits.append(state.prefill(ids, mask))  # [chunk, labels]: the last column is every row's last real token
         elapsed_ms = (time.perf_counter() - started) * 1e3
     z = np.concatenate(logits).astype(np.float64)  # [b, labels]
     probs = np.exp(z - z.max(-1, keepdims=True))

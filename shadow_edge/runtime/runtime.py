@@ -245,9 +245,8 @@ class ShadowRuntime:
                              "(model.max_positions)")
         ids = ids.astype(np.int64)
         with self.using(adapter):
-            pipe = self.pipeline(mode, adapter)
-            logits = pipe.step(ids, mask, position_ids(mask), pipe.empty_caches(ids.shape[0], ids.shape[1]),
-                               last_only=False)
+            state = DecodeState(self.pipeline(mode, adapter), ids.shape[0], ids.shape[1])  # empty past
+            logits = state.advance(ids, mask, last_only=False, positions=position_ids(mask))
         return logits
 
     def classify(self, texts_or_ids, mode: str = "base_shadow", batch_size: int = 16,
