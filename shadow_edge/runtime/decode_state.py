@@ -66,6 +66,9 @@ class DecodeState:
         self._steps: dict = {}  # rows fed -> its bound step (made on first use)
         self._step = None  # the last bound step run
         self._views: dict = {}  # (cache, rows) -> (the cache's tensors, OrtValues over their first rows)
+        self._scratch = (np.empty(0, np.int64), 0)  # a step's contiguous [n, length] mask (n > 1), its address
+        self._ptr = (None, 0)  # the mask buffer and its address
+        self._room = 0  # columns the mask and every cache hold (`_reserve`)
 
     @classmethod
     def resume(cls, pipe, caches: list[KVCache], attention_mask: np.ndarray, next_pos: np.ndarray,
@@ -147,15 +150,29 @@ class DecodeState:
         self._step = s
         s.tokens[:, 0] = tokens
         s.positions[:, 0] = self.next_pos[:n]
-        self._reserve(self.length + 1)
+        if self.length + 1 > self._room:
+            self._reserve(self.length + 1)
         self.mask[:n, self.length] = new_mask
         self.length += 1
-        mask = ov(self.mask[:n, :self.length])  # no copy for one row; a [n, length] copy otherwise
-        s.run(mask, head)
+        s.run(self._mask_of(n), head)
         for c in self.caches:
             c.length = self.length
         self.next_pos[:n] += 1
         return s.logits[:, 0] if self.fetch_logits and head else None
+
+    def _mask_of(self, n: int) -> tuple:
+        """(ptr, shape) of the first n rows' mask [n, length], contiguous: the buffer itself for one row, else a
+        copy into the state's scratch buffer (no allocation per step)."""
+        if self._ptr[0] is not self.mask:  # (re)allocated: read its address once (.ctypes costs ~15 us)
+            self._ptr = (self.mask, self.mask.ctypes.data)
+        if n == 1:
+            return self._ptr[1], [1, self.length]
+        size = n * self.length
+        if self._scratch[0].size < size:
+            grown = np.empty(n * self.mask.shape[1], np.int64)
+            self._scratch = (grown, grown.ctypes.data)
+        self._scratch[0][:size].reshape(n, self.length)[...] = self.mask[:n, :self.length]
+        return self._scratch[1], [n, self.length]
 
     def stack_output(self, i: int) -> np.ndarray:
         """[n, 1, d] the state stack i (split graphs) passed on at the last step (the shadow's: its
@@ -231,6 +248,12 @@ class DecodeState:
             grown = np.zeros((self.batch, max(total, 2 * self.mask.shape[1])), np.int64)
             grown[:, :self.length] = self.mask[:, :self.length]
             self.mask = grown
+        self._room = min([self.mask.shape[1]] + [c.capacity for c in self.caches])
+
+
+def _bind_mask(io: ort.IOBinding, mask: tuple) -> None:
+    """Bind the step's attention mask [n, length] int64 from (pointer, shape): no OrtValue made per step."""
+    io.bind_input(ATTENTION_MASK, "cpu", 0, np.int64, mask[1], mask[0])
 
 
 class _SplitStep:
@@ -260,7 +283,7 @@ class _SplitStep:
         self.head_io = head.bind({pipe.head_input: out, **pipe.params.get(head.name, {})},
                                  {head.output_names[0]: self.buffers[-1]})
 
-    def run(self, mask: ort.OrtValue, head: bool = True) -> None:
+    def run(self, mask: tuple, head: bool = True) -> None:
         _count("step")
         for entry in self.stacks:
             graph, i, io, bound = entry
@@ -268,7 +291,7 @@ class _SplitStep:
             if bound is not tensors:  # first step, or the cache grew: (re)bind its buffers
                 bind_kv(io, graph.kv_pairs, tensors)
                 entry[3] = tensors
-            io.bind_ortvalue_input(ATTENTION_MASK, mask)
+            _bind_mask(io, mask)
             graph.run_bound(io)
         if head:
             self.state.pipe.head.run_bound(self.head_io)
@@ -292,11 +315,11 @@ class _MergedStep:
         self.io = graph.bind(inputs, outputs)
         self.bound: list | None = None
 
-    def run(self, mask: ort.OrtValue, head: bool = True) -> None:
+    def run(self, mask: tuple, head: bool = True) -> None:
         _count("step")
-        tensors = [t for i in range(len(self.state.caches)) for t in self.state.kv(i, self.rows)]  # shadow, backbone
-        if self.bound is None or any(a is not b for a, b in zip(tensors, self.bound)):
-            bind_kv(self.io, self.graph.kv_pairs, tensors)
-            self.bound = tensors
-        self.io.bind_ortvalue_input(ATTENTION_MASK, mask)
+        lists = [self.state.kv(i, self.rows) for i in range(len(self.state.caches))]  # shadow, backbone
+        if self.bound is None or any(a is not b for a, b in zip(lists, self.bound)):  # first step, or growth
+            bind_kv(self.io, self.graph.kv_pairs, [t for kv in lists for t in kv])
+            self.bound = lists
+        _bind_mask(self.io, mask)
         self.graph.run_bound(self.io)
