@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--threads", type=int, metavar="N", help="onnxruntime threads (default: all cores)")
+    p.add_argument("--decode-step", choices=("auto", "split"), default="auto",
+                   help="auto: decode through a mode's merged one-session step graph where the artifact has one "
+                        "(faster; its session holds a second copy of the weights); split: one session per graph "
+                        "(less memory)")
     p.add_argument("--no-verify", action="store_true",
                    help="skip the sha256 check of the artifact's files (faster start for big artifacts)")
     p.add_argument("--adapter", action="append", metavar="NAME=PACK",

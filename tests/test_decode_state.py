@@ -178,3 +178,19 @@ def test_decode_step_option_is_checked(loaded):
     _, rt = loaded
     with pytest.raises(InputError, match="decode_step is 'fast'; it must be one of auto, split"):
         ShadowRuntime.load(rt.art_dir, decode_step="fast")
+
+
+def test_cli_run_decode_step_split_gives_the_same_tokens(loaded):
+    import json
+    import subprocess
+    import sys
+
+    case, rt = loaded
+    base = [sys.executable, "-m", "shadow_edge.cli", "run", str(rt.art_dir), "--mode", "base_shadow", "--input-ids",
+            "3,9,4,1", "--max-new-tokens", "5", "--json", "--threads", "1"]
+    outs = [subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
+            for extra in ([], ["--decode-step", "split"])]
+    assert all(o.returncode == 0 for o in outs), [o.stderr for o in outs]
+    assert json.loads(outs[0].stdout)["token_ids"] == json.loads(outs[1].stdout)["token_ids"]
+    bad = subprocess.run(base + ["--decode-step", "fast"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "--decode-step" in bad.stderr

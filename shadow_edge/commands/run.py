@@ -75,7 +75,7 @@ def run(args) -> int:
     # a cascade escalating over the network runs only the shadow here: the artifact may hold only its graphs
     modes = ("shadow_only",) if options.get("escalate_to") is not None and args.mode == "cascade" else None
     rt = ShadowRuntime.load(args.artifact, threads=args.threads, verify=not args.no_verify, modes=modes,
-                            adapters=parse_adapters(args.adapter))
+                            adapters=parse_adapters(args.adapter), decode_step=args.decode_step)
     kwargs = dict(mode=args.mode, max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat,
                   adapter=args.use_adapter, **options, **sampling_kwargs(args))
     if args.stream and not args.json:
