@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create (once) the separate virtual environment with optimum-onnx that tests/test_interop.py runs
+# Create (once) the separate virtual environment with optimum-onnx that tests/interop/test_interop.py runs
 # optimum in, and print its python. optimum-onnx 0.1.0 pins transformers < 4.58; shadow-edge needs 5.
 # Location: $SHADOW_EDGE_OPTIMUM_VENV, else ~/.cache/shadow-edge/optimum-venv-<hash of the constraints>,
 # shared by every clone on the machine and reused across runs (a changed constraints file makes a new one).

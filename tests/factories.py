@@ -58,7 +58,7 @@ RECIPES = {
 }
 CASE_NAMES = tuple(RECIPES)
 _SMALL = ShadowConfig(num_shadow_layers=2, injection_hidden_size=8, gate_hidden_size=6)
-# The families beyond Llama's shape (tests/test_families.py): windows shorter than the test prompts (9-10 tokens),
+# The families beyond Llama's shape (tests/export/test_families.py): windows shorter than the test prompts (9-10 tokens),
 # soft-caps small enough to bend the scores and logits, head_dim 12 for the ONNX Attention fallback.
 FAMILY_RECIPES = {
     "gemma2_gqa": CaseRecipe("gemma2", dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,

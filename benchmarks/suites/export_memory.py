@@ -9,7 +9,7 @@ baseline after imports, and the largest float32 tensor of the checkpoint for sca
 
 --base may be a HF directory or a GGUF file.
 
-Linux only (/proc). tests/test_export_bf16.py runs it on a model large enough to show the bound.
+Linux only (/proc). tests/export/test_export_bf16.py runs it on a model large enough to show the bound.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ SEARCH_KEYS = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty
 # onnxruntime-genai's `type` picks its decoder-only pipeline (the math is in the graph); types it does not know by
 # this name get the nearest one it does.
 GENAI_TYPES = {"olmo2": "olmo"}
-# Model types optimum-onnx 0.1.0's ORTModelForCausalLM loads from config.json (tested: tests/test_interop.py and
+# Model types optimum-onnx 0.1.0's ORTModelForCausalLM loads from config.json (tested: tests/interop/test_interop.py and
 # the family checks of issue 25); gemma2, granite and olmo2 configs it refuses or looks up on the Hub.
 OPTIMUM_TYPES = {"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3"}
 GENAI_SLIDING_LIMIT = ("batches of prompts of different lengths: onnxruntime-genai pads on the right, which puts "

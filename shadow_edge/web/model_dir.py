@@ -14,7 +14,7 @@ weights inlined (one file to fetch, no external data) and its batch dimension na
 transformers.js sizes the first, empty KV cache from the graph's symbolic dims and knows only that name
 (any other name becomes 0). The same cache convention turns the ONNX-Attention graphs' in-place KV
 writes (TensorScatter) into Concat (`_concat_kv`). Every operator is checked against the set onnxruntime-web's WASM build runs
-(WASM_OPS, checked in headless Chromium by tests/test_web_browser.py).
+(WASM_OPS, checked in headless Chromium by tests/web/test_web_browser.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ DTYPES = {"none": ("fp32", ""), "int8": ("q8", "_quantized"), "int4": ("q4", "_q
 MAX_GRAPH_BYTES = 2**31 - 1  # one protobuf; also far past what a page should download
 BATCH_DIM = "batch_size"
 # The operators our detached-shadow graphs use (every family, precision and attention kind), all run by
-# onnxruntime-web 1.31's WASM build: tests/test_web_browser.py runs fp32, int8, int4 and the ONNX-Attention
+# onnxruntime-web 1.31's WASM build: tests/web/test_web_browser.py runs fp32, int8, int4 and the ONNX-Attention
 # graph in headless Chromium. A graph with any other operator is refused rather than shipped untried.
 WASM_OPS = {
     "": {"Add", "And", "Attention", "Cast", "Concat", "Expand", "Gather", "LessOrEqual", "MatMul", "Mul", "Range",

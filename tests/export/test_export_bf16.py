@@ -132,7 +132,7 @@ def test_export_memory_is_bounded_by_the_largest_tensor(tiny_default, tmp_path, 
     out = tmp_path / f"art_{quantize}"
     done = subprocess.run([sys.executable, "-m", "benchmarks.suites.export_memory", "--base", str(base), "--adapter", str(adapter), "--out",
                            str(out), "--quantize", quantize, "--no-validate"], capture_output=True, text=True,
-                          timeout=300, cwd=Path(__file__).resolve().parents[1],
+                          timeout=300, cwd=Path(__file__).resolve().parents[2],
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-2000:]
     record = json.loads(done.stdout.splitlines()[-1])

@@ -1,6 +1,6 @@
 """Everything downstream of export on the families beyond Llama's shape: int8, adapter packs and the server.
 
-tests/test_families.py holds each family's math to transformers and shadow_peft; here two of them — Gemma 2
+tests/export/test_families.py holds each family's math to transformers and shadow_peft; here two of them — Gemma 2
 (sliding window, soft-caps, tied head) and Phi-3 with an explicit Gemma 3 shadow (partial rotary, fused
 checkpoint weights, a shadow of another family) — go through the paths a user takes next: int8 export with
 the default int8 compute, an adapter pack against a base artifact (equal to the adapter's full artifact),

@@ -17,7 +17,7 @@ from shadow_edge.cli import main
 from shadow_edge.core.tiny import VOCAB_SIZE, write_tiny_default
 from shadow_edge.demo_model import ADAPTER, HELDOUT_CHATS
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_adapter_is_bfloat16_and_small():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 while not (REPO / "pyproject.toml").is_file():  # the file may move one folder deeper (tests/<area>/)
     REPO = REPO.parent
 PAGES = sorted([REPO / "benchmarks" / "RESULTS.md", *(REPO / "benchmarks" / "results").glob("*.md")])

@@ -160,7 +160,7 @@ def test_tampered_artifact_is_refused(tiny_artifact, tmp_path):  # noqa: F811
 
 def test_default_node_modules_is_the_checkouts(monkeypatch):
     monkeypatch.delenv(ENV_NODE_MODULES, raising=False)
-    assert default_node_modules() == Path(__file__).resolve().parents[1] / "web" / "node_modules"
+    assert default_node_modules() == Path(__file__).resolve().parents[2] / "web" / "node_modules"
 
 
 @pytest.mark.parametrize("origin", ["http://h:1/", "ftp://h", "h:80", "http://h/x"])

@@ -17,7 +17,7 @@ from shadow_edge.export import ExportOptions, export_artifact
 from shadow_edge.manifest import read_manifest
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.generate import decode_one, position_ids, prefill
-from test_runtime_parity import MODES, TOL, left_pad, oracle_greedy, oracle_logits, random_ids
+from tests.runtime.test_runtime_parity import MODES, TOL, left_pad, oracle_greedy, oracle_logits, random_ids
 
 
 @pytest.fixture(scope="module")

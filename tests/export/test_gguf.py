@@ -267,7 +267,7 @@ def test_check_gguf_script_reports_equal(ggufs, capsys):
     import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("check_gguf", Path(__file__).parent.parent / "scripts" / "check_gguf.py")
+    spec = importlib.util.spec_from_file_location("check_gguf", Path(__file__).resolve().parents[2] / "scripts" / "check_gguf.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     assert script.main([str(ggufs("llama_q5_bf16"))]) == 0

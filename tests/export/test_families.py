@@ -161,7 +161,7 @@ def test_unsupported_variants_refused_naming_the_field(cfg, field):
 def test_genai_runs_the_single_graphs(family, name):
     """onnxruntime-genai runs every single graph written (one prompt; a batch of one length) with shadow-edge's
     tokens; sliding-window models say in the manifest that right-padded batches of mixed lengths differ."""
-    from test_interop import genai_greedy, reference
+    from tests.interop.test_interop import genai_greedy, reference
 
     case, rt, art = family(name)
     m = read_manifest(art)

@@ -4,7 +4,7 @@ Every call either raises a ShadowEdgeError or returns output that holds the inva
 shapes, token ids inside the vocabulary, finite logits, text that encodes as UTF-8, stream
 pieces that join to the result's text. `derandomize=True` makes every run draw the same
 examples, so CI is deterministic; the example counts keep the whole module to seconds.
-For a deeper, randomized run: `SHADOW_EDGE_FUZZ=20 pytest tests/test_runtime_fuzz.py` (20x the examples,
+For a deeper, randomized run: `SHADOW_EDGE_FUZZ=20 pytest tests/runtime/test_runtime_fuzz.py` (20x the examples,
 new ones each run).
 """
 

@@ -84,7 +84,7 @@ def test_int4_runtime_keeps_no_weight_file_pages_after_loading(tiny_default, tmp
     """int4: MatMulNBits keeps its scales mapped (and read) beside its packed copy; after loading, no page of
     the artifact's weight files stays resident, and generation is unchanged (subprocesses, RSS from smaps)."""
     from shadow_edge.export import ExportOptions, export_artifact
-    from test_export_bf16 import _wide_checkpoint
+    from tests.export.test_export_bf16 import _wide_checkpoint
 
     base, adapter, _ = _wide_checkpoint(tiny_default.base_dir, tmp_path)
     art = tmp_path / "art"

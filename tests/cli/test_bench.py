@@ -16,7 +16,7 @@ from shadow_edge.bench.weights import ELEM_BYTES, weight_bytes_per_token
 from shadow_edge.errors import InputError
 from shadow_edge.manifest import read_manifest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BENCH_KEYS = {
     "schema", "tool", "versions", "machine", "threads", "provider", "read_bandwidth_gbs", "bandwidth_method",
     "artifact", "mode", "created_utc", "workload", "load_ms", "prefill_ms", "ttft_ms", "ttft_ms_p90",

@@ -14,7 +14,7 @@ from pack_fixtures import QUIET
 from shadow_edge.cli import main
 from shadow_edge.export import ExportOptions, export_artifact, export_pack
 from shadow_edge.runtime import ShadowRuntime
-from test_classification import MODES, TOL, oracle_probs, rows
+from tests.runtime.test_classification import MODES, TOL, oracle_probs, rows
 
 
 @pytest.mark.parametrize("name", ["peft_qwen3", "sp_llama"])

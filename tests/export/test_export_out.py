@@ -24,7 +24,7 @@ from shadow_edge.manifest import read_manifest
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime import runtime as runtime_module
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAST = ExportOptions(validate=False)
 
 

@@ -24,7 +24,7 @@ from shadow_edge.core.tiny import SHADOW_CONFIG
 from shadow_edge.export import ExportOptions, export_artifact, export_pack
 from shadow_edge.manifest import read_manifest
 from shadow_edge.runtime import ShadowRuntime
-from test_interop import (DETACHED_FILE, MODES, NEW, PROMPTS, ROOT, genai_greedy, genai_model,  # noqa: F401
+from tests.interop.test_interop import (DETACHED_FILE, MODES, NEW, PROMPTS, ROOT, genai_greedy, genai_model,  # noqa: F401
                           optimum_python, reference, until_eos)
 
 
@@ -47,7 +47,7 @@ def test_base_artifacts_and_packs_run_in_genai_and_optimum(tiny_default, tmp_pat
                                  rt.eos_ids)
             assert genai_with_adapter(art, file, adapter_file, ids[0], rt.eos_ids) == expected, (quantize, file)
             assert expected != reference(rt, ids[:1], mode)[0]  # the pack changes the answer
-    done = subprocess.run([optimum_python, str(ROOT / "tests" / "optimum_greedy.py"), str(NEW), json.dumps(jobs)],
+    done = subprocess.run([optimum_python, str(ROOT / "tests" / "interop" / "optimum_greedy.py"), str(NEW), json.dumps(jobs)],
                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])

@@ -25,7 +25,7 @@ from shadow_edge.runtime.session import session_options
 
 from runtime_fixtures import artifact_of  # noqa: F401  (fixture)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROMPTS = ["The river runs past the old mill", "Hello"]
 NEW = 12
 MODES = {DETACHED_FILE: "shadow_only", COMBINED_FILE: "base_shadow"}
@@ -220,7 +220,7 @@ def test_optimum_greedy_matches(arts, artifact_of, optimum_python):
             for rows in (ids[:1], ids):
                 jobs.append((str(art), None if file == DETACHED_FILE else file, rows))
                 want.append((reference(rt, rows, mode), rt.eos_ids))
-    done = subprocess.run([optimum_python, str(ROOT / "tests" / "optimum_greedy.py"), str(NEW), json.dumps(jobs)],
+    done = subprocess.run([optimum_python, str(ROOT / "tests" / "interop" / "optimum_greedy.py"), str(NEW), json.dumps(jobs)],
                           capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.strip().splitlines()[-1])

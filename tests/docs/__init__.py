@@ -1,0 +1,1 @@
+"""Tests: docs and results pages."""
