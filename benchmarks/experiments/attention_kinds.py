@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.lib.timing import run_rounds
 from shadow_edge import io_spec
 from shadow_edge.export import ExportOptions, export_artifact
 from shadow_edge.runtime import ShadowRuntime
@@ -60,16 +61,12 @@ def main() -> None:
     for mode in io_spec.GRAPH_MODES:
         for n in (int(x) for x in args.prompts.split(",")):
             ids = rng.integers(0, 2048, n).tolist()
-            ms: dict[str, list[float]] = {k: [] for k in kinds}
-            tokens = {}
-            for rep in range(args.reps + 1):
-                for kind in kinds:
-                    out = rts[kind].generate(ids, mode=mode, max_new_tokens=args.new)
-                    tokens[kind] = out.token_ids
-                    if rep:  # the first rep warms up
-                        ms[kind].extend(out.timings.decode_ms_per_token)
-            same = "" if tokens[kinds[0]] == tokens[kinds[1]] else "  (greedy tokens DIFFER)"
-            med = {k: float(np.median(v)) for k, v in ms.items()}
+            result = run_rounds({k: (lambda rt=rts[k]: rt.generate(ids, mode=mode, max_new_tokens=args.new))
+                                 for k in kinds}, reps=args.reps, warmup=1)  # interleaved, order rotated
+            last = {k: result.samples[k][-1].value.token_ids for k in kinds}
+            same = "" if last[kinds[0]] == last[kinds[1]] else "  (greedy tokens DIFFER)"
+            med = {k: float(np.median([ms for smp in result.samples[k]
+                                       for ms in smp.value.timings.decode_ms_per_token])) for k in kinds}
             print(f"{mode:<12} {n:>6} " + " ".join(f"{med[k]:>26.3f}" for k in kinds)
                   + f"  {med[kinds[1]] / med[kinds[0]]:.2f}x{same}")
 

@@ -8,8 +8,9 @@ Per artifact and mode, interleaved rounds of three greedy loops over the same pr
   decode loop before `DecodeState`);
 - `decoder`: `decode_state.DecodeState`, whose step writes the token into a bound buffer and binds only the mask;
 - `generate`: the whole `ShadowRuntime.generate` (the decoder plus sampling and bookkeeping).
-The first two alternate their order every round. Prints the median over rounds of each loop's p50 ms
-per token and the speed-up of `decoder` over `per_step`; the tokens of all three must agree. Torch-free.
+The three run interleaved, their order rotated every round (benchmarks.lib.timing). Prints the median over
+rounds of each loop's p50 ms per token and the speed-up of `decoder` over `per_step`; the tokens of all three
+must agree. Torch-free.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.lib.timing import run_rounds
 from shadow_edge.bench.runner import prompt_ids
 from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
@@ -75,20 +77,22 @@ def main(argv=None) -> int:
         p.error(str(e))
     vocab = runs[0][1].manifest.model["vocab_size"]
     ids = prompt_ids(int(vocab), 1, args.prompt_len, 0)
+    loops = ("per_step", "decoder", "generate")
     times: dict[tuple[str, str], list[float]] = {}
-    for rnd in range(args.rounds + 1):  # round 0 is untimed
-        for label, rt, mode in runs:
-            pipe, got = rt.pipeline(mode), {}
-            loops = (("per_step", per_step), ("decoder", decoder))
-            for loop, fn in loops[::-1] if rnd % 2 else loops:  # alternate which loop runs first
-                ms, got[loop] = fn(pipe, ids, args.new_tokens)
-                if rnd:
-                    times.setdefault((label, loop), []).append(statistics.median(ms))
+    for label, rt, mode in runs:  # per artifact and mode: the three loops interleaved, their order rotated
+        pipe = rt.pipeline(mode)
+
+        def gen(rt=rt, mode=mode):
             out = rt.generate(ids[0].tolist(), mode=mode, max_new_tokens=args.new_tokens, eos=())
-            if rnd:
-                times.setdefault((label, "generate"), []).append(statistics.median(out.timings.decode_ms_per_token))
-            if not got["per_step"] == got["decoder"] == list(out.token_ids):
-                raise SystemExit(f"{label}: the loops' greedy tokens differ")
+            return list(out.timings.decode_ms_per_token), list(out.token_ids)
+
+        result = run_rounds({"per_step": lambda pipe=pipe: per_step(pipe, ids, args.new_tokens),
+                             "decoder": lambda pipe=pipe: decoder(pipe, ids, args.new_tokens), "generate": gen},
+                            reps=args.rounds, warmup=1)
+        for loop in loops:
+            times[(label, loop)] = [statistics.median(smp.value[0]) for smp in result.samples[loop]]
+        if len({tuple(result.samples[loop][-1].value[1]) for loop in loops}) != 1:
+            raise SystemExit(f"{label}: the loops' greedy tokens differ")
     print(f"{'artifact mode':<36}{'per_step ms':>12}{'decoder ms':>12}{'generate ms':>12}{'speed-up':>10}")
     for label, _, _ in runs:
         a, b, g = (statistics.median(times[(label, loop)]) for loop in ("per_step", "decoder", "generate"))

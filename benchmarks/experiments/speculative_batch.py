@@ -19,11 +19,9 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-
+from benchmarks.lib.timing import run_rounds
 from shadow_edge.runtime import ShadowRuntime
 
 
@@ -33,23 +31,29 @@ def bench(art: Path, args) -> dict:
     text = rt.codec.encode(args.prompt_file.read_text(encoding="utf-8"))
     settings = [None if s == "adaptive" else int(s) for s in args.draft_tokens.split(",")]
     label = lambda k: "adaptive" if k is None else f"k={k}"  # noqa: E731
-    runs: dict[str, list] = {label(k): [] for k in settings}
-    for rep in range(args.reps + 1):  # repetition 0 warms up
-        start = rep * args.batch * args.prompt_len
-        prompts = [text[start + i * args.prompt_len:start + (i + 1) * args.prompt_len - 7 * i]
-                   for i in range(args.batch)]  # different lengths: left padding
-        t0 = time.perf_counter()
-        base = rt.generate(prompts, mode="base_shadow", max_new_tokens=args.new_tokens, eos=())
-        base_s = time.perf_counter() - t0
-        for k in settings:
-            t0 = time.perf_counter()
-            out = rt.generate(prompts, mode="speculative", draft_tokens=k, max_new_tokens=args.new_tokens, eos=())
-            spec_s = time.perf_counter() - t0
-            if rep:
-                runs[label(k)].append({"speedup": base_s / spec_s, "identical": out.token_ids == base.token_ids,
-                                       "acceptance": out.speculative.acceptance_rate,
-                                       "tok_s": sum(map(len, out.token_ids)) / spec_s,
-                                       "base_tok_s": sum(map(len, base.token_ids)) / base_s})
+
+    def contestant(mode: str, k=None):
+        calls = []  # one call per round (warm-up included), so every contestant of a round gets the same prompts
+
+        def run():
+            start = len(calls) * args.batch * args.prompt_len
+            calls.append(start)
+            prompts = [text[start + i * args.prompt_len:start + (i + 1) * args.prompt_len - 7 * i]
+                       for i in range(args.batch)]  # different lengths: left padding
+            extra = {} if mode == "base_shadow" else {"draft_tokens": k}
+            return rt.generate(prompts, mode=mode, max_new_tokens=args.new_tokens, eos=(), **extra)
+        return run
+
+    contestants = {"base_shadow": contestant("base_shadow"), **{label(k): contestant("speculative", k)
+                                                               for k in settings}}
+    result = run_rounds(contestants, reps=args.reps, warmup=1)  # interleaved, order rotated; round 0 warms up
+    tok_s = lambda smp: sum(map(len, smp.value.token_ids)) / (smp.ms / 1e3)  # noqa: E731
+    base = result.samples["base_shadow"]
+    runs: dict[str, list] = {}
+    for name in map(label, settings):
+        runs[name] = [{"speedup": b.ms / s.ms, "identical": s.value.token_ids == b.value.token_ids,
+                       "acceptance": s.value.speculative.acceptance_rate, "tok_s": tok_s(s), "base_tok_s": tok_s(b)}
+                      for b, s in zip(base, result.samples[name])]
     return {"artifact": str(art), "attention": attention, "settings": {
         name: {"speedup": statistics.median(r["speedup"] for r in rs),
                "tok_s": statistics.median(r["tok_s"] for r in rs),

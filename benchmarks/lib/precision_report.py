@@ -100,6 +100,9 @@ def _quant(g: dict) -> str:
 def _load_orders(w: dict) -> str:
     if w.get("load_orders", 1) < 2:  # runs recorded before load orders were measured: one pass
         return ""
+    if w.get("load_order_rule") == "rotate":  # benchmarks.lib.timing: pass p loads in the order rotated by p
+        return (f", in each of {w['load_orders']} passes (pass p loads the systems freshly in the order rotated by "
+                "p: in one process a system loaded later decoded faster), the rounds of all passes pooled")
     return (", in each of two passes (the systems loaded in one order, then freshly in the reverse order: in one "
             "process a system loaded later decoded faster), the rounds of both pooled")
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.lib.timing import run_rounds
 from shadow_edge import io_spec
 from shadow_edge.manifest import read_manifest
 from shadow_edge.runtime.kv_cache import KVCache
@@ -57,13 +57,9 @@ def interleaved(art: Path, past: int = 64, reps: int = 25, threads: int = 2) -> 
         else:
             run = (lambda s, f: lambda: s.run(f))(sess, {io_spec.HIDDEN: ov(rng.standard_normal((1, 1, d))
                                                                              .astype(np.float32))})
-        runs[name] = (run, [])
-    for _ in range(reps + 3):
-        for run, times in runs.values():
-            t0 = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t0)
-    med = {name: float(np.median(times[3:])) * 1e3 for name, (_, times) in runs.items()}
+        runs[name] = run
+    result = run_rounds(runs, reps=reps, warmup=3)  # the graphs back to back, their order rotated each round
+    med = {name: float(np.median([smp.ms for smp in v])) for name, v in result.samples.items()}
     step = med[io_spec.GRAPH_BACKBONE_PLAIN] + med[io_spec.GRAPH_LM_HEAD]
     extra = med[io_spec.GRAPH_BACKBONE] - med[io_spec.GRAPH_BACKBONE_PLAIN] + med[io_spec.GRAPH_SHADOW]
     return {"graph_ms": med, "past": past, "reps": reps, "adapter_ms": extra, "plain_step_ms": step,

@@ -25,10 +25,11 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from benchmarks.lib.timing import run_rounds
 
 PROMPT = [[5 + i for i in range(16)]]
 
@@ -105,14 +106,16 @@ def step_times(root: Path, steps: int) -> None:
         _, caches, pos = prefill(pipe, ids, np.ones_like(ids), capacity=64)
         state[key] = pipe, caches[0], {"input_ids": ov(np.array([[7]])), "attention_mask": ov(np.ones((1, 17), np.int64)),
                                        "position_ids": ov(pos[:, None])}
-    times = {k: [] for k in variants}
-    for _ in range(steps):
-        for key in variants:
-            pipe, cache, feed = state[key]
-            cache.length = 16  # the same decode position every time
-            t0 = time.perf_counter()
+    def step(key: str):
+        pipe, cache, feed = state[key]
+
+        def run():
+            cache.length = 16  # the same decode position every time (set inside the timed call: a field write)
             pipe.run(pipe.shadow, feed, cache.tensors)
-            times[key].append((time.perf_counter() - t0) * 1e6)
+        return run
+
+    result = run_rounds({k: step(k) for k in variants}, reps=steps, warmup=1)  # interleaved, order rotated
+    times = {k: [smp.ms * 1e3 for smp in v] for k, v in result.samples.items()}  # us
     for key, v in times.items():
         print(f"| {key} | {np.median(v):.0f} us | {np.percentile(v, 25):.0f} us |")
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from benchmarks.lib.timing import run_rounds
 
 SHAPES = {  # name: [(matmul, N, K)] as the exporter emits them (q|k|v and gate|up fused)
     "small": [("qkv", 1024, 512), ("gate|up", 3072, 512), ("down", 512, 1536), ("head", 32000, 512)],
@@ -72,13 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, n, k in SHAPES[args.shapes]:
         sessions = {c[0]: session(n, k, c[1], c[2], c[3]) for c in configs if c[1] is None or k % c[2] == 0}
         x = {"x": np.random.default_rng(1).standard_normal((1, k)).astype(np.float32)}
-        times: dict[str, list[float]] = {c: [] for c in sessions}
-        for _ in range(max(5, args.rounds // 5 if n > 100_000 else args.rounds)):
-            for c, s in sessions.items():
-                t0 = time.perf_counter()
-                s.run(None, x)
-                times[c].append(time.perf_counter() - t0)
-        med = {c: float(np.median(t)) * 1e6 for c, t in times.items()}
+        result = run_rounds({c: (lambda s=s: s.run(None, x)) for c, s in sessions.items()},
+                            max(5, args.rounds // 5 if n > 100_000 else args.rounds), warmup=1)  # interleaved, rotated
+        med = {c: float(np.median([smp.ms for smp in v])) * 1e3 for c, v in result.samples.items()}
         print(f"| {name} ({n} x {k}) | " + " | ".join(
             f"{med[c[0]]:.0f} ({med[c[0]] / med['fp32']:.2f})" if c[0] in med else "-" for c in configs) + " |",
             flush=True)

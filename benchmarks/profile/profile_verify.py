@@ -21,20 +21,18 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
-
+from benchmarks.lib.timing import run_rounds
+from benchmarks.profile.profile_ops import _load as load_profiled
 from shadow_edge.bench.runner import prompt_ids
 from shadow_edge.io_spec import MODE_BASE_SHADOW, SHADOW_HIDDEN
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.generate import prefill
 from shadow_edge.runtime.session import GraphSession, ov
-from benchmarks.profile.profile_ops import _load as load_profiled
 
 
 def say(message: str) -> None:
@@ -88,26 +86,19 @@ class Bench:
         return head.run({head.input_names[0]: h})[0]
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1e3
-
-
 def wall_times(bench: Bench, positions: list[int], reps: int, packed: GraphSession) -> dict:
     head = bench.pipe.head
     states = {n: bench.backbone(n) for n in positions}
-    names = ("backbone", "head", "head_prepacked")
-    samples = {n: {k: [] for k in names} for n in positions}
-    draft = []
-    for _ in range(reps + 1):  # the first repetition warms up
-        draft.append(timed(lambda: bench.draft_step(head)))
-        for n in positions:
-            samples[n]["backbone"].append(timed(lambda: bench.backbone(n)))
-            samples[n]["head"].append(timed(lambda: bench.head(head, states[n])))
-            samples[n]["head_prepacked"].append(timed(lambda: bench.head(packed, states[n])))
-    med = {n: {k: statistics.median(v[1:]) for k, v in s.items()} for n, s in samples.items()}
-    return {"draft_step_ms": statistics.median(draft[1:]), "per_positions": med}
+    calls = {"draft": lambda: bench.draft_step(head)}
+    for n in positions:
+        calls |= {(n, "backbone"): lambda n=n: bench.backbone(n), (n, "head"): lambda n=n: bench.head(head, states[n]),
+                  (n, "head_prepacked"): lambda n=n: bench.head(packed, states[n])}
+    keys = {str(k): k for k in calls}
+    # every call once per round, their order rotated each round; one warm-up round (benchmarks.lib.timing)
+    result = run_rounds({str(k): fn for k, fn in calls.items()}, reps=reps, warmup=1)
+    ms = {keys[k]: statistics.median(smp.ms for smp in v) for k, v in result.samples.items()}
+    med = {n: {name: ms[(n, name)] for name in ("backbone", "head", "head_prepacked")} for n in positions}
+    return {"draft_step_ms": ms["draft"], "per_positions": med}
 
 
 def op_profile(art: Path, threads: int, prompt_len: int, positions: list[int], reps: int) -> dict:

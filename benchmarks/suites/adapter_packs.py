@@ -18,6 +18,7 @@ bytes) x 1.1; each pack adds its bytes and its session's prepacked copy of its s
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.lib.presets import PRESETS, build_preset
+from benchmarks.lib.timing import run_rounds
 
 
 def build(args) -> dict:
@@ -117,15 +119,15 @@ def main() -> None:
     prompt = [[5 + i for i in range(16)]]
     names = list(packs)
     variants = {"full artifact": (full, None), "base, own adapter": (rt, None), "base + pack": (rt, names[0])}
-    tok_s = {m: {k: [] for k in variants} for m in ("shadow_only", "base_shadow")}
-    order = list(variants)
-    for r in range(args.reps + 1):  # rep 0 warms up; variants interleaved rep by rep, their order rotated
-        for mode in tok_s:
-            for key in order[r % len(order):] + order[:r % len(order)]:
-                runtime, adapter = variants[key]
-                res = runtime.generate(prompt, mode=mode, adapter=adapter, max_new_tokens=args.tokens)
-                if r:
-                    tok_s[mode][key].append(res.timings.tokens_per_s)
+    modes = ("shadow_only", "base_shadow")
+
+    def contestant(runtime, adapter):  # one run: each mode once; its decode tok/s per mode
+        return lambda: {mode: runtime.generate(prompt, mode=mode, adapter=adapter,
+                                               max_new_tokens=args.tokens).timings.tokens_per_s for mode in modes}
+
+    # 1 warm-up round, then the variants interleaved rep by rep, their order rotated
+    result = run_rounds({k: contestant(*v) for k, v in variants.items()}, reps=args.reps, warmup=1)
+    tok_s = {m: {k: [s.value[m] for s in result.samples[k]] for k in variants} for m in modes}
     switch = switch_cost(rt, prompt, names, args.switch_reps)
     med = lambda xs: float(np.median(xs))  # noqa: E731
     print(f"preset {args.preset}, quantize {args.quantize}, {len(packs)} packs, threads {args.threads}, "
@@ -163,20 +165,21 @@ def switch_cost(rt, prompt, names: list[str], reps: int) -> dict[str, list[float
         rt.generate(prompt, mode="base_shadow", adapter=adapter, max_new_tokens=1)
         return (time.perf_counter() - t0) * 1e3
 
-    out: dict[str, list[float]] = {"same": [], "switched": [], "diff": []}
     for name in names:  # each pack's pipeline and first runs at these shapes, before any timing
         rt.generate(prompt, mode="base_shadow", adapter=name, max_new_tokens=1)
-    for r in range(reps + 1):
-        a, b = names[0], names[1 + r % (len(names) - 1)] if len(names) > 1 else names[0]
-        got = {}
-        for key in (("same", "switched") if r % 2 else ("switched", "same")):
-            rt.generate(prompt, mode="base_shadow", adapter=a, max_new_tokens=1)
-            got[key] = timed(a if key == "same" else b)
-        if r:  # rep 0 warms every adapter's pipeline
-            out["same"].append(got["same"])
-            out["switched"].append(got["switched"])
-            out["diff"].append(got["switched"] - got["same"])
-    return out
+    others = itertools.cycle(names[1:] or names[:1])  # each switched request goes to the next other pack
+
+    def request(key: str):
+        def run() -> float:
+            rt.generate(prompt, mode="base_shadow", adapter=names[0], max_new_tokens=1)  # the previous request: A
+            return timed(names[0] if key == "same" else next(others))
+        return run
+
+    # "same" and "switched" alternate which goes first (rotation of two); round 0 warms up
+    result = run_rounds({"switched": request("switched"), "same": request("same")}, reps=reps, warmup=1)
+    same = [s.value for s in result.samples["same"]]
+    switched = [s.value for s in result.samples["switched"]]
+    return {"same": same, "switched": switched, "diff": [b - a for a, b in zip(same, switched)]}
 
 if __name__ == "__main__":
     main()

@@ -28,6 +28,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from benchmarks.lib.timing import run_rounds
 from benchmarks.suites.load import Server, make_prompts
 
 
@@ -118,17 +119,28 @@ def main(argv: list[str] | None = None) -> int:
         median_conf = statistics.median(confidences)
         delays = [float(x) for x in args.delays.split(",")]
         proxies = {rtt: DelayProxy(server.port, rtt) for rtt in delays}
-        samples = {rtt: {"esc": [], "direct": [], "mixed": []} for rtt in delays}
-        for _ in range(args.reps):  # interleaved: every delay sees the same machine load
-            for pr in prompts:
-                for rtt, proxy in proxies.items():
-                    esc = Escalation(f"http://127.0.0.1:{proxy.port}/v1", model="m:base_shadow", timeout_s=600)
-                    up0, down0 = proxy.up, proxy.down
-                    out = remote_cascade(rt, pr, esc, cascade_threshold=1.0, **kw)
-                    assert out.escalated, out.reason
-                    samples[rtt]["esc"].append((out, proxy.up - up0, proxy.down - down0))
-                    samples[rtt]["direct"].append(server_only(f"http://127.0.0.1:{proxy.port}", pr, args.max_tokens))
-                    samples[rtt]["mixed"].append(remote_cascade(rt, pr, esc, cascade_threshold=median_conf, **kw))
+
+        def one_delay(proxy):  # round r sends prompts[r % len(prompts)]: its call count is the round
+            calls = []
+
+            def run() -> dict:
+                pr = prompts[len(calls) % len(prompts)]
+                calls.append(None)
+                esc = Escalation(f"http://127.0.0.1:{proxy.port}/v1", model="m:base_shadow", timeout_s=600)
+                up0, down0 = proxy.up, proxy.down
+                out = remote_cascade(rt, pr, esc, cascade_threshold=1.0, **kw)
+                if not out.escalated:
+                    raise SystemExit(f"a request with cascade threshold 1.0 did not escalate: {out.reason}")
+                return {"esc": (out, proxy.up - up0, proxy.down - down0),
+                        "direct": server_only(f"http://127.0.0.1:{proxy.port}", pr, args.max_tokens),
+                        "mixed": remote_cascade(rt, pr, esc, cascade_threshold=median_conf, **kw)}
+            return run
+
+        # interleaved: every delay sees the same machine load, their order rotated per prompt (benchmarks.lib.timing)
+        result = run_rounds({str(rtt): one_delay(proxy) for rtt, proxy in proxies.items()},
+                            reps=args.reps * len(prompts), warmup=0)
+        samples = {rtt: {part: [smp.value[part] for smp in result.samples[str(rtt)]]
+                         for part in ("esc", "direct", "mixed")} for rtt in delays}
         for proxy in proxies.values():
             proxy.close()
         for rtt in delays:

@@ -8,12 +8,12 @@ For every (preset, precision) group: the preset's shadow-edge artifact at that p
 (exported and validated once, cached; `--artifact PRESET:PRECISION=DIR` uses one as it is) and
 onnxruntime-genai's build of the same base (`-p fp32|int8|int4 -e cpu`, defaults). The group's
 four systems (shadow-edge shadow_only, backbone_plain, base_shadow; ort-genai plain) are loaded
-together and run round-robin, so machine noise hits all of them alike: one untimed warm-up run
-each, then `--reps` rounds of one timed greedy generation per system (random prompt ids, exactly
-`--new-tokens` tokens, batch 1). In one process a system loaded later decoded faster (up to ~10% at
-the Qwen3-0.6B shape, whichever system it was), so by default (`--load-orders 2`) each group runs
-twice, the systems loaded in one order and then, freshly, in the reverse order, and the rounds of
-both passes are pooled. Decode tok/s = 1000 / the p50 of every decode step of the timed
+together and run interleaved (benchmarks.lib.timing), so machine noise hits all of them alike: one
+untimed warm-up round after each load, then `--reps` rounds of one timed greedy generation per system
+(random prompt ids, exactly `--new-tokens` tokens, batch 1), each round starting one system later. In one
+process a system loaded later decoded faster (up to ~10% at the Qwen3-0.6B shape, whichever system it was),
+so by default (`--load-orders 2`) each group runs twice, the systems loaded freshly in rotated orders, and
+the rounds of both passes are pooled. Decode tok/s = 1000 / the p50 of every decode step of the timed
 runs (also recorded at the p10: the least contended steps on a shared machine). The adapter's
 overhead per token is base_shadow's p50 over backbone_plain's (same rounds), and also per graph from `adapter_overhead.interleaved` (the decode step's graphs back to back).
 Exports and onnxruntime-genai builds of the Qwen3-0.6B shape run under `--bigmem-lock` when given. Targets: issue 14's.
@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks.lib.artifacts import DEFAULT_CACHE, ensure_artifact, ensure_ort_genai_model, locked, say
+from benchmarks.lib.timing import Contestant, run_rounds
 
 PRECISIONS = ("fp32", "int8", "int4")
 QUANTIZE = {"fp32": "none", "int8": "int8", "int4": "int4"}  # precision -> export --quantize
@@ -77,9 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--new-tokens", type=int, default=128, help="new tokens per run (default %(default)s)")
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default %(default)s)")
     p.add_argument("--reps", type=int, default=3, help="timed rounds per group and load order (default %(default)s)")
-    p.add_argument("--load-orders", type=int, choices=(1, 2), default=2,
-                   help="2: run each group twice, the systems loaded in one order then the reverse, and pool the "
-                        "rounds (in one process a system loaded later decoded up to ~10%% faster); 1: one pass "
+    p.add_argument("--load-orders", type=int, default=2,
+                   help="load passes per group, pass p loading the systems in the order rotated by p, their rounds "
+                        "pooled (in one process a system loaded later decoded up to ~10%% faster); 1: one pass "
                         "(default %(default)s)")
     p.add_argument("--overhead-reps", type=int, default=25,
                    help="interleaved graph-level decode steps for the adapter overhead (default %(default)s; 0: skip)")
@@ -96,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_group(preset: str, token: str, art: Path, genai_dir: Path, ids, args) -> dict:
-    """Load the group's four systems, warm each up, then `reps` round-robin timed runs; summaries per system."""
+    """The group's four systems interleaved (benchmarks.lib.timing), `reps` rounds per load order; summaries."""
     from benchmarks.profile import adapter_overhead
     from shadow_edge.bench.stats import pct, summarize
     from benchmarks.lib.systems import OrtGenai, ShadowEdge
@@ -105,29 +106,18 @@ def run_group(preset: str, token: str, art: Path, genai_dir: Path, ids, args) ->
     genai = OrtGenai(genai_dir, precision, args.threads)
     genai.note += "" if block is None else f" with --extra_options block_size={block}"
     systems = [ShadowEdge(art, mode, args.threads) for mode in MODES] + [genai]
-    runs: dict[str, list] = {s.key: [] for s in systems}
-    tokens: dict[str, list[int]] = {}
-    load_ms = {}
-    for load_order in (systems, systems[::-1])[:args.load_orders]:  # pass 2: loaded in the reverse order
-        try:
-            for s in load_order:
-                t0 = time.perf_counter()
-                s.load()
-                load_ms.setdefault(s.key, (time.perf_counter() - t0) * 1e3)
-                s.generate(ids, min(8, args.new_tokens))
-            for r in range(args.reps):
-                order = systems[r % len(systems):] + systems[:r % len(systems)]  # rotate who goes first
-                for s in order:
-                    timing, tokens[s.key] = s.generate(ids, args.new_tokens)
-                    runs[s.key].append(timing)
-                say(f"{preset} {token}: load order {[s.key.split('/')[-1] for s in load_order]}, round "
-                    f"{r + 1}/{args.reps}: " + ", ".join(
-                        f"{k.split('/')[-1]} {sorted(v[-1].decode_ms)[len(v[-1].decode_ms) // 2]:.1f}"
-                        for k, v in runs.items()) + " ms/token")
-        finally:
-            for s in systems:
-                if hasattr(s, "rt") or hasattr(s, "model"):
-                    s.close()
+    contestants = [Contestant(s.key, run=lambda s=s: s.generate(ids, args.new_tokens), load=s.load, close=s.close)
+                   for s in systems]
+    # one warm-up round after each load; pass p loads the systems in the order rotated by p (a system loaded
+    # later decoded up to ~10% faster), round r runs them in that order rotated by r
+    result = run_rounds(contestants, args.reps, load_orders=args.load_orders, warmup=1,
+                        progress=lambda m: say(f"{preset} {token}: {m}"))
+    runs = {k: [smp.value[0] for smp in v] for k, v in result.samples.items()}
+    tokens = {k: v[-1].value[1] for k, v in result.samples.items()}
+    load_ms = {k: v[0] for k, v in result.load_ms.items()}  # the first load
+    for k, v in runs.items():
+        say(f"{preset} {token}: {k} decode ms/token, median of each round: "
+            + ", ".join(f"{sorted(r.decode_ms)[len(r.decode_ms) // 2]:.1f}" for r in v))
     systems_out = {}
     for s in systems:
         p10 = pct([ms for r in runs[s.key] for ms in r.decode_ms], 10)  # the least contended steps
@@ -236,7 +226,7 @@ def _result(args, argv, groups: list[dict], bandwidth: list[float], load: list[f
         "command": "python -m benchmarks.suites.precision_table " + " ".join(
             shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
         "workload": {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "threads": args.threads,
-                     "reps": args.reps, "load_orders": args.load_orders, "overhead_reps": args.overhead_reps,
+                     "reps": args.reps, "load_orders": args.load_orders, "load_order_rule": "rotate", "overhead_reps": args.overhead_reps,
                      "batch": 1, "greedy": True},
         "machine": machine_info(), "versions": versions(), "read_bandwidth_samples_gbs": bandwidth,
         "load_average_1min": load,  # at the start and the end: other users' jobs share the cores

@@ -11,7 +11,8 @@ Systems, greedy, batch 1, 2 threads, the same chat prompt, --new-tokens tokens:
     `llama-bench -t 2 -p 0 -n N` (decode only; reported tok/s).
 Decode tok/s = (new tokens - 1) / (wall time - time to the first token), median over --rounds rounds; each round
 runs the systems in a rotated order (load order is rotated too: one half of the rounds loads the systems in
-reverse). Ratios are taken within the run. Results: --out/results.json and a markdown table on stdout.
+the order rotated by one; benchmarks.lib.timing). Ratios are taken within the run. Results: --out/results.json
+and a markdown table on stdout.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from benchmarks.lib.artifacts import REPO, demo_pair_artifact, ensure_ort_genai_model
 from benchmarks.lib.systems import OrtGenai
+from benchmarks.lib.timing import Contestant, run_rounds
 
 from shadow_edge.core.smollm2 import smollm2_checkpoint, smollm2_gguf
 from shadow_edge.runtime import ShadowRuntime
@@ -110,20 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     tok = AutoTokenizer.from_pretrained(base)
     ids = list(tok.apply_chat_template([{"role": "user", "content": PROMPT}], add_generation_prompt=True,
                                        tokenize=True, return_dict=True)["input_ids"])
-    rates: dict[str, list[float]] = {s.key: [] for s in systems}
-    tokens: dict[str, list[int]] = {}
-    for half in (0, 1):  # both load orders
-        order = systems if half == 0 else systems[::-1]
-        for s in order:
-            s.load()
-            s.decode_tok_s(ids, 4)  # warm-up
-        for r in range(args.rounds // 2 or 1):
-            k = r % len(order)
-            for s in order[k:] + order[:k]:
-                rate, toks = s.decode_tok_s(ids, args.new_tokens)
-                rates[s.key].append(rate)
-                tokens.setdefault(s.key, toks)
-        say(f"load order {half + 1}/2 done")
+    # interleaved (benchmarks.lib.timing): two load orders (the second rotated by one), a warm-up round after
+    # each load, then half the rounds each, every round starting one system later
+    result = run_rounds([Contestant(s.key, run=lambda s=s: s.decode_tok_s(ids, args.new_tokens), load=s.load)
+                         for s in systems], args.rounds // 2 or 1, load_orders=2, warmup=1, progress=say)
+    rates = {k: [smp.value[0] for smp in v] for k, v in result.samples.items()}
+    tokens = {k: v[0].value[1] for k, v in result.samples.items()}
     results = {"systems": {k: {"tok_s_median": statistics.median(v), "tok_s": v} for k, v in rates.items()},
                "prompt_tokens": len(ids), "new_tokens": args.new_tokens, "threads": args.threads}
     for q in precisions:  # speculative decoding is exact: same tokens as base_shadow

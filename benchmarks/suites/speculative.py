@@ -1,7 +1,7 @@
 """Speculative decoding vs base_shadow, side by side in one process: tokens/s, acceptance, cost per round.
 
-Per artifact (e.g. fp32 and int4): one runtime; per repetition base_shadow first, then
-`speculative` for every draft setting (interleaved, so machine noise hits all alike);
+Per artifact (e.g. fp32 and int4): one runtime; per repetition base_shadow and `speculative`
+for every draft setting, interleaved, their order rotated each repetition (benchmarks.lib.timing);
 greedy, eos ignored, random prompt ids. Reported per setting (medians over repetitions):
 decode tokens/s (tokens after the first / their time, prefill excluded), the speedup over
 base_shadow of the same repetition, acceptance rate, mean accepted length, whether the
@@ -33,6 +33,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 
+from benchmarks.lib.timing import run_rounds
 from shadow_edge.bench.machine import machine_info, versions
 from shadow_edge.bench.runner import artifact_info, prompt_ids
 from shadow_edge.manifest import read_manifest
@@ -88,14 +89,25 @@ def bench_artifact(art: Path, settings: list[int | None], args) -> dict:
     for k in [None] + settings:  # warm-up (short)
         rt.generate(ids, mode="base_shadow" if k is None else "speculative", max_new_tokens=4, eos=(),
                     **({} if k is None else {"draft_tokens": k}))
+
+    def contestant(k, mode="speculative"):  # round r generates from prompts[r]: its call count is the round
+        calls = []
+
+        def run():
+            calls.append(None)
+            return rt.generate(prompts[len(calls) - 1], mode=mode, **kw, **({} if k is None else {"draft_tokens": k}))
+        return run
+
+    # base_shadow and every setting interleaved, their order rotated each round (benchmarks.lib.timing)
+    contestants = {"base_shadow": contestant(None, "base_shadow")} | {label(k): contestant(k) for k in settings}
+    result = run_rounds(contestants, args.reps, warmup=0, progress=say)
     runs = {"base_shadow": []} | {label(k): [] for k in settings}
-    for rep, ids in enumerate(prompts):
-        base = rt.generate(ids, mode="base_shadow", **kw)
+    for rep, smp in enumerate(result.samples["base_shadow"]):
+        base = smp.value
         ms, n = decode_figures(base)
         runs["base_shadow"].append({"tok_s": 1e3 * n / ms, "ms_per_token": ms / n, "tokens": base.token_ids})
-        say(f"rep {rep + 1}/{args.reps}: base_shadow {1e3 * n / ms:.2f} tok/s")
         for k in settings:
-            out = rt.generate(ids, mode="speculative", draft_tokens=k, **kw)
+            out = result.samples[label(k)][rep].value
             ms, n = decode_figures(out)
             s = out.speculative
             runs[label(k)].append({
