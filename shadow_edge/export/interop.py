@@ -34,6 +34,7 @@ from shadow_edge import io_spec
 from shadow_edge.errors import ExportError
 from shadow_edge.export.single_graph import Chain, join, kv_layers, kv_shapes
 from shadow_edge.manifest import GraphEntry
+from shadow_edge.runtime.decode_state import DecodeState
 from shadow_edge.runtime.generate import Pipeline, position_ids
 from shadow_edge.runtime.kv_cache import KVCache
 from shadow_edge.runtime.session import GraphSession, ov
@@ -248,9 +249,10 @@ def split_reference(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain,
         if g not in split:  # prepack=False: weights stay in the (page-aligned, mapped) data files
             split[g] = GraphSession(g, graphs[g], art_dir, prepack=False)
     pipe = Pipeline(split[chain.graphs[-1]], *(split[g] for g in chain.graphs[:-1]))  # head, shadow[, backbone]
-    caches = pipe.empty_caches(2, 6)
+    state = DecodeState(pipe, 2, 6)  # the runtime's decode state: the check's steps through `advance`
     vocab = int(graphs[chain.graphs[-1]].outputs[0].shape[-1])
-    return [pipe.step(*step, caches, last_only=False) for step in _check_steps(vocab)]
+    return [state.advance(ids, _CHECK_MASK[:, lo:hi], last_only=False, positions=pos)
+            for (lo, hi), (ids, _, pos) in zip(_CHECK_STEPS, _check_steps(vocab))]
 
 
 def check_joined(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, file: str, atol: float = 1e-4,

@@ -6,19 +6,22 @@ mask buffer [b, capacity] and its used length, the next position of every row, a
 preallocated step inputs/outputs with their IOBindings, made once and rebound only when a cache
 grows. Every loop that decodes steps through it: plain decoding (shadow_only, base_shadow,
 base_plain), speculative drafting and verification, the cascade's two passes, the server's
-continuous batches, `eval` and export validation.
+continuous batches, `forward` (eval's perplexity), `classify` and export validation (tests/test_decode_paths.py).
 
 Verbs (positions and lengths explicit, nothing hidden):
   advance(ids, mask)   several positions per row through the split graphs (prefill, chunked
                        prefill, a verify pass): logits of the last or of every position
-  step(tokens)         one token per row through bound buffers: the split chain, or (base_shadow)
-                       the merged single-session graph, which also returns the greedy token
-                       (`next_token`, ArgMax inside the graph) so the logits need not be fetched
+  step(tokens)         one token for each of the first n rows through bound buffers (the mask bound
+                       by address: no allocation): the split chain, or the mode's merged single-session
+                       graph, which also returns the greedy token (`next_token`, ArgMax inside the
+                       graph) so the logits need not be fetched
   rewind(length)       forget the positions past `length` (a pointer move; stale entries are
                        overwritten later), positions recomputed from the mask
-  copy_rows(...)       copy rows' KV entries and mask between states (cascade reuse, server seats)
+  copy_rows(...)       copy rows' KV entries and mask between states (cascade reuse)
+  follow(other)        take another state's columns and positions (a speculative drafter that
+                       shares the shadow cache, before each round)
 
-The merged graph (`step_combined.onnx`, written by the export next to the interop graphs) reads the
+The merged graph (`step_<mode>.onnx`, written by the export next to the interop graphs) reads the
 shadow and backbone caches as one KV list (shadow layers first), bound to the same buffers as the
 split graphs, so a state may prefill and verify through the split graphs and decode through the merged one.
 """
