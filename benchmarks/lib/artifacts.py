@@ -56,12 +56,15 @@ def exporter_fingerprint() -> str:
 
 
 def ensure_artifact(preset: str, base: Path, adapter: Path, cache: Path, quantize: str = "none",
-                    block_size: int | None = None) -> Path:
+                    block_size: int | None = None, extra: dict | None = None) -> Path:
     """The preset's artifact (with backbone_plain), exported and validated unless a current one is cached.
-    `block_size`: quantization block (None: the exporter's default)."""
+    `block_size`: quantization block (None: the exporter's default); `extra`: more ExportOptions fields (e.g.
+    {"quant_scheme": "symmetric"}), their values appended to the cached artifact's name."""
     from shadow_edge.export import ExportOptions, export_artifact
 
+    extra = extra or {}
     name = preset if quantize == "none" else f"{preset}-{quantize}" + (f"-b{block_size}" if block_size else "")
+    name += "".join(f"-{v}" for v in extra.values())
     art = cache / "artifacts" / name
     stamp = cache / "artifacts" / f"{name}.fingerprint"
     fingerprint = exporter_fingerprint()
@@ -70,20 +73,21 @@ def ensure_artifact(preset: str, base: Path, adapter: Path, cache: Path, quantiz
     say(f"exporting {preset} -> {art} (exporter fingerprint {fingerprint}; validated against PyTorch)")
     block = {"block_size": block_size} if block_size else {}
     export_artifact(base, adapter, art,
-                    options=ExportOptions(force=True, plain_backbone=True, quantize=quantize, **block),
+                    options=ExportOptions(force=True, plain_backbone=True, quantize=quantize, **block, **extra),
                     progress=lambda msg: say(f"  export: {msg}"))
     stamp.write_text(fingerprint + "\n")
     return art
 
 
-def demo_pair_artifact(cache: Path, quantize: str = "none", block_size: int | None = None) -> Path:
+def demo_pair_artifact(cache: Path, quantize: str = "none", block_size: int | None = None,
+                       extra: dict | None = None) -> Path:
     """The demo pair (SmolLM2 + the shipped adapter) exported under `cache`, keyed by the adapter's sha256."""
     from shadow_edge.core.smollm2 import smollm2_checkpoint
     from shadow_edge.demo_model import ADAPTER
 
     key = hashlib.sha256((ADAPTER / "shadow_adapter.safetensors").read_bytes()).hexdigest()[:12]
     return ensure_artifact("smollm2-demo", smollm2_checkpoint(log=say), ADAPTER, cache / key, quantize=quantize,
-                           block_size=block_size)
+                           block_size=block_size, extra=extra)
 
 
 def ort_genai_version() -> str | None:

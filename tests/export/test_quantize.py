@@ -12,7 +12,7 @@ from shadow_edge.core import ShadowModel, StepInputs, load_spec
 from shadow_edge.errors import ExportError
 from shadow_edge.export import ExportOptions, export_artifact
 from shadow_edge.export.options import INT8_COMPUTE_ATOL
-from shadow_edge.export.quantize import quantize_rows, quantize_spec
+from shadow_edge.export.quantize import quantize_as_recorded, quantize_rows
 from shadow_edge.manifest import read_manifest
 from shadow_edge.runtime import ShadowRuntime
 
@@ -51,8 +51,9 @@ def quantized(cases, tmp_path_factory):
 def _forward_error(case, art, scheme, block: int | None = None) -> tuple[float, float]:
     """Max |runtime logits - dequantized PyTorch logits| on real positions, and max |reference| (the reference
     dequantized in the artifact's own blocks unless `block` is given)."""
-    block = block or read_manifest(art).model["quantization"]["block_size"]
-    spec = quantize_spec(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir), scheme, block)
+    record = dict(read_manifest(art).model["quantization"], **({"block_size": block} if block else {}))
+    assert record["scheme"] == scheme
+    spec = quantize_as_recorded(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir), record)
     ids = torch.randint(0, spec.vocab_size, (2, 6), generator=torch.Generator().manual_seed(4))
     mask = torch.ones_like(ids)
     mask[1, :2] = 0
@@ -140,7 +141,8 @@ def test_larger_blocks_validate_and_generate(cases, tmp_path, scheme, compute):
     if compute == "float32":
         from shadow_edge.core.greedy import greedy_generate
 
-        spec = quantize_spec(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir), scheme, 64)
+        spec = quantize_as_recorded(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir),
+                                    m.model["quantization"])
         prompt = [3, 1, 4, 1, 5]
         ours = ShadowRuntime.load(art, threads=1).generate(prompt, mode="base_shadow", max_new_tokens=8)
         ref = greedy_generate(ShadowModel(spec), torch.tensor([prompt]), None, "base_shadow", 8)

@@ -89,7 +89,8 @@ def test_int4_runtime_keeps_no_weight_file_pages_after_loading(tiny_default, tmp
     base, adapter, _ = _wide_checkpoint(tiny_default.base_dir, tmp_path)
     art = tmp_path / "art"
     export_artifact(base, adapter, art, progress=lambda s: None,
-                    options=ExportOptions(quantize="int4", validate=False))
+                    options=ExportOptions(quantize="int4", validate=False, quant_scheme="symmetric",
+                                          vocab_quantize="int4"))  # float32 scales, read from the mapped file
     scales = 0  # float32 scale bytes of the MatMulNBits weights: what stays resident without the release
     for g in art.glob("*.onnx"):
         import onnx
