@@ -7,8 +7,8 @@
 Each configuration is a one-node graph: float32 MatMul ([K, N] weights, prepacked) or
 MatMulNBits (bits 4/8, block size, accuracy_level 1 = float32 arithmetic / 4 = int8
 activations), x [1, K] -> [1, N], random weights; --asymmetric adds each MatMulNBits configuration with the
-exporter's asymmetric-block path (export/graphs.py: + block sums of x @ per-block offsets, 3 more nodes). All sessions of one shape run interleaved
-(one call each per round, so machine noise hits them alike) on onnxruntime's process-wide pool of
+exporter's asymmetric-block path (export/graphs.py: + block sums of x @ per-block offsets, 4 more nodes). All
+sessions of one shape run interleaved (one call each per round, so machine noise hits them alike) on onnxruntime's process-wide pool of
 --threads threads; medians in microseconds and as a ratio to float32. Prints a markdown table.
 """
 
