@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create ./.venv and install shadow-edge with the given extras (default: export), CPU torch first.
-# Usage: bash scripts/setup.sh [EXTRAS]      e.g. bash scripts/setup.sh export,dev
+# Usage: bash scripts/setup.sh [EXTRAS]      e.g. bash scripts/setup.sh export,dev,docs
 # The extra `web` is not pip's: it runs scripts/setup-web.sh (Chromium, Node.js, web/'s npm packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."

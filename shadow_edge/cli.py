@@ -62,7 +62,7 @@ one export per --out at a time (.NAME.lock). Input files must not be symlinks ou
 directory, except Hugging Face cache snapshots (snapshots/<rev>/f -> ../../blobs/<sha>).
 Every artifact also loads in onnxruntime-genai (`og.Model(ART)`) and optimum
 (`ORTModelForCausalLM.from_pretrained(ART)`): model.onnx is the detached shadow as one graph
-(see the README, "Use it from onnxruntime-genai / optimum / a mobile app"); --ort-format adds
+(see docs/interop.md); --ort-format adds
 model.ort for ONNX Runtime Mobile.
 --as-base makes the artifact a base for adapter packs (its adapter weights become overridable);
 --against BASE_ART writes an adapter pack instead of an artifact: only the adapter's own weights

@@ -1,6 +1,6 @@
 """Where an export writes: checks on `--out`, one writer at a time, stale partials, atomic replacement.
 
-Rules (README, "Export output"):
+Rules (docs/export.md, "Output: no data loss, one writer, atomic replacement"):
 - `--out` is written as `.NAME.partial-PID` beside it (with a marker file) and renamed into
   place at the end. A failure, SIGINT or SIGTERM removes the partial; a later export to
   the same `--out` removes partials (name pattern + marker) of processes that are gone.
