@@ -69,7 +69,7 @@ def base_artifact_and_pack(tiny_default, root, quantize: str):
 
 
 def shadow_weights(pack_file, out, keys) -> None:
-    """The README's snippet: an adapter file with only the detached shadow's weights of a pack."""
+    """The snippet of docs/adapter-packs.md: an adapter file with only the detached shadow's weights of a pack."""
     params = ort.AdapterFormat.read_adapter(str(pack_file)).get_parameters()
     fmt = ort.AdapterFormat()
     fmt.set_parameters({k: params[k] for k in keys})

@@ -173,7 +173,7 @@ def test_package_that_cannot_be_had_is_one_clear_error(tmp_path, monkeypatch):
 
 def test_real_smollm2_peft_shadow_greedy_equals_peft_uncached(tmp_path):
     """PEFT's Shadow tuner on the real weights: our greedy tokens equal peft's own greedy decoding without its KV
-    cache. (peft 0.21's cached `generate` can pick other tokens on this model; README, "Fidelity", has the report.)"""
+    cache. (peft 0.21's cached `generate` can pick other tokens on this model; docs/inputs.md has the report.)"""
     from peft import PeftModel, ShadowConfig as PeftShadowConfig, get_peft_model
 
     from peft_factories import randomize_peft

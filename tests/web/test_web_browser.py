@@ -2,7 +2,7 @@
 
 The page's greedy tokens equal the Python runtime's shadow_only tokens: fp32, int4 and int8 exported with
 `--quant-compute float32` (onnxruntime-web computes quantized matmuls in float32; with the default int8
-activations the native logits differ by ~0.1 and a near-tie can flip, see README), and the ONNX-Attention
+activations the native logits differ by ~0.1 and a near-tie can flip, see docs/browser.md), and the ONNX-Attention
 graph. The cascade escalates to a loopback `shadow-edge serve --cors-origin` and shows its answer; errors
 (model missing, server down, no CORS) are shown on the page, never thrown.
 """
