@@ -6,8 +6,8 @@
 ART: an artifact whose manifest has `interop.step` (exports since the merged step graph). Systems, greedy, batch 1,
 2 threads: shadow-edge `base_shadow` loaded with decode_step="split" and with "auto" (merged), and, with --genai, the
 onnxruntime-genai model builder's plain model of the same base (benchmarks.lib.artifacts.ensure_ort_genai_model).
-Decode tok/s = (new tokens - 1) / (wall time - time to the first token); rounds rotate the order and reverse it every
-other round; medians, ratios within the run. The merged and split tokens must be identical. Torch-free.
+Decode tok/s = (new tokens - 1) / (wall time - time to the first token); rounds through benchmarks.lib.timing
+(two load orders, rotated rounds); medians, and ratios paired by round. The merged and split tokens must be identical. Torch-free.
 On a shared machine give the process priority: `echo -15 > /proc/$PID/autogroup`.
 """
 
@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.lib.timing import Contestant, run_rounds, summarize_rounds
 from shadow_edge.runtime import ShadowRuntime
 
 PROMPT = 'Define the word "lantern".'
@@ -64,28 +65,21 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks.suites.smollm2_speed import Genai
 
         systems.append(Genai(args.genai, args.precision, args.threads))
-    for s in systems:
-        s.load()
-    ids = prompt(systems[0].rt)
-    for s in systems:
-        s.decode_tok_s(ids, 4)  # warm-up
-    rates: dict[str, list[float]] = {s.key: [] for s in systems}
-    tokens: dict[str, list[int]] = {}
-    for r in range(args.rounds):
-        k = r % len(systems)
-        order = systems[k:] + systems[:k]
-        for s in (order if r % 2 == 0 else order[::-1]):
-            rate, toks = s.decode_tok_s(ids, args.new_tokens)
-            rates[s.key].append(rate)
-            tokens.setdefault(s.key, toks)
-    med = {key: statistics.median(v) for key, v in rates.items()}
-    genai = next((v for key, v in med.items() if key.startswith("ort-genai")), None)
-    print(f"| {args.artifact.name} | system | decode tok/s (median of {args.rounds}) | vs split | vs genai |")
-    print("|---|---|---:|---:|---:|")
-    for key, v in med.items():
-        split = med.get(key.rsplit("/", 1)[0] + "/split")
-        print(f"| {args.precision} | {key} | {v:.1f} | " + (f"{v / split:.2f}x" if split else "-") + " | "
-              + (f"{v / genai:.2f}x" if genai else "-") + " |")
+    probe = ShadowRuntime.load(args.artifact, threads=args.threads, verify=False, modes=())
+    ids = prompt(probe)
+    # interleaved (benchmarks.lib.timing): two load orders, a warm-up round after each load, every round rotated
+    result = run_rounds([Contestant(s.key, run=lambda s=s: s.decode_tok_s(ids, args.new_tokens), load=s.load)
+                         for s in systems], args.rounds // 2 or 1, load_orders=2, warmup=1)
+    table = summarize_rounds(result, lambda smp: smp.value[0])  # ratios paired by round, against the first (split)
+    tokens = {k: v[0].value[1] for k, v in result.samples.items()}
+    genai = next((k for k in table if k.startswith("ort-genai")), None)
+    genai_ratio = summarize_rounds(result, lambda smp: smp.value[0], first=genai) if genai else {}
+    print(f"| {args.artifact.name} {args.precision} | decode tok/s (median of {args.rounds}) | vs split (paired) | "
+          "vs genai (paired) |")
+    print("|---|---:|---:|---:|")
+    for key, row in table.items():
+        print(f"| {key} | {row['median']:.1f} | {row['ratio']['median']:.2f}x | "
+              + (f"{genai_ratio[key]['ratio']['median']:.2f}x" if genai else "-") + " |")
     for m in args.modes.split(","):
         same = tokens[f"shadow-edge/{m}/merged"] == tokens[f"shadow-edge/{m}/split"]
         print(f"{m}: merged tokens {'==' if same else '!='} split tokens", file=sys.stderr)
