@@ -81,3 +81,19 @@ def test_the_checks_catch_a_broken_link_and_a_missing_script(tmp_path: Path):
     assert "title" in anchors(page) and "nope" not in anchors(page)
     assert SCRIPT.findall(page.read_text()) == ["benchmarks/no_such_suite.py"]
     assert MODULE.findall(page.read_text()) == ["benchmarks.suites.no_such"]
+
+
+ISSUE_REF = re.compile(r"\bissues? \d+|\(issue:|\bi\d{1,2}(?:-\w+)?'s\b", re.IGNORECASE)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=page_id)
+def test_pages_cite_no_issue_numbers(page: Path):
+    """Readers cannot look issues up: a page names the change, the commit or the page instead."""
+    hits = [f"line {n}: {line.strip()[:100]}" for n, line in enumerate(page.read_text(encoding="utf-8").splitlines(), 1)
+            if ISSUE_REF.search(line)]
+    assert not hits, f"{page_id(page)} cites issue numbers (name the change or the commit instead):\n" + "\n".join(hits)
+
+
+def test_the_issue_check_catches_a_reference():
+    assert ISSUE_REF.search("Targets (issue 14), run of") and ISSUE_REF.search("i14's graph")
+    assert not ISSUE_REF.search("no issues with 2 threads")
