@@ -129,3 +129,20 @@ def check_python(block: Block) -> list[str]:
                 if a.name.startswith("shadow_edge") and not _module_exists(a.name):
                     problems.append(f"{block.where}: no module {a.name}")
     return problems
+
+
+def cli_flags() -> dict[str, set[str]]:
+    """Every long option of every `shadow-edge` subcommand (bench and serve from their own parsers)."""
+    import argparse
+
+    from shadow_edge import cli
+    from shadow_edge.bench.cli import build_parser as bench_parser
+    from shadow_edge.serve.cli import build_parser as serve_parser
+
+    def flags(parser: argparse.ArgumentParser) -> set[str]:
+        return {o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"}
+
+    sub = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    out = {name: flags(p) for name, p in sub.choices.items() if name not in ("bench", "serve")}
+    out["bench"], out["serve"] = flags(bench_parser()), flags(serve_parser())
+    return out

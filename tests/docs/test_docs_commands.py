@@ -6,10 +6,12 @@ Runnable blocks run page by page, in order, in a fresh directory seeded with the
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
-from .doc_blocks import all_pages
-from .doc_check import check_python, check_shell, parse_cli
+from .doc_blocks import DOCS, all_pages
+from .doc_check import check_python, check_shell, cli_flags, parse_cli
 from .doc_run import DocInputs, PageRun
 
 PAGES = all_pages()
@@ -62,3 +64,11 @@ def test_the_check_parser_catches_bad_flags(argv, fragment):
     """The `check` path fails a misspelt flag or value in every subcommand, bench and serve included."""
     problem = parse_cli(argv)
     assert problem is not None and fragment in problem
+
+
+def test_every_cli_flag_is_documented():
+    """A flag no docs page names is a feature a user cannot find: document it in the page of its task."""
+    text = "".join(p.read_text(encoding="utf-8") for p in DOCS.rglob("*.md"))
+    missing = [f"shadow-edge {cmd} {flag}" for cmd, flags in sorted(cli_flags().items()) for flag in sorted(flags)
+               if not re.search(re.escape(flag) + r"(?![\w-])", text)]
+    assert not missing, "flags no page of docs/ mentions (add them to the page of their task): " + ", ".join(missing)
