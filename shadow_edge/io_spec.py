@@ -70,7 +70,7 @@ ATTENTION_KINDS = (ATTENTION_GQA, ATTENTION_ONNX)
 ATTENTION_AUTO = "auto"  # export: GroupQueryAttention where its constraints hold, else Attention
 
 KV_BINDING = "shared_buffer"  # past_key_values.{i}.* and present.{i}.* are one preallocated buffer
-KV_DTYPE = FLOAT
+KV_DTYPE = FLOAT  # the default; an artifact's is its execution target's (target.py)
 PAST, PRESENT = "past_key_values", "present"
 KV_KINDS = ("key", "value")
 
@@ -107,11 +107,12 @@ def kv_pairs(num_layers: int) -> list[tuple[str, str]]:
     return [(past_name(i, k), present_name(i, k)) for i in range(num_layers) for k in KV_KINDS]
 
 
-def kv_specs(num_layers: int, kv_heads: int, head_dim: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def kv_specs(num_layers: int, kv_heads: int, head_dim: int, kv_dtype: str = KV_DTYPE,
+             ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """past inputs and present outputs, [batch, kv_heads, *_seq, head_dim], key then value per layer."""
     pairs = kv_pairs(num_layers)
-    return ([TensorSpec(p, KV_DTYPE, ("batch", kv_heads, "past_seq", head_dim)) for p, _ in pairs],
-            [TensorSpec(q, KV_DTYPE, ("batch", kv_heads, "total_seq", head_dim)) for _, q in pairs])
+    return ([TensorSpec(p, kv_dtype, ("batch", kv_heads, "past_seq", head_dim)) for p, _ in pairs],
+            [TensorSpec(q, kv_dtype, ("batch", kv_heads, "total_seq", head_dim)) for _, q in pairs])
 
 
 def step_inputs() -> list[TensorSpec]:
@@ -122,9 +123,9 @@ def step_inputs() -> list[TensorSpec]:
 
 
 def decoder_graph_io(name: str, num_layers: int, kv_heads: int, head_dim: int, hidden: int,
-                     ) -> tuple[list[TensorSpec], list[TensorSpec]]:
+                     kv_dtype: str = KV_DTYPE) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs of a KV-cached graph: `shadow`, `backbone` or `backbone_plain`."""
-    past, present = kv_specs(num_layers, kv_heads, head_dim)
+    past, present = kv_specs(num_layers, kv_heads, head_dim, kv_dtype)
     inputs = step_inputs()
     if name == GRAPH_BACKBONE:
         inputs.append(TensorSpec(SHADOW_HIDDEN, FLOAT, ("batch", "seq", hidden)))
@@ -163,7 +164,7 @@ class GraphContract:
 
 
 def graph_contract(name: str, hidden: int, vocab: int, kv_layers: int = 0, kv_heads: int = 0, head_dim: int = 0,
-                   attention: str = "", num_labels: int = 0) -> GraphContract:
+                   attention: str = "", num_labels: int = 0, kv_dtype: str = KV_DTYPE) -> GraphContract:
     """The contract of graph `name` for these dims (classifier graphs: `num_labels` logits); ValueError names
     what does not fit."""
     role = GRAPH_ROLES.get(name)
@@ -181,7 +182,7 @@ def graph_contract(name: str, hidden: int, vocab: int, kv_layers: int = 0, kv_he
                              f"{kv_layers}, {kv_heads}, {head_dim}")
         if attention not in ATTENTION_KINDS:
             raise ValueError(f"graph {name!r} has attention {attention!r}; known: {', '.join(ATTENTION_KINDS)}")
-        inputs, outputs = decoder_graph_io(name, kv_layers, kv_heads, head_dim, hidden)
+        inputs, outputs = decoder_graph_io(name, kv_layers, kv_heads, head_dim, hidden, kv_dtype)
     return GraphContract(name, role, tuple(inputs), tuple(outputs), kv_layers, kv_heads, head_dim, attention)
 
 

@@ -14,6 +14,7 @@ from shadow_edge.errors import ArtifactError
 from shadow_edge.io_spec import ATTENTION_GQA, GRAPH_ROLES, GraphContract, TensorSpec, graph_contract
 from shadow_edge.manifest_contract import check_contracts
 from shadow_edge.manifest_schema import check_manifest
+from shadow_edge.target import ExecutionTarget
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "shadow-edge-artifact"
@@ -80,6 +81,7 @@ class Manifest:
     files: dict[str, dict]  # relative path -> {"sha256", "bytes"}
     interop: dict = field(default_factory=dict)  # single-graph decoders and tool configs (export/interop.py)
     adapter_slots: dict = field(default_factory=dict)  # base artifacts (--as-base): see adapter_pack.py
+    target: dict | None = None  # the execution target (target.py); None: written before it, the CPU target
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -95,13 +97,19 @@ class Manifest:
             graphs = {k: replace(g, attention=ATTENTION_GQA) if g.kv_layers else g for k, g in graphs.items()}
         return cls(**{**d, "graphs": graphs})
 
+    @property
+    def execution_target(self) -> ExecutionTarget:
+        """The execution target the graphs were built for (checked when the manifest is read)."""
+        return ExecutionTarget.from_dict(self.target, MANIFEST_NAME)
+
     def contract(self, name: str) -> GraphContract:
         """Graph `name`'s contract, regenerated from the model dims and the entry's KV layout and attention
         (manifest_contract.check_contracts holds the entry's I/O table to it when the manifest is read)."""
         entry = self.graphs[name]
         try:
             return graph_contract(name, self.model["hidden_size"], self.model["vocab_size"], entry.kv_layers,
-                                  entry.kv_heads, entry.head_dim, entry.attention, self.model.get("num_labels", 0))
+                                  entry.kv_heads, entry.head_dim, entry.attention, self.model.get("num_labels", 0),
+                                  kv_dtype=self.execution_target.kv_dtype)
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{MANIFEST_NAME}: graph {name!r}: {e}; re-export the artifact") from None
 

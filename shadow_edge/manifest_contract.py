@@ -1,7 +1,7 @@
 """The manifest's structure, held to the graph contract: the one place that says what an artifact's graphs are.
 
 Standard library only. `manifest_schema.check_manifest` checks the JSON types; this module then
-regenerates each graph's contract (io_spec.graph_contract) from the manifest's dims — model
+reads the execution target (target.py: device, dtypes, attention kinds) and regenerates each graph's contract (io_spec.graph_contract) from the manifest's dims — model
 hidden size, vocabulary or labels, the entry's KV layout and attention kind — and compares the
 entry's I/O table with it, and checks each mode's role -> graph map against the graphs' roles.
 A difference is one `ArtifactError` naming the field that disagrees (`graphs.backbone.kv_heads`,
@@ -13,12 +13,18 @@ from __future__ import annotations
 from shadow_edge.errors import ArtifactError
 from shadow_edge.io_spec import (GRAPH_ROLES, KV_ROLES, LOGITS, PAST, PRESENT, ROLE_BACKBONE, ROLE_HEAD, ROLE_SHADOW,
                                  ROLES, SHADOW_HIDDEN, GraphContract, is_kv)
+from shadow_edge.target import ExecutionTarget
 
 REDO = "re-export the artifact (or restore its original manifest.json)"
 
 
 def check_contracts(manifest, path) -> None:
     """Raise ArtifactError unless every graph entry equals its regenerated contract and every mode's roles fit."""
+    target = ExecutionTarget.from_dict(manifest.target, path)  # the device and dtypes the contracts use
+    for name, entry in manifest.graphs.items():
+        if entry.attention and entry.attention not in target.attention:
+            _fail(path, f"graphs.{name}.attention", entry.attention,
+                  f"one of the target's attention kinds ({', '.join(target.attention)})")
     for name, entry in manifest.graphs.items():
         _check_graph(path, manifest, name, entry, manifest.contract(name))
     for mode, roles in manifest.modes.items():

@@ -60,10 +60,12 @@ class _Checker:
 
 
 def check_manifest(raw: dict, path) -> None:
-    """Raise ArtifactError unless `raw` (parsed manifest.json) is well-formed and self-consistent."""
+    """Raise ArtifactError unless every field of `raw` (parsed manifest.json) has its JSON type."""
     c = _Checker(path)
     for key in ("tool_version", "created_utc", "dtype", "quantization"):
         c.get(raw, key, "", str, "a string")
+    c.get(raw, "target", "", dict, "an object: the execution target (device, dtypes, attention kinds)",
+          optional=True)
     for key in ("source", "validation"):
         c.get(raw, key, "", dict, "an object")
     _check_validation(c, raw["validation"])

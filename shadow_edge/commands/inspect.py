@@ -30,6 +30,10 @@ def describe(m: Manifest, art: Path, verified: bool) -> list[str]:
            f"weights    {m.dtype}, quantization {m.quantization}; "
            f"{mb(sum(f['bytes'] for f in m.files.values()))} in {len(m.files)} files"
            + ("; sha256 verified" if verified else "")]
+    t = m.execution_target
+    out.append(f"target     {t.device} ({', '.join(t.providers)}), KV {t.kv_dtype}, attention "
+               f"{' or '.join(t.attention)}" + (f", quantized arithmetic {t.quant_compute}" if t.quant_compute else "")
+               + ("" if m.target else " (recorded before targets: the CPU)"))
     mi = m.model
     out.append(f"model      vocab {mi.get('vocab_size')}, hidden {mi.get('hidden_size')}, "
                f"max positions {mi.get('max_positions')}, shadow {mi.get('shadow_kind', '?')}")

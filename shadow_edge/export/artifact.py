@@ -30,7 +30,7 @@ from shadow_edge.export.graphs import Tensors, build_backbone, build_head, build
 from shadow_edge.export.interop import DETACHED_FILE, write_interop
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
 from shadow_edge.export.pack_tensors import adapter_slots, write_constant_twins
-from shadow_edge.export.options import QUANT_COMPUTE, ExportOptions
+from shadow_edge.export.options import ExportOptions
 from shadow_edge.export.out_dir import (PARTIAL_MARKER, check_out, clean_stale_partials, signals_clean_up,
                                         write_partial_then_publish, writer_lock)
 from shadow_edge.export.ort_format import write_ort_format
@@ -114,7 +114,7 @@ def build_graphs(spec: ShadowModelSpec, options: ExportOptions, progress: Callab
     quantized = options.quantize != "none"
     if quantized:  # each weight is quantized as the store writes it
         spec = quantized_spec(spec, options)  # spec: Dequantized weights
-    store, names = WeightStore(), Tensors(QUANT_COMPUTE[options.quant_compute])
+    store, names = WeightStore(), Tensors(options.target.accuracy_level)
     contracts = graph_contracts(spec, options)
     builders: list[GraphBuilder] = []
     for name, c in contracts.items():
@@ -179,7 +179,7 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         source=spec.source,
         model={**_model_info(spec), "quantization": options.quantization_record()},
         tokenizer=tokenizer.section,
-        dtype="float32",
+        dtype=options.target.dtype,
         quantization=options.quantize,
         graphs=graphs,
         modes=modes,
@@ -187,6 +187,7 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         files={n: e for n, e in file_table(tmp).items() if n != PARTIAL_MARKER},
         interop=interop,
         adapter_slots=slots,
+        target=options.target.to_dict(),
     )
     write_manifest(tmp, manifest)
     return manifest
@@ -198,7 +199,8 @@ def graph_contracts(spec: ShadowModelSpec, options: ExportOptions) -> dict[str, 
 
     def decoder(name: str, cfg) -> io_spec.GraphContract:
         return io_spec.graph_contract(name, d, vocab, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
-                                      choose_attention(cfg, options.attention))
+                                      choose_attention(cfg, options.attention, options.target.attention),
+                                      kv_dtype=options.target.kv_dtype)
 
     out = {io_spec.GRAPH_SHADOW: decoder(io_spec.GRAPH_SHADOW, spec.shadow.config),
            io_spec.GRAPH_BACKBONE: decoder(io_spec.GRAPH_BACKBONE, spec.base.config)}

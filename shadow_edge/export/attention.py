@@ -109,9 +109,11 @@ ATTENTION: dict[str, Builder] = {
 }
 
 
-def choose_attention(cfg: DecoderConfig, requested: str = io_spec.ATTENTION_AUTO) -> str:
-    """The attention kind for a decoder: `requested`, or with auto the fused op where its constraints hold."""
-    fused_ok = cfg.head_dim % 8 == 0
+def choose_attention(cfg: DecoderConfig, requested: str = io_spec.ATTENTION_AUTO,
+                     allowed: tuple[str, ...] = io_spec.ATTENTION_KINDS) -> str:
+    """The attention kind for a decoder: `requested`, or with auto the fused op where its constraints hold;
+    `allowed`: the kinds the execution target runs."""
+    fused_ok = cfg.head_dim % 8 == 0 and io_spec.ATTENTION_GQA in allowed
     if requested == io_spec.ATTENTION_AUTO:
         return io_spec.ATTENTION_GQA if fused_ok else io_spec.ATTENTION_ONNX
     if requested == io_spec.ATTENTION_GQA and not fused_ok:

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 from shadow_edge.errors import ExportError
 from shadow_edge.io_spec import ATTENTION_AUTO, ATTENTION_KINDS
+from shadow_edge.target import QUANT_COMPUTE, ExecutionTarget, export_target
 
 QUANTIZATIONS = ("none", "int8", "int4")
 VALIDATION_METHODS = ("auto", "full", "streamed")  # export/validation_plan.py
-QUANT_COMPUTE = {"float32": 1, "int8": 4}  # -> MatMulNBits accuracy_level
 # With int8 activations, kernels round each activation block to 8 bits. On random weights outputs moved by ~2%
 # of their scale (Qwen3-0.6B shape); on the real SmolLM2-135M, whose activations have outlier channels, single
 # logits and cached keys moved by up to 13.7% of their scale (int8 weights, blocks of 32) while held-out
@@ -91,6 +91,11 @@ class ExportOptions:
                 "base_layers": self.quant_scheme, "shadow_layers": self.shadow_quant_scheme,
                 "vocabulary": f"{self.vocab_quantize} symmetric" if self.vocab_quantize != self.quantize
                 else f"{self.vocab_quantize} {self.quant_scheme}"}
+
+    @property
+    def target(self) -> ExecutionTarget:
+        """The execution target the graphs are built for (recorded in the manifest as `target`)."""
+        return export_target(self.quantize, self.quant_compute)
 
     @property
     def validation_atol(self) -> float:

@@ -122,9 +122,11 @@ class ShadowRuntime:
         verify = inputs.as_bool(verify, "verify")
         if modes is not None and (isinstance(modes, str) or not isinstance(modes, (list, tuple))):
             raise InputError(f"modes is {modes!r}; it must be a list of mode names such as ['shadow_only']")
-        manifest = read_manifest(art_dir)  # types, paths, roles and dims checked (manifest_schema)
+        manifest = read_manifest(art_dir)  # types and paths (manifest_schema); target, roles and dims
+        # held to the graph contract (manifest_contract)
         if verify:
             verify_files(art_dir, manifest)
+        providers = manifest.execution_target.check_providers(providers, art_dir)  # the target's device
         rt = cls(art_dir, manifest, TextCodec.load(art_dir, manifest.files), providers, threads)
         for mode in GRAPH_MODES if modes is None else modes:
             if modes is None and mode not in manifest.modes:
@@ -166,7 +168,7 @@ class ShadowRuntime:
             if (mode, adapter) not in self._pipes:
                 pack = None if adapter is None else self.adapters.get(adapter)
                 own = {} if pack is None else pack.sessions  # the pack's shadow session; the rest is shared
-                roles = self.manifest.modes[mode]  # role -> graph, checked at load (manifest_schema)
+                roles = self.manifest.modes[mode]  # role -> graph, checked at load (manifest_contract)
                 stacks = (own.get(roles[r]) or self.graph(roles[r]) if r in roles else None
                           for r in KV_ROLES)  # shadow, backbone
                 self._pipes[(mode, adapter)] = Pipeline(own.get(roles[ROLE_HEAD]) or self.graph(roles[ROLE_HEAD]),
