@@ -22,11 +22,10 @@ def check_contracts(manifest, path) -> None:
     """Raise ArtifactError unless every graph entry equals its regenerated contract and every mode's roles fit."""
     target = ExecutionTarget.from_dict(manifest.target, path)  # the device and dtypes the contracts use
     for name, entry in manifest.graphs.items():
+        _check_graph(path, manifest, name, entry, manifest.contract(name))  # an unknown attention kind: here
         if entry.attention and entry.attention not in target.attention:
             _fail(path, f"graphs.{name}.attention", entry.attention,
                   f"one of the target's attention kinds ({', '.join(target.attention)})")
-    for name, entry in manifest.graphs.items():
-        _check_graph(path, manifest, name, entry, manifest.contract(name))
     for mode, roles in manifest.modes.items():
         _check_mode(path, manifest, mode, roles)
 
