@@ -34,7 +34,12 @@ from benchmarks.lib.timing import Contestant, run_rounds
 from shadow_edge.core.smollm2 import smollm2_checkpoint, smollm2_gguf
 from shadow_edge.runtime import ShadowRuntime
 
-PRECISIONS = {"fp32": ("none", "F32"), "int8": ("int8", "Q8_0"), "int4": ("int4", "Q4_0")}
+# precision -> (--quantize, llama.cpp's closest type, onnxruntime-genai's -p, more export options). int4 is the
+# exporter's default (asymmetric base blocks, int8 vocabulary: within 5% perplexity); int4-sym is symmetric
+# round-to-nearest everywhere, the same quantizer class as onnxruntime-genai's int4 and llama.cpp's Q4_0.
+PRECISIONS = {"fp32": ("none", "F32", "fp32", {}), "int8": ("int8", "Q8_0", "int8", {}),
+              "int4": ("int4", "Q4_0", "int4", {}),
+              "int4-sym": ("int4", "Q4_0", "int4", {"quant_scheme": "symmetric", "vocab_quantize": "int4"})}
 MODES = ("shadow_only", "base_shadow", "speculative")
 PROMPT = 'Define the word "lantern".'
 
@@ -73,7 +78,7 @@ def llama_cpp(bin_dir: Path, gguf: Path, work: Path, n: int, rounds: int) -> dic
     """{quant: decode tok/s} from llama-bench (median of its repetitions), GGUFs made once with llama-quantize."""
     out = {}
     files = {"Q4_1 (shipped)": gguf}
-    for _, (_, quant) in PRECISIONS.items():
+    for quant in dict.fromkeys(spec[1] for spec in PRECISIONS.values()):
         path = work / f"smollm2-{quant}.gguf"
         if not path.is_file():
             subprocess.run([str(bin_dir / "llama-quantize"), "--allow-requantize", str(gguf), str(path), quant],
@@ -94,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=REPO / ".cache" / "quality")
     p.add_argument("--out", type=Path, default=REPO / "bench-out" / "smollm2")
     p.add_argument("--llama-cpp", type=Path, help="folder holding llama.cpp's llama-bench and llama-quantize")
-    p.add_argument("--precisions", default="fp32,int8,int4")
+    p.add_argument("--precisions", default="fp32,int8,int4",
+                   help=f"comma-separated, of {', '.join(PRECISIONS)} (default fp32,int8,int4)")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
@@ -102,11 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     base = smollm2_checkpoint(log=say)
     precisions = [q.strip() for q in args.precisions.split(",")]
+    unknown = [q for q in precisions if q not in PRECISIONS]
+    if unknown:
+        p.error(f"--precisions: {', '.join(unknown)} unknown; choose from {', '.join(PRECISIONS)}")
     systems = []
     for q in precisions:
-        art = demo_pair_artifact(args.cache_dir, quantize=PRECISIONS[q][0])
+        quantize, _, _, extra = PRECISIONS[q]
+        art = demo_pair_artifact(args.cache_dir, quantize=quantize, extra=extra or None)
         systems += [Ours(art, mode, q, args.threads) for mode in MODES]
-        systems.append(Genai(ensure_ort_genai_model("smollm2", base, q, args.cache_dir), q, args.threads))
+    for g in dict.fromkeys(PRECISIONS[q][2] for q in precisions):  # one genai build per its precision
+        systems.append(Genai(ensure_ort_genai_model("smollm2", base, g, args.cache_dir), g, args.threads))
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base)
@@ -137,7 +148,7 @@ def render(results: dict, precisions: list[str]) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for q in precisions:
         so, bs, sp = (s[f"shadow-edge/{m}/{q}"]["tok_s_median"] for m in MODES)
-        ga = s[f"ort-genai/plain/{q}"]["tok_s_median"]
+        ga = s[f"ort-genai/plain/{PRECISIONS[q][2]}"]["tok_s_median"]
         lc = results.get("llama.cpp", {}).get(PRECISIONS[q][1], {}).get("tok_s")
         lines.append(f"| {q} | {so:.1f} | {bs:.1f} | {sp:.1f} | {ga:.1f} | "
                      + (f"{lc:.1f} ({PRECISIONS[q][1]})" if lc else "-") + f" | {bs / ga:.2f}x | "
