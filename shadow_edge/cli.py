@@ -155,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "list for a reduced mobile build (model.required_operators.config); copies its weights")
     p.add_argument("--as-base", action="store_true",
                    help="export a base artifact that adapter packs (--against) can be loaded into")
+    p.add_argument("--draft-vocab", metavar="N",
+                   help="speculative decoding: the shadow drafts from only the N most frequent tokens (a draft head "
+                        "of N rows, FR-Spec; verification keeps the full vocabulary, so output is unchanged); "
+                        "e.g. 8192")
+    p.add_argument("--draft-vocab-from", metavar="FILE",
+                   help="rank tokens for --draft-vocab by their counts in this UTF-8 text or .jsonl file (text like "
+                        "what the model generates); default: by token id (a BPE tokenizer's merge order)")
     p.add_argument("--against", metavar="BASE_ART",
                    help="write an adapter pack for this base artifact (exported with --as-base) instead of a full "
                         "artifact; quantization follows the base")
@@ -287,7 +294,8 @@ def cmd_export(args) -> int:
                             quant_scheme=args.quant_scheme, shadow_quant_scheme=args.shadow_quant_scheme,
                             vocab_quantize=args.vocab_quantize,
                             plain_backbone=args.plain_backbone, attention=args.attention,
-                            ort_format=args.ort_format, as_base=args.as_base)
+                            ort_format=args.ort_format, as_base=args.as_base,
+                            draft_vocab=_whole(args.draft_vocab), draft_vocab_from=args.draft_vocab_from)
     if args.against is not None:
         from shadow_edge.export.pack import export_pack
 
@@ -301,6 +309,11 @@ def cmd_export(args) -> int:
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def _whole(text: str | None):
+    """A flag's whole number, or the text as given (the options' check then names the flag and what it expects)."""
+    return int(text) if text is not None and text.strip().lstrip("-").isdigit() else text
 
 
 MARGIN_WARNING = 0.8  # warn when the worst validated error is above this share of its allowance

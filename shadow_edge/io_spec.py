@@ -14,6 +14,9 @@ Graphs (the partition is recorded in the manifest under `graphs` and `modes`):
   backbone_plain  the same without shadow_hidden_states and without the adapter (benchmarks only)
   lm_head         hidden_states [b, n, d] -> logits [b, n, vocab]  (n = positions asked for)
   shadow_lm_head  as lm_head; exported only when the shadow head differs from lm_head
+  draft_head      speculative decoding's reduced draft vocabulary (export --draft-vocab N): the shadow's head
+                  restricted to N token rows, hidden_states -> logits [b, n, N]; manifest `draft_vocab` names
+                  the file of the N token ids (column i of the logits is token ids[i])
   classifier      sequence-classification artifacts (model.task "seq_cls") replace lm_head:
                   hidden_states -> logits [b, n, labels]; shadow_classifier likewise replaces
                   shadow_lm_head
@@ -41,6 +44,7 @@ GRAPH_LM_HEAD = "lm_head"
 GRAPH_SHADOW_LM_HEAD = "shadow_lm_head"
 GRAPH_CLASSIFIER = "classifier"  # sequence classification: label head of base_shadow
 GRAPH_SHADOW_CLASSIFIER = "shadow_classifier"  # label head of shadow_only, when it differs
+GRAPH_DRAFT_HEAD = "draft_head"  # speculative's draft head over a reduced vocabulary (manifest `draft_vocab`)
 CLASSIFIER_GRAPHS = (GRAPH_CLASSIFIER, GRAPH_SHADOW_CLASSIFIER)  # logits width: the labels, not the vocabulary
 
 INPUT_IDS, ATTENTION_MASK, POSITION_IDS = "input_ids", "attention_mask", "position_ids"
@@ -54,7 +58,7 @@ ROLES = (ROLE_SHADOW, ROLE_BACKBONE, ROLE_HEAD)
 KV_ROLES = (ROLE_SHADOW, ROLE_BACKBONE)
 GRAPH_ROLES = {GRAPH_SHADOW: ROLE_SHADOW, GRAPH_BACKBONE: ROLE_BACKBONE, GRAPH_BACKBONE_PLAIN: ROLE_BACKBONE,
                GRAPH_LM_HEAD: ROLE_HEAD, GRAPH_SHADOW_LM_HEAD: ROLE_HEAD, GRAPH_CLASSIFIER: ROLE_HEAD,
-               GRAPH_SHADOW_CLASSIFIER: ROLE_HEAD}
+               GRAPH_SHADOW_CLASSIFIER: ROLE_HEAD, GRAPH_DRAFT_HEAD: ROLE_HEAD}
 
 # Modes backed by a graph chain (manifest `modes`: mode -> role -> graph).
 MODE_SHADOW_ONLY = "shadow_only"  # the detached shadow and its head
@@ -164,9 +168,10 @@ class GraphContract:
 
 
 def graph_contract(name: str, hidden: int, vocab: int, kv_layers: int = 0, kv_heads: int = 0, head_dim: int = 0,
-                   attention: str = "", num_labels: int = 0, kv_dtype: str = KV_DTYPE) -> GraphContract:
-    """The contract of graph `name` for these dims (classifier graphs: `num_labels` logits); ValueError names
-    what does not fit."""
+                   attention: str = "", num_labels: int = 0, kv_dtype: str = KV_DTYPE, draft_vocab: int = 0,
+                   ) -> GraphContract:
+    """The contract of graph `name` for these dims (classifier graphs: `num_labels` logits; the draft head:
+    `draft_vocab` logits); ValueError names what does not fit."""
     role = GRAPH_ROLES.get(name)
     if role is None:
         raise ValueError(f"graph {name!r} is not one of {', '.join(GRAPH_ROLES)}")
@@ -175,7 +180,11 @@ def graph_contract(name: str, hidden: int, vocab: int, kv_layers: int = 0, kv_he
             raise ValueError(f"graph {name!r} is a head graph: it has no KV cache and no attention")
         if name in CLASSIFIER_GRAPHS and num_labels < 1:
             raise ValueError(f"graph {name!r} is a label head: it needs model.num_labels >= 1, got {num_labels}")
-        inputs, outputs = head_graph_io(hidden, num_labels if name in CLASSIFIER_GRAPHS else vocab)
+        if name == GRAPH_DRAFT_HEAD and not 1 <= draft_vocab <= vocab:
+            raise ValueError(f"graph {name!r} needs draft_vocab.size in [1, {vocab}] (model.vocab_size), "
+                             f"got {draft_vocab}")
+        width = num_labels if name in CLASSIFIER_GRAPHS else draft_vocab if name == GRAPH_DRAFT_HEAD else vocab
+        inputs, outputs = head_graph_io(hidden, width)
     else:
         if min(kv_layers, kv_heads, head_dim) < 1:
             raise ValueError(f"graph {name!r} needs kv_layers, kv_heads and head_dim >= 1, got "

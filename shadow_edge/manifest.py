@@ -19,6 +19,13 @@ from shadow_edge.target import ExecutionTarget
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "shadow-edge-artifact"
 FORMAT_VERSION = 2  # 2: graphs record their attention kind (1: every KV graph used GroupQueryAttention)
+# `draft_vocab` (optional; export --draft-vocab N): the speculative draft head's reduced vocabulary:
+#   size    N, the logits width of graph `draft_head`
+#   file    a JSON file of the artifact, {"token_ids": [N distinct ids in [0, vocab_size)]}, ascending;
+#           column i of draft_head's logits is token token_ids[i]
+#   source  where the ranking came from: a text file's name and sha256 (token counts), or the tokenizer's id order
+#   coverage  share of the counted text's tokens inside the N (null without a text file)
+DRAFT_VOCAB_FILE = "draft_vocab.json"
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -82,6 +89,7 @@ class Manifest:
     interop: dict = field(default_factory=dict)  # single-graph decoders and tool configs (export/interop.py)
     adapter_slots: dict = field(default_factory=dict)  # base artifacts (--as-base): see adapter_pack.py
     target: dict | None = None  # the execution target (target.py); None: written before it, the CPU target
+    draft_vocab: dict = field(default_factory=dict)  # export --draft-vocab: {size, file, source, ...}; see DRAFT_VOCAB
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
 
@@ -109,7 +117,7 @@ class Manifest:
         try:
             return graph_contract(name, self.model["hidden_size"], self.model["vocab_size"], entry.kv_layers,
                                   entry.kv_heads, entry.head_dim, entry.attention, self.model.get("num_labels", 0),
-                                  kv_dtype=self.execution_target.kv_dtype)
+                                  kv_dtype=self.execution_target.kv_dtype, draft_vocab=self.draft_vocab.get("size", 0))
         except (KeyError, TypeError, ValueError) as e:
             raise ArtifactError(f"{MANIFEST_NAME}: graph {name!r}: {e}; re-export the artifact") from None
 

@@ -11,8 +11,8 @@ A difference is one `ArtifactError` naming the field that disagrees (`graphs.bac
 from __future__ import annotations
 
 from shadow_edge.errors import ArtifactError
-from shadow_edge.io_spec import (GRAPH_ROLES, KV_ROLES, LOGITS, PAST, PRESENT, ROLE_BACKBONE, ROLE_HEAD, ROLE_SHADOW,
-                                 ROLES, SHADOW_HIDDEN, GraphContract, is_kv)
+from shadow_edge.io_spec import (GRAPH_DRAFT_HEAD, GRAPH_ROLES, KV_ROLES, LOGITS, PAST, PRESENT, ROLE_BACKBONE,
+                                 ROLE_HEAD, ROLE_SHADOW, ROLES, SHADOW_HIDDEN, GraphContract, is_kv)
 from shadow_edge.target import ExecutionTarget
 
 REDO = "re-export the artifact (or restore its original manifest.json)"
@@ -63,6 +63,7 @@ def _explain(path, manifest, name: str, kind: str, got, spec) -> None:
                       f"{table}, axis {axis} of {got.name} in its I/O table")
             if got.name == LOGITS and axis == len(got.shape) - 1:
                 field = "model.num_labels" if manifest.model.get("task") == "seq_cls" else "model.vocab_size"
+                field = "draft_vocab.size" if name == GRAPH_DRAFT_HEAD else field
                 _fail(path, field, spec.shape[axis], f"{table}, the logits width of graph {name!r}")
             if axis == len(got.shape) - 1:
                 raise ArtifactError(f"{path}: graph {name!r} {kind} {got.name} has width {table} in its I/O table "

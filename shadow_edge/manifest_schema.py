@@ -98,6 +98,7 @@ def check_manifest(raw: dict, path) -> None:
             c.fail(f"modes.{mode}", roles, "an object mapping roles (shadow, backbone, head) to graph names")
         for role in roles:
             c.get(roles, role, f"modes.{mode}", str, "a graph name")
+    _check_draft_vocab(c, raw, graphs, files)
 
 
 def check_file_table(raw: dict, path, redo: str) -> dict:
@@ -176,3 +177,19 @@ def _check_graph(c: _Checker, name: str, g, files: dict) -> None:
     for key in ("kv_layers", "kv_heads", "head_dim"):
         c.count(g, key, where, 0, optional=True)
     c.get(g, "attention", where, str, "an attention kind (empty for head graphs)", optional=True)
+
+
+def _check_draft_vocab(c: _Checker, raw: dict, graphs: dict, files: dict) -> None:
+    """`draft_vocab` (export --draft-vocab): {size, file, ...} with the id file listed in `files`, and graph
+    `draft_head` with it. (Its logits width is held to `size` by the contract; the ids by the runtime's reader.)"""
+    dv = c.get(raw, "draft_vocab", "", dict, "an object {size, file, source, coverage}", optional=True) or {}
+    if not dv:
+        if "draft_head" in graphs:
+            c.fail("draft_vocab", dv, "an object {size, file, source, coverage} for graph 'draft_head'")
+        return
+    c.count(dv, "size", "draft_vocab", 1)
+    name = c.relpath(c.get(dv, "file", "draft_vocab", str, "the token id file's name"), "draft_vocab.file")
+    if name not in files:
+        raise ArtifactError(f"{c.path}: draft_vocab.file {name} has no entry in `files`; re-export the artifact")
+    if "draft_head" not in graphs:
+        c.fail("graphs", sorted(graphs), "a graph 'draft_head' (the manifest has `draft_vocab`)")

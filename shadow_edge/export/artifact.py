@@ -25,6 +25,7 @@ from shadow_edge.core.gguf_reader import is_gguf
 from shadow_edge.core.model import ShadowModel
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.export.attention import choose_attention
+from shadow_edge.export.draft_vocab import DraftVocab, check_draft_head, draft_vocab, head_rows
 from shadow_edge.export.gguf_tokenizer import read_gguf_tokenizer_files
 from shadow_edge.export.graphs import Tensors, build_backbone, build_head, build_shadow
 from shadow_edge.export.interop import DETACHED_FILE, write_interop
@@ -43,6 +44,7 @@ from shadow_edge.manifest_schema import METHOD_FULL
 
 GRAPH_ORDER = [io_spec.GRAPH_SHADOW, io_spec.GRAPH_LM_HEAD, io_spec.GRAPH_SHADOW_LM_HEAD,  # owners of shared
                io_spec.GRAPH_CLASSIFIER, io_spec.GRAPH_SHADOW_CLASSIFIER,  # weights: the detached shadow first
+               io_spec.GRAPH_DRAFT_HEAD,
                io_spec.GRAPH_BACKBONE, io_spec.GRAPH_BACKBONE_PLAIN]
 
 
@@ -109,13 +111,15 @@ def quantized_spec(spec: ShadowModelSpec, options: ExportOptions) -> ShadowModel
 
 
 def build_graphs(spec: ShadowModelSpec, options: ExportOptions, progress: Callable[[str], None],
+                 draft: DraftVocab | None = None,
                  ) -> tuple[ShadowModelSpec, bool, WeightStore, dict[str, io_spec.GraphContract], list[GraphBuilder]]:
-    """Every graph of the artifact, in memory: (spec as quantized, whether quantized, weights, contracts, builders)."""
+    """Every graph of the artifact, in memory: (spec as quantized, whether quantized, weights, contracts, builders).
+    `draft`: the reduced draft vocabulary, whose `draft_head` reads those rows of the shadow's head."""
     quantized = options.quantize != "none"
     if quantized:  # each weight is quantized as the store writes it
         spec = quantized_spec(spec, options)  # spec: Dequantized weights
     store, names = WeightStore(), Tensors(options.target.accuracy_level)
-    contracts = graph_contracts(spec, options)
+    contracts = graph_contracts(spec, options, None if draft is None else len(draft.ids))
     builders: list[GraphBuilder] = []
     for name, c in contracts.items():
         progress(f"building graph: {name}" + (f" ({c.attention})" if c.kv_layers else ""))
@@ -123,6 +127,9 @@ def build_graphs(spec: ShadowModelSpec, options: ExportOptions, progress: Callab
             builders.append(build_shadow(spec, store, names, c))
         elif c.role == io_spec.ROLE_BACKBONE:
             builders.append(build_backbone(spec, store, names, c, adapter=name == io_spec.GRAPH_BACKBONE))
+        elif name == io_spec.GRAPH_DRAFT_HEAD:
+            builders.append(build_head(c, head_rows(spec.shadow_lm_head, draft.ids), "draft_head.weight", spec,
+                                       store, names))
         else:
             weight, bias, key = _heads(spec)[name]
             transform = _base_head_transform(spec) if name == io_spec.GRAPH_LM_HEAD else None
@@ -132,7 +139,17 @@ def build_graphs(spec: ShadowModelSpec, options: ExportOptions, progress: Callab
 
 def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options: ExportOptions,
            progress: Callable[[str], None], weight_bytes: int) -> Manifest:
-    spec, quantized, store, contracts, builders = build_graphs(spec, options, progress)
+    tokenizer.copy_to(tmp)
+    draft = None
+    if options.draft_vocab is not None:
+        if spec.classifier is not None:
+            raise ExportError("--draft-vocab is for causal language models (speculative decoding); this is a "
+                              "sequence classifier: leave the flag out")
+        progress(f"ranking the draft vocabulary ({options.draft_vocab_from or 'by token id'})")
+        draft = draft_vocab(options.draft_vocab, spec.vocab_size, tmp / "tokenizer.json", options.draft_vocab_from,
+                            tuple(tokenizer.section.get("eos_token_ids") or ()))
+        draft.write(tmp)
+    spec, quantized, store, contracts, builders = build_graphs(spec, options, progress, draft)
     making = f"read+quantize ({options.quantize})" if quantized else "read+convert"
     progress(f"writing weights (~{gb(weight_bytes)}; each tensor {making} as it is written)")
     slots = adapter_slots(builders, store) if options.as_base else {}
@@ -146,7 +163,6 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
     if slots:  # packs run these graphs with their weights constant (prepacked): runtime/pack_sessions.py
         slots["constant_graphs"] = write_constant_twins(builders, slots["params"], tmp)
     head_graphs = list(_heads(spec))
-    tokenizer.copy_to(tmp)
     modes = io_spec.mode_map(head_graphs[-1], options.plain_backbone, head_graphs[0])
     validation: dict = {"passed": None, "skipped": True}
     if options.validate:
@@ -165,6 +181,9 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
                                   "--block-size (16), or --quant-compute float32 (exact; ~2.5x slower at int4, "
                                   "far slower with int8 weights)") from None
             raise
+        if draft is not None:
+            validation["outputs"]["draft_head.logits"] = check_draft_head(tmp, runs, modes, draft.ids,
+                                                                          options.validation_atol)
         validation["memory"] = plan.to_dict()
         worst = max(r["max_abs_err"] for r in validation["outputs"].values())
         progress(f"validation passed (worst max |error| {worst:.2e})")
@@ -188,13 +207,16 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         interop=interop,
         adapter_slots=slots,
         target=options.target.to_dict(),
+        draft_vocab={} if draft is None else draft.section,
     )
     write_manifest(tmp, manifest)
     return manifest
 
 
-def graph_contracts(spec: ShadowModelSpec, options: ExportOptions) -> dict[str, io_spec.GraphContract]:
-    """The contract of every graph to build, in build order; each decoder's attention chosen for its head_dim."""
+def graph_contracts(spec: ShadowModelSpec, options: ExportOptions, draft_size: int | None = None,
+                    ) -> dict[str, io_spec.GraphContract]:
+    """The contract of every graph to build, in build order; each decoder's attention chosen for its head_dim
+    (`draft_size`: the draft head's vocabulary, when there is one)."""
     d, vocab = spec.hidden_size, spec.vocab_size
 
     def decoder(name: str, cfg) -> io_spec.GraphContract:
@@ -209,6 +231,9 @@ def graph_contracts(spec: ShadowModelSpec, options: ExportOptions) -> dict[str, 
     labels = 0 if spec.classifier is None else spec.classifier.num_labels
     for head in _heads(spec):  # a trained shadow head gets its own graph; else shadow_only reads the base's
         out[head] = io_spec.graph_contract(head, d, vocab, num_labels=labels)
+    if draft_size is not None:
+        out[io_spec.GRAPH_DRAFT_HEAD] = io_spec.graph_contract(io_spec.GRAPH_DRAFT_HEAD, d, vocab,
+                                                               draft_vocab=draft_size)
     return out
 
 

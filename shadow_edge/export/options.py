@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shadow_edge.errors import ExportError
+from shadow_edge.export.draft_vocab import check_draft_args
 from shadow_edge.io_spec import ATTENTION_AUTO, ATTENTION_KINDS
 from shadow_edge.target import QUANT_COMPUTE, ExecutionTarget, export_target
 
@@ -50,6 +51,8 @@ class ExportOptions:
     attention: str = ATTENTION_AUTO  # "auto": GroupQueryAttention where head_dim % 8 == 0, else ONNX Attention
     ort_format: bool = False  # also write the detached shadow in ONNX Runtime's ORT format (mobile; a weight copy)
     as_base: bool = False  # a base artifact: adapter weights overridable, adapter packs export against it
+    draft_vocab: int | None = None  # speculative's draft head keeps this many token rows (export/draft_vocab.py)
+    draft_vocab_from: str | None = None  # text (.txt or .jsonl) whose token counts rank them; None: by token id
 
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZATIONS:
@@ -80,6 +83,7 @@ class ExportOptions:
         if self.validation not in VALIDATION_METHODS:
             raise ExportError(f"--validation {self.validation!r} is not supported; choose one of "
                               f"{', '.join(VALIDATION_METHODS)}")
+        check_draft_args(self.draft_vocab, self.draft_vocab_from)
         if not self.atol > 0:
             raise ExportError(f"validation tolerance atol must be > 0, got {self.atol}")
 

@@ -76,7 +76,8 @@ class Scan:
 
 
 def scan(rt, ids: np.ndarray, spans: list[tuple[int, int, int]], k_max: int, progress=None) -> Scan:
-    """One k_max draft/verify round per scored position of `spans` ((begin, end, first), as in evaluate.windows)."""
+    """One k_max draft/verify round per scored position of `spans` ((begin, end, first), as in evaluate.windows),
+    drafting as speculative does (through the artifact's reduced draft vocabulary when it has one)."""
     greedy = Sampler(False)
     out = Scan([], [], [], [], [])
     for w, (begin, end, first) in enumerate(spans):

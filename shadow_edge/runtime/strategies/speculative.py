@@ -33,6 +33,7 @@ from shadow_edge.errors import InputError
 from shadow_edge.io_spec import ATTENTION_GQA, MODE_BASE_SHADOW, MODE_SHADOW_ONLY
 from shadow_edge.runtime.acceptance import AdaptiveDraft, accept_greedy, accept_sampled, draw
 from shadow_edge.runtime.decode_state import DecodeState
+from shadow_edge.runtime.draft_vocab import DraftHead, cost_ratio, draft_head
 from shadow_edge.runtime.generate import Pipeline
 from shadow_edge.runtime.inputs import as_int
 from shadow_edge.runtime.result import SpeculativeStats
@@ -50,7 +51,13 @@ class SpeculativeOptions:
         "help": "speculative: tokens the shadow drafts per verify pass (>= 1); default: adaptive (0..8, from the "
                 "running acceptance rate)", "type": int})
 
+    full_draft_vocab: bool = field(default=False, metadata={
+        "help": "speculative: draft over the shadow's whole vocabulary even when the artifact has a reduced draft "
+                "vocabulary (export --draft-vocab); same output, slower drafts", "type": bool})
+
     def __post_init__(self) -> None:
+        if not isinstance(self.full_draft_vocab, bool):
+            raise InputError(f"full_draft_vocab is {self.full_draft_vocab!r}; it must be true or false")
         if self.draft_tokens is not None:
             object.__setattr__(self, "draft_tokens", as_int(self.draft_tokens, "draft_tokens", 1,
                                                             " (or None for adaptive)"))
@@ -75,12 +82,12 @@ class Speculative(StepStrategy):
 
     def steps(self, rt, ids, mask, opts, sampler, eos_ids, want_logprobs, state, stats):
         b = ids.shape[0]
-        rounds = Rounds(rt, opts.adapter, b, ids.shape[1] + opts.max_new_tokens + ADAPTIVE_MAX + 1)
+        rounds = Rounds(rt, opts.adapter, b, ids.shape[1] + opts.max_new_tokens + ADAPTIVE_MAX + 1,
+                        draft_head(rt, opts.strategy.full_draft_vocab))
         rows_apart = b > 1 and rounds.state.pipe.backbone.entry.attention == ATTENTION_GQA
         policy = None
         if opts.strategy.draft_tokens is None:
-            m = rt.manifest
-            policy = AdaptiveDraft(m.mode_bytes(MODE_SHADOW_ONLY) / m.mode_bytes(MODE_BASE_SHADOW), ADAPTIVE_MAX)
+            policy = AdaptiveDraft(cost_ratio(rt.manifest, rounds.draft_head), ADAPTIVE_MAX)
         shape = (opts.temperature, opts.top_k, opts.top_p)
         totals = dict(rounds=0, drafted=0, accepted=0, draft_ms=0.0, verify_ms=0.0)
         lengths: list[int] = []
@@ -151,13 +158,14 @@ class Rounds:
     """The decode states of one speculative generation: `state` (base_shadow, with the prepacked verify head) and
     `drafter` (the shadow and the shadow's head), which shares `state`'s shadow cache."""
 
-    def __init__(self, rt, adapter: str | None, batch: int, capacity: int, draft_head=None):
-        """draft_head: the head session that proposes drafts (default: shadow_only's head)."""
+    def __init__(self, rt, adapter: str | None, batch: int, capacity: int, head: DraftHead | None = None):
+        """head: the draft head and its columns' token ids (default: `draft_vocab.draft_head(rt)`, the artifact's
+        reduced draft vocabulary if it has one, else shadow_only's head)."""
         pipe = rt.pipeline(MODE_BASE_SHADOW, adapter)
-        head = draft_head if draft_head is not None else rt.pipeline(MODE_SHADOW_ONLY).head
+        self.draft_head = head = head if head is not None else draft_head(rt)
         self.state = DecodeState(Pipeline(packed_head(rt, pipe), pipe.shadow, pipe.backbone, pipe.params), batch,
                                  capacity)
-        self.drafter = DecodeState(Pipeline(head, pipe.shadow, params=pipe.params), batch, capacity,
+        self.drafter = DecodeState(Pipeline(head.session, pipe.shadow, params=pipe.params), batch, capacity,
                                    caches=self.state.caches[:1])
 
 
@@ -166,30 +174,31 @@ def draft(rounds: Rounds, x: np.ndarray, k: int, sampler, shape: tuple,
     """k + 1 shadow steps from x [b] at the state's next positions; the draft head on the first k proposes d1..dk.
 
     Returns fed [b, k + 1] (x, d1..dk), their shadow_hidden_states [b, k + 1, d] and, when
-    sampling, the k shaped draft distributions [b, V]. The shadow cache advances by k + 1 (the
-    drafter's bound step: no per-step allocation).
-    confidence (greedy): a list that receives, per draft token, the shadow's probability of it [b].
+    sampling, the k shaped draft distributions [b, V] (zero outside a reduced draft vocabulary). The
+    shadow cache advances by k + 1 (the drafter's bound step: no per-step allocation).
+    confidence (greedy): a list that receives, per draft token, the draft head's probability of it [b].
     """
-    drafter = rounds.drafter
+    drafter, head = rounds.drafter, rounds.draft_head
     drafter.follow(rounds.state)
     b = x.shape[0]
     fed = np.empty((b, k + 1), dtype=np.int64)
     fed[:, 0] = x
     hidden, q = None, []  # [b, k + 1, d]; k of [b, V]
     for j in range(k + 1):
-        q_logits = drafter.step(fed[:, j], head=j < k)  # [b, V] or None
+        q_logits = drafter.step(fed[:, j], head=j < k)  # [b, V or N] or None
         s = drafter.stack_output(0)  # [b, 1, d]
         if hidden is None:
             hidden = np.empty((b, k + 1, s.shape[-1]), np.float32)
         hidden[:, j] = s[:, 0]
         if j < k:
             if sampler.greedy:
-                fed[:, j + 1] = np.argmax(q_logits, axis=-1)
+                fed[:, j + 1] = head.tokens(np.argmax(q_logits, axis=-1))
                 if confidence is not None:  # max softmax probability: 1 / sum(exp(l - max l))
                     confidence.append(1.0 / np.exp(q_logits - q_logits.max(-1, keepdims=True)).sum(-1))
             else:
-                q.append(shaped_probs(q_logits, *shape))
-                fed[:, j + 1] = [draw(q[-1][r], sampler.rng) for r in range(b)]
+                probs = shaped_probs(q_logits, *shape)  # [b, V or N]
+                fed[:, j + 1] = head.tokens(np.array([draw(probs[r], sampler.rng) for r in range(b)]))
+                q.append(head.full(probs))
     return fed, hidden, q
 
 

@@ -1,0 +1,145 @@
+"""Reduced draft vocabulary (export --draft-vocab N, FR-Spec): acceptance lost against draft cost saved, per N.
+
+    python benchmarks/draft_vocab.py --artifact ART_2048 --artifact ART_8192 ... [--k 1 --k adaptive]
+        [--new-tokens 64] [--reps 3] [--threads 2] [--out results.json]
+
+Every artifact is the same pair exported with a different --draft-vocab N (their other graphs are identical). In one
+process, per repetition and chat prompt (in-domain definitions whose words are not in the demo pair's held-out file,
+and off-domain requests), greedy, eos ignored: base_shadow, then speculative over the full vocabulary
+(`full_draft_vocab`, on the first artifact), then speculative with each artifact's reduced head, for each --k; the
+artifact order rotates per repetition. Reported (medians over repetitions and prompts): decode tok/s over base_shadow's
+of the same repetition and prompt, acceptance rate, whether the tokens equal base_shadow's, and the cost of a round:
+draft ms per drafted token, verify ms per pass, the rest (Python: acceptance, masks, feeds). Also the draft head alone:
+one position through the full head vs the reduced one (median µs over 200 calls, interleaved).
+Human table on stderr, JSON with --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from shadow_edge.runtime import ShadowRuntime  # noqa: E402
+from shadow_edge.runtime.draft_vocab import draft_head  # noqa: E402
+from shadow_edge.runtime.session import ov  # noqa: E402
+
+PROMPTS = {  # in-domain: the demo adapter's task on words absent from its held-out file; off-domain: anything else
+    "in": ['Define the word "lantern".', 'What is the meaning of the word "harbor"?',
+           'What is the meaning of the word "orchard"?', 'Define the word "glacier".'],
+    "off": ["Write a short poem about the sea.", "Explain how a bicycle works."],
+}
+
+
+def say(message: str) -> None:
+    print(f"[draft-vocab] {message}", file=sys.stderr, flush=True)
+
+
+def decode_tok_s(result) -> float:
+    t = result.timings.decode_ms_per_token
+    return 1e3 * len(t) / sum(t)
+
+
+def head_us(rt: ShadowRuntime, full: bool, calls: int = 200) -> list[float]:
+    head = draft_head(rt, full_vocab=full).session
+    d = int(rt.manifest.model["hidden_size"])
+    x = {head.input_names[0]: ov(np.random.default_rng(0).standard_normal((1, 1, d)).astype(np.float32))}
+    for _ in range(10):
+        head.run(x)
+    out = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        head.run(x)
+        out.append((time.perf_counter() - t0) * 1e6)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--artifact", type=Path, action="append", required=True)
+    p.add_argument("--k", action="append", help="draft tokens per round: an integer or `adaptive` (default 1, adaptive)")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    ks = [None if k == "adaptive" else int(k) for k in (args.k or ["1", "adaptive"])]
+    label = lambda k: "adaptive" if k is None else f"k={k}"  # noqa: E731
+    rts = {}
+    for art in args.artifact:
+        rt = ShadowRuntime.load(art, threads=args.threads, verify=False)
+        n = rt.manifest.draft_vocab.get("size")
+        if n is None:
+            raise SystemExit(f"error: {art} has no draft vocabulary; export it with --draft-vocab N")
+        rts[f"N={n}"] = rt
+        say(f"loaded {art} (N={n}, coverage {rt.manifest.draft_vocab.get('coverage')})")
+    first = next(iter(rts.values()))
+    vocab = first.vocab_size
+    prompts = [(dom, first.codec.encode(first.chat_text([{"role": "user", "content": text}])))
+               for dom, texts in PROMPTS.items() for text in texts]
+    for rt in rts.values():  # warm-up
+        rt.generate(prompts[0][1], mode="speculative", max_new_tokens=4, eos=(), draft_tokens=1)
+        rt.generate(prompts[0][1], mode="base_shadow", max_new_tokens=4, eos=())
+    heads = {f"N={vocab} (full)": [], **{name: [] for name in rts}}
+    for _ in range(3):  # head alone, interleaved
+        heads[f"N={vocab} (full)"] += head_us(first, True)
+        for name, rt in rts.items():
+            heads[name] += head_us(rt, False)
+    for name, us in heads.items():
+        say(f"draft head alone, {name}: {statistics.median(us):.0f} us per position")
+    runs: list[dict] = []
+    setups = [("full", first, True)] + [(name, rt, False) for name, rt in rts.items()]
+    for rep in range(args.reps):
+        order = setups[rep % len(setups):] + setups[:rep % len(setups)]
+        for dom, ids in prompts:
+            base = first.generate(ids, mode="base_shadow", max_new_tokens=args.new_tokens, eos=())
+            base_tok_s = decode_tok_s(base)
+            for name, rt, full in order:
+                for k in ks:
+                    out = rt.generate(ids, mode="speculative", max_new_tokens=args.new_tokens, eos=(), draft_tokens=k,
+                                      full_draft_vocab=full)
+                    s, t = out.speculative, out.timings
+                    ms = sum(t.decode_ms_per_token)
+                    runs.append({"draft_vocab": name, "k": label(k), "domain": dom, "rep": rep,
+                                 "speedup": decode_tok_s(out) / base_tok_s, "tok_s": decode_tok_s(out),
+                                 "base_tok_s": base_tok_s, "identical": out.token_ids == base.token_ids,
+                                 "acceptance": s.acceptance_rate, "rounds": s.rounds, "drafted": s.drafted,
+                                 "draft_ms_per_token": s.draft_ms / max(s.drafted + s.rounds, 1),
+                                 "verify_ms_per_round": s.verify_ms / max(s.rounds, 1),
+                                 "other_ms_per_round": (ms - s.draft_ms - s.verify_ms) / max(s.rounds, 1),
+                                 "mean_k": float(np.mean(s.draft_lengths)) if s.draft_lengths else 0.0})
+        say(f"rep {rep + 1}/{args.reps} done")
+    rows = []
+    for name, _, _ in setups:
+        for k in ks:
+            for dom in ("all", *PROMPTS):
+                rs = [r for r in runs if r["draft_vocab"] == name and r["k"] == label(k) and dom in ("all", r["domain"])]
+                med = {key: statistics.median(r[key] for r in rs) for key in
+                       ("speedup", "tok_s", "base_tok_s", "acceptance", "draft_ms_per_token", "verify_ms_per_round",
+                        "other_ms_per_round", "mean_k")}
+                rows.append({"draft_vocab": name, "k": label(k), "domain": dom,
+                             "identical": all(r["identical"] for r in rs), **med})
+    print(f"| draft vocab | k | prompts | speculative / base_shadow | tok/s | acceptance | identical | draft ms/step "
+          f"| verify ms/round | other ms/round | mean k |", file=sys.stderr)
+    print("|---|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
+    for r in rows:
+        print(f"| {r['draft_vocab']} | {r['k']} | {r['domain']} | {r['speedup']:.3f}x | {r['tok_s']:.1f} | "
+              f"{r['acceptance']:.3f} | {r['identical']} | {r['draft_ms_per_token']:.2f} | "
+              f"{r['verify_ms_per_round']:.2f} | {r['other_ms_per_round']:.2f} | {r['mean_k']:.2f} |", file=sys.stderr)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"heads_us": {k: statistics.median(v) for k, v in heads.items()},
+                                        "rows": rows, "runs": runs}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

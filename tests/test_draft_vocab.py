@@ -1,0 +1,215 @@
+"""The reduced draft vocabulary (export --draft-vocab N, FR-Spec): speculative's greedy output never changes, the
+manifest records N and the ids, the draft head equals the full head's columns, bad flags are one clear error."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from factories import CASE_NAMES
+from runtime_fixtures import copy_artifact
+from speculative_fixtures import agreeing_rt  # noqa: F401  (fixture)
+from shadow_edge.cli import main
+from shadow_edge.errors import ArtifactError, ExportError
+from shadow_edge.export import ExportOptions, export_artifact
+from shadow_edge.manifest import read_manifest
+from shadow_edge.runtime import ShadowRuntime
+from shadow_edge.runtime.acceptance import accept_sampled
+from shadow_edge.runtime.draft_vocab import DraftHead, draft_head
+
+BATCH = [[5, 6, 7, 8, 9], [11], [3, 1, 4, 1]]  # left-padded to 5 columns
+_ARTS: dict[tuple, Path] = {}
+_RTS: dict[tuple, ShadowRuntime] = {}
+
+
+def _export(key, base, adapter, root: Path, shadow_model=None, validate=False, **options) -> Path:
+    if key not in _ARTS:
+        out = root / f"draft_{'_'.join(map(str, key))}"
+        export_artifact(base, adapter, out, shadow_model=shadow_model, progress=lambda m: None,
+                        options=ExportOptions(validate=validate, **options))
+        _ARTS[key] = out
+    return _ARTS[key]
+
+
+def _rt(key, art: Path) -> ShadowRuntime:
+    if key not in _RTS:
+        _RTS[key] = ShadowRuntime.load(art, threads=1)
+    return _RTS[key]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("draft_vocab")
+
+
+def _vocab(case_or_dir) -> int:
+    return json.loads((Path(case_or_dir) / "config.json").read_text())["vocab_size"]
+
+
+@pytest.mark.parametrize("name", CASE_NAMES)
+def test_greedy_output_never_changes_on_every_case(cases, root, name):
+    """Every test model, a draft vocabulary of an eighth of the tokens: k 1 / 4 / adaptive, one row and a batch."""
+    case = cases(name)
+    n = max(_vocab(case.base_dir) // 8, 1)
+    key = (name, n)
+    rt = _rt(key, _export(key, case.base_dir, case.adapter_dir, root, case.shadow_model_dir, draft_vocab=n))
+    head = draft_head(rt)
+    assert head.session.name == "draft_head" and len(head.ids) == n
+    for prompt in (BATCH[0], BATCH):
+        base = rt.generate(prompt, mode="base_shadow", max_new_tokens=10, eos=[])
+        for k in (1, 4, None):
+            spec = rt.generate(prompt, mode="speculative", max_new_tokens=10, draft_tokens=k, eos=[])
+            assert spec.token_ids == base.token_ids, (name, prompt, k)
+            full = rt.generate(prompt, mode="speculative", max_new_tokens=10, draft_tokens=k, eos=[],
+                               full_draft_vocab=True)
+            assert full.token_ids == base.token_ids, (name, prompt, k, "full")
+
+
+@pytest.fixture(scope="module")
+def agreeing_reduced(agreeing_rt, root):
+    """The agreeing tiny model (drafts both accepted and rejected) with the lower half of its ids as the draft
+    vocabulary: some of base_shadow's tokens lie outside it."""
+    src = agreeing_rt.art_dir.parent
+    n = agreeing_rt.vocab_size // 2
+    key = ("agreeing", n)
+    return _rt(key, _export(key, src / "base", src / "adapter", root, draft_vocab=n))
+
+
+@pytest.mark.parametrize("k", (1, 4, None))
+def test_greedy_output_never_changes_when_drafts_are_accepted(agreeing_reduced, k):
+    rt = agreeing_reduced
+    ids = set(draft_head(rt).ids.tolist())
+    outside = 0
+    for prompt in (BATCH[0], BATCH):
+        base = rt.generate(prompt, mode="base_shadow", max_new_tokens=40, eos=[])
+        spec = rt.generate(prompt, mode="speculative", max_new_tokens=40, draft_tokens=k, eos=[])
+        assert spec.token_ids == base.token_ids
+        s = spec.speculative
+        assert 0 < s.accepted < s.drafted, "the case must exercise both acceptance and rejection"
+        rows = base.token_ids if isinstance(base.token_ids[0], list) else [base.token_ids]
+        outside += sum(t not in ids for row in rows for t in row)
+    assert outside > 0, "some of base_shadow's tokens must lie outside the draft vocabulary"
+
+
+def test_drafts_come_from_the_draft_vocabulary_and_sampling_stays_reproducible(agreeing_reduced):
+    from shadow_edge.io_spec import MODE_BASE_SHADOW
+    from shadow_edge.runtime.generate import prefill
+    from shadow_edge.runtime.sampling import Sampler
+    from shadow_edge.runtime.strategies.speculative import draft
+
+    rt = agreeing_reduced
+    head = draft_head(rt)
+    pipe = rt.pipeline(MODE_BASE_SHADOW)
+    ids = np.array([BATCH[0]], np.int64)
+    mask = np.ones_like(ids)
+    for greedy in (True, False):
+        _, (s_cache, _), pos = prefill(pipe, ids, mask, capacity=16)
+        fed, hidden, q = draft(pipe, head, s_cache, mask, pos, np.array([3]), 6, Sampler(not greedy, seed=1),
+                               (1.0, 0, 1.0))
+        assert np.isin(fed[0, 1:], head.ids).all() and hidden.shape[:2] == (1, 7)
+        if not greedy:
+            assert len(q) == 6 and all(qj.shape == (1, rt.vocab_size) for qj in q)
+            outside = np.setdiff1d(np.arange(rt.vocab_size), head.ids)
+            assert all(float(qj[0, outside].sum()) == 0.0 and abs(float(qj.sum()) - 1) < 1e-5 for qj in q)
+    a, b = (rt.generate(BATCH, mode="speculative", max_new_tokens=12, do_sample=True, seed=7, draft_tokens=3,
+                        eos=[]) for _ in range(2))
+    assert a.token_ids == b.token_ids
+
+
+def test_acceptance_rule_is_exact_with_a_draft_distribution_zero_outside_the_draft_vocabulary():
+    """Sampled drafts from a reduced vocabulary: the first emitted token is still distributed as p (chi-square)."""
+    from test_speculative import _chi2_p_value
+
+    rng = np.random.default_rng(0)
+    p = np.array([[0.4, 0.3, 0.2, 0.1, 0.0], [0.2] * 5])  # [k + 1, V]; token 3 lies outside the draft vocabulary
+    head = DraftHead(None, np.array([0, 2, 4]), 5)
+    q = head.full(np.array([[0.2, 0.5, 0.3]]))  # [1, V]: zero on tokens 1 and 3
+    assert q.tolist() == [[0.2, 0.0, 0.5, 0.0, 0.3]]
+    n, counts = 20000, np.zeros(5)
+    for _ in range(n):
+        d = np.array([head.tokens(np.array([rng.choice(3, p=[0.2, 0.5, 0.3])]))[0]])
+        accepted, nxt = accept_sampled(d, p, q, rng)
+        counts[d[0] if accepted else nxt] += 1
+    assert counts[4] == 0 and counts[3] > 0  # a token outside the draft vocabulary still comes (as a correction)
+    assert _chi2_p_value(counts[:4], n * p[0, :4]) > 1e-6
+
+
+def test_manifest_records_n_and_the_ids_ranked_by_a_text(tiny_default, root):
+    from tokenizers import Tokenizer
+
+    text = root / "freq.jsonl"
+    rows = [{"messages": [{"role": "user", "content": "the river"}, {"role": "assistant", "content": w}]}
+            for w in ("the sea the sea", "a river runs", "the sea")]
+    text.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    art = _export(("tiny_text", 12), tiny_default.base_dir, tiny_default.adapter_dir, root, validate=True,
+                  draft_vocab=12, draft_vocab_from=str(text))
+    m = read_manifest(art)
+    dv = m.draft_vocab
+    assert dv["size"] == 12 and dv["file"] == "draft_vocab.json" and dv["file"] in m.files
+    assert dv["source"]["kind"] == "text" and dv["source"]["file"] == "freq.jsonl"
+    ids = json.loads((art / dv["file"]).read_text())["token_ids"]
+    tok = Tokenizer.from_file(str(art / "tokenizer.json"))
+    counted = Counter(t for r in rows for msg in r["messages"] for s in msg.values()
+                      for t in tok.encode(s, add_special_tokens=False).ids)
+    eos = set(m.tokenizer["eos_token_ids"])
+    ranked = [t for t in sorted(counted, key=lambda t: (-counted[t], t)) if t not in eos]
+    assert ids == sorted(eos | set(ranked[:12 - len(eos)]))  # the eos ids, then the most frequent (ties: lower id)
+    assert dv["source"]["tokens"] == sum(counted.values())
+    assert dv["coverage"] == round(sum(counted[t] for t in ids) / sum(counted.values()), 6) < 1.0
+    assert m.graphs["draft_head"].outputs[0].shape[-1] == 12
+    report = m.validation["outputs"]["draft_head.logits"]
+    assert report["max_abs_err"] <= report["allowed"]
+    # ranking by token id (no text): the lowest ids, the eos ids kept
+    by_id = _export(("tiny_id", 12), tiny_default.base_dir, tiny_default.adapter_dir, root, draft_vocab=12)
+    m = read_manifest(by_id)
+    ids = json.loads((by_id / "draft_vocab.json").read_text())["token_ids"]
+    eos = set(m.tokenizer["eos_token_ids"])
+    assert m.draft_vocab["source"] == {"kind": "token_id_order"} and m.draft_vocab["coverage"] is None
+    rest = [t for t in range(12 + len(eos)) if t not in eos][:12 - len(eos)]
+    assert ids == sorted(eos | set(rest))
+
+
+@pytest.mark.parametrize("flags, expect", [
+    (["--draft-vocab", "0"], "--draft-vocab 0 must be a whole number of tokens >= 1"),
+    (["--draft-vocab", "abc"], "--draft-vocab 'abc' must be a whole number of tokens >= 1"),
+    (["--draft-vocab", "1.5"], "--draft-vocab '1.5' must be a whole number"),
+    (["--draft-vocab", "99999999"], "--draft-vocab 99999999 is more than the model's vocabulary"),
+    (["--draft-vocab", "8", "--draft-vocab-from", "{missing}"], "no such file"),
+    (["--draft-vocab-from", "{text}"], "needs --draft-vocab N"),
+])
+def test_bad_draft_vocab_is_one_clear_error(tiny_default, tmp_path, capsys, flags, expect):
+    text = tmp_path / "t.txt"
+    text.write_text("the sea\n", encoding="utf-8")
+    out = tmp_path / "art"
+    argv = ["export", "--base", str(tiny_default.base_dir), "--adapter", str(tiny_default.adapter_dir),
+            "--out", str(out), "--no-validate"] + [f.format(missing=tmp_path / "nope.txt", text=text) for f in flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert expect in err, err
+    assert not out.exists(), "no half-written artifact"
+    with pytest.raises(ExportError, match="must be a whole number"):
+        ExportOptions(draft_vocab=True)
+
+
+def test_a_tampered_draft_vocabulary_is_refused(tiny_default, root, tmp_path):
+    art = _export(("tiny_id", 12), tiny_default.base_dir, tiny_default.adapter_dir, root, draft_vocab=12)
+    bad = copy_artifact(art, tmp_path / "ids")
+    (bad / "draft_vocab.json").write_text(json.dumps({"token_ids": list(range(11)) + [10]}))
+    rt = ShadowRuntime.load(bad, threads=1, verify=False)
+    with pytest.raises(ArtifactError, match="distinct ascending ids"):
+        rt.generate([1, 2], mode="speculative", max_new_tokens=3)
+    size = copy_artifact(art, tmp_path / "size")
+    manifest = json.loads((size / "manifest.json").read_text())
+    manifest["draft_vocab"]["size"] = 13
+    (size / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="draft_vocab.size"):
+        ShadowRuntime.load(size, threads=1, verify=False)
+    del manifest["draft_vocab"]
+    (size / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="field `draft_vocab`"):
+        ShadowRuntime.load(size, threads=1, verify=False)
