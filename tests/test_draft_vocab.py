@@ -96,24 +96,19 @@ def test_greedy_output_never_changes_when_drafts_are_accepted(agreeing_reduced, 
 
 
 def test_drafts_come_from_the_draft_vocabulary_and_sampling_stays_reproducible(agreeing_reduced):
-    from shadow_edge.io_spec import MODE_BASE_SHADOW
-    from shadow_edge.runtime.generate import prefill
     from shadow_edge.runtime.sampling import Sampler
-    from shadow_edge.runtime.strategies.speculative import draft
+    from shadow_edge.runtime.strategies.speculative import Rounds, draft
 
     rt = agreeing_reduced
-    head = draft_head(rt)
-    pipe = rt.pipeline(MODE_BASE_SHADOW)
-    ids = np.array([BATCH[0]], np.int64)
-    mask = np.ones_like(ids)
     for greedy in (True, False):
-        _, (s_cache, _), pos = prefill(pipe, ids, mask, capacity=16)
-        fed, hidden, q = draft(pipe, head, s_cache, mask, pos, np.array([3]), 6, Sampler(not greedy, seed=1),
-                               (1.0, 0, 1.0))
-        assert np.isin(fed[0, 1:], head.ids).all() and hidden.shape[:2] == (1, 7)
+        rounds = Rounds(rt, None, 1, 16)
+        assert rounds.draft_head.session.name == "draft_head"
+        rounds.state.prefill(np.array([BATCH[0]], np.int64))
+        fed, hidden, q = draft(rounds, np.array([3]), 6, Sampler(not greedy, seed=1), (1.0, 0, 1.0))
+        assert np.isin(fed[0, 1:], rounds.draft_head.ids).all() and hidden.shape[:2] == (1, 7)
         if not greedy:
             assert len(q) == 6 and all(qj.shape == (1, rt.vocab_size) for qj in q)
-            outside = np.setdiff1d(np.arange(rt.vocab_size), head.ids)
+            outside = np.setdiff1d(np.arange(rt.vocab_size), rounds.draft_head.ids)
             assert all(float(qj[0, outside].sum()) == 0.0 and abs(float(qj.sum()) - 1) < 1e-5 for qj in q)
     a, b = (rt.generate(BATCH, mode="speculative", max_new_tokens=12, do_sample=True, seed=7, draft_tokens=3,
                         eos=[]) for _ in range(2))

@@ -177,6 +177,12 @@ def write_output(flag: str, path: Path, write) -> None:
         raise InputError(f"{flag} {path}: writing it failed ({e.strerror or e}); choose another path") from None
 
 
+def given_strategy(args) -> dict:
+    from shadow_edge.commands.strategy_flags import given
+
+    return given(args)
+
+
 def eval_draft_tokens(args) -> int:
     """K of the speculative section: speculative's own `draft_tokens` option (checked by its Options), or the
     adaptive policy's maximum when it is left out."""
@@ -194,7 +200,8 @@ def run_eval(args) -> int:
 
     options = EvalOptions(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()) if args.modes
                           else None, max_tokens=args.max_tokens, window=args.window, stride=args.stride,
-                          batch=args.batch, prompts=args.prompts, draft_tokens=eval_draft_tokens(args))
+                          batch=args.batch, prompts=args.prompts, draft_tokens=eval_draft_tokens(args),
+                          full_draft_vocab=bool(given_strategy(args).get("full_draft_vocab", False)))
     outs = {flag: writable(flag, out) for flag, out in (("--json", args.json), ("--plot", args.plot)) if out}
     if args.plot:
         _pyplot()

@@ -65,6 +65,8 @@ class EvalOptions:
         "help": "cascade curve: confidence thresholds swept"})
     draft_tokens: int = field(default=8, metadata={
         "help": "speculative: tokens drafted per position (k_max); acceptance is reported for every k up to it"})
+    full_draft_vocab: bool = field(default=False, metadata={
+        "help": "speculative: draft over the whole vocabulary even when the artifact has a reduced draft vocabulary"})
 
     def __post_init__(self) -> None:
         for name in ("max_tokens", "window", "stride"):
@@ -276,7 +278,7 @@ def evaluate(rt, text, options: EvalOptions = EvalOptions(), compare=None,
     agreement = agree / agree_n if agree_n else None
     speculative = None
     if SPECULATIVE in modes:
-        result = scan(rt, ids.astype(np.int64), spans, options.draft_tokens,
+        result = scan(rt, ids.astype(np.int64), spans, options.draft_tokens, full_draft_vocab=options.full_draft_vocab,
                       progress=(lambda w: progress(done + w, total)) if progress else None)
         done += len(spans)
         accs[SPECULATIVE], gap = _Acc(), 0.0

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shadow_edge.runtime.acceptance import accept_greedy
+from shadow_edge.runtime.draft_vocab import draft_head
 from shadow_edge.runtime.sampling import Sampler
 from shadow_edge.runtime.strategies.speculative import Rounds, draft, verify
 
@@ -75,14 +76,16 @@ class Scan:
     verdict: list[bool]  # whether that token was accepted
 
 
-def scan(rt, ids: np.ndarray, spans: list[tuple[int, int, int]], k_max: int, progress=None) -> Scan:
+def scan(rt, ids: np.ndarray, spans: list[tuple[int, int, int]], k_max: int, progress=None,
+         full_draft_vocab: bool = False) -> Scan:
     """One k_max draft/verify round per scored position of `spans` ((begin, end, first), as in evaluate.windows),
-    drafting as speculative does (through the artifact's reduced draft vocabulary when it has one)."""
+    drafting as speculative does (through the artifact's reduced draft vocabulary when it has one, unless
+    `full_draft_vocab`)."""
     greedy = Sampler(False)
     out = Scan([], [], [], [], [])
     for w, (begin, end, first) in enumerate(spans):
         context = ids[None, begin:first]  # [1, c]
-        rounds = Rounds(rt, None, 1, end - begin + k_max + 1)
+        rounds = Rounds(rt, None, 1, end - begin + k_max + 1, draft_head(rt, full_draft_vocab))
         logits = rounds.state.prefill(context)
         rows = [logits[0]]  # predicts ids[first]
         for s in range(first, end - 1):
