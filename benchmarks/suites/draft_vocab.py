@@ -1,6 +1,6 @@
 """Reduced draft vocabulary (export --draft-vocab N, FR-Spec): acceptance lost against draft cost saved, per N.
 
-    python benchmarks/draft_vocab.py --artifact ART_2048 --artifact ART_8192 ... [--k 1 --k adaptive]
+    python -m benchmarks.suites.draft_vocab --artifact ART_2048 --artifact ART_8192 ... [--k 1 --k adaptive]
         [--new-tokens 64] [--reps 3] [--threads 2] [--out results.json]
 
 Every artifact is the same pair exported with a different --draft-vocab N (their other graphs are identical). In one
@@ -25,12 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from shadow_edge.runtime import ShadowRuntime  # noqa: E402
-from shadow_edge.runtime.draft_vocab import draft_head  # noqa: E402
-from shadow_edge.runtime.session import ov  # noqa: E402
+from shadow_edge.runtime import ShadowRuntime
+from shadow_edge.runtime.draft_vocab import draft_head
+from shadow_edge.runtime.session import ov
 
 PROMPTS = {  # in-domain: the demo adapter's task on words absent from its held-out file; off-domain: anything else
     "in": ['Define the word "lantern".', 'What is the meaning of the word "harbor"?',

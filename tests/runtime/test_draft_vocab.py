@@ -117,7 +117,7 @@ def test_drafts_come_from_the_draft_vocabulary_and_sampling_stays_reproducible(a
 
 def test_acceptance_rule_is_exact_with_a_draft_distribution_zero_outside_the_draft_vocabulary():
     """Sampled drafts from a reduced vocabulary: the first emitted token is still distributed as p (chi-square)."""
-    from test_speculative import _chi2_p_value
+    from tests.runtime.test_speculative import _chi2_p_value
 
     rng = np.random.default_rng(0)
     p = np.array([[0.4, 0.3, 0.2, 0.1, 0.0], [0.2] * 5])  # [k + 1, V]; token 3 lies outside the draft vocabulary
