@@ -179,13 +179,30 @@ class ShadowRuntime:
         """The merged single-session step graph of a mode (shadow + backbone + head + ArgMax: `step_combined.onnx`),
         or None where the artifact has none (older exports, explicit shadows whose KV shapes differ) or this
         runtime steps the split graphs (`decode_step="split"`)."""
-        entry = (self.manifest.interop.get("step") or {}).get(mode)
-        if entry is None or self.decode_step == "split":
+        if self.decode_step == "split":
             return None
+        try:
+            entry = (self.manifest.interop.get("step") or {}).get(mode)
+            graph = None if entry is None else GraphEntry.from_dict(entry["graph"])
+            if graph is not None and not (isinstance(graph.file, str) and isinstance(graph.kv_layers, int)):
+                raise TypeError("file or kv_layers has the wrong type")
+        except Exception as e:  # a hand-edited manifest: one clear error, not a traceback
+            raise ArtifactError(f"{self.art_dir / 'manifest.json'}: interop.step.{mode} (the merged decode step "
+                                f"graph) is malformed ({type(e).__name__}: {e}); re-export the artifact, or load it "
+                                "with decode_step='split'") from None
+        if graph is None:
+            return None
+        stacks = self.pipeline(mode).stacks
+        layers = sum(g.entry.kv_layers for g in stacks)
+        shapes = {(g.entry.kv_heads, g.entry.head_dim) for g in stacks}
+        if graph.kv_layers != layers or shapes != {(graph.kv_heads, graph.head_dim)}:
+            raise ArtifactError(f"{self.art_dir / 'manifest.json'}: interop.step.{mode} has {graph.kv_layers} KV "
+                                f"layers of {graph.kv_heads} heads x {graph.head_dim}; the mode's graphs have "
+                                f"{layers} of {sorted(shapes)}; re-export the artifact, or load it with "
+                                "decode_step='split'")
         key = f"step:{mode}"
         with self._lock:
             if key not in self._graphs:
-                graph = GraphEntry.from_dict(entry["graph"])
                 with artifact_lock.shared(self.art_dir):
                     self._graphs[key] = GraphSession(key, graph, self.art_dir, self.providers, self.threads,
                                                      prepack=prepack_weights(graph, self.manifest.quantization))
