@@ -137,6 +137,7 @@ def test_weight_bytes_match_onnx(artifact_of, name):
     assert weight_bytes_per_token(art, manifest, "shadow_only") < weight_bytes_per_token(art, manifest, "base_shadow")
 
 
+@pytest.mark.slow
 def test_compare_tiny_preset(tmp_path):
     out, md = tmp_path / "out", tmp_path / "RESULTS.md"
     md.write_text("# results\n\nhand-written text stays\n")

@@ -40,6 +40,7 @@ def demo_run(tmp_path_factory):
     return proc.stdout, proc.stderr, cache
 
 
+@pytest.mark.slow
 def test_demo_answers_in_every_mode(demo_run):
     out, err, cache = demo_run
     assert "exporting" in err and out.count("artifact: ") == 2
@@ -51,12 +52,14 @@ def test_demo_answers_in_every_mode(demo_run):
     assert "lantern" in out.lower() and "tok/s" in out
 
 
+@pytest.mark.slow
 def test_demo_reuses_its_artifacts(demo_run, capsys):
     _, _, cache = demo_run
     assert main(["demo", "--cache-dir", str(cache), "--max-new-tokens", "3", "--threads", "1"]) == 0
     assert "exporting" not in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_adapter_learned_its_task_on_heldout_chats(demo_run):
     from shadow_edge.runtime import ShadowRuntime
     from shadow_edge.runtime.chat_eval import evaluate_chats
@@ -70,6 +73,7 @@ def test_adapter_learned_its_task_on_heldout_chats(demo_run):
     assert report.agreement > 0.3
 
 
+@pytest.mark.slow
 def test_recipe_scripts_run_a_few_steps(tmp_path):
     base = make_base_model("llama", 3, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                            vocab_size=VOCAB_SIZE, tie_word_embeddings=True)

@@ -22,6 +22,33 @@ def _result(groups):
             "command": "python -m benchmarks.suites.precision_table", "groups": groups}
 
 
+def _tables(text: str) -> list[dict[tuple[str, str], list[str]]]:
+    """Every markdown table of `text`: (first cell, second cell) -> the other cells, header and rule rows left out."""
+    tables, rows = [], None
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if rows is None:
+                rows = {}  # the header row
+            elif not set(line) <= set("|-: "):
+                rows[cells[0], cells[1]] = cells[2:]
+        elif rows is not None:
+            tables.append(rows)
+            rows = None
+    return tables
+
+
+def _table(text: str, header: str) -> dict[tuple[str, str], list[str]]:
+    """The rows of the one table whose header row starts with `header`."""
+    starts = [i for i, line in enumerate(text.splitlines()) if line.startswith(header)]
+    assert len(starts) == 1, (header, starts)
+    return _tables("\n".join(text.splitlines()[starts[0]:]))[0]
+
+
+def _num(cell: str) -> float:
+    return float(cell.strip("*x%").replace("+", ""))
+
+
 def test_targets_say_met_or_by_how_much():
     groups = [_group("small", "int4", {"shadow_only": 500, "base_plain": 100, "base_shadow": 96, "ort-genai": 80},
                      0.02),
@@ -46,11 +73,15 @@ def test_markdown_block_keeps_hand_written_text(tmp_path):
     md = tmp_path / "RESULTS.md"
     md.write_text("# results\n\nhand-written text stays\n")
     text = pr.markdown(_result(groups))
-    assert ("| qwen3-0.6b-shape | fp32 | 40.0 | 10.0 | **9.5** | 10.5 | 0.90x | 0.95x | - / - | +5.3% / - | 650 |"
-            in text)
-    assert ("| qwen3-0.6b-shape fp32 | combined fp32 prefill of the prompt (TTFT), ms | <= 500 | 650.0 | - | missed by "
-            "30%" in text)
-    assert "Weights read per decoded token" not in text  # a run recorded without the bytes has no bytes table
+    speed = _table(text, "| preset | shadow-edge precision |")
+    assert list(speed) == [("qwen3-0.6b-shape", "fp32")]
+    row = speed["qwen3-0.6b-shape", "fp32"]
+    assert [_num(c) for c in row[:4]] == [40.0, 10.0, 9.5, 10.5]  # shadow_only, backbone_plain, base_shadow, genai
+    assert [_num(c) for c in row[4:6]] == [0.90, 0.95]  # 9.5 / 10.5, 10 / 10.5
+    assert row[7].split(" / ")[0] == "+5.3%" and _num(row[8]) == 650  # 10 / 9.5 - 1; TTFT ms
+    ttft = next(v for (where, target), v in _table(text, "| preset, precision | target |").items() if "TTFT" in target)
+    assert ttft[0] == "<= 500" and _num(ttft[1]) == 650.0 and ttft[3].startswith("missed by 30%")  # 650 / 500 - 1
+    assert len(_tables(text)) == 2  # speed and targets: a run recorded without the bytes has no bytes table
     pr.update_block(md, text)
     pr.update_block(md, text)  # refreshing replaces the block, never appends a second one
     out = md.read_text()
@@ -77,4 +108,7 @@ def test_bytes_bound_the_targets_and_give_each_systems_rate():
     assert rows["adapter overhead (per mode p50s)"]["bytes_bound"] == "+25.0%"
     text = pr.markdown(_result([g]))
     # MB per token and GB/s = bytes x tok/s: base_shadow 50e6 x 80 = 4.0 GB/s, genai 40e6 x 110 = 4.4 GB/s
-    assert "| small | int4 (block 32, int8 compute) | 9.5, 4.0 | 38.1, 4.0 | 47.7, 4.0 | 38.1, 4.4 | +25.0% |" in text
+    weights = _table(text, "| preset | precision |")
+    mb_gbs = [[_num(x) for x in c.split(", ")] for c in weights["small", "int4 (block 32, int8 compute)"][:4]]
+    assert mb_gbs == [[9.5, 4.0], [38.1, 4.0], [47.7, 4.0], [38.1, 4.4]]  # shadow_only, plain, base_shadow, genai
+    assert weights["small", "int4 (block 32, int8 compute)"][4] == "+25.0%"  # 50 MB / 40 MB - 1

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from manifest_checks import assert_validated
 from peft_factories import PEFT_CASE_NAMES
 from shadow_edge.core import StepInputs
 from shadow_edge.core.lazy_tensor import dense
@@ -104,7 +105,8 @@ def test_cached_steps_match_full(case, mode):
 @pytest.mark.parametrize("mode", MODES)
 def test_runtime_matches_peft(case, exported, mode):
     manifest, rt = exported
-    assert manifest.validation["passed"] and manifest.model["adapter_variant"] == "peft-shadow"
+    assert_validated(manifest)
+    assert manifest.model["adapter_variant"] == "peft-shadow"
     ids, mask = left_padded(case.vocab_size, (8, 5), 4)
     ours = rt.forward(ids.numpy(), mask.numpy(), mode=mode)
     assert np.isfinite(ours).all() and real_diff(ours, oracle_logits(case, mode, ids, mask), mask) <= TOL
@@ -139,6 +141,7 @@ def test_quantized_export_is_validated(peft_cases, tmp_path):
     case = peft_cases("llama_subset")
     manifest = export_artifact(case.base_dir, case.adapter_dir, tmp_path / "q", options=ExportOptions(quantize="int4", quant_compute="float32"),
                                progress=lambda m: None)
-    assert manifest.validation["passed"] and manifest.model["quantization"]["scheme"] == "int4"
+    assert_validated(manifest)
+    assert manifest.model["quantization"]["scheme"] == "int4"
     rt = ShadowRuntime.load(tmp_path / "q", threads=1)
     assert len(rt.generate([1, 2, 3], mode="base_shadow", max_new_tokens=3).token_ids) == 3

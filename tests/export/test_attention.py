@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from factories import HEAD_DIM_RECIPES
+from manifest_checks import assert_validated
 from runtime_fixtures import artifact_of, tiny_artifact  # noqa: F401  (fixtures)
 from shadow_edge import io_spec
 from shadow_edge.errors import ArtifactError, ExportError
@@ -40,7 +41,7 @@ def hd_artifacts(cases, tmp_path_factory):
 def test_head_dims_not_multiple_of_8_match_oracle(hd_artifacts, name):
     case, art, rt = hd_artifacts(name)
     m = read_manifest(art)
-    assert m.validation["passed"] is True and m.validation["path"] == "runtime"
+    assert assert_validated(m)["path"] == "runtime"
     for g in m.graphs.values():
         if g.kv_layers:
             assert g.attention == (io_spec.ATTENTION_GQA if g.head_dim % 8 == 0 else io_spec.ATTENTION_ONNX)
@@ -85,7 +86,7 @@ def test_forced_onnx_attention_equals_group_query_attention(cases, artifact_of, 
                     progress=lambda s: None)
     m = read_manifest(art)
     assert {g.attention for g in m.graphs.values() if g.kv_layers} == {io_spec.ATTENTION_ONNX}
-    assert m.validation["passed"] is True
+    assert_validated(m)
     gqa, onnx_rt = ShadowRuntime.load(gqa_art, threads=1), ShadowRuntime.load(art, threads=1)
     assert {g.attention for g in gqa.manifest.graphs.values() if g.kv_layers} == {io_spec.ATTENTION_GQA}
     ids, mask = left_pad(random_ids(case.vocab_size, 2, 7, seed=9), (7, 2))

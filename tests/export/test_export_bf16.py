@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from manifest_checks import assert_validated
 from shadow_edge.export import ExportOptions, export_artifact
 from shadow_edge.export.onnx_builder import INLINE_LIMIT, WeightStore
 from shadow_edge.runtime import ShadowRuntime
@@ -53,7 +54,7 @@ def test_sharded_half_checkpoint_exports_like_its_float32_twin(tiny_default, tmp
         arts[name] = tmp_path / f"art_{name}"
         m = export_artifact(base, tiny_default.adapter_dir, arts[name], options=ExportOptions(plain_backbone=True),
                             progress=lambda msg: None)
-        assert m.validation["passed"] is True
+        assert_validated(m)
         assert max(r["max_abs_err"] for r in m.validation["outputs"].values()) <= 1e-4
     data = sorted(p.name for p in arts["fp32"].glob("*.onnx.data"))
     assert data and data == sorted(p.name for p in arts["half"].glob("*.onnx.data"))
@@ -123,6 +124,7 @@ def _wide_checkpoint(tiny_base, root, layers=8, hidden=512, inter=2048, dtype=to
     return base, adapter, sum(t.numel() for t in state.values()) * 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantize", ["none", "int4"])
 def test_export_memory_is_bounded_by_the_largest_tensor(tiny_default, tmp_path, quantize):
     """Anonymous memory allocated by an export (subprocess, sampled) stays within a few of the largest tensor:

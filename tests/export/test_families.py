@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from factories import FAMILY_NAMES, Case, make_case
+from manifest_checks import assert_validated
 from shadow_edge import io_spec
 from shadow_edge.core.arch import decoder_config_from_hf
 from shadow_edge.core.model import position_ids_from_mask
@@ -80,7 +81,7 @@ def close(ours: np.ndarray, ref: np.ndarray, mask: np.ndarray) -> float:
 def test_base_matches_transformers(family, name):
     """The plain backbone + lm_head (incl. the family's logit transform) against transformers' own model."""
     case, rt, art = family(name)
-    assert read_manifest(art).validation["passed"]
+    assert_validated(read_manifest(art))
     hf = AutoModelForCausalLM.from_pretrained(case.base_dir).eval()
     ids, mask = batch(case.vocab_size, 1)
     assert close(rt.forward(ids, mask, mode="base_plain"), hf_logits(hf, ids, mask), mask) <= TOL
@@ -131,7 +132,8 @@ def test_int4_validates(family, name):
     """int4 weights with float32 arithmetic validate against the dequantized reference within 1e-4 and decode."""
     case, rt, art = family(name, quantize="int4", quant_compute="float32")
     m = read_manifest(art)
-    assert m.validation["passed"] and m.validation["atol"] == 1e-4 and m.quantization == "int4"
+    assert_validated(m, atol=1e-4)
+    assert m.quantization == "int4"
     assert len(rt.generate([1, 2, 3], mode="base_shadow", max_new_tokens=4).token_ids) == 4
 
 

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from factories import make_base_model, randomize_adapter
 from gguf_factories import tiny_tokenizer, write_gguf
+from manifest_checks import assert_validated
 from shadow_edge.cli import main
 from shadow_edge.core import gguf_reader
 from shadow_edge.core.checkpoint import CANONICAL_TO_HF, read_base
@@ -122,7 +123,7 @@ def test_export_matches_shadow_peft_on_transformers_model(ggufs, tmp_path, name,
     art = tmp_path / "art"
     export_artifact(path, adapter, art, options=ExportOptions(validation=validation), progress=lambda s: None)
     manifest = read_manifest(art)
-    assert manifest.validation["passed"] is True and manifest.validation["method"] == validation
+    assert_validated(manifest, method=validation)
     assert list(manifest.source["files"]["base"]) == [str(path)]
     rt = ShadowRuntime.load(art, threads=1)
     ids = np.random.default_rng(3).integers(0, VOCAB, (2, 9))
@@ -225,6 +226,7 @@ def _real_smollm2() -> Path | None:
     return found[0] if found else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(_real_smollm2() is None, reason="the real SmolLM2 GGUF is not on this machine")
 def test_real_smollm2_gguf_exports_and_matches_shadow_peft(tmp_path):
     (tmp_path / "b").mkdir()

@@ -8,6 +8,7 @@ import onnx
 import pytest
 import torch
 
+from manifest_checks import assert_validated
 from shadow_edge.core import ShadowModel, StepInputs, load_spec
 from shadow_edge.errors import ExportError
 from shadow_edge.export import ExportOptions, export_artifact
@@ -75,7 +76,8 @@ def test_quantized_export_validates_and_runs(quantized, name, scheme):
     """float32 arithmetic on quantized weights: exact against the dequantized model."""
     case, art = quantized(name, scheme)
     m = read_manifest(art)
-    assert m.validation["passed"] and m.quantization == scheme
+    assert_validated(m)
+    assert m.quantization == scheme
     assert m.model["quantization"]["scheme"] == scheme
     ops = {n.op_type for g in m.graphs.values() for n in onnx.load(str(art / g.file), load_external_data=False).graph.node}
     assert {"MatMulNBits", "GatherBlockQuantized"} <= ops
@@ -132,7 +134,8 @@ def test_larger_blocks_validate_and_generate(cases, tmp_path, scheme, compute):
     export_artifact(case.base_dir, case.adapter_dir, art, options=ExportOptions(
         quantize=scheme, block_size=64, quant_compute=compute), progress=lambda s: None)
     m = read_manifest(art)
-    assert m.validation["passed"] and m.model["quantization"]["block_size"] == 64
+    assert_validated(m)
+    assert m.model["quantization"]["block_size"] == 64
     blocks = {a.i for g in m.graphs.values() for n in onnx.load(str(art / g.file), load_external_data=False).graph.node
               if n.op_type in ("MatMulNBits", "GatherBlockQuantized") for a in n.attribute if a.name == "block_size"}
     assert blocks == {64}

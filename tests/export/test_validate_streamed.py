@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
+from manifest_checks import assert_validated
 from shadow_edge.core import ShadowModel, load_spec
 from shadow_edge.errors import ArtifactError, ExportError
 from shadow_edge.export import ExportOptions, export_artifact
@@ -101,7 +102,7 @@ def test_peft_variant_blocks(peft_cases, tmp_path):
     case = peft_cases("qwen3_mirror1")
     art = tmp_path / "art"
     m = _export(case, art, validation="streamed")
-    assert m.validation["passed"] and "backbone layers.3" in m.validation["blocks"]["backbone"]
+    assert "backbone layers.3" in assert_validated(m)["blocks"]["backbone"]
     _corrupt(art, "backbone.onnx", "base.layers.3.gate_up")
     with pytest.raises(ExportError, match=r"\(blocks\): backbone layers\.3: max"):
         validate_streamed(art, _model(case), m.graphs, m.modes)
@@ -133,7 +134,7 @@ def test_manifest_records_method_and_stays_compatible(cases, tmp_path):
                            ({**raw["validation"], "method": "streamed"}, False)):  # streamed needs its blocks
         path.write_text(json.dumps({**raw, "validation": validation}))
         if ok:  # written before the method was recorded (format version 2): still reads
-            assert read_manifest(art).validation["passed"]
+            assert_validated(read_manifest(art))
         else:
             with pytest.raises(ArtifactError, match="validation.(method|blocks)"):
                 read_manifest(art)

@@ -16,6 +16,7 @@ import subprocess
 import numpy as np
 import onnxruntime as ort
 import onnxruntime_genai as og
+import pytest
 from shadow_peft import ShadowConfig
 
 from pack_fixtures import random_adapter
@@ -28,6 +29,7 @@ from tests.interop.test_interop import (DETACHED_FILE, MODES, NEW, PROMPTS, ROOT
                           optimum_python, reference, until_eos)
 
 
+@pytest.mark.integration
 def test_base_artifacts_and_packs_run_in_genai_and_optimum(tiny_default, tmp_path, optimum_python):
     jobs, want = [], []
     for quantize in ("none", "int4"):

@@ -200,13 +200,15 @@ def test_genai_across_architectures(artifact_of, name):
 
 @pytest.fixture(scope="session")
 def optimum_python() -> str:
-    """The separate optimum venv (created once per machine by scripts/optimum-venv.sh, then reused)."""
-    done = subprocess.run(["bash", str(ROOT / "scripts" / "optimum-venv.sh")], capture_output=True, text=True)
+    """The separate optimum venv, prepared by `scripts/setup.sh ...,optimum` (CI's set-up); tests never install it."""
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "optimum-venv.sh"), "--check"], capture_output=True,
+                          text=True)
     if done.returncode != 0:
-        pytest.fail(f"scripts/optimum-venv.sh failed (exit {done.returncode}): {done.stderr[-2000:]}")
+        pytest.skip(done.stderr.strip()[-500:])
     return done.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.integration
 def test_optimum_greedy_matches(arts, artifact_of, optimum_python):
     """ORTModelForCausalLM.from_pretrained(ART) (and file_name=model_combined.onnx) on the tiny default fp32 and
     int4 and on Qwen2 / Llama / Mistral cases: batch 1 and a left-padded batch of 2, all in one run of the optimum

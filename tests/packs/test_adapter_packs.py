@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from manifest_checks import assert_validated
 from pack_fixtures import QUIET, families, make_adapter  # noqa: F401  (fixture)
 from shadow_edge.adapter_pack import PARAMS_FILE
 from shadow_edge.cli import main
@@ -254,4 +255,5 @@ def test_base_export_validates_the_graphs_the_runtime_opens(cases, tmp_path, mon
                         or real(name, entry, *a, **kw))
     manifest = export_artifact(case.base_dir, case.adapter_dir, tmp_path / "base", options=ExportOptions(
         as_base=True, validation="full"), **QUIET)
-    assert manifest.validation["passed"] and "shadow_constant.onnx" in opened and "shadow.onnx" not in opened
+    assert_validated(manifest)
+    assert "shadow_constant.onnx" in opened and "shadow.onnx" not in opened

@@ -12,6 +12,7 @@ from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
 from transformers import AutoModelForCausalLM
 
 from factories import randomize_adapter
+from manifest_checks import assert_validated
 from pack_fixtures import QUIET, families, make_adapter, tiny_family  # noqa: F401  (fixtures)
 from shadow_edge.bench import BenchOptions, run_bench
 from shadow_edge.cli import main
@@ -66,7 +67,7 @@ def test_int8_arithmetic_pack_equals_its_full_artifact(cases, tmp_path):
     tolerance); the backbone's fed slots are float32 weights, the same kernels either way."""
     case = cases("qwen3_implicit")
     rt, ref, manifest = quantized_family(case, tmp_path, "int4", "int8")
-    assert manifest.validation["passed"] and manifest.validation["atol"] == INT8_COMPUTE_ATOL
+    assert_validated(manifest, atol=INT8_COMPUTE_ATOL)
     for mode in ("shadow_only", "base_shadow"):
         ours, want = logits_pair(rt, ref, case.vocab_size, mode)
         np.testing.assert_allclose(ours, want, rtol=0, atol=1e-5)

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from cls_factories import CLS_CASE_NAMES, ID2LABEL
+from manifest_checks import assert_validated
 from runtime_fixtures import tiny_artifact  # noqa: F401  (fixture)
 from shadow_edge.cli import main
 from shadow_edge.core import ShadowModel, load_spec
@@ -94,7 +95,8 @@ def test_manifest_and_refusals(case, exported, tiny_artifact):
     art, rt = exported
     m = json.loads((art / "manifest.json").read_text())
     assert m["model"]["task"] == "seq_cls" and m["model"]["id2label"] == list(ID2LABEL.values())
-    assert m["modes"]["shadow_only"]["head"] == "shadow_classifier" and m["validation"]["passed"]
+    assert m["modes"]["shadow_only"]["head"] == "shadow_classifier"
+    assert_validated(m)
     assert rt.modes == ("shadow_only", "base_shadow")
     with pytest.raises(InputError, match="sequence classifier"):
         rt.generate([1, 2, 3], max_new_tokens=2)

@@ -75,6 +75,7 @@ valid_kwargs = st.fixed_dictionaries({}, optional={
 }).filter(lambda kw: "cascade_threshold" not in kw or kw.get("mode") == "cascade")  # a mode's own option
 
 
+@pytest.mark.slow
 @fuzz(80)
 @given(prompt=valid_prompt, kwargs=valid_kwargs, chat=st.booleans())
 def test_valid_generate_and_stream_hold_the_invariants(tiny_rt, prompt, kwargs, chat):
@@ -240,6 +241,7 @@ def fuzz_art(tiny_artifact, tmp_path_factory):
     return art, json.loads((art / "manifest.json").read_text())
 
 
+@pytest.mark.slow
 @fuzz(100)
 @given(data=st.data())
 def test_manifest_mutation_fuzz(fuzz_art, data):

@@ -82,6 +82,7 @@ def real(tmp_path_factory):
     return ckpt, adapter_dir, tmp / "art"
 
 
+@pytest.mark.slow
 def test_real_smollm2_matches_shadow_peft(real):
     ckpt, adapter_dir, art = real
     tok = AutoTokenizer.from_pretrained(ckpt)
@@ -171,6 +172,7 @@ def test_package_that_cannot_be_had_is_one_clear_error(tmp_path, monkeypatch):
     assert leftovers == [], leftovers
 
 
+@pytest.mark.slow
 def test_real_smollm2_peft_shadow_greedy_equals_peft_uncached(tmp_path):
     """PEFT's Shadow tuner on the real weights: our greedy tokens equal peft's own greedy decoding without its KV
     cache. (peft 0.21's cached `generate` can pick other tokens on this model; docs/inputs.md has the report.)"""

@@ -80,6 +80,7 @@ def test_cli(echo, tiny_artifact, capsys):
     assert "--echo-times (echo_times, default 1)" in capsys.readouterr().out
 
 
+@pytest.mark.integration
 def test_server(echo, tiny_artifact):
     with LiveServer(tiny_artifact, served_names=("tiny",)) as srv:
         body = {"model": "tiny:echo", "prompt": [3, 4, 5], "max_tokens": 6, "echo_times": 3, "ignore_eos": True}

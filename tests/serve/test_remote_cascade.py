@@ -16,6 +16,8 @@ from shadow_edge.cli import main
 from shadow_edge.errors import InputError
 from shadow_edge.runtime.remote import Escalation, remote_cascade
 
+pytestmark = pytest.mark.integration  # a live server
+
 KEY = "sk-cloud"
 PROMPT = "The river runs"
 

@@ -15,6 +15,8 @@ from runtime_fixtures import tiny_artifact, tiny_rt  # noqa: F401  (fixtures)
 from serve_fixtures import LiveServer
 from shadow_edge.serve.options import ServeOptions
 
+pytestmark = pytest.mark.integration  # a live server
+
 KEY = "sk-test"
 PROMPTS = ["The river", "Every morning the baker", "Trains leave the station", "A tokenizer turns text",
            "The library is open", "She opened the window", "Memory bandwidth decides", "Small models are fast",

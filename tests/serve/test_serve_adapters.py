@@ -17,6 +17,8 @@ from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.serve.app import ServerState
 from shadow_edge.serve.options import ServeOptions
 
+pytestmark = pytest.mark.integration  # a live server
+
 PROMPTS = ["The river", "Every morning the baker", "Trains leave the station", "A tokenizer turns text"]
 
 

@@ -17,6 +17,8 @@ from openai import OpenAI
 from runtime_fixtures import tiny_artifact, tiny_rt  # noqa: F401  (fixtures)
 from serve_fixtures import LiveServer
 
+pytestmark = pytest.mark.integration  # a live server
+
 LIMIT = 64 * 1024  # --max-body-bytes of the module's server: small, so the oversized bodies stay small too
 
 

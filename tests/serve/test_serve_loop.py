@@ -49,6 +49,7 @@ def sse(srv, body: dict, on_first=None, path: str = "/v1/completions") -> list:
     return items
 
 
+@pytest.mark.integration
 def test_a_late_request_gets_tokens_before_an_earlier_long_one_finishes(server, tiny_rt):
     long_body = {"model": "tiny:shadow_only", "prompt": "The river", "max_tokens": 400, "temperature": 0,
                  "ignore_eos": True}
@@ -73,6 +74,7 @@ def test_a_late_request_gets_tokens_before_an_earlier_long_one_finishes(server, 
                                                                eos=()).text
 
 
+@pytest.mark.integration
 def test_staggered_requests_of_every_mode_equal_the_lone_generate(server, tiny_rt):
     rng = random.Random(0)
     jobs = []
@@ -198,6 +200,7 @@ def test_every_mode_stops_when_cancelled_or_shut_down(tiny_rt, mode):
     assert not engine._thread.is_alive()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("mode", MODES)
 def test_shutdown_ends_a_running_stream_with_an_error_chunk_and_done(tiny_artifact, mode):
     srv = LiveServer(tiny_artifact, served_names=("tiny",), grace_s=0.0).__enter__()
@@ -217,6 +220,7 @@ def test_shutdown_ends_a_running_stream_with_an_error_chunk_and_done(tiny_artifa
     assert error["code"] == "unavailable" and "shut" in error["message"]
 
 
+@pytest.mark.integration
 def test_timeout_of_every_mode_is_a_504(tiny_artifact):
     with LiveServer(tiny_artifact, served_names=("tiny",), request_timeout_s=0.001) as srv:
         for mode in MODES:
@@ -240,6 +244,7 @@ class _Slow(StepStrategy):
             yield StepRecord([[] if state.done[r] else [int(ids[r, -1])] for r in range(ids.shape[0])], None, 20.0)
 
 
+@pytest.mark.integration
 def test_a_dropped_non_streaming_client_is_cancelled(tiny_artifact):
     register(_Slow())
     try:

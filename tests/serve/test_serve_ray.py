@@ -17,6 +17,8 @@ from shadow_edge.errors import InputError
 from shadow_edge.serve.options import ServeOptions
 from shadow_edge.serve.ray_app import APP_NAME, RayOptions, start
 
+pytestmark = pytest.mark.integration  # a local Ray instance
+
 PROMPTS = ["The river", "Every morning the baker", "Trains leave the station", "A tokenizer turns text"]
 
 

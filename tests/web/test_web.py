@@ -169,6 +169,7 @@ def test_cors_origin_must_be_an_origin(tiny_artifact, origin):  # noqa: F811
         ServeOptions((str(tiny_artifact),), cors_origins=(origin,))
 
 
+@pytest.mark.integration
 def test_serve_answers_cors_only_for_its_origins(tiny_artifact):  # noqa: F811
     page = "http://127.0.0.1:8123"
     preflight = {"Origin": page, "Access-Control-Request-Method": "POST",

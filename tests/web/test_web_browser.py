@@ -20,6 +20,8 @@ from web_fixtures import MAX_NEW, PROMPTS, drive, export_tiny, page_console_erro
 from shadow_edge.web import write_site
 from shadow_edge.web.static_server import StaticServer
 
+pytestmark = pytest.mark.integration  # headless Chromium + a live server
+
 # name -> (ExportOptions fields, prompts run): every precision and attention kind the page may get.
 VARIANTS = {
     "fp32": ({}, PROMPTS),

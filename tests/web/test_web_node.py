@@ -10,6 +10,8 @@ from web_fixtures import MAX_NEW, PROMPTS, export_tiny, node, require_web_tools
 
 from shadow_edge.web import write_site
 
+pytestmark = pytest.mark.integration  # Node.js
+
 
 @pytest.mark.parametrize("quantize", ["none", "int4"])
 def test_transformers_js_in_node_matches_python(quantize, tiny_default, tmp_path):
