@@ -13,6 +13,7 @@ import pytest
 import torch
 from gguf import GGMLQuantizationType, quants
 
+from manifest_checks import assert_validated
 from shadow_edge.core import ShadowModel, StepInputs, load_spec
 from shadow_edge.errors import ExportError
 from shadow_edge.export import ExportOptions, export_artifact
@@ -126,7 +127,7 @@ def test_int4_default_records_each_group_and_validates(cases, tmp_path, vocab):
     export_artifact(case.base_dir, case.adapter_dir, art, options=ExportOptions(
         quantize="int4", quant_compute="float32", vocab_quantize=vocab), progress=lambda s: None)
     m = read_manifest(art)
-    assert m.validation["passed"]
+    assert_validated(m)
     assert m.model["quantization"] == {"scheme": "int4", "block_size": 32, "compute": "float32",
                                        "base_layers": "asymmetric", "shadow_layers": "symmetric",
                                        "vocabulary": "int4 asymmetric" if vocab else "int8 symmetric"}

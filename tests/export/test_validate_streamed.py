@@ -57,8 +57,8 @@ def _corrupt(art, graph_file: str, tensor: str) -> None:
 def test_streamed_agrees_with_full_validation(cases, tmp_path, name):
     case = cases(name)
     m = _export(case, tmp_path / "art", validation="streamed", plain_backbone=True)
-    v = m.validation
-    assert v["method"] == "streamed" and v["passed"] and v["memory"]["requested"] == "streamed"
+    v = assert_validated(m, method="streamed")
+    assert v["memory"]["requested"] == "streamed"
     model = _model(case)
     layers = {"shadow": model.spec.shadow.config.num_layers, "backbone": model.spec.base.config.num_layers,
               "backbone_plain": model.spec.base.config.num_layers}
