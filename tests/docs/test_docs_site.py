@@ -44,3 +44,12 @@ def test_readme_test_command_is_what_ci_runs():
     test_lines = [ln for ln in setup_lines if "pytest" in ln]
     assert len(test_lines) == 1, f"expected one test set-up line in README.md, found {test_lines}"
     assert test_lines[0] in ci, f"README's test command {test_lines[0]!r} is not what .ci/run runs:\n{ci}"
+
+
+def test_repository_paths_named_in_docs_exist():
+    """Every file or folder the docs name (`shadow_edge/...`, `tests/...`) exists (installed ones aside)."""
+    path = re.compile(r"(?<![\w/.-])((?:shadow_edge|tests|scripts|benchmarks|web|requirements)/[\w./-]*[\w/])")
+    missing = sorted({f"docs/{p.relative_to(DOCS)}: {m}" for p in DOCS.rglob("*.md")
+                      for m in path.findall(p.read_text(encoding="utf-8"))
+                      if not re.search(r"[*<]|node_modules", m) and not (REPO / m).exists()})
+    assert not missing, "docs name repository paths that do not exist:\n" + "\n".join(missing)
