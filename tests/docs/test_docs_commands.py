@@ -40,6 +40,7 @@ def test_check_blocks_parse(page):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.integration  # exports, runs every mode, and serving.md starts a live server
 @pytest.mark.parametrize("page", RUN_PAGES, ids=[p.name for p in RUN_PAGES])
 def test_run_blocks(page, doc_inputs, tmp_path):
     workdir = tmp_path / "work"
