@@ -208,3 +208,20 @@ def test_a_tampered_draft_vocabulary_is_refused(tiny_default, root, tmp_path):
     (size / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="field `draft_vocab`"):
         ShadowRuntime.load(size, threads=1, verify=False)
+
+
+@pytest.mark.parametrize("quantize", ["int4", "int8"])
+def test_a_quantized_draft_head_reads_the_quantized_rows(tiny_default, root, quantize):
+    """The draft head's rows are quantized as the full head's (row-wise): validation finds its logits equal to the
+    full head's columns, and greedy speculative output stays base_shadow's (float32 arithmetic in the quantized
+    kernels: with int8 activations a multi-position verify may round a near-tie differently, docs/speculative.md)."""
+    key = ("tiny_q", quantize, 64)
+    art = _export(key, tiny_default.base_dir, tiny_default.adapter_dir, root, validate=True, quantize=quantize,
+                  quant_compute="float32", draft_vocab=64)
+    report = read_manifest(art).validation["outputs"]["draft_head.logits"]
+    assert report["max_abs_err"] <= 1e-5 * max(1.0, report["ref_max_abs"])
+    rt = _rt(key, art)
+    base = rt.generate(BATCH, mode="base_shadow", max_new_tokens=8, eos=[])
+    for k in (1, 4):
+        assert rt.generate(BATCH, mode="speculative", max_new_tokens=8, draft_tokens=k, eos=[]).token_ids == \
+            base.token_ids
