@@ -15,8 +15,9 @@ template; only assistant turns are scored (prompt masking). The base stays froze
      shadow_only logits are distilled toward the model's own base_shadow logits (KL, assistant positions;
      the teacher runs without gradients, and while the injection is still zero it is the plain base). A
      shadow trained from random init on CPU learns too slowly to draft (tried: loss ~6.9 after 30 min).
-  2. task: all adapter weights train on the task with base_shadow's cross-entropy plus the same distillation
-     term (backpropagating through the frozen base), so the shadow keeps tracking the combined model it drafts for.
+  2. task: all adapter weights train on the task with base_shadow's cross-entropy, the same distillation term
+     (backpropagating through the frozen base), so the shadow keeps tracking the combined model it drafts for, and
+     shadow_only's own cross-entropy on the answers (--shadow-ce-weight), so that it can answer alone.
 
 Each phase runs --*-steps steps, or (steps 0) --*-minutes of wall time with the schedule over time (recipe.json
 records the steps taken; rerun with them to reproduce on a step schedule). The adapter is saved in bfloat16 with recipe.json (timings, load, losses,
@@ -181,12 +182,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-len", type=int, default=128, help="chats longer than this (tokens) are skipped")
     ap.add_argument("--distill-steps", type=int, default=0)
-    ap.add_argument("--distill-minutes", type=float, default=48)
+    ap.add_argument("--distill-minutes", type=float, default=54)
     ap.add_argument("--distill-lr", type=float, default=1e-3)
     ap.add_argument("--task-steps", type=int, default=0)
-    ap.add_argument("--task-minutes", type=float, default=20)
-    ap.add_argument("--task-lr", type=float, default=1e-3, help="injection/update; the shadow gets a third")
+    ap.add_argument("--task-minutes", type=float, default=33)
+    ap.add_argument("--task-lr", type=float, default=1e-3, help="injection/update (the shadow: --shadow-lr-scale)")
     ap.add_argument("--kl-weight", type=float, default=1.0, help="weight of the distillation term in phase 2")
+    ap.add_argument("--shadow-ce-weight", type=float, default=1.0,
+                    help="weight of shadow_only's own cross-entropy on the task in phase 2 (0: distillation only)")
+    ap.add_argument("--shadow-lr-scale", type=float, default=1.0,
+                    help="the shadow's learning rate in phase 2, as a share of --task-lr")
     ap.add_argument("--max-train-chats", type=int, default=20000, help="chats read (shuffled) from --train")
     ap.add_argument("--heldout-chats", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
@@ -238,7 +243,9 @@ def main(argv: list[str] | None = None) -> int:
         teacher, student, target = forward(model, ids, labels, mask, with_base_grad=True)
         ce = F.cross_entropy(teacher, target)
         distill = kl(teacher, student)
-        return ce + args.kl_weight * distill, [ce.item(), distill.item()]
+        own = F.cross_entropy(student, target)
+        loss = ce + args.kl_weight * distill + args.shadow_ce_weight * own
+        return loss, [ce.item(), distill.item(), own.item()]
 
     done = run_phase("distill", model, [{"params": shadow_params}], distill_loss, train, args.distill_steps,
                      args.distill_minutes, args.distill_lr, args.batch, pad_id, log, record)
@@ -246,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"held-out after distill: {record['heldout_after_distill']}")
     save(model, Path(str(args.out) + "-distill"), record, log)  # a checkpoint between the phases
     rest = train[done * args.batch % len(train):] + train[:done * args.batch % len(train)]
-    run_phase("task", model, [{"params": adapter_params}, {"params": shadow_params, "scale": 1 / 3}], task_loss,
+    run_phase("task", model, [{"params": adapter_params}, {"params": shadow_params, "scale": args.shadow_lr_scale}], task_loss,
               rest, args.task_steps, args.task_minutes, args.task_lr, args.batch, pad_id, log, record)
     model.eval()
     record["heldout_after"] = heldout_figures(model, heldout, pad_id)
