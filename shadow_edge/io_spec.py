@@ -45,6 +45,7 @@ GRAPH_SHADOW_LM_HEAD = "shadow_lm_head"
 GRAPH_CLASSIFIER = "classifier"  # sequence classification: label head of base_shadow
 GRAPH_SHADOW_CLASSIFIER = "shadow_classifier"  # label head of shadow_only, when it differs
 GRAPH_DRAFT_HEAD = "draft_head"  # speculative's draft head over a reduced vocabulary (manifest `draft_vocab`)
+STEP_DRAFT = "draft"  # manifest `interop.step.draft`: the shadow + draft_head merged draft step (step_draft.onnx)
 CLASSIFIER_GRAPHS = (GRAPH_CLASSIFIER, GRAPH_SHADOW_CLASSIFIER)  # logits width: the labels, not the vocabulary
 
 INPUT_IDS, ATTENTION_MASK, POSITION_IDS = "input_ids", "attention_mask", "position_ids"

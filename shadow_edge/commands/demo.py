@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from shadow_edge import __version__
-from shadow_edge.demo_model import ADAPTER
+from shadow_edge.demo_model import ADAPTER, HELDOUT_CHATS
 from shadow_edge.errors import ArtifactError, InputError
 from shadow_edge.manifest import read_manifest
 
@@ -27,7 +27,10 @@ CASCADE_PROMPTS = ('What does "bicycle" mean?', 'Give me a short definition of "
 CASCADE_THRESHOLD = 0.12
 MODES = (("base_plain", "SmolLM2 alone, no adapter"), ("shadow_only", "the detached shadow alone"),
          ("base_shadow", "SmolLM2 + shadow"), (SPECULATIVE, "the shadow drafts, base_shadow verifies"))
-VARIANTS = (("fp32", {}), ("int4", {"quantize": "int4"}))
+# Speculative drafts over the 16384 tokens most frequent in the held-out chats (export --draft-vocab): no acceptance
+# lost against the full vocabulary on the demo pair from 4096 up (benchmarks/results/speculative.md), a cheaper draft.
+DRAFT = {"draft_vocab": 16384, "draft_vocab_from": str(HELDOUT_CHATS)}
+VARIANTS = (("fp32", DRAFT), ("int4", {"quantize": "int4", **DRAFT}))
 
 
 def cache_dir(override: str | None) -> Path:

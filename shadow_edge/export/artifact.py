@@ -188,7 +188,8 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         worst = max(r["max_abs_err"] for r in validation["outputs"].values())
         progress(f"validation passed (worst max |error| {worst:.2e})")
     progress("writing interop files (single-graph decoders, genai_config.json, config.json)")
-    interop = write_interop(tmp, graphs, modes, _model_info(spec), tokenizer.section, validate=options.validate)
+    interop = write_interop(tmp, graphs, modes, _model_info(spec), tokenizer.section, validate=options.validate,
+                            draft_ids=None if draft is None else draft.ids)
     if options.ort_format:
         progress("converting the detached shadow to ORT format (onnxruntime's converter)")
         interop["ort"] = write_ort_format(tmp, DETACHED_FILE)

@@ -11,6 +11,9 @@ weight byte is added), next to the split graphs the shadow-edge runtime uses:
   step_<mode>.onnx      the shadow-edge runtime's own single-session decode step of each mode (the same
                         joined graph plus `next_token` = ArgMax of the logits, so a greedy step
                         need not fetch the logits); manifest `interop.step.<mode>` (runtime/decode_state.py)
+  step_draft.onnx       with a reduced draft vocabulary (export --draft-vocab): speculative's greedy draft step,
+                        the shadow and `draft_head` joined, `next_token` = the vocabulary id of the draft
+                        logits' ArgMax (a Gather over the draft ids); manifest `interop.step.draft`
   genai_config.json     onnxruntime-genai: `og.Model(ART)` loads model.onnx
   config.json           optimum: `ORTModelForCausalLM.from_pretrained(ART)` loads model.onnx; only for
                         GroupQueryAttention graphs (optimum grows its cache by concatenation; the ONNX
@@ -29,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from shadow_edge import io_spec
 from shadow_edge.errors import ExportError
@@ -42,6 +46,7 @@ from shadow_edge.runtime.session import GraphSession, ov
 DETACHED_FILE = "model.onnx"
 COMBINED_FILE = "model_combined.onnx"
 STEP_FILE = "step_{mode}.onnx"  # the runtime's merged decode step of a mode
+STEP_DRAFT = io_spec.STEP_DRAFT  # interop.step key (and step_draft.onnx) of speculative's merged draft step
 NEXT_TOKEN = "next_token"  # = runtime.decode_state.NEXT_TOKEN
 GENAI_CONFIG = "genai_config.json"
 HF_CONFIG = "config.json"
@@ -69,8 +74,9 @@ OPTIMUM_WORKAROUND = ("hidden_size is num_attention_heads * head_dim: optimum-on
 
 
 def write_interop(art_dir: Path, graphs: dict[str, GraphEntry], modes: dict[str, dict[str, str]], model: dict,
-                  tokenizer: dict, validate: bool = True) -> dict:
-    """Write the interop files into `art_dir`; return the manifest's `interop` section."""
+                  tokenizer: dict, validate: bool = True, draft_ids: np.ndarray | None = None) -> dict:
+    """Write the interop files into `art_dir`; return the manifest's `interop` section. `draft_ids` [N]: the
+    reduced draft vocabulary's token ids (graph `draft_head`'s columns), for `step_draft.onnx`."""
     detached = Chain.of_mode(modes[io_spec.MODE_SHADOW_ONLY])
     combined = Chain.of_mode(modes[io_spec.MODE_BASE_SHADOW])
     section = {"detached": _single(art_dir, graphs, detached, DETACHED_FILE, io_spec.MODE_SHADOW_ONLY),
@@ -89,10 +95,15 @@ def write_interop(art_dir: Path, graphs: dict[str, GraphEntry], modes: dict[str,
         if section[key]["file"]:
             mode = section[key]["mode"]
             section["step"][mode] = _step(art_dir, graphs, chain, mode)
+    drafting = None
+    if draft_ids is not None and io_spec.MODE_SHADOW_ONLY in section["step"]:
+        drafting = Chain((modes[io_spec.MODE_SHADOW_ONLY][io_spec.ROLE_SHADOW], io_spec.GRAPH_DRAFT_HEAD))
+        section["step"][STEP_DRAFT] = _step(art_dir, graphs, drafting, STEP_DRAFT, draft_ids)
     written = [(section[k], chain) for k, chain in (("detached", detached), ("combined", combined))
                if section[k]["file"]]
     written += [(section["step"][m], chain) for m, chain in ((io_spec.MODE_SHADOW_ONLY, detached),
-                                                             (io_spec.MODE_BASE_SHADOW, combined))
+                                                             (io_spec.MODE_BASE_SHADOW, combined),
+                                                             (STEP_DRAFT, drafting))
                 if m in section["step"]]
     if validate:  # the split graphs' outputs first (their sessions opened once, then freed), then each joined
         split: dict[str, GraphSession] = {}  # graph alone: at most one copy of the weights mapped at a time
@@ -140,14 +151,21 @@ def step_entry(graphs: dict[str, GraphEntry], chain: Chain, file: str) -> GraphE
     return entry
 
 
-def _step(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, mode: str) -> dict:
+def _step(art_dir: Path, graphs: dict[str, GraphEntry], chain: Chain, mode: str,
+          draft_ids: np.ndarray | None = None) -> dict:
     """Write a mode's step graph (the joined chain + ArgMax over the vocabulary: `next_token`, the first index on
-    ties like numpy's argmax); its manifest entry (file, graphs, I/O table)."""
+    ties like numpy's argmax); its manifest entry (file, graphs, I/O table). With `draft_ids` [N] (the draft step:
+    a head over N token rows), `next_token` is the id of the ArgMax column: Gather(draft_ids, column)."""
     file = STEP_FILE.format(mode=mode)
     model = join(art_dir, graphs, chain, f"{mode}_step")
     g = model.graph
-    g.node.append(onnx.helper.make_node("ArgMax", [io_spec.LOGITS], [NEXT_TOKEN], name="/step/ArgMax", axis=-1,
+    column = NEXT_TOKEN if draft_ids is None else "/step/draft_column"
+    g.node.append(onnx.helper.make_node("ArgMax", [io_spec.LOGITS], [column], name="/step/ArgMax", axis=-1,
                                         keepdims=0, select_last_index=0))
+    if draft_ids is not None:  # [N] int64: column i of the draft logits is token draft_ids[i]
+        g.initializer.append(onnx.numpy_helper.from_array(np.asarray(draft_ids, np.int64), "/step/draft_ids"))
+        g.node.append(onnx.helper.make_node("Gather", ["/step/draft_ids", column], [NEXT_TOKEN],
+                                            name="/step/DraftIds", axis=0))
     g.output.insert(1, onnx.helper.make_tensor_value_info(NEXT_TOKEN, onnx.TensorProto.INT64, ["batch", "seq"]))
     onnx.save_model(model, str(art_dir / file))
     return {"file": file, "mode": mode, "graphs": list(chain.graphs),

@@ -17,7 +17,12 @@ import numpy as np
 
 def accept_greedy(drafts: np.ndarray, target_logits: np.ndarray) -> tuple[int, int]:
     """drafts [k] int; target_logits [k + 1, V]. Returns (drafts accepted n, the target's token after them)."""
-    targets = np.argmax(target_logits, axis=-1)  # [k + 1]
+    return accept_greedy_tokens(drafts, np.argmax(target_logits, axis=-1))
+
+
+def accept_greedy_tokens(drafts: np.ndarray, targets: np.ndarray) -> tuple[int, int]:
+    """drafts [k] int; targets [k + 1] the target's greedy token after each fed position (a graph's ArgMax).
+    Returns (drafts accepted n, the target's token after them)."""
     n = 0
     while n < len(drafts) and drafts[n] == targets[n]:
         n += 1

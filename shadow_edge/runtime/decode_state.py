@@ -15,6 +15,9 @@ Verbs (positions and lengths explicit, nothing hidden):
                        by address: no allocation): the split chain, or the mode's merged single-session
                        graph, which also returns the greedy token (`next_token`, ArgMax inside the
                        graph) so the logits need not be fetched
+  verify_bound(ids)    several positions for every row in one call of the merged graph, through buffers
+                       bound once per width: the greedy token after each position (`next_token` [b, t]),
+                       the logits only when fetched (speculative verification)
   rewind(length)       forget the positions past `length` (a pointer move; stale entries are
                        overwritten later), positions recomputed from the mask
   copy_rows(...)       copy rows' KV entries and mask between states (cascade reuse)
@@ -66,7 +69,7 @@ class DecodeState:
         self.next_pos = np.zeros(batch, np.int64)  # [b] the next token's position per row
         self.merged = merged
         self.fetch_logits = fetch_logits or merged is None
-        self._steps: dict = {}  # rows fed -> its bound step (made on first use)
+        self._steps: dict = {}  # rows fed (and width, for verify_bound) -> its bound step (made on first use)
         self._step = None  # the last bound step run
         self._views: dict = {}  # (cache, rows) -> (the cache's tensors, OrtValues over their first rows)
         self._scratch = (np.empty(0, np.int64), 0)  # a step's contiguous [n, length] mask (n > 1), its address
@@ -162,6 +165,38 @@ class DecodeState:
             c.length = self.length
         self.next_pos[:n] += 1
         return s.logits[:, 0] if self.fetch_logits and head else None
+
+    def verify_bound(self, ids: np.ndarray) -> np.ndarray:
+        """Feed ids [b, t] to every row (mask 1, at each row's next positions) in ONE call of the merged graph,
+        through buffers bound once per width t (no allocation per call). Returns next_token [b, t] int64: the
+        greedy token after each position (ArgMax inside the graph; a buffer the next call of this width
+        overwrites); `step_logits` holds the logits [b, t, V] when the state fetches logits. The caches advance
+        by t (the caller rewinds). onnxruntime's CPU GroupQueryAttention refuses t > 1 with a past at batch > 1:
+        such a state verifies through `verify` (the split graphs, row by row)."""
+        if self.merged is None:
+            raise RuntimeError("verify_bound runs the merged step graph; this state steps the split graphs")
+        b, t = ids.shape
+        s = self._steps.get((b, t))
+        if s is None:
+            s = self._steps[(b, t)] = _MergedStep(self, b, t)
+        self._step = s
+        s.tokens[...] = ids
+        np.add(self.next_pos[:, None], s.offsets, out=s.positions)
+        if self.length + t > self._room:
+            self._reserve(self.length + t)
+        self.mask[:, self.length:self.length + t] = 1
+        self.length += t
+        s.run(self._mask_of(b), path="verify_bound")
+        for c in self.caches:
+            c.length = self.length
+        self.next_pos += t
+        return s.next_token
+
+    @property
+    def step_logits(self) -> np.ndarray:
+        """[n, t, V] the logits of the last bound step or verify_bound (fetched states only); a buffer the next
+        call of that shape overwrites."""
+        return self._step.logits
 
     def _mask_of(self, n: int) -> tuple:
         """(ptr, shape) of the first n rows' mask [n, length], contiguous: the buffer itself for one row, else a
@@ -301,15 +336,17 @@ class _SplitStep:
 
 
 class _MergedStep:
-    """The bound decode step through the merged graph: one session call; `next_token` always, logits if asked."""
+    """The bound decode step (or a verify pass of `width` positions) through the merged graph: one session call;
+    `next_token` always, logits if asked."""
 
-    def __init__(self, state: DecodeState, b: int):
+    def __init__(self, state: DecodeState, b: int, width: int = 1):
         graph = state.merged
         self.state, self.graph, self.rows = state, graph, b
-        self.tokens = np.zeros((b, 1), np.int64)
-        self.positions = np.zeros((b, 1), np.int64)
-        self.next_token = np.zeros((b, 1), np.int64)
-        self.logits = np.zeros((b, 1, state.pipe.head.contract.outputs[0].shape[-1]), np.float32)
+        self.tokens = np.zeros((b, width), np.int64)  # [b, width]
+        self.positions = np.zeros((b, width), np.int64)  # [b, width]
+        self.offsets = np.arange(width, dtype=np.int64)  # [width] a row's positions after its next one
+        self.next_token = np.zeros((b, width), np.int64)  # [b, width]
+        self.logits = np.zeros((b, width, graph.contract.outputs[0].shape[-1]), np.float32)  # [b, width, V]
         outputs = {NEXT_TOKEN: ov(self.next_token)}
         if state.fetch_logits:
             outputs[LOGITS] = ov(self.logits)
@@ -318,8 +355,8 @@ class _MergedStep:
         self.io = graph.bind(inputs, outputs)
         self.bound: list | None = None
 
-    def run(self, mask: tuple, head: bool = True) -> None:
-        _count("step")
+    def run(self, mask: tuple, head: bool = True, path: str = "step") -> None:
+        _count(path)
         lists = [self.state.kv(i, self.rows) for i in range(len(self.state.caches))]  # shadow, backbone
         if self.bound is None or any(a is not b for a, b in zip(lists, self.bound)):  # first step, or growth
             bind_kv(self.io, self.graph.kv_pairs, [t for kv in lists for t in kv])

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from shadow_edge.errors import ArtifactError
-from shadow_edge.io_spec import GRAPH_DRAFT_HEAD, MODE_BASE_SHADOW, MODE_SHADOW_ONLY, ROLE_SHADOW
+from shadow_edge.io_spec import GRAPH_DRAFT_HEAD, MODE_BASE_SHADOW, MODE_SHADOW_ONLY, ROLE_SHADOW, STEP_DRAFT
 from shadow_edge.manifest import member_path
 
 _IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # runtime -> its draft ids (read once)
@@ -63,6 +63,15 @@ def draft_head(rt, full_vocab: bool = False) -> DraftHead:
         if ids is None:
             ids = _IDS[rt] = read_draft_ids(rt.art_dir, rt.manifest)
     return DraftHead(rt.graph(GRAPH_DRAFT_HEAD), ids, rt.vocab_size)
+
+
+def draft_graph(rt, head: DraftHead):
+    """The merged single-session graph of a greedy draft step with `head` (the shadow, the head and its ArgMax, whose
+    `next_token` is a vocabulary id): `step_draft.onnx` for the reduced draft head, shadow_only's step graph for the
+    full one; None where the artifact has none (older exports) or `rt` steps the split graphs."""
+    if head.ids is None:
+        return rt.step_graph(MODE_SHADOW_ONLY)
+    return rt.step_graph(STEP_DRAFT, stacks_of=MODE_SHADOW_ONLY, width=len(head.ids))
 
 
 def read_draft_ids(art_dir, manifest) -> np.ndarray:

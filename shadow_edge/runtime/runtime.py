@@ -175,10 +175,12 @@ class ShadowRuntime:
                                                         *stacks, params={} if pack is None else pack.fed)
             return self._pipes[(mode, adapter)]
 
-    def step_graph(self, mode: str) -> GraphSession | None:
+    def step_graph(self, mode: str, stacks_of: str | None = None, width: int | None = None) -> GraphSession | None:
         """The merged single-session step graph of a mode (shadow + backbone + head + ArgMax: `step_combined.onnx`),
         or None where the artifact has none (older exports, explicit shadows whose KV shapes differ) or this
-        runtime steps the split graphs (`decode_step="split"`)."""
+        runtime steps the split graphs (`decode_step="split"`). `mode` may also be `interop.step`'s other key
+        (`draft`: speculative's draft step), whose KV layout is that of mode `stacks_of`'s graphs and whose logits
+        must have `width` columns where given."""
         if self.decode_step == "split":
             return None
         try:
@@ -192,7 +194,7 @@ class ShadowRuntime:
                                 "with decode_step='split'") from None
         if graph is None:
             return None
-        stacks = self.pipeline(mode).stacks
+        stacks = self.pipeline(stacks_of or mode).stacks
         layers = sum(g.entry.kv_layers for g in stacks)
         shapes = {(g.entry.kv_heads, g.entry.head_dim) for g in stacks}
         if graph.kv_layers != layers or shapes != {(graph.kv_heads, graph.head_dim)}:
@@ -200,6 +202,11 @@ class ShadowRuntime:
                                 f"layers of {graph.kv_heads} heads x {graph.head_dim}; the mode's graphs have "
                                 f"{layers} of {sorted(shapes)}; re-export the artifact, or load it with "
                                 "decode_step='split'")
+        logits = graph.outputs[0].shape[-1] if graph.outputs else None
+        if width is not None and logits != width:
+            raise ArtifactError(f"{self.art_dir / 'manifest.json'}: interop.step.{mode} has logits of width "
+                                f"{logits}; expected {width} (its head's columns); re-export the artifact, or load "
+                                "it with decode_step='split'")
         key = f"step:{mode}"
         with self._lock:
             if key not in self._graphs:

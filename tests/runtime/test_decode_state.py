@@ -194,3 +194,36 @@ def test_cli_run_decode_step_split_gives_the_same_tokens(loaded):
     assert json.loads(outs[0].stdout)["token_ids"] == json.loads(outs[1].stdout)["token_ids"]
     bad = subprocess.run(base + ["--decode-step", "fast"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--decode-step" in bad.stderr
+
+
+@pytest.mark.parametrize("fetch", [False, True])
+def test_verify_bound_equals_full_forward_then_rewinds(loaded, fetch):
+    """verify_bound (several positions in one call of the merged graph, speculative's verify pass): its next_token is
+    the full forward's argmax at every position (and its logits, when fetched, the full forward's); after a rewind the
+    state steps on as if the verified positions had never been fed; widths 1..4 reuse their buffers."""
+    case, rt = loaded
+    merged = rt.step_graph("base_shadow")
+    if merged is None:
+        assert case.shadow_model_dir is not None, "only explicit shadows lack one"
+        return
+    ids, mask = batch(case.vocab_size, 7, lengths=(14,))
+    full = rt.forward(ids, mask, mode="base_shadow")[0]  # [t, V]
+    state = DecodeState(rt.pipeline("base_shadow"), 1, 4, merged, fetch_logits=fetch)
+    state.prefill(ids[:, :6])
+    for t in range(6, 12):
+        for width in (1, 2, 4, 3):
+            if t + width > ids.shape[1]:
+                continue
+            before = state.length
+            targets = state.verify_bound(ids[:, t:t + width]).copy()  # [1, width]
+            np.testing.assert_array_equal(targets[0], np.argmax(full[t:t + width], axis=-1))
+            if fetch:
+                close(state.step_logits[0], full[t:t + width])
+            assert state.length == before + width and state.next_pos[0] == t + width
+            state.rewind(before)
+        assert state.next_pos[0] == t
+        state.verify_bound(ids[:, t:t + 1])  # keep one position, as a round that accepts nothing does
+    logits = state.step(ids[:, 12])
+    if fetch:
+        close(logits, full[12:13])
+    np.testing.assert_array_equal(state.next_token, [np.argmax(full[12])])

@@ -225,3 +225,61 @@ def test_a_quantized_draft_head_reads_the_quantized_rows(tiny_default, root, qua
     for k in (1, 4):
         assert rt.generate(BATCH, mode="speculative", max_new_tokens=8, draft_tokens=k, eos=[]).token_ids == \
             base.token_ids
+
+
+@pytest.mark.parametrize("k", (1, 4, None))
+def test_a_greedy_draft_step_is_one_call_of_the_merged_draft_graph(agreeing_reduced, k, monkeypatch):
+    """The export writes step_draft.onnx (the shadow + draft_head + ArgMax, its column mapped to the vocabulary id):
+    its next_token is the split draft's token; a one-row greedy round is k calls of it and one verify call; the
+    tokens equal base_shadow's, and those of the same artifact without the graph (an older export)."""
+    from shadow_edge.runtime.session import GraphSession
+    from shadow_edge.runtime.strategies.speculative import Rounds
+
+    rt = agreeing_reduced
+    entry = rt.manifest.interop["step"]["draft"]
+    assert entry["file"] == "step_draft.onnx" and entry["graphs"] == ["shadow", "draft_head"]
+    assert entry["graph"]["outputs"][0]["shape"][-1] == len(draft_head(rt).ids)
+    rounds = Rounds(rt, None, 1, 32)
+    assert rounds.quick is not None and rounds.quick.merged.name == "step:draft"
+    rounds.state.prefill(np.array([BATCH[0]], np.int64))
+    rounds.drafter.follow(rounds.state)
+    rounds.quick.follow(rounds.state)
+    for token in (3, 17, 5):
+        want = rounds.draft_head.tokens(np.argmax(rounds.drafter.step(np.array([token])), axis=-1))
+        rounds.quick.step(np.array([token]))
+        assert rounds.quick.next_token.tolist() == want.tolist() and np.isin(want, rounds.draft_head.ids).all()
+    calls: list[str] = []
+    real = GraphSession.run_bound
+    monkeypatch.setattr(GraphSession, "run_bound", lambda self, io: (calls.append(self.name), real(self, io))[1])
+    spec = rt.generate(BATCH[0], mode="speculative", max_new_tokens=30, draft_tokens=k, eos=[])
+    monkeypatch.setattr(GraphSession, "run_bound", real)
+    s = spec.speculative
+    assert calls.count("step:draft") == s.drafted and calls.count("step:base_shadow") == s.rounds
+    assert set(calls[2:]) == {"step:draft", "step:base_shadow"}
+    assert spec.token_ids == rt.generate(BATCH[0], mode="base_shadow", max_new_tokens=30, eos=[]).token_ids
+
+
+def test_an_artifact_without_the_merged_draft_graph_drafts_through_the_split_graphs(agreeing_reduced, tmp_path):
+    """An export from before step_draft.onnx (manifest without interop.step.draft) drafts with the split shadow and
+    draft_head and gives the same tokens; a draft step graph whose logits do not have draft_vocab.size columns is one
+    clear error."""
+    from shadow_edge.runtime.strategies.speculative import Rounds
+
+    rt = agreeing_reduced
+    old = copy_artifact(rt.art_dir, tmp_path / "old")
+    manifest = json.loads((old / "manifest.json").read_text())
+    del manifest["interop"]["step"]["draft"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    older = ShadowRuntime.load(old, threads=1, verify=False)
+    assert Rounds(older, None, 1, 8).quick is None
+    for prompt in (BATCH[0], BATCH):
+        for k in (1, 4, None):
+            want = rt.generate(prompt, mode="speculative", max_new_tokens=16, draft_tokens=k, eos=[]).token_ids
+            assert older.generate(prompt, mode="speculative", max_new_tokens=16, draft_tokens=k, eos=[]).token_ids \
+                == want
+    wide = copy_artifact(rt.art_dir, tmp_path / "wide")
+    manifest = json.loads((wide / "manifest.json").read_text())
+    manifest["interop"]["step"]["draft"]["graph"]["outputs"][0]["shape"][-1] += 1
+    (wide / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match=r"interop.step.draft has logits of width \d+; expected \d+"):
+        ShadowRuntime.load(wide, threads=1, verify=False).generate([1, 2], mode="speculative", max_new_tokens=3)

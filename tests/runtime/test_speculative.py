@@ -110,13 +110,15 @@ def test_eos_inside_a_draft_sampling(agreeing_rt):
     assert out.token_ids == tokens[:p + 1] and out.finish_reason == "eos"
 
 
-def test_caches_roll_back_exactly(agreeing_rt):
+@pytest.mark.parametrize("prompts", [BATCH, BATCH[:1]], ids=["batch", "one_row_bound"])
+def test_caches_roll_back_exactly(agreeing_rt, prompts):
     """Every emitted token's log-probability (so every round after a rejection, in every row of a left-padded
-    batch with holes) equals a fresh full forward over the accepted prefix."""
+    batch with holes; one row: the one-call verify pass with its logits fetched) equals a fresh full forward over
+    the accepted prefix."""
     rt = agreeing_rt
-    t = max(map(len, BATCH))
-    ids = np.array([[rt.pad_id] * (t - len(p)) + p for p in BATCH])
-    mask = np.array([[0] * (t - len(p)) + [1] * len(p) for p in BATCH])
+    t = max(map(len, prompts))
+    ids = np.array([[rt.pad_id] * (t - len(p)) + p for p in prompts])
+    mask = np.array([[0] * (t - len(p)) + [1] * len(p) for p in prompts])
     opts = GenerationOptions.of(mode="speculative", max_new_tokens=30, draft_tokens=3, eos=())
     gen = strategy("speculative").run(rt, ids, mask, opts, False, want_logprobs=True)
     while True:
@@ -127,11 +129,38 @@ def test_caches_roll_back_exactly(agreeing_rt):
             break
     s = rows.stats
     assert 0 < s.accepted < s.drafted
-    for r, prompt in enumerate(BATCH):
+    for r, prompt in enumerate(prompts):
         full = np.array(prompt + rows.ids[r][:-1])
         fresh = log_softmax(rt.forward(full, mode="base_shadow")[0])  # [t, V]
         expected = fresh[len(prompt) - 1 + np.arange(len(rows.ids[r])), rows.ids[r]]
         np.testing.assert_allclose(rows.logprobs[r], expected, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("k", (1, 4, None))
+def test_a_greedy_round_is_k_draft_calls_and_one_verify_call(agreeing_rt, k, monkeypatch):
+    """One row, greedy: after the prefill, a round of k drafts is k calls of shadow_only's merged step graph and ONE
+    call of base_shadow's over the k + 1 positions (no split graph runs); the tokens equal base_shadow's and those of
+    the split round (a runtime loaded with decode_step='split')."""
+    from shadow_edge.runtime import decode_state
+    from shadow_edge.runtime.session import GraphSession
+
+    calls: list[str] = []
+    real = GraphSession.run_bound
+    monkeypatch.setattr(GraphSession, "run_bound", lambda self, io: (calls.append(self.name), real(self, io))[1])
+    before = dict(decode_state.STEP_CALLS)
+    spec = agreeing_rt.generate(BATCH[0], mode="speculative", max_new_tokens=30, draft_tokens=k, eos=[])
+    paths = {p: n - before.get(p, 0) for p, n in decode_state.STEP_CALLS.items() if n != before.get(p, 0)}
+    s = spec.speculative
+    assert 0 < s.accepted < s.drafted
+    assert paths == {"advance": 1, "verify_bound": s.rounds, **({"step": s.drafted} if s.drafted else {})}, paths
+    assert calls.count("step:base_shadow") == s.rounds and calls.count("step:shadow_only") == s.drafted
+    assert calls[:2] == ["shadow", "backbone"]  # the prompt (its head runs unbound), then rounds only
+    assert set(calls[2:]) == {"step:base_shadow", "step:shadow_only"}
+    split = ShadowRuntime.load(agreeing_rt.art_dir, threads=1, decode_step="split")
+    base = agreeing_rt.generate(BATCH[0], mode="base_shadow", max_new_tokens=30, eos=[])
+    old = split.generate(BATCH[0], mode="speculative", max_new_tokens=30, draft_tokens=k, eos=[])
+    assert spec.token_ids == base.token_ids == old.token_ids
+    assert old.speculative.accepted == s.accepted
 
 
 def test_sampling_is_reproducible_with_a_seed(agreeing_rt):

@@ -20,6 +20,15 @@ the attention bias never lets a query see; positions are per row (explicit posit
 so a hole does not shift them. Stale keys/values past the length are overwritten later.
 onnxruntime's CPU GroupQueryAttention takes seq > 1 with a past only for batch 1, so
 with batch > 1 on such a backbone the verify pass runs row by row on views of the cache.
+
+One call per step where the artifact allows (`Rounds.bound`: its merged step graph, and one row or an attention
+kind that takes several positions in a batch): the verify pass is ONE call of base_shadow's merged step graph
+(`step_base_shadow.onnx`: shadow + backbone + head + ArgMax) over the k + 1 positions, through buffers bound once
+(`DecodeState.verify_bound`): it returns the greedy token after each position, so the k + 1 logits rows stay in
+onnxruntime (fetched only to sample or for logprobs). It runs the shadow over the k + 1 positions itself, so the
+draft makes k shadow steps, not k + 1, and keeps no hidden states; a greedy draft step is one call of the draft's
+merged graph (the shadow and the draft head with their ArgMax: `step_draft.onnx` of a reduced draft vocabulary, or
+shadow_only's `step_shadow_only.onnx`), whose token crosses into Python, not its logits.
 """
 
 from __future__ import annotations
@@ -31,9 +40,9 @@ import numpy as np
 
 from shadow_edge.errors import InputError
 from shadow_edge.io_spec import ATTENTION_GQA, MODE_BASE_SHADOW, MODE_SHADOW_ONLY
-from shadow_edge.runtime.acceptance import AdaptiveDraft, accept_greedy, accept_sampled, draw
+from shadow_edge.runtime.acceptance import AdaptiveDraft, accept_greedy, accept_greedy_tokens, accept_sampled, draw
 from shadow_edge.runtime.decode_state import DecodeState
-from shadow_edge.runtime.draft_vocab import DraftHead, cost_ratio, draft_head
+from shadow_edge.runtime.draft_vocab import DraftHead, cost_ratio, draft_graph, draft_head
 from shadow_edge.runtime.generate import Pipeline
 from shadow_edge.runtime.inputs import as_int
 from shadow_edge.runtime.result import SpeculativeStats
@@ -85,6 +94,9 @@ class Speculative(StepStrategy):
         rounds = Rounds(rt, opts.adapter, b, ids.shape[1] + opts.max_new_tokens + ADAPTIVE_MAX + 1,
                         draft_head(rt, opts.strategy.full_draft_vocab))
         rows_apart = b > 1 and rounds.state.pipe.backbone.entry.attention == ATTENTION_GQA
+        bound = rounds.bound(b)  # the one-call verify pass (and, greedy, one-call draft steps)
+        if bound:
+            rounds.state.fetch_logits = want_logprobs or not sampler.greedy
         policy = None
         if opts.strategy.draft_tokens is None:
             policy = AdaptiveDraft(cost_ratio(rt.manifest, rounds.draft_head), ADAPTIVE_MAX)
@@ -110,9 +122,16 @@ class Speculative(StepStrategy):
             k = min(policy.next_k() if policy else opts.strategy.draft_tokens, left - 1)
             x = np.where(active, x, rt.pad_id).astype(np.int64)  # finished rows are fed pad (as in plain)
             slots = rounds.state.length
-            fed, hidden, q = draft(rounds, x, k, sampler, shape)
-            t1 = time.perf_counter()
-            p_logits = verify(rounds, fed, hidden, active if rows_apart else None)  # [b, k + 1, V]
+            if bound:  # k shadow steps, then one call over the k + 1 positions (the shadow's included)
+                fed, q = draft_bound(rounds, x, k, sampler, shape)
+                t1 = time.perf_counter()
+                targets = rounds.state.verify_bound(fed)  # [b, k + 1] the greedy token after each position
+                p_logits = rounds.state.step_logits if rounds.state.fetch_logits else None  # [b, k + 1, V]
+            else:
+                fed, hidden, q = draft(rounds, x, k, sampler, shape)
+                t1 = time.perf_counter()
+                p_logits = verify(rounds, fed, hidden, active if rows_apart else None)  # [b, k + 1, V]
+                targets = None
             t2 = time.perf_counter()
 
             # accept per row, then roll both caches back to the widest row's kept slots
@@ -123,7 +142,8 @@ class Speculative(StepStrategy):
             for r in np.flatnonzero(active):
                 drafts = fed[r, 1:]
                 if sampler.greedy:
-                    n, nxt = accept_greedy(drafts, p_logits[r])
+                    n, nxt = (accept_greedy_tokens(drafts, targets[r]) if targets is not None
+                              else accept_greedy(drafts, p_logits[r]))
                 else:
                     n, nxt = accept_sampled(drafts, shaped_probs(p_logits[r], *shape),
                                             np.stack([qj[r] for qj in q]) if k else np.zeros((0, 0)), sampler.rng)
@@ -155,18 +175,36 @@ class Speculative(StepStrategy):
 
 
 class Rounds:
-    """The decode states of one speculative generation: `state` (base_shadow, with the prepacked verify head) and
-    `drafter` (the shadow and the shadow's head), which shares `state`'s shadow cache."""
+    """The decode states of one speculative generation: `state` (base_shadow, with the prepacked verify head, and
+    its merged step graph where the artifact has one), `drafter` (the shadow and the draft head, split) and
+    `quick` (the draft's merged graph, greedy, or None); both drafters share `state`'s shadow cache."""
 
     def __init__(self, rt, adapter: str | None, batch: int, capacity: int, head: DraftHead | None = None):
         """head: the draft head and its columns' token ids (default: `draft_vocab.draft_head(rt)`, the artifact's
         reduced draft vocabulary if it has one, else shadow_only's head)."""
         pipe = rt.pipeline(MODE_BASE_SHADOW, adapter)
         self.draft_head = head = head if head is not None else draft_head(rt)
+        merged = rt.step_graph(MODE_BASE_SHADOW) if adapter is None else None
         self.state = DecodeState(Pipeline(packed_head(rt, pipe), pipe.shadow, pipe.backbone, pipe.params), batch,
-                                 capacity)
-        self.drafter = DecodeState(Pipeline(head.session, pipe.shadow, params=pipe.params), batch, capacity,
-                                   caches=self.state.caches[:1])
+                                 capacity, merged)
+        draft_pipe = Pipeline(head.session, pipe.shadow, params=pipe.params)
+        self.drafter = DecodeState(draft_pipe, batch, capacity, caches=self.state.caches[:1])
+        quick = draft_graph(rt, head) if merged is not None else None
+        self.quick = None if quick is None else DecodeState(draft_pipe, batch, capacity, quick, fetch_logits=False,
+                                                            caches=self.state.caches[:1])
+        self.batch_positions = pipe.backbone.entry.attention != ATTENTION_GQA  # several positions at batch > 1
+        self._fed = np.empty((batch, ADAPTIVE_MAX + 1), np.int64)  # [b, k + 1] a round's fed tokens (grown on demand)
+
+    def fed(self, k: int) -> np.ndarray:
+        """[b, k + 1] the buffer of a round's fed tokens (x, d1..dk): made once, grown for a larger k."""
+        if self._fed.shape[1] < k + 1:
+            self._fed = np.empty((self._fed.shape[0], k + 1), np.int64)
+        return self._fed[:, :k + 1]
+
+    def bound(self, batch: int) -> bool:
+        """Whether a round verifies in one call of the merged graph (`draft_bound`, `DecodeState.verify_bound`):
+        the artifact has one, and one row, or an attention kind that takes several positions in a batch."""
+        return self.state.merged is not None and (batch == 1 or self.batch_positions)
 
 
 def draft(rounds: Rounds, x: np.ndarray, k: int, sampler, shape: tuple,
@@ -200,6 +238,38 @@ def draft(rounds: Rounds, x: np.ndarray, k: int, sampler, shape: tuple,
                 fed[:, j + 1] = head.tokens(np.array([draw(probs[r], sampler.rng) for r in range(b)]))
                 q.append(head.full(probs))
     return fed, hidden, q
+
+
+def draft_bound(rounds: Rounds, x: np.ndarray, k: int, sampler, shape: tuple) -> tuple[np.ndarray, list[np.ndarray]]:
+    """k shadow steps from x [b] (x, d1..d(k-1)) at the state's next positions, each proposing the next draft: the
+    drafts for a one-call verify pass, which runs the shadow over the k + 1 positions itself.
+
+    Returns fed [b, k + 1] (x, d1..dk) and, when sampling, the k shaped draft distributions [b, V]. Greedy with a
+    merged draft graph: one call per step, its token read from `next_token`. The shadow cache advances by k.
+    """
+    b = x.shape[0]
+    fed = rounds.fed(k)  # [b, k + 1], overwritten next round
+    fed[:, 0] = x
+    q: list[np.ndarray] = []
+    if k == 0:
+        return fed, q
+    quick = rounds.quick if sampler.greedy else None
+    drafter = quick if quick is not None else rounds.drafter
+    drafter.follow(rounds.state)
+    head = rounds.draft_head
+    for j in range(k):
+        if quick is not None:
+            quick.step(fed[:, j])
+            fed[:, j + 1] = quick.next_token  # already a vocabulary id (the graph maps draft columns)
+            continue
+        q_logits = drafter.step(fed[:, j])  # [b, V or N]
+        if sampler.greedy:
+            fed[:, j + 1] = head.tokens(np.argmax(q_logits, axis=-1))
+        else:
+            probs = shaped_probs(q_logits, *shape)  # [b, V or N]
+            fed[:, j + 1] = head.tokens(np.array([draw(probs[r], sampler.rng) for r in range(b)]))
+            q.append(head.full(probs))
+    return fed, q
 
 
 def packed_head(rt, pipe):
