@@ -61,7 +61,7 @@ def calls(rt: ShadowRuntime, k: int, reps: int) -> dict[str, list[float]]:
     ids = np.asarray([rt.codec.encode(PROMPTS[0])], np.int64)  # [1, t]
     head = draft_head(rt)
     full = draft_head(rt, full_vocab=True)
-    rounds = spec.Rounds(rt, None, 1, ids.shape[1] + 64, head)
+    rounds = spec.Rounds(rt, None, 1, ids.shape[1] + 64, head, split_verify=True)  # both verify passes
     full_rounds = spec.Rounds(rt, None, 1, ids.shape[1] + 64, full)
     full_rounds.state = rounds.state  # one state; the full-vocabulary drafters share its shadow cache
     full_rounds.drafter.caches = rounds.state.caches[:1]

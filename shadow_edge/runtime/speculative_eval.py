@@ -85,7 +85,7 @@ def scan(rt, ids: np.ndarray, spans: list[tuple[int, int, int]], k_max: int, pro
     out = Scan([], [], [], [], [])
     for w, (begin, end, first) in enumerate(spans):
         context = ids[None, begin:first]  # [1, c]
-        rounds = Rounds(rt, None, 1, end - begin + k_max + 1, draft_head(rt, full_draft_vocab))
+        rounds = Rounds(rt, None, 1, end - begin + k_max + 1, draft_head(rt, full_draft_vocab), split_verify=True)
         logits = rounds.state.prefill(context)
         rows = [logits[0]]  # predicts ids[first]
         for s in range(first, end - 1):

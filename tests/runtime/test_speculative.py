@@ -156,7 +156,13 @@ def test_a_greedy_round_is_k_draft_calls_and_one_verify_call(agreeing_rt, k, mon
     assert calls.count("step:base_shadow") == s.rounds and calls.count("step:shadow_only") == s.drafted
     assert calls[:2] == ["shadow", "backbone"]  # the prompt (its head runs unbound), then rounds only
     assert set(calls[2:]) == {"step:base_shadow", "step:shadow_only"}
+    from shadow_edge.runtime.strategies.speculative import Rounds
+
     split = ShadowRuntime.load(agreeing_rt.art_dir, threads=1, decode_step="split")
+    head = agreeing_rt.pipeline("base_shadow").head  # one call: no prepacked copy of the head for a split verify
+    assert Rounds(agreeing_rt, None, 1, 8).state.pipe.head is head
+    assert Rounds(agreeing_rt, None, 1, 8, split_verify=True).state.pipe.head is not head
+    assert Rounds(split, None, 1, 8).state.pipe.head is not split.pipeline("base_shadow").head
     base = agreeing_rt.generate(BATCH[0], mode="base_shadow", max_new_tokens=30, eos=[])
     old = split.generate(BATCH[0], mode="speculative", max_new_tokens=30, draft_tokens=k, eos=[])
     assert spec.token_ids == base.token_ids == old.token_ids

@@ -175,24 +175,29 @@ class Speculative(StepStrategy):
 
 
 class Rounds:
-    """The decode states of one speculative generation: `state` (base_shadow, with the prepacked verify head, and
-    its merged step graph where the artifact has one), `drafter` (the shadow and the draft head, split) and
-    `quick` (the draft's merged graph, greedy, or None); both drafters share `state`'s shadow cache."""
+    """The decode states of one speculative generation: `state` (base_shadow: its merged step graph where the
+    artifact has one, and the split graphs for the prompt and the split verify pass), `drafter` (the shadow and
+    the draft head, split) and `quick` (the draft's merged graph, greedy, or None); both drafters share `state`'s
+    shadow cache."""
 
-    def __init__(self, rt, adapter: str | None, batch: int, capacity: int, head: DraftHead | None = None):
+    def __init__(self, rt, adapter: str | None, batch: int, capacity: int, head: DraftHead | None = None,
+                 split_verify: bool = False):
         """head: the draft head and its columns' token ids (default: `draft_vocab.draft_head(rt)`, the artifact's
-        reduced draft vocabulary if it has one, else shadow_only's head)."""
+        reduced draft vocabulary if it has one, else shadow_only's head). The split verify pass (`verify`) gets the
+        prepacked vocabulary head (`packed_head`: one more copy of its weights) only where rounds verify through
+        it: no merged graph, a batch on GroupQueryAttention, or `split_verify` (a caller of `verify`)."""
         pipe = rt.pipeline(MODE_BASE_SHADOW, adapter)
         self.draft_head = head = head if head is not None else draft_head(rt)
-        merged = rt.step_graph(MODE_BASE_SHADOW) if adapter is None else None
-        self.state = DecodeState(Pipeline(packed_head(rt, pipe), pipe.shadow, pipe.backbone, pipe.params), batch,
-                                 capacity, merged)
+        self._merged = merged = rt.step_graph(MODE_BASE_SHADOW) if adapter is None else None
+        self.batch_positions = pipe.backbone.entry.attention != ATTENTION_GQA  # several positions at batch > 1
+        verify_head = pipe.head if self.bound(batch) and not split_verify else packed_head(rt, pipe)
+        self.state = DecodeState(Pipeline(verify_head, pipe.shadow, pipe.backbone, pipe.params), batch, capacity,
+                                 merged)
         draft_pipe = Pipeline(head.session, pipe.shadow, params=pipe.params)
         self.drafter = DecodeState(draft_pipe, batch, capacity, caches=self.state.caches[:1])
         quick = draft_graph(rt, head) if merged is not None else None
         self.quick = None if quick is None else DecodeState(draft_pipe, batch, capacity, quick, fetch_logits=False,
                                                             caches=self.state.caches[:1])
-        self.batch_positions = pipe.backbone.entry.attention != ATTENTION_GQA  # several positions at batch > 1
         self._fed = np.empty((batch, ADAPTIVE_MAX + 1), np.int64)  # [b, k + 1] a round's fed tokens (grown on demand)
 
     def fed(self, k: int) -> np.ndarray:
@@ -204,7 +209,7 @@ class Rounds:
     def bound(self, batch: int) -> bool:
         """Whether a round verifies in one call of the merged graph (`draft_bound`, `DecodeState.verify_bound`):
         the artifact has one, and one row, or an attention kind that takes several positions in a batch."""
-        return self.state.merged is not None and (batch == 1 or self.batch_positions)
+        return self._merged is not None and (batch == 1 or self.batch_positions)
 
 
 def draft(rounds: Rounds, x: np.ndarray, k: int, sampler, shape: tuple,
