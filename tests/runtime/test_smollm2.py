@@ -8,6 +8,7 @@ random (shadow-peft zero-initializes the injection's up-projection).
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 from pathlib import Path
@@ -31,10 +32,12 @@ TOL = 1e-4
 PROMPTS = ("What is the capital of France?", "Define the word \"lantern\".")
 
 
-def _pair(tmp: Path, base, seed: int) -> tuple[Path, Path]:
-    """The base saved, and a random adapter of a real model's scale: the shadow layer's matrices normal(0, 0.02)
-    (std 0.2 at width 576 grows activations ~5x per layer), injection and update normal(0, 0.2)."""
-    base.save_pretrained(tmp / "base")
+def _pair(tmp: Path, base, seed: int, save_base: bool = True) -> tuple[Path, Path]:
+    """The base saved (unless it is on disk already), and a random adapter of a real model's scale: the shadow
+    layer's matrices normal(0, 0.02) (std 0.2 at width 576 grows activations ~5x per layer), injection and update
+    normal(0, 0.2)."""
+    if save_base:
+        base.save_pretrained(tmp / "base")
     peft = get_shadow_model(base, ShadowConfig(num_shadow_layers=1, injection_hidden_size=8, gate_hidden_size=8))
     randomize_adapter(peft, seed)
     with torch.no_grad():
@@ -45,15 +48,11 @@ def _pair(tmp: Path, base, seed: int) -> tuple[Path, Path]:
     return tmp / "base", tmp / "adapter"
 
 
-def _oracle(base_dir: Path, adapter_dir: Path, mode: str) -> ShadowForCausalLM:
-    return ShadowForCausalLM.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir,
-                                             inference_mode=mode).eval()
-
-
 def _check_against_oracle(base_dir: Path, adapter_dir: Path, art: Path, ids: np.ndarray, new_tokens: int) -> None:
     rt = ShadowRuntime.load(art, threads=1)
+    base = AutoModelForCausalLM.from_pretrained(base_dir)  # read once; each mode's oracle wraps a copy
     for mode in ("shadow_only", "base_shadow"):
-        oracle = _oracle(base_dir, adapter_dir, mode)
+        oracle = ShadowForCausalLM.from_pretrained(copy.deepcopy(base), adapter_dir, inference_mode=mode).eval()
         with torch.no_grad():
             want = oracle(input_ids=torch.from_numpy(ids)).logits.numpy()
             greedy = oracle.generate(torch.from_numpy(ids), max_new_tokens=new_tokens, do_sample=False,
@@ -77,7 +76,7 @@ def real(tmp_path_factory):
     ckpt = smollm2.smollm2_checkpoint()
     tmp = tmp_path_factory.mktemp("smollm2")
     base = AutoModelForCausalLM.from_pretrained(ckpt).eval()
-    _, adapter_dir = _pair(tmp, base, seed=11)
+    _, adapter_dir = _pair(tmp, base, seed=11, save_base=False)  # the base is `ckpt`
     export_artifact(ckpt, adapter_dir, tmp / "art", options=ExportOptions(), progress=lambda msg: None)
     return ckpt, adapter_dir, tmp / "art"
 
