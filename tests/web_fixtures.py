@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -49,10 +50,47 @@ def node(script: str, payload: dict, timeout: float = 600) -> list | dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def drive(urls: list[str], timeout_ms: int = 120_000, again: int = 0) -> list[dict]:
-    """What each page ended with in headless Chromium (web/drive.mjs); `again`: more generations per page
-    (the form resubmitted), their results in each page's "again"."""
-    return node("drive.mjs", {"urls": urls, "timeout_ms": timeout_ms, "again": again})
+class Browser:
+    """One headless Chromium for many pages (web/drive.mjs reading its requests from stdin): launching it per
+    request cost more than most pages' own work."""
+
+    def __init__(self) -> None:
+        self.log = tempfile.TemporaryFile("w+")  # node's stderr: a file, so that it can never fill a pipe
+        self.proc = subprocess.Popen(["node", str(WEB / "drive.mjs")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, text=True, cwd=WEB, env={**os.environ, "CHROMIUM": CHROMIUM})
+
+    def drive(self, urls: list[str], timeout_ms: int = 120_000, again: int = 0, prompts: list[str] = ()) -> list[dict]:
+        """What each page ended with (web/drive.mjs); `again`: more generations per page (the form resubmitted),
+        their results in each page's "again"; `prompts`: typed into each page's form after its first generation,
+        what the page showed after each in its "next"."""
+        request = {"urls": urls, "timeout_ms": timeout_ms, "again": again, "prompts": list(prompts)}
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()  # the browser's answer, or "" when node died
+        if not line:
+            self.proc.wait(timeout=30)
+            self.log.seek(0)
+            pytest.fail(f"node drive.mjs failed ({self.proc.returncode}):\n{self.log.read()[-4000:]}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """The module's one Chromium (see Browser)."""
+    require_web_tools(browser=True)
+    b = Browser()
+    yield b
+    b.close()
 
 
 def page_console_errors(page: dict) -> list[str]:

@@ -1,10 +1,11 @@
 """`shadow-edge web`'s page in headless Chromium (Debian's, driven by puppeteer-core), served from loopback.
 
-The page's greedy tokens equal the Python runtime's shadow_only tokens: fp32, int4 and int8 exported with
+The page's greedy tokens equal the Python runtime's shadow_only tokens (the first prompt from the URL, the next ones
+typed into the loaded page's form): fp32, int4 and int8 exported with
 `--quant-compute float32` (onnxruntime-web computes quantized matmuls in float32; with the default int8
 activations the native logits differ by ~0.1 and a near-tie can flip, see docs/browser.md), and the ONNX-Attention
 graph. The cascade escalates to a loopback `shadow-edge serve --cors-origin` and shows its answer; errors
-(model missing, server down, no CORS) are shown on the page, never thrown.
+(model missing, server down, no CORS) are shown on the page, never thrown. One Chromium serves the whole file.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from urllib.parse import urlencode
 import pytest
 from runtime_fixtures import runtime_once, tiny_artifact  # noqa: F401  (fixture)
 from serve_fixtures import LiveServer, free_port
-from web_fixtures import MAX_NEW, PROMPTS, drive, export_tiny, page_console_errors, require_web_tools
+from web_fixtures import MAX_NEW, PROMPTS, browser, export_tiny, page_console_errors, require_web_tools  # noqa: F401
 
 from shadow_edge.web import write_site
 from shadow_edge.web.static_server import StaticServer
@@ -47,24 +48,25 @@ def assert_clean(page: dict) -> None:
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_page_tokens_equal_python(variant, tiny_default, tmp_path):
+def test_page_tokens_equal_python(variant, browser, tiny_default, tmp_path):  # noqa: F811
     options, prompts = VARIANTS[variant]
     art = export_tiny(tiny_default.base_dir, tiny_default.adapter_dir, tmp_path / "art", **options)
     write_site(art, tmp_path / "site", progress=lambda m: None)
     rt = runtime_once(f"web_browser_{variant}", art)
-    with StaticServer(tmp_path / "site") as site:
-        pages = drive([url(site.url, prompt=p, max_new_tokens=MAX_NEW) for p in prompts])
-    for prompt, page in zip(prompts, pages):
-        assert_clean(page)
+    with StaticServer(tmp_path / "site") as site:  # the first prompt from the URL, the others typed into the form
+        page, = browser.drive([url(site.url, prompt=prompts[0], max_new_tokens=MAX_NEW)], prompts=list(prompts[1:]))
+    assert_clean(page)
+    assert [p["prompt"] for p in page["next"]] == list(prompts[1:])
+    for prompt, shown in zip(prompts, [page, *page["next"]]):
         want = rt.generate(prompt, mode="shadow_only", max_new_tokens=MAX_NEW)
-        got = page["last_result"]
+        got = shown["last_result"]
         assert got["token_ids"] == list(want.token_ids), prompt
-        assert (got["text"], got["answered_by"], page["shown_answer"]) == (want.text, "shadow_only", want.text)
-        assert page["last_error"] is None and page["shown_error"] == ""
-        assert "tokens/s" in page["shown_stats"] and got["tokens_per_s"] > 0
+        assert (got["text"], got["answered_by"], shown["shown_answer"]) == (want.text, "shadow_only", want.text)
+        assert shown["last_error"] is None and shown["shown_error"] == ""
+        assert "tokens/s" in shown["shown_stats"] and got["tokens_per_s"] > 0
 
 
-def test_cascade_escalates_to_serve(tiny_artifact, tmp_path):  # noqa: F811
+def test_cascade_escalates_to_serve(browser, tiny_artifact, tmp_path):  # noqa: F811
     """Below the threshold the page asks the server (OpenAI API, CORS for the page's origin) and shows its
     answer: the combined model's greedy tokens; at threshold 0 the shadow answers and the server is not asked."""
     write_site(tiny_artifact, tmp_path / "site", progress=lambda m: None)
@@ -72,7 +74,7 @@ def test_cascade_escalates_to_serve(tiny_artifact, tmp_path):  # noqa: F811
     prompt = PROMPTS[0]
     with StaticServer(tmp_path / "site") as site, \
             LiveServer(tiny_artifact, served_names=("tiny",), cors_origins=(site.url,)) as srv:
-        pages = drive([url(site.url, prompt=prompt, max_new_tokens=MAX_NEW, escalate_to=f"{srv.url}/v1", threshold=1),
+        pages = browser.drive([url(site.url, prompt=prompt, max_new_tokens=MAX_NEW, escalate_to=f"{srv.url}/v1", threshold=1),
                        url(site.url, prompt=prompt, max_new_tokens=MAX_NEW, escalate_to=f"{srv.url}/v1", threshold=0),
                        url(site.url, prompt=prompt, max_new_tokens=MAX_NEW, temperature=5)])
         asked = srv.metric("shadow_edge_requests_total", model="tiny", mode="base_shadow", status="200")
@@ -97,7 +99,7 @@ def test_cascade_escalates_to_serve(tiny_artifact, tmp_path):  # noqa: F811
     assert ids != list(shadow.token_ids) and got["text"] == rt.codec.decode([t for t in ids if t not in rt.eos_ids])
 
 
-def test_errors_are_shown_not_thrown(tiny_artifact, tmp_path):  # noqa: F811
+def test_errors_are_shown_not_thrown(browser, tiny_artifact, tmp_path):  # noqa: F811
     """A missing model, a server that is down and a server without CORS for the page: each is one message on
     the page (and in lastError / the result's reason); the shadow's answer stays when the server fails."""
     write_site(tiny_artifact, tmp_path / "site", progress=lambda m: None)
@@ -106,9 +108,9 @@ def test_errors_are_shown_not_thrown(tiny_artifact, tmp_path):  # noqa: F811
     down = f"http://127.0.0.1:{free_port()}/v1"
     prompt = PROMPTS[2]
     with StaticServer(broken) as b:
-        missing, = drive([url(b.url, prompt=prompt)])
+        missing, = browser.drive([url(b.url, prompt=prompt)])
     with StaticServer(tmp_path / "site") as site, LiveServer(tiny_artifact, served_names=("tiny",)) as no_cors:
-        pages = drive([url(site.url, prompt=prompt, max_new_tokens=MAX_NEW, escalate_to=down, threshold=1),
+        pages = browser.drive([url(site.url, prompt=prompt, max_new_tokens=MAX_NEW, escalate_to=down, threshold=1),
                        url(site.url, prompt=prompt, max_new_tokens=MAX_NEW, escalate_to=f"{no_cors.url}/v1",
                            threshold=1)])
     assert_clean(missing)
