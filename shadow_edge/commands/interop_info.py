@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shadow_edge.io_spec import STEP_DRAFT
 from shadow_edge.manifest import Manifest
 
 HOW = {("detached", "onnxruntime-genai"): "og.Model(ART)",
@@ -43,7 +44,8 @@ def interop_lines(m: Manifest) -> list[str]:
         check = e.get("validation")
         err = f"; matches the split graphs, max |err| {check['max_abs_err']:.2e}" if isinstance(check, dict) \
             and "max_abs_err" in check else ""
-        out.append(f"  {e['file']:<28} {mode} decode step, one session (+ next_token = ArgMax; {size(e['file'])}{err})")
+        what = "speculative's greedy draft step" if mode == STEP_DRAFT else f"{mode} decode step"
+        out.append(f"  {e['file']:<28} {what}, one session (+ next_token = ArgMax; {size(e['file'])}{err})")
     for name, tool in ix.get("configs", {}).items():
         out.append(f"  {name:<28} {tool} ({size(name)})")
     ort = ix.get("ort")

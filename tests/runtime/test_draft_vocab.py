@@ -239,6 +239,10 @@ def test_a_greedy_draft_step_is_one_call_of_the_merged_draft_graph(agreeing_redu
     entry = rt.manifest.interop["step"]["draft"]
     assert entry["file"] == "step_draft.onnx" and entry["graphs"] == ["shadow", "draft_head"]
     assert entry["graph"]["outputs"][0]["shape"][-1] == len(draft_head(rt).ids)
+    from shadow_edge.commands.interop_info import interop_lines
+
+    lines = interop_lines(rt.manifest)  # `shadow-edge inspect`
+    assert any(line.split()[:3] == ["step_draft.onnx", "speculative's", "greedy"] for line in lines)
     rounds = Rounds(rt, None, 1, 32)
     assert rounds.quick is not None and rounds.quick.merged.name == "step:draft"
     rounds.state.prefill(np.array([BATCH[0]], np.int64))
