@@ -12,6 +12,23 @@ from shadow_edge.core.tiny import TinyDefault, write_tiny_default
 torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    """With `--dist loadfile`, files go to the workers in collection order (not xdist's most-tests-first), which
+    `pytest_collection_modifyitems` makes heaviest-first: a long file started last would leave a core idle."""
+    if getattr(config.option, "dist", "no") == "loadfile":
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config, items):
+    """Files with a `slow` test first, then files with an `integration` test, then the rest (each file's tests
+    in their order; files in their order within a group)."""
+    weight: dict[str, int] = {}
+    for item in items:
+        w = 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("integration") else 2
+        weight[item.nodeid.split("::")[0]] = min(w, weight.get(item.nodeid.split("::")[0], 2))
+    items.sort(key=lambda item: weight[item.nodeid.split("::")[0]])
+
+
 @pytest.fixture(scope="session")
 def cases(tmp_path_factory):
     """`cases(name) -> Case`, building each case at most once per session."""
