@@ -1,7 +1,7 @@
 """Bytes of weights one decoded token reads, per mode, from the ONNX files (no `onnx` package needed).
 
 A mode reads every initializer of its graphs once per decode step, except tables that
-feed only `Gather` nodes (embeddings): of those one row per token is read. A tensor
+feed only `Gather` / `GatherBlockQuantized` nodes (embeddings): of those one row per token is read. A tensor
 stored once and used by several graphs (the tied embedding / lm_head matrix, the
 external data shared by `backbone` and `backbone_plain`) counts once: initializers are
 keyed by (external file, offset), or by (graph file, name) when stored inline.
@@ -23,6 +23,8 @@ from shadow_edge.manifest import Manifest
 # TensorProto.DataType -> bytes per element (int4/uint4/float4 are packed two per byte)
 ELEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 14: 8, 15: 16, 16: 2,
               17: 1, 18: 1, 19: 1, 20: 1, 21: 0.5, 22: 0.5, 23: 0.5}
+
+ROW_LOOKUPS = {"Gather", "GatherBlockQuantized"}  # ops that read one row of a table per token
 
 
 def _varint(buf: memoryview, i: int) -> tuple[int, int]:
@@ -115,7 +117,7 @@ def weight_bytes(paths: list[Path]) -> int:
         except (OSError, ValueError, IndexError, UnicodeDecodeError) as e:
             raise ArtifactError(f"{path}: cannot read its initializers ({e}); re-export the artifact") from None
         for name, (key, size, rows) in inits.items():
-            if name in consumers and consumers[name] <= {"Gather"}:
+            if name in consumers and consumers[name] <= ROW_LOOKUPS:
                 row[key] = max(row.get(key, 0), size // max(rows, 1))
             else:
                 full[key] = size

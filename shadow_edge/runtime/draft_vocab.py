@@ -16,11 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shadow_edge import artifact_lock
 from shadow_edge.errors import ArtifactError
 from shadow_edge.io_spec import GRAPH_DRAFT_HEAD, MODE_BASE_SHADOW, MODE_SHADOW_ONLY, ROLE_SHADOW, STEP_DRAFT
 from shadow_edge.manifest import member_path
 
 _IDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # runtime -> its draft ids (read once)
+_RATIOS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # runtime -> {head graph: cost ratio}
 _LOCK = threading.Lock()
 
 
@@ -45,12 +47,24 @@ class DraftHead:
         return out
 
 
-def cost_ratio(manifest, head: DraftHead) -> float:
-    """Bytes a draft step reads (the shadow graph and this draft head) over those of a base_shadow step: the
-    adaptive draft length's cost model (decode is memory-bound)."""
-    graphs = {manifest.modes[MODE_SHADOW_ONLY][ROLE_SHADOW], head.session.name}
-    files = {f for g in graphs for f in (manifest.graphs[g].file, *manifest.graphs[g].data_files)}
-    return sum(manifest.files[f]["bytes"] for f in files) / manifest.mode_bytes(MODE_BASE_SHADOW)
+def cost_ratio(rt, head: DraftHead) -> float:
+    """Weight bytes a draft step reads (the shadow graph and this draft head) over those of a base_shadow step: the
+    adaptive draft length's cost model (decode is memory-bound). Counted from the graphs' initializers
+    (bench/weights.py), not the files' sizes: an embedding table feeding only a Gather reads one row per token (the
+    tied 113 MB table of SmolLM2 made the file-size estimate 0.385 of a step where a draft token measures 0.12-0.2),
+    and the head is the draft head's width. Read once per runtime and head."""
+    with _LOCK:
+        ratios = _RATIOS.setdefault(rt, {})
+        if head.session.name not in ratios:
+            from shadow_edge.bench.weights import weight_bytes  # torch-free; imported here: bench imports the runtime
+
+            manifest = rt.manifest
+            files = {g: rt.art_dir / rt.twins.get(g, manifest.graphs[g]).file for g in manifest.graphs}
+            draft = (manifest.modes[MODE_SHADOW_ONLY][ROLE_SHADOW], head.session.name)
+            with artifact_lock.shared(rt.art_dir):
+                ratios[head.session.name] = (weight_bytes([files[g] for g in draft]) /
+                                             weight_bytes([files[g] for g in manifest.modes[MODE_BASE_SHADOW].values()]))
+        return ratios[head.session.name]
 
 
 def draft_head(rt, full_vocab: bool = False) -> DraftHead:

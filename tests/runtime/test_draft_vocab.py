@@ -19,7 +19,7 @@ from shadow_edge.export import ExportOptions, export_artifact
 from shadow_edge.manifest import read_manifest
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.acceptance import accept_sampled
-from shadow_edge.runtime.draft_vocab import DraftHead, draft_head
+from shadow_edge.runtime.draft_vocab import DraftHead, cost_ratio, draft_head
 
 BATCH = [[5, 6, 7, 8, 9], [11], [3, 1, 4, 1]]  # left-padded to 5 columns
 _ARTS: dict[tuple, Path] = {}
@@ -287,3 +287,24 @@ def test_an_artifact_without_the_merged_draft_graph_drafts_through_the_split_gra
     (wide / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match=r"interop.step.draft has logits of width \d+; expected \d+"):
         ShadowRuntime.load(wide, threads=1, verify=False).generate([1, 2], mode="speculative", max_new_tokens=3)
+
+
+def test_adaptive_cost_ratio_counts_the_bytes_a_step_reads(cases, root):
+    """The adaptive draft length's cost model against a model whose bytes we count by hand: qwen3_implicit (d 64,
+    4 heads of 32, 2 kv heads, MLP 128, 4 base layers, 1 shadow layer, rank 8, gate 6, tied vocab 384) with a
+    48-token draft vocabulary. A step reads one row of the embedding table (a Gather) and every other weight once;
+    the RoPE tables and the embedding are stored once for the shadow and the backbone. Float32: 4 bytes."""
+    case = cases("qwen3_implicit")
+    key = ("qwen3_implicit", 48)
+    rt = _rt(key, _export(key, case.base_dir, case.adapter_dir, root, draft_vocab=48))
+    d, heads, kv, hd, mlp, positions, vocab, n, rank, gate, layers = 64, 4, 2, 32, 128, 512, 384, 48, 8, 6, 4
+    layer = d * (heads + 2 * kv) * hd + heads * hd * d + 3 * d * mlp + 2 * d + (heads + kv) * hd  # qk norm per head
+    shared = positions * hd + d  # cos + sin tables [positions, hd / 2] each, one embedding row
+    shadow = layer + d + shared  # its layer and final norm
+    adapter = (layers - 1) * 2 * d * rank + (layers - 2) * 4 * d * gate + 2 * d  # the last update is skipped
+    draft = 4 * (shadow + d * n)
+    step = 4 * (shadow + layers * layer + d + adapter + d * vocab)
+    reduced, full = cost_ratio(rt, draft_head(rt)), cost_ratio(rt, draft_head(rt, full_vocab=True))
+    # the exporter's small shape constants: ~0.1%; the whole embedding table would add 4 * d * vocab = 98 KB
+    assert reduced == pytest.approx(draft / step, rel=5e-3)
+    assert full == pytest.approx(4 * (shadow + d * vocab) / step, rel=5e-3)

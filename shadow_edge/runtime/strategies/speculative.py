@@ -99,7 +99,7 @@ class Speculative(StepStrategy):
             rounds.state.fetch_logits = want_logprobs or not sampler.greedy
         policy = None
         if opts.strategy.draft_tokens is None:
-            policy = AdaptiveDraft(cost_ratio(rt.manifest, rounds.draft_head), ADAPTIVE_MAX)
+            policy = AdaptiveDraft(cost_ratio(rt, rounds.draft_head), ADAPTIVE_MAX)
         shape = (opts.temperature, opts.top_k, opts.top_p)
         totals = dict(rounds=0, drafted=0, accepted=0, draft_ms=0.0, verify_ms=0.0)
         lengths: list[int] = []
