@@ -18,6 +18,8 @@ pool does the parallel work inside it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import threading
 import time
 from collections import deque
@@ -54,6 +56,18 @@ class Job:
     first_token_at: float | None = None
     stats: dict | None = None  # the strategy's stats (to_dict), e.g. speculative acceptance, cascade decision
 
+    def __post_init__(self) -> None:
+        """Every job has a `Control` (the worker threads read it for each job): options without one get one with
+        no deadline; anything else is refused here, in the caller's thread, not in a worker."""
+        if not isinstance(self.opts, GenerationOptions):
+            raise TypeError(f"Job.opts is a {type(self.opts).__name__}; it must be a GenerationOptions "
+                            "(ShadowRuntime.options(...))")
+        if self.opts.control is None:
+            self.opts = dataclasses.replace(self.opts, control=Control())
+        elif not isinstance(self.opts.control, Control):
+            raise TypeError(f"Job.opts.control is a {type(self.opts.control).__name__}; it must be a "
+                            "token_loop.Control (or None: no deadline)")
+
     @property
     def mode(self) -> str:
         return self.opts.mode
@@ -68,7 +82,7 @@ class Job:
 
     @property
     def timeout_s(self) -> float:
-        return self.control.deadline - self.arrived
+        return math.inf if self.control.deadline is None else self.control.deadline - self.arrived
 
     @property
     def cancelled(self) -> bool:
@@ -266,35 +280,43 @@ class Engine:
         now, keep = time.monotonic(), deque()
         solos = len(self._solos)
         for job in self._pending:
-            why = job.control.stopped(now)
-            if why is not None:
-                self._drop(job, why, now)
+            try:
+                placed = self._place(job, now, solos)
+            except Exception as e:  # this request fails (400 for a ShadowEdgeError); the worker goes on
+                self._fail([job], _api_error(e))
                 continue
-            if now < job.arrived + self.window:
+            solos += placed == "solo"
+            if placed is None:
                 keep.append(job)
-                continue
-            if strategy(job.mode).batchable:
-                key = (job.mode, job.adapter)
-                batch = self._batches.get(key)
-                if batch is None:
-                    chunk = PREFILL_CHUNK if self.prefill_chunk is None else self.prefill_chunk
-                    merged = self.rt.step_graph(job.mode) if job.adapter is None else None
-                    batch = self._batches[key] = SlotBatch(self.rt.pipeline(job.mode, job.adapter), self.max_batch,
-                                                           self.rt.pad_id, chunk, merged)
-                if batch.free > 0:
-                    self._to_prefill.append((batch, batch.join(_Row(self.rt, job), job.ids)))
-                    self._cv.notify_all()
-                    continue
-            elif solos < self.max_batch:
-                try:
-                    self._solos.append(_Solo(self.rt, job))
-                    solos += 1
-                except ShadowEdgeError as e:
-                    self._fail([job], APIError(400, str(e)))
-                continue
-            keep.append(job)
         self._pending = keep
         self.metrics.queue_depth.labels(self.name).set(len(self._pending))
+
+    def _place(self, job: Job, now: float, solos: int) -> str | None:
+        """Where a waiting job goes now: "dropped" (cancelled/expired), "batch" (a free slot of its mode's batch;
+        queued for prefill), "solo" (a stepper of its own), or None (it keeps waiting)."""
+        why = job.control.stopped(now)
+        if why is not None:
+            self._drop(job, why, now)
+            return "dropped"
+        if now < job.arrived + self.window:
+            return None
+        if strategy(job.mode).batchable:
+            key = (job.mode, job.adapter)
+            batch = self._batches.get(key)
+            if batch is None:
+                chunk = PREFILL_CHUNK if self.prefill_chunk is None else self.prefill_chunk
+                merged = self.rt.step_graph(job.mode) if job.adapter is None else None
+                batch = self._batches[key] = SlotBatch(self.rt.pipeline(job.mode, job.adapter), self.max_batch,
+                                                       self.rt.pad_id, chunk, merged)
+            if batch.free <= 0:
+                return None
+            self._to_prefill.append((batch, batch.join(_Row(self.rt, job), job.ids)))
+            self._cv.notify_all()
+            return "batch"
+        if solos >= self.max_batch:
+            return None
+        self._solos.append(_Solo(self.rt, job))
+        return "solo"
 
     def _drop(self, job: Job, why: str, now: float) -> None:
         job.finish_reason = "cancelled" if why == "cancelled" else "error"

@@ -261,3 +261,48 @@ def test_a_dropped_non_streaming_client_is_cancelled(tiny_artifact):
             assert srv.metric("shadow_edge_generated_tokens_total", **labels) < 500
     finally:
         del base._REGISTRY["slow_echo"]
+
+
+def test_a_job_without_a_control_runs_and_bad_options_are_refused_at_once(engine, tiny_rt):
+    """A Job's options without a Control get one (no deadline) instead of killing the worker threads; options that
+    are not GenerationOptions, or a control that is not a Control, are a TypeError in the caller's thread."""
+    prompt = tiny_rt.codec.encode("The river")
+    job = _Collected(prompt, tiny_rt.options("base_shadow", 5, eos=()))
+    assert isinstance(job.control, Control) and job.control.deadline is None and job.timeout_s == float("inf")
+    engine.submit(job)
+    reports = _wait(job)
+    assert job.finish_reason == "length" and reports[-1][0] == "end"
+    assert job.token_ids == tiny_rt.generate(prompt, mode="base_shadow", max_new_tokens=5, eos=()).token_ids
+    assert engine._thread.is_alive() and engine._prefiller.is_alive()
+    with pytest.raises(TypeError, match="GenerationOptions"):
+        Job(prompt, {"mode": "base_shadow"})
+    with pytest.raises(TypeError, match="token_loop.Control"):
+        Job(prompt, tiny_rt.options("base_shadow", 5, control=object()))
+
+
+class _Broken(StepStrategy):
+    """A strategy whose check fails with a bug (not a user error): its request fails, the engine goes on."""
+
+    name, order = "broken_check", 62
+
+    def check(self, rt, opts, prompt_len):
+        raise RuntimeError("a bug in the strategy")
+
+    def steps(self, rt, ids, mask, opts, sampler, eos_ids, want_logprobs, state, stats):
+        yield from ()
+
+
+def test_a_request_that_fails_to_start_is_a_500_and_the_engine_goes_on(engine, tiny_rt):
+    register(_Broken())
+    try:
+        prompt = tiny_rt.codec.encode("The river")
+        bad = _Collected(prompt, tiny_rt.options("broken_check", 4, control=Control()))
+        engine.submit(bad)
+        reports = _wait(bad)
+        assert bad.finish_reason == "error" and reports[-1][1].status == 500 and "a bug" in reports[-1][1].message
+        good = _Collected(prompt, tiny_rt.options("shadow_only", 4, eos=(), control=Control()))
+        engine.submit(good)
+        _wait(good)
+        assert good.finish_reason == "length" and len(good.token_ids) == 4
+    finally:
+        del base._REGISTRY["broken_check"]
