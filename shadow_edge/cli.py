@@ -334,11 +334,19 @@ def export_summary(out, manifest) -> tuple[str, str | None]:
     share = worst["max_abs_err"] / max(worst["allowed"], 1e-30)
     line = (f"{head}: validated against PyTorch, worst error {worst['max_abs_err']:.2e} on {name} "
             f"({share:.0%} of the {worst['allowed']:.2e} allowed)")
+    close = [(share, f"{name} error {worst['max_abs_err']:.3g} is {share:.0%} of the {worst['allowed']:.3g} allowed")]
+    if report.get("int8_arithmetic"):  # export/validate_arithmetic.py
+        name, worst = max(report["int8_arithmetic"].items(), key=lambda kv: kv[1]["rel_rms"])
+        rel = worst["rel_rms"] / worst["allowed_rel_rms"]
+        line += (f"; int8 arithmetic within {worst['rel_rms']:.1%} (relative RMS) of float32 on {name} "
+                 f"({rel:.0%} of the {worst['allowed_rel_rms']:.0%} allowed)")
+        close.append((rel, f"int8 arithmetic moves {name} by {worst['rel_rms']:.1%} (relative RMS), {rel:.0%} of "
+                           f"the {worst['allowed_rel_rms']:.0%} allowed"))
+    share, what = max(close)
     warning = None
     if share > MARGIN_WARNING:
-        warning = (f"validation passed with little margin: {name} error {worst['max_abs_err']:.3g} is {share:.0%} "
-                   f"of the {worst['allowed']:.3g} allowed; measure the quality before shipping (shadow-edge eval "
-                   f"ART_FP32 --text FILE --compare {out})")
+        warning = (f"validation passed with little margin: {what}; measure the quality before shipping (shadow-edge "
+                   f"eval ART_FP32 --text FILE --compare {out})")
     return line, warning
 
 

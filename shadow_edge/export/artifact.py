@@ -38,6 +38,7 @@ from shadow_edge.export.ort_format import write_ort_format
 from shadow_edge.export.progress import WeightsMeter, estimate_weight_bytes, gb, stderr_progress
 from shadow_edge.export.quantize import quantize_spec
 from shadow_edge.export.tokenizer_files import TokenizerFiles, read_tokenizer_files
+from shadow_edge.export.validate_arithmetic import validate_int8
 from shadow_edge.export.validation_plan import VALIDATORS, plan_validation
 from shadow_edge.manifest import GraphEntry, Manifest, file_table, write_manifest
 from shadow_edge.manifest_schema import METHOD_FULL
@@ -171,16 +172,12 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         reference = ShadowModel(spec.loaded() if plan.method == METHOD_FULL else spec)  # streamed: a layer at a time
         # the files the runtime opens: a base artifact's own adapter runs the shadow graph's constant twin
         runs = {**graphs, **{g: replace(graphs[g], file=f) for g, f in slots.get("constant_graphs", {}).items()}}
-        try:
-            validation = VALIDATORS[plan.method](tmp, reference, runs, modes, options.quantize,
-                                                 atol=options.validation_atol, progress=progress)
-        except ExportError as e:
-            if options.quantize != "none" and options.quant_compute == "int8":
-                raise ExportError(f"{e}. This export computes with int8 activations (--quant-compute int8), which "
-                                  "loses precision on models with outlier activations: re-export with a smaller "
-                                  "--block-size (16), or --quant-compute float32 (exact; ~2.5x slower at int4, "
-                                  "far slower with int8 weights)") from None
-            raise
+        validator = VALIDATORS[plan.method]
+        if options.quantize != "none" and options.quant_compute == "int8":  # exact graphs, then int8's distance
+            validation = validate_int8(tmp, reference, runs, modes, options.quantize, validator, options.atol,
+                                       spec.vocab_size, progress)
+        else:
+            validation = validator(tmp, reference, runs, modes, options.quantize, atol=options.atol, progress=progress)
         if draft is not None:
             validation["outputs"]["draft_head.logits"] = check_draft_head(tmp, runs, modes, draft.ids,
                                                                           options.validation_atol)

@@ -11,10 +11,11 @@ from shadow_edge.target import QUANT_COMPUTE, ExecutionTarget, export_target
 
 QUANTIZATIONS = ("none", "int8", "int4")
 VALIDATION_METHODS = ("auto", "full", "streamed")  # export/validation_plan.py
-# With int8 activations, kernels round each activation block to 8 bits. On random weights outputs moved by ~2%
-# of their scale (Qwen3-0.6B shape); on the real SmolLM2-135M, whose activations have outlier channels, single
-# logits and cached keys moved by up to 13.7% of their scale (int8 weights, blocks of 32) while held-out
-# perplexity moved by at most 1.65% (0.44% with blocks of 16). Graph bugs are O(100%): validation allows 15%.
+# With int8 activations, kernels round each activation block to 8 bits. An artifact's graphs are validated exactly
+# through float32-arithmetic twins and its int8 arithmetic by relative RMS error (export/validate_arithmetic.py). An
+# adapter pack (validated against its base through the base's own int8 kernels) and a draft head (against the
+# head's columns) are checked element by element: on random weights outputs moved by ~2% of their scale; on the
+# real SmolLM2-135M, whose activations have outlier channels, single logits by up to 13.7%. Graph bugs are O(100%).
 INT8_COMPUTE_ATOL = 0.15
 # The default --block-size per scheme: int8 weights in blocks of 16 meet the 1% perplexity target on SmolLM2 in
 # every mode (blocks of 32: base_plain +1.65%) for 1.10x the bytes; int4 keeps 32.
@@ -103,7 +104,7 @@ class ExportOptions:
 
     @property
     def validation_atol(self) -> float:
-        """The tolerance validation applies: `atol`, widened for int8 activation arithmetic."""
+        """The per-element tolerance of pack and draft-head checks: `atol`, widened for int8 activation arithmetic."""
         if self.quantize != "none" and self.quant_compute == "int8":
             return max(self.atol, INT8_COMPUTE_ATOL)
         return self.atol

@@ -176,6 +176,14 @@ def test_export_warns_when_validation_passes_with_little_margin():
     assert warning is not None and "little margin" in warning and "--compare ART" in warning
     manifest.validation["outputs"]["base_shadow.logits"]["max_abs_err"] = 0.05
     assert export_summary("ART", manifest)[1] is None
+    manifest.validation["int8_arithmetic"] = {  # int8 activations: their distance from float32 arithmetic too
+        "base_shadow.logits": {"rel_rms": 0.03, "allowed_rel_rms": 0.25},
+        "base_shadow.backbone.present": {"rel_rms": 0.225, "allowed_rel_rms": 0.25}}
+    line, warning = export_summary("ART", manifest)
+    assert "int8 arithmetic within 22.5% (relative RMS) of float32 on base_shadow.backbone.present (90% of" in line
+    assert warning is not None and "int8 arithmetic moves base_shadow.backbone.present by 22.5%" in warning
+    manifest.validation["int8_arithmetic"]["base_shadow.backbone.present"]["rel_rms"] = 0.1
+    assert export_summary("ART", manifest)[1] is None
 
 
 @pytest.mark.parametrize("command", [("bench", "--reps", "1"), ("run", "--prompt", "hi")])

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
+from artifact_edits import corrupt
 from manifest_checks import assert_validated
 from shadow_edge.core import ShadowModel, load_spec
 from shadow_edge.errors import ArtifactError, ExportError
@@ -32,25 +33,6 @@ def _export(case, out, **options):
 
 def _model(case) -> ShadowModel:
     return ShadowModel(load_spec(case.base_dir, case.adapter_dir, case.shadow_model_dir))
-
-
-def _corrupt(art, graph_file: str, tensor: str) -> None:
-    """Add 1.0 to the first 16 values of `tensor` in the artifact (external data or inline)."""
-    path = art / graph_file
-    model = onnx.load(str(path), load_external_data=False)
-    init = next(i for i in model.graph.initializer if i.name == tensor)
-    if init.external_data:
-        ext = {e.key: e.value for e in init.external_data}
-        with open(art / ext["location"], "r+b") as f:
-            f.seek(int(ext["offset"]))
-            values = np.frombuffer(f.read(64), np.float32) + 1.0
-            f.seek(int(ext["offset"]))
-            f.write(values.tobytes())
-        return
-    values = onnx.numpy_helper.to_array(init).copy()
-    values.reshape(-1)[:16] += 1.0
-    init.CopyFrom(onnx.numpy_helper.from_array(values, tensor))
-    onnx.save_model(model, str(path))
 
 
 @pytest.mark.parametrize("name", ["qwen3_implicit", "qwen3_explicit"])
@@ -87,7 +69,7 @@ def test_streamed_validation_names_the_corrupted_block(cases, tmp_path, graph_fi
     case = cases("qwen3_implicit")
     art = tmp_path / "art"
     m = _export(case, art, validate=False)
-    _corrupt(art, graph_file, tensor)
+    corrupt(art, graph_file, tensor)
     model = _model(case)
     with pytest.raises(ExportError, match=r"failed \(blocks\): (?P<b>[^:]+): max \|error\|") as err:
         validate_streamed(art, model, m.graphs, m.modes)
@@ -103,7 +85,7 @@ def test_peft_variant_blocks(peft_cases, tmp_path):
     art = tmp_path / "art"
     m = _export(case, art, validation="streamed")
     assert "backbone layers.3" in assert_validated(m)["blocks"]["backbone"]
-    _corrupt(art, "backbone.onnx", "base.layers.3.gate_up")
+    corrupt(art, "backbone.onnx", "base.layers.3.gate_up")
     with pytest.raises(ExportError, match=r"\(blocks\): backbone layers\.3: max"):
         validate_streamed(art, _model(case), m.graphs, m.modes)
 
