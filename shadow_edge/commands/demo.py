@@ -21,10 +21,10 @@ from shadow_edge.manifest import read_manifest
 
 SPECULATIVE, CASCADE = "speculative", "cascade"
 PROMPT = 'Define the word "lantern".'
-# The cascade's two prompts: the shadow is confident on the first and escalates the second at the default
-# --cascade-threshold (their confidences with the shipped adapter are printed by the demo).
-CASCADE_PROMPTS = ('What does "bicycle" mean?', 'Give me a short definition of "quixotic".')
-CASCADE_THRESHOLD = 0.12
+# The cascade's two prompts: the shadow is confident on the first (0.39 with the shipped adapter, fp32) and
+# escalates the second (0.18) at the default --cascade-threshold; the demo prints their confidences.
+CASCADE_PROMPTS = ('Give me a short definition of "quixotic".', 'What does "bicycle" mean?')
+CASCADE_THRESHOLD = 0.3
 MODES = (("base_plain", "SmolLM2 alone, no adapter"), ("shadow_only", "the detached shadow alone"),
          ("base_shadow", "SmolLM2 + shadow"), (SPECULATIVE, "the shadow drafts, base_shadow verifies"))
 # Speculative drafts over the 16384 tokens most frequent in the held-out chats (export --draft-vocab): no acceptance
