@@ -57,6 +57,15 @@ def test_streamed_agrees_with_full_validation(cases, tmp_path, name):
             assert r["max_abs_err"] <= r["allowed"]
 
 
+def test_streamed_validation_of_an_int8_arithmetic_export(cases, tmp_path):
+    """Streamed validation runs on the float32-arithmetic twins (blocks and end to end at 1e-4), then the int8
+    graphs are bounded against them, as in full validation."""
+    m = _export(cases("qwen3_implicit"), tmp_path / "art", validation="streamed", quantize="int4")
+    v = assert_validated(m, atol=1e-4, method="streamed")
+    assert v["int8_arithmetic"] and v["blocks"]
+    assert not list((tmp_path / "art").glob("*.float32-arithmetic.onnx"))
+
+
 @pytest.mark.parametrize("graph_file, tensor, block", [
     ("backbone.onnx", "base.layers.2.gate_up", "backbone layers.2"),
     ("backbone.onnx", "base.layers.0.qkv", "backbone layers.0"),
