@@ -12,7 +12,9 @@ verify runs row by row anyway; cascade: its second pass reuses its own first pas
 Every row of every mode goes through the runtime's one token loop (`token_loop.RowLoop`): eos,
 stop strings, text, finish reasons, its deadline (`--timeout`), its client going away and
 shutdown end it within one step. One step runs at a time per artifact; onnxruntime's thread
-pool does the parallel work inside it.
+pool does the parallel work inside it. The decode thread runs at a lower OS priority than the
+prefill thread (`decode_nice`, Linux per-thread nice): when both want the cores, a newcomer's
+prefill goes first, so its time to first token stays near a lone request's.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -36,6 +39,21 @@ from shadow_edge.serve.metrics import Metrics
 from shadow_edge.serve.slots import PREFILL_CHUNK, SlotBatch
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # runtime -> OpenAI finish_reason
+DECODE_NICE = 19  # the decode thread's nice increment (the most: 19): a newcomer's prefill takes the cores first
+
+
+def lower_thread_priority(increment: int) -> int | None:
+    """Raise the calling thread's nice value by `increment` (Linux: nice is per thread; elsewhere, or where the
+    OS refuses, nothing changes); returns the thread's nice value after, or None where unchanged."""
+    if increment <= 0 or not hasattr(os, "setpriority") or not hasattr(threading, "get_native_id"):
+        return None
+    try:
+        tid = threading.get_native_id()
+        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + increment)
+        os.setpriority(os.PRIO_PROCESS, tid, nice)
+        return nice
+    except OSError:
+        return None
 
 
 @dataclass(eq=False)
@@ -139,8 +157,13 @@ class Engine:
     """One artifact's runtime, its waiting queue and the worker thread that steps the running requests."""
 
     def __init__(self, name: str, rt: ShadowRuntime, max_batch: int, max_queue: int, batch_window_ms: float,
-                 metrics: Metrics, prefill_chunk: int | None = None, grace_s: float = 30.0):
+                 metrics: Metrics, prefill_chunk: int | None = None, grace_s: float = 30.0,
+                 decode_nice: int = DECODE_NICE):
+        """decode_nice: how much lower than the prefill thread the decode thread runs (OS nice increment; 0 =
+        the same priority)."""
         self.name, self.rt, self.metrics, self.grace_s = name, rt, metrics, grace_s
+        self.decode_nice = decode_nice
+        self.decode_niced: int | None = None  # the decode thread's nice value once it lowered it
         self.max_batch, self.max_queue, self.window = max_batch, max_queue, batch_window_ms / 1e3
         self.prefill_chunk = prefill_chunk
         self._pending: deque[Job] = deque()
@@ -201,7 +224,10 @@ class Engine:
 
     # ---- worker side ---------------------------------------------------------------------------
     def _work(self) -> None:
-        """The decode thread: seats prefilled newcomers, steps the batches and the solo requests."""
+        """The decode thread: seats prefilled newcomers, steps the batches and the solo requests. It runs at a lower
+        OS priority than the prefill thread: when both run, a newcomer's prefill gets the cores first and the
+        batch decodes with what is left (and at full speed when nothing is prefilled)."""
+        self.decode_niced = lower_thread_priority(self.decode_nice)
         while True:
             with self._cv:
                 self._admit()

@@ -4,7 +4,9 @@ mode ends within one step on its deadline, cancellation or shutdown, and outputs
 from __future__ import annotations
 
 import json
+import os
 import random
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -306,3 +308,27 @@ def test_a_request_that_fails_to_start_is_a_500_and_the_engine_goes_on(engine, t
         assert good.finish_reason == "length" and len(good.token_ids) == 4
     finally:
         del base._REGISTRY["broken_check"]
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority") or sys.platform != "linux", reason="per-thread nice is Linux's")
+@pytest.mark.parametrize("increment", [0, 3])
+def test_the_decode_thread_runs_below_the_prefill_thread(tiny_rt, increment):
+    """The decode thread lowers its own priority by `decode_nice` (a newcomer's prefill takes the cores first);
+    the prefill thread and the caller keep theirs; 0 leaves every thread as it was."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    engine = Engine("tiny", tiny_rt, 4, 16, 0.0, Metrics(), decode_nice=increment)
+    try:
+        deadline = time.monotonic() + 10
+        while increment and engine.decode_niced is None:
+            assert time.monotonic() < deadline, "the decode thread never lowered its priority"
+            time.sleep(0.01)
+        decode = os.getpriority(os.PRIO_PROCESS, engine._thread.native_id)
+        assert decode == min(19, own + increment) and engine.decode_niced == (decode if increment else None)
+        assert os.getpriority(os.PRIO_PROCESS, engine._prefiller.native_id) == own
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+        job = _Collected(tiny_rt.codec.encode("The river"), tiny_rt.options("base_shadow", 4, eos=()))
+        engine.submit(job)
+        _wait(job)
+        assert job.token_ids == tiny_rt.generate("The river", mode="base_shadow", max_new_tokens=4, eos=()).token_ids
+    finally:
+        engine.close(0)
