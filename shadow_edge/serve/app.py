@@ -60,7 +60,7 @@ class ServerState:
                 rt = ShadowRuntime.load(art, threads=o.threads, verify=o.verify)
                 self.default_modes[name] = o.default_mode if o.default_mode in rt.modes else rt.modes[0]
                 self.engines[name] = Engine(name, rt, o.max_batch, o.max_queue, o.batch_window_ms, self.metrics,
-                                            grace_s=self.grace_s)
+                                            grace_s=self.grace_s, decode_nice=o.decode_nice)
             self.parents = attach_packs({n: e.rt for n, e in self.engines.items()}, o.adapters, o.verify)
             self.status = "ok"
         except ShadowEdgeError as e:

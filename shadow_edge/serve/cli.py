@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from shadow_edge.errors import InputError
-from shadow_edge.serve.options import DEFAULT_MAX_BODY_BYTES
+from shadow_edge.serve.options import DECODE_NICE, DEFAULT_MAX_BODY_BYTES
 
 EPILOG = """\
 examples:
@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                         " = 2 MiB, room for a 128k-token prompt)")
     p.add_argument("--adapter", action="append", metavar="NAME=PACK",
                    help="serve an adapter pack (exported --against one of the artifacts) as model NAME (repeatable)")
+    p.add_argument("--decode-nice", type=int, default=DECODE_NICE, metavar="N",
+                   help="the decode thread runs N nice levels below the prefill thread, so a newcomer's prefill "
+                        "takes the cores first (0..19, default 19; 0 = the same priority; Linux)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifacts' files")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let pages from this origin call the API from a browser, e.g. http://127.0.0.1:8080 for "
@@ -98,7 +101,7 @@ def options_from(args):
                         args.default_mode, args.max_batch, args.max_queue, args.threads, args.timeout,
                         args.batch_window_ms, not args.no_verify, args.default_max_tokens,
                         tuple(parse_adapters(args.adapter).items()), args.max_body_bytes, args.shutdown_grace,
-                        tuple(args.cors_origin))
+                        tuple(args.cors_origin), args.decode_nice)
 
 
 def main(argv: list[str]) -> int:

@@ -36,10 +36,10 @@ from shadow_edge.runtime.strategies import strategy
 from shadow_edge.runtime.token_loop import Control, RowLoop
 from shadow_edge.serve.api_errors import APIError
 from shadow_edge.serve.metrics import Metrics
+from shadow_edge.serve.options import DECODE_NICE
 from shadow_edge.serve.slots import PREFILL_CHUNK, SlotBatch
 
 FINISH = {"eos": "stop", "stop": "stop", "length": "length"}  # runtime -> OpenAI finish_reason
-DECODE_NICE = 19  # the decode thread's nice increment (the most: 19): a newcomer's prefill takes the cores first
 
 
 def lower_thread_priority(increment: int) -> int | None:

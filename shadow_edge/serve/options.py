@@ -12,6 +12,7 @@ from shadow_edge.errors import InputError
 from shadow_edge.runtime.inputs import thread_count
 
 DEFAULT_MAX_BODY_BYTES = 2 * 1024 * 1024  # a 128k-token prompt as JSON text or token ids fits with room to spare
+DECODE_NICE = 19  # the decode thread's nice increment (the most: 19): a newcomer's prefill takes the cores first
 
 
 def _positive_int(name: str, value) -> None:
@@ -61,6 +62,9 @@ class ServeOptions:
     cors_origins: tuple[str, ...] = field(default=(), metadata={
         "help": "browser origins (scheme://host[:port]) whose pages may call the API, e.g. the page of "
                 "`shadow-edge web`; '*' allows any origin; none: no CORS headers"})
+    decode_nice: int = field(default=DECODE_NICE, metadata={
+        "help": "how much lower the decode thread's OS priority (nice, 0..19) is than the prefill thread's, so a "
+                "newcomer's prefill takes the cores first (Linux; 0 = the same priority)"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "artifacts", tuple(str(a) for a in self.artifacts))
@@ -99,6 +103,10 @@ class ServeOptions:
                 raise InputError(f"cors_origin {origin!r} is not an origin; give scheme://host[:port] as the browser "
                                  "shows the page's, e.g. http://127.0.0.1:8080 (no path or trailing /), or '*'")
         _positive_int("max_batch", self.max_batch)
+        if not isinstance(self.decode_nice, int) or isinstance(self.decode_nice, bool) \
+                or not 0 <= self.decode_nice <= 19:
+            raise InputError(f"decode_nice is {self.decode_nice!r}; it must be an integer in [0, 19] (a nice "
+                             "increment; 0 = the decode thread at the prefill thread's priority)")
         _positive_int("max_queue", self.max_queue)
         thread_count(self.threads)  # checked now, before the port is bound and the artifacts load
         _positive_int("default_max_tokens", self.default_max_tokens)

@@ -208,7 +208,8 @@ def test_options_are_validated(tiny_artifact, tmp_path):
 
     for kw, field in [({"max_batch": 0}, "max_batch"), ({"port": 70000}, "port"), ({"api_key": " "}, "api_key"),
                       ({"served_names": ("a", "b")}, "--served-name"), ({"served_names": ("a:b",)}, "a:b"),
-                      ({"request_timeout_s": 0}, "request_timeout_s")]:
+                      ({"request_timeout_s": 0}, "request_timeout_s"), ({"decode_nice": 20}, "decode_nice"),
+                      ({"decode_nice": -1}, "decode_nice"), ({"decode_nice": True}, "decode_nice")]:
         with pytest.raises(InputError, match=field):
             ServeOptions((str(tiny_artifact),), **kw)
     with pytest.raises(InputError, match="no such artifact"):
@@ -222,3 +223,5 @@ def test_cli_serve_errors_are_one_line(capsys, tmp_path):
     assert "no such artifact directory" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--max-batch", "0"]) == 2
     assert "max_batch" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path), "--decode-nice", "20"]) == 2
+    assert "decode_nice is 20" in capsys.readouterr().err

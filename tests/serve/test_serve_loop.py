@@ -332,3 +332,10 @@ def test_the_decode_thread_runs_below_the_prefill_thread(tiny_rt, increment):
         assert job.token_ids == tiny_rt.generate("The river", mode="base_shadow", max_new_tokens=4, eos=()).token_ids
     finally:
         engine.close(0)
+
+
+def test_decode_nice_reaches_each_engine(tiny_artifact):
+    with LiveServer(tiny_artifact, served_names=("tiny",), decode_nice=0) as srv:
+        assert srv.app.state.shadow.engines["tiny"].decode_nice == 0
+    with LiveServer(tiny_artifact, served_names=("tiny",)) as srv:
+        assert srv.app.state.shadow.engines["tiny"].decode_nice == 19
