@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 from factories import CASE_NAMES, Case, make_case
 from shadow_edge.core.tiny import TinyDefault, write_tiny_default
+from shadow_edge.runtime.session import session_options
 
-# The models here are tiny: one thread is faster than two, and the machine's cores are shared.
+# One thread per library and process: the models here are tiny (one thread is faster than two), the xdist workers
+# already fill the cores (`-n logical`), and a second thread only contends for them (torch's and onnxruntime's
+# pools spin while they wait). torch here and in every subprocess a test starts (the demo, the CLI; through
+# OMP_NUM_THREADS), and this process's onnxruntime pool (created now with one thread; a later `threads=2` is
+# ignored with a warning). docs/install.md has the figures.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+session_options(1)
 
 
 def pytest_configure(config):
