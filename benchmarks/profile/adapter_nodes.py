@@ -1,6 +1,7 @@
 """What the adapter's nodes cost in a decode step: per-node kernel times, and the adapter chain warm and cold.
 
     python -m benchmarks.profile.adapter_nodes [--rounds 60]
+    python -m benchmarks.profile.adapter_nodes --artifact ART [--variants nosplit,inject1,skipln] [--rounds 60]
 
 Synthetic graphs of random weights (torch-free), one position, 2 threads, one process-wide pool:
 1. *Per node*: a chain of 100 nodes of one kind at d 1024, median µs per node (SkipLayerNormalization
@@ -11,6 +12,8 @@ Synthetic graphs of random weights (torch-free), one position, 2 threads, one pr
    in variants: G/T output weights zero-padded to [2g, d] (no Split) or a Split; float32 or 8-bit
    MatMulNBits weights. Each is timed warm (run back to back) and cold (after streaming 300 MB
    through the caches, as the base weights do in a real step).
+With --artifact: a float32 artifact exported with --plain-backbone instead: its backbone's nodes as onnxruntime
+runs them, and rewrites of the adapter's nodes timed in place (benchmarks/profile/adapter_variants.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -154,9 +158,23 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--artifact", type=Path, help="an artifact exported with --plain-backbone: its adapter's nodes")
+    p.add_argument("--variants", default="nosplit,inject1,skipln",
+                   help="with --artifact: the rewrites to time (comma-separated; empty: the node table only)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.threads < 1:
         p.error("--rounds and --threads must be >= 1")
+    if args.artifact is not None:
+        from benchmarks.profile import adapter_variants as av
+
+        names = [v for v in args.variants.split(",") if v]
+        if set(names) - set(av.VARIANTS):
+            p.error(f"--variants: choose from {', '.join(av.VARIANTS)}")
+        print(av.node_table(args.artifact, args.threads))
+        if names:
+            print()
+            print(av.variant_table(av.time_variants(args.artifact, names, args.rounds, threads=args.threads)))
+        return 0
     ort.set_global_thread_pool_sizes(args.threads, 1)
     print("| node (d 1024, one position) | µs per node |\n|---|---:|")
     for label, us in per_node(args.rounds):
