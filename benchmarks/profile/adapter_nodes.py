@@ -1,7 +1,7 @@
 """What the adapter's nodes cost in a decode step: per-node kernel times, and the adapter chain warm and cold.
 
     python -m benchmarks.profile.adapter_nodes [--rounds 60]
-    python -m benchmarks.profile.adapter_nodes --artifact ART [--variants nosplit,inject1,skipln] [--rounds 60]
+    python -m benchmarks.profile.adapter_nodes --artifact ART [--variants control,nosplit,inject1,skipln] [--rounds 60]
 
 Synthetic graphs of random weights (torch-free), one position, 2 threads, one process-wide pool:
 1. *Per node*: a chain of 100 nodes of one kind at d 1024, median µs per node (SkipLayerNormalization
@@ -159,7 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=60)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--artifact", type=Path, help="an artifact exported with --plain-backbone: its adapter's nodes")
-    p.add_argument("--variants", default="nosplit,inject1,skipln",
+    p.add_argument("--variants", default="control,nosplit,inject1,skipln",
                    help="with --artifact: the rewrites to time (comma-separated; empty: the node table only)")
     args = p.parse_args(argv)
     if args.rounds < 1 or args.threads < 1:

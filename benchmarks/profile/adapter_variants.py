@@ -1,6 +1,6 @@
 """The adapter's nodes as onnxruntime runs them in an artifact's backbone, and rewrites of them timed in place.
 
-    python -m benchmarks.profile.adapter_nodes --artifact ART [--variants nosplit,inject1,skipln] [--rounds 60]
+    python -m benchmarks.profile.adapter_nodes --artifact ART [--variants control,nosplit,inject1,skipln] [--rounds 60]
 
 ART: a float32 artifact exported with --plain-backbone (`backbone`, `backbone_plain`, `shadow`, `lm_head`).
 1. *Nodes*: `backbone` and `backbone_plain` as a session of the runtime optimizes them (ORT_ENABLE_ALL, the
@@ -11,7 +11,8 @@ ART: a float32 artifact exported with --plain-backbone (`backbone`, `backbone_pl
    each round (`run_rounds`: each graph streams its weights, so the adapter's run cold, as in a real step).
    Per variant: median ms, the change against the exported backbone (median of the per-round differences) and the
    adapter's cost per combined step, (backbone - backbone_plain + shadow) / (backbone_plain + lm_head).
-Variants (`VARIANTS`):
+Variants (`VARIANTS`, written beside the backbone as backbone.variant-NAME.onnx; sessions open in the order given):
+  control  the exported backbone unchanged, in a session of its own: the A/A control for the others
   nosplit  the update's G/T output weights zero-padded to [2g, d], both reading the whole activation: no Split
   inject1  the injection's two matmuls as one d x d MatMul (W_down @ W_up): a node less, d^2 - 2dk more floats
   skipln   the layer's output Add and the update's LayerNormalization as one SkipLayerNormalization
@@ -132,7 +133,12 @@ def skipln(g: _Graph) -> None:
         g.model.graph.node.insert(at, fused)
 
 
-VARIANTS = {"nosplit": nosplit, "inject1": inject1, "skipln": skipln}
+def control(g: _Graph) -> None:
+    """No change: a second session of the same graph, the A/A control (sessions of one graph differ by their
+    weights' placement in memory)."""
+
+
+VARIANTS = {"control": control, "nosplit": nosplit, "inject1": inject1, "skipln": skipln}
 
 
 def write_variant(art: Path, name: str) -> str:
