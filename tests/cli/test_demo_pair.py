@@ -4,6 +4,8 @@ task, and the recipe's two scripts still run (a few steps on a tiny base)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -32,12 +34,15 @@ def test_shipped_adapter_is_bfloat16_and_small():
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """The demo's output (it exports fp32 and int4 into a fresh cache dir), and that dir."""
+    """The demo's output (it exports fp32 and int4 into a fresh cache dir), and that dir. In this process (the CLI's
+    `main`, as `shadow-edge demo` runs it): its two exports and chats share the worker's one-thread torch and
+    onnxruntime (tests/conftest.py) instead of a second process's threads contending with the other worker."""
     cache = tmp_path_factory.mktemp("demo")
-    proc = subprocess.run([sys.executable, "-m", "shadow_edge.cli", "demo", "--cache-dir", str(cache), "--threads",
-                           "2"], capture_output=True, text=True, timeout=1500, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout, proc.stderr, cache
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["demo", "--cache-dir", str(cache), "--threads", "2"])
+    assert code == 0, err.getvalue()[-3000:]
+    return out.getvalue(), err.getvalue(), cache
 
 
 @pytest.mark.slow
