@@ -174,6 +174,8 @@ def main(argv=None) -> int:
         if names:
             print()
             print(av.variant_table(av.time_variants(args.artifact, names, args.rounds, threads=args.threads)))
+            print()
+            print(av.kernel_table(av.kernel_times(args.artifact, names, args.rounds, threads=args.threads)))
         return 0
     ort.set_global_thread_pool_sizes(args.threads, 1)
     print("| node (d 1024, one position) | µs per node |\n|---|---:|")

@@ -20,6 +20,8 @@ Variants (`VARIANTS`, written beside the backbone as backbone.variant-NAME.onnx;
 
 from __future__ import annotations
 
+import bisect
+import json
 import statistics
 import tempfile
 from collections import Counter
@@ -198,6 +200,59 @@ def time_variants(art: Path, names: list[str], reps: int, past: int = 64, thread
         out[key] = {"ms": med[key], "vs_exported_ms": delta, "adapter_ms": adapter, "overhead": adapter / step,
                     "max_abs_diff": diffs.get(key.partition(":")[2], 0.0)}
     return {"graph_ms": med, "variants": out, "reps": reps, "past": past}
+
+
+def _is_adapter(node: str) -> bool:
+    """A kernel of the adapter's nodes or of the layer outputs they read (unfused Add, fused norm)."""
+    return "/adapter." in node or "mlp_residual" in node
+
+
+def kernel_times(art: Path, names: list[str], reps: int, past: int = 64, threads: int = 2) -> dict:
+    """onnxruntime's own kernel times (profiling) of the exported backbone and its variants, one decode step each,
+    back to back, the order rotated each round: per graph, the median per step of the adapter's kernels
+    (`_is_adapter`) and of all kernels, in us. Kernel times leave out the time between kernels and do not see the
+    other graphs' weights, so they resolve the few us a rewrite changes where wall times under load do not."""
+    m = read_manifest(art)
+    entry, d = m.graphs[io_spec.GRAPH_BACKBONE], m.model["hidden_size"]
+    s = np.random.default_rng(0).standard_normal((1, 1, d)).astype(np.float32)
+    files = {io_spec.GRAPH_BACKBONE: entry.file, **{f"backbone:{n}": write_variant(art, n) for n in names}}
+    runs, sessions = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, file in files.items():
+            options = session_options(threads, prepack_weights(entry, m.quantization))
+            options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / key.replace(":", "_"))
+            sess = GraphSession.__new__(GraphSession)  # the runtime's session, opened with profiling on
+            sess.session = ort.InferenceSession(str(art / file), options, providers=["CPUExecutionProvider"])
+            contract = m.contract(io_spec.GRAPH_BACKBONE)
+            sess.input_names = [t.name for t in contract.inputs]
+            sess.main_output, sess.kv_pairs = contract.main_output, contract.kv_pairs
+            sessions[key], runs[key] = sess, _step(sess, entry, d, past, s)
+        run_rounds(runs, reps=reps, warmup=3)
+        out = {}
+        for key, sess in sessions.items():
+            events = json.loads(Path(sess.session.end_profiling()).read_text())
+            steps = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
+            adapter, total = [0.0] * len(steps), [0.0] * len(steps)
+            starts = [a for a, _ in steps]
+            for e in events:
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                    i = bisect.bisect_right(starts, e["ts"]) - 1
+                    total[i] += e["dur"]
+                    adapter[i] += e["dur"] if _is_adapter(e["name"]) else 0.0
+            keep = slice(3, None)  # the warm-up steps
+            out[key] = {"adapter_us": statistics.median(adapter[keep]), "kernels_us": statistics.median(total[keep]),
+                        "steps": len(steps) - 3}
+    return out
+
+
+def kernel_table(r: dict) -> str:
+    base = r[io_spec.GRAPH_BACKBONE]
+    rows = ["| backbone | adapter kernels us/step | vs exported | all kernels us/step | vs exported |",
+            "|---|---:|---:|---:|---:|"]
+    for key, v in r.items():
+        rows.append(f"| {key} | {v['adapter_us']:.0f} | {v['adapter_us'] - base['adapter_us']:+.0f} | "
+                    f"{v['kernels_us']:.0f} | {v['kernels_us'] - base['kernels_us']:+.0f} |")
+    return "\n".join(rows)
 
 
 def variant_table(r: dict) -> str:
