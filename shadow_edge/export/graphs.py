@@ -168,7 +168,10 @@ def _add_norm(b: GraphBuilder, x: str, skip: str, norm: list[str] | None, eps: f
     """(Norm(x + skip), x + skip): onnxruntime's fused SkipSimplifiedLayerNormalization for `norm` = [weight]
     (RMSNorm); Add then LayerNormalization for [weight, bias] (LayerNorm), the Add named `tag`: onnxruntime's
     fused SkipLayerNormalization takes 5.4 us per call at d 1024 against 1.5 for the pair (benchmarks/results/precision.md,
-    "Where the rest of the gap is"), and onnxruntime does not fuse the pair back (the sum also feeds the stream).
+    "Where the rest of the gap is"), and onnxruntime does not fuse the pair back (the sum also feeds the stream). In
+    place (SmolLM2's backbone, onnxruntime's kernel times) the fused node came out 2 us per update below the pair,
+    under the spread of a second session of the unchanged graph: kept as the pair until a quiet run shows a gain
+    (precision.md, "Fewer adapter nodes per layer: what was tried").
     `norm` None (a recipe without that norm): (x + skip, x + skip)."""
     if norm is None:
         total = b.op("Add", [x, skip], tag=tag)
@@ -422,7 +425,9 @@ def build_backbone(spec: ShadowModelSpec, store: WeightStore, names: Tensors, co
 
 
 def _inject(b: GraphBuilder, spec: ShadowModelSpec, j: int, h: str, s: str) -> str:
-    """The injection's delta alpha * ((h - s) @ W_down) @ W_up [b, s, d]; the caller adds it to h."""
+    """The injection's delta alpha * ((h - s) @ W_down) @ W_up [b, s, d]; the caller adds it to h. Two matmuls: one
+    d x d matrix W_down @ W_up would be a node less but read d^2 floats instead of 2 d k (+1.26 MB per layer at
+    SmolLM2); measured slower at `small` in every run (+0.22 to +0.46 ms per backbone step, precision.md)."""
     with b.scope(f"adapter.{j}/inject"):
         down = b.weight(f"adapter.{j}.inject_down", lambda: _np(spec.injection_down[j]))
         up = b.weight(f"adapter.{j}.inject_up", lambda: _np(spec.injection_up[j] * spec.alpha))
@@ -441,7 +446,9 @@ def _update(b: GraphBuilder, spec: ShadowModelSpec, j: int, u: str, s: str) -> s
     """s + sigmoid(G(u)) * (T(u) - s), u = LayerNorm(h) or h (the caller's, see `_update_norm`), in the form
     `spec.variant` declares. G's and T's input layers are one MatMul (they read the same u); a Split hands
     each output layer its half of the activation. (Output weights zero-padded to [2g, d] reading the whole
-    activation, instead of the Split, read twice the bytes: W1 int4 base_shadow 1.03x slower, benchmarks/results/decode-profile.md.)"""
+    activation, instead of the Split, read twice the bytes: W1 int4 base_shadow 1.03x slower, benchmarks/results/decode-profile.md;
+    in place at `small` and SmolLM2 fp32 within the spread of an unchanged graph's second session, precision.md.)
+    s + sigmoid(g) * (t - s) is four elementwise nodes in any arrangement (no lerp or a * b + c kernel on CPU)."""
     variant = spec.variant
     with b.scope(f"adapter.{j}/update"):
         w_in = b.weight(f"adapter.{j}.gate_transform_in", lambda: _np(
