@@ -108,7 +108,8 @@ def test_bench_cli_missing_artifact(tmp_path):
 
 
 def _onnx_weight_bytes(art: Path, files: list[str]) -> int:
-    """The same count with the onnx package: initializers deduplicated by storage, Gather-only tables one row."""
+    """The same count with the onnx package: initializers deduplicated by storage, tables read only by Gather /
+    GatherBlockQuantized one row."""
     full, row = {}, {}
     for f in files:
         model = onnx.load(str(art / f), load_external_data=False)
@@ -120,7 +121,7 @@ def _onnx_weight_bytes(art: Path, files: list[str]) -> int:
             ext = {e.key: e.value for e in t.external_data}
             key = (ext["location"], int(ext.get("offset", 0))) if ext else (f, t.name)
             size = int(ELEM_BYTES[t.data_type] * max(1, int(__import__("math").prod(t.dims))))
-            if used.get(t.name) == {"Gather"}:
+            if used.get(t.name) and used[t.name] <= {"Gather", "GatherBlockQuantized"}:
                 row[key] = size // (t.dims[0] if t.dims else 1)  # a scalar index constant: itself
             else:
                 full[key] = size

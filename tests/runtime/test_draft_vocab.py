@@ -308,3 +308,27 @@ def test_adaptive_cost_ratio_counts_the_bytes_a_step_reads(cases, root):
     # the exporter's small shape constants: ~0.1%; the whole embedding table would add 4 * d * vocab = 98 KB
     assert reduced == pytest.approx(draft / step, rel=5e-3)
     assert full == pytest.approx(4 * (shadow + d * vocab) / step, rel=5e-3)
+
+
+def test_a_quantized_embedding_counts_one_row_in_the_draft_cost(tiny_default, root, monkeypatch):
+    """int4: the shadow reads its embedding through GatherBlockQuantized (packed rows + row scales); the draft cost
+    counts one row of each table, as for a float32 Gather (bench/weights.py ROW_LOOKUPS)."""
+    import onnx
+
+    from shadow_edge.bench import weights
+
+    key = ("tiny_q", "int4", 64)  # the export of test_a_quantized_draft_head_reads_the_quantized_rows
+    art = _export(key, tiny_default.base_dir, tiny_default.adapter_dir, root, validate=True, quantize="int4",
+                  quant_compute="float32", draft_vocab=64)
+    model = onnx.load(str(art / "shadow.onnx"), load_external_data=False)
+    used: dict[str, set] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            used.setdefault(name, set()).add(node.op_type)
+    tables = [t for t in model.graph.initializer if used.get(t.name) == {"GatherBlockQuantized"}]
+    assert len(tables) >= 2, "packed rows and their scales"
+    size = {t.name: int(np.prod(t.dims)) * weights.ELEM_BYTES[t.data_type] for t in tables}
+    rows = weights.weight_bytes([art / "shadow.onnx"])
+    monkeypatch.setattr(weights, "ROW_LOOKUPS", {"Gather"})
+    whole = weights.weight_bytes([art / "shadow.onnx"])
+    assert whole - rows == sum(size[t.name] - size[t.name] // t.dims[0] for t in tables)
