@@ -172,12 +172,12 @@ def _write(spec: ShadowModelSpec, tokenizer: TokenizerFiles, tmp: Path, options:
         reference = ShadowModel(spec.loaded() if plan.method == METHOD_FULL else spec)  # streamed: a layer at a time
         # the files the runtime opens: a base artifact's own adapter runs the shadow graph's constant twin
         runs = {**graphs, **{g: replace(graphs[g], file=f) for g, f in slots.get("constant_graphs", {}).items()}}
-        validator = VALIDATORS[plan.method]
         if options.quantize != "none" and options.quant_compute == "int8":  # exact graphs, then int8's distance
-            validation = validate_int8(tmp, reference, runs, modes, options.quantize, validator, options.atol,
+            validation = validate_int8(tmp, reference, runs, modes, options.quantize, plan.method, options.atol,
                                        spec.vocab_size, progress)
         else:
-            validation = validator(tmp, reference, runs, modes, options.quantize, atol=options.atol, progress=progress)
+            validation = VALIDATORS[plan.method](tmp, reference, runs, modes, options.quantize, atol=options.atol,
+                                                 progress=progress)
         if draft is not None:
             validation["outputs"]["draft_head.logits"] = check_draft_head(tmp, runs, modes, draft.ids,
                                                                           options.validation_atol)

@@ -24,6 +24,7 @@ import torch
 from shadow_edge import io_spec
 from shadow_edge.core.model import KV, ShadowModel, StepInputs
 from shadow_edge.errors import ExportError
+from shadow_edge.export.validate_arithmetic import RelativeError, add_cache_error, arithmetic_report
 from shadow_edge.manifest import GraphEntry
 from shadow_edge.manifest_schema import METHOD_FULL
 from shadow_edge.runtime.decode_state import DecodeState
@@ -86,22 +87,39 @@ class Reference:
 
 def validate_graphs(art_dir: Path, model: ShadowModel, graphs: dict[str, GraphEntry],
                     modes: dict[str, dict[str, str]], quantization: str = "none", atol: float = 1e-4,
-                    threads: int = 2, progress: Callable[[str], None] = lambda s: None) -> dict:
-    """Run every mode of `modes` (mode -> role -> graph) with the runtime against `model`; raise on a miss."""
-    sessions = {name: GraphSession(name, entry, art_dir, threads=threads,
-                                   prepack=prepack_weights(entry, quantization)) for name, entry in graphs.items()}
+                    threads: int = 2, progress: Callable[[str], None] = lambda s: None,
+                    int8_graphs: dict[str, GraphEntry] | None = None) -> dict:
+    """Run every mode of `modes` (mode -> role -> graph) with the runtime against `model`; raise on a miss.
+    `int8_graphs`: `graphs`' int8-arithmetic originals (`graphs` being their float32 twins), run beside them
+    in the same pass and bounded against them (export/validate_arithmetic.py)."""
+    sessions = open_sessions(art_dir, graphs, quantization, threads)
+    int8 = open_sessions(art_dir, int8_graphs, quantization, threads) if int8_graphs else None
     worst: dict[str, Worst] = {}
+    arithmetic: dict[str, RelativeError] = {}
     nonfinite: list[str] = []
     for mode, roles in modes.items():
-        pipe = Pipeline(sessions[roles[io_spec.ROLE_HEAD]], *(sessions[roles[r]] if r in roles else None
-                                                             for r in io_spec.KV_ROLES))
+        pipes = [mode_pipeline(s, roles) for s in (sessions, int8) if s is not None]
         gen = torch.Generator().manual_seed(0)
         for sc in SCENARIOS:
             progress(f"validating {mode}: batch {len(sc.prompt_lengths)}, prompt {max(sc.prompt_lengths)}, "
-                     f"{sc.decode_steps} decode steps")
-            _run_scenario(model, mode, roles, pipe, sc, gen, worst, nonfinite)
-    return {"method": METHOD_FULL, "atol": atol, "path": "runtime", "scenarios": [sc.to_dict() for sc in SCENARIOS],
-            "outputs": checked_report(dict(sorted(worst.items())), nonfinite, atol), "passed": True}
+                     f"{sc.decode_steps} decode steps" + (" (float32 and int8 arithmetic)" if int8 else ""))
+            _run_scenario(model, mode, roles, pipes, sc, gen, worst, nonfinite, arithmetic)
+    report = {"method": METHOD_FULL, "atol": atol, "path": "runtime", "scenarios": [sc.to_dict() for sc in SCENARIOS],
+              "outputs": checked_report(dict(sorted(worst.items())), nonfinite, atol), "passed": True}
+    if int8:
+        report["int8_arithmetic"] = arithmetic_report(arithmetic)
+    return report
+
+
+def open_sessions(art_dir: Path, graphs: dict[str, GraphEntry], quantization: str,
+                  threads: int) -> dict[str, GraphSession]:
+    return {name: GraphSession(name, entry, art_dir, threads=threads, prepack=prepack_weights(entry, quantization))
+            for name, entry in graphs.items()}
+
+
+def mode_pipeline(sessions: dict[str, GraphSession], roles: dict[str, str]) -> Pipeline:
+    return Pipeline(sessions[roles[io_spec.ROLE_HEAD]], *(sessions[roles[r]] if r in roles else None
+                                                         for r in io_spec.KV_ROLES))
 
 
 def checked_report(worst: dict[str, "Worst"], nonfinite: list[str], atol: float, where: str = "") -> dict:
@@ -132,24 +150,30 @@ def raise_misses(report: dict, nonfinite: list[str], where: str = "") -> None:
                           "; re-export with --no-validate only to debug")
 
 
-def _run_scenario(model: ShadowModel, mode: str, roles: dict[str, str], pipe: Pipeline, sc: Scenario,
-                  gen: torch.Generator, worst: dict, nonfinite: list) -> None:
+def _run_scenario(model: ShadowModel, mode: str, roles: dict[str, str], pipes: list[Pipeline], sc: Scenario,
+                  gen: torch.Generator, worst: dict, nonfinite: list, arithmetic: dict) -> None:
+    """`pipes[0]` against the reference; `pipes[1]`, when given, against `pipes[0]` (relative errors)."""
     ids, mask = sc.inputs(model.spec.vocab_size, gen)
     longest, total = max(sc.prompt_lengths), ids.shape[1]
     full = StepInputs.full(ids, mask)
     ref = Reference(model, mode, roles)
-    state = DecodeState(pipe, ids.shape[0], longest + sc.spare)  # the decode state users run: advance, then steps
+    states = [DecodeState(p, ids.shape[0], longest + sc.spare) for p in pipes]  # the decode state users run
     kv_graphs = [roles[r] for r in io_spec.KV_ROLES if r in roles]  # the order of pipe.stacks / caches
     start = 0
     for end in [longest] + list(range(longest + 1, total + 1)):
         step = StepInputs(full.input_ids[:, start:end], full.attention_mask[:, :end], full.position_ids[:, start:end])
-        logits = run_step(state, step, start, end)  # [b, t, V]
+        logits = [run_step(state, step, start, end) for state in states]  # [b, t, V] each
         ref_logits = ref.step(step).numpy()
-        compare(f"{mode}.logits", logits, ref_logits, step.attention_mask[:, start:end].bool().numpy(),
-                 worst, nonfinite)
+        real = step.attention_mask[:, start:end].bool().numpy()
+        compare(f"{mode}.logits", logits[0], ref_logits, real, worst, nonfinite)
         kv_real = step.attention_mask.bool().numpy()  # [b, T]
-        for graph, cache, role in zip(kv_graphs, state.caches, (r for r in io_spec.KV_ROLES if r in roles)):
+        for graph, cache, role in zip(kv_graphs, states[0].caches, (r for r in io_spec.KV_ROLES if r in roles)):
             compare_cache(f"{mode}.{graph}.present", cache, ref.kv[role], kv_real, worst, nonfinite)
+        if len(states) > 1:
+            arithmetic.setdefault(f"{mode}.logits", RelativeError()).add(logits[1][real], logits[0][real])
+            for graph, exact, ours in zip(kv_graphs, states[0].caches, states[1].caches):
+                add_cache_error(arithmetic.setdefault(f"{mode}.{graph}.present", RelativeError()), ours, exact,
+                                kv_real)
         start = end
 
 

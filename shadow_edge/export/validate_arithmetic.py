@@ -10,8 +10,9 @@ also pass a graph without its adapter, so int8 exports are validated in two step
 1. The graphs are validated against PyTorch at the export's tight `atol`, run with float32 arithmetic:
    twins of the decoder and head graphs with `accuracy_level` 1 (`exact_twins`), same weights (the
    twins reference the artifact's own weight files). This proves the graphs and the quantized weights.
-2. The int8 graphs users run are compared with the twins through the runtime (`check_int8_arithmetic`:
-   the same scenarios, `DecodeState`, in-place caches): per output, the relative RMS error
+2. The int8 graphs users run are compared with the twins through the runtime (the same scenarios,
+   `DecodeState`, in-place caches; in full validation's own pass, after streamed validation by
+   `check_int8_arithmetic`): per output, the relative RMS error
    ||int8 - exact|| / ||exact|| over real positions must stay within `INT8_ARITHMETIC_RTOL`. Graph
    bugs are excluded by step 1; this bounds what the kernels' rounding does on this model. Its cost in
    quality is measured on text by `shadow-edge eval --compare`.
@@ -31,9 +32,9 @@ from shadow_edge import io_spec
 from shadow_edge.core.model import StepInputs
 from shadow_edge.errors import ExportError
 from shadow_edge.manifest import GraphEntry
+from shadow_edge.manifest_schema import METHOD_FULL
 from shadow_edge.runtime.decode_state import DecodeState
-from shadow_edge.runtime.generate import Pipeline
-from shadow_edge.runtime.session import GraphSession, prepack_weights
+from shadow_edge.runtime.kv_cache import KVCache
 from shadow_edge.target import QUANT_COMPUTE
 
 # Relative RMS error allowed between int8 and float32 arithmetic, per output. Measured on SmolLM2-135M with the
@@ -45,13 +46,20 @@ TWIN_SUFFIX = ".float32-arithmetic.onnx"
 
 
 def validate_int8(art_dir: Path, reference, graphs: dict[str, GraphEntry], modes: dict[str, dict[str, str]],
-                  quantization: str, validator: Callable[..., dict], atol: float, vocab_size: int,
+                  quantization: str, method: str, atol: float, vocab_size: int,
                   progress: Callable[[str], None] = lambda s: None) -> dict:
-    """Both steps: `validator` (full or streamed validation) on the float32 twins at `atol`, then the int8
-    graphs against the twins; the report of the first with `int8_arithmetic` added. Twins removed after."""
+    """Both steps; the validation report with `int8_arithmetic` added; the twins removed after. Full validation
+    runs the int8 graphs beside their twins in its one pass; streamed validation checks the twins, then
+    `check_int8_arithmetic` compares the two sets of graphs."""
+    from shadow_edge.export.validate import validate_graphs
+    from shadow_edge.export.validate_streamed import validate_streamed
+
     twins = exact_twins(art_dir, graphs)
     try:
-        report = validator(art_dir, reference, twins, modes, quantization, atol=atol, progress=progress)
+        if method == METHOD_FULL:
+            return validate_graphs(art_dir, reference, twins, modes, quantization, atol=atol, progress=progress,
+                                   int8_graphs=graphs)
+        report = validate_streamed(art_dir, reference, twins, modes, quantization, atol=atol, progress=progress)
         report["int8_arithmetic"] = check_int8_arithmetic(art_dir, graphs, twins, modes, quantization, vocab_size,
                                                           progress=progress)
         return report
@@ -98,22 +106,39 @@ class RelativeError:
         return float(np.sqrt(self.err_sq / self.ref_sq)) if self.ref_sq > 0 else float(np.sqrt(self.err_sq))
 
 
+def add_cache_error(error: RelativeError, ours: KVCache, exact: KVCache, real: np.ndarray) -> None:
+    """Both caches' first `length` slots, on the real ones (`real` [b, T])."""
+    for x, y in zip(ours.arrays, exact.arrays):  # [b, kv, T, hd] -> [b, T, kv, hd] to mask slots
+        error.add(x[:, :, : ours.length].transpose(0, 2, 1, 3)[real],
+                  y[:, :, : exact.length].transpose(0, 2, 1, 3)[real])
+
+
+def arithmetic_report(errors: dict[str, RelativeError]) -> dict:
+    """name -> {rel_rms, max_abs_err, allowed_rel_rms}; ExportError naming the outputs past the bound."""
+    report = {n: {"rel_rms": e.rel_rms, "max_abs_err": e.max_abs, "allowed_rel_rms": INT8_ARITHMETIC_RTOL}
+              for n, e in sorted(errors.items())}
+    misses = [f"{n}: relative RMS error {r['rel_rms']:.3g} > {INT8_ARITHMETIC_RTOL}" for n, r in report.items()
+              if not r["rel_rms"] <= INT8_ARITHMETIC_RTOL]
+    if misses:
+        raise ExportError("int8 activation arithmetic (--quant-compute int8) moves this model's outputs too far from "
+                          "the same graphs computed in float32: " + "; ".join(misses[:4]) + ". The graphs themselves "
+                          "validated; re-export with a smaller --block-size (16) or --quant-compute float32 (exact; "
+                          "~2.5x slower at int4, far slower with int8 weights)")
+    return report
+
+
 def check_int8_arithmetic(art_dir: Path, graphs: dict[str, GraphEntry], twins: dict[str, GraphEntry],
                           modes: dict[str, dict[str, str]], quantization: str, vocab_size: int,
                           threads: int = 2, progress: Callable[[str], None] = lambda s: None) -> dict:
-    """name -> {rel_rms, max_abs_err, allowed_rel_rms} of the int8 graphs against their float32 twins, on
-    validation's scenarios; ExportError naming the outputs past `INT8_ARITHMETIC_RTOL`."""
-    from shadow_edge.export.validate import SCENARIOS, run_step
+    """`arithmetic_report` of the int8 graphs against their float32 twins on validation's scenarios, through
+    the runtime, without a PyTorch reference (for streamed validation)."""
+    from shadow_edge.export.validate import SCENARIOS, mode_pipeline, open_sessions, run_step
 
-    def sessions(entries: dict[str, GraphEntry]) -> dict[str, GraphSession]:
-        return {n: GraphSession(n, e, art_dir, threads=threads, prepack=prepack_weights(e, quantization))
-                for n, e in entries.items()}
-
-    ours, exact = sessions(graphs), sessions(twins)
+    ours, exact = open_sessions(art_dir, graphs, quantization, threads), open_sessions(art_dir, twins, quantization,
+                                                                                      threads)
     errors: dict[str, RelativeError] = {}
     for mode, roles in modes.items():
-        pipes = [Pipeline(s[roles[io_spec.ROLE_HEAD]], *(s[roles[r]] if r in roles else None
-                                                         for r in io_spec.KV_ROLES)) for s in (ours, exact)]
+        pipes = [mode_pipeline(s, roles) for s in (ours, exact)]
         kv_graphs = [roles[r] for r in io_spec.KV_ROLES if r in roles]
         gen = torch.Generator().manual_seed(0)
         for sc in SCENARIOS:
@@ -130,20 +155,7 @@ def check_int8_arithmetic(art_dir: Path, graphs: dict[str, GraphEntry], twins: d
                 real = mask[:, start:end].bool().numpy()
                 errors.setdefault(f"{mode}.logits", RelativeError()).add(a[real], b[real])
                 for graph, ca, cb in zip(kv_graphs, states[0].caches, states[1].caches):
-                    slots = mask[:, : ca.length].bool().numpy()  # [b, T]
-                    for x, y in zip(ca.arrays, cb.arrays):  # [b, kv, T, hd]
-                        errors.setdefault(f"{mode}.{graph}.present", RelativeError()).add(
-                            x[:, :, : ca.length].transpose(0, 2, 1, 3)[slots],
-                            y[:, :, : cb.length].transpose(0, 2, 1, 3)[slots])
+                    add_cache_error(errors.setdefault(f"{mode}.{graph}.present", RelativeError()), ca, cb,
+                                    mask[:, :end].bool().numpy())
                 start = end
-    report = {n: {"rel_rms": e.rel_rms, "max_abs_err": e.max_abs, "allowed_rel_rms": INT8_ARITHMETIC_RTOL}
-              for n, e in sorted(errors.items())}
-    misses = [f"{n}: relative RMS error {r['rel_rms']:.3g} > {INT8_ARITHMETIC_RTOL}" for n, r in report.items()
-              if not r["rel_rms"] <= INT8_ARITHMETIC_RTOL]
-    if misses:
-        raise ExportError("int8 activation arithmetic (--quant-compute int8) moves this model's outputs too far from "
-                          "the same graphs computed in float32: " + "; ".join(misses[:4]) + ". The graphs themselves "
-                          "validated; re-export with a smaller --block-size (16) or --quant-compute float32 (exact; "
-                          "~2.5x slower at int4, far slower with int8 weights)")
-    return report
-
+    return arithmetic_report(errors)

@@ -15,7 +15,6 @@ from shadow_edge.errors import ExportError
 from shadow_edge.export import ExportOptions, export_artifact
 from shadow_edge.export import validate_arithmetic
 from shadow_edge.export.artifact import quantized_spec
-from shadow_edge.export.validate import validate_graphs
 from shadow_edge.export.validate_arithmetic import INT8_ARITHMETIC_RTOL, TWIN_SUFFIX, validate_int8
 from shadow_edge.export.quantize import quantize_as_recorded, quantize_rows
 from shadow_edge.manifest import read_manifest
@@ -106,7 +105,8 @@ def test_int8_arithmetic_is_validated_within_its_rounding(quantized):
     assert err <= 5e-2 * max(1.0, scale)
 
 
-def test_int8_export_catches_a_small_graph_error_and_names_the_arithmetic_fix(cases, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["full", "streamed"])
+def test_int8_export_catches_a_small_graph_error_and_names_the_arithmetic_fix(cases, tmp_path, monkeypatch, method):
     """A 2% error in one adapter weight is far inside int8 rounding's per-element noise, yet the float32 twins
     catch it at 1e-4; int8 arithmetic past its bound is one error naming the fix, and nothing is left behind."""
     case = cases("qwen3_implicit")
@@ -114,17 +114,17 @@ def test_int8_export_catches_a_small_graph_error_and_names_the_arithmetic_fix(ca
     options = ExportOptions(quantize="int4", validate=False)
     m = export_artifact(case.base_dir, case.adapter_dir, art, progress=lambda s: None, options=options)
     model = ShadowModel(quantized_spec(load_spec(case.base_dir, case.adapter_dir), options).loaded())
-    assert validate_int8(art, model, m.graphs, m.modes, "int4", validate_graphs, 1e-4, model.spec.vocab_size)
+    assert validate_int8(art, model, m.graphs, m.modes, "int4", method, 1e-4, model.spec.vocab_size)
     scale_initializer(art, "backbone.onnx", "adapter.0.inject_down", 1.02)
-    with pytest.raises(ExportError, match=r"validation against PyTorch failed: .*backbone"):
-        validate_int8(art, model, m.graphs, m.modes, "int4", validate_graphs, 1e-4, model.spec.vocab_size)
+    with pytest.raises(ExportError, match=r"validation against PyTorch failed.*: .*backbone"):
+        validate_int8(art, model, m.graphs, m.modes, "int4", method, 1e-4, model.spec.vocab_size)
     assert not list(art.glob(f"*{TWIN_SUFFIX}"))
     monkeypatch.setattr(validate_arithmetic, "INT8_ARITHMETIC_RTOL", 1e-9)
     out = tmp_path / "strict"
     with pytest.raises(ExportError, match=r"int8 activation arithmetic .* relative RMS error .*--block-size \(16\) "
                                           r"or --quant-compute float32"):
         export_artifact(case.base_dir, case.adapter_dir, out, progress=lambda s: None,
-                        options=ExportOptions(quantize="int4"))
+                        options=ExportOptions(quantize="int4", validation=method))
     assert not out.exists()
 
 
