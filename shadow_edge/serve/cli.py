@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter", action="append", metavar="NAME=PACK",
                    help="serve an adapter pack (exported --against one of the artifacts) as model NAME (repeatable)")
     p.add_argument("--decode-nice", type=int, default=DECODE_NICE, metavar="N",
-                   help="the decode thread runs N nice levels below the prefill thread, so a newcomer's prefill "
-                        "takes the cores first (0..19, default 19; 0 = the same priority; Linux)")
+                   help="run the decode thread N nice levels below the prefill thread, so a newcomer's prefill takes "
+                        "the cores first (0..19, Linux; default 0: on a dedicated machine 19 cut TTFT at 16 clients "
+                        "2.4x, with other processes busy on the same cores it cut throughput 3x)")
     p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the artifacts' files")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let pages from this origin call the API from a browser, e.g. http://127.0.0.1:8080 for "

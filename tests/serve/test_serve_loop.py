@@ -335,7 +335,7 @@ def test_the_decode_thread_runs_below_the_prefill_thread(tiny_rt, increment):
 
 
 def test_decode_nice_reaches_each_engine(tiny_artifact):
-    with LiveServer(tiny_artifact, served_names=("tiny",), decode_nice=0) as srv:
-        assert srv.app.state.shadow.engines["tiny"].decode_nice == 0
-    with LiveServer(tiny_artifact, served_names=("tiny",)) as srv:
+    with LiveServer(tiny_artifact, served_names=("tiny",), decode_nice=19) as srv:
         assert srv.app.state.shadow.engines["tiny"].decode_nice == 19
+    with LiveServer(tiny_artifact, served_names=("tiny",)) as srv:
+        assert srv.app.state.shadow.engines["tiny"].decode_nice == 0
