@@ -102,10 +102,13 @@ def test_graph_with_concatenated_pasts_equals_the_runtime(which, tiny_artifact, 
     pasts = {f"past_key_values.{i}.{k}": np.zeros((1, kv, 0, hd), np.float32) for i in range(layers)
              for k in ("key", "value")}
     names = [o.name for o in sess.get_outputs()]
+    # int4 computes with int8-quantized activations: a last-bit difference upstream (5 positions at once against 8)
+    # can move one activation across a quantization step; seen at 1.2e-4 on one logit of 512 on an AVX-512 machine
+    atol = 5e-4 if which == "int4" else 1e-4
     for lo, hi in ((0, 5), (5, 6), (6, 7), (7, 8)):
         out = dict(zip(names, sess.run(None, {"input_ids": ids[:, lo:hi], "attention_mask": np.ones((1, hi), np.int64),
                                               "position_ids": np.arange(lo, hi)[None], **pasts})))
-        np.testing.assert_allclose(out["logits"], want[:, lo:hi], atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(out["logits"], want[:, lo:hi], atol=atol, rtol=1e-4)
         pasts = {k: out[k.replace("past_key_values", "present")] for k in pasts}
         assert pasts["past_key_values.0.key"].shape[2] == hi
 
