@@ -58,14 +58,15 @@ def percentile(xs: list[float], q: float) -> float | None:
 class Server:
     """`shadow-edge serve` in a subprocess on a free loopback port."""
 
-    def __init__(self, artifact: Path, threads: int, max_batch: int, max_queue: int, window_ms: float):
+    def __init__(self, artifact: Path, threads: int, max_batch: int, max_queue: int, window_ms: float,
+                 server_args: tuple[str, ...] = ()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shadow_edge.cli", "serve", str(artifact), "--served-name", "m", "--port",
              str(self.port), "--threads", str(threads), "--max-batch", str(max_batch), "--max-queue", str(max_queue),
-             "--batch-window-ms", str(window_ms), "--no-verify"], env=env)
+             "--batch-window-ms", str(window_ms), "--no-verify", *server_args], env=env)
 
     def wait_ready(self, timeout_s: float = 600) -> None:
         deadline = time.monotonic() + timeout_s
@@ -192,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                         "batch at the next step, waiting adds only to its TTFT)")
     p.add_argument("--stagger-ms", type=float, default=50.0,
                    help="client i starts i x this after the first; each waits up to this before its next request")
+    p.add_argument("--decode-nice", type=int, help="server --decode-nice (default: the server's)")
+    p.add_argument("--spin-threads", action="store_true", help="server --spin-threads")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
     levels = sorted({1, *(int(x) for x in args.concurrency.split(","))})  # level 1 is the serial reference
@@ -200,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     vocab = json.loads((args.artifact / "manifest.json").read_text())["model"]["vocab_size"]
     prompts = make_prompts(min(max(levels), n_requests), vocab)
     server = Server(args.artifact, args.threads, args.max_batch, max_queue=4 * max(levels),
-                    window_ms=args.batch_window_ms)
+                    window_ms=args.batch_window_ms,
+                    server_args=(("--decode-nice", str(args.decode_nice)) if args.decode_nice is not None else ())
+                    + (("--spin-threads",) if args.spin_threads else ()))
     try:
         say(f"loading {args.artifact} in the server ({server.url})")
         server.wait_ready()

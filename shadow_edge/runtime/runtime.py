@@ -48,12 +48,13 @@ class ShadowRuntime:
     `stream.result` of the object that call returned (never another call's).
     """
 
-    def __init__(self, art_dir: Path, manifest: Manifest, codec: TextCodec | None, providers, threads):
+    def __init__(self, art_dir: Path, manifest: Manifest, codec: TextCodec | None, providers, threads,
+                 spin_threads: bool = True):
         self.art_dir, self.manifest = art_dir, manifest
         self.dir_identity = artifact_lock.directory_identity(art_dir)  # which directory was loaded (see graph())
         self.has_tokenizer = codec is not None
         self.codec = codec if codec is not None else NoTokenizer()
-        self.providers, self.threads = providers, threads
+        self.providers, self.threads, self.spin_threads = providers, threads, spin_threads
         self._graphs: dict[str, GraphSession] = {}
         self.decode_step = "auto"  # see load()
         self._pipes: dict[tuple[str, str | None], Pipeline] = {}  # (mode, adapter) -> its graph chain
@@ -72,7 +73,7 @@ class ShadowRuntime:
     @classmethod
     def load(cls, art_dir, providers=None, threads: int | None = None, verify: bool = True,
              modes: tuple[str, ...] | None = None, adapters: dict | None = None,
-             decode_step: str = "auto") -> "ShadowRuntime":
+             decode_step: str = "auto", spin_threads: bool = True) -> "ShadowRuntime":
         """Read manifest.json, check every file's sha256 (verify=False skips it), open the mode graphs.
 
         Graphs used by `modes` (generation modes; default: shadow_only and base_shadow) are loaded
@@ -82,6 +83,10 @@ class ShadowRuntime:
         adapters: {name: PACK directory} of adapter packs exported against this base artifact (`load_adapter`).
         decode_step: "auto" (a mode's merged single-session step graph where the artifact has one, else its
         split graphs) or "split" (always the split graphs: one session per graph per step).
+        spin_threads: True (default) runs every session on the process-wide onnxruntime pool, whose threads spin
+        between work items (fastest for one stream on an otherwise idle machine); False gives each session its own
+        pool of sleeping threads (slower alone, but no spinning thread takes the CPU from the process's other
+        threads or other processes; `serve` uses it).
         """
         art_dir = inputs.artifact_dir(art_dir)
         if decode_step not in DECODE_STEPS:
@@ -89,7 +94,8 @@ class ShadowRuntime:
         if adapters is not None and not isinstance(adapters, dict):
             raise InputError(f"adapters is {adapters!r}; it must be a dict {{name: adapter pack directory}}")
         with artifact_lock.shared(art_dir):
-            rt = cls._load_unlocked(art_dir, providers, threads, verify, modes)
+            rt = cls._load_unlocked(art_dir, providers, threads, verify, modes,
+                                    inputs.as_bool(spin_threads, "spin_threads"))
         rt.decode_step = decode_step
         for name, pack_dir in (adapters or {}).items():
             rt.load_adapter(name, pack_dir, verify)
@@ -114,7 +120,7 @@ class ShadowRuntime:
                 del self._pipes[key]
 
     @classmethod
-    def _load_unlocked(cls, art_dir: Path, providers, threads, verify, modes) -> "ShadowRuntime":
+    def _load_unlocked(cls, art_dir: Path, providers, threads, verify, modes, spin_threads) -> "ShadowRuntime":
         if not art_dir.is_dir():
             raise ArtifactError(f"{art_dir}: no such artifact directory; create one with `shadow-edge export`")
         threads = inputs.thread_count(threads)
@@ -127,7 +133,7 @@ class ShadowRuntime:
         if verify:
             verify_files(art_dir, manifest)
         providers = manifest.execution_target.check_providers(providers, art_dir)  # the target's device
-        rt = cls(art_dir, manifest, TextCodec.load(art_dir, manifest.files), providers, threads)
+        rt = cls(art_dir, manifest, TextCodec.load(art_dir, manifest.files), providers, threads, spin_threads)
         for mode in GRAPH_MODES if modes is None else modes:
             if modes is None and mode not in manifest.modes:
                 continue
@@ -158,7 +164,8 @@ class ShadowRuntime:
                 raise ArtifactError(f"{self.art_dir}: was replaced (export --force) after this runtime loaded it; "
                                     f"load it again to use graph {name!r}")
             return GraphSession(name, entry, self.art_dir, self.providers, self.threads, prepack,
-                                contract=self.manifest.contract(name), initializers=initializers)
+                                contract=self.manifest.contract(name), initializers=initializers,
+                                spin=self.spin_threads)
 
     def pipeline(self, mode: str, adapter: str | None = None) -> Pipeline:
         """The graph chain of a manifest mode (shadow_only, base_shadow, ...), built on first use; with
@@ -212,7 +219,8 @@ class ShadowRuntime:
             if key not in self._graphs:
                 with artifact_lock.shared(self.art_dir):
                     self._graphs[key] = GraphSession(key, graph, self.art_dir, self.providers, self.threads,
-                                                     prepack=prepack_weights(graph, self.manifest.quantization))
+                                                     prepack=prepack_weights(graph, self.manifest.quantization),
+                                                     spin=self.spin_threads)
             return self._graphs[key]
 
     def decode_state(self, mode: str, batch: int, capacity: int, adapter: str | None = None) -> DecodeState:

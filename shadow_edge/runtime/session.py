@@ -38,11 +38,11 @@ def bind_kv(io: ort.IOBinding, pairs: list[tuple[str, str]], buffers: list[ort.O
         io.bind_ortvalue_output(present, buf)
 
 
-_pool_threads: int | None = None  # the process-wide pool's size once set; 0 = unavailable
+_pool_threads: int | None = None  # the process-wide pool's size once set; 0 = none (unavailable or not wanted)
 _pool_lock = threading.Lock()  # runtimes loaded by concurrent threads create the pool once
 
 
-def session_options(threads: int | None, prepack: bool = True) -> ort.SessionOptions:
+def session_options(threads: int | None, prepack: bool = True, spin: bool = True) -> ort.SessionOptions:
     """Options for a session of this process. Every shadow-edge session shares one thread pool.
 
     A mode runs two or three sessions per token; with a pool per session, the idle pools
@@ -52,24 +52,43 @@ def session_options(threads: int | None, prepack: bool = True) -> ort.SessionOpt
     so). Where onnxruntime refuses a global pool, sessions get their own non-spinning pools.
     `prepack=False` keeps weights as stored: right for the vocabulary heads, whose MatMul reads the
     stored [d, vocab] matrix as it lies (as fast for one position, and no 0.6 GB packed copy).
+    `spin=False` in the process's first call: no process-wide pool; every session gets a pool of its
+    own whose threads sleep between work items (the shared pool's threads spin, and onnxruntime's
+    Python API cannot stop that). A lone stream decodes ~15% slower, but no spinning thread burns
+    the CPU share that other threads of the process (a server's niced decode thread) and other
+    processes need (`serve` uses it; benchmarks/results/serving.md). Like the size, the choice is
+    the first call's: onnxruntime allows no session of its own beside a process-wide pool.
     """
     global _pool_threads
     n = thread_count(threads) or (os.cpu_count() or 1)
     with _pool_lock:
         if _pool_threads is None:
-            try:
-                ort.set_global_thread_pool_sizes(n, 1)
-                _pool_threads = n
-            except Exception:
-                _pool_threads = 0
+            _pool_threads = _create_pool(n) if spin else 0
             created = True
         else:
             created = False
     if not created and _pool_threads and n != _pool_threads:
         warnings.warn(f"threads={n} ignored: this process's onnxruntime thread pool already has {_pool_threads} "
                       "threads (it is sized by the first runtime loaded)", stacklevel=3)
+    if not created and _pool_threads and not spin:
+        warnings.warn("spin_threads=False ignored: this process's first runtime created onnxruntime's "
+                      "process-wide pool, which every later session must use", stacklevel=3)
+    return _options(n, prepack, shared=bool(_pool_threads))
+
+
+def _create_pool(n: int) -> int:
+    try:
+        ort.set_global_thread_pool_sizes(n, 1)
+        return n
+    except Exception:  # onnxruntime refuses it (e.g. its environment exists already)
+        return 0
+
+
+def _options(n: int, prepack: bool, shared: bool) -> ort.SessionOptions:
+    """Options on the process-wide pool (`shared`), else on a pool of the session's own: n threads that sleep
+    between work items."""
     so = ort.SessionOptions()
-    if _pool_threads:
+    if shared:
         so.use_per_session_threads = False
     else:
         so.intra_op_num_threads, so.inter_op_num_threads = n, 1
@@ -118,17 +137,18 @@ class GraphSession:
 
     def __init__(self, name: str, entry: GraphEntry, art_dir: Path, providers=None, threads: int | None = None,
                  prepack: bool = True, contract: GraphContract | None = None,
-                 initializers: dict[str, ort.OrtValue] | None = None):
+                 initializers: dict[str, ort.OrtValue] | None = None, spin: bool = True):
         """`contract`: the graph's contract (`Manifest.contract(name)`; `read_manifest` has held the entry to it);
         default: the entry as it is. `initializers`: values that replace the graph's initializers of those names
         (`SessionOptions.add_initializer`: onnxruntime uses the given buffers, no copy, as constants it may
-        prepack; an adapter pack's weights, runtime/pack_sessions.py); the session keeps them alive."""
+        prepack; an adapter pack's weights, runtime/pack_sessions.py); the session keeps them alive.
+        `spin`: see `session_options`."""
         self.name, self.entry = name, entry
         self.contract = contract or entry.as_contract(name)
         self.path = path = member_path(art_dir, entry.file)
         data_files = [member_path(art_dir, data) for data in entry.data_files]
         try:
-            options = session_options(threads, prepack)
+            options = session_options(threads, prepack, spin)
             self.initializers = dict(initializers or {})
             for key, value in self.initializers.items():
                 options.add_initializer(key, value)

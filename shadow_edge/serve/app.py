@@ -57,7 +57,7 @@ class ServerState:
         o = self.options
         try:
             for name, art in zip(o.names, o.artifacts):
-                rt = ShadowRuntime.load(art, threads=o.threads, verify=o.verify)
+                rt = ShadowRuntime.load(art, threads=o.threads, verify=o.verify, spin_threads=o.spin_threads)
                 self.default_modes[name] = o.default_mode if o.default_mode in rt.modes else rt.modes[0]
                 self.engines[name] = Engine(name, rt, o.max_batch, o.max_queue, o.batch_window_ms, self.metrics,
                                             grace_s=self.grace_s, decode_nice=o.decode_nice)

@@ -12,10 +12,12 @@ verify runs row by row anyway; cascade: its second pass reuses its own first pas
 Every row of every mode goes through the runtime's one token loop (`token_loop.RowLoop`): eos,
 stop strings, text, finish reasons, its deadline (`--timeout`), its client going away and
 shutdown end it within one step. One step runs at a time per artifact; onnxruntime's thread
-pool does the parallel work inside it. With `decode_nice` > 0 (Linux per-thread nice; off by
-default) the decode thread runs at a lower OS priority than the prefill thread: when both want
-the cores a newcomer's prefill goes first, so its time to first token stays near a lone request's
-on a dedicated machine (under CPU contention from other processes it starves the decode instead).
+pools do the parallel work inside it. The decode thread runs at a lower OS priority than the
+prefill thread (`decode_nice`, Linux per-thread nice): when both want the cores a newcomer's
+prefill goes first, so its time to first token stays near a lone request's. The server loads
+its runtimes with pools of sleeping threads (`spin_threads=False`): a spinning pool thread at
+normal priority would take the cores from the niced decode thread whenever other processes
+leave the server less than the whole machine.
 """
 
 from __future__ import annotations
@@ -225,9 +227,9 @@ class Engine:
 
     # ---- worker side ---------------------------------------------------------------------------
     def _work(self) -> None:
-        """The decode thread: seats prefilled newcomers, steps the batches and the solo requests. With
-        `decode_nice` it runs at a lower OS priority than the prefill thread: when both run, a newcomer's prefill
-        gets the cores first and the batch decodes with what is left."""
+        """The decode thread: seats prefilled newcomers, steps the batches and the solo requests. It runs at a lower
+        OS priority than the prefill thread (`decode_nice`): when both run, a newcomer's prefill gets the cores
+        first and the batch decodes with what is left (and at full speed when nothing is prefilled)."""
         self.decode_niced = lower_thread_priority(self.decode_nice)
         while True:
             with self._cv:

@@ -102,3 +102,36 @@ def test_runtimes_loaded_by_concurrent_threads_share_one_pool(monkeypatch):
     options = []
     assert _run_threads(2, lambda i: options.append(session.session_options(1))) == []
     assert calls == [1] and [o.use_per_session_threads for o in options] == [False, False]
+
+
+def test_sessions_on_pools_of_their_own_give_the_same_tokens(tiny_artifact):
+    """spin_threads=False in a process's first runtime (what `serve` does): every session, lazily loaded ones
+    included, runs on a pool of its own whose threads sleep between work items; the tokens are the shared pool's.
+    In a fresh process: this one's process-wide pool exists already."""
+    import json
+    import subprocess
+    import sys
+
+    import pytest
+
+    from shadow_edge.errors import InputError
+
+    code = """
+import json, sys
+from shadow_edge.runtime import ShadowRuntime
+rt = ShadowRuntime.load(sys.argv[1], threads=2, spin_threads=False)
+tokens = {m: rt.generate(sys.argv[2], mode=m, max_new_tokens=6).token_ids for m in sys.argv[3:]}
+options = [g.session.get_session_options() for g in rt._graphs.values()]
+print(json.dumps({"tokens": tokens, "own": [o.use_per_session_threads for o in options],
+                  "threads": [o.intra_op_num_threads for o in options],
+                  "spin": [o.get_session_config_entry("session.intra_op.allow_spinning") for o in options]}))
+"""
+    out = subprocess.run([sys.executable, "-c", code, str(tiny_artifact), PROMPTS[0], *MODES], capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    got = json.loads(out.splitlines()[-1])
+    assert got["own"] and set(got["own"]) == {True} and set(got["threads"]) == {2} and set(got["spin"]) == {"0"}
+    shared = ShadowRuntime.load(tiny_artifact, threads=1)
+    for mode in MODES:
+        assert got["tokens"][mode] == shared.generate(PROMPTS[0], mode=mode, max_new_tokens=6).token_ids
+    with pytest.raises(InputError, match="spin_threads is 'no'"):
+        ShadowRuntime.load(tiny_artifact, spin_threads="no")

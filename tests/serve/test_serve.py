@@ -209,7 +209,8 @@ def test_options_are_validated(tiny_artifact, tmp_path):
     for kw, field in [({"max_batch": 0}, "max_batch"), ({"port": 70000}, "port"), ({"api_key": " "}, "api_key"),
                       ({"served_names": ("a", "b")}, "--served-name"), ({"served_names": ("a:b",)}, "a:b"),
                       ({"request_timeout_s": 0}, "request_timeout_s"), ({"decode_nice": 20}, "decode_nice"),
-                      ({"decode_nice": -1}, "decode_nice"), ({"decode_nice": True}, "decode_nice")]:
+                      ({"decode_nice": -1}, "decode_nice"), ({"decode_nice": True}, "decode_nice"),
+                      ({"spin_threads": 1}, "spin_threads")]:
         with pytest.raises(InputError, match=field):
             ServeOptions((str(tiny_artifact),), **kw)
     with pytest.raises(InputError, match="no such artifact"):

@@ -334,8 +334,11 @@ def test_the_decode_thread_runs_below_the_prefill_thread(tiny_rt, increment):
         engine.close(0)
 
 
-def test_decode_nice_reaches_each_engine(tiny_artifact):
-    with LiveServer(tiny_artifact, served_names=("tiny",), decode_nice=19) as srv:
-        assert srv.app.state.shadow.engines["tiny"].decode_nice == 19
+def test_decode_nice_and_thread_pools_reach_each_engine(tiny_artifact):
+    """By default the decode thread is niced 19 and the sessions have their own pools of sleeping threads."""
+    with LiveServer(tiny_artifact, served_names=("tiny",), decode_nice=0, spin_threads=True) as srv:
+        engine = srv.app.state.shadow.engines["tiny"]
+        assert engine.decode_nice == 0 and engine.rt.spin_threads
     with LiveServer(tiny_artifact, served_names=("tiny",)) as srv:
-        assert srv.app.state.shadow.engines["tiny"].decode_nice == 0
+        engine = srv.app.state.shadow.engines["tiny"]
+        assert engine.decode_nice == 19 and not engine.rt.spin_threads
