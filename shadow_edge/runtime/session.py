@@ -43,7 +43,7 @@ _pool_lock = threading.Lock()  # runtimes loaded by concurrent threads create th
 
 
 def session_options(threads: int | None, prepack: bool = True, spin: bool = True) -> ort.SessionOptions:
-    """Options for a session of this process. Every shadow-edge session shares one thread pool.
+    """Options for a session of this process. By default every shadow-edge session shares one thread pool.
 
     A mode runs two or three sessions per token; with a pool per session, the idle pools
     spin on the same cores while the next session runs (measured: ~2x slower decode). So
