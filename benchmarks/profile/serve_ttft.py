@@ -1,7 +1,7 @@
 """Where a newcomer's time to first token goes under staggered load, in-process, and the decode thread's priority A/B.
 
     python -m benchmarks.profile.serve_ttft ART [--nice 0,10] [--rounds 3] [--clients 16] [--requests 48]
-        [--max-tokens 48] [--stagger-ms 50] [--lone 8] [--threads 2]
+        [--max-tokens 48] [--stagger-ms 50] [--lone 8] [--threads 2] [--spin-threads]
 
 The serve engine (`shadow_edge/serve/engine.py`) without HTTP: `--clients` client threads send `--requests`
 base_shadow requests (token-id prompts of 8..24 tokens, `--max-tokens` new tokens, eos ignored, greedy), client i
@@ -108,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stagger-ms", type=float, default=50.0)
     p.add_argument("--lone", type=int, default=8, help="requests of the lone level (one client)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--spin-threads", action="store_true",
+                   help="onnxruntime's spinning process-wide pool (serve --spin-threads); default: the server's "
+                        "sessions on pools of sleeping threads")
     a = p.parse_args(argv)
     _instrument()
-    rt = ShadowRuntime.load(a.artifact, threads=a.threads, verify=False)
+    rt = ShadowRuntime.load(a.artifact, threads=a.threads, verify=False, spin_threads=a.spin_threads)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(10, rt.vocab_size - 10, size=int(rng.integers(8, 25))).tolist() for _ in range(16)]
     level(rt, prompts, 1, 2, 4, 0.0, 0)  # warm-up
