@@ -19,6 +19,9 @@ template; only assistant turns are scored (prompt masking). The base stays froze
      (backpropagating through the frozen base), so the shadow keeps tracking the combined model it drafts for, and
      shadow_only's own cross-entropy on the answers (--shadow-ce-weight), so that it can answer alone.
 
+--init-adapter DIR starts from a trained adapter instead (e.g. the shipped one, trained further with
+--distill-minutes 0 --task-minutes N); a phase of 0 steps and 0 minutes is skipped.
+
 Each phase runs --*-steps steps, or (steps 0) --*-minutes of wall time with the schedule over time (recipe.json
 records the steps taken; rerun with them to reproduce on a step schedule). The adapter is saved in bfloat16 with recipe.json (timings, load, losses,
 held-out cross-entropy and top-1 agreement of both modes). Export side only: never imported by the runtime.
@@ -124,6 +127,9 @@ def lr_at(progress: float, peak: float) -> float:
 def run_phase(name, model, params, loss_fn, data, steps, minutes, lr, batch, pad_id, log, record):
     """AdamW, warmup + cosine over `steps` steps, or (steps 0) over `minutes` of wall time, so that a machine
     whose load changes still ends its schedule on time. Appends the phase's figures to `record`."""
+    if not steps and not minutes:  # phase skipped (e.g. --distill-minutes 0 with --init-adapter)
+        record[name] = {"steps": 0, "skipped": True}
+        return 0
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
     t0, losses, loads, step = time.perf_counter(), [], [], 0
     while True:
@@ -174,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--train", required=True, help="chat JSONL to train on")
     ap.add_argument("--heldout", required=True, help="chat JSONL held out (figures in recipe.json)")
     ap.add_argument("--out", required=True, help="adapter dir to write (shadow-peft format, bfloat16)")
+    ap.add_argument("--init-adapter", help="start from this trained adapter (shadow-peft dir; its shadow_config.json "
+                    "sets the shapes, --init-layers is not used), e.g. to train the shipped one further with "
+                    "--distill-minutes 0")
     ap.add_argument("--num-shadow-layers", type=int, default=3)
     ap.add_argument("--init-layers", default="0,1,2", help="base layers copied into the shadow's layers")
     ap.add_argument("--injection-hidden-size", type=int, default=16)
@@ -197,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1611)
     args = ap.parse_args(argv)
+    if args.init_adapter:
+        check_adapter_dir(Path(args.init_adapter))
 
-    from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
+    from shadow_peft import ShadowForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(args.seed)
@@ -217,22 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     heldout = read_chats(args.heldout, tok, args.max_len, args.heldout_chats)
     log(f"{len(train)} train chats, {len(heldout)} held-out chats")
 
-    init = [int(x) for x in args.init_layers.split(",")]
-    if len(init) != args.num_shadow_layers:
-        sys.exit(f"error: --init-layers names {len(init)} layers; --num-shadow-layers is {args.num_shadow_layers}")
-    copies = [{k: v.clone() for k, v in base.model.layers[i].state_dict().items()} for i in init]
-    norm = {k: v.clone() for k, v in base.model.norm.state_dict().items()}
-    cfg = ShadowConfig(num_shadow_layers=args.num_shadow_layers, injection_hidden_size=args.injection_hidden_size,
-                       gate_hidden_size=args.gate_hidden_size, alpha=args.alpha, dropout=0.0)
-    peft = get_shadow_model(base, cfg)
-    for layer, state in zip(peft.shadow_model.layers, copies):
-        layer.load_state_dict(state)
-    peft.shadow_model.norm.load_state_dict(norm)
+    record: dict = {"base": str(base_dir), "args": vars(args), "torch": torch.__version__}
+    if args.init_adapter:
+        peft, record["init_adapter"] = from_adapter(base, Path(args.init_adapter))
+    else:
+        peft = from_base_layers(base, args)
     model = ShadowForCausalLM(peft, shadow_loss_weight=0.0)
     model.train()
     shadow_params = list(peft.shadow_model.parameters())
     adapter_params = list(peft.shadow_injection_model.parameters()) + list(peft.shadow_update_model.parameters())
-    record: dict = {"base": str(base_dir), "args": vars(args), "torch": torch.__version__}
 
     def distill_loss(ids, labels, mask):
         teacher, student, _ = forward(model, ids, labels, mask, with_base_grad=False)
@@ -262,6 +266,45 @@ def main(argv: list[str] | None = None) -> int:
 
     save(model, Path(args.out), record, log)
     return 0
+
+
+def from_base_layers(base, args):
+    """A new adapter whose shadow layers and final norm start as copies of the base's (--init-layers)."""
+    from shadow_peft import ShadowConfig, get_shadow_model
+
+    init = [int(x) for x in args.init_layers.split(",")]
+    if len(init) != args.num_shadow_layers:
+        sys.exit(f"error: --init-layers names {len(init)} layers; --num-shadow-layers is {args.num_shadow_layers}")
+    copies = [{k: v.clone() for k, v in base.model.layers[i].state_dict().items()} for i in init]
+    norm = {k: v.clone() for k, v in base.model.norm.state_dict().items()}
+    cfg = ShadowConfig(num_shadow_layers=args.num_shadow_layers, injection_hidden_size=args.injection_hidden_size,
+                       gate_hidden_size=args.gate_hidden_size, alpha=args.alpha, dropout=0.0)
+    peft = get_shadow_model(base, cfg)
+    for layer, state in zip(peft.shadow_model.layers, copies):
+        layer.load_state_dict(state)
+    peft.shadow_model.norm.load_state_dict(norm)
+    return peft
+
+
+def check_adapter_dir(path: Path) -> None:
+    if not (path / "shadow_config.json").is_file() or not (path / "shadow_adapter.safetensors").is_file():
+        sys.exit(f"error: --init-adapter {path} needs shadow_config.json and shadow_adapter.safetensors "
+                 "(a shadow-peft adapter directory, as this script writes)")
+
+
+def from_adapter(base, path: Path):
+    """(the model with the trained adapter at `path` in float32, what recipe.json records of it)."""
+    from safetensors.torch import load_file
+    from shadow_peft import ShadowConfig, get_shadow_model
+
+    weights = path / "shadow_adapter.safetensors"
+    peft = get_shadow_model(base, ShadowConfig.from_pretrained(path))
+    try:
+        peft.load_adapter_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
+    except RuntimeError as e:
+        sys.exit(f"error: --init-adapter {weights} does not fit this base and config: {str(e)[:400]}")
+    recipe = path / "recipe.json"
+    return peft, {"path": str(path), "recipe": json.loads(recipe.read_text()) if recipe.is_file() else None}
 
 
 def save(model, out: Path, record: dict, log) -> None:

@@ -80,13 +80,15 @@ def ensure_artifact(preset: str, base: Path, adapter: Path, cache: Path, quantiz
 
 
 def demo_pair_artifact(cache: Path, quantize: str = "none", block_size: int | None = None,
-                       extra: dict | None = None) -> Path:
-    """The demo pair (SmolLM2 + the shipped adapter) exported under `cache`, keyed by the adapter's sha256."""
+                       extra: dict | None = None, adapter: Path | None = None) -> Path:
+    """The demo pair (SmolLM2 + the shipped adapter, or another adapter for it) exported under `cache`, keyed by
+    the adapter's sha256."""
     from shadow_edge.core.smollm2 import smollm2_checkpoint
     from shadow_edge.demo_model import ADAPTER
 
-    key = hashlib.sha256((ADAPTER / "shadow_adapter.safetensors").read_bytes()).hexdigest()[:12]
-    return ensure_artifact("smollm2-demo", smollm2_checkpoint(log=say), ADAPTER, cache / key, quantize=quantize,
+    adapter = ADAPTER if adapter is None else adapter
+    key = hashlib.sha256((adapter / "shadow_adapter.safetensors").read_bytes()).hexdigest()[:12]
+    return ensure_artifact("smollm2-demo", smollm2_checkpoint(log=say), adapter, cache / key, quantize=quantize,
                            block_size=block_size, extra=extra)
 
 

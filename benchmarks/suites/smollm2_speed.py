@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--adapter", type=Path, help="the SmolLM2 adapter to measure (default: the shipped one)")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     base = smollm2_checkpoint(log=say)
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     systems = []
     for q in precisions:
         quantize, _, _, extra = PRECISIONS[q]
-        art = demo_pair_artifact(args.cache_dir, quantize=quantize, extra=extra or None)
+        art = demo_pair_artifact(args.cache_dir, quantize=quantize, extra=extra or None, adapter=args.adapter)
         systems += [Ours(art, mode, q, args.threads) for mode in MODES]
     for g in dict.fromkeys(PRECISIONS[q][2] for q in precisions):  # one genai build per its precision
         systems.append(Genai(ensure_ort_genai_model("smollm2", base, g, args.cache_dir), g, args.threads))

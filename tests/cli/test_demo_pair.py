@@ -91,10 +91,11 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
                                                       {"role": "assistant", "content": f"word {i}: a thing."}]})
                              + "\n" for i in range(12)))
     out = tmp_path / "adapter"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train_shadow.py"), "--base", str(tmp_path / "base"),
-                           "--train", str(chats), "--heldout", str(chats), "--out", str(out), "--num-shadow-layers",
-                           "2", "--init-layers", "0,3", "--distill-steps", "2", "--task-steps", "2", "--batch", "4",
-                           "--threads", "1"], capture_output=True, text=True, timeout=600, cwd=REPO)
+    cmd = [sys.executable, str(REPO / "scripts" / "train_shadow.py"), "--base", str(tmp_path / "base"),
+           "--train", str(chats), "--heldout", str(chats), "--threads", "1", "--batch", "4"]
+    proc = subprocess.run([*cmd, "--out", str(out), "--num-shadow-layers", "2", "--init-layers", "0,3",
+                           "--distill-steps", "2", "--task-steps", "2"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "recipe.json").read_text())
     assert record["distill"]["steps"] == 2 and record["task"]["steps"] == 2
@@ -102,6 +103,22 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
     with safe_open(str(out / "shadow_adapter.safetensors"), "pt") as f:
         ups = f.get_tensor("shadow_injection_model.injection_ups")
         assert str(ups.dtype) == "torch.bfloat16" and ups.abs().max() > 0  # trained (shadow-peft zero-inits it)
+
+    # trained further from that adapter: the distill phase skipped, the start is the saved adapter (bfloat16)
+    more = tmp_path / "more"
+    proc = subprocess.run([*cmd, "--out", str(more), "--init-adapter", str(out), "--distill-steps", "0",
+                           "--distill-minutes", "0", "--task-steps", "1"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((more / "recipe.json").read_text())
+    assert again["distill"] == {"steps": 0, "skipped": True} and again["task"]["steps"] == 1
+    assert again["init_adapter"]["recipe"]["task"]["steps"] == 2
+    start, end = again["heldout_after_distill"], record["heldout_after"]
+    assert abs(start["shadow_only_cross_entropy"] - end["shadow_only_cross_entropy"]) < 0.05, (start, end)
+    bad = subprocess.run([*cmd, "--out", str(tmp_path / "x"), "--init-adapter", str(tmp_path / "base")],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert bad.returncode != 0 and "--init-adapter" in bad.stderr and "shadow_config.json" in bad.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_wordnet_chats(tmp_path):
