@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         n = rt.manifest.draft_vocab.get("size")
         if n is None:
             raise SystemExit(f"error: {art} has no draft vocabulary; export it with --draft-vocab N")
+        if f"N={n}" in rts:  # the artifacts are one pair's exports at several N (the first's full head is the baseline)
+            raise SystemExit(f"error: {art} has the draft vocabulary size {n} of an earlier --artifact; pass one "
+                             "artifact per size (compare two adapters with one run each)")
         rts[f"N={n}"] = rt
         say(f"loaded {art} (N={n}, coverage {rt.manifest.draft_vocab.get('coverage')})")
     first = next(iter(rts.values()))

@@ -332,3 +332,15 @@ def test_a_quantized_embedding_counts_one_row_in_the_draft_cost(tiny_default, ro
     monkeypatch.setattr(weights, "ROW_LOOKUPS", {"Gather"})
     whole = weights.weight_bytes([art / "shadow.onnx"])
     assert whole - rows == sum(size[t.name] - size[t.name] // t.dims[0] for t in tables)
+
+
+def test_benchmark_suite_refuses_two_artifacts_of_one_size(cases, root):
+    """benchmarks.suites.draft_vocab keys its runtimes by N: a second artifact of the same N is one clear error
+    (it was measured in place of the first, silently)."""
+    from benchmarks.suites import draft_vocab as suite
+
+    case = cases(CASE_NAMES[0])
+    n = max(_vocab(case.base_dir) // 8, 1)
+    art = _export((CASE_NAMES[0], n), case.base_dir, case.adapter_dir, root, case.shadow_model_dir, draft_vocab=n)
+    with pytest.raises(SystemExit, match=f"draft vocabulary size {n} of an earlier --artifact"):
+        suite.main(["--artifact", str(art), "--artifact", str(art), "--reps", "1", "--new-tokens", "2"])
