@@ -124,9 +124,10 @@ def lr_at(progress: float, peak: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (progress - 0.05) / 0.95)))
 
 
-def run_phase(name, model, params, loss_fn, data, steps, minutes, lr, batch, pad_id, log, record):
+def run_phase(name, model, params, loss_fn, data, steps, minutes, lr, batch, pad_id, log, record, bf16=False):
     """AdamW, warmup + cosine over `steps` steps, or (steps 0) over `minutes` of wall time, so that a machine
-    whose load changes still ends its schedule on time. Appends the phase's figures to `record`."""
+    whose load changes still ends its schedule on time. Appends the phase's figures to `record`. bf16: the forward
+    and backward passes under CPU autocast to bfloat16 (weights and optimizer state stay float32)."""
     if not steps and not minutes:  # phase skipped (e.g. --distill-minutes 0 with --init-adapter)
         record[name] = {"steps": 0, "skipped": True}
         return 0
@@ -139,7 +140,8 @@ def run_phase(name, model, params, loss_fn, data, steps, minutes, lr, batch, pad
         for group in opt.param_groups:
             group["lr"] = lr_at(progress, lr) * group.get("scale", 1.0)
         rows = [data[(step * batch + i) % len(data)] for i in range(batch)]
-        loss, parts = loss_fn(*collate(rows, pad_id))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss, parts = loss_fn(*collate(rows, pad_id))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in params for p in g["params"]], 1.0)
@@ -204,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-train-chats", type=int, default=20000, help="chats read (shuffled) from --train")
     ap.add_argument("--heldout-chats", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bf16", action="store_true", help="forward and backward under CPU autocast to bfloat16 "
+                    "(float32 weights and optimizer state); faster where the CPU has bfloat16 matrix units (AMX)")
     ap.add_argument("--seed", type=int, default=1611)
     args = ap.parse_args(argv)
     if args.init_adapter:
@@ -252,13 +256,13 @@ def main(argv: list[str] | None = None) -> int:
         return loss, [ce.item(), distill.item(), own.item()]
 
     done = run_phase("distill", model, [{"params": shadow_params}], distill_loss, train, args.distill_steps,
-                     args.distill_minutes, args.distill_lr, args.batch, pad_id, log, record)
+                     args.distill_minutes, args.distill_lr, args.batch, pad_id, log, record, args.bf16)
     record["heldout_after_distill"] = heldout_figures(model, heldout, pad_id)
     log(f"held-out after distill: {record['heldout_after_distill']}")
     save(model, Path(str(args.out) + "-distill"), record, log)  # a checkpoint between the phases
     rest = train[done * args.batch % len(train):] + train[:done * args.batch % len(train)]
     run_phase("task", model, [{"params": adapter_params}, {"params": shadow_params, "scale": args.shadow_lr_scale}], task_loss,
-              rest, args.task_steps, args.task_minutes, args.task_lr, args.batch, pad_id, log, record)
+              rest, args.task_steps, args.task_minutes, args.task_lr, args.batch, pad_id, log, record, args.bf16)
     model.eval()
     record["heldout_after"] = heldout_figures(model, heldout, pad_id)
     log(f"held-out after: {record['heldout_after']}")

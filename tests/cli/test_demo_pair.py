@@ -104,14 +104,15 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
         ups = f.get_tensor("shadow_injection_model.injection_ups")
         assert str(ups.dtype) == "torch.bfloat16" and ups.abs().max() > 0  # trained (shadow-peft zero-inits it)
 
-    # trained further from that adapter: the distill phase skipped, the start is the saved adapter (bfloat16)
+    # trained further from that adapter (under bfloat16 autocast): the distill phase skipped, the start is the saved
+    # adapter (bfloat16)
     more = tmp_path / "more"
     proc = subprocess.run([*cmd, "--out", str(more), "--init-adapter", str(out), "--distill-steps", "0",
-                           "--distill-minutes", "0", "--task-steps", "1"],
+                           "--distill-minutes", "0", "--task-steps", "1", "--bf16"],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((more / "recipe.json").read_text())
-    assert again["distill"] == {"steps": 0, "skipped": True} and again["task"]["steps"] == 1
+    assert again["distill"] == {"steps": 0, "skipped": True} and again["task"]["steps"] == 1 and again["args"]["bf16"]
     assert again["init_adapter"]["recipe"]["task"]["steps"] == 2
     start, end = again["heldout_after_distill"], record["heldout_after"]
     assert abs(start["shadow_only_cross_entropy"] - end["shadow_only_cross_entropy"]) < 0.05, (start, end)
