@@ -83,6 +83,19 @@ def read_chats(path: str, tok, max_len: int, limit: int, seed: int | None = None
     return out
 
 
+def bucketed(data: list, batch: int, seed: int, group_batches: int = 50) -> list:
+    """`data` reordered so that consecutive batches of `batch` hold chats of similar length (less right padding, so
+    fewer positions per step): per group of `group_batches` batches (in the given, shuffled order), sorted by length,
+    cut into batches, and the batches shuffled (seeded) within the group."""
+    rng, out, size = random.Random(seed), [], batch * group_batches
+    for g in range(0, len(data), size):
+        group = sorted(data[g:g + size], key=lambda row: len(row[0]))
+        batches = [group[i:i + batch] for i in range(0, len(group), batch)]
+        rng.shuffle(batches)
+        out += [row for b in batches for row in b]
+    return out
+
+
 def collate(rows, pad_id: int):
     width = max(len(ids) for ids, _ in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -206,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-train-chats", type=int, default=20000, help="chats read (shuffled) from --train")
     ap.add_argument("--heldout-chats", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--bucket", action="store_true", help="batch chats of similar length together (less padding: "
+                    "fewer positions per step)")
     ap.add_argument("--bf16", action="store_true", help="forward and backward under CPU autocast to bfloat16 "
                     "(float32 weights and optimizer state); faster where the CPU has bfloat16 matrix units (AMX)")
     ap.add_argument("--seed", type=int, default=1611)
@@ -229,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
     train = read_chats(args.train, tok, args.max_len, args.max_train_chats, seed=args.seed)
+    if args.bucket:
+        train = bucketed(train, args.batch, args.seed)
     heldout = read_chats(args.heldout, tok, args.max_len, args.heldout_chats)
     log(f"{len(train)} train chats, {len(heldout)} held-out chats")
 

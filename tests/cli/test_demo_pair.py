@@ -94,7 +94,7 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
     cmd = [sys.executable, str(REPO / "scripts" / "train_shadow.py"), "--base", str(tmp_path / "base"),
            "--train", str(chats), "--heldout", str(chats), "--threads", "1", "--batch", "4"]
     proc = subprocess.run([*cmd, "--out", str(out), "--num-shadow-layers", "2", "--init-layers", "0,3",
-                           "--distill-steps", "2", "--task-steps", "2"],
+                           "--distill-steps", "2", "--task-steps", "2", "--bucket"],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "recipe.json").read_text())
@@ -120,6 +120,22 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert bad.returncode != 0 and "--init-adapter" in bad.stderr and "shadow_config.json" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_bucketed_batches_keep_every_chat_and_pad_less():
+    import importlib.util
+    import random
+
+    spec = importlib.util.spec_from_file_location("train_shadow", REPO / "scripts" / "train_shadow.py")
+    train_shadow = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_shadow)
+    rng = random.Random(0)
+    data = [([i] * rng.randint(5, 120), [0]) for i in range(1000)]  # (ids, labels) of random lengths
+    out = train_shadow.bucketed(data, batch=16, seed=1)
+    assert sorted(out) == sorted(data)
+    padded = lambda rows: sum(max(len(r[0]) for r in rows[i:i + 16]) * 16 for i in range(0, len(rows), 16))  # noqa: E731
+    assert padded(out) < 0.7 * padded(data)
+    assert train_shadow.bucketed(data, batch=16, seed=1) == out  # seeded
 
 
 def test_wordnet_chats(tmp_path):
