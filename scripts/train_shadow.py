@@ -276,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                      args.distill_minutes, args.distill_lr, args.batch, pad_id, log, record, args.bf16)
     record["heldout_after_distill"] = heldout_figures(model, heldout, pad_id)
     log(f"held-out after distill: {record['heldout_after_distill']}")
-    save(model, Path(str(args.out) + "-distill"), record, log)  # a checkpoint between the phases
+    if done:
+        save(model, Path(str(args.out) + "-distill"), record, log)  # a checkpoint between the phases
     rest = train[done * args.batch % len(train):] + train[:done * args.batch % len(train)]
     run_phase("task", model, [{"params": adapter_params}, {"params": shadow_params, "scale": args.shadow_lr_scale}], task_loss,
               rest, args.task_steps, args.task_minutes, args.task_lr, args.batch, pad_id, log, record, args.bf16)

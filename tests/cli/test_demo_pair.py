@@ -113,7 +113,7 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((more / "recipe.json").read_text())
     assert again["distill"] == {"steps": 0, "skipped": True} and again["task"]["steps"] == 1 and again["args"]["bf16"]
-    assert again["init_adapter"]["recipe"]["task"]["steps"] == 2
+    assert again["init_adapter"]["recipe"]["task"]["steps"] == 2 and not (tmp_path / "more-distill").exists()
     start, end = again["heldout_after_distill"], record["heldout_after"]
     assert abs(start["shadow_only_cross_entropy"] - end["shadow_only_cross_entropy"]) < 0.05, (start, end)
     bad = subprocess.run([*cmd, "--out", str(tmp_path / "x"), "--init-adapter", str(tmp_path / "base")],
