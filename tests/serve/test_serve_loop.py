@@ -22,6 +22,7 @@ from shadow_edge.runtime.strategies.base import StepRecord, StepStrategy, regist
 from shadow_edge.runtime.token_loop import Control
 from shadow_edge.serve.engine import Engine, Job
 from shadow_edge.serve.metrics import Metrics
+from shadow_edge.serve.options import ServeOptions
 from shadow_edge.serve.slots import SlotBatch
 
 MODES = ("shadow_only", "base_shadow", "cascade", "speculative")
@@ -339,6 +340,8 @@ def test_decode_nice_and_thread_pools_reach_each_engine(tiny_artifact):
     with LiveServer(tiny_artifact, served_names=("tiny",), decode_nice=0, spin_threads=True) as srv:
         engine = srv.app.state.shadow.engines["tiny"]
         assert engine.decode_nice == 0 and engine.rt.spin_threads
-    with LiveServer(tiny_artifact, served_names=("tiny",)) as srv:
+    default = ServeOptions((str(tiny_artifact),))
+    assert default.decode_nice == 19 and not default.spin_threads
+    with LiveServer(tiny_artifact, served_names=("tiny",), decode_nice=default.decode_nice) as srv:  # the fixture's is 0
         engine = srv.app.state.shadow.engines["tiny"]
         assert engine.decode_nice == 19 and not engine.rt.spin_threads
