@@ -227,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.init_adapter:
         check_adapter_dir(Path(args.init_adapter))
+        if Path(args.init_adapter).resolve() == Path(args.out).resolve():
+            sys.exit(f"error: --out {args.out} is the --init-adapter directory; write the new adapter elsewhere "
+                     "(the starting adapter would be overwritten)")
 
     from shadow_peft import ShadowForCausalLM
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -320,11 +323,12 @@ def from_adapter(base, path: Path):
     from shadow_peft import ShadowConfig, get_shadow_model
 
     weights = path / "shadow_adapter.safetensors"
-    peft = get_shadow_model(base, ShadowConfig.from_pretrained(path))
     try:
+        peft = get_shadow_model(base, ShadowConfig.from_pretrained(path))
         peft.load_adapter_state_dict({k: v.float() for k, v in load_file(str(weights)).items()})
-    except RuntimeError as e:
-        sys.exit(f"error: --init-adapter {weights} does not fit this base and config: {str(e)[:400]}")
+    except (RuntimeError, ValueError, TypeError) as e:  # shapes that do not fit, a malformed shadow_config.json
+        sys.exit(f"error: --init-adapter {path} does not fit this base (or its shadow_config.json is not valid): "
+                 f"{str(e)[:400]}")
     recipe = path / "recipe.json"
     return peft, {"path": str(path), "recipe": json.loads(recipe.read_text()) if recipe.is_file() else None}
 

@@ -120,6 +120,9 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
                          capture_output=True, text=True, timeout=600, cwd=REPO)
     assert bad.returncode != 0 and "--init-adapter" in bad.stderr and "shadow_config.json" in bad.stderr
     assert not (tmp_path / "x").exists()
+    same = subprocess.run([*cmd, "--out", str(out), "--init-adapter", str(out)], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert same.returncode != 0 and "is the --init-adapter directory" in same.stderr
 
 
 def test_bucketed_batches_keep_every_chat_and_pad_less():
