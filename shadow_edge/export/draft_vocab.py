@@ -11,7 +11,6 @@ training corpus made them, roughly by frequency). The end-of-sequence ids are al
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from shadow_edge.errors import ExportError
-from shadow_edge.manifest import DRAFT_VOCAB_FILE
+from shadow_edge.manifest import DRAFT_VOCAB_FILE, sha256_file
 
 LINES_PER_BATCH = 2048  # lines tokenized per encode_batch call
 MAX_TEXT_BYTES = 1 << 30  # a frequency list needs far less; refuse what would take minutes to tokenize
@@ -65,7 +64,7 @@ def draft_vocab(size: int, vocab: int, tokenizer_json: Path | None, source: str 
     if source is not None:
         counts = _count(Path(source), tokenizer_json, vocab)
         total = int(counts.sum())
-        section["source"] = {"kind": "text", "file": Path(source).name, "sha256": _sha256(Path(source)),
+        section["source"] = {"kind": "text", "file": Path(source).name, "sha256": sha256_file(Path(source)),
                              "tokens": total}
     boost = np.zeros(vocab, dtype=np.int64)
     boost[[t for t in keep if 0 <= t < vocab]] = 1
@@ -74,14 +73,6 @@ def draft_vocab(size: int, vocab: int, tokenizer_json: Path | None, source: str 
     if source is not None:
         section["coverage"] = round(float(counts[ids].sum()) / max(int(counts.sum()), 1), 6)
     return DraftVocab(ids, section)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _strings(value) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,6 +63,20 @@ def test_demo_reuses_its_artifacts(demo_run, capsys):
     _, _, cache = demo_run
     assert main(["demo", "--cache-dir", str(cache), "--max-new-tokens", "3", "--threads", "1"]) == 0
     assert "exporting" not in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_reexports_when_the_shipped_adapter_changes(demo_run, tmp_path, monkeypatch):
+    from shadow_edge.commands import demo
+
+    _, _, cache = demo_run
+    art = next(cache.glob("smollm2-demo-fp32-*"))
+    assert demo._current(art)
+    newer = tmp_path / "adapter"
+    shutil.copytree(ADAPTER, newer)
+    (newer / "shadow_config.json").write_text((ADAPTER / "shadow_config.json").read_text() + "\n")
+    monkeypatch.setattr(demo, "ADAPTER", newer)
+    assert not demo._current(art)  # a cache exported from the former adapter is not reused
 
 
 @pytest.mark.slow
