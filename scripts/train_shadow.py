@@ -22,6 +22,9 @@ template; only assistant turns are scored (prompt masking). The base stays froze
 --init-adapter DIR starts from a trained adapter instead (e.g. the shipped one, trained further with
 --distill-minutes 0 --task-minutes N); a phase of 0 steps and 0 minutes is skipped.
 
+The defaults are the shipped adapter's recipe: 15 minutes of distillation, 75 of the task, length-bucketed batches
+(--bucket) under CPU autocast to bfloat16 (--bf16; --no-bf16 on a CPU without bfloat16 matrix units).
+
 Each phase runs --*-steps steps, or (steps 0) --*-minutes of wall time with the schedule over time (recipe.json
 records the steps taken; rerun with them to reproduce on a step schedule). The adapter is saved in bfloat16 with recipe.json (timings, load, losses,
 held-out cross-entropy and top-1 agreement of both modes). Export side only: never imported by the runtime.
@@ -206,23 +209,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-len", type=int, default=128, help="chats longer than this (tokens) are skipped")
     ap.add_argument("--distill-steps", type=int, default=0)
-    ap.add_argument("--distill-minutes", type=float, default=54)
+    ap.add_argument("--distill-minutes", type=float, default=15)
     ap.add_argument("--distill-lr", type=float, default=1e-3)
     ap.add_argument("--task-steps", type=int, default=0)
-    ap.add_argument("--task-minutes", type=float, default=33)
+    ap.add_argument("--task-minutes", type=float, default=75)
     ap.add_argument("--task-lr", type=float, default=1e-3, help="injection/update (the shadow: --shadow-lr-scale)")
     ap.add_argument("--kl-weight", type=float, default=1.0, help="weight of the distillation term in phase 2")
     ap.add_argument("--shadow-ce-weight", type=float, default=1.0,
                     help="weight of shadow_only's own cross-entropy on the task in phase 2 (0: distillation only)")
     ap.add_argument("--shadow-lr-scale", type=float, default=1.0,
                     help="the shadow's learning rate in phase 2, as a share of --task-lr")
-    ap.add_argument("--max-train-chats", type=int, default=20000, help="chats read (shuffled) from --train")
+    ap.add_argument("--max-train-chats", type=int, default=40000, help="chats read (shuffled) from --train")
     ap.add_argument("--heldout-chats", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--bucket", action="store_true", help="batch chats of similar length together (less padding: "
-                    "fewer positions per step)")
-    ap.add_argument("--bf16", action="store_true", help="forward and backward under CPU autocast to bfloat16 "
-                    "(float32 weights and optimizer state); faster where the CPU has bfloat16 matrix units (AMX)")
+    ap.add_argument("--bucket", action=argparse.BooleanOptionalAction, default=True,
+                    help="batch chats of similar length together (less padding: fewer positions per step)")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                    help="forward and backward under CPU autocast to bfloat16 (float32 weights and optimizer state); "
+                    "faster where the CPU has bfloat16 matrix units (AMX); --no-bf16 on CPUs without them")
     ap.add_argument("--seed", type=int, default=1611)
     args = ap.parse_args(argv)
     if args.init_adapter:

@@ -109,11 +109,12 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
     cmd = [sys.executable, str(REPO / "scripts" / "train_shadow.py"), "--base", str(tmp_path / "base"),
            "--train", str(chats), "--heldout", str(chats), "--threads", "1", "--batch", "4"]
     proc = subprocess.run([*cmd, "--out", str(out), "--num-shadow-layers", "2", "--init-layers", "0,3",
-                           "--distill-steps", "2", "--task-steps", "2", "--bucket"],
+                           "--distill-steps", "2", "--task-steps", "2", "--no-bf16"],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads((out / "recipe.json").read_text())
     assert record["distill"]["steps"] == 2 and record["task"]["steps"] == 2
+    assert record["args"]["bucket"] and not record["args"]["bf16"]  # the defaults bucket and autocast; --no-* off
     assert record["heldout_after"]["scored_tokens"] > 0
     with safe_open(str(out / "shadow_adapter.safetensors"), "pt") as f:
         ups = f.get_tensor("shadow_injection_model.injection_ups")
@@ -123,11 +124,12 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
     # adapter (bfloat16)
     more = tmp_path / "more"
     proc = subprocess.run([*cmd, "--out", str(more), "--init-adapter", str(out), "--distill-steps", "0",
-                           "--distill-minutes", "0", "--task-steps", "1", "--bf16"],
+                           "--distill-minutes", "0", "--task-steps", "1", "--no-bucket"],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((more / "recipe.json").read_text())
     assert again["distill"] == {"steps": 0, "skipped": True} and again["task"]["steps"] == 1 and again["args"]["bf16"]
+    assert not again["args"]["bucket"]
     assert again["init_adapter"]["recipe"]["task"]["steps"] == 2 and not (tmp_path / "more-distill").exists()
     start, end = again["heldout_after_distill"], record["heldout_after"]
     assert abs(start["shadow_only_cross_entropy"] - end["shadow_only_cross_entropy"]) < 0.05, (start, end)
