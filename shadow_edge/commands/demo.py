@@ -9,6 +9,7 @@ and times every mode.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 from shadow_edge import __version__
 from shadow_edge.demo_model import ADAPTER, HELDOUT_CHATS
 from shadow_edge.errors import ArtifactError, InputError
-from shadow_edge.manifest import read_manifest, sha256_file
+from shadow_edge.manifest import read_manifest
 
 SPECULATIVE, CASCADE = "speculative", "cascade"
 PROMPT = 'Define the word "lantern".'
@@ -43,7 +44,7 @@ def cache_dir(override: str | None) -> Path:
 def ensure_artifacts(root: Path, force: bool) -> dict[str, Path]:
     """{variant: artifact} under `root`, each exported (and validated) once; the base is obtained once."""
     arts = {name: root / f"smollm2-demo-{name}-{__version__}" for name, _ in VARIANTS}
-    todo = [name for name, art in arts.items() if force or not _current(art)]
+    todo = [name for name, options in VARIANTS if force or not _current(arts[name], options)]
     if not todo:
         return arts
     try:
@@ -60,22 +61,34 @@ def ensure_artifacts(root: Path, force: bool) -> dict[str, Path]:
             say(f"exporting SmolLM2 + the demo shadow ({name}) to {arts[name]} (once) ...")
             export_artifact(base, ADAPTER, arts[name], progress=lambda msg: None,
                             options=ExportOptions(force=True, plain_backbone=True, **options))
+            _stamp(arts[name]).write_text(_fingerprint(options) + "\n", encoding="utf-8")
             say(f"exported and validated in {time.perf_counter() - t0:.1f}s")
     return arts
 
 
-def _current(art: Path) -> bool:
-    """The artifact was exported by this version from the adapter shipped now (a new adapter re-exports)."""
+def _current(art: Path, options: dict) -> bool:
+    """The artifact was exported by this version, with the exporter's defaults, from the adapter shipped now and with
+    these options (anything else re-exports)."""
     try:
-        m = read_manifest(art)
-    except ArtifactError:
+        stamp = _stamp(art).read_text(encoding="utf-8").strip()
+        return read_manifest(art).tool_version == __version__ and stamp == _fingerprint(options)
+    except (ArtifactError, OSError):
         return False
-    exported_from = set(((m.source or {}).get("files") or {}).get("adapter", {}).values())
-    return m.tool_version == __version__ and exported_from == _shipped_adapter_digests()
 
 
-def _shipped_adapter_digests() -> set[str]:
-    return {sha256_file(p) for p in ADAPTER.iterdir() if p.is_file()}
+def _stamp(art: Path) -> Path:
+    return art.with_name(f".{art.name}.fingerprint")  # hidden: `smollm2-demo-fp32-*` names the artifact alone
+
+
+def _fingerprint(options: dict) -> str:
+    """sha256 over what a demo export depends on besides the version: the variant's options, the exporter's sources
+    (shadow_edge/export and shadow_edge/core, where its defaults live) and the shipped adapter's files."""
+    h = hashlib.sha256(repr(sorted(options.items())).encode())
+    package = Path(__file__).resolve().parents[1]
+    sources = sorted(f for d in ("export", "core") for f in (package / d).rglob("*.py"))
+    for f in [*sources, *sorted(p for p in ADAPTER.iterdir() if p.is_file())]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
 
 
 def demo(args) -> int:

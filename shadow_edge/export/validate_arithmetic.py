@@ -122,8 +122,8 @@ def arithmetic_report(errors: dict[str, RelativeError]) -> dict:
     if misses:
         raise ExportError("int8 activation arithmetic (--quant-compute int8) moves this model's outputs too far from "
                           "the same graphs computed in float32: " + "; ".join(misses[:4]) + ". The graphs themselves "
-                          "validated; re-export with a smaller --block-size (16) or --quant-compute float32 (exact; "
-                          "~2.5x slower at int4, far slower with int8 weights)")
+                          "validated; re-export with --quant-compute float32 (exact; ~2.5x slower at int4, far slower "
+                          "with int8 weights) or, where --block-size is above 16, a smaller --block-size")
     return report
 
 

@@ -71,12 +71,14 @@ def test_demo_reexports_when_the_shipped_adapter_changes(demo_run, tmp_path, mon
 
     _, _, cache = demo_run
     art = next(cache.glob("smollm2-demo-fp32-*"))
-    assert demo._current(art)
+    options = dict(demo.VARIANTS)["fp32"]
+    assert demo._current(art, options)
+    assert not demo._current(art, {**options, "draft_vocab": 4096})  # other export options
     newer = tmp_path / "adapter"
     shutil.copytree(ADAPTER, newer)
     (newer / "shadow_config.json").write_text((ADAPTER / "shadow_config.json").read_text() + "\n")
     monkeypatch.setattr(demo, "ADAPTER", newer)
-    assert not demo._current(art)  # a cache exported from the former adapter is not reused
+    assert not demo._current(art, options)  # a cache exported from the former adapter is not reused
 
 
 @pytest.mark.slow

@@ -121,8 +121,8 @@ def test_int8_export_catches_a_small_graph_error_and_names_the_arithmetic_fix(ca
     assert not list(art.glob(f"*{TWIN_SUFFIX}"))
     monkeypatch.setattr(validate_arithmetic, "INT8_ARITHMETIC_RTOL", 1e-9)
     out = tmp_path / "strict"
-    with pytest.raises(ExportError, match=r"int8 activation arithmetic .* relative RMS error .*--block-size \(16\) "
-                                          r"or --quant-compute float32"):
+    with pytest.raises(ExportError, match=r"int8 activation arithmetic .* relative RMS error .*--quant-compute "
+                                          r"float32 .* a smaller --block-size"):
         export_artifact(case.base_dir, case.adapter_dir, out, progress=lambda s: None,
                         options=ExportOptions(quantize="int4", validation=method))
     assert not out.exists()
