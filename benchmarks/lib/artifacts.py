@@ -18,11 +18,10 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from shadow_edge.export_fingerprint import exporter_fingerprint
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CACHE = REPO / ".cache"
-# The source that decides what an export contains: any change re-exports the cached artifact.
-EXPORT_SOURCES = ("shadow_edge/core", "shadow_edge/export", "shadow_edge/io_spec.py", "shadow_edge/manifest.py",
-                  "shadow_edge/__init__.py")
 
 
 def say(message: str) -> None:
@@ -44,15 +43,6 @@ def locked(path: Path | None, waiting=None):
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def exporter_fingerprint() -> str:
-    h = hashlib.sha256()
-    for rel in EXPORT_SOURCES:
-        p = REPO / rel
-        for f in sorted(p.rglob("*.py")) if p.is_dir() else [p]:
-            h.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
 
 
 def ensure_artifact(preset: str, base: Path, adapter: Path, cache: Path, quantize: str = "none",

@@ -18,6 +18,7 @@ from pathlib import Path
 from shadow_edge import __version__
 from shadow_edge.demo_model import ADAPTER, HELDOUT_CHATS
 from shadow_edge.errors import ArtifactError, InputError
+from shadow_edge.export_fingerprint import exporter_fingerprint
 from shadow_edge.manifest import read_manifest
 
 SPECULATIVE, CASCADE = "speculative", "cascade"
@@ -81,12 +82,10 @@ def _stamp(art: Path) -> Path:
 
 
 def _fingerprint(options: dict) -> str:
-    """sha256 over what a demo export depends on besides the version: the variant's options, the exporter's sources
-    (shadow_edge/export and shadow_edge/core, where its defaults live) and the shipped adapter's files."""
-    h = hashlib.sha256(repr(sorted(options.items())).encode())
-    package = Path(__file__).resolve().parents[1]
-    sources = sorted(f for d in ("export", "core") for f in (package / d).rglob("*.py"))
-    for f in [*sources, *sorted(p for p in ADAPTER.iterdir() if p.is_file())]:
+    """What a demo export depends on besides the version: the exporter's fingerprint (its sources, where its defaults
+    live), the variant's options and the shipped adapter's files."""
+    h = hashlib.sha256(f"{exporter_fingerprint()}\0{sorted(options.items())!r}".encode())
+    for f in sorted(p for p in ADAPTER.iterdir() if p.is_file()):
         h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 

@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-nice", type=int, default=DECODE_NICE, metavar="N",
                    help="run the decode thread N nice levels below the prefill thread, so a newcomer's prefill takes "
                         "the cores first (0..19, Linux; default 19: at 16 staggered clients TTFT p50 1.9x a lone "
-                        "request's, the median of six runs, against 2.3x at 0; nice acts within the server's session: start it in "
-                        "its own, e.g. setsid, or pass 0 when busy work shares it)")
+                        "request's, the median of six runs, against 2.3x at 0; nice acts within the server's "
+                        "session: start it in its own, e.g. setsid, or pass 0 when busy work shares it)")
     p.add_argument("--spin-threads", action="store_true",
                    help="run the sessions on onnxruntime's process-wide pool, whose threads spin between work items: "
                         "a lone request decodes ~18%% faster on an otherwise idle machine, but while other processes "
