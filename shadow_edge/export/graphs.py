@@ -5,7 +5,9 @@
 `lm_head` / `shadow_lm_head`: hidden [b, n, d] -> logits (MatMul on the head stored as [d, vocab]; a tied
 embedding table is stored twice in float32, as [vocab, d] rows for the Gather and [d, vocab] for the head;
 quantized: MatMulNBits and GatherBlockQuantized over the same packed bytes, stored once; asymmetric blocks add
-their per-block offsets: x's block sums times the offsets for a matmul, the gathered offsets for an embedding).
+their per-block offsets: x's block sums times the offsets for a matmul, the gathered offsets for an embedding;
+float16 scales and minimums are cast and combined in the graph, an adapter's stored as float32 scales and offsets,
+see `_half`).
 Fusions done here: q|k|v and gate|up weights concatenated, alpha folded into the injection
 up-projection. Attention is a kind chosen per graph (export/attention.py) and recorded on the builder.
 """
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from shadow_edge import io_spec
+from shadow_edge.adapter_pack import is_adapter_weight
 from shadow_edge.core.arch import FULL, SLIDING, DecoderConfig
 from shadow_edge.core.lazy_tensor import dense
 from shadow_edge.core.spec import ShadowModelSpec
@@ -71,7 +74,7 @@ class Tensors:
         name = self._names.setdefault(id(t), name)
         qw = _Once(t.quantized, t.scheme)
         data = b.weight(f"{name}.quantized_rows", lambda: qw.packed().reshape(t.shape[0], -1))
-        if t.scheme == SYMMETRIC:
+        if t.scheme == SYMMETRIC or is_adapter_weight(name):
             scales = b.weight(f"{name}.row_scales", qw.scales)  # same bytes as the head's scales
         else:
             scales = _half(b, f"{name}.row_scales", qw.scales)  # [vocab, K/block]
@@ -80,7 +83,10 @@ class Tensors:
         if t.scheme == SYMMETRIC:
             return rows
         # asymmetric: each block of a row + its offset: [b, s, K/block, block] + [b, s, K/block, 1]
-        offsets = _offsets(b, _half(b, f"{name}.row_mins", qw.mins), scales, t.bits)  # [vocab, K/block]
+        if is_adapter_weight(name):  # a pack's slot: stored as the kernels read it (_half)
+            offsets = b.weight(f"{name}.row_offsets", qw.offsets)  # [vocab, K/block]
+        else:
+            offsets = _offsets(b, _half(b, f"{name}.row_mins", qw.mins), scales, t.bits)  # [vocab, K/block]
         blocks = b.const([0, 0, t.shape[1] // t.block, t.block])
         shifted = b.op("Add", [b.op("Reshape", [rows, blocks]),
                                b.op("Unsqueeze", [b.op("Gather", [offsets, ids], axis=0, tag="embed/offsets/Gather"),
@@ -105,7 +111,7 @@ class Tensors:
         """x @ W.T for W [N, K] = `shape`, quantized as `how` says (`qw` makes the packed form when written)."""
         n, k = shape
         data = b.weight(f"{key}.quantized", qw.packed)
-        if how.scheme == SYMMETRIC:
+        if how.scheme == SYMMETRIC or is_adapter_weight(key):
             scales = b.weight(f"{key}.scales", lambda: qw.scales().reshape(-1))
         else:
             scales = _half(b, f"{key}.scales", lambda: qw.scales().reshape(-1))  # [N * K/block]
@@ -114,8 +120,11 @@ class Tensors:
         if how.scheme == SYMMETRIC:
             return y
         # asymmetric: + sum over blocks of (x's block sum) * offset = block sums [b, s, K/block] @ offsets.T
-        scales_t = b.op("Transpose", [b.op("Reshape", [scales, b.const([n, k // how.block])])])  # [K/block, N]
-        offsets = _offsets(b, _half(b, f"{key}.mins", lambda: qw.mins().T), scales_t, how.bits)  # [K/block, N]
+        if is_adapter_weight(key):  # a pack's slot: stored as the kernels read it (_half)
+            offsets = b.weight(f"{key}.offsets", lambda: np.ascontiguousarray(qw.offsets().T))  # [K/block, N]
+        else:
+            scales_t = b.op("Transpose", [b.op("Reshape", [scales, b.const([n, k // how.block])])])  # [K/block, N]
+            offsets = _offsets(b, _half(b, f"{key}.mins", lambda: qw.mins().T), scales_t, how.bits)  # [K/block, N]
         sums = b.op("ReduceSum", [b.op("Reshape", [x, b.const([0, 0, k // how.block, how.block])]), b.const([-1])],
                     keepdims=0, tag=f"{tag}/block_sums")  # [b, s, K/block]
         return b.op("Add", [y, b.op("MatMul", [sums, offsets], tag=f"{tag}/offsets/MatMul")], tag=f"{tag}/offsets/Add")
@@ -123,7 +132,10 @@ class Tensors:
 
 def _half(b: GraphBuilder, key: str, make: Callable[[], np.ndarray]) -> str:
     """A float32 weight whose values are float16 numbers, stored as float16 (`<key>_f16`) and cast back: the
-    Cast of an initializer is folded when onnxruntime loads the graph (kernels prepack the float32 result)."""
+    Cast of an initializer is folded when onnxruntime loads the graph (kernels prepack the float32 result).
+    Not for an adapter pack's slots (adapter weights): onnxruntime folds before a pack's session swaps in the
+    pack's initializers, so the folded values would be the base's own; those are stored as the kernels read them
+    (float32 scales, offsets computed), 4 more bytes per block."""
     return b.op("Cast", [b.weight(f"{key}_f16", lambda: np.ascontiguousarray(make()).astype(np.float16))], to=1,
                 tag=f"{key}/Cast")
 
@@ -149,6 +161,9 @@ class _Once:
 
     def mins(self) -> np.ndarray:
         return self._part("mins")
+
+    def offsets(self) -> np.ndarray:
+        return self._part("offsets")
 
     def _part(self, part: str) -> np.ndarray:
         if self.value is None:

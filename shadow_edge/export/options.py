@@ -24,11 +24,10 @@ QUANT_SCHEMES = ("symmetric", "asymmetric")  # export/quantize.py
 # The base's decoder linears per --quantize. int4: asymmetric (min/max, Q4_1's form) meets the 5% perplexity target
 # on SmolLM2, whose weights come from a Q4_1 GGUF and are kept exactly (symmetric blocks: +44-50%); same bytes as
 # symmetric (float16 scale and minimum per block), ~1.2x the kernel time of a symmetric matmul.
+# The shadow's decoder linears follow the base's by default: the shipped SmolLM2 shadow (initialized from the
+# base's first layers, trained 90 minutes) drifts +2.0% in shadow_only perplexity with asymmetric int4 blocks,
+# +5.7% with symmetric ones (benchmarks/results/quality.md); ~10% slower shadow steps than symmetric.
 DEFAULT_SCHEME = {"int8": "symmetric", "int4": "asymmetric"}
-# The shadow's decoder linears: trained weights (here from the base's first layers) whose fine-tuning moved them
-# less than a 4-bit step; min/max blocks snap them back onto the grid they started from (SmolLM2 shadow_only
-# +18% asymmetric vs +1.8% symmetric), symmetric blocks do not.
-DEFAULT_SHADOW_SCHEME = "symmetric"
 # The vocabulary matrices (embeddings, heads) per --quantize: int8 for int4 exports (SmolLM2's tied Q8_0
 # embedding is kept exactly; int4 there cost +7-12% in every mode), symmetric.
 DEFAULT_VOCAB = {"int8": "int8", "int4": "int8"}
@@ -46,7 +45,7 @@ class ExportOptions:
     block_size: int | None = None  # input features per quantization block (power of 2, >= 16); None: DEFAULT_BLOCK
     quant_compute: str = "int8"  # MatMulNBits arithmetic: "int8" activations (fast) or "float32" (exact)
     quant_scheme: str | None = None  # the base's decoder linears: "symmetric" / "asymmetric"; None: DEFAULT_SCHEME
-    shadow_quant_scheme: str = DEFAULT_SHADOW_SCHEME  # the shadow's decoder linears (same choices)
+    shadow_quant_scheme: str | None = None  # the shadow's decoder linears (same choices); None: as quant_scheme
     vocab_quantize: str | None = None  # the vocabulary matrices: "int8" / "int4"; None: DEFAULT_VOCAB
     plain_backbone: bool = False  # also export the backbone without the adapter (overhead benchmarks)
     attention: str = ATTENTION_AUTO  # "auto": GroupQueryAttention where head_dim % 8 == 0, else ONNX Attention
@@ -63,11 +62,13 @@ class ExportOptions:
             object.__setattr__(self, "block_size", DEFAULT_BLOCK[self.quantize])
         if not isinstance(self.block_size, int) or self.block_size < 16 or self.block_size & (self.block_size - 1):
             raise ExportError(f"--block-size {self.block_size} must be a power of 2 and >= 16 (e.g. 32, 64, 128)")
-        if self.quantize == "none" and (self.quant_scheme or self.vocab_quantize):
-            raise ExportError("--quant-scheme / --vocab-quantize apply to quantized exports; add --quantize int4 "
-                              "or int8, or drop them")
+        if self.quantize == "none" and (self.quant_scheme or self.shadow_quant_scheme or self.vocab_quantize):
+            raise ExportError("--quant-scheme / --shadow-quant-scheme / --vocab-quantize apply to quantized exports; "
+                              "add --quantize int4 or int8, or drop them")
         if self.quant_scheme is None and self.quantize in DEFAULT_SCHEME:
             object.__setattr__(self, "quant_scheme", DEFAULT_SCHEME[self.quantize])
+        if self.shadow_quant_scheme is None:
+            object.__setattr__(self, "shadow_quant_scheme", self.quant_scheme)
         if self.vocab_quantize is None and self.quantize in DEFAULT_VOCAB:
             object.__setattr__(self, "vocab_quantize", DEFAULT_VOCAB[self.quantize])
         for flag, value in (("--quant-scheme", self.quant_scheme), ("--shadow-quant-scheme", self.shadow_quant_scheme)):

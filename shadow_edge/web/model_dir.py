@@ -39,8 +39,8 @@ BATCH_DIM = "batch_size"
 # graph in headless Chromium. A graph with any other operator is refused rather than shipped untried.
 WASM_OPS = {
     "": {"Add", "And", "Attention", "Cast", "Concat", "Expand", "Gather", "LessOrEqual", "MatMul", "Mul", "Range",
-         "Reshape", "Shape", "Sigmoid", "SimplifiedLayerNormalization", "Slice", "Split", "Sub", "Transpose",
-         "Unsqueeze", "Where"},
+         "ReduceSum", "Reshape", "Shape", "Sigmoid", "SimplifiedLayerNormalization", "Slice", "Split", "Sub",
+         "Transpose", "Unsqueeze", "Where"},
     "com.microsoft": {"GatherBlockQuantized", "GroupQueryAttention", "MatMulNBits", "RotaryEmbedding",
                       "SkipSimplifiedLayerNormalization"},
 }

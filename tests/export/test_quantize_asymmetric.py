@@ -73,11 +73,12 @@ def test_asymmetric_out_of_float16_range_is_refused():
         quantize_rows(torch.full((1, 32), 1e6), 4, 32, ASYMMETRIC)
 
 
-@pytest.mark.parametrize("batch, seq", [(1, 1), (2, 5)])
-def test_matmul_and_embedding_offsets_match_numpy(tmp_path, batch, seq):
+@pytest.mark.parametrize("batch, seq, key", [(1, 1, "w"), (2, 5, "w"), (2, 5, "shadow.layers.0.w")])
+def test_matmul_and_embedding_offsets_match_numpy(tmp_path, batch, seq, key):
     """The graph of an asymmetric weight (MatMulNBits on the codes + block sums x offsets; GatherBlockQuantized
-    + gathered offsets; float16 scales and minima cast back) against numpy's x @ W.T and W[ids] on the weight
-    dequantized from its packed codes by hand, float32 arithmetic."""
+    + gathered offsets; float16 scales and minima cast back, or for an adapter's weight, an adapter pack's slot,
+    float32 scales and offsets as stored) against numpy's x @ W.T and W[ids] on the weight dequantized from its
+    packed codes by hand, float32 arithmetic."""
     n, k = 40, 96
     w = torch.randn(n, k, generator=torch.Generator().manual_seed(2)) * 0.1 + 0.05
     t = Dequantized(w, 4, 32, ASYMMETRIC)
@@ -90,11 +91,14 @@ def test_matmul_and_embedding_offsets_match_numpy(tmp_path, batch, seq):
                                outputs=[tensor("y", "float32", ["b", "s", n]), tensor("e", "float32", ["b", "s", k])])
     store, names = WeightStore(), Tensors(accuracy_level=1)
     b = GraphBuilder(contract, store)
-    b.output(names.head(b, "x", t, "w"), "y")  # [b, s, N]
-    b.output(names.embed(b, t, "w", "input_ids"), "e")  # [b, s, K]: rows of the [N, K] table
+    b.output(names.head(b, "x", t, key), "y")  # [b, s, N]
+    b.output(names.embed(b, t, key, "input_ids"), "e")  # [b, s, K]: rows of the [N, K] table
     store.write(tmp_path, ["g"])
     onnx.save_model(b.to_model(), str(tmp_path / "g.onnx"))
-    assert {"MatMulNBits", "GatherBlockQuantized", "ReduceSum", "Cast"} <= {nd.op_type for nd in b.nodes}
+    assert {"MatMulNBits", "GatherBlockQuantized", "ReduceSum"} <= {nd.op_type for nd in b.nodes}
+    adapter = key.startswith("shadow.")  # no Cast: onnxruntime would fold it before a pack's weights replace these
+    assert ("Cast" in {nd.op_type for nd in b.nodes}) is not adapter
+    assert {f"{key}.scales", f"{key}.offsets"} <= set(b.weights) if adapter else f"{key}.scales_f16" in b.weights
     rng = np.random.default_rng(3)
     x = rng.standard_normal((batch, seq, k)).astype(np.float32)
     ids = rng.integers(0, n, (batch, seq))
@@ -120,7 +124,7 @@ def _logits_error(case, art) -> float:
 
 @pytest.mark.parametrize("vocab", [None, "int4"])
 def test_int4_default_records_each_group_and_validates(cases, tmp_path, vocab):
-    """--quantize int4: base layers asymmetric, shadow layers symmetric, vocabulary int8 (or --vocab-quantize int4:
+    """--quantize int4: base and shadow layers asymmetric, vocabulary int8 (or --vocab-quantize int4:
     asymmetric too, through the embedding's offsets); recorded in the manifest, validated, equal to the reference."""
     case = cases("qwen3_implicit")
     art = tmp_path / "int4"
@@ -129,7 +133,7 @@ def test_int4_default_records_each_group_and_validates(cases, tmp_path, vocab):
     m = read_manifest(art)
     assert_validated(m)
     assert m.model["quantization"] == {"scheme": "int4", "block_size": 32, "compute": "float32",
-                                       "base_layers": "asymmetric", "shadow_layers": "symmetric",
+                                       "base_layers": "asymmetric", "shadow_layers": "asymmetric",
                                        "vocabulary": "int4 asymmetric" if vocab else "int8 symmetric"}
     bits = {n.name.split("/")[1]: a.i for g in m.graphs.values()
             for n in onnx.load(str(art / g.file), load_external_data=False).graph.node
@@ -159,9 +163,14 @@ def test_artifact_from_before_the_schemes_still_loads_and_runs(cases, tmp_path):
 
 
 def test_scheme_options_are_checked():
-    assert ExportOptions(quantize="int8").quant_scheme == "symmetric"
+    assert ExportOptions(quantize="int8").quant_scheme == ExportOptions(quantize="int8").shadow_quant_scheme == \
+        "symmetric"
+    assert ExportOptions(quantize="int4").shadow_quant_scheme == "asymmetric"  # follows the base's layers
+    assert ExportOptions(quantize="int4", quant_scheme="symmetric").shadow_quant_scheme == "symmetric"
+    assert ExportOptions(quantize="int4", shadow_quant_scheme="symmetric").quant_scheme == "asymmetric"
     assert ExportOptions(quantize="int4").vocab_quantize == "int8"
     with pytest.raises(ExportError, match="--quant-scheme 'minmax'"):
         ExportOptions(quantize="int4", quant_scheme="minmax")
-    with pytest.raises(ExportError, match="apply to quantized exports"):
-        ExportOptions(vocab_quantize="int8")
+    for flag in ("vocab_quantize", "shadow_quant_scheme"):
+        with pytest.raises(ExportError, match="apply to quantized exports"):
+            ExportOptions(**{flag: "int8" if flag == "vocab_quantize" else "symmetric"})

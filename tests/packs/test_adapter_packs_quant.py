@@ -24,9 +24,9 @@ from shadow_edge.runtime import ShadowRuntime
 PROMPTS = [[5, 6, 7, 8, 9], [11, 3]]
 
 
-def quantized_family(case, root, scheme: str, compute: str):
+def quantized_family(case, root, scheme: str, compute: str, shadow_scheme: str = "symmetric"):
     """(runtime of a quantized base + pack "other", runtime of "other" as a full artifact, pack manifest)."""
-    q = dict(quantize=scheme, quant_compute=compute, validate=False)
+    q = dict(quantize=scheme, quant_compute=compute, shadow_quant_scheme=shadow_scheme, validate=False)
     base_art, pack, full = root / "base", root / "pack", root / "full"
     export_artifact(case.base_dir, case.adapter_dir, base_art, options=ExportOptions(as_base=True, **q), **QUIET)
     other = make_adapter(case, root / "adapter", 5)
@@ -44,11 +44,13 @@ def logits_pair(rt, ref, vocab: int, mode: str) -> tuple[np.ndarray, np.ndarray]
     return rt.forward(ids, mask, mode=mode, adapter="other")[real], ref.forward(ids, mask, mode=mode)[real]
 
 
-@pytest.mark.parametrize("scheme", ["int8", "int4"])
-def test_quantized_pack_equals_its_full_quantized_artifact(cases, tmp_path, scheme):
-    """float32 arithmetic on the quantized weights: base + pack is the full artifact, bit for bit."""
+@pytest.mark.parametrize("scheme,shadow_scheme", [("int8", "symmetric"), ("int4", "symmetric"),
+                                                  ("int4", "asymmetric")])
+def test_quantized_pack_equals_its_full_quantized_artifact(cases, tmp_path, scheme, shadow_scheme):
+    """float32 arithmetic on the quantized weights: base + pack is the full artifact, bit for bit (the shadow's
+    layers in either scheme: asymmetric blocks add float16 minimums to the pack)."""
     case = cases("qwen3_implicit")
-    rt, ref, _ = quantized_family(case, tmp_path, scheme, "float32")
+    rt, ref, _ = quantized_family(case, tmp_path, scheme, "float32", shadow_scheme)
     assert rt.manifest.quantization == ref.manifest.quantization == scheme
     for mode in ("shadow_only", "base_shadow"):
         ours, want = logits_pair(rt, ref, case.vocab_size, mode)
@@ -60,13 +62,14 @@ def test_quantized_pack_equals_its_full_quantized_artifact(cases, tmp_path, sche
         assert got.token_ids == ref.generate(PROMPTS, mode=mode, max_new_tokens=6).token_ids, mode
 
 
-def test_int8_arithmetic_pack_equals_its_full_artifact(cases, tmp_path):
+@pytest.mark.parametrize("shadow_scheme", ["symmetric", "asymmetric"])
+def test_int8_arithmetic_pack_equals_its_full_artifact(cases, tmp_path, shadow_scheme):
     """int8 activations (the default): onnxruntime runs its int8 kernels only on weights it prepacks, i.e.
     constant ones. A pack's shadow weights are constants of the pack's own session (runtime/pack_sessions.py),
     so the pack is its full artifact here too (fed weights would run float32 kernels: only within the int8
     tolerance); the backbone's fed slots are float32 weights, the same kernels either way."""
     case = cases("qwen3_implicit")
-    rt, ref, manifest = quantized_family(case, tmp_path, "int4", "int8")
+    rt, ref, manifest = quantized_family(case, tmp_path, "int4", "int8", shadow_scheme)
     assert_validated(manifest, atol=INT8_COMPUTE_ATOL)
     for mode in ("shadow_only", "base_shadow"):
         ours, want = logits_pair(rt, ref, case.vocab_size, mode)
