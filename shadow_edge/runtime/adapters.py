@@ -36,7 +36,7 @@ from shadow_edge.runtime.inputs import artifact_dir
 from shadow_edge.runtime.session import GraphSession, ov
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-ORT_DTYPES = {"float32": 1, "uint8": 2, "int64": 7, "float16": 10}  # ONNX element types of the weights a pack may hold
+ORT_DTYPES = {"float32": 1, "uint8": 2, "int64": 7}  # ONNX element types of the weights a pack may hold
 
 
 @dataclass(frozen=True)

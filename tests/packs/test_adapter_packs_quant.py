@@ -48,7 +48,7 @@ def logits_pair(rt, ref, vocab: int, mode: str) -> tuple[np.ndarray, np.ndarray]
                                                   ("int4", "asymmetric")])
 def test_quantized_pack_equals_its_full_quantized_artifact(cases, tmp_path, scheme, shadow_scheme):
     """float32 arithmetic on the quantized weights: base + pack is the full artifact, bit for bit (the shadow's
-    layers in either scheme: asymmetric blocks add float16 minimums to the pack)."""
+    layers in either scheme: asymmetric blocks add float32 offsets per block to the pack)."""
     case = cases("qwen3_implicit")
     rt, ref, _ = quantized_family(case, tmp_path, scheme, "float32", shadow_scheme)
     assert rt.manifest.quantization == ref.manifest.quantization == scheme
