@@ -10,8 +10,10 @@ import hashlib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
-# The source that decides what an export contains, relative to the package.
-EXPORT_SOURCES = ("core", "export", "io_spec.py", "manifest.py", "__init__.py")
+# The source that decides what an export contains, relative to the package (adapter_pack.py: which weights are an
+# adapter's, which the graphs store in the form a pack replaces; manifest_schema.py, target.py: what the manifest says).
+EXPORT_SOURCES = ("core", "export", "io_spec.py", "manifest.py", "manifest_schema.py", "adapter_pack.py", "target.py",
+                  "__init__.py")
 
 
 def exporter_fingerprint() -> str:
