@@ -8,7 +8,7 @@ int4 symmetric everywhere (the first default) and int4 with the shadow's layers 
 PyTorch) into --cache-dir, then on the committed held-out chats
 (`shadow_edge/demo_model/heldout/wordnet-chat.jsonl`, never trained on):
   - perplexity per mode on the assistant turns only (`eval --chat`), quantized drift against fp32;
-  - teacher-forced top-1 agreement of shadow_only with base_shadow;
+  - teacher-forced top-1 agreement of shadow_only with base_shadow, also by base_shadow's top-1 probability;
   - speculative decoding in generation: acceptance per draft length k and the greedy text equal to base_shadow's;
   - the cascade curve: per confidence threshold, the share of prompts the shadow answers and the share of
     cascade answers equal to base_shadow's.
@@ -164,7 +164,18 @@ def render(results: dict, args, seconds: float, export_s: float) -> str:
               f"shadow_only's argmax equals base_shadow's at **{fp32['agreement']:.3f}** of the positions; top-1 "
               f"accuracy base_plain {m['base_plain']['top1_accuracy']:.3f}, base_shadow "
               f"{m['base_shadow']['top1_accuracy']:.3f}, shadow_only {m['shadow_only']['top1_accuracy']:.3f}.", "",
-              f"## Speculative decoding in generation (fp32, {args.prompts} held-out questions, "
+              "By base_shadow's top-1 probability (`eval --chat`'s `agreement_by_confidence`), beside how often the "
+              "held-out answer's own token is base_shadow's argmax in the same bin: where the combined model is "
+              "unsure, even the reference text rarely picks its token, and a draft follows it there only as far as "
+              "it can copy the combined model's choices, not by predicting the text well.", "",
+              "| base_shadow top-1 probability | share of positions | shadow_only = base_shadow | "
+              "base_shadow = the answer's token |", "|---|---:|---:|---:|"]
+    n = sum(b["positions"] for b in fp32["agreement_by_confidence"])
+    for b in fp32["agreement_by_confidence"]:
+        if b["positions"]:
+            lines.append(f"| [{b['low']:.1f}, {b['high']:.1f}{']' if b['high'] >= 1 else ')'} | "
+                         f"{b['positions'] / n:.3f} | {b['agreement']:.3f} | {b['base_shadow_accuracy']:.3f} |")
+    lines += ["", f"## Speculative decoding in generation (fp32, {args.prompts} held-out questions, "
               f"{args.new_tokens} new tokens, greedy)", "",
               "| draft tokens k | acceptance | drafted | output identical to base_shadow |", "|---|---:|---:|---:|"]
     for k, s in results["generation"]["speculative"].items():

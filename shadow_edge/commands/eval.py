@@ -18,7 +18,9 @@ examples:
   shadow-edge eval ART --chat heldout.jsonl --compare ART_int4   # assistant turns only
 
 Perplexity: windows of the model's context (--window) every --stride tokens, each position
-scored once. agreement: shadow_only's next-token argmax equals base_shadow's (teacher-forced).
+scored once. agreement: shadow_only's next-token argmax equals base_shadow's (teacher-forced);
+also per bin of base_shadow's top-1 probability, beside how often base_shadow's own argmax is the
+text's token there: where the combined model is unsure, no draft can follow it closely.
 Cascade curve: prompts cut from the text, answered greedily; per threshold, the share the
 shadow answers and how often the cascade's answer equals base_shadow's. --compare: the
 second artifact's perplexity delta, mean logits cosine, mean KL and top-1 agreement per mode.
@@ -86,6 +88,12 @@ def format_report(r) -> str:
         lines.append(f"{q.mode:<12} {q.perplexity:>10.3f} {q.nll:>8.4f} {q.top1_accuracy:>10.3f} {q.tokens:>10}")
     if r.agreement is not None:
         lines.append(f"\nagreement shadow_only vs base_shadow (top-1, teacher-forced): {r.agreement:.3f}")
+        lines.append(f"  by base_shadow's top-1 probability: {'positions':>10} {'agreement':>10} "
+                     f"{'base_shadow = text':>19}")
+        for b in r.agreement_by_confidence:
+            if b.positions:
+                lines.append(f"  [{b.low:.1f}, {b.high:.1f}{']' if b.high >= 1 else ')'}{'':<25} {b.positions:>10} "
+                             f"{b.agreement:>10.3f} {b.base_shadow_accuracy:>19.3f}")
     if r.drift:
         lines += ["", f"drift of {r.compare_artifact}:",
                   f"{'mode':<12} {'ppl':>10} {'delta':>9} {'rel':>8} {'cosine':>8} {'KL':>9} {'top-1 agr':>10}"]

@@ -16,7 +16,7 @@ import numpy as np
 
 from shadow_edge.errors import InputError
 from shadow_edge.runtime.classify import check_task
-from shadow_edge.runtime.evaluate import EvalReport, Progress, _Acc, _check_modes
+from shadow_edge.runtime.evaluate import Agreement, EvalReport, Progress, _Acc, _check_modes
 
 
 def chat_rows(rt, path: Path, max_chats: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -80,7 +80,7 @@ def evaluate_chats(rt, path: Path, modes: tuple[str, ...] | None = None, compare
                              f"first {rt.vocab_size}; compare exports of the same model")
     rows = chat_rows(rt, path, max_chats)
     accs = {m: _Acc() for m in modes}
-    agree = agree_n = 0
+    agreement = Agreement()
     total, done = len(rows), 0
     for i in range(0, len(rows), batch):
         group = rows[i:i + batch]
@@ -98,16 +98,14 @@ def evaluate_chats(rt, path: Path, modes: tuple[str, ...] | None = None, compare
                 targets = np.flatnonzero(scored)  # positions of scored tokens; predicted from position - 1
                 at = t - len(ids) + targets - 1
                 parts.append(accs[mode].add(logits[r, at], ids[targets], None if other is None else other[r, at]))
-            tops[mode] = np.concatenate(parts)
-        if "shadow_only" in tops and "base_shadow" in tops:
-            agree += int((tops["shadow_only"] == tops["base_shadow"]).sum())
-            agree_n += len(tops["shadow_only"])
+            tops[mode] = tuple(np.concatenate(x) for x in zip(*parts))
+        agreement.add(tops, np.concatenate([ids[scored] for ids, scored in group]))
         done += len(group)
         if progress:
             progress(done, total)
     scored_tokens = sum(int(s.sum()) for _, s in rows)
     return EvalReport(
         artifact=str(rt.art_dir), tokens=scored_tokens, window=max(len(ids) for ids, _ in rows), stride=0,
-        modes={m: a.quality(m) for m, a in accs.items()}, agreement=agree / agree_n if agree_n else None,
-        cascade=[], compare_artifact=str(compare.art_dir) if compare is not None else None,
+        modes={m: a.quality(m) for m, a in accs.items()}, agreement=agreement.overall(),
+        agreement_by_confidence=agreement.bins(), cascade=[], compare_artifact=str(compare.art_dir) if compare is not None else None,
         drift={m: accs[m].drift(m) for m in modes} if compare is not None else {})

@@ -7,7 +7,9 @@ Torch-free (numpy + the runtime). Teacher-forced over the text's tokens:
   scored, so every position 1..n-1 is scored exactly once, with at least `window - stride`
   tokens of context after the first window. ppl = exp(mean NLL);
 - **agreement**: share of positions where `shadow_only` and `base_shadow` pick the same
-  next token (argmax), the figure self-speculative decoding lives on;
+  next token (argmax), the figure self-speculative decoding lives on; also by base_shadow's top-1
+  probability, beside how often base_shadow's own argmax is the text's token there (where the combined
+  model is unsure, the text agrees with it little more than a draft does: the profile of a draft's ceiling);
 - **drift** (`compare=`): the same windows through a second artifact (e.g. int8 vs fp32):
   perplexity delta, mean cosine of the logits vectors, mean KL(first || second), top-1
   agreement, per mode;
@@ -36,7 +38,7 @@ from shadow_edge.runtime.classify import check_task
 from shadow_edge.runtime.options import CASCADE
 from shadow_edge.runtime.prompts import check_ids
 from shadow_edge.runtime.sampling import log_softmax
-from shadow_edge.runtime.speculative_eval import SpeculativeEval, scan, summarize
+from shadow_edge.runtime.speculative_eval import CONFIDENCE_BINS, SpeculativeEval, scan, summarize
 from shadow_edge.runtime.strategies import strategy
 from shadow_edge.runtime.strategies.speculative import Speculative
 from shadow_edge.runtime.text_file import file_token_ids
@@ -113,6 +115,17 @@ class Drift:
 
 
 @dataclass(frozen=True)
+class AgreementBin:
+    """Scored positions where base_shadow's top-1 probability lies in [low, high) (the last bin: [low, 1])."""
+
+    low: float
+    high: float
+    positions: int
+    agreement: float | None  # shadow_only's argmax == base_shadow's (None: no position in the bin)
+    base_shadow_accuracy: float | None  # base_shadow's argmax == the text's token
+
+
+@dataclass(frozen=True)
 class EvalReport:
     """Everything `shadow-edge eval` measures (JSON: `to_dict()`)."""
 
@@ -126,6 +139,7 @@ class EvalReport:
     compare_artifact: str | None = None
     drift: dict[str, Drift] = field(default_factory=dict)
     speculative: SpeculativeEval | None = None
+    agreement_by_confidence: list[AgreementBin] = field(default_factory=list)  # by base_shadow's top-1 probability
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -167,9 +181,9 @@ class _Acc:
         self.nll = self.correct = self.n = 0.0
         self.nll2 = self.cos = self.kl = self.agree = 0.0
 
-    def add(self, logits: np.ndarray, targets: np.ndarray, other: np.ndarray | None) -> np.ndarray:
+    def add(self, logits: np.ndarray, targets: np.ndarray, other: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """logits [k, V] predicting targets [k]; other [k, V]: the compared artifact's logits. Returns the
-        argmax [k]."""
+        argmax [k] and its probability [k]."""
         lp = log_softmax(logits)  # [k, V]
         idx = np.arange(len(targets))
         top = logits.argmax(-1)  # [k]
@@ -184,7 +198,7 @@ class _Acc:
                                                      + 1e-30)).sum())
             self.kl += float((np.exp(lp) * (lp - lq)).sum())
             self.agree += float((top == other.argmax(-1)).sum())
-        return top
+        return top, np.exp(lp[idx, top])
 
     def quality(self, mode: str) -> ModeQuality:
         nll = self.nll / self.n
@@ -194,6 +208,35 @@ class _Acc:
         ppl, ppl2 = math.exp(self.nll / self.n), math.exp(self.nll2 / self.n)
         return Drift(mode, ppl2, ppl2 - ppl, (ppl2 - ppl) / ppl, self.cos / self.n, self.kl / self.n,
                      self.agree / self.n)
+
+
+class Agreement:
+    """shadow_only's argmax against base_shadow's over the scored positions, overall and per bin of base_shadow's
+    top-1 probability (CONFIDENCE_BINS), with base_shadow's own accuracy on the text in each bin."""
+
+    def __init__(self):
+        bins = len(CONFIDENCE_BINS) - 1
+        self.n, self.agree, self.correct = np.zeros(bins, np.int64), np.zeros(bins, np.int64), np.zeros(bins, np.int64)
+
+    def add(self, tops: dict[str, tuple[np.ndarray, np.ndarray]], targets: np.ndarray) -> None:
+        """tops: mode -> (argmax [k], its probability [k]) at the scored positions predicting targets [k]."""
+        if "shadow_only" not in tops or "base_shadow" not in tops:
+            return
+        (shadow, _), (base, prob) = tops["shadow_only"], tops["base_shadow"]
+        at = np.clip(np.searchsorted(CONFIDENCE_BINS, prob, side="right") - 1, 0, len(self.n) - 1)
+        np.add.at(self.n, at, 1)
+        np.add.at(self.agree, at, shadow == base)
+        np.add.at(self.correct, at, base == targets)
+
+    def overall(self) -> float | None:
+        return float(self.agree.sum() / self.n.sum()) if self.n.sum() else None
+
+    def bins(self) -> list[AgreementBin]:
+        if not self.n.sum():
+            return []
+        share = lambda x, n: float(x / n) if n else None
+        return [AgreementBin(lo, hi, int(n), share(a, n), share(c, n)) for lo, hi, n, a, c in
+                zip(CONFIDENCE_BINS, CONFIDENCE_BINS[1:], self.n, self.agree, self.correct)]
 
 
 def encode_text(rt, text, max_tokens: int | None) -> np.ndarray:
@@ -259,23 +302,20 @@ def evaluate(rt, text, options: EvalOptions = EvalOptions(), compare=None,
     spec_runs = len(spans) if SPECULATIVE in modes else 0
     total, done = len(spans) * len(graph_modes) * (2 if compare is not None else 1) + spec_runs + curve_runs, 0
     accs = {m: _Acc() for m in graph_modes}
-    agree = agree_n = 0  # shadow_only vs base_shadow, counted window by window
+    agreement = Agreement()  # shadow_only vs base_shadow, counted window by window
     batch = max(1, min(options.batch, LOGITS_BUDGET // (4 * window * rt.vocab_size)))
     for group, chunk, mask, rows in window_batches(ids, spans, batch):
-        tops = {}  # mode -> argmax of this group's scored positions
+        tops = {}  # mode -> (argmax, its probability) at this group's scored positions
         for mode in graph_modes:
             logits = rt.forward(chunk, mask, mode=mode)  # [b, t, V]
             other = compare.forward(chunk, mask, mode=mode) if compare is not None else None
-            tops[mode] = np.concatenate([
-                accs[mode].add(logits[r, rows[r]], ids[first:end], None if other is None else other[r, rows[r]])
-                for r, (_, end, first) in enumerate(group)])
+            parts = [accs[mode].add(logits[r, rows[r]], ids[first:end], None if other is None else other[r, rows[r]])
+                     for r, (_, end, first) in enumerate(group)]
+            tops[mode] = tuple(np.concatenate(x) for x in zip(*parts))
             done += len(group) * (2 if compare is not None else 1)
             if progress:
                 progress(done, total)
-        if "shadow_only" in tops and "base_shadow" in tops:
-            agree += int((tops["shadow_only"] == tops["base_shadow"]).sum())
-            agree_n += len(tops["shadow_only"])
-    agreement = agree / agree_n if agree_n else None
+        agreement.add(tops, np.concatenate([ids[first:end] for _, end, first in group]))
     speculative = None
     if SPECULATIVE in modes:
         result = scan(rt, ids.astype(np.int64), spans, options.draft_tokens, full_draft_vocab=options.full_draft_vocab,
@@ -296,6 +336,7 @@ def evaluate(rt, text, options: EvalOptions = EvalOptions(), compare=None,
             progress(total, total)
     return EvalReport(
         artifact=str(rt.art_dir), tokens=len(ids), window=window, stride=stride,
-        modes={m: a.quality(m) for m, a in accs.items()}, agreement=agreement, cascade=curve,
+        modes={m: a.quality(m) for m, a in accs.items()}, agreement=agreement.overall(), cascade=curve,
+        agreement_by_confidence=agreement.bins(),
         compare_artifact=str(compare.art_dir) if compare is not None else None,
         drift={m: accs[m].drift(m) for m in graph_modes} if compare is not None else {}, speculative=speculative)

@@ -46,8 +46,21 @@ def test_perplexity_equals_runtime_forward(tiny_rt):
         assert q.tokens == len(ids) - 1
         assert q.perplexity == pytest.approx(math.exp(nll), rel=REL)
     a = tiny_rt.forward(ids[None], mode="shadow_only")[0, :-1].argmax(-1)
-    b = tiny_rt.forward(ids[None], mode="base_shadow")[0, :-1].argmax(-1)
+    z = tiny_rt.forward(ids[None], mode="base_shadow")[0, :-1].astype(np.float64)
+    b = z.argmax(-1)
     assert report.agreement == pytest.approx(float((a == b).mean()))
+    # by base_shadow's top-1 probability: every position in one bin, each bin's figures computed directly
+    top = 1 / np.exp(z - z.max(-1, keepdims=True)).sum(-1)
+    bins = report.agreement_by_confidence
+    assert [b_.low for b_ in bins] == [0.0, 0.2, 0.4, 0.6, 0.8] and sum(b_.positions for b_ in bins) == len(ids) - 1
+    for bin_ in bins:
+        inside = (top >= bin_.low) & ((top < bin_.high) if bin_.high < 1 else (top <= 1))
+        assert bin_.positions == inside.sum()
+        if inside.any():
+            assert bin_.agreement == pytest.approx(float((a == b)[inside].mean()))
+            assert bin_.base_shadow_accuracy == pytest.approx(float((b == ids[1:])[inside].mean()))
+        else:
+            assert bin_.agreement is None and bin_.base_shadow_accuracy is None
 
 
 def test_windowed_perplexity_scores_each_position_with_its_window(tiny_rt):

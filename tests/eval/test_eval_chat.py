@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -60,10 +61,26 @@ def test_batched_perplexity_equals_each_chat_alone(tiny_rt, chats, mode):
     assert math.isclose(q.perplexity, math.exp(nll / n), rel_tol=1e-4)
 
 
+def test_agreement_by_confidence_counts_the_assistant_tokens(tiny_rt, chats):
+    report = evaluate_chats(tiny_rt, chats, modes=("shadow_only", "base_shadow"), batch=2)
+    agree = correct = n = 0
+    for ids, scored in chat_rows(tiny_rt, chats):
+        at = np.flatnonzero(scored) - 1
+        a = tiny_rt.forward(ids[None], mode="shadow_only")[0, at].argmax(-1)
+        b = tiny_rt.forward(ids[None], mode="base_shadow")[0, at].argmax(-1)
+        agree, correct, n = agree + int((a == b).sum()), correct + int((b == ids[at + 1]).sum()), n + len(at)
+    bins = report.agreement_by_confidence
+    assert sum(b.positions for b in bins) == n and report.agreement == pytest.approx(agree / n)
+    assert sum(b.agreement * b.positions for b in bins if b.positions) == pytest.approx(agree)
+    assert sum(b.base_shadow_accuracy * b.positions for b in bins if b.positions) == pytest.approx(correct)
+    assert evaluate_chats(tiny_rt, chats, modes=("base_shadow",)).agreement_by_confidence == []
+
+
 def test_cli_chat_and_its_errors(capsys, tiny_artifact, chats, tmp_path):
     assert main(["eval", str(tiny_artifact), "--chat", str(chats), "--quiet", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "shadow_only" in out and "base_shadow" in out and "agreement" in out
+    assert "by base_shadow's top-1 probability" in out and re.search(r"\n  \[0\.\d, [01]\.\d[)\]] +\d+ +[01]\.\d{3} ", out)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "x"}]}\n[1, 2]\n')
     assert main(["eval", str(tiny_artifact), "--chat", str(bad), "--quiet"]) == 2
