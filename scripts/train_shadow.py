@@ -18,6 +18,8 @@ template; only assistant turns are scored (prompt masking). The base stays froze
   2. task: all adapter weights train on the task with base_shadow's cross-entropy, the same distillation term
      (backpropagating through the frozen base), so the shadow keeps tracking the combined model it drafts for, and
      shadow_only's own cross-entropy on the answers (--shadow-ce-weight), so that it can answer alone.
+     base_shadow's cross-entropy trains the shadow's layers too, through the state they inject
+     (--no-shadow-from-task: the injection and update only; a 15-minute pilot showed no gain, results/quality.md).
 
 --init-adapter DIR starts from a trained adapter instead (e.g. the shipped one, trained further with
 --distill-minutes 0 --task-minutes N); a phase of 0 steps and 0 minutes is skipped.
@@ -109,14 +111,25 @@ def collate(rows, pad_id: int):
     return ids, labels, mask
 
 
-def forward(model, ids, labels, mask, with_base_grad: bool):
-    """(base_shadow logits, shadow_only logits, targets) at the scored positions (each predicts labels[t+1])."""
+def forward(model, ids, labels, mask, with_base_grad: bool, shadow_from_task: bool = True):
+    """(base_shadow logits, shadow_only logits, targets) at the scored positions (each predicts labels[t+1]).
+    shadow_from_task False: base_shadow's loss reaches the injection and update only, not the shadow's layers (the
+    shadow state it injects is detached; the shadow learns from its own terms alone)."""
     target = labels[:, 1:]
     where = target != -100  # [b, t-1]
     first = int(where.any(0).nonzero()[0])  # the head runs only from the first scored position on
     keep = torch.arange(first, ids.shape[1] - 1)
-    run = model.peft_model.forward_with_shadow
-    if with_base_grad:
+    peft = model.peft_model
+    run = peft.forward_with_shadow
+    if with_base_grad and not shadow_from_task:
+        shadow = peft._compute_initial_shadow_hidden(input_ids=ids, attention_mask=mask, position_ids=None,
+                                                     inputs_embeds=None)
+        peft._shadow_hidden_states = shadow.detach()  # what forward_with_shadow does, without the gradient path
+        try:
+            out = peft.base_model(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep)
+        finally:
+            peft._shadow_hidden_states = None
+    elif with_base_grad:
         out, shadow = run(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=keep)
     else:  # the teacher without gradients; the shadow (the student) with them, when enabled
         with torch.no_grad():
@@ -219,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="weight of shadow_only's own cross-entropy on the task in phase 2 (0: distillation only)")
     ap.add_argument("--shadow-lr-scale", type=float, default=1.0,
                     help="the shadow's learning rate in phase 2, as a share of --task-lr")
+    ap.add_argument("--shadow-from-task", action=argparse.BooleanOptionalAction, default=True,
+                    help="in phase 2, base_shadow's cross-entropy also trains the shadow's layers through the injected "
+                    "state (--no-shadow-from-task: only the injection and update; the shadow learns from the "
+                    "distillation term and its own cross-entropy)")
     ap.add_argument("--max-train-chats", type=int, default=40000, help="chats read (shuffled) from --train")
     ap.add_argument("--heldout-chats", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
@@ -272,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
         return loss, [loss.item()]
 
     def task_loss(ids, labels, mask):
-        teacher, student, target = forward(model, ids, labels, mask, with_base_grad=True)
+        teacher, student, target = forward(model, ids, labels, mask, with_base_grad=True,
+                                           shadow_from_task=args.shadow_from_task)
         ce = F.cross_entropy(teacher, target)
         distill = kl(teacher, student)
         own = F.cross_entropy(student, target)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from safetensors import safe_open
 
-from factories import make_base_model
+from factories import make_base_model, randomize_adapter
 from shadow_edge.cli import main
 from shadow_edge.core.tiny import VOCAB_SIZE, write_tiny_default
 from shadow_edge.demo_model import ADAPTER, HELDOUT_CHATS
@@ -142,6 +142,46 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
     same = subprocess.run([*cmd, "--out", str(out), "--init-adapter", str(out)], capture_output=True, text=True,
                           timeout=600, cwd=REPO)
     assert same.returncode != 0 and "is the --init-adapter directory" in same.stderr
+
+
+def test_shadow_from_task_off_detaches_only_the_injected_state():
+    """--no-shadow-from-task: the same logits, but base_shadow's loss reaches the injection and update only."""
+    import importlib.util
+
+    import torch
+    import torch.nn.functional as F
+    from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
+
+    spec = importlib.util.spec_from_file_location("train_shadow", REPO / "scripts" / "train_shadow.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    base = make_base_model("llama", 5, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                           vocab_size=VOCAB_SIZE, tie_word_embeddings=True)
+    peft = get_shadow_model(base, ShadowConfig(num_shadow_layers=1, injection_hidden_size=8, gate_hidden_size=8,
+                                               dropout=0.0))
+    randomize_adapter(peft, 6)  # shadow-peft zero-initializes the injection's up-projection
+    model = ShadowForCausalLM(peft, shadow_loss_weight=0.0)
+    ids = torch.randint(0, VOCAB_SIZE, (2, 10))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    mask = torch.ones_like(ids)
+    grads, outs = {}, {}
+    for from_task in (True, False):
+        model.zero_grad(set_to_none=True)
+        teacher, student, target = script.forward(model, ids, labels, mask, with_base_grad=True,
+                                                  shadow_from_task=from_task)
+        F.cross_entropy(teacher, target).backward()  # base_shadow's loss alone
+        outs[from_task] = (teacher.detach(), student.detach())
+        grads[from_task] = {name: p.grad for name, p in peft.named_parameters() if p.requires_grad}
+    torch.testing.assert_close(outs[True], outs[False])
+    reached = lambda g: g is not None and bool(g.any())
+    for name, g in grads[False].items():
+        if name.startswith("shadow_model."):
+            assert not reached(g), name
+        else:  # the injection and update: as before (the last layer's update feeds nothing, in both)
+            assert reached(g) == reached(grads[True][name]), name
+    assert any(reached(g) for n, g in grads[False].items() if not n.startswith("shadow_model."))
+    assert any(reached(g) for n, g in grads[True].items() if n.startswith("shadow_model."))
 
 
 def test_bucketed_batches_keep_every_chat_and_pad_less():
