@@ -69,7 +69,9 @@ def _load(art: Path, mode: str, threads: int, profile_dir: str | None) -> Shadow
     if profile_dir:
         session_mod.session_options = profiled
     try:
-        return ShadowRuntime.load(art, threads=threads, verify=False, modes=(mode,))
+        rt = ShadowRuntime.load(art, threads=threads, verify=False, modes=(mode,))
+        rt.step_graph(mode)  # the merged decode step's graph opens on first use: open it here, profiled too
+        return rt
     finally:
         session_mod.session_options = plain
 
@@ -99,7 +101,9 @@ def shadow_edge_profile(art: Path, mode: str, ids: list[int], new_tokens: int, t
     per_graph: dict[str, list[float]] = defaultdict(list)
     for name, ms in log:
         per_graph[name].append(ms)
-    session_ms = {name: statistics.median(v[1:]) for name, v in per_graph.items()}  # [0] is the prefill
+    # a graph that also runs the prefill ran steps + 1 times ([0] is the prefill); the merged decode step's graph
+    # runs the steps only, the split prefill graphs the prefill only (no decode figure)
+    session_ms = {name: statistics.median(v[len(v) - steps:]) for name, v in per_graph.items() if len(v) >= steps}
     del rt
     tmp = tempfile.mkdtemp(prefix="se-profile-")
     rt = _load(art, mode, threads, tmp)
@@ -107,10 +111,15 @@ def shadow_edge_profile(art: Path, mode: str, ids: list[int], new_tokens: int, t
     rt.generate(ids, mode=mode, max_new_tokens=new_tokens, eos=())
     rows, run_ms, kernels = [], {}, {}
     for name, graph in rt._graphs.items():
-        events = json.loads(Path(graph.session.end_profiling()).read_text())
+        trace = graph.session.end_profiling()
+        if not trace:  # a graph this mode loads but never runs (its session was not profiled)
+            continue
+        events = json.loads(Path(trace).read_text())
         runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "model_run")
-        per_gen = len(runs) // 2  # 1 prefill + steps per generation; keep the second's decode runs
-        r, run_ms[name], kernels[name] = _ops(events, runs[per_gen + 1:], steps, name)
+        per_gen = len(runs) // 2  # per generation: steps (+ 1 where the graph runs the prefill too)
+        if per_gen < steps:  # a prefill-only graph (the merged step graph decodes)
+            continue
+        r, run_ms[name], kernels[name] = _ops(events, runs[-steps:], steps, name)
         rows += r
     return {"step_ms": step_ms, "session_ms": session_ms, "run_ms": run_ms, "kernels": kernels, "ops": rows}
 
