@@ -107,5 +107,6 @@ def evaluate_chats(rt, path: Path, modes: tuple[str, ...] | None = None, compare
     return EvalReport(
         artifact=str(rt.art_dir), tokens=scored_tokens, window=max(len(ids) for ids, _ in rows), stride=0,
         modes={m: a.quality(m) for m, a in accs.items()}, agreement=agreement.overall(),
-        agreement_by_confidence=agreement.bins(), cascade=[], compare_artifact=str(compare.art_dir) if compare is not None else None,
+        agreement_by_confidence=agreement.bins(), cascade=[],
+        compare_artifact=str(compare.art_dir) if compare is not None else None,
         drift={m: accs[m].drift(m) for m in modes} if compare is not None else {})

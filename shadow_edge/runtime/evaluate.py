@@ -9,7 +9,7 @@ Torch-free (numpy + the runtime). Teacher-forced over the text's tokens:
 - **agreement**: share of positions where `shadow_only` and `base_shadow` pick the same
   next token (argmax), the figure self-speculative decoding lives on; also by base_shadow's top-1
   probability, beside how often base_shadow's own argmax is the text's token there (where the combined
-  model is unsure, the text agrees with it little more than a draft does: the profile of a draft's ceiling);
+  model is unsure, even the text rarely picks its token: what bounds a draft there);
 - **drift** (`compare=`): the same windows through a second artifact (e.g. int8 vs fp32):
   perplexity delta, mean cosine of the logits vectors, mean KL(first || second), top-1
   agreement, per mode;

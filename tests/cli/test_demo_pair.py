@@ -146,15 +146,11 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
 
 def test_shadow_from_task_off_detaches_only_the_injected_state():
     """--no-shadow-from-task: the same logits, but base_shadow's loss reaches the injection and update only."""
-    import importlib.util
-
     import torch
     import torch.nn.functional as F
     from shadow_peft import ShadowConfig, ShadowForCausalLM, get_shadow_model
 
-    spec = importlib.util.spec_from_file_location("train_shadow", REPO / "scripts" / "train_shadow.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _train_shadow_script()
     base = make_base_model("llama", 5, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
                            vocab_size=VOCAB_SIZE, tie_word_embeddings=True)
     peft = get_shadow_model(base, ShadowConfig(num_shadow_layers=1, injection_hidden_size=8, gate_hidden_size=8,
@@ -184,13 +180,20 @@ def test_shadow_from_task_off_detaches_only_the_injected_state():
     assert any(reached(g) for n, g in grads[True].items() if n.startswith("shadow_model."))
 
 
-def test_bucketed_batches_keep_every_chat_and_pad_less():
+def _train_shadow_script():
+    """scripts/train_shadow.py as a module (it is a script, not a package module)."""
     import importlib.util
-    import random
 
     spec = importlib.util.spec_from_file_location("train_shadow", REPO / "scripts" / "train_shadow.py")
-    train_shadow = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(train_shadow)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bucketed_batches_keep_every_chat_and_pad_less():
+    import random
+
+    train_shadow = _train_shadow_script()
     rng = random.Random(0)
     data = [([i] * rng.randint(5, 120), [0]) for i in range(1000)]  # (ids, labels) of random lengths
     out = train_shadow.bucketed(data, batch=16, seed=1)

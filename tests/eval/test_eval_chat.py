@@ -80,7 +80,8 @@ def test_cli_chat_and_its_errors(capsys, tiny_artifact, chats, tmp_path):
     assert main(["eval", str(tiny_artifact), "--chat", str(chats), "--quiet", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "shadow_only" in out and "base_shadow" in out and "agreement" in out
-    assert "by base_shadow's top-1 probability" in out and re.search(r"\n  \[0\.\d, [01]\.\d[)\]] +\d+ +[01]\.\d{3} ", out)
+    assert "by base_shadow's top-1 probability" in out
+    assert re.search(r"\n  \[0\.\d, [01]\.\d[)\]] +\d+ +[01]\.\d{3} ", out)  # a bin's row
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "x"}]}\n[1, 2]\n')
     assert main(["eval", str(tiny_artifact), "--chat", str(bad), "--quiet"]) == 2
