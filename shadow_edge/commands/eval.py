@@ -20,7 +20,7 @@ examples:
 Perplexity: windows of the model's context (--window) every --stride tokens, each position
 scored once. agreement: shadow_only's next-token argmax equals base_shadow's (teacher-forced);
 also per bin of base_shadow's top-1 probability, beside how often base_shadow's own argmax is the
-text's token there: where the combined model is unsure, no draft can follow it closely.
+text's token there (where the combined model is unsure, even the text rarely picks its token).
 Cascade curve: prompts cut from the text, answered greedily; per threshold, the share the
 shadow answers and how often the cascade's answer equals base_shadow's. --compare: the
 second artifact's perplexity delta, mean logits cosine, mean KL and top-1 agreement per mode.
