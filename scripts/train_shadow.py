@@ -215,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                     "sets the shapes, --init-layers is not used), e.g. to train the shipped one further with "
                     "--distill-minutes 0")
     ap.add_argument("--num-shadow-layers", type=int, default=3)
-    ap.add_argument("--init-layers", default="0,1,2", help="base layers copied into the shadow's layers")
+    ap.add_argument("--init-layers", default="0,1,-1", help="base layers copied into the shadow's layers, in order "
+                    "(negative counts from the last: the default is the first two and the last, which drafted better "
+                    "than the first three in the pilots, results/quality.md)")
     ap.add_argument("--injection-hidden-size", type=int, default=16)
     ap.add_argument("--gate-hidden-size", type=int, default=16)
     ap.add_argument("--alpha", type=float, default=0.1)
@@ -319,9 +321,12 @@ def from_base_layers(base, args):
     """A new adapter whose shadow layers and final norm start as copies of the base's (--init-layers)."""
     from shadow_peft import ShadowConfig, get_shadow_model
 
+    n = len(base.model.layers)
     init = [int(x) for x in args.init_layers.split(",")]
     if len(init) != args.num_shadow_layers:
         sys.exit(f"error: --init-layers names {len(init)} layers; --num-shadow-layers is {args.num_shadow_layers}")
+    if any(not -n <= i < n for i in init):
+        sys.exit(f"error: --init-layers {args.init_layers}: the base has {n} layers (valid: 0..{n - 1}, or -1..-{n})")
     copies = [{k: v.clone() for k, v in base.model.layers[i].state_dict().items()} for i in init]
     norm = {k: v.clone() for k, v in base.model.norm.state_dict().items()}
     cfg = ShadowConfig(num_shadow_layers=args.num_shadow_layers, injection_hidden_size=args.injection_hidden_size,

@@ -1,11 +1,12 @@
 """Reduced draft vocabulary (export --draft-vocab N, FR-Spec): acceptance lost against draft cost saved, per N.
 
     python -m benchmarks.suites.draft_vocab --artifact ART_2048 --artifact ART_8192 ... [--k 1 --k adaptive]
-        [--new-tokens 64] [--reps 3] [--threads 2] [--out results.json]
+        [--new-tokens 64] [--reps 3] [--threads 2] [--stop-at-eos] [--out results.json]
 
 Every artifact is the same pair exported with a different --draft-vocab N (their other graphs are identical). In one
 process, per repetition and chat prompt (in-domain definitions whose words are not in the demo pair's held-out file,
-and off-domain requests), greedy, eos ignored: base_shadow, then speculative over the full vocabulary
+and off-domain requests), greedy, eos ignored (every run decodes --new-tokens, past the answer's end; --stop-at-eos:
+the answers only, as a chat ends them): base_shadow, then speculative over the full vocabulary
 (`full_draft_vocab`, on the first artifact), then speculative with each artifact's reduced head, for each --k; the
 artifact order rotates per repetition. Reported (medians over repetitions and prompts): decode tok/s over base_shadow's
 of the same repetition and prompt, acceptance rate, whether the tokens equal base_shadow's, and the cost of a round:
@@ -66,8 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="stop at the chat's end token, as a chat does (default: ignore it and decode --new-tokens)")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    eos = None if args.stop_at_eos else ()  # None: the artifact's own end tokens
     ks = [None if k == "adaptive" else int(k) for k in (args.k or ["1", "adaptive"])]
     label = lambda k: "adaptive" if k is None else f"k={k}"  # noqa: E731
     rts = {}
@@ -100,17 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(args.reps):
         order = setups[rep % len(setups):] + setups[:rep % len(setups)]
         for dom, ids in prompts:
-            base = first.generate(ids, mode="base_shadow", max_new_tokens=args.new_tokens, eos=())
+            base = first.generate(ids, mode="base_shadow", max_new_tokens=args.new_tokens, eos=eos)
             base_tok_s = decode_tok_s(base)
             for name, rt, full in order:
                 for k in ks:
-                    out = rt.generate(ids, mode="speculative", max_new_tokens=args.new_tokens, eos=(), draft_tokens=k,
+                    out = rt.generate(ids, mode="speculative", max_new_tokens=args.new_tokens, eos=eos, draft_tokens=k,
                                       full_draft_vocab=full)
                     s, t = out.speculative, out.timings
                     ms = sum(t.decode_ms_per_token)
                     runs.append({"draft_vocab": name, "k": label(k), "domain": dom, "rep": rep,
                                  "speedup": decode_tok_s(out) / base_tok_s, "tok_s": decode_tok_s(out),
-                                 "base_tok_s": base_tok_s, "identical": out.token_ids == base.token_ids,
+                                 "base_tok_s": base_tok_s, "new_tokens": len(base.token_ids), "identical": out.token_ids == base.token_ids,
                                  "acceptance": s.acceptance_rate, "rounds": s.rounds, "drafted": s.drafted,
                                  "draft_ms_per_token": s.draft_ms / max(s.drafted + s.rounds, 1),
                                  "verify_ms_per_round": s.verify_ms / max(s.rounds, 1),
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['verify_ms_per_round']:.2f} | {r['other_ms_per_round']:.2f} | {r['mean_k']:.2f} |", file=sys.stderr)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"heads_us": {k: statistics.median(v) for k, v in heads.items()},
+        args.out.write_text(json.dumps({"stop_at_eos": args.stop_at_eos, "heads_us": {k: statistics.median(v) for k, v in heads.items()},
                                         "rows": rows, "runs": runs}, indent=1))
     return 0
 

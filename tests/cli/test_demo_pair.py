@@ -110,7 +110,7 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
     out = tmp_path / "adapter"
     cmd = [sys.executable, str(REPO / "scripts" / "train_shadow.py"), "--base", str(tmp_path / "base"),
            "--train", str(chats), "--heldout", str(chats), "--threads", "1", "--batch", "4"]
-    proc = subprocess.run([*cmd, "--out", str(out), "--num-shadow-layers", "2", "--init-layers", "0,3",
+    proc = subprocess.run([*cmd, "--out", str(out), "--num-shadow-layers", "2", "--init-layers", "0,-1",
                            "--distill-steps", "2", "--task-steps", "2", "--no-bf16"],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -221,3 +221,23 @@ def test_wordnet_chats(tmp_path):
         'oversee (verb): watch and direct. For example: "Who is overseeing this project?"',
         "big (adjective): above average in size."]
     assert all('"' in m[0]["content"] and m[0]["role"] == "user" for m in train)
+
+
+def test_init_layers_count_from_the_end_and_name_the_valid_range():
+    """--init-layers 0,-1: the shadow starts as the base's first and last layers; a layer the base lacks is refused."""
+    import argparse
+
+    import pytest
+    import torch
+
+    script = _train_shadow_script()
+    base = make_base_model("llama", 5, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                           vocab_size=VOCAB_SIZE, tie_word_embeddings=True)
+    args = argparse.Namespace(init_layers="0,-1", num_shadow_layers=2, injection_hidden_size=8, gate_hidden_size=8,
+                              alpha=0.1)
+    peft = script.from_base_layers(base, args)
+    for shadow_layer, base_layer in zip(peft.shadow_model.layers, [base.model.layers[0], base.model.layers[3]]):
+        for (name, got), want in zip(shadow_layer.state_dict().items(), base_layer.state_dict().values()):
+            assert torch.equal(got, want), name
+    with pytest.raises(SystemExit, match=r"the base has 4 layers \(valid: 0..3, or -1..-4\)"):
+        script.from_base_layers(base, argparse.Namespace(**{**vars(args), "init_layers": "0,4"}))
