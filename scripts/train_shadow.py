@@ -322,7 +322,11 @@ def from_base_layers(base, args):
     from shadow_peft import ShadowConfig, get_shadow_model
 
     n = len(base.model.layers)
-    init = [int(x) for x in args.init_layers.split(",")]
+    try:
+        init = [int(x) for x in args.init_layers.split(",")]
+    except ValueError:
+        sys.exit(f"error: --init-layers {args.init_layers!r}: expected base layer indices separated by commas, "
+                 "e.g. 0,1,-1")
     if len(init) != args.num_shadow_layers:
         sys.exit(f"error: --init-layers names {len(init)} layers; --num-shadow-layers is {args.num_shadow_layers}")
     if any(not -n <= i < n for i in init):

@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                     ms = sum(t.decode_ms_per_token)
                     runs.append({"draft_vocab": name, "k": label(k), "domain": dom, "rep": rep,
                                  "speedup": decode_tok_s(out) / base_tok_s, "tok_s": decode_tok_s(out),
-                                 "base_tok_s": base_tok_s, "new_tokens": len(base.token_ids), "identical": out.token_ids == base.token_ids,
+                                 "base_tok_s": base_tok_s, "new_tokens": len(base.token_ids),
+                                 "identical": out.token_ids == base.token_ids,
                                  "acceptance": s.acceptance_rate, "rounds": s.rounds, "drafted": s.drafted,
                                  "draft_ms_per_token": s.draft_ms / max(s.drafted + s.rounds, 1),
                                  "verify_ms_per_round": s.verify_ms / max(s.rounds, 1),
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['verify_ms_per_round']:.2f} | {r['other_ms_per_round']:.2f} | {r['mean_k']:.2f} |", file=sys.stderr)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"stop_at_eos": args.stop_at_eos, "heads_us": {k: statistics.median(v) for k, v in heads.items()},
+        args.out.write_text(json.dumps({"stop_at_eos": args.stop_at_eos,
+                                        "heads_us": {k: statistics.median(v) for k, v in heads.items()},
                                         "rows": rows, "runs": runs}, indent=1))
     return 0
 

@@ -241,3 +241,5 @@ def test_init_layers_count_from_the_end_and_name_the_valid_range():
             assert torch.equal(got, want), name
     with pytest.raises(SystemExit, match=r"the base has 4 layers \(valid: 0..3, or -1..-4\)"):
         script.from_base_layers(base, argparse.Namespace(**{**vars(args), "init_layers": "0,4"}))
+    with pytest.raises(SystemExit, match="expected base layer indices separated by commas"):
+        script.from_base_layers(base, argparse.Namespace(**{**vars(args), "init_layers": "0,last"}))
