@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
+from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.chat_eval import chat_rows
+from shadow_edge.runtime.sampling import chosen_logprobs
 
 TEMPERATURES = np.round(np.arange(0.5, 2.0001, 0.01), 2)
 
@@ -34,9 +36,7 @@ def assistant_logits(rt, path: Path, chats: int, mode: str) -> tuple[np.ndarray,
 
 
 def cross_entropy(logits: np.ndarray, targets: np.ndarray, temperature: float) -> float:
-    z = logits.astype(np.float64) / temperature
-    z -= z.max(-1, keepdims=True)
-    return float(np.mean(np.log(np.exp(z).sum(-1)) - z[np.arange(len(targets)), targets]))
+    return float(-np.mean(chosen_logprobs(logits.astype(np.float64) / temperature, targets)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,4 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except ShadowEdgeError as e:  # a missing artifact or chat file, a mode the artifact lacks: one line
+        raise SystemExit(f"error: {e}") from None
