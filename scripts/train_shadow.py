@@ -213,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="adapter dir to write (shadow-peft format, bfloat16)")
     ap.add_argument("--init-adapter", help="start from this trained adapter (shadow-peft dir; its shadow_config.json "
                     "sets the shapes, --init-layers is not used), e.g. to train the shipped one further with "
-                    "--distill-minutes 0")
+                    "--distill-minutes 0, or to run phase 2 again from OUT-distill (the checkpoint between the "
+                    "phases; phase 2 then reads the chats a whole run would)")
     ap.add_argument("--num-shadow-layers", type=int, default=3)
     ap.add_argument("--init-layers", default="0,1,-1", help="base layers copied into the shadow's layers, in order "
                     "(negative counts from the last: the default is the first two and the last, which drafted better "
@@ -305,7 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     log(f"held-out after distill: {record['heldout_after_distill']}")
     if done:
         save(model, Path(str(args.out) + "-distill"), record, log)  # a checkpoint between the phases
-    rest = train[done * args.batch % len(train):] + train[:done * args.batch % len(train)]
+    first = done * args.batch
+    prior = (record.get("init_adapter") or {}).get("recipe") or {}
+    if not done and prior.get("distill", {}).get("steps") and "task" not in prior:
+        # resumed from a checkpoint between the phases (OUT-distill): the chats a whole run would see next
+        first = prior["distill"]["steps"] * prior["args"]["batch"]
+    record["task_first_chat"] = first = first % len(train)
+    rest = train[first:] + train[:first]
     run_phase("task", model, [{"params": adapter_params}, {"params": shadow_params, "scale": args.shadow_lr_scale}], task_loss,
               rest, args.task_steps, args.task_minutes, args.task_lr, args.batch, pad_id, log, record, args.bf16)
     model.eval()

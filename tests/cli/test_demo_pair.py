@@ -117,7 +117,7 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
     record = json.loads((out / "recipe.json").read_text())
     assert record["distill"]["steps"] == 2 and record["task"]["steps"] == 2
     assert record["args"]["bucket"] and not record["args"]["bf16"]  # the defaults bucket and autocast; --no-* off
-    assert record["heldout_after"]["scored_tokens"] > 0
+    assert record["heldout_after"]["scored_tokens"] > 0 and record["task_first_chat"] == 8  # after 2 steps of 4
     with safe_open(str(out / "shadow_adapter.safetensors"), "pt") as f:
         ups = f.get_tensor("shadow_injection_model.injection_ups")
         assert str(ups.dtype) == "torch.bfloat16" and ups.abs().max() > 0  # trained (shadow-peft zero-inits it)
@@ -133,6 +133,13 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
     assert again["distill"] == {"steps": 0, "skipped": True} and again["task"]["steps"] == 1 and again["args"]["bf16"]
     assert not again["args"]["bucket"]
     assert again["init_adapter"]["recipe"]["task"]["steps"] == 2 and not (tmp_path / "more-distill").exists()
+    assert again["task_first_chat"] == 0  # a trained adapter: its data starts again
+    # phase 2 again from the checkpoint between the phases: it reads the chats the whole run read
+    proc = subprocess.run([*cmd, "--out", str(tmp_path / "again"), "--init-adapter", str(out) + "-distill",
+                           "--distill-steps", "0", "--distill-minutes", "0", "--task-steps", "1", "--no-bf16"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "again" / "recipe.json").read_text())["task_first_chat"] == 8
     start, end = again["heldout_after_distill"], record["heldout_after"]
     assert abs(start["shadow_only_cross_entropy"] - end["shadow_only_cross_entropy"]) < 0.05, (start, end)
     bad = subprocess.run([*cmd, "--out", str(tmp_path / "x"), "--init-adapter", str(tmp_path / "base")],
