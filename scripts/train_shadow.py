@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--distill-lr", type=float, default=1e-3)
     ap.add_argument("--task-steps", type=int, default=0)
     ap.add_argument("--task-minutes", type=float, default=75)
-    ap.add_argument("--task-lr", type=float, default=1e-3, help="injection/update (the shadow: --shadow-lr-scale)")
+    ap.add_argument("--task-lr", type=float, default=2e-3, help="injection/update (the shadow: --shadow-lr-scale)")
     ap.add_argument("--kl-weight", type=float, default=1.0, help="weight of the distillation term in phase 2")
     ap.add_argument("--shadow-ce-weight", type=float, default=1.0,
                     help="weight of shadow_only's own cross-entropy on the task in phase 2 (0: distillation only)")

@@ -24,10 +24,10 @@ from shadow_edge.manifest import read_manifest
 
 SPECULATIVE, CASCADE = "speculative", "cascade"
 PROMPT = 'Define the word "lantern".'
-# The cascade's two prompts: the shadow is confident on the first (0.51 with the shipped adapter, fp32) and
-# escalates the second (0.30) at the default --cascade-threshold, both well away from it. At 0.4 the shadow answers
-# half of the held-out questions (benchmarks/QUALITY.md's cascade curve: 0.79 at 0.3); the demo prints the confidences.
-CASCADE_PROMPTS = ('What does "gravity" mean?', 'What does "telescope" mean?')
+# The cascade's two prompts: the shadow is confident on the first (0.54 with the shipped adapter, fp32) and
+# escalates the second (0.31) at the default --cascade-threshold, both well away from it. At 0.4 the shadow answers
+# 54% of the held-out questions (benchmarks/QUALITY.md's cascade curve: 83% at 0.3); the demo prints the confidences.
+CASCADE_PROMPTS = ('What does "gravity" mean?', 'What does "harbor" mean?')
 CASCADE_THRESHOLD = 0.4
 MODES = (("base_plain", "SmolLM2 alone, no adapter"), ("shadow_only", "the detached shadow alone"),
          ("base_shadow", "SmolLM2 + shadow"), (SPECULATIVE, "the shadow drafts, base_shadow verifies"))
