@@ -1,12 +1,13 @@
 """Reduced draft vocabulary (export --draft-vocab N, FR-Spec): acceptance lost against draft cost saved, per N.
 
     python -m benchmarks.suites.draft_vocab --artifact ART_2048 --artifact ART_8192 ... [--k 1 --k adaptive]
-        [--new-tokens 64] [--reps 3] [--threads 2] [--stop-at-eos] [--out results.json]
+        [--new-tokens 64] [--reps 3] [--threads 2] [--stop-at-eos] [--heldout 24] [--out results.json]
 
 Every artifact is the same pair exported with a different --draft-vocab N (their other graphs are identical). In one
 process, per repetition and chat prompt (in-domain definitions whose words are not in the demo pair's held-out file,
-and off-domain requests), greedy, eos ignored (every run decodes --new-tokens, past the answer's end; --stop-at-eos:
-the answers only, as a chat ends them): base_shadow, then speculative over the full vocabulary
+and off-domain requests; --heldout N: also the demo pair's last N held-out questions, the quality suite's generation
+prompts), greedy, eos ignored (every run decodes --new-tokens, past the answer's end; --stop-at-eos: the answers
+only, as a chat ends them): base_shadow, then speculative over the full vocabulary
 (`full_draft_vocab`, on the first artifact), then speculative with each artifact's reduced head, for each --k; the
 artifact order rotates per repetition. Reported (medians over repetitions and prompts): decode tok/s over base_shadow's
 of the same repetition and prompt, acceptance rate, whether the tokens equal base_shadow's, and the cost of a round:
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.suites.quality import prompts as heldout_questions
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.draft_vocab import draft_head
 from shadow_edge.runtime.session import ov
@@ -69,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--stop-at-eos", action="store_true",
                    help="stop at the chat's end token, as a chat does (default: ignore it and decode --new-tokens)")
+    p.add_argument("--heldout", type=int, default=0, metavar="N",
+                   help="also the demo pair's last N held-out questions (the quality suite's generation prompts, the "
+                        "prompts of its acceptance figure), reported as the domain `heldout`")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    domains = {**PROMPTS, **({"heldout": [q[0]["content"] for q in heldout_questions(args.heldout)]}
+                             if args.heldout > 0 else {})}
     eos = None if args.stop_at_eos else ()  # None: the artifact's own end tokens
     ks = [None if k == "adaptive" else int(k) for k in (args.k or ["1", "adaptive"])]
     label = lambda k: "adaptive" if k is None else f"k={k}"  # noqa: E731
@@ -88,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     first = next(iter(rts.values()))
     vocab = first.vocab_size
     prompts = [(dom, first.codec.encode(first.chat_text([{"role": "user", "content": text}])))
-               for dom, texts in PROMPTS.items() for text in texts]
+               for dom, texts in domains.items() for text in texts]
     for rt in rts.values():  # warm-up
         rt.generate(prompts[0][1], mode="speculative", max_new_tokens=4, eos=(), draft_tokens=1)
         rt.generate(prompts[0][1], mode="base_shadow", max_new_tokens=4, eos=())
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, _, _ in setups:
         for k in ks:
-            for dom in ("all", *PROMPTS):
+            for dom in ("all", *domains):
                 rs = [r for r in runs if r["draft_vocab"] == name and r["k"] == label(k) and dom in ("all", r["domain"])]
                 med = {key: statistics.median(r[key] for r in rs) for key in
                        ("speedup", "tok_s", "base_tok_s", "acceptance", "draft_ms_per_token", "verify_ms_per_round",

@@ -344,3 +344,21 @@ def test_benchmark_suite_refuses_two_artifacts_of_one_size(cases, root):
     art = _export((CASE_NAMES[0], n), case.base_dir, case.adapter_dir, root, case.shadow_model_dir, draft_vocab=n)
     with pytest.raises(SystemExit, match=f"draft vocabulary size {n} of an earlier --artifact"):
         suite.main(["--artifact", str(art), "--artifact", str(art), "--reps", "1", "--new-tokens", "2"])
+
+
+def test_benchmark_suite_adds_the_heldout_questions(tiny_default, root, tmp_path):
+    """--heldout N adds the demo pair's last N held-out questions (the quality suite's generation prompts) as the
+    domain `heldout`, beside the suite's own prompts, for every setup and k."""
+    from benchmarks.suites import draft_vocab as suite
+    from benchmarks.suites.quality import prompts
+
+    art = _export(("tiny_id", 12), tiny_default.base_dir, tiny_default.adapter_dir, root, draft_vocab=12)
+    out = tmp_path / "dv.json"
+    assert suite.main(["--artifact", str(art), "--reps", "1", "--new-tokens", "4", "--k", "1", "--heldout", "2",
+                       "--threads", "1", "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    own = sum(len(texts) for texts in suite.PROMPTS.values())
+    assert len(runs) == (own + 2) * 2  # (the suite's prompts + 2 held-out) x (full head, N=12)
+    assert sum(r["domain"] == "heldout" for r in runs) == 4 and len(prompts(2)) == 2
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["domain"] for r in rows} == {"all", *suite.PROMPTS, "heldout"}
