@@ -43,6 +43,12 @@ def say(message: str) -> None:
     print(f"[draft-vocab] {message}", file=sys.stderr, flush=True)
 
 
+def _median(values: list) -> float | None:
+    """The median of the values that exist (a run too short to draft has no acceptance), None when none does."""
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
 def decode_tok_s(result) -> float:
     t = result.timings.decode_ms_per_token
     return 1e3 * len(t) / sum(t)
@@ -134,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in ks:
             for dom in ("all", *domains):
                 rs = [r for r in runs if r["draft_vocab"] == name and r["k"] == label(k) and dom in ("all", r["domain"])]
-                med = {key: statistics.median(r[key] for r in rs) for key in
+                med = {key: _median([r[key] for r in rs]) for key in
                        ("speedup", "tok_s", "base_tok_s", "acceptance", "draft_ms_per_token", "verify_ms_per_round",
                         "other_ms_per_round", "mean_k")}
                 rows.append({"draft_vocab": name, "k": label(k), "domain": dom,
@@ -143,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
           f"| verify ms/round | other ms/round | mean k |", file=sys.stderr)
     print("|---|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
     for r in rows:
+        acceptance = "-" if r["acceptance"] is None else f"{r['acceptance']:.3f}"
         print(f"| {r['draft_vocab']} | {r['k']} | {r['domain']} | {r['speedup']:.3f}x | {r['tok_s']:.1f} | "
-              f"{r['acceptance']:.3f} | {r['identical']} | {r['draft_ms_per_token']:.2f} | "
+              f"{acceptance} | {r['identical']} | {r['draft_ms_per_token']:.2f} | "
               f"{r['verify_ms_per_round']:.2f} | {r['other_ms_per_round']:.2f} | {r['mean_k']:.2f} |", file=sys.stderr)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

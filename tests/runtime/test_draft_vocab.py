@@ -348,17 +348,19 @@ def test_benchmark_suite_refuses_two_artifacts_of_one_size(cases, root):
 
 def test_benchmark_suite_adds_the_heldout_questions(tiny_default, root, tmp_path):
     """--heldout N adds the demo pair's last N held-out questions (the quality suite's generation prompts) as the
-    domain `heldout`, beside the suite's own prompts, for every setup and k."""
+    domain `heldout`, beside the suite's own prompts, for every setup and k. Two new tokens: a run that drafts
+    nothing has no acceptance, and the medians skip it (they raised on None)."""
     from benchmarks.suites import draft_vocab as suite
     from benchmarks.suites.quality import prompts
 
     art = _export(("tiny_id", 12), tiny_default.base_dir, tiny_default.adapter_dir, root, draft_vocab=12)
     out = tmp_path / "dv.json"
-    assert suite.main(["--artifact", str(art), "--reps", "1", "--new-tokens", "4", "--k", "1", "--heldout", "2",
+    assert suite.main(["--artifact", str(art), "--reps", "1", "--new-tokens", "2", "--k", "1", "--heldout", "2",
                        "--threads", "1", "--out", str(out)]) == 0
     runs = json.loads(out.read_text())["runs"]
     own = sum(len(texts) for texts in suite.PROMPTS.values())
     assert len(runs) == (own + 2) * 2  # (the suite's prompts + 2 held-out) x (full head, N=12)
     assert sum(r["domain"] == "heldout" for r in runs) == 4 and len(prompts(2)) == 2
+    assert any(r["acceptance"] is None for r in runs)
     rows = json.loads(out.read_text())["rows"]
     assert {r["domain"] for r in rows} == {"all", *suite.PROMPTS, "heldout"}
