@@ -306,11 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"held-out after distill: {record['heldout_after_distill']}")
     if done:
         save(model, Path(str(args.out) + "-distill"), record, log)  # a checkpoint between the phases
-    first = done * args.batch
-    prior = (record.get("init_adapter") or {}).get("recipe") or {}
-    if not done and prior.get("distill", {}).get("steps") and "task" not in prior:
-        # resumed from a checkpoint between the phases (OUT-distill): the chats a whole run would see next
-        first = prior["distill"]["steps"] * prior["args"]["batch"]
+    first = done * args.batch if done or not args.init_adapter else resumed_first_chat(record["init_adapter"])
     record["task_first_chat"] = first = first % len(train)
     rest = train[first:] + train[:first]
     run_phase("task", model, [{"params": adapter_params}, {"params": shadow_params, "scale": args.shadow_lr_scale}], task_loss,
@@ -368,7 +364,27 @@ def from_adapter(base, path: Path):
         sys.exit(f"error: --init-adapter {path} does not fit this base (or its shadow_config.json is not valid): "
                  f"{str(e)[:400]}")
     recipe = path / "recipe.json"
-    return peft, {"path": str(path), "recipe": json.loads(recipe.read_text()) if recipe.is_file() else None}
+    try:
+        prior = json.loads(recipe.read_text(encoding="utf-8")) if recipe.is_file() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        sys.exit(f"error: --init-adapter {recipe} is not readable JSON ({e}); fix or remove it (it is only a record)")
+    if prior is not None and not isinstance(prior, dict):
+        sys.exit(f"error: --init-adapter {recipe}: expected a JSON object (a train_shadow.py record), got "
+                 f"{type(prior).__name__}; fix or remove it")
+    return peft, {"path": str(path), "recipe": prior}
+
+
+def resumed_first_chat(init_adapter: dict) -> int:
+    """Where a whole run's phase 2 starts reading chats, when --init-adapter is the checkpoint between its phases
+    (OUT-distill: its recipe has a distillation and no task phase); 0 for any other adapter."""
+    prior = init_adapter["recipe"] or {}
+    if "task" in prior or not prior.get("distill"):
+        return 0
+    try:
+        return int(prior["distill"]["steps"]) * int(prior["args"]["batch"])
+    except (KeyError, TypeError, ValueError):
+        sys.exit(f"error: --init-adapter {init_adapter['path']}/recipe.json: a checkpoint between the phases records "
+                 "distill.steps and args.batch as integers; fix or remove the file")
 
 
 def save(model, out: Path, record: dict, log) -> None:

@@ -143,6 +143,17 @@ def test_recipe_scripts_run_a_few_steps(tmp_path):
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "again" / "recipe.json").read_text())["task_first_chat"] == 8
+    # a starting adapter whose recipe.json is not what this script writes: one error naming it, nothing written
+    broken = tmp_path / "broken"
+    shutil.copytree(str(out) + "-distill", broken)
+    for text, says in (("[1]", "expected a JSON object"), ("{not json", "not readable JSON"),
+                       ('{"distill": {"steps": "two"}, "args": {}}', "distill.steps and args.batch")):
+        (broken / "recipe.json").write_text(text)
+        proc = subprocess.run([*cmd, "--out", str(tmp_path / "y"), "--init-adapter", str(broken), "--distill-steps",
+                               "0", "--distill-minutes", "0", "--task-steps", "1"], capture_output=True, text=True,
+                              timeout=600, cwd=REPO)
+        assert proc.returncode != 0 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert str(broken / "recipe.json") in proc.stderr and not (tmp_path / "y").exists()
     start, end = again["heldout_after_distill"], record["heldout_after"]
     assert abs(start["shadow_only_cross_entropy"] - end["shadow_only_cross_entropy"]) < 0.05, (start, end)
     bad = subprocess.run([*cmd, "--out", str(tmp_path / "x"), "--init-adapter", str(tmp_path / "base")],
