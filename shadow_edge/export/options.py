@@ -25,9 +25,9 @@ QUANT_SCHEMES = ("symmetric", "asymmetric")  # export/quantize.py
 # on SmolLM2, whose weights come from a Q4_1 GGUF and are kept exactly (symmetric blocks: +44-50%); same bytes as
 # symmetric (float16 scale and minimum per block), ~1.2x the kernel time of a symmetric matmul.
 # The shadow's decoder linears follow the base's by default: the shipped SmolLM2 shadow (initialized from the
-# base's layers 0, 1 and 29, trained 90 minutes) drifts +4.4% in shadow_only perplexity with asymmetric int4
-# blocks, +7.0% with symmetric ones (benchmarks/results/quality.md), for ~13% slower shadow_only int4 steps
-# (base_shadow 1-3%: benchmarks/results/speed.md).
+# base's layers 0, 1 and 29, trained 77 minutes) drifts +2.4% in shadow_only perplexity with asymmetric int4
+# blocks, +3.8% with symmetric ones (the adapter before it: +4.4% / +7.0%; benchmarks/results/quality.md), for
+# ~13% slower shadow_only int4 steps (base_shadow 1-3%: benchmarks/results/speed.md).
 DEFAULT_SCHEME = {"int8": "symmetric", "int4": "asymmetric"}
 # The vocabulary matrices (embeddings, heads) per --quantize: int8 for int4 exports (SmolLM2's tied Q8_0
 # embedding is kept exactly; int4 there cost +7-12% in every mode), symmetric.
