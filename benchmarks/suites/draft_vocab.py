@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.suites.quality import prompts as heldout_questions
+from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.draft_vocab import draft_head
 from shadow_edge.runtime.session import ov
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                         "prompts of its acceptance figure), reported as the domain `heldout`")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    if args.heldout < 0:
+        p.error(f"--heldout {args.heldout}: expected a number of held-out questions >= 0")
     domains = {**PROMPTS, **({"heldout": [q[0]["content"] for q in heldout_questions(args.heldout)]}
                              if args.heldout > 0 else {})}
     eos = None if args.stop_at_eos else ()  # None: the artifact's own end tokens
@@ -162,4 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except ShadowEdgeError as e:  # a missing or broken artifact: one line
+        raise SystemExit(f"error: {e}") from None
