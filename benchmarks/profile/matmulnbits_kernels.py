@@ -3,11 +3,14 @@
     python -m benchmarks.profile.matmulnbits_kernels --shapes w1          # Qwen3-0.6B shape's five matmuls
     python -m benchmarks.profile.matmulnbits_kernels --shapes small --bits 8 --blocks 32,128 --levels 4
     python -m benchmarks.profile.matmulnbits_kernels --shapes smollm2 --bits 4 --blocks 32 --levels 4 --asymmetric
+    python -m benchmarks.profile.matmulnbits_kernels --shapes smollm2 --bits 4 --blocks 32 --levels 4 --zero-points
 
 Each configuration is a one-node graph: float32 MatMul ([K, N] weights, prepacked) or
 MatMulNBits (bits 4/8, block size, accuracy_level 1 = float32 arithmetic / 4 = int8
 activations), x [1, K] -> [1, N], random weights; --asymmetric adds each MatMulNBits configuration with the
-exporter's asymmetric-block path (export/graphs.py: + block sums of x @ per-block offsets, 4 more nodes). All
+exporter's asymmetric-block path (export/graphs.py: + block sums of x @ per-block offsets, 4 more nodes);
+--zero-points adds each with MatMulNBits' own zero points, uint8 (4-bit, packed) and float32 (one per block, which
+could hold a Q4_1 block's minimum exactly). All
 sessions of one shape run interleaved (one call each per round, so machine noise hits them alike) on onnxruntime's process-wide pool of
 --threads threads; medians in microseconds and as a ratio to float32. Prints a markdown table.
 """
@@ -31,8 +34,13 @@ SHAPES = {  # name: [(matmul, N, K)] as the exporter emits them (q|k|v and gate|
 }
 
 
-def session(n: int, k: int, bits: int | None, block: int, level: int, asym: bool = False) -> ort.InferenceSession:
-    """One-node graph x [1, K] -> y [1, N]: float32 MatMul when bits is None, else MatMulNBits."""
+VARIANTS = {"": "", "offsets": " asym", "uint8 zp": " zp-u8", "float zp": " zp-f32"}  # variant -> column suffix
+
+
+def session(n: int, k: int, bits: int | None, block: int, level: int, variant: str = "") -> ort.InferenceSession:
+    """One-node graph x [1, K] -> y [1, N]: float32 MatMul when bits is None, else MatMulNBits (variant: "",
+    "offsets" (+ the exporter's offsets path), "uint8 zp" / "float zp" (MatMulNBits' zero points input))."""
+    asym = variant == "offsets"
     rng = np.random.default_rng(0)
     if bits is None:
         inits = [numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")]  # [K, N]
@@ -41,7 +49,13 @@ def session(n: int, k: int, bits: int | None, block: int, level: int, asym: bool
         packed = rng.integers(0, 256, (n, k // block, block * bits // 8), dtype=np.uint8)  # [N, K/block, bytes]
         scales = rng.random(n * k // block).astype(np.float32) * 0.01  # [N * K/block]
         inits = [numpy_helper.from_array(packed, "q"), numpy_helper.from_array(scales, "s")]
-        node = helper.make_node("MatMulNBits", ["x", "q", "s"], ["y0" if asym else "y"], domain="com.microsoft", K=k,
+        if variant == "uint8 zp":  # [N * ceil(K/block * bits / 8)] packed codes
+            inits.append(numpy_helper.from_array(
+                rng.integers(0, 256, n * -(-(k // block) * bits // 8), dtype=np.uint8), "z"))
+        elif variant == "float zp":  # [N * K/block], as the scales
+            inits.append(numpy_helper.from_array(rng.random(n * k // block).astype(np.float32) * 2 ** bits, "z"))
+        inputs = ["x", "q", "s"] + (["z"] if variant.endswith("zp") else [])
+        node = helper.make_node("MatMulNBits", inputs, ["y0" if asym else "y"], domain="com.microsoft", K=k,
                                 N=n, bits=bits, block_size=block, accuracy_level=level)
     nodes = [node]
     if asym:  # + (x's block sums [1, K/block]) @ offsets [K/block, N], as the exporter builds it
@@ -75,11 +89,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="onnxruntime threads (default %(default)s)")
     p.add_argument("--asymmetric", action="store_true",
                    help="also time each MatMulNBits configuration with the asymmetric blocks' offsets path")
+    p.add_argument("--zero-points", action="store_true",
+                   help="also time each MatMulNBits configuration with uint8 and with float32 zero points")
     args = p.parse_args(argv)
     ort.set_global_thread_pool_sizes(args.threads, 1)
-    configs = [("fp32", None, 0, 0, False)] + [
-        (f"int{b} b{blk} acc{lv}" + (" asym" if asym else ""), b, blk, lv, asym) for b in args.bits
-        for blk in args.blocks for lv in args.levels for asym in ((False, True) if args.asymmetric else (False,))]
+    variants = [""] + (["offsets"] if args.asymmetric else []) + (["uint8 zp", "float zp"] if args.zero_points else [])
+    configs = [("fp32", None, 0, 0, "")] + [
+        (f"int{b} b{blk} acc{lv}" + VARIANTS[v], b, blk, lv, v) for b in args.bits
+        for blk in args.blocks for lv in args.levels for v in variants]
     print(f"onnxruntime {ort.__version__}, {args.threads} threads; median us per call (ratio to float32)",
           file=sys.stderr)
     print("| matmul (N x K) | " + " | ".join(c[0] for c in configs) + " |")

@@ -1,7 +1,8 @@
 """Reduced draft vocabulary (export --draft-vocab N, FR-Spec): acceptance lost against draft cost saved, per N.
 
     python -m benchmarks.suites.draft_vocab --artifact ART_2048 --artifact ART_8192 ... [--k 1 --k adaptive]
-        [--new-tokens 64] [--reps 3] [--threads 2] [--stop-at-eos] [--heldout 24] [--out results.json]
+        [--new-tokens 64] [--reps 3] [--threads 2] [--stop-at-eos] [--heldout 24] [--genai GENAI_DIR]
+        [--out results.json]
 
 Every artifact is the same pair exported with a different --draft-vocab N (their other graphs are identical). In one
 process, per repetition and chat prompt (in-domain definitions whose words are not in the demo pair's held-out file,
@@ -13,6 +14,9 @@ artifact order rotates per repetition. Reported (medians over repetitions and pr
 of the same repetition and prompt, acceptance rate, whether the tokens equal base_shadow's, and the cost of a round:
 draft ms per drafted token, verify ms per pass, the rest (Python: acceptance, masks, feeds). Also the draft head alone:
 one position through the full head vs the reduced one (median µs over 200 calls, interleaved).
+--genai DIR (repeatable): also onnxruntime-genai's plain model in DIR (its model builder's folder), greedy, on the
+same prompt in the same repetition, decoding as many tokens as base_shadow did (its decode speed does not depend on
+the tokens); every row then also gives speculative's and base_shadow's decode tok/s over the plain runtime's.
 Human table on stderr, JSON with --out.
 """
 
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.lib.systems import OrtGenai
 from benchmarks.suites.quality import prompts as heldout_questions
 from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
@@ -55,6 +60,14 @@ def decode_tok_s(result) -> float:
     return 1e3 * len(t) / sum(t)
 
 
+def genai_tok_s(g: OrtGenai, ids: list[int], n: int) -> float | None:
+    """The plain runtime's decode tok/s over n new tokens after ids (None below 2: no decode step to time)."""
+    if n < 2:
+        return None
+    timing, _ = g.generate(np.asarray([ids], np.int64), n)
+    return 1e3 * (n - 1) / (timing.wall_ms - timing.ttft_ms)
+
+
 def head_us(rt: ShadowRuntime, full: bool, calls: int = 200) -> list[float]:
     head = draft_head(rt, full_vocab=full).session
     d = int(rt.manifest.model["hidden_size"])
@@ -81,10 +94,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--heldout", type=int, default=0, metavar="N",
                    help="also the demo pair's last N held-out questions (the quality suite's generation prompts, the "
                         "prompts of its acceptance figure), reported as the domain `heldout`")
+    p.add_argument("--genai", type=Path, action="append", default=[], metavar="DIR",
+                   help="also onnxruntime-genai's plain model in DIR (a model builder output folder); repeatable")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
     if args.heldout < 0:
         p.error(f"--heldout {args.heldout}: expected a number of held-out questions >= 0")
+    for d in args.genai:
+        if not (d / "genai_config.json").is_file():
+            p.error(f"--genai {d}: expected an onnxruntime-genai model folder (with genai_config.json); build one "
+                    "with `python -m onnxruntime_genai.models.builder -i BASE -o DIR -p int4 -e cpu`")
     domains = {**PROMPTS, **({"heldout": [q[0]["content"] for q in heldout_questions(args.heldout)]}
                              if args.heldout > 0 else {})}
     eos = None if args.stop_at_eos else ()  # None: the artifact's own end tokens
@@ -105,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     vocab = first.vocab_size
     prompts = [(dom, first.codec.encode(first.chat_text([{"role": "user", "content": text}])))
                for dom, texts in domains.items() for text in texts]
+    genai = {}
+    for d in args.genai:
+        g = genai[f"genai {d.name}"] = OrtGenai(d, d.name, args.threads)
+        g.load()
+        g.generate(np.asarray([prompts[0][1]], np.int64), 4)  # warm-up
     for rt in rts.values():  # warm-up
         rt.generate(prompts[0][1], mode="speculative", max_new_tokens=4, eos=(), draft_tokens=1)
         rt.generate(prompts[0][1], mode="base_shadow", max_new_tokens=4, eos=())
@@ -122,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         for dom, ids in prompts:
             base = first.generate(ids, mode="base_shadow", max_new_tokens=args.new_tokens, eos=eos)
             base_tok_s = decode_tok_s(base)
+            plain = {name: genai_tok_s(g, ids, len(base.token_ids)) for name, g in genai.items()}
             for name, rt, full in order:
                 for k in ks:
                     out = rt.generate(ids, mode="speculative", max_new_tokens=args.new_tokens, eos=eos, draft_tokens=k,
@@ -131,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append({"draft_vocab": name, "k": label(k), "domain": dom, "rep": rep,
                                  "speedup": decode_tok_s(out) / base_tok_s, "tok_s": decode_tok_s(out),
                                  "base_tok_s": base_tok_s, "new_tokens": len(base.token_ids),
+                                 **{f"{who} over {name}": tok_s / v for name, v in plain.items() if v is not None
+                                    for who, tok_s in (("speculative", decode_tok_s(out)), ("base_shadow", base_tok_s))},
                                  "identical": out.token_ids == base.token_ids,
                                  "acceptance": s.acceptance_rate, "rounds": s.rounds, "drafted": s.drafted,
                                  "draft_ms_per_token": s.draft_ms / max(s.drafted + s.rounds, 1),
@@ -138,22 +165,25 @@ def main(argv: list[str] | None = None) -> int:
                                  "other_ms_per_round": (ms - s.draft_ms - s.verify_ms) / max(s.rounds, 1),
                                  "mean_k": float(np.mean(s.draft_lengths)) if s.draft_lengths else 0.0})
         say(f"rep {rep + 1}/{args.reps} done")
+    over = [f"{who} over {name}" for name in genai for who in ("speculative", "base_shadow")]  # tok/s ratios
     rows = []
     for name, _, _ in setups:
         for k in ks:
             for dom in ("all", *domains):
                 rs = [r for r in runs if r["draft_vocab"] == name and r["k"] == label(k) and dom in ("all", r["domain"])]
-                med = {key: _median([r[key] for r in rs]) for key in
+                med = {key: _median([r.get(key) for r in rs]) for key in
                        ("speedup", "tok_s", "base_tok_s", "acceptance", "draft_ms_per_token", "verify_ms_per_round",
-                        "other_ms_per_round", "mean_k")}
+                        "other_ms_per_round", "mean_k", *over)}
                 rows.append({"draft_vocab": name, "k": label(k), "domain": dom,
                              "identical": all(r["identical"] for r in rs), **med})
-    print(f"| draft vocab | k | prompts | speculative / base_shadow | tok/s | acceptance | identical | draft ms/step "
-          f"| verify ms/round | other ms/round | mean k |", file=sys.stderr)
-    print("|---|---|---|---|---|---|---|---|---|---|---|", file=sys.stderr)
+    ratio_heads = "".join(o.replace(" over ", " / ") + " | " for o in over)
+    print(f"| draft vocab | k | prompts | speculative / base_shadow | {ratio_heads}tok/s | acceptance | identical "
+          "| draft ms/step | verify ms/round | other ms/round | mean k |", file=sys.stderr)
+    print("|---" * (11 + len(over)) + "|", file=sys.stderr)
     for r in rows:
         acceptance = "-" if r["acceptance"] is None else f"{r['acceptance']:.3f}"
-        print(f"| {r['draft_vocab']} | {r['k']} | {r['domain']} | {r['speedup']:.3f}x | {r['tok_s']:.1f} | "
+        ratios = "".join("- | " if r[o] is None else f"{r[o]:.3f}x | " for o in over)
+        print(f"| {r['draft_vocab']} | {r['k']} | {r['domain']} | {r['speedup']:.3f}x | {ratios}{r['tok_s']:.1f} | "
               f"{acceptance} | {r['identical']} | {r['draft_ms_per_token']:.2f} | "
               f"{r['verify_ms_per_round']:.2f} | {r['other_ms_per_round']:.2f} | {r['mean_k']:.2f} |", file=sys.stderr)
     if args.out:

@@ -76,7 +76,7 @@ def test_demo_reexports_when_the_shipped_adapter_changes(demo_run, tmp_path, mon
     art = next(cache.glob("smollm2-demo-fp32-*"))
     options = dict(demo.VARIANTS)["fp32"]
     assert demo._current(art, options)
-    assert not demo._current(art, {**options, "draft_vocab": 4096})  # other export options
+    assert not demo._current(art, {**options, "draft_vocab": 16384})  # other export options
     newer = tmp_path / "adapter"
     shutil.copytree(ADAPTER, newer)
     (newer / "shadow_config.json").write_text((ADAPTER / "shadow_config.json").read_text() + "\n")

@@ -364,3 +364,22 @@ def test_benchmark_suite_adds_the_heldout_questions(tiny_default, root, tmp_path
     assert any(r["acceptance"] is None for r in runs)
     rows = json.loads(out.read_text())["rows"]
     assert {r["domain"] for r in rows} == {"all", *suite.PROMPTS, "heldout"}
+
+
+def test_benchmark_suite_runs_the_plain_runtime_beside(tiny_default, root, tmp_path):
+    """--genai DIR times onnxruntime-genai's model in DIR on the same prompts, as many tokens as base_shadow decoded,
+    and every row gives speculative's and base_shadow's tok/s over it; a folder without genai_config.json is one
+    error naming it."""
+    from benchmarks.suites import draft_vocab as suite
+
+    art = _export(("tiny_id", 12), tiny_default.base_dir, tiny_default.adapter_dir, root, draft_vocab=12)
+    assert (art / "genai_config.json").is_file()  # the artifact's own genai folder: the combined model
+    out = tmp_path / "dv.json"
+    assert suite.main(["--artifact", str(art), "--reps", "1", "--new-tokens", "3", "--k", "1", "--threads", "1",
+                       "--genai", str(art), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    keys = [f"speculative over genai {art.name}", f"base_shadow over genai {art.name}"]
+    assert all(r[k] > 0 for r in result["runs"] for k in keys)
+    assert all(r[k] > 0 for r in result["rows"] for k in keys)
+    with pytest.raises(SystemExit):
+        suite.main(["--artifact", str(art), "--genai", str(tmp_path)])
