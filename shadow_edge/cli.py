@@ -130,11 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantized matmul arithmetic: int8 activations (default, fast) or float32 (exact to the "
                         "dequantized model; onnxruntime 1.32's CPU kernels are slower with it: int4 about 2-3x, int8 "
                         "weights tens of times slower than float32 weights)")
-    p.add_argument("--quant-scheme", choices=("symmetric", "asymmetric"),
-                   help="the base's decoder linears: symmetric blocks (scale only) or asymmetric (scale and minimum "
-                        "per block, llama.cpp's Q4_1 form, same bytes at int4; default: asymmetric for int4, which "
-                        "keeps a Q4_1-sourced base exactly, symmetric for int8)")
-    p.add_argument("--shadow-quant-scheme", choices=("symmetric", "asymmetric"),
+    p.add_argument("--quant-scheme", choices=("symmetric", "asymmetric", "zero-point"),
+                   help="the base's decoder linears: symmetric blocks (scale only), asymmetric (scale and float "
+                        "minimum per block, llama.cpp's Q4_1 form, same bytes at int4, ~1.2x the kernel time) or "
+                        "zero-point (scale and an integer zero point per block, as onnxruntime-genai's asymmetric "
+                        "int4: the kernel time of symmetric blocks; not exact on a Q4_1 grid); default: asymmetric "
+                        "for int4, which keeps a Q4_1-sourced base exactly, symmetric for int8")
+    p.add_argument("--shadow-quant-scheme", choices=("symmetric", "asymmetric", "zero-point"),
                    help="the shadow's decoder linears (default: as --quant-scheme; on the SmolLM2 demo shadow int4 "
                         "asymmetric drifts +2.0%% in shadow_only perplexity, symmetric +5.7%%)")
     p.add_argument("--vocab-quantize", choices=("int8", "int4"),

@@ -35,10 +35,11 @@ from shadow_edge.core.smollm2 import smollm2_checkpoint, smollm2_gguf
 from shadow_edge.runtime import ShadowRuntime
 
 # precision -> (--quantize, llama.cpp's closest type, onnxruntime-genai's -p, more export options). int4 is the
-# exporter's default (asymmetric base blocks, int8 vocabulary: within 5% perplexity); int4-sym is symmetric
-# round-to-nearest everywhere, the same quantizer class as onnxruntime-genai's int4 and llama.cpp's Q4_0.
+# exporter's default (asymmetric base blocks, int8 vocabulary: within 5% perplexity); int4-zp has integer zero points
+# instead of the float minima (no offsets path); int4-sym is symmetric round-to-nearest everywhere, the same
+# quantizer class as onnxruntime-genai's int4 and llama.cpp's Q4_0.
 PRECISIONS = {"fp32": ("none", "F32", "fp32", {}), "int8": ("int8", "Q8_0", "int8", {}),
-              "int4": ("int4", "Q4_0", "int4", {}),
+              "int4": ("int4", "Q4_0", "int4", {}), "int4-zp": ("int4", "Q4_0", "int4", {"quant_scheme": "zero-point"}),
               "int4-sym": ("int4", "Q4_0", "int4", {"quant_scheme": "symmetric", "vocab_quantize": "int4"})}
 MODES = ("shadow_only", "base_shadow", "speculative")
 PROMPT = 'Define the word "lantern".'

@@ -7,7 +7,7 @@ embedding table is stored twice in float32, as [vocab, d] rows for the Gather an
 quantized: MatMulNBits and GatherBlockQuantized over the same packed bytes, stored once; asymmetric blocks add
 their per-block offsets: x's block sums times the offsets for a matmul, the gathered offsets for an embedding;
 float16 scales and minimums are cast and combined in the graph, an adapter's stored as float32 scales and offsets,
-see `_half`).
+see `_half`); zero-point blocks give the ops their packed zero points, nothing more).
 Fusions done here: q|k|v and gate|up weights concatenated, alpha folded into the injection
 up-projection. Attention is a kind chosen per graph (export/attention.py) and recorded on the builder.
 """
@@ -26,7 +26,7 @@ from shadow_edge.core.lazy_tensor import dense
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.export.attention import ATTENTION, AttnInputs
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
-from shadow_edge.export.quantize import SYMMETRIC, Dequantized, Quantized
+from shadow_edge.export.quantize import ASYMMETRIC, SYMMETRIC, Dequantized, Quantized
 
 NEG = float(np.finfo(np.float32).min)  # finite: fully masked (padding) rows stay finite
 
@@ -74,13 +74,14 @@ class Tensors:
         name = self._names.setdefault(id(t), name)
         qw = _Once(t.quantized, t.scheme)
         data = b.weight(f"{name}.quantized_rows", lambda: qw.packed().reshape(t.shape[0], -1))
-        if t.scheme == SYMMETRIC or is_adapter_weight(name):
+        if t.scheme != ASYMMETRIC or is_adapter_weight(name):
             scales = b.weight(f"{name}.row_scales", qw.scales)  # same bytes as the head's scales
         else:
             scales = _half(b, f"{name}.row_scales", qw.scales)  # [vocab, K/block]
-        rows = b.op("GatherBlockQuantized", [data, ids, scales], domain="com.microsoft", bits=t.bits,
+        zero_points = [b.weight(f"{name}.row_zero_points", qw.zero_points)] if qw.zero_point else []  # packed
+        rows = b.op("GatherBlockQuantized", [data, ids, scales, *zero_points], domain="com.microsoft", bits=t.bits,
                     block_size=t.block, gather_axis=0, quantize_axis=1, tag="embed/GatherBlockQuantized")
-        if t.scheme == SYMMETRIC:
+        if t.scheme != ASYMMETRIC:
             return rows
         # asymmetric: each block of a row + its offset: [b, s, K/block, block] + [b, s, K/block, 1]
         if is_adapter_weight(name):  # a pack's slot: stored as the kernels read it (_half)
@@ -111,13 +112,14 @@ class Tensors:
         """x @ W.T for W [N, K] = `shape`, quantized as `how` says (`qw` makes the packed form when written)."""
         n, k = shape
         data = b.weight(f"{key}.quantized", qw.packed)
-        if how.scheme == SYMMETRIC or is_adapter_weight(key):
+        if how.scheme != ASYMMETRIC or is_adapter_weight(key):
             scales = b.weight(f"{key}.scales", lambda: qw.scales().reshape(-1))
         else:
             scales = _half(b, f"{key}.scales", lambda: qw.scales().reshape(-1))  # [N * K/block]
-        y = b.op("MatMulNBits", [x, data, scales], domain="com.microsoft", K=k, N=n, bits=how.bits,
+        zero_points = [b.weight(f"{key}.zero_points", lambda: qw.zero_points().reshape(-1))] if qw.zero_point else []
+        y = b.op("MatMulNBits", [x, data, scales, *zero_points], domain="com.microsoft", K=k, N=n, bits=how.bits,
                  block_size=how.block, accuracy_level=accuracy_level, tag=f"{tag}/MatMulNBits")  # [b, s, N]
-        if how.scheme == SYMMETRIC:
+        if how.scheme != ASYMMETRIC:
             return y
         # asymmetric: + sum over blocks of (x's block sum) * offset = block sums [b, s, K/block] @ offsets.T
         if is_adapter_weight(key):  # a pack's slot: stored as the kernels read it (_half)
@@ -146,12 +148,13 @@ def _offsets(b: GraphBuilder, mins: str, scales: str, bits: int) -> str:
 
 
 class _Once:
-    """One weight's quantization, shared by its packed bytes, scales (and offsets): made for whichever part is
-    written first and let go once all were served (the store writes them one after the other)."""
+    """One weight's quantization, shared by its packed bytes, scales (and offsets or zero points): made for
+    whichever part is written first and let go once all were served (the store writes them one after the other)."""
 
     def __init__(self, make: Callable[[], Quantized], scheme: str = SYMMETRIC) -> None:
         self.make, self.value, self.served = make, None, set()
         self.parts = 2 if scheme == SYMMETRIC else 3
+        self.zero_point = scheme not in (SYMMETRIC, ASYMMETRIC)  # MatMulNBits' own zero points (zero-point)
 
     def packed(self) -> np.ndarray:
         return self._part("packed")
@@ -164,6 +167,9 @@ class _Once:
 
     def offsets(self) -> np.ndarray:
         return self._part("offsets")
+
+    def zero_points(self) -> np.ndarray:
+        return self._part("packed_zero_points")  # [N, ceil(K/block * bits/8)]
 
     def _part(self, part: str) -> np.ndarray:
         if self.value is None:

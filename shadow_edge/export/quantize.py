@@ -1,7 +1,8 @@
 """Block-wise weight quantization (int4 / int8) for onnxruntime's MatMulNBits and GatherBlockQuantized.
 
 Per block of `block` input features, codes u in 0..2^bits-1 stored with the ops' default zero point
-z = 2^(bits-1), 4-bit values packed two per byte (low nibble first). Two schemes (`SCHEMES`):
+z = 2^(bits-1) (or, for zero-point, one of their own), 4-bit values packed two per byte (low nibble first).
+Three schemes (`SCHEMES`):
 - symmetric: scale = max|w| / qmax, u = round(w / scale) + z; w ~ scale * (u - z).
 - asymmetric (min/max, llama.cpp's Q4_1 form w = d * q + m): scale = (max - min) / (2^bits - 1),
   u = round((w - min) / scale); w ~ scale * (u - z) + offset, offset = min + z * scale. Scale and min are
@@ -11,6 +12,11 @@ z = 2^(bits-1), 4-bit values packed two per byte (low nibble first). Two schemes
   zero points would be the same math, but its CPU kernel dequantizes the whole matrix on every call (8-20x
   slower), and uint8 zero points cannot hold a Q4_1 block's minimum. Weights that already lie on a Q4_1 grid
   (a GGUF-sourced base) keep their codes, scales and minima exactly.
+- zero-point (min/max on an integer grid, as onnxruntime's own quantizer and onnxruntime-genai's asymmetric int4):
+  the range [min(w, 0), max(w, 0)] in 2^bits - 1 steps, scale = range / (2^bits - 1), an integer zero point
+  z = round(-min / scale) per block (uint8, 4-bit packed two per byte), u = round(w / scale) + z; w ~ scale * (u - z).
+  MatMulNBits and GatherBlockQuantized take the zero points natively: no offsets path, the kernel time of
+  symmetric blocks, the accuracy of a min/max grid for weights of any origin, but not a Q4_1 block's float minimum.
 The same bytes serve MatMulNBits ([N, K/block, block*bits/8]) and GatherBlockQuantized ([N, K*bits/8]),
 so a tied embedding / head is stored once.
 
@@ -33,8 +39,8 @@ from shadow_edge.errors import ExportError
 
 QUANTIZED_LAYER_WEIGHTS = ("q.weight", "k.weight", "v.weight", "o.weight", "gate.weight", "up.weight", "down.weight")
 BITS = {"int4": 4, "int8": 8}
-SYMMETRIC, ASYMMETRIC = "symmetric", "asymmetric"
-SCHEMES = (SYMMETRIC, ASYMMETRIC)
+SYMMETRIC, ASYMMETRIC, ZERO_POINT = "symmetric", "asymmetric", "zero-point"
+SCHEMES = (SYMMETRIC, ASYMMETRIC, ZERO_POINT)
 ROWS_PER_CHUNK = 4096  # rows quantized together: bounds the float temporaries to a few of these rows
 
 
@@ -47,11 +53,22 @@ class Quantized:
     bits: int
     block: int
     mins: np.ndarray | None = None  # float32 [N, K / block] (asymmetric; float16 values, as scales then)
+    zero_points: np.ndarray | None = None  # uint8 [N, K / block] (zero-point): each block's z, unpacked
 
     @property
     def offsets(self) -> np.ndarray | None:
         """float32 [N, K / block] (asymmetric): w = scale * (u - 2^(bits-1)) + offset."""
         return None if self.mins is None else _offsets(self.mins, self.scales, self.bits)
+
+    @property
+    def packed_zero_points(self) -> np.ndarray | None:
+        """uint8 [N, ceil(K / block * bits / 8)] (zero-point): as MatMulNBits and GatherBlockQuantized read them,
+        4-bit values two per byte (low nibble first, a row's odd last block in a byte of its own)."""
+        z = self.zero_points
+        if z is None or self.bits == 8:
+            return z
+        z = np.pad(z, ((0, 0), (0, z.shape[1] % 2)))
+        return np.ascontiguousarray(z[:, 0::2] | (z[:, 1::2] << 4))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -61,15 +78,17 @@ class Quantized:
     def concat(parts: list["Quantized"]) -> "Quantized":
         """Stack along N (rows), e.g. q|k|v into one qkv weight."""
         mins = None if parts[0].mins is None else np.concatenate([p.mins for p in parts])
+        zero_points = None if parts[0].zero_points is None else np.concatenate([p.zero_points for p in parts])
         return Quantized(np.concatenate([p.packed for p in parts]), np.concatenate([p.scales for p in parts]),
-                         parts[0].bits, parts[0].block, mins)
+                         parts[0].bits, parts[0].block, mins, zero_points)
 
     def dequantize(self) -> torch.Tensor:
         """The float32 values [N, K] the kernels compute with."""
         u = torch.from_numpy(self.packed)  # [N, K / block, block * bits / 8]
         if self.bits == 4:
             u = torch.stack((u & 0xF, u >> 4), dim=-1).flatten(-2)  # low nibble first
-        q = u.to(torch.float32) - 2 ** (self.bits - 1)  # [N, K / block, block]
+        z = 2 ** (self.bits - 1) if self.zero_points is None else torch.from_numpy(self.zero_points)[..., None]
+        q = u.to(torch.float32) - z  # [N, K / block, block]
         mins = None if self.mins is None else torch.from_numpy(self.mins)
         return _values(q, torch.from_numpy(self.scales), mins, self.bits).reshape(self.shape)
 
@@ -86,16 +105,25 @@ def _values(q: torch.Tensor, scale: torch.Tensor, mins: torch.Tensor | None, bit
 
 
 def _codes(w: torch.Tensor, bits: int, block: int, scheme: str = SYMMETRIC,
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Centered codes q = u - 2^(bits-1) (as float32, [rows, K / block, block]), scales [rows, K / block] and
-    minima [rows, K / block] (None: symmetric) of rows w [rows, K]."""
+           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Centered codes q = u - z (as float32, [rows, K / block, block]; z = 2^(bits-1) but for zero-point),
+    scales [rows, K / block], minima [rows, K / block] (asymmetric, else None) and zero points z [rows, K / block]
+    (zero-point, else None) of rows w [rows, K]."""
     blocks = w.detach().float().reshape(w.shape[0], -1, block)
     if scheme == SYMMETRIC:
         qmax = 2 ** (bits - 1) - 1
         scale = blocks.abs().amax(-1) / qmax  # [rows, K / block]
         scale = torch.where(scale == 0, torch.ones_like(scale), scale)
         q = (blocks / scale[..., None]).round_().clamp_(-qmax - 1, qmax)  # in place: one float temporary
-        return q, scale, None
+        return q, scale, None, None
+    if scheme == ZERO_POINT:
+        umax = 2 ** bits - 1
+        lo, hi = blocks.amin(-1).clamp(max=0), blocks.amax(-1).clamp(min=0)  # the range holds 0 exactly
+        scale = (hi - lo) / umax  # [rows, K / block]
+        scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+        z = (-lo / scale).round_().clamp_(0, umax)  # [rows, K / block]
+        q = (blocks / scale[..., None]).round_().add_(z[..., None]).clamp_(0, umax).sub_(z[..., None])
+        return q, scale, None, z
     lo, hi = blocks.amin(-1), blocks.amax(-1)  # [rows, K / block]
     scale = ((hi - lo) / (2 ** bits - 1)).half().float()  # stored as float16; codes against the stored values
     lo = lo.half().float()
@@ -105,7 +133,7 @@ def _codes(w: torch.Tensor, bits: int, block: int, scheme: str = SYMMETRIC,
                           f"--quant-scheme symmetric")
     scale = torch.where(scale == 0, torch.ones_like(scale), scale)
     q = blocks.sub(lo[..., None]).div_(scale[..., None]).round_().clamp_(0, 2 ** bits - 1)
-    return q.sub_(2 ** (bits - 1)), scale, lo
+    return q.sub_(2 ** (bits - 1)), scale, lo, None
 
 
 def _row_chunks(n: int):
@@ -117,16 +145,19 @@ def quantize_rows(w: torch.Tensor, bits: int, block: int, scheme: str = SYMMETRI
     n, k = w.shape
     packed = np.empty((n, k // block, block * bits // 8), np.uint8)
     scales = np.empty((n, k // block), np.float32)
-    mins = None if scheme == SYMMETRIC else np.empty((n, k // block), np.float32)
+    mins = np.empty((n, k // block), np.float32) if scheme == ASYMMETRIC else None
+    zero_points = np.empty((n, k // block), np.uint8) if scheme == ZERO_POINT else None
     for rows_ in _row_chunks(n):
-        q, scale, lo = _codes(w[rows_], bits, block, scheme)
-        u = (q + 2 ** (bits - 1)).to(torch.uint8)
+        q, scale, lo, z = _codes(w[rows_], bits, block, scheme)
+        u = (q + (2 ** (bits - 1) if z is None else z[..., None])).to(torch.uint8)
         if bits == 4:
             u = u[..., 0::2] | (u[..., 1::2] << 4)
         packed[rows_], scales[rows_] = u.numpy(), scale.numpy()
         if mins is not None:
             mins[rows_] = lo.numpy()
-    return Quantized(packed, scales, bits, block, mins)
+        if zero_points is not None:
+            zero_points[rows_] = z.to(torch.uint8).numpy()
+    return Quantized(packed, scales, bits, block, mins, zero_points)
 
 
 def dequantized_rows(w: torch.Tensor, bits: int, block: int, scheme: str = SYMMETRIC) -> torch.Tensor:
@@ -135,7 +166,8 @@ def dequantized_rows(w: torch.Tensor, bits: int, block: int, scheme: str = SYMME
     n, k = w.shape
     out = torch.empty((n, k), dtype=torch.float32)
     for rows_ in _row_chunks(n):
-        out[rows_] = _values(*_codes(w[rows_], bits, block, scheme), bits).reshape(-1, k)
+        q, scale, lo, _ = _codes(w[rows_], bits, block, scheme)
+        out[rows_] = _values(q, scale, lo, bits).reshape(-1, k)
     return out
 
 

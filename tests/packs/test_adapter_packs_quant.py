@@ -45,10 +45,11 @@ def logits_pair(rt, ref, vocab: int, mode: str) -> tuple[np.ndarray, np.ndarray]
 
 
 @pytest.mark.parametrize("scheme,shadow_scheme", [("int8", "symmetric"), ("int4", "symmetric"),
-                                                  ("int4", "asymmetric")])
+                                                  ("int4", "asymmetric"), ("int4", "zero-point")])
 def test_quantized_pack_equals_its_full_quantized_artifact(cases, tmp_path, scheme, shadow_scheme):
     """float32 arithmetic on the quantized weights: base + pack is the full artifact, bit for bit (the shadow's
-    layers in either scheme: asymmetric blocks add float32 offsets per block to the pack)."""
+    layers in any scheme: asymmetric blocks add float32 offsets per block to the pack, zero-point blocks their
+    zero points)."""
     case = cases("qwen3_implicit")
     rt, ref, _ = quantized_family(case, tmp_path, scheme, "float32", shadow_scheme)
     assert rt.manifest.quantization == ref.manifest.quantization == scheme
@@ -62,7 +63,7 @@ def test_quantized_pack_equals_its_full_quantized_artifact(cases, tmp_path, sche
         assert got.token_ids == ref.generate(PROMPTS, mode=mode, max_new_tokens=6).token_ids, mode
 
 
-@pytest.mark.parametrize("shadow_scheme", ["symmetric", "asymmetric"])
+@pytest.mark.parametrize("shadow_scheme", ["symmetric", "asymmetric", "zero-point"])
 def test_int8_arithmetic_pack_equals_its_full_artifact(cases, tmp_path, shadow_scheme):
     """int8 activations (the default): onnxruntime runs its int8 kernels only on weights it prepacks, i.e.
     constant ones. A pack's shadow weights are constants of the pack's own session (runtime/pack_sessions.py),
