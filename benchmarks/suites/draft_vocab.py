@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.lib.systems import OrtGenai
+from benchmarks.lib.entry import run
 from benchmarks.suites.quality import prompts as heldout_questions
-from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.draft_vocab import draft_head
 from shadow_edge.runtime.session import ov
@@ -195,7 +195,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except ShadowEdgeError as e:  # a missing or broken artifact: one line
-        raise SystemExit(f"error: {e}") from None
+    run(main)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.lib.entry import run
 from shadow_edge.errors import ShadowEdgeError
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.decode_state import DecodeState
@@ -92,7 +93,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except ShadowEdgeError as e:  # a missing or broken artifact: one line
-        raise SystemExit(f"error: {e}") from None
+    run(main)
