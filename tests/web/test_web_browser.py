@@ -28,6 +28,7 @@ VARIANTS = {
     "fp32": ({}, PROMPTS),
     "int4": ({"quantize": "int4", "quant_compute": "float32"}, PROMPTS),
     "int8": ({"quantize": "int8", "quant_compute": "float32"}, PROMPTS[:1]),
+    "int4-zero-point": ({"quantize": "int4", "quant_compute": "float32", "quant_scheme": "zero-point"}, PROMPTS[:1]),
     "attention": ({"attention": "Attention"}, PROMPTS[:1]),
 }
 
