@@ -91,7 +91,6 @@ def test_greedy_equals_base_shadow_up_to_a_near_tie(quantized_rt, scheme, comput
             assert top2[1] - top2[0] <= 2 * delta, (i, top2, delta)
 
 
-
 @pytest.mark.parametrize("scheme,compute", [("none", "float32"), ("int4", "int8")])
 def test_the_verify_rows_suite_compares_the_bound_passes(quantized_rt, scheme, compute, tmp_path):
     """benchmarks.suites.verify_rows compares the bound verify pass speculative rounds run with the bound one-position
