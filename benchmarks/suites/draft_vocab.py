@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.lib.systems import OrtGenai
 from benchmarks.lib.entry import run
+from benchmarks.lib.systems import OrtGenai
 from benchmarks.suites.quality import prompts as heldout_questions
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.draft_vocab import draft_head
@@ -100,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.heldout < 0:
         p.error(f"--heldout {args.heldout}: expected a number of held-out questions >= 0")
-    for d in args.genai:
+    for i, d in enumerate(args.genai):
         if not (d / "genai_config.json").is_file():
             p.error(f"--genai {d}: expected an onnxruntime-genai model folder (with genai_config.json); build one "
                     "with `python -m onnxruntime_genai.models.builder -i BASE -o DIR -p int4 -e cpu`")
+        if d.name in [e.name for e in args.genai[:i]]:  # the folder's name keys its columns
+            p.error(f"--genai {d}: another --genai folder is also named {d.name!r}; give each model its own name")
     domains = {**PROMPTS, **({"heldout": [q[0]["content"] for q in heldout_questions(args.heldout)]}
                              if args.heldout > 0 else {})}
     eos = None if args.stop_at_eos else ()  # None: the artifact's own end tokens

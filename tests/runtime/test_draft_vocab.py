@@ -366,10 +366,10 @@ def test_benchmark_suite_adds_the_heldout_questions(tiny_default, root, tmp_path
     assert {r["domain"] for r in rows} == {"all", *suite.PROMPTS, "heldout"}
 
 
-def test_benchmark_suite_runs_the_plain_runtime_beside(tiny_default, root, tmp_path):
+def test_benchmark_suite_runs_the_plain_runtime_beside(tiny_default, root, tmp_path, capsys):
     """--genai DIR times onnxruntime-genai's model in DIR on the same prompts, as many tokens as base_shadow decoded,
-    and every row gives speculative's and base_shadow's tok/s over it; a folder without genai_config.json is one
-    error naming it."""
+    and every row gives speculative's and base_shadow's tok/s over it; a folder without genai_config.json, or two of
+    one name, is one error naming it."""
     from benchmarks.suites import draft_vocab as suite
 
     art = _export(("tiny_id", 12), tiny_default.base_dir, tiny_default.adapter_dir, root, draft_vocab=12)
@@ -383,3 +383,10 @@ def test_benchmark_suite_runs_the_plain_runtime_beside(tiny_default, root, tmp_p
     assert all(r[k] > 0 for r in result["rows"] for k in keys)
     with pytest.raises(SystemExit):
         suite.main(["--artifact", str(art), "--genai", str(tmp_path)])
+    assert f"--genai {tmp_path}: expected an onnxruntime-genai model folder" in capsys.readouterr().err
+    twin = tmp_path / "other" / art.name  # a second folder of the same name would share its columns
+    twin.mkdir(parents=True)
+    (twin / "genai_config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        suite.main(["--artifact", str(art), "--genai", str(art), "--genai", str(twin)])
+    assert f"also named {art.name!r}" in capsys.readouterr().err
