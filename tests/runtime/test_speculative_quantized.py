@@ -16,6 +16,7 @@ These tests measure that difference and check both rules.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from shadow_edge.export import ExportOptions, export_artifact
@@ -95,7 +96,8 @@ def test_greedy_equals_base_shadow_up_to_a_near_tie(quantized_rt, scheme, comput
 def test_the_verify_rows_suite_compares_the_bound_passes(quantized_rt, scheme, compute, tmp_path):
     """benchmarks.suites.verify_rows compares the bound verify pass speculative rounds run with the bound one-position
     step plain decoding runs, position by position: on float32 arithmetic they agree to 1e-4 and choose the same
-    tokens; with int8 activations a token may differ only where the step's top-2 gap is within the difference."""
+    tokens; with int8 activations a token may differ only where the step's top-2 gap is within the difference.
+    --first-node names the step graph's first nodes whose output differs between the two (possibly none)."""
     import json
 
     from benchmarks.suites import verify_rows
@@ -107,7 +109,9 @@ def test_the_verify_rows_suite_compares_the_bound_passes(quantized_rt, scheme, c
         assert max(r["max_abs_diff"] for r in rows) < 1e-4 and all(r["same_token"] for r in rows)
     assert all(r["same_token"] or r["top2_gap"] <= 2 * r["max_abs_diff"] for r in rows)
     out = tmp_path / "rows.json"
-    assert verify_rows.main(["--artifact", str(rt.art_dir), "--positions", "3", "--threads", "1",
+    assert verify_rows.main(["--artifact", str(rt.art_dir), "--positions", "3", "--threads", "1", "--first-node",
                              "--out", str(out)]) == 0
     result = json.loads(out.read_text())[str(rt.art_dir)]
     assert result["arithmetic"] == compute and len(result["positions"]) == 3
+    ops = {n.op_type for n in onnx.load(str(rt.step_graph("base_shadow").path), load_external_data=False).graph.node}
+    assert all(d["op"] in ops and d["max_abs_diff"] > 0 for d in result["first_nodes"])  # graph order, differing
