@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from benchmarks.suites.load import same_start
+from benchmarks.suites.load import same_start, spread_lengths
 from shadow_edge.runtime import ShadowRuntime
 from shadow_edge.runtime.token_loop import Control
 from shadow_edge.serve import engine as serve_engine
@@ -62,9 +62,9 @@ def _instrument() -> None:
     slots.SlotBatch.join, slots.SlotBatch.prefill = timed_join, timed_prefill
 
 
-def level(rt, prompts, clients: int, requests: int, max_tokens, stagger_s: float, nice: int) -> dict:
-    """One load level; max_tokens: a number, or a function of the request's index."""
-    tokens_for = max_tokens if callable(max_tokens) else (lambda k: max_tokens)
+def level(rt, prompts, clients: int, max_tokens: list[int], stagger_s: float, nice: int) -> dict:
+    """One load level: len(max_tokens) requests, request k asking for max_tokens[k] new tokens."""
+    requests = len(max_tokens)
     engine = serve_engine.Engine("m", rt, 16, 4 * requests, 0.0, Metrics(), decode_nice=nice)
     jobs: dict[int, _Job] = {}
 
@@ -74,7 +74,7 @@ def level(rt, prompts, clients: int, requests: int, max_tokens, stagger_s: float
         for m, k in enumerate(mine):
             if m:
                 time.sleep(float(rng.random()) * stagger_s)
-            opts = rt.options("base_shadow", tokens_for(k), eos=(), control=Control(time.monotonic() + 3600))
+            opts = rt.options("base_shadow", max_tokens[k], eos=(), control=Control(time.monotonic() + 3600))
             job = _Job(prompts[k % len(prompts)], opts)
             job.__dict__["ended"] = threading.Event()
             engine.submit(job)
@@ -122,22 +122,21 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not 0 <= a.max_tokens_spread < a.max_tokens:
         p.error(f"--max-tokens-spread {a.max_tokens_spread}: expected 0 <= S < --max-tokens ({a.max_tokens})")
-    spread = np.random.default_rng(1).integers(-a.max_tokens_spread, a.max_tokens_spread + 1, size=a.requests)
-    tokens_for = lambda k: a.max_tokens + int(spread[k % len(spread)])  # noqa: E731
+    lengths = spread_lengths(a.max_tokens, a.max_tokens_spread, a.requests)  # request k's
     _instrument()
     rt = ShadowRuntime.load(a.artifact, threads=a.threads, verify=False, spin_threads=a.spin_threads)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(10, rt.vocab_size - 10, size=int(rng.integers(8, 25))).tolist() for _ in range(16)]
-    level(rt, prompts, 1, 2, 4, 0.0, 0)  # warm-up
+    level(rt, prompts, 1, [4, 4], 0.0, 0)  # warm-up
     reference: dict[int, list[int]] = {}
     variants = [int(x) for x in a.nice.split(",")]
     for r in range(a.rounds):
-        lone = level(rt, prompts, 1, a.lone, a.max_tokens + a.max_tokens_spread, a.stagger_ms / 1e3, 0)
+        lone = level(rt, prompts, 1, [a.max_tokens + a.max_tokens_spread] * a.lone, a.stagger_ms / 1e3, 0)
         for k, ids in lone.pop("ids").items():
             reference.setdefault(k % len(prompts), ids)
         print(json.dumps({"round": r, "lone": lone, "load": os.getloadavg()[0]}), flush=True)
         for nice in variants if r % 2 == 0 else variants[::-1]:
-            many = level(rt, prompts, a.clients, a.requests, tokens_for, a.stagger_ms / 1e3, nice)
+            many = level(rt, prompts, a.clients, lengths, a.stagger_ms / 1e3, nice)
             ids = many.pop("ids")
             many["mismatched"] = sum(not same_start(reference.setdefault(k % len(prompts), t), t)
                                      for k, t in ids.items())

@@ -11,9 +11,9 @@ each later request, so requests keep arriving while others decode (what continuo
 for). Reported per level: aggregate generated tokens/s (all tokens / wall time), p50/p99 time to
 first token (streamed requests: first chunk) and request latency, errors (must be 0), and whether
 every greedy output (token ids, from the response's `shadow_edge.token_ids`) equals the serial
-run (level 1, always run) of the same prompt and mode (over the shorter of the two); then the issue-24 targets: TTFT p50 at
-the highest level <= 2x the lone request's (level 1), aggregate tok/s >= 4x one client's, 0
-errors. The server is a subprocess on 127.0.0.1.
+run (level 1, always run) of the same prompt and mode (over the shorter of the two); then the
+issue-24 targets: TTFT p50 at the highest level <= 2x the lone request's (level 1), aggregate
+tok/s >= 4x one client's, 0 errors. The server is a subprocess on 127.0.0.1.
 
     python -m benchmarks.suites.load --artifact /work/cache/artifacts/qwen3-0.6b-shape --concurrency 1,4,16 \\
         --requests 24 --max-tokens 32 --max-batch 16 --json benchmarks/results/load/w1-base_shadow.json
@@ -132,11 +132,10 @@ async def one_request(client: httpx.AsyncClient, url: str, prompt: list[int], mo
 
 
 async def run_level(url: str, prompts: list[list[int]], modes: list[str], concurrency: int, requests: int,
-                    max_tokens, stagger_s: float = 0.0) -> tuple[dict, dict]:
+                    max_tokens: list[int], stagger_s: float = 0.0) -> tuple[dict, dict]:
     """`requests` requests from c clients; request k uses prompt k % len(prompts), mode k % len(modes) and
-    max_tokens (a number, or a list: request k's at k); client i starts at i x stagger_s and waits a random
-    0..stagger_s before each later request."""
-    tokens_for = (lambda k: max_tokens[k]) if isinstance(max_tokens, list) else (lambda k: max_tokens)
+    max_tokens[k] new tokens; client i starts at i x stagger_s and waits a random 0..stagger_s before each later
+    request."""
     jobs = [(k, prompts[k % len(prompts)], modes[k % len(modes)]) for k in range(requests)]
     results: dict[int, dict] = {}
     async with httpx.AsyncClient(timeout=httpx.Timeout(3600.0), limits=httpx.Limits(max_connections=64)) as client:
@@ -146,7 +145,7 @@ async def run_level(url: str, prompts: list[list[int]], modes: list[str], concur
             for n, (k, prompt, mode) in enumerate(mine):
                 if n:
                     await asyncio.sleep(float(rng.random()) * stagger_s)
-                results[k] = {**await one_request(client, url, prompt, mode, tokens_for(k), k % 2 == 0),
+                results[k] = {**await one_request(client, url, prompt, mode, max_tokens[k], k % 2 == 0),
                               "mode": mode, "prompt": k % len(prompts)}
 
         t0 = time.perf_counter()
@@ -162,6 +161,12 @@ async def run_level(url: str, prompts: list[list[int]], modes: list[str], concur
                "latency_p50_ms": _ms(percentile(lat, 50)), "latency_p99_ms": _ms(percentile(lat, 99))}
     texts = {(r["prompt"], r["mode"]): r["ids"] for r in ok}
     return summary, texts
+
+
+def spread_lengths(max_tokens: int, spread: int, requests: int) -> list[int]:
+    """Request k's new tokens: max_tokens plus a number drawn for k from -spread..spread (seeded: every level and
+    run asks the same)."""
+    return [max_tokens + int(d) for d in np.random.default_rng(1).integers(-spread, spread + 1, requests)]
 
 
 def same_start(a: list[int] | None, b: list[int] | None) -> bool:
@@ -218,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = args.modes.split(",")
     vocab = json.loads((args.artifact / "manifest.json").read_text())["model"]["vocab_size"]
     prompts = make_prompts(min(max(levels), n_requests), vocab)
-    spread = np.random.default_rng(1).integers(-args.max_tokens_spread, args.max_tokens_spread + 1, n_requests)
-    max_tokens = [args.max_tokens + int(d) for d in spread]  # request k's
+    max_tokens = spread_lengths(args.max_tokens, args.max_tokens_spread, n_requests)  # request k's
     server = Server(args.artifact, args.threads, args.max_batch, max_queue=4 * max(levels),
                     window_ms=args.batch_window_ms,
                     server_args=(("--decode-nice", str(args.decode_nice)) if args.decode_nice is not None else ())
@@ -228,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"loading {args.artifact} in the server ({server.url})")
         server.wait_ready()
         say("warm-up")
-        asyncio.run(run_level(server.url, prompts[:1], modes, 1, 1, 4))
+        asyncio.run(run_level(server.url, prompts[:1], modes, 1, 1, [4]))
         serial: dict = {}
         rows = []
         for c in levels:

@@ -26,7 +26,7 @@ from shadow_edge.core.lazy_tensor import dense
 from shadow_edge.core.spec import ShadowModelSpec
 from shadow_edge.export.attention import ATTENTION, AttnInputs
 from shadow_edge.export.onnx_builder import GraphBuilder, WeightStore
-from shadow_edge.export.quantize import ASYMMETRIC, SYMMETRIC, Dequantized, Quantized
+from shadow_edge.export.quantize import ASYMMETRIC, SYMMETRIC, ZERO_POINT, Dequantized, Quantized
 
 NEG = float(np.finfo(np.float32).min)  # finite: fully masked (padding) rows stay finite
 
@@ -154,7 +154,7 @@ class _Once:
     def __init__(self, make: Callable[[], Quantized], scheme: str = SYMMETRIC) -> None:
         self.make, self.value, self.served = make, None, set()
         self.parts = 2 if scheme == SYMMETRIC else 3
-        self.zero_point = scheme not in (SYMMETRIC, ASYMMETRIC)  # MatMulNBits' own zero points (zero-point)
+        self.zero_point = scheme == ZERO_POINT  # the ops' own zero points input
 
     def packed(self) -> np.ndarray:
         return self._part("packed")
